@@ -1,0 +1,727 @@
+#include "client/cli.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <system_error>
+#include <type_traits>
+
+#include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/format.h"
+#include "server/util/status_macros.h"
+
+namespace compress::client {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kDefaultServer[] = "localhost:50051";
+// Marks statuses that are the user's command-line mistake (exit code 2).
+constexpr char kUsagePayload[] = "compressctl/usage";
+
+absl::Status UsageError(absl::string_view message) {
+  absl::Status status = absl::InvalidArgumentError(message);
+  status.SetPayload(kUsagePayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsUsageError(const absl::Status& status) {
+  return status.GetPayload(kUsagePayload).has_value();
+}
+
+// Flags that follow job submission (inspect, job submit).
+const std::vector<std::string>& JobFlags() {
+  static const auto* flags = new std::vector<std::string>{
+      "device", "seed", "request-id", "deadline", "watch"};
+  return *flags;
+}
+
+std::vector<std::string> WithJobFlags(std::vector<std::string> flags) {
+  flags.insert(flags.end(), JobFlags().begin(), JobFlags().end());
+  return flags;
+}
+
+const std::vector<std::string>& GlobalFlagNames() {
+  static const auto* names = new std::vector<std::string>{
+      "server", "json", "timeout", "token", "help"};
+  return *names;
+}
+
+// Everything one command handler needs.
+struct Context {
+  const Invocation& inv;
+  const CliEnvironment& env;
+  const Client& client;
+  bool json;
+
+  std::ostream& out() const { return *env.out; }
+  const std::string& arg(size_t i) const { return inv.args[i]; }
+};
+
+using Handler = std::function<absl::StatusOr<int>(const Context&)>;
+
+// --- Id prefixes -------------------------------------------------------------
+// Tables show ids cut to 12 characters; a NOT_FOUND for such a prefix is
+// retried with the unique full id that starts with it.
+
+template <typename T>
+absl::StatusOr<std::string> ExpandPrefix(
+    const std::string& prefix, const absl::Status& not_found,
+    const std::function<absl::StatusOr<std::vector<T>>()>& list) {
+  if (prefix.size() < 4 || prefix.size() >= 64) return not_found;
+  absl::StatusOr<std::vector<T>> items = list();
+  if (!items.ok()) return not_found;
+  std::vector<std::string> matches;
+  for (const T& item : *items) {
+    if (absl::StartsWith(item.id(), prefix)) matches.push_back(item.id());
+  }
+  if (matches.empty()) return not_found;
+  if (matches.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("id prefix '", prefix,
+                     "' is ambiguous: ", absl::StrJoin(matches, ", ")));
+  }
+  return matches[0];
+}
+
+// Runs op(id); on NOT_FOUND, op(full id) when `id` is a unique prefix.
+template <typename T, typename Result>
+Result WithIdPrefix(
+    const std::string& id, const std::function<Result(const std::string&)>& op,
+    const std::function<absl::StatusOr<std::vector<T>>()>& list) {
+  Result result = op(id);
+  absl::Status status;
+  if constexpr (std::is_same_v<Result, absl::Status>) {
+    status = result;
+  } else {
+    status = result.status();
+  }
+  if (!absl::IsNotFound(status)) return result;
+  absl::StatusOr<std::string> full = ExpandPrefix<T>(id, status, list);
+  if (!full.ok()) return full.status();
+  return op(*full);
+}
+
+std::function<absl::StatusOr<std::vector<v1::Model>>()> ModelLister(
+    const Client& client) {
+  return [&client] { return client.ListModels(); };
+}
+std::function<absl::StatusOr<std::vector<v1::Dataset>>()> DatasetLister(
+    const Client& client) {
+  return [&client] { return client.ListDatasets(); };
+}
+std::function<absl::StatusOr<std::vector<v1::Job>>()> JobLister(
+    const Client& client) {
+  return [&client] { return client.ListJobs(JobFilter()); };
+}
+
+absl::StatusOr<std::string> ResolveJobId(const Client& client,
+                                         const std::string& id) {
+  absl::StatusOr<v1::Job> job = WithIdPrefix<v1::Job, absl::StatusOr<v1::Job>>(
+      id, [&client](const std::string& i) { return client.GetJob(i); },
+      JobLister(client));
+  if (!job.ok()) return job.status();
+  return job->id();
+}
+
+// For ids placed into a job spec: a short id that is the prefix of exactly
+// one listed id becomes that id; anything else goes to the server unchanged
+// (it answers for unknown ids). Full-length ids cost no extra call.
+template <typename T>
+std::string ExpandIfPrefix(
+    const std::string& id,
+    const std::function<absl::StatusOr<std::vector<T>>()>& list) {
+  if (id.size() < 4 || id.size() >= 64 || absl::StrContains(id, ':')) return id;
+  absl::StatusOr<std::string> full =
+      ExpandPrefix<T>(id, absl::NotFoundError(""), list);
+  return full.ok() ? *full : id;
+}
+
+// --- Watch -------------------------------------------------------------------
+
+absl::StatusOr<int> WatchAndReport(const Context& ctx,
+                                   const std::string& job_id) {
+  EventPrinter::Mode mode = ctx.json ? EventPrinter::Mode::kJson
+                            : ctx.env.stdout_is_tty
+                                ? EventPrinter::Mode::kTty
+                                : EventPrinter::Mode::kPlain;
+  EventPrinter printer(ctx.env.out, mode);
+  absl::StatusOr<v1::JobState> state = ctx.client.WatchJob(
+      job_id, 0, [&printer](const v1::JobEvent& e) { printer.Print(e); });
+  printer.Finish();
+  if (!state.ok()) return state.status();
+  ASSIGN_OR_RETURN(const v1::Job job, ctx.client.GetJob(job_id));
+  if (ctx.json) {
+    ctx.out() << ToJson(job) << "\n";
+  } else {
+    ctx.out() << "\n" << FormatJob(job);
+  }
+  return *state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitFailure;
+}
+
+// Fills the fields shared by every submission and submits; watches when
+// asked to.
+absl::StatusOr<int> SubmitAndMaybeWatch(const Context& ctx,
+                                        v1::SubmitJobRequest request) {
+  request.set_device(ctx.inv.Get("device", "auto"));
+  if (ctx.inv.Has("seed")) {
+    absl::StatusOr<uint64_t> seed = ParseUint64(ctx.inv.Get("seed"));
+    if (!seed.ok())
+      return UsageError(absl::StrCat("--seed: ", seed.status().message()));
+    request.set_seed(*seed);
+  }
+  if (ctx.inv.Has("deadline")) {
+    absl::StatusOr<int64_t> deadline =
+        ParseNonNegativeInt(ctx.inv.Get("deadline"));
+    if (!deadline.ok()) {
+      return UsageError(
+          absl::StrCat("--deadline: ", deadline.status().message()));
+    }
+    request.set_deadline_seconds(*deadline);
+  }
+  request.set_request_id(ctx.inv.Get("request-id"));
+  ASSIGN_OR_RETURN(const v1::Job job, ctx.client.SubmitJob(request));
+  if (ctx.json) {
+    ctx.out() << ToJson(job) << "\n";
+  } else if (ctx.inv.Has("watch")) {
+    ctx.out() << "job " << job.id() << " " << StateName(job.state()) << "\n";
+  } else {
+    ctx.out() << FormatJob(job);
+  }
+  if (!ctx.inv.Has("watch")) return kExitOk;
+  return WatchAndReport(ctx, job.id());
+}
+
+// --- Handlers ----------------------------------------------------------------
+
+absl::StatusOr<int> ModelUpload(const Context& ctx) {
+  ASSIGN_OR_RETURN(const v1::Model model,
+                   ctx.client.UploadModel(ctx.arg(0), ctx.inv.Get("name")));
+  ctx.out() << (ctx.json ? ToJson(model) + "\n" : FormatModel(model));
+  return kExitOk;
+}
+
+absl::StatusOr<int> ModelGet(const Context& ctx) {
+  ASSIGN_OR_RETURN(
+      const v1::Model model,
+      (WithIdPrefix<v1::Model, absl::StatusOr<v1::Model>>(
+          ctx.arg(0),
+          [&](const std::string& id) { return ctx.client.GetModel(id); },
+          ModelLister(ctx.client))));
+  ctx.out() << (ctx.json ? ToJson(model) + "\n" : FormatModel(model));
+  return kExitOk;
+}
+
+absl::StatusOr<int> ModelList(const Context& ctx) {
+  ASSIGN_OR_RETURN(std::vector<v1::Model> models, ctx.client.ListModels());
+  if (ctx.json) {
+    v1::ListModelsResponse response;
+    for (auto& m : models) *response.add_models() = std::move(m);
+    ctx.out() << ToJson(response) << "\n";
+  } else {
+    ctx.out() << FormatModelTable(models);
+  }
+  return kExitOk;
+}
+
+absl::StatusOr<int> ModelDelete(const Context& ctx) {
+  std::string deleted;
+  RETURN_IF_ERROR((WithIdPrefix<v1::Model, absl::Status>(
+      ctx.arg(0),
+      [&](const std::string& id) {
+        deleted = id;
+        return ctx.client.DeleteModel(id);
+      },
+      ModelLister(ctx.client))));
+  ctx.out() << (ctx.json ? ToJson(v1::DeleteModelResponse()) + "\n"
+                         : absl::StrCat("deleted model ", deleted, "\n"));
+  return kExitOk;
+}
+
+absl::StatusOr<int> DataUpload(const Context& ctx) {
+  ASSIGN_OR_RETURN(const v1::Dataset dataset,
+                   ctx.client.UploadDataset(ctx.arg(0), ctx.inv.Get("name")));
+  ctx.out() << (ctx.json ? ToJson(dataset) + "\n" : FormatDataset(dataset));
+  return kExitOk;
+}
+
+absl::StatusOr<int> DataGet(const Context& ctx) {
+  ASSIGN_OR_RETURN(
+      const v1::Dataset dataset,
+      (WithIdPrefix<v1::Dataset, absl::StatusOr<v1::Dataset>>(
+          ctx.arg(0),
+          [&](const std::string& id) { return ctx.client.GetDataset(id); },
+          DatasetLister(ctx.client))));
+  ctx.out() << (ctx.json ? ToJson(dataset) + "\n" : FormatDataset(dataset));
+  return kExitOk;
+}
+
+absl::StatusOr<int> DataList(const Context& ctx) {
+  ASSIGN_OR_RETURN(std::vector<v1::Dataset> datasets,
+                   ctx.client.ListDatasets());
+  if (ctx.json) {
+    v1::ListDatasetsResponse response;
+    for (auto& d : datasets) *response.add_datasets() = std::move(d);
+    ctx.out() << ToJson(response) << "\n";
+  } else {
+    ctx.out() << FormatDatasetTable(datasets);
+  }
+  return kExitOk;
+}
+
+absl::StatusOr<int> DataDelete(const Context& ctx) {
+  std::string deleted;
+  RETURN_IF_ERROR((WithIdPrefix<v1::Dataset, absl::Status>(
+      ctx.arg(0),
+      [&](const std::string& id) {
+        deleted = id;
+        return ctx.client.DeleteDataset(id);
+      },
+      DatasetLister(ctx.client))));
+  ctx.out() << (ctx.json ? ToJson(v1::DeleteDatasetResponse()) + "\n"
+                         : absl::StrCat("deleted dataset ", deleted, "\n"));
+  return kExitOk;
+}
+
+absl::StatusOr<int> Inspect(const Context& ctx) {
+  if (!ctx.inv.Has("model")) return UsageError("inspect needs --model ID");
+  const bool has_shape = ctx.inv.Has("input-shape");
+  const bool has_data = ctx.inv.Has("data");
+  if (has_shape == has_data) {
+    return UsageError("inspect needs exactly one of --input-shape or --data");
+  }
+  v1::SubmitJobRequest request;
+  v1::InspectSpec* spec = request.mutable_spec()->mutable_inspect();
+  spec->set_model_id(
+      ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client)));
+  if (has_shape) {
+    absl::StatusOr<std::vector<int64_t>> shape =
+        ParseShape(ctx.inv.Get("input-shape"));
+    if (!shape.ok()) {
+      return UsageError(
+          absl::StrCat("--input-shape: ", shape.status().message()));
+    }
+    spec->mutable_input_shape()->Add(shape->begin(), shape->end());
+  } else {
+    spec->set_dataset_id(ExpandIfPrefix<v1::Dataset>(
+        ctx.inv.Get("data"), DatasetLister(ctx.client)));
+  }
+  return SubmitAndMaybeWatch(ctx, std::move(request));
+}
+
+absl::StatusOr<int> JobSubmit(const Context& ctx) {
+  if (!ctx.inv.Has("spec-json"))
+    return UsageError("job submit needs --spec-json FILE");
+  const std::string source = ctx.inv.Get("spec-json");
+  std::string json;
+  if (source == "-") {
+    std::ostringstream buffer;
+    buffer << ctx.env.in->rdbuf();
+    json = buffer.str();
+  } else {
+    std::ifstream file(source, std::ios::binary);
+    if (!file) return absl::NotFoundError(absl::StrCat("cannot open ", source));
+    std::ostringstream buffer;
+    buffer << file.rdbuf();
+    json = buffer.str();
+  }
+  v1::SubmitJobRequest request;
+  const auto parsed =
+      google::protobuf::util::JsonStringToMessage(json, request.mutable_spec());
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad JobSpec JSON in ", source == "-" ? "stdin" : source,
+                     ": ", parsed.message().as_string()));
+  }
+  return SubmitAndMaybeWatch(ctx, std::move(request));
+}
+
+absl::StatusOr<int> JobGet(const Context& ctx) {
+  ASSIGN_OR_RETURN(
+      const v1::Job job,
+      (WithIdPrefix<v1::Job, absl::StatusOr<v1::Job>>(
+          ctx.arg(0),
+          [&](const std::string& id) { return ctx.client.GetJob(id); },
+          JobLister(ctx.client))));
+  ctx.out() << (ctx.json ? ToJson(job) + "\n" : FormatJob(job));
+  return kExitOk;
+}
+
+absl::StatusOr<int> JobCancel(const Context& ctx) {
+  ASSIGN_OR_RETURN(const std::string id, ResolveJobId(ctx.client, ctx.arg(0)));
+  ASSIGN_OR_RETURN(const v1::Job job, ctx.client.CancelJob(id));
+  ctx.out() << (ctx.json ? ToJson(job) + "\n" : FormatJob(job));
+  return kExitOk;
+}
+
+absl::StatusOr<int> JobWatch(const Context& ctx) {
+  ASSIGN_OR_RETURN(const std::string id, ResolveJobId(ctx.client, ctx.arg(0)));
+  return WatchAndReport(ctx, id);
+}
+
+absl::StatusOr<int> JobList(const Context& ctx) {
+  JobFilter filter;
+  if (ctx.inv.Has("state")) {
+    absl::StatusOr<v1::JobState> state = ParseJobState(ctx.inv.Get("state"));
+    if (!state.ok())
+      return UsageError(absl::StrCat("--state: ", state.status().message()));
+    filter.state = *state;
+  }
+  if (ctx.inv.Has("kind")) {
+    absl::StatusOr<v1::JobKind> kind = ParseJobKind(ctx.inv.Get("kind"));
+    if (!kind.ok())
+      return UsageError(absl::StrCat("--kind: ", kind.status().message()));
+    filter.kind = *kind;
+  }
+  ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, ctx.client.ListJobs(filter));
+  if (ctx.json) {
+    v1::ListJobsResponse response;
+    for (auto& j : jobs) *response.add_jobs() = std::move(j);
+    ctx.out() << ToJson(response) << "\n";
+  } else {
+    ctx.out() << FormatJobTable(jobs);
+  }
+  return kExitOk;
+}
+
+absl::StatusOr<int> ArtifactList(const Context& ctx) {
+  ASSIGN_OR_RETURN(const std::string id, ResolveJobId(ctx.client, ctx.arg(0)));
+  ASSIGN_OR_RETURN(std::vector<v1::Artifact> artifacts,
+                   ctx.client.ListArtifacts(id));
+  if (ctx.json) {
+    v1::ListArtifactsResponse response;
+    for (auto& a : artifacts) *response.add_artifacts() = std::move(a);
+    ctx.out() << ToJson(response) << "\n";
+  } else {
+    ctx.out() << FormatArtifactTable(artifacts);
+  }
+  return kExitOk;
+}
+
+// Artifact names come from the server: they may name subdirectories
+// ("plots/trace.svg") but must stay inside the output directory.
+absl::StatusOr<fs::path> ArtifactPath(const fs::path& dir,
+                                      const std::string& name) {
+  const fs::path relative(name);
+  bool safe =
+      !name.empty() && relative.is_relative() && !relative.has_root_name();
+  for (const fs::path& part : relative) safe &= part != ".." && part != ".";
+  if (!safe) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "refusing artifact name '", name, "' (not a plain relative path)"));
+  }
+  return dir / relative;
+}
+
+absl::StatusOr<int> ArtifactGet(const Context& ctx) {
+  ASSIGN_OR_RETURN(const std::string job_id,
+                   ResolveJobId(ctx.client, ctx.arg(0)));
+  const fs::path dir(ctx.inv.Get("output", "."));
+  std::vector<std::string> names;
+  if (ctx.inv.args.size() > 1) {
+    names.push_back(ctx.arg(1));
+  } else {
+    ASSIGN_OR_RETURN(const std::vector<v1::Artifact> artifacts,
+                     ctx.client.ListArtifacts(job_id));
+    for (const v1::Artifact& a : artifacts) names.push_back(a.name());
+    if (names.empty() && !ctx.json)
+      ctx.out() << "job " << job_id << " has no artifacts\n";
+  }
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN(const fs::path path, ArtifactPath(dir, name));
+    std::error_code ec;
+    fs::create_directories(
+        path.parent_path().empty() ? fs::path(".") : path.parent_path(), ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("cannot create directory ",
+                                              path.parent_path().string(), ": ",
+                                              ec.message()));
+    }
+    ASSIGN_OR_RETURN(const v1::Artifact artifact,
+                     ctx.client.DownloadArtifact(job_id, name, path.string()));
+    if (ctx.json) {
+      ctx.out() << ToJson(artifact) << "\n";
+    } else {
+      ctx.out() << "wrote " << path.string() << " ("
+                << HumanBytes(artifact.size_bytes()) << ")\n";
+    }
+  }
+  return kExitOk;
+}
+
+// --- Tables ------------------------------------------------------------------
+
+struct Entry {
+  CommandDef def;
+  Handler handler;
+};
+
+const std::vector<Entry>& Entries() {
+  static const auto* entries = new std::vector<Entry>{
+      {{{"model", "upload"},
+        "FILE",
+        "[--name N]",
+        1,
+        1,
+        {"name"},
+        "upload a TorchScript model; prints its id"},
+       ModelUpload},
+      {{{"model", "get"}, "ID", "", 1, 1, {}, "show a model and its layers"},
+       ModelGet},
+      {{{"model", "list"}, "", "", 0, 0, {}, "list models"}, ModelList},
+      {{{"model", "delete"}, "ID", "", 1, 1, {}, "delete a model"},
+       ModelDelete},
+      {{{"data", "upload"},
+        "FILE",
+        "[--name N]",
+        1,
+        1,
+        {"name"},
+        "upload a dataset (safetensors, torch.save)"},
+       DataUpload},
+      {{{"data", "get"}, "ID", "", 1, 1, {}, "show a dataset"}, DataGet},
+      {{{"data", "list"}, "", "", 0, 0, {}, "list datasets"}, DataList},
+      {{{"data", "delete"}, "ID", "", 1, 1, {}, "delete a dataset"},
+       DataDelete},
+      {{{"inspect"},
+        "",
+        "--model ID (--input-shape 1,1,28,28 | --data DATASET_ID) [job flags]",
+        0,
+        0,
+        WithJobFlags({"model", "input-shape", "data"}),
+        "submit an INSPECT job (layers, parameters, MACs)"},
+       Inspect},
+      {{{"job", "submit"},
+        "",
+        "--spec-json FILE|- [job flags]",
+        0,
+        0,
+        WithJobFlags({"spec-json"}),
+        "submit a job from a JobSpec in JSON"},
+       JobSubmit},
+      {{{"job", "get"}, "ID", "", 1, 1, {}, "show a job (and its result)"},
+       JobGet},
+      {{{"job", "cancel"}, "ID", "", 1, 1, {}, "cancel a job"}, JobCancel},
+      {{{"job", "watch"},
+        "ID",
+        "",
+        1,
+        1,
+        {},
+        "follow a job until it ends (exit 0 iff SUCCEEDED)"},
+       JobWatch},
+      {{{"job", "list"},
+        "",
+        "[--state S] [--kind K]",
+        0,
+        0,
+        {"state", "kind"},
+        "list jobs"},
+       JobList},
+      {{{"artifact", "list"}, "JOB", "", 1, 1, {}, "list a job's artifacts"},
+       ArtifactList},
+      {{{"artifact", "get"},
+        "JOB [NAME]",
+        "[-o DIR]",
+        1,
+        2,
+        {"output"},
+        "download one or all artifacts into DIR (default .)"},
+       ArtifactGet},
+      {{{"help"}, "", "", 0, 0, {}, "show this help"}, nullptr},
+  };
+  return *entries;
+}
+
+std::string Synopsis(const CommandDef& c) {
+  std::string s = c.Name();
+  if (!c.args_usage.empty()) absl::StrAppend(&s, " ", c.args_usage);
+  if (!c.flags_usage.empty()) absl::StrAppend(&s, " ", c.flags_usage);
+  return s;
+}
+
+std::string FlagSynopsis(const FlagDef& f) {
+  std::string s = absl::StrCat("--", f.name);
+  if (f.short_name != 0)
+    s = absl::StrCat("-", std::string(1, f.short_name), ", ", s);
+  if (f.takes_value) absl::StrAppend(&s, " ", f.value_name);
+  return s;
+}
+
+}  // namespace
+
+const std::vector<CommandDef>& Commands() {
+  static const auto* commands = [] {
+    auto* v = new std::vector<CommandDef>;
+    for (const Entry& e : Entries()) v->push_back(e.def);
+    return v;
+  }();
+  return *commands;
+}
+
+const std::vector<FlagDef>& Flags() {
+  static const auto* flags = new std::vector<FlagDef>{
+      // Global.
+      {"server", 0, true, "ADDR",
+       "host:port (env COMPRESS_SERVER; default localhost:50051)"},
+      {"json", 0, false, "", "print responses as JSON, one message per line"},
+      {"timeout", 0, true, "SECONDS", "deadline for each RPC (default none)"},
+      {"token", 0, true, "TOKEN", "bearer token (env COMPRESS_TOKEN)"},
+      {"help", 'h', false, "", "show this help"},
+      // Per command.
+      {"name", 0, true, "N", "name to store (default: the file's base name)"},
+      {"model", 0, true, "ID", "model id"},
+      {"input-shape", 0, true, "SHAPE",
+       "input shape with batch, e.g. 1,1,28,28"},
+      {"data", 0, true, "DATASET_ID", "dataset whose example shape to use"},
+      {"spec-json", 0, true, "FILE", "JobSpec as JSON; - reads stdin"},
+      {"device", 0, true, "DEV", "auto (default), cpu or cuda:N"},
+      {"seed", 0, true, "N", "random seed (default: the server picks)"},
+      {"request-id", 0, true, "R", "idempotency key for the submission"},
+      {"deadline", 0, true, "S", "job run-time limit in seconds"},
+      {"watch", 0, false, "", "follow the job until it ends"},
+      {"state", 0, true, "S", "queued|running|succeeded|failed|cancelled"},
+      {"kind", 0, true, "K", "inspect|analyze|quantize|prune|compress"},
+      {"output", 'o', true, "DIR", "output directory (default .)"},
+  };
+  return *flags;
+}
+
+std::string UsageText() {
+  std::string text =
+      "usage: compressctl [--server ADDR] [--json] [--timeout SECONDS] "
+      "[--token TOKEN] COMMAND ...\n\nCommands:\n";
+  // Synopses longer than the column get a line of their own.
+  constexpr size_t kColumn = 36;
+  for (const CommandDef& c : Commands()) {
+    const std::string synopsis = absl::StrCat("  ", Synopsis(c));
+    if (synopsis.size() + 2 > kColumn) {
+      absl::StrAppend(&text, synopsis, "\n", std::string(kColumn, ' '), c.help,
+                      "\n");
+    } else {
+      absl::StrAppend(&text, synopsis,
+                      std::string(kColumn - synopsis.size(), ' '), c.help,
+                      "\n");
+    }
+  }
+  absl::StrAppend(
+      &text,
+      "\nJob flags (inspect, job submit):\n"
+      "  --device DEV  --seed N  --request-id R  --deadline S  --watch\n"
+      "\nFlags:\n");
+  std::vector<std::vector<std::string>> rows;
+  for (const FlagDef& f : Flags())
+    rows.push_back({"  " + FlagSynopsis(f), f.help});
+  const std::string table = FormatTable({{""}, {""}}, rows);
+  absl::StrAppend(&text, table.substr(table.find('\n') + 1));
+  absl::StrAppend(
+      &text,
+      "\nIds in tables are cut to 12 characters; a unique prefix of 4 or more\n"
+      "characters works wherever an ID is asked for. --watch draws a progress\n"
+      "bar on a terminal and prints one line per event otherwise.\n"
+      "Exit codes: 0 ok, 1 error or watched job not SUCCEEDED, 2 usage.\n");
+  return text;
+}
+
+absl::StatusOr<Invocation> ParseCommandLine(
+    const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(ParsedArgs parsed, ParseArgs(args, Flags()));
+  return ResolveCommand(parsed, Commands(), GlobalFlagNames());
+}
+
+int RunCli(const std::vector<std::string>& args, const CliEnvironment& env) {
+  std::ostream& err = *env.err;
+  // The command named by the longest matching prefix of `words`, if any.
+  auto named_command = [](const std::vector<std::string>& words) {
+    const CommandDef* named = nullptr;
+    for (const CommandDef& c : Commands()) {
+      if (c.words.size() <= words.size() &&
+          std::equal(c.words.begin(), c.words.end(), words.begin()) &&
+          (named == nullptr || c.words.size() > named->words.size())) {
+        named = &c;
+      }
+    }
+    return named;
+  };
+  auto usage_error = [&](absl::string_view message, const CommandDef* command) {
+    err << "error: " << message << "\n";
+    if (command != nullptr) {
+      err << "usage: compressctl " << Synopsis(*command) << "\n";
+    } else {
+      err << "run 'compressctl help' for usage\n";
+    }
+    return kExitUsage;
+  };
+
+  if (args.empty()) {
+    err << UsageText();
+    return kExitUsage;
+  }
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, Flags());
+  if (!parsed.ok()) {
+    // Flags could not be told from values; the leading words still name
+    // the command in the common case ("model list --bogus").
+    std::vector<std::string> words;
+    for (const std::string& a : args) {
+      if (absl::StartsWith(a, "-")) break;
+      words.push_back(a);
+    }
+    return usage_error(parsed.status().message(), named_command(words));
+  }
+  if (parsed->Has("help") ||
+      (!parsed->positional.empty() && parsed->positional[0] == "help")) {
+    *env.out << UsageText();
+    return kExitOk;
+  }
+  absl::StatusOr<Invocation> inv =
+      ResolveCommand(*parsed, Commands(), GlobalFlagNames());
+  if (!inv.ok()) {
+    return usage_error(inv.status().message(),
+                       named_command(parsed->positional));
+  }
+
+  Client::Options options;
+  options.address =
+      inv->Get("server", env.server.empty() ? kDefaultServer : env.server);
+  options.token = inv->Get("token", env.token);
+  if (inv->Has("timeout")) {
+    absl::StatusOr<double> seconds = ParseSeconds(inv->Get("timeout"));
+    if (!seconds.ok()) {
+      return usage_error(
+          absl::StrCat("--timeout: ", seconds.status().message()),
+          inv->command);
+    }
+    options.timeout = absl::Seconds(*seconds);
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  if (!client.ok()) return usage_error(client.status().message(), inv->command);
+
+  const Handler* handler = nullptr;
+  for (const Entry& e : Entries()) {
+    if (e.def.words == inv->command->words) handler = &e.handler;
+  }
+  const Context ctx{*inv, env, **client, inv->Has("json")};
+  absl::StatusOr<int> code = (*handler)(ctx);
+  env.out->flush();
+  if (code.ok()) return *code;
+  if (IsUsageError(code.status())) {
+    return usage_error(code.status().message(), inv->command);
+  }
+  err << "error: " << absl::StatusCodeToString(code.status().code()) << ": "
+      << code.status().message() << "\n";
+  return kExitFailure;
+}
+
+}  // namespace compress::client

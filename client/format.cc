@@ -1,0 +1,545 @@
+#include "client/format.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/time/time.h"
+
+namespace compress::client {
+namespace {
+
+std::string StripPrefix(const std::string& name, absl::string_view prefix) {
+  return std::string(absl::StripPrefix(name, prefix));
+}
+
+template <typename Enum>
+absl::StatusOr<Enum> ParseEnum(absl::string_view text, absl::string_view prefix,
+                               bool (*parse)(const std::string&, Enum*),
+                               const google::protobuf::EnumDescriptor* desc,
+                               absl::string_view what) {
+  std::string upper = absl::AsciiStrToUpper(text);
+  if (!absl::StartsWith(upper, prefix)) upper = absl::StrCat(prefix, upper);
+  Enum value{};
+  if (!absl::EndsWith(upper, "UNSPECIFIED") && parse(upper, &value))
+    return value;
+  std::vector<std::string> names;
+  for (int i = 0; i < desc->value_count(); ++i) {
+    std::string name = StripPrefix(desc->value(i)->name(), prefix);
+    if (name != "UNSPECIFIED") names.push_back(absl::AsciiStrToLower(name));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ", what, " '", text, "' (one of ",
+                   absl::StrJoin(names, ", "), ")"));
+}
+
+std::string Pad(absl::string_view s, size_t width, bool right) {
+  if (s.size() >= width) return std::string(s);
+  const std::string fill(width - s.size(), ' ');
+  return right ? absl::StrCat(fill, s) : absl::StrCat(s, fill);
+}
+
+std::string ParamSummary(const v1::Layer& layer) {
+  std::vector<std::string> parts;
+  for (const v1::ParameterInfo& p : layer.parameters()) {
+    std::string leaf = p.name();
+    const size_t dot = leaf.rfind('.');
+    if (dot != std::string::npos) leaf = leaf.substr(dot + 1);
+    parts.push_back(absl::StrCat(leaf, FormatShape(p.shape())));
+  }
+  return absl::StrJoin(parts, " ");
+}
+
+std::string ErrorText(const v1::ErrorStatus& error) {
+  std::string text =
+      absl::StrCat(StatusCodeName(error.code()), ": ", error.message());
+  for (const v1::FieldViolation& v : error.violations()) {
+    absl::StrAppend(&text, "; ", v.field(), ": ", v.description());
+  }
+  return text;
+}
+
+std::string ProgressText(const v1::Progress& p) {
+  std::string text = p.stage();
+  if (p.total() > 0) {
+    absl::StrAppend(&text, text.empty() ? "" : " ", p.done(), "/", p.total());
+  } else if (p.done() > 0) {
+    absl::StrAppend(&text, text.empty() ? "" : " ", p.done());
+  }
+  return text;
+}
+
+}  // namespace
+
+std::string StateName(v1::JobState state) {
+  return StripPrefix(v1::JobState_Name(state), "JOB_STATE_");
+}
+
+std::string KindName(v1::JobKind kind) {
+  return StripPrefix(v1::JobKind_Name(kind), "JOB_KIND_");
+}
+
+std::string DatasetFormatName(v1::DatasetFormat format) {
+  return StripPrefix(v1::DatasetFormat_Name(format), "DATASET_FORMAT_");
+}
+
+absl::StatusOr<v1::JobState> ParseJobState(absl::string_view text) {
+  return ParseEnum<v1::JobState>(text, "JOB_STATE_", &v1::JobState_Parse,
+                                 v1::JobState_descriptor(), "job state");
+}
+
+absl::StatusOr<v1::JobKind> ParseJobKind(absl::string_view text) {
+  return ParseEnum<v1::JobKind>(text, "JOB_KIND_", &v1::JobKind_Parse,
+                                v1::JobKind_descriptor(), "job kind");
+}
+
+std::string StatusCodeName(int code) {
+  if (code < 0 || code > 16) return absl::StrCat(code);
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+std::string ShortId(absl::string_view id) {
+  if (id.size() <= 12 || absl::StrContains(id, ':')) return std::string(id);
+  return std::string(id.substr(0, 12));
+}
+
+std::string HumanBytes(int64_t bytes) {
+  if (bytes < 1024) return absl::StrCat(bytes, " B");
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = -1;
+  while (value >= 1024 && unit < 3) {
+    value /= 1024;
+    ++unit;
+  }
+  return absl::StrFormat("%.1f %s", value, kUnits[unit]);
+}
+
+std::string HumanCount(int64_t count) {
+  const double v = static_cast<double>(count);
+  if (std::llabs(count) < 1000) return absl::StrCat(count);
+  if (std::llabs(count) < 1000000) return absl::StrFormat("%.1fK", v / 1e3);
+  if (std::llabs(count) < 1000000000) return absl::StrFormat("%.2fM", v / 1e6);
+  return absl::StrFormat("%.2fG", v / 1e9);
+}
+
+std::string WithCommas(int64_t value) {
+  const uint64_t magnitude = value < 0
+                                 ? uint64_t{0} - static_cast<uint64_t>(value)
+                                 : static_cast<uint64_t>(value);
+  const std::string digits = absl::StrCat(magnitude);
+  std::string out;
+  const int n = static_cast<int>(digits.size());
+  for (int i = 0; i < n; ++i) {
+    if (i > 0 && (n - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return value < 0 ? absl::StrCat("-", out) : out;
+}
+
+std::string FormatEta(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) return "";
+  const int64_t s = std::llround(seconds);
+  if (s < 60) return absl::StrCat(s, "s");
+  if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
+}
+
+std::string FormatShape(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+std::string FormatShape(const google::protobuf::RepeatedField<int64_t>& shape) {
+  return FormatShape(absl::MakeConstSpan(shape.data(), shape.size()));
+}
+
+std::string FormatTimestamp(const google::protobuf::Timestamp& time) {
+  if (time.seconds() == 0 && time.nanos() == 0) return "-";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
+                          absl::FromUnixSeconds(time.seconds()),
+                          absl::UTCTimeZone());
+}
+
+std::string FormatTable(const std::vector<Column>& columns,
+                        const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths(columns.size());
+  for (size_t c = 0; c < columns.size(); ++c)
+    widths[c] = columns[c].header.size();
+  for (const auto& row : rows) {
+    for (size_t c = 0; c < columns.size() && c < row.size(); ++c) {
+      widths[c] = std::max(widths[c], row[c].size());
+    }
+  }
+  auto render = [&](auto cell) {
+    std::string line;
+    for (size_t c = 0; c < columns.size(); ++c) {
+      const bool last = c + 1 == columns.size();
+      if (c > 0) line += "  ";
+      // The last left-aligned column needs no padding.
+      line += (last && !columns[c].right_align)
+                  ? std::string(cell(c))
+                  : Pad(cell(c), widths[c], columns[c].right_align);
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    return line + "\n";
+  };
+  std::string out =
+      render([&](size_t c) { return absl::string_view(columns[c].header); });
+  for (const auto& row : rows) {
+    out += render([&](size_t c) {
+      return c < row.size() ? absl::string_view(row[c]) : absl::string_view();
+    });
+  }
+  return out;
+}
+
+std::string FormatKeyValues(
+    const std::vector<std::pair<std::string, std::string>>& pairs) {
+  size_t width = 0;
+  for (const auto& [key, value] : pairs)
+    width = std::max(width, key.size() + 1);
+  std::string out;
+  for (const auto& [key, value] : pairs) {
+    absl::StrAppend(&out, Pad(absl::StrCat(key, ":"), width, false), " ", value,
+                    "\n");
+  }
+  return out;
+}
+
+std::string FormatModelTable(const std::vector<v1::Model>& models) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Model& m : models) {
+    rows.push_back({ShortId(m.id()), m.name(), HumanBytes(m.size_bytes()),
+                    WithCommas(m.num_parameters()),
+                    absl::StrCat(m.layers_size()),
+                    FormatTimestamp(m.create_time())});
+  }
+  return FormatTable({{"ID"},
+                      {"NAME"},
+                      {"SIZE", true},
+                      {"PARAMS", true},
+                      {"LAYERS", true},
+                      {"CREATED"}},
+                     rows);
+}
+
+std::string FormatModel(const v1::Model& model) {
+  std::string out = FormatKeyValues({
+      {"id", model.id()},
+      {"name", model.name()},
+      {"size", absl::StrCat(HumanBytes(model.size_bytes()), " (",
+                            WithCommas(model.size_bytes()), " bytes)")},
+      {"format",
+       StripPrefix(v1::ModelFormat_Name(model.format()), "MODEL_FORMAT_")},
+      {"parameters", WithCommas(model.num_parameters())},
+      {"layers", absl::StrCat(model.layers_size())},
+      {"created", FormatTimestamp(model.create_time())},
+  });
+  if (model.layers_size() > 0) {
+    std::vector<std::vector<std::string>> rows;
+    for (const v1::Layer& layer : model.layers()) {
+      rows.push_back({layer.name().empty() ? "(root)" : layer.name(),
+                      layer.kind(), WithCommas(layer.numel()),
+                      ParamSummary(layer)});
+    }
+    absl::StrAppend(
+        &out, "\n",
+        FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
+  }
+  return out;
+}
+
+std::string FormatDatasetTable(const std::vector<v1::Dataset>& datasets) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Dataset& d : datasets) {
+    rows.push_back({ShortId(d.id()), d.name(), DatasetFormatName(d.format()),
+                    WithCommas(d.num_examples()), FormatShape(d.input_shape()),
+                    d.builtin() ? "builtin" : HumanBytes(d.size_bytes()),
+                    FormatTimestamp(d.create_time())});
+  }
+  return FormatTable({{"ID"},
+                      {"NAME"},
+                      {"FORMAT"},
+                      {"EXAMPLES", true},
+                      {"INPUT"},
+                      {"SIZE", true},
+                      {"CREATED"}},
+                     rows);
+}
+
+std::string FormatDataset(const v1::Dataset& d) {
+  std::string targets = "none";
+  if (d.has_targets()) {
+    targets =
+        absl::StrCat(FormatShape(d.target_shape()), " ", d.target_dtype());
+  }
+  return FormatKeyValues({
+      {"id", d.id()},
+      {"name", d.name()},
+      {"format", DatasetFormatName(d.format())},
+      {"size", d.builtin()
+                   ? "builtin"
+                   : absl::StrCat(HumanBytes(d.size_bytes()), " (",
+                                  WithCommas(d.size_bytes()), " bytes)")},
+      {"examples", WithCommas(d.num_examples())},
+      {"inputs",
+       absl::StrCat(FormatShape(d.input_shape()), " ", d.input_dtype())},
+      {"targets", targets},
+      {"created", FormatTimestamp(d.create_time())},
+  });
+}
+
+std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Job& j : jobs) {
+    std::string progress = "-";
+    if (j.state() == v1::JOB_STATE_RUNNING && j.has_progress()) {
+      progress = ProgressText(j.progress());
+    }
+    std::string device =
+        j.assigned_device().empty() ? j.device() : j.assigned_device();
+    rows.push_back({ShortId(j.id()), KindName(j.kind()), StateName(j.state()),
+                    progress.empty() ? "-" : progress,
+                    device.empty() ? "-" : device,
+                    FormatTimestamp(j.create_time())});
+  }
+  return FormatTable(
+      {{"ID"}, {"KIND"}, {"STATE"}, {"PROGRESS"}, {"DEVICE"}, {"CREATED"}},
+      rows);
+}
+
+std::string FormatJob(const v1::Job& job) {
+  std::vector<std::pair<std::string, std::string>> pairs = {
+      {"id", job.id()},
+      {"kind", KindName(job.kind())},
+      {"state", StateName(job.state())},
+  };
+  std::string device = job.device().empty() ? "auto" : job.device();
+  if (!job.assigned_device().empty()) {
+    absl::StrAppend(&device, " (ran on ", job.assigned_device(), ")");
+  }
+  pairs.push_back({"device", device});
+  pairs.push_back({"seed", absl::StrCat(job.seed())});
+  if (!job.request_id().empty())
+    pairs.push_back({"request id", job.request_id()});
+  if (job.has_progress() && job.state() == v1::JOB_STATE_RUNNING) {
+    std::string text = ProgressText(job.progress());
+    const std::string eta = FormatEta(job.progress().eta_seconds());
+    if (!eta.empty() && job.progress().eta_seconds() > 0) {
+      absl::StrAppend(&text, " ETA ", eta);
+    }
+    pairs.push_back({"progress", text});
+  }
+  pairs.push_back({"created", FormatTimestamp(job.create_time())});
+  pairs.push_back({"started", FormatTimestamp(job.start_time())});
+  pairs.push_back({"ended", FormatTimestamp(job.end_time())});
+  if (job.attempts() > 1)
+    pairs.push_back({"attempts", absl::StrCat(job.attempts())});
+  if (job.deadline_seconds() > 0) {
+    pairs.push_back({"deadline", absl::StrCat(job.deadline_seconds(), "s")});
+  }
+  pairs.push_back({"events", absl::StrCat(job.last_sequence())});
+  if (!job.result().summary().empty()) {
+    pairs.push_back({"summary", job.result().summary()});
+  }
+  if (job.has_error() && job.error().code() != 0) {
+    pairs.push_back({"error", ErrorText(job.error())});
+  }
+  std::string out = FormatKeyValues(pairs);
+  if (job.result().has_inspect()) {
+    absl::StrAppend(&out, "\n", FormatInspectResult(job.result().inspect()));
+  }
+  return out;
+}
+
+std::string FormatInspectResult(const v1::InspectResult& result) {
+  std::vector<std::vector<std::string>> rows;
+  int64_t layer_params = 0;
+  int64_t layer_macs = 0;
+  for (const v1::LayerInspection& layer : result.layers()) {
+    std::string kind = layer.kind();
+    if (layer.calls() > 1) absl::StrAppend(&kind, " x", layer.calls());
+    rows.push_back({layer.name().empty() ? "(root)" : layer.name(), kind,
+                    WithCommas(layer.numel()), WithCommas(layer.macs()),
+                    FormatShape(layer.output_shape())});
+    layer_params += layer.numel();
+    layer_macs += layer.macs();
+  }
+  rows.push_back({"total", "", WithCommas(result.num_parameters()),
+                  WithCommas(result.total_macs()),
+                  FormatShape(result.output_shape())});
+  std::string out = FormatTable(
+      {{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"MACS", true}, {"OUTPUT"}},
+      rows);
+  absl::StrAppend(&out, "\n", result.layers_size(),
+                  result.layers_size() == 1 ? " layer, " : " layers, ",
+                  HumanCount(result.num_parameters()), " parameters (",
+                  HumanBytes(result.model_bytes()), "), ",
+                  HumanCount(result.total_macs()), " MACs");
+  if (result.unattributed_macs() > 0) {
+    absl::StrAppend(&out, " (", HumanCount(result.unattributed_macs()),
+                    " outside layers)");
+  }
+  absl::StrAppend(&out, "\ninput ", FormatShape(result.input_shape()),
+                  " -> output ", FormatShape(result.output_shape()));
+  if (result.forward_seconds() > 0) {
+    absl::StrAppend(&out, absl::StrFormat(", forward %.2f ms",
+                                          result.forward_seconds() * 1e3));
+  }
+  absl::StrAppend(&out, "\n");
+  return out;
+}
+
+std::string FormatArtifactTable(const std::vector<v1::Artifact>& artifacts) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Artifact& a : artifacts) {
+    rows.push_back({a.name(), HumanBytes(a.size_bytes()), ShortId(a.sha256()),
+                    a.content_type()});
+  }
+  return FormatTable({{"NAME"}, {"SIZE", true}, {"SHA256"}, {"TYPE"}}, rows);
+}
+
+std::string RenderProgressBar(const v1::Progress& progress, int width) {
+  width = std::max(width, 1);
+  int filled = 0;
+  if (progress.total() > 0) {
+    const int64_t done =
+        std::clamp<int64_t>(progress.done(), 0, progress.total());
+    filled = static_cast<int>(done * width / progress.total());
+  }
+  std::string out = absl::StrCat("[", std::string(filled, '#'),
+                                 std::string(width - filled, '.'), "]");
+  const std::string text = ProgressText(progress);
+  if (!text.empty()) absl::StrAppend(&out, " ", text);
+  const std::string eta = FormatEta(progress.eta_seconds());
+  if (!eta.empty()) absl::StrAppend(&out, " ETA ", eta);
+  return out;
+}
+
+std::string FormatEventLine(const v1::JobEvent& event) {
+  switch (event.event_case()) {
+    case v1::JobEvent::kStateChange: {
+      const v1::StateChange& s = event.state_change();
+      std::string line = absl::StrCat("state ", StateName(s.from()), " -> ",
+                                      StateName(s.to()));
+      if (s.to() == v1::JOB_STATE_RUNNING && !s.device().empty()) {
+        absl::StrAppend(&line, " on ", s.device());
+      }
+      if (s.attempt() > 1)
+        absl::StrAppend(&line, " (attempt ", s.attempt(), ")");
+      if (s.has_error() && s.error().code() != 0) {
+        absl::StrAppend(&line, ": ", ErrorText(s.error()));
+      }
+      return line;
+    }
+    case v1::JobEvent::kStageStart: {
+      const v1::StageStart& s = event.stage_start();
+      std::string line = absl::StrCat("stage ", s.stage(), " started");
+      if (s.count() > 0)
+        absl::StrAppend(&line, " (", s.index() + 1, "/", s.count(), ")");
+      return line;
+    }
+    case v1::JobEvent::kStageEnd:
+      return absl::StrFormat("stage %s finished in %.1fs",
+                             event.stage_end().stage(),
+                             event.stage_end().seconds());
+    case v1::JobEvent::kProgress: {
+      std::string line =
+          absl::StrCat("progress ", ProgressText(event.progress()));
+      const std::string eta = FormatEta(event.progress().eta_seconds());
+      if (!eta.empty()) absl::StrAppend(&line, " ETA ", eta);
+      return line;
+    }
+    case v1::JobEvent::kPartialResult:
+      return absl::StrCat("result ", event.partial_result().key(), " ",
+                          event.partial_result().json());
+    case v1::JobEvent::kLog:
+      return absl::StrCat(
+          "[", event.log().level().empty() ? "INFO" : event.log().level(), "] ",
+          event.log().message());
+    case v1::JobEvent::kArtifactReady:
+      return absl::StrCat("artifact ", event.artifact_ready().name(), " (",
+                          event.artifact_ready().size_bytes(), " bytes)");
+    case v1::JobEvent::EVENT_NOT_SET:
+      break;
+  }
+  return absl::StrCat("event ", event.sequence());
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  const auto status =
+      google::protobuf::util::MessageToJsonString(message, &json, options);
+  if (!status.ok()) {
+    return absl::StrCat("{\"error\":\"cannot print ",
+                        message.GetDescriptor()->full_name(), " as JSON\"}");
+  }
+  return json;
+}
+
+void EventPrinter::ClearBar() {
+  if (bar_visible_) *out_ << "\r\x1b[K";
+}
+
+void EventPrinter::DrawBar() {
+  *out_ << "\r" << RenderProgressBar(current_, bar_width_) << "\x1b[K";
+  out_->flush();
+  bar_visible_ = true;
+}
+
+void EventPrinter::Print(const v1::JobEvent& event) {
+  if (mode_ == Mode::kJson) {
+    *out_ << ToJson(event) << "\n";
+    out_->flush();
+    return;
+  }
+  if (mode_ == Mode::kPlain) {
+    *out_ << FormatEventLine(event) << "\n";
+    out_->flush();
+    return;
+  }
+  // TTY: progress only moves the bar; everything else is a line above it.
+  if (event.has_progress()) {
+    current_ = event.progress();
+    DrawBar();
+    return;
+  }
+  const bool was_visible = bar_visible_;
+  ClearBar();
+  *out_ << FormatEventLine(event) << "\n";
+  bar_visible_ = false;
+  if (event.has_stage_start()) {
+    current_.Clear();
+    current_.set_stage(event.stage_start().stage());
+    current_.set_eta_seconds(-1);
+    DrawBar();
+  } else if (event.has_state_change() &&
+             event.state_change().to() != v1::JOB_STATE_RUNNING &&
+             event.state_change().to() != v1::JOB_STATE_QUEUED) {
+    out_->flush();  // terminal: leave no bar behind
+  } else if (was_visible) {
+    DrawBar();
+  } else {
+    out_->flush();
+  }
+}
+
+void EventPrinter::Finish() {
+  if (mode_ == Mode::kTty && bar_visible_) {
+    *out_ << "\n";
+    out_->flush();
+    bar_visible_ = false;
+  }
+}
+
+}  // namespace compress::client

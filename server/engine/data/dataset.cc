@@ -1,0 +1,217 @@
+#include "server/engine/data/dataset.h"
+
+#include <torch/serialize.h>
+
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/engine/data/idx.h"
+#include "server/engine/data/safetensors.h"
+#include "server/engine/model/model.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+absl::Status InFile(const std::string& path, const absl::Status& status) {
+  if (status.ok() || absl::StrContains(status.message(), path)) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat("dataset ", path, ": ", status.message()));
+}
+
+int64_t Take(int64_t available, int64_t max_examples) {
+  return max_examples > 0 && max_examples < available ? max_examples
+                                                      : available;
+}
+
+absl::StatusOr<c10::ScalarType> ScalarTypeOf(const std::string& code) {
+  if (code == "F64") return c10::ScalarType::Double;
+  if (code == "F32") return c10::ScalarType::Float;
+  if (code == "F16") return c10::ScalarType::Half;
+  if (code == "BF16") return c10::ScalarType::BFloat16;
+  if (code == "I64") return c10::ScalarType::Long;
+  if (code == "I32") return c10::ScalarType::Int;
+  if (code == "I16") return c10::ScalarType::Short;
+  if (code == "I8") return c10::ScalarType::Char;
+  if (code == "U8") return c10::ScalarType::Byte;
+  if (code == "BOOL") return c10::ScalarType::Bool;
+  return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", code));
+}
+
+// Reads the first `rows` rows of a tensor whose header ReadSafetensorsHeader
+// has already checked against the file size.
+absl::StatusOr<torch::Tensor> ReadRows(std::ifstream& in,
+                                       const SafetensorsTensor& entry,
+                                       int64_t rows) {
+  ASSIGN_OR_RETURN(c10::ScalarType type, ScalarTypeOf(entry.dtype));
+  std::vector<int64_t> shape = entry.shape;
+  const uint64_t total = entry.end - entry.begin;
+  const uint64_t bytes =
+      shape[0] == 0 ? 0 : total / static_cast<uint64_t>(shape[0]) * rows;
+  shape[0] = rows;
+  // Safetensors data is little-endian, as is every host we build for.
+  torch::Tensor tensor =
+      torch::empty(shape, torch::TensorOptions().dtype(type));
+  in.seekg(static_cast<std::streamoff>(entry.begin));
+  if (!in.read(static_cast<char*>(tensor.data_ptr()),
+               static_cast<std::streamsize>(bytes))) {
+    return absl::InvalidArgumentError("truncated tensor data");
+  }
+  return tensor;
+}
+
+absl::StatusOr<LoadedDataset> LoadSafetensors(const std::string& path,
+                                              int64_t max_examples) {
+  ASSIGN_OR_RETURN(SafetensorsHeader header, ReadSafetensorsHeader(path));
+  auto inputs = header.tensors.find("inputs");
+  if (inputs == header.tensors.end()) {
+    return absl::InvalidArgumentError("no \"inputs\" tensor");
+  }
+  auto targets = header.tensors.find("targets");
+  TensorDescription target_description;
+  if (targets != header.tensors.end()) {
+    target_description = {targets->second.shape,
+                          SafetensorsDtypeName(targets->second.dtype)};
+  }
+  RETURN_IF_ERROR(
+      SummarizeDataset(
+          DatasetFileFormat::kSafetensors,
+          {inputs->second.shape, SafetensorsDtypeName(inputs->second.dtype)},
+          targets == header.tensors.end() ? nullptr : &target_description)
+          .status());
+
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError("cannot open");
+  const int64_t rows = Take(inputs->second.shape[0], max_examples);
+  LoadedDataset data;
+  data.format = DatasetFileFormat::kSafetensors;
+  try {
+    ASSIGN_OR_RETURN(data.inputs, ReadRows(in, inputs->second, rows));
+    if (targets != header.tensors.end()) {
+      ASSIGN_OR_RETURN(data.targets, ReadRows(in, targets->second, rows));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(e.what_without_backtrace());
+  }
+  return data;
+}
+
+absl::StatusOr<LoadedDataset> LoadTorchSave(const std::string& path,
+                                            int64_t max_examples) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError("cannot open");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
+  LoadedDataset data;
+  data.format = DatasetFileFormat::kTorchSave;
+  try {
+    c10::IValue value = torch::pickle_load(bytes);
+    if (!value.isGenericDict()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("torch.save file holds a ", value.tagKind(),
+                       ", not a dict with \"inputs\" (and \"targets\")"));
+    }
+    std::vector<std::string> keys;
+    for (const auto& entry : value.toGenericDict()) {
+      if (!entry.key().isString()) continue;
+      const std::string& key = entry.key().toStringRef();
+      keys.push_back(key);
+      if (key != "inputs" && key != "targets") continue;
+      if (!entry.value().isTensor()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "\"", key, "\" is a ", entry.value().tagKind(), ", not a tensor"));
+      }
+      (key == "inputs" ? data.inputs : data.targets) = entry.value().toTensor();
+    }
+    if (!data.inputs.defined()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no \"inputs\" tensor (keys: ",
+                       keys.empty() ? "none" : absl::StrJoin(keys, ", "), ")"));
+    }
+    TensorDescription targets;
+    if (data.targets.defined()) targets = DescribeTensor(data.targets);
+    RETURN_IF_ERROR(
+        SummarizeDataset(DatasetFileFormat::kTorchSave,
+                         DescribeTensor(data.inputs),
+                         data.targets.defined() ? &targets : nullptr)
+            .status());
+    const int64_t rows = Take(data.inputs.size(0), max_examples);
+    if (rows < data.inputs.size(0)) {
+      // Copy so the rest of the file's storage can be freed.
+      data.inputs = data.inputs.narrow(0, 0, rows).clone();
+      if (data.targets.defined()) {
+        data.targets = data.targets.narrow(0, 0, rows).clone();
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "not a readable torch.save file: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a readable torch.save file: ", e.what()));
+  }
+  return data;
+}
+
+}  // namespace
+
+TensorDescription DescribeTensor(const torch::Tensor& tensor) {
+  TensorDescription description;
+  description.shape = tensor.sizes().vec();
+  description.dtype = DtypeName(tensor.scalar_type());
+  return description;
+}
+
+absl::StatusOr<LoadedDataset> LoadBuiltinDataset(const std::string& id,
+                                                 int64_t max_examples,
+                                                 const std::string& idx_dir) {
+  ASSIGN_OR_RETURN(FashionMnistFiles files, FashionMnistPaths(id, idx_dir));
+  ASSIGN_OR_RETURN(IdxArray images, ReadIdxFile(files.images, max_examples));
+  ASSIGN_OR_RETURN(IdxArray labels, ReadIdxFile(files.labels, max_examples));
+  if (images.dims.size() != 3 || labels.dims.size() != 1 ||
+      images.dims[0] != labels.dims[0]) {
+    return absl::DataLossError(
+        absl::StrCat("IDX files of ", id, " disagree: images [",
+                     absl::StrJoin(images.dims, ", "), "], labels [",
+                     absl::StrJoin(labels.dims, ", "), "]"));
+  }
+  const int64_t n = images.dims[0];
+  LoadedDataset data;
+  data.format = DatasetFileFormat::kIdx;
+  try {
+    torch::Tensor bytes =
+        torch::empty({n, 1, images.dims[1], images.dims[2]}, torch::kUInt8);
+    std::memcpy(bytes.data_ptr(), images.data.data(), images.data.size());
+    data.inputs = bytes.to(torch::kFloat32).div_(255.0);
+    torch::Tensor label_bytes = torch::empty({n}, torch::kUInt8);
+    std::memcpy(label_bytes.data_ptr(), labels.data.data(), labels.data.size());
+    data.targets = label_bytes.to(torch::kInt64);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(e.what_without_backtrace());
+  }
+  return data;
+}
+
+absl::StatusOr<LoadedDataset> LoadDataset(const std::string& path_or_builtin_id,
+                                          int64_t max_examples) {
+  const std::string& path = path_or_builtin_id;
+  if (IsBuiltinDataset(path)) {
+    return LoadBuiltinDataset(path, max_examples, kFashionMnistDir);
+  }
+  ASSIGN_OR_RETURN(DatasetFileFormat format, DetectDatasetFileFormat(path));
+  absl::StatusOr<LoadedDataset> data =
+      format == DatasetFileFormat::kTorchSave
+          ? LoadTorchSave(path, max_examples)
+          : LoadSafetensors(path, max_examples);
+  if (!data.ok()) return InFile(path, data.status());
+  return data;
+}
+
+}  // namespace compress::engine

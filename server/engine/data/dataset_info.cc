@@ -1,0 +1,150 @@
+#include "server/engine/data/dataset_info.h"
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/engine/data/dataset.h"
+#include "server/engine/data/idx.h"
+#include "server/engine/data/safetensors.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+// Names the file in messages from checks that do not know it.
+absl::StatusOr<DatasetSummary> InFile(const std::string& path,
+                                      absl::StatusOr<DatasetSummary> result) {
+  if (result.ok() || !absl::IsInvalidArgument(result.status())) return result;
+  if (absl::StrContains(result.status().message(), path)) return result;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dataset ", path, ": ", result.status().message()));
+}
+
+absl::StatusOr<DatasetSummary> DescribeSafetensors(const std::string& path) {
+  ASSIGN_OR_RETURN(SafetensorsHeader header, ReadSafetensorsHeader(path));
+  auto describe = [](const SafetensorsTensor& t) {
+    return TensorDescription{t.shape, SafetensorsDtypeName(t.dtype)};
+  };
+  auto inputs = header.tensors.find("inputs");
+  if (inputs == header.tensors.end()) {
+    std::vector<std::string> names;
+    for (const auto& [name, tensor] : header.tensors) names.push_back(name);
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset ", path, " has no \"inputs\" tensor (it has: ",
+                     names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  }
+  auto targets = header.tensors.find("targets");
+  TensorDescription target_description;
+  if (targets != header.tensors.end()) {
+    target_description = describe(targets->second);
+  }
+  return InFile(
+      path,
+      SummarizeDataset(
+          DatasetFileFormat::kSafetensors, describe(inputs->second),
+          targets == header.tensors.end() ? nullptr : &target_description));
+}
+
+}  // namespace
+
+const char* DatasetFileFormatName(DatasetFileFormat format) {
+  switch (format) {
+    case DatasetFileFormat::kSafetensors:
+      return "safetensors";
+    case DatasetFileFormat::kTorchSave:
+      return "torchsave";
+    case DatasetFileFormat::kIdx:
+      return "idx";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<DatasetSummary> SummarizeDataset(
+    DatasetFileFormat format, const TensorDescription& inputs,
+    const TensorDescription* targets) {
+  if (inputs.shape.empty()) {
+    return absl::InvalidArgumentError(
+        "\"inputs\" is a scalar; it needs an example dimension");
+  }
+  if (inputs.shape[0] < 1) {
+    return absl::InvalidArgumentError("\"inputs\" holds no examples");
+  }
+  DatasetSummary summary;
+  summary.format = format;
+  summary.num_examples = inputs.shape[0];
+  summary.input_shape.assign(inputs.shape.begin() + 1, inputs.shape.end());
+  summary.input_dtype = inputs.dtype;
+  if (targets != nullptr) {
+    if (targets->shape.empty() || targets->shape[0] != inputs.shape[0]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"targets\" has ",
+          targets->shape.empty() ? "no example dimension"
+                                 : absl::StrCat(targets->shape[0], " examples"),
+          " but \"inputs\" has ", inputs.shape[0]));
+    }
+    summary.has_targets = true;
+    summary.target_shape.assign(targets->shape.begin() + 1,
+                                targets->shape.end());
+    summary.target_dtype = targets->dtype;
+  }
+  return summary;
+}
+
+bool IsBuiltinDataset(const std::string& id) {
+  return absl::StartsWith(id, "builtin:");
+}
+
+absl::StatusOr<DatasetFileFormat> DetectDatasetFileFormat(
+    const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  const uint64_t size = static_cast<uint64_t>(in.tellg());
+  in.seekg(0);
+  std::string prefix(9, '\0');
+  in.read(prefix.data(), 9);
+  prefix.resize(static_cast<size_t>(in.gcount()));
+  if (absl::StartsWith(prefix, absl::string_view("PK\x03\x04", 4))) {
+    return DatasetFileFormat::kTorchSave;
+  }
+  if (LooksLikeSafetensors(prefix, size))
+    return DatasetFileFormat::kSafetensors;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dataset ", path,
+                   " is neither safetensors nor a torch.save zip (.pt) file"));
+}
+
+absl::StatusOr<DatasetSummary> DescribeDatasetFile(const std::string& path) {
+  ASSIGN_OR_RETURN(DatasetFileFormat format, DetectDatasetFileFormat(path));
+  if (format == DatasetFileFormat::kSafetensors) {
+    return DescribeSafetensors(path);
+  }
+  ASSIGN_OR_RETURN(LoadedDataset data, LoadDataset(path, 0));
+  TensorDescription targets;
+  if (data.targets.defined()) targets = DescribeTensor(data.targets);
+  return InFile(path,
+                SummarizeDataset(DatasetFileFormat::kTorchSave,
+                                 DescribeTensor(data.inputs),
+                                 data.targets.defined() ? &targets : nullptr));
+}
+
+absl::StatusOr<DatasetSummary> DescribeBuiltinDataset(
+    const std::string& id, const std::string& idx_dir) {
+  ASSIGN_OR_RETURN(FashionMnistFiles files, FashionMnistPaths(id, idx_dir));
+  ASSIGN_OR_RETURN(std::vector<int64_t> images, ReadIdxDims(files.images));
+  ASSIGN_OR_RETURN(std::vector<int64_t> labels, ReadIdxDims(files.labels));
+  if (images.size() != 3 || labels.size() != 1 || images[0] != labels[0]) {
+    return absl::DataLossError(absl::StrCat(
+        "IDX files of ", id, " disagree: images [", absl::StrJoin(images, ", "),
+        "], labels [", absl::StrJoin(labels, ", "), "]"));
+  }
+  const TensorDescription targets{{labels[0]}, "int64"};
+  return SummarizeDataset(DatasetFileFormat::kIdx,
+                          {{images[0], 1, images[1], images[2]}, "float32"},
+                          &targets);
+}
+
+}  // namespace compress::engine

@@ -1,0 +1,67 @@
+// Calibration/eval dataset validation and description.
+//
+// Torch-free header. Formats: safetensors (tensors "inputs", optional
+// "targets"), a torch.save'd dict with those keys (zip format), and the
+// built-in Fashion-MNIST IDX files ("builtin:fashion-mnist/train|test").
+#ifndef COMPRESS_ENGINE_DATA_DATASET_INFO_H_
+#define COMPRESS_ENGINE_DATA_DATASET_INFO_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace compress::engine {
+
+enum class DatasetFileFormat { kSafetensors, kTorchSave, kIdx };
+
+struct DatasetSummary {
+  DatasetFileFormat format = DatasetFileFormat::kSafetensors;
+  int64_t num_examples = 0;
+  std::vector<int64_t> input_shape;  // per example (batch dim removed)
+  std::string input_dtype;           // "float32", "uint8", ...
+  bool has_targets = false;
+  std::vector<int64_t> target_shape;  // per example; {} for class labels
+  std::string target_dtype;
+};
+
+// Detects the format from the bytes (safetensors header or zip magic) and
+// validates: "inputs" present, at least one example, "targets" (if any) with
+// the same first dimension. INVALID_ARGUMENT naming the problem otherwise.
+absl::StatusOr<DatasetSummary> DescribeDatasetFile(const std::string& path);
+
+// Default directory of the Debian dataset-fashion-mnist package.
+inline constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
+
+// True for ids of the form "builtin:...".
+bool IsBuiltinDataset(const std::string& id);
+
+// Describes "builtin:fashion-mnist/train" or ".../test" from the gzipped IDX
+// files in `idx_dir`. NOT_FOUND for other builtin names or missing files.
+absl::StatusOr<DatasetSummary> DescribeBuiltinDataset(
+    const std::string& id, const std::string& idx_dir = kFashionMnistDir);
+
+// kSafetensors or kTorchSave from the first bytes of `path`. NOT_FOUND when
+// it cannot be opened, INVALID_ARGUMENT when it is neither.
+absl::StatusOr<DatasetFileFormat> DetectDatasetFileFormat(
+    const std::string& path);
+
+// Shape and dtype of one stored tensor, example dimension included.
+struct TensorDescription {
+  std::vector<int64_t> shape;
+  std::string dtype;
+};
+
+// Builds a summary from the "inputs" and optional "targets" tensors of any
+// format and applies the checks above. Shared by the format readers.
+absl::StatusOr<DatasetSummary> SummarizeDataset(
+    DatasetFileFormat format, const TensorDescription& inputs,
+    const TensorDescription* targets);
+
+// "safetensors", "torchsave" or "idx".
+const char* DatasetFileFormatName(DatasetFileFormat format);
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_DATA_DATASET_INFO_H_

@@ -1,0 +1,32 @@
+// Loading TorchScript models inside the engine (torch-including header).
+//
+// Engine code that needs the module itself (inspection, Hessian work,
+// quantization) goes through LoadModel so that every caller gets the same
+// status codes and messages for bad files. The service layer includes
+// model_info.h instead, which keeps LibTorch out of its build.
+//
+//   ASSIGN_OR_RETURN(torch::jit::Module m, LoadModel(path, "cuda:0"));
+#ifndef COMPRESS_ENGINE_MODEL_MODEL_H_
+#define COMPRESS_ENGINE_MODEL_MODEL_H_
+
+#include <torch/script.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace compress::engine {
+
+// Loads `path` as TorchScript with its tensors on `device` ("cpu" or
+// "cuda:N") and puts it in eval mode. NOT_FOUND when the file does not
+// exist; INVALID_ARGUMENT (with the loader's message) when it is not a
+// TorchScript model or the device is not valid. Thread-safe.
+absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
+                                             const std::string& device = "cpu");
+
+// The dtype's name as NumPy/PyTorch print it: "float32", "int64", "uint8".
+std::string DtypeName(c10::ScalarType type);
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_MODEL_MODEL_H_

@@ -1,0 +1,168 @@
+// JobManager: the queue, the worker pool, cancellation, deadlines, the
+// persisted event log and restart recovery.
+//
+// Jobs are rows in the MetadataStore; every state change and progress report
+// is a JobEvent with a per-job sequence number (1, 2, 3, ...), written in the
+// same transaction as the job row, so after a crash the log and the job agree.
+// Start() re-queues jobs a crashed process left RUNNING. Workers are threads
+// bound to one device slot each (N CPU slots, one per CUDA device); a job asks
+// for "auto", "cpu" or "cuda:N".
+//
+// Thread-safe. Model work never runs under the lock. Listeners registered with
+// Subscribe() are called on the appending thread, without the lock held, after
+// the event is durable; they must be quick (they typically wake a gRPC
+// reactor, which then reads with Events()).
+#ifndef COMPRESS_JOBS_JOB_MANAGER_H_
+#define COMPRESS_JOBS_JOB_MANAGER_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "compress/v1/compress.pb.h"
+#include "server/engine/common/cancel.h"
+#include "server/pipeline/pipeline.h"
+#include "server/store/blob_store.h"
+#include "server/store/metadata_store.h"
+
+namespace compress::jobs {
+
+struct JobManagerOptions {
+  int cpu_workers = 1;              // concurrent jobs on the CPU; default 1
+  std::vector<std::string> cuda_devices;  // one slot each, e.g. {"cuda:0"}
+  int max_queued = 1000;            // queued jobs before RESOURCE_EXHAUSTED
+  absl::Duration default_deadline = absl::Hours(24);  // run time limit
+  absl::Duration max_deadline = absl::Hours(7 * 24);  // cap on a job's own
+  int max_attempts = 3;             // restarts a job survives before FAILED
+  // Minimum spacing of progress events per job (others are coalesced).
+  absl::Duration progress_interval = absl::Milliseconds(200);
+};
+
+// Receives job-level metrics (the service maps them to Prometheus).
+class JobObserver {
+ public:
+  virtual ~JobObserver() = default;
+  virtual void OnSubmitted(compress::v1::JobKind kind) = 0;
+  virtual void OnFinished(compress::v1::JobKind kind, compress::v1::JobState state,
+                          double run_seconds) = 0;
+  virtual void OnQueueDepth(int queued) = 0;
+  virtual void OnWorkers(int busy, int total) = 0;
+};
+
+struct SubmitRequest {
+  std::string request_id;  // idempotency key; empty = none
+  compress::v1::JobSpec spec;
+  std::string device = "auto";
+  uint64_t seed = 0;              // 0 = pick one
+  int64_t deadline_seconds = 0;   // 0 = default
+};
+
+class JobManager {
+ public:
+  // `metadata`, `blobs`, `pipeline`, `resources` and `observer` must outlive
+  // the manager; `observer` may be null.
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(
+      const JobManagerOptions& options, store::MetadataStore* metadata,
+      store::BlobStore* blobs, pipeline::Pipeline* pipeline,
+      pipeline::Resources* resources, JobObserver* observer);
+  ~JobManager();
+  JobManager(const JobManager&) = delete;
+  JobManager& operator=(const JobManager&) = delete;
+
+  // Recovers jobs left QUEUED or RUNNING by an earlier process and starts
+  // the workers.
+  absl::Status Start() ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops accepting jobs (Submit answers UNAVAILABLE), lets running jobs
+  // finish for up to `grace`, then interrupts them: an interrupted job goes
+  // back to QUEUED and resumes when a server starts again. Joins the workers.
+  void Drain(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Validates and enqueues. Same request_id with the same spec: the existing
+  // job; with another spec: ALREADY_EXISTS.
+  absl::StatusOr<compress::v1::Job> Submit(const SubmitRequest& request)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<compress::v1::Job> Get(const std::string& job_id);
+  absl::StatusOr<store::Page<compress::v1::Job>> List(const store::JobFilter& filter,
+                                                       int page_size,
+                                                       const std::string& page_token);
+  // QUEUED: cancelled at once. RUNNING: the token is cancelled and the job
+  // ends CANCELLED at its next check. Finished: FAILED_PRECONDITION.
+  absl::StatusOr<compress::v1::Job> Cancel(const std::string& job_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Events after `after_sequence`, ascending, at most `limit`.
+  absl::StatusOr<std::vector<compress::v1::JobEvent>> Events(const std::string& job_id,
+                                                             int64_t after_sequence,
+                                                             int limit = 256);
+  // Calls `listener` after each new event of `job_id`. Returns a handle for
+  // Unsubscribe(); after Unsubscribe returns the listener is not called again.
+  uint64_t Subscribe(const std::string& job_id, std::function<void()> listener)
+      ABSL_LOCKS_EXCLUDED(listeners_mu_);
+  void Unsubscribe(const std::string& job_id, uint64_t handle) ABSL_LOCKS_EXCLUDED(listeners_mu_);
+
+  bool accepting() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Slot {
+    std::string device;
+    bool busy = false;
+  };
+  struct Running {
+    std::shared_ptr<engine::CancelToken> token;
+    bool interrupted = false;  // by Drain: re-queue, don't cancel
+  };
+  class Context;
+
+  JobManager(const JobManagerOptions& options, store::MetadataStore* metadata,
+             store::BlobStore* blobs, pipeline::Pipeline* pipeline,
+             pipeline::Resources* resources, JobObserver* observer);
+
+  void WorkerLoop(int slot) ABSL_LOCKS_EXCLUDED(mu_);
+  void RunJob(int slot, compress::v1::Job job) ABSL_LOCKS_EXCLUDED(mu_);
+  // Appends an event (sequence assigned here) and persists `job` with it.
+  absl::Status AppendLocked(compress::v1::Job& job, compress::v1::JobEvent event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Append(compress::v1::Job& job, compress::v1::JobEvent event)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status ChangeStateLocked(compress::v1::Job& job, compress::v1::JobState to)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Notify(const std::string& job_id) ABSL_LOCKS_EXCLUDED(listeners_mu_);
+  void ReportGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool SlotAccepts(int slot, const std::string& requested) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  const JobManagerOptions options_;
+  store::MetadataStore* const metadata_;
+  store::BlobStore* const blobs_;
+  pipeline::Pipeline* const pipeline_;
+  pipeline::Resources* const resources_;
+  JobObserver* const observer_;
+
+  mutable absl::Mutex mu_;
+  bool accepting_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<compress::v1::Job> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Running> running_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> workers_;
+
+  absl::Mutex listeners_mu_;
+  uint64_t next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;
+  std::map<std::string, std::map<uint64_t, std::shared_ptr<std::function<void()>>>> listeners_
+      ABSL_GUARDED_BY(listeners_mu_);
+};
+
+// True for SUCCEEDED, FAILED and CANCELLED.
+bool IsTerminal(compress::v1::JobState state);
+
+}  // namespace compress::jobs
+
+#endif  // COMPRESS_JOBS_JOB_MANAGER_H_

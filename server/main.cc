@@ -1,0 +1,120 @@
+// compressd: the compression service. Every flag can also be set through the
+// environment as COMPRESSD_<FLAG IN UPPER CASE> (the command line wins).
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/service/server.h"
+
+namespace {
+const compress::service::ServerOptions kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, listen, kDefaults.listen, "gRPC listen address (host:port; port 0 picks one)");
+ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
+          "Prometheus metrics HTTP address (host:port); empty disables it");
+ABSL_FLAG(std::string, data_dir, kDefaults.data_dir,
+          "directory for blobs and the SQLite metadata database");
+ABSL_FLAG(int, cpu_workers, kDefaults.cpu_workers, "jobs that run at once on the CPU");
+ABSL_FLAG(bool, use_cuda, kDefaults.use_cuda, "add one worker slot per visible CUDA device");
+ABSL_FLAG(int, threads, kDefaults.intra_op_threads,
+          "LibTorch intra-op threads; 0 = all cores");
+ABSL_FLAG(int, max_queued, kDefaults.max_queued,
+          "queued jobs accepted before SubmitJob answers RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_model_bytes, kDefaults.max_model_bytes,
+          "largest model upload, bytes (larger: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int64_t, max_dataset_bytes, kDefaults.max_dataset_bytes,
+          "largest dataset upload, bytes (larger: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(absl::Duration, default_deadline, kDefaults.default_deadline,
+          "run time limit of a job that sets none (e.g. 24h, 90m)");
+ABSL_FLAG(int, max_attempts, kDefaults.max_attempts,
+          "server restarts a running job survives before it is FAILED");
+ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
+          "on SIGTERM, how long running jobs may finish before they are re-queued");
+ABSL_FLAG(std::string, fashion_mnist_dir, kDefaults.fashion_mnist_dir,
+          "IDX files for the builtin:fashion-mnist datasets");
+ABSL_FLAG(bool, reflection, kDefaults.reflection, "enable gRPC server reflection");
+
+namespace {
+
+// Environment first, so that the command line (parsed after) wins.
+void ApplyEnvironment() {
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (flag->Filename().find("server/main.cc") == std::string::npos) continue;
+    std::string env = absl::StrCat("COMPRESSD_", absl::AsciiStrToUpper(name));
+    const char* value = std::getenv(env.c_str());
+    if (value == nullptr) continue;
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      fprintf(stderr, "compressd: %s=%s: %s\n", env.c_str(), value, error.c_str());
+      std::exit(2);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Hessian-aware neural network compression service.\n"
+      "Every flag may also be set as COMPRESSD_<FLAG> in the environment.\n"
+      "Usage: compressd [--flag=value ...]");
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_helpshort_flags = [](absl::string_view f) {
+    return f.find("server/main.cc") != absl::string_view::npos;
+  };
+  usage_config.contains_help_flags = usage_config.contains_helpshort_flags;
+  absl::SetFlagsUsageConfig(usage_config);
+  ApplyEnvironment();
+  absl::ParseCommandLine(argc, argv);
+
+  // Block SIGTERM/SIGINT in every thread; one thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  compress::service::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
+  options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
+  options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  options.max_queued = absl::GetFlag(FLAGS_max_queued);
+  options.max_model_bytes = absl::GetFlag(FLAGS_max_model_bytes);
+  options.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
+  options.default_deadline = absl::GetFlag(FLAGS_default_deadline);
+  options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.fashion_mnist_dir = absl::GetFlag(FLAGS_fashion_mnist_dir);
+  options.reflection = absl::GetFlag(FLAGS_reflection);
+
+  auto server = compress::service::Server::Create(options);
+  if (!server.ok()) {
+    fprintf(stderr, "compressd: cannot start: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  // One line on stdout that scripts and tests can wait for.
+  printf("compressd listening on port %d, metrics on port %d, data in %s\n", (*server)->port(),
+         (*server)->metrics_port(), options.data_dir.c_str());
+  fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  fprintf(stderr, "compressd: signal %d, draining (up to %s)\n", sig,
+          absl::FormatDuration(absl::GetFlag(FLAGS_drain_grace)).c_str());
+  (*server)->Drain(absl::GetFlag(FLAGS_drain_grace));
+  fprintf(stderr, "compressd: stopped\n");
+  return 0;
+}

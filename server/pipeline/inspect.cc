@@ -1,0 +1,69 @@
+#include "server/pipeline/inspect.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
+#include "server/engine/model/model_info.h"
+#include "server/util/status_macros.h"
+
+namespace compress::pipeline {
+namespace v1 = compress::v1;
+
+absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext& context) {
+  engine::ProgressSink& progress = context.progress();
+  engine::InspectOptions options;
+  options.device = context.device();
+  options.input_shape.assign(spec.input_shape().begin(), spec.input_shape().end());
+  if (options.input_shape.empty()) {
+    ASSIGN_OR_RETURN(v1::Dataset dataset, context.resources().GetDataset(spec.dataset_id()));
+    options.input_shape.push_back(1);
+    options.input_shape.insert(options.input_shape.end(), dataset.input_shape().begin(),
+                               dataset.input_shape().end());
+  }
+  progress.StageStart("inspect", 0, 1);
+  progress.Log("INFO", absl::StrCat("forward pass on ", options.device, " with input shape [",
+                                    absl::StrJoin(options.input_shape, ", "), "]"));
+  progress.Progress("inspect", 0, 1);
+  ASSIGN_OR_RETURN(engine::Inspection ins,
+                   engine::InspectModelFile(context.resources().ModelPath(spec.model_id()),
+                                            options, &context.cancel()));
+  progress.Progress("inspect", 1, 1);
+  progress.StageEnd("inspect");
+
+  v1::JobResult result;
+  v1::InspectResult* r = result.mutable_inspect();
+  for (int64_t d : ins.input_shape) r->add_input_shape(d);
+  for (int64_t d : ins.output_shape) r->add_output_shape(d);
+  r->set_num_parameters(ins.summary.num_parameters);
+  r->set_model_bytes(ins.summary.model_bytes);
+  r->set_total_macs(ins.total_macs);
+  r->set_unattributed_macs(ins.unattributed_macs);
+  r->set_forward_seconds(ins.forward_seconds);
+  for (const engine::LayerCost& c : ins.layers) {
+    v1::LayerInspection* l = r->add_layers();
+    l->set_name(c.name);
+    l->set_kind(c.kind);
+    l->set_numel(c.numel);
+    l->set_macs(c.macs);
+    for (int64_t d : c.output_shape) l->add_output_shape(d);
+    l->set_calls(c.calls);
+  }
+  result.set_summary(absl::StrCat(ins.summary.num_parameters, " parameters, ",
+                                  ins.summary.model_bytes, " bytes, ", ins.total_macs,
+                                  " MACs per forward pass, output [",
+                                  absl::StrJoin(ins.output_shape, ", "), "]"));
+
+  std::string json;
+  google::protobuf::util::JsonPrintOptions json_options;
+  json_options.add_whitespace = true;
+  json_options.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(*r, &json, json_options).ok()) {
+    return absl::InternalError("cannot encode inspection.json");
+  }
+  RETURN_IF_ERROR(context.AddArtifact("inspection.json", "application/json", json).status());
+  return result;
+}
+
+}  // namespace compress::pipeline

@@ -1,0 +1,56 @@
+#include "server/pipeline/pipeline.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/pipeline/inspect.h"
+#include "server/pipeline/validate.h"
+
+namespace compress::pipeline {
+namespace v1 = compress::v1;
+
+v1::JobKind KindOf(const v1::JobSpec& spec) {
+  switch (spec.spec_case()) {
+    case v1::JobSpec::kInspect:
+      return v1::JOB_KIND_INSPECT;
+    case v1::JobSpec::kAnalyze:
+      return v1::JOB_KIND_ANALYZE;
+    case v1::JobSpec::kQuantize:
+      return v1::JOB_KIND_QUANTIZE;
+    case v1::JobSpec::kPrune:
+      return v1::JOB_KIND_PRUNE;
+    case v1::JobSpec::kCompress:
+      return v1::JOB_KIND_COMPRESS;
+    default:
+      return v1::JOB_KIND_UNSPECIFIED;
+  }
+}
+
+namespace {
+
+class DefaultPipeline : public Pipeline {
+ public:
+  absl::Status Validate(const v1::JobSpec& spec, Resources& resources) override {
+    absl::Status s = ValidateSpec(spec, resources);
+    if (!s.ok() || spec.spec_case() == v1::JobSpec::kInspect) return s;
+    // The spec is well-formed, but this server cannot run it yet: refuse it
+    // rather than accept a job that can only fail.
+    return absl::UnimplementedError(absl::StrCat(
+        v1::JobKind_Name(KindOf(spec)), " jobs are not implemented by this server yet"));
+  }
+
+  absl::StatusOr<v1::JobResult> Run(JobContext& context) override {
+    const v1::JobSpec& spec = context.job().spec();
+    switch (spec.spec_case()) {
+      case v1::JobSpec::kInspect:
+        return RunInspect(spec.inspect(), context);
+      default:
+        return absl::UnimplementedError(absl::StrCat(
+            v1::JobKind_Name(KindOf(spec)), " jobs are not implemented by this server yet"));
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Pipeline> NewDefaultPipeline() { return std::make_unique<DefaultPipeline>(); }
+
+}  // namespace compress::pipeline

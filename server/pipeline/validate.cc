@@ -1,0 +1,254 @@
+#include "server/pipeline/validate.h"
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/util/status_macros.h"
+
+namespace compress::pipeline {
+namespace v1 = compress::v1;
+
+namespace {
+
+absl::Status Invalid(const std::string& field, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+absl::Status CheckModel(const std::string& field, const std::string& id, Resources& r,
+                        v1::Model* out = nullptr) {
+  if (id.empty()) return Invalid(field, "required");
+  auto model = r.GetModel(id);
+  if (model.ok()) {
+    if (out != nullptr) *out = *std::move(model);
+    return absl::OkStatus();
+  }
+  if (absl::IsNotFound(model.status()) && r.GetDataset(id).ok()) {
+    return Invalid(field, absl::StrCat(id, " is a dataset, not a model"));
+  }
+  if (absl::IsNotFound(model.status())) {
+    return absl::NotFoundError(absl::StrCat(field, ": model ", id, " not found"));
+  }
+  return model.status();
+}
+
+absl::Status CheckDataset(const std::string& field, const std::string& id, Resources& r) {
+  if (id.empty()) return Invalid(field, "required");
+  auto dataset = r.GetDataset(id);
+  if (dataset.ok()) return absl::OkStatus();
+  if (absl::IsNotFound(dataset.status()) && r.GetModel(id).ok()) {
+    return Invalid(field, absl::StrCat(id, " is a model, not a dataset"));
+  }
+  if (absl::IsNotFound(dataset.status())) {
+    return absl::NotFoundError(absl::StrCat(field, ": dataset ", id, " not found"));
+  }
+  return dataset.status();
+}
+
+absl::Status CheckData(const std::string& field, const v1::CalibrationData& d, Resources& r) {
+  RETURN_IF_ERROR(CheckDataset(field + ".dataset_id", d.dataset_id(), r));
+  if (d.num_samples() < 0) return Invalid(field + ".num_samples", "must be >= 0 (0 = all)");
+  if (d.batch_size() < 0) return Invalid(field + ".batch_size", "must be >= 0 (0 = default)");
+  return absl::OkStatus();
+}
+
+template <typename Int>
+absl::Status AtLeast(const std::string& field, bool has, Int value, Int min) {
+  if (has && value < min) return Invalid(field, absl::StrCat("must be >= ", min, ", got ", value));
+  return absl::OkStatus();
+}
+
+absl::Status Fraction(const std::string& field, bool has, double value) {
+  if (has && !(value > 0 && value < 1)) {
+    return Invalid(field, absl::StrCat("must be in (0, 1), got ", value));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Positive(const std::string& field, bool has, double value) {
+  if (has && !(value > 0)) return Invalid(field, absl::StrCat("must be > 0, got ", value));
+  return absl::OkStatus();
+}
+
+bool ValidBits(int bits) { return (bits >= 2 && bits <= 8) || bits == 16 || bits == 32; }
+
+absl::Status ValidateAnalyze(const v1::AnalyzeSpec& s, Resources& r) {
+  const std::string f = "analyze";
+  RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r));
+  RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
+  const auto& t = s.traces();
+  RETURN_IF_ERROR(AtLeast(f + ".traces.max_probes", t.has_max_probes(), t.max_probes(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".traces.min_probes", t.has_min_probes(), t.min_probes(), 2));
+  if (t.has_min_probes() && t.has_max_probes() && t.min_probes() > t.max_probes()) {
+    return Invalid(f + ".traces.min_probes", "must not exceed max_probes");
+  }
+  RETURN_IF_ERROR(Fraction(f + ".traces.tolerance", t.has_tolerance(), t.tolerance()));
+  const auto& e = s.eigen();
+  RETURN_IF_ERROR(AtLeast(f + ".eigen.k", e.has_k(), e.k(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".eigen.max_iterations", e.has_max_iterations(), e.max_iterations(), 1));
+  RETURN_IF_ERROR(Fraction(f + ".eigen.tolerance", e.has_tolerance(), e.tolerance()));
+  const auto& d = s.density();
+  RETURN_IF_ERROR(AtLeast(f + ".density.lanczos_steps", d.has_lanczos_steps(), d.lanczos_steps(), 2));
+  RETURN_IF_ERROR(AtLeast(f + ".density.runs", d.has_runs(), d.runs(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".density.grid_points", d.has_grid_points(), d.grid_points(), 2));
+  RETURN_IF_ERROR(Positive(f + ".density.sigma", d.has_sigma(), d.sigma()));
+  RETURN_IF_ERROR(AtLeast(f + ".qbert.subsets", s.qbert().has_subsets(), s.qbert().subsets(), 2));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpec& s,
+                                     Resources& r) {
+  RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
+  if (!s.eval_dataset_id().empty()) {
+    RETURN_IF_ERROR(CheckDataset(f + ".eval_dataset_id", s.eval_dataset_id(), r));
+  }
+  for (int i = 0; i < s.candidate_bits_size(); ++i) {
+    if (!ValidBits(s.candidate_bits(i))) {
+      return Invalid(absl::StrCat(f, ".candidate_bits[", i, "]"),
+                     absl::StrCat("must be 2..8, 16 or 32, got ", s.candidate_bits(i)));
+    }
+  }
+  for (int i = 0; i < s.pins_size(); ++i) {
+    if (!ValidBits(s.pins(i).bits())) {
+      return Invalid(absl::StrCat(f, ".pins[", i, "].bits"),
+                     absl::StrCat("must be 2..8, 16 or 32, got ", s.pins(i).bits()));
+    }
+    if (s.pins(i).layer().empty()) return Invalid(absl::StrCat(f, ".pins[", i, "].layer"), "required");
+  }
+  const auto& q = s.quantizer();
+  if (q.granularity() == v1::GRANULARITY_GROUP || q.has_group_size()) {
+    int g = q.has_group_size() ? q.group_size() : 128;
+    if (g != 32 && g != 64 && g != 128) {
+      return Invalid(f + ".quantizer.group_size", absl::StrCat("must be 32, 64 or 128, got ", g));
+    }
+  }
+  if (q.has_gptq_damping() && !(q.gptq_damping() > 0 && q.gptq_damping() < 1)) {
+    return Invalid(f + ".quantizer.gptq_damping", "must be in (0, 1)");
+  }
+  RETURN_IF_ERROR(AtLeast(f + ".quantizer.gptq_block_size", q.has_gptq_block_size(),
+                          q.gptq_block_size(), 1));
+  switch (s.budget().limit_case()) {
+    case v1::Budget::kAverageBits:
+      if (!(s.budget().average_bits() >= 2 && s.budget().average_bits() <= 32)) {
+        return Invalid(f + ".budget.average_bits",
+                       absl::StrCat("must be in [2, 32], got ", s.budget().average_bits()));
+      }
+      break;
+    case v1::Budget::kModelBytes:
+      if (s.budget().model_bytes() <= 0) return Invalid(f + ".budget.model_bytes", "must be > 0");
+      break;
+    case v1::Budget::kBops:
+      if (!(s.budget().bops() > 0)) return Invalid(f + ".budget.bops", "must be > 0");
+      break;
+    default:
+      if (s.search() != v1::SEARCH_METHOD_ACCURACY_BISECTION) {
+        return Invalid(f + ".budget", "required (average_bits, model_bytes or bops)");
+      }
+  }
+  if (s.search() == v1::SEARCH_METHOD_ACCURACY_BISECTION) {
+    if (s.eval_dataset_id().empty()) {
+      return Invalid(f + ".eval_dataset_id", "required for accuracy-bounded search");
+    }
+    if (s.tolerance().limit_case() == v1::AccuracyTolerance::LIMIT_NOT_SET) {
+      return Invalid(f + ".tolerance", "required for accuracy-bounded search");
+    }
+  }
+  if (s.tolerance().has_max_drop_pp() && !(s.tolerance().max_drop_pp() >= 0)) {
+    return Invalid(f + ".tolerance.max_drop_pp", "must be >= 0");
+  }
+  if (s.tolerance().has_max_relative_drop() &&
+      !(s.tolerance().max_relative_drop() >= 0 && s.tolerance().max_relative_drop() < 1)) {
+    return Invalid(f + ".tolerance.max_relative_drop", "must be in [0, 1)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePruneNumbers(const std::string& f, const v1::PruneSpec& s, Resources& r) {
+  v1::Model model;
+  RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r, &model));
+  if (!LooksLikeViT(model)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        f, ".model_id: model ", s.model_id(),
+        " is not a Vision Transformer (no attn.qkv or self_attention layers); "
+        "structural pruning needs one"));
+  }
+  RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
+  if (!s.eval_dataset_id().empty()) {
+    RETURN_IF_ERROR(CheckDataset(f + ".eval_dataset_id", s.eval_dataset_id(), r));
+  }
+  switch (s.target().target_case()) {
+    case v1::PruneTarget::kFlopsFraction:
+      RETURN_IF_ERROR(Fraction(f + ".target.flops_fraction", true, s.target().flops_fraction()));
+      break;
+    case v1::PruneTarget::kParamsFraction:
+      RETURN_IF_ERROR(Fraction(f + ".target.params_fraction", true, s.target().params_fraction()));
+      break;
+    case v1::PruneTarget::kLatencyFraction:
+      RETURN_IF_ERROR(
+          Fraction(f + ".target.latency_fraction", true, s.target().latency_fraction()));
+      break;
+    default:
+      return Invalid(f + ".target", "required (flops_fraction, params_fraction or latency_fraction)");
+  }
+  if (s.latency_weight() < 0) return Invalid(f + ".latency_weight", "must be >= 0");
+  RETURN_IF_ERROR(AtLeast(f + ".head_group", s.has_head_group(), s.head_group(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".mlp_group", s.has_mlp_group(), s.mlp_group(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".steps", s.has_steps(), s.steps(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".recovery.steps", s.recovery().has_steps(), s.recovery().steps(), 0));
+  RETURN_IF_ERROR(Positive(f + ".recovery.learning_rate", s.recovery().has_learning_rate(),
+                           s.recovery().learning_rate()));
+  RETURN_IF_ERROR(Positive(f + ".recovery.temperature", s.recovery().has_temperature(),
+                           s.recovery().temperature()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool LooksLikeViT(const v1::Model& model) {
+  for (const v1::Layer& l : model.layers()) {
+    if (absl::EndsWith(l.name(), "attn.qkv") || absl::StrContains(l.name(), "self_attention")) {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::Status ValidateSpec(const v1::JobSpec& spec, Resources& r) {
+  switch (spec.spec_case()) {
+    case v1::JobSpec::kInspect: {
+      const v1::InspectSpec& s = spec.inspect();
+      RETURN_IF_ERROR(CheckModel("inspect.model_id", s.model_id(), r));
+      if (s.input_shape_size() == 0) {
+        if (s.dataset_id().empty()) {
+          return Invalid("inspect.input_shape", "required when inspect.dataset_id is empty");
+        }
+        return CheckDataset("inspect.dataset_id", s.dataset_id(), r);
+      }
+      if (s.input_shape_size() > 8) return Invalid("inspect.input_shape", "at most 8 dimensions");
+      int64_t numel = 1;
+      for (int i = 0; i < s.input_shape_size(); ++i) {
+        if (s.input_shape(i) <= 0) {
+          return Invalid(absl::StrCat("inspect.input_shape[", i, "]"),
+                         absl::StrCat("must be > 0, got ", s.input_shape(i)));
+        }
+        numel *= s.input_shape(i);
+        if (numel > (int64_t{1} << 31)) return Invalid("inspect.input_shape", "input too large");
+      }
+      return absl::OkStatus();
+    }
+    case v1::JobSpec::kAnalyze:
+      return ValidateAnalyze(spec.analyze(), r);
+    case v1::JobSpec::kQuantize:
+      RETURN_IF_ERROR(CheckModel("quantize.model_id", spec.quantize().model_id(), r));
+      return ValidateQuantizeNumbers("quantize", spec.quantize(), r);
+    case v1::JobSpec::kPrune:
+      return ValidatePruneNumbers("prune", spec.prune(), r);
+    case v1::JobSpec::kCompress:
+      RETURN_IF_ERROR(ValidatePruneNumbers("compress.prune", spec.compress().prune(), r));
+      return ValidateQuantizeNumbers("compress.quantize", spec.compress().quantize(), r);
+    default:
+      return Invalid("spec", "one of inspect, analyze, quantize, prune, compress is required");
+  }
+}
+
+}  // namespace compress::pipeline

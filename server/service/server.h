@@ -1,0 +1,65 @@
+// Server: compressd assembled — stores, catalog, job manager, gRPC services,
+// health, reflection and the Prometheus endpoint.
+//
+//   ServerOptions options;            // defaults: see each field
+//   options.data_dir = "/var/lib/compressd";
+//   ASSIGN_OR_RETURN(auto server, Server::Create(options));
+//   ... server->port() ...
+//   server->Drain(absl::Seconds(30));  // on SIGTERM
+//
+// Create() returns once the server is SERVING: the gRPC port is open first
+// (health answers NOT_SERVING meanwhile), jobs of an earlier process are
+// recovered, then health turns SERVING. Thread-safe.
+#ifndef COMPRESS_SERVICE_SERVER_H_
+#define COMPRESS_SERVICE_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace compress::service {
+
+struct ServerOptions {
+  std::string listen = "0.0.0.0:50051";   // gRPC address; port 0 = pick one
+  std::string metrics_listen = "0.0.0.0:9464";  // Prometheus; "" = off
+  std::string data_dir = "./compressd-data";     // blobs/ and compressd.db
+  int cpu_workers = 1;              // concurrent jobs on the CPU
+  bool use_cuda = true;             // one worker slot per visible CUDA device
+  int intra_op_threads = 0;         // LibTorch threads; 0 = all cores
+  int max_queued = 1000;            // queued jobs before RESOURCE_EXHAUSTED
+  int64_t max_model_bytes = int64_t{2} << 30;    // upload limit, bytes
+  int64_t max_dataset_bytes = int64_t{4} << 30;  // upload limit, bytes
+  absl::Duration default_deadline = absl::Hours(24);  // job run time limit
+  int max_attempts = 3;             // restarts a job survives
+  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+  int blocking_threads = 4;         // threads for upload validation
+  bool reflection = true;           // gRPC server reflection
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Create(const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  int port() const;          // bound gRPC port
+  int metrics_port() const;  // bound metrics port, 0 when off
+  // Health NOT_SERVING, refuse new jobs, let running jobs finish for up to
+  // `grace` (then re-queue them for the next start), stop gRPC. Idempotent.
+  void Drain(absl::Duration grace);
+  // Blocks until Drain() has completed.
+  void Wait();
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace compress::service
+
+#endif  // COMPRESS_SERVICE_SERVER_H_

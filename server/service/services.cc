@@ -1,0 +1,402 @@
+#include "server/service/services.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "server/service/grpc_status.h"
+
+namespace compress::service {
+namespace v1 = compress::v1;
+
+namespace {
+
+constexpr size_t kMaxChunk = 1 << 20;
+
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context, const absl::Status& s) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(s));
+  return reactor;
+}
+
+// Receives one upload (header, then chunks) into the catalog. The final
+// check loads the model or dataset, so it runs on the blocking pool.
+template <typename Resource>
+class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
+ public:
+  UploadReactor(store::Catalog* catalog, store::ResourceKind kind, Resource* response,
+                ThreadPool* blocking, Metrics* metrics)
+      : catalog_(catalog), kind_(kind), response_(response), blocking_(blocking),
+        metrics_(metrics) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client half-closed (or went away: then OnCancel runs too).
+      if (upload_ == nullptr) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "header: stream ended before the upload header"));
+        return;
+      }
+      blocking_->Schedule([this] {
+        absl::Status s;
+        if constexpr (std::is_same_v<Resource, v1::Model>) {
+          auto r = catalog_->FinishModelUpload(std::move(upload_));
+          s = r.status();
+          if (r.ok()) *response_ = *std::move(r);
+        } else {
+          auto r = catalog_->FinishDatasetUpload(std::move(upload_));
+          s = r.status();
+          if (r.ok()) *response_ = *std::move(r);
+        }
+        Finish(ToGrpcStatus(s));
+      });
+      return;
+    }
+    absl::Status s;
+    if (upload_ == nullptr) {
+      if (!request_.has_header()) {
+        s = absl::InvalidArgumentError("header: the first message must be the upload header");
+      } else {
+        auto up = catalog_->BeginUpload(kind_, request_.header());
+        s = up.status();
+        if (up.ok()) upload_ = *std::move(up);
+      }
+    } else if (request_.has_header()) {
+      s = absl::InvalidArgumentError("header: sent twice");
+    } else if (request_.chunk().size() > kMaxChunk) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("chunk: ", request_.chunk().size(), " bytes is over the 1 MiB limit"));
+    } else {
+      s = upload_->Append(request_.chunk());
+      metrics_->AddUploadedBytes(kind_ == store::ResourceKind::kModel ? "model" : "dataset",
+                                 static_cast<int64_t>(request_.chunk().size()));
+    }
+    if (!s.ok()) {
+      upload_.reset();  // deletes the temp file
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnCancel() override {}
+  void OnDone() override { delete this; }
+
+ private:
+  store::Catalog* catalog_;
+  store::ResourceKind kind_;
+  Resource* response_;
+  ThreadPool* blocking_;
+  Metrics* metrics_;
+  v1::UploadRequest request_;
+  std::unique_ptr<store::Catalog::Upload> upload_;
+};
+
+template <typename Item, typename Response>
+void FillPage(store::Page<Item> page, Response* response,
+              google::protobuf::RepeatedPtrField<Item>* items) {
+  for (Item& item : page.items) *items->Add() = std::move(item);
+  response->set_next_page_token(page.next_page_token);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Models
+
+grpc::ServerReadReactor<v1::UploadRequest>* ModelServiceImpl::UploadModel(
+    grpc::CallbackServerContext* context, v1::Model* response) {
+  return new UploadReactor<v1::Model>(catalog_, store::ResourceKind::kModel, response, blocking_,
+                                      metrics_);
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(grpc::CallbackServerContext* context,
+                                                     const v1::GetModelRequest* request,
+                                                     v1::Model* response) {
+  auto m = catalog_->GetModel(request->model_id());
+  if (m.ok()) *response = *std::move(m);
+  return Reply(context, m.status());
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(grpc::CallbackServerContext* context,
+                                                       const v1::ListModelsRequest* request,
+                                                       v1::ListModelsResponse* response) {
+  auto page = catalog_->ListModels(request->page_size(), request->page_token());
+  if (page.ok()) FillPage(*std::move(page), response, response->mutable_models());
+  return Reply(context, page.status());
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::DeleteModel(grpc::CallbackServerContext* context,
+                                                        const v1::DeleteModelRequest* request,
+                                                        v1::DeleteModelResponse* response) {
+  return Reply(context, catalog_->DeleteModel(request->model_id()));
+}
+
+// ---------------------------------------------------------------------------
+// Datasets
+
+grpc::ServerReadReactor<v1::UploadRequest>* DatasetServiceImpl::UploadDataset(
+    grpc::CallbackServerContext* context, v1::Dataset* response) {
+  return new UploadReactor<v1::Dataset>(catalog_, store::ResourceKind::kDataset, response,
+                                        blocking_, metrics_);
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::GetDataset(grpc::CallbackServerContext* context,
+                                                         const v1::GetDatasetRequest* request,
+                                                         v1::Dataset* response) {
+  auto d = catalog_->GetDataset(request->dataset_id());
+  if (d.ok()) *response = *std::move(d);
+  return Reply(context, d.status());
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::ListDatasets(
+    grpc::CallbackServerContext* context, const v1::ListDatasetsRequest* request,
+    v1::ListDatasetsResponse* response) {
+  auto page = catalog_->ListDatasets(request->page_size(), request->page_token());
+  if (page.ok()) FillPage(*std::move(page), response, response->mutable_datasets());
+  return Reply(context, page.status());
+}
+
+grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteDataset(
+    grpc::CallbackServerContext* context, const v1::DeleteDatasetRequest* request,
+    v1::DeleteDatasetResponse* response) {
+  return Reply(context, catalog_->DeleteDataset(request->dataset_id()));
+}
+
+// ---------------------------------------------------------------------------
+// Jobs
+
+grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext* context,
+                                                    const v1::SubmitJobRequest* request,
+                                                    v1::Job* response) {
+  jobs::SubmitRequest submit;
+  submit.request_id = request->request_id();
+  submit.spec = request->spec();
+  submit.device = request->device();
+  submit.seed = request->seed();
+  submit.deadline_seconds = request->deadline_seconds();
+  auto job = jobs_->Submit(submit);
+  if (job.ok()) *response = *std::move(job);
+  return Reply(context, job.status());
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* context,
+                                                 const v1::GetJobRequest* request,
+                                                 v1::Job* response) {
+  auto job = jobs_->Get(request->job_id());
+  if (job.ok()) *response = *std::move(job);
+  return Reply(context, job.status());
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* context,
+                                                   const v1::ListJobsRequest* request,
+                                                   v1::ListJobsResponse* response) {
+  store::JobFilter filter;
+  filter.state = request->state();
+  filter.kind = request->kind();
+  auto page = jobs_->List(filter, request->page_size(), request->page_token());
+  if (page.ok()) FillPage(*std::move(page), response, response->mutable_jobs());
+  return Reply(context, page.status());
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* context,
+                                                    const v1::CancelJobRequest* request,
+                                                    v1::Job* response) {
+  auto job = jobs_->Cancel(request->job_id());
+  if (job.ok()) *response = *std::move(job);
+  return Reply(context, job.status());
+}
+
+namespace {
+
+// Streams a job's events: the backlog after `after_sequence`, then live
+// events as the job manager announces them, until the terminal state change.
+// It always reads from the persisted log and tracks the last sequence sent,
+// so a wake-up can never cause a gap or a duplicate.
+class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
+ public:
+  WatchReactor(jobs::JobManager* jobs, std::string job_id, int64_t after_sequence)
+      : jobs_(jobs), job_id_(std::move(job_id)), last_sent_(after_sequence) {}
+
+  // Second phase of construction: subscribing can call back at once.
+  void Begin() {
+    auto job = jobs_->Get(job_id_);
+    if (!job.ok()) {
+      FinishOnce(ToGrpcStatus(job.status()));
+      return;
+    }
+    if (last_sent_ < 0) {
+      FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_sequence: must be >= 0"));
+      return;
+    }
+    // Subscribe before the first read so no event falls between the two.
+    handle_ = jobs_->Subscribe(job_id_, [this] { Pump(); });
+    subscribed_ = true;
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed by the client"));
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      last_sent_ = current_.sequence();
+      if (current_.has_state_change() && jobs::IsTerminal(current_.state_change().to())) {
+        done_ = true;
+      }
+    }
+    Pump();
+  }
+
+  void OnCancel() override { FinishOnce(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    if (subscribed_) jobs_->Unsubscribe(job_id_, handle_);
+    delete this;
+  }
+
+ private:
+  void Pump() {
+    absl::MutexLock lock(&mu_);
+    if (writing_ || finished_) return;
+    if (done_) {
+      FinishLocked(grpc::Status::OK);
+      return;
+    }
+    if (pending_.empty()) {
+      auto events = jobs_->Events(job_id_, last_sent_, 64);
+      if (!events.ok()) {
+        FinishLocked(ToGrpcStatus(events.status()));
+        return;
+      }
+      for (v1::JobEvent& e : *events) pending_.push_back(std::move(e));
+      if (pending_.empty()) {
+        // Nothing new. A job that already ended (and whose terminal event the
+        // client had before reconnecting) ends the stream here.
+        auto job = jobs_->Get(job_id_);
+        if (job.ok() && jobs::IsTerminal(job->state()) && job->last_sequence() <= last_sent_) {
+          FinishLocked(grpc::Status::OK);
+        }
+        return;
+      }
+    }
+    current_ = std::move(pending_.front());
+    pending_.pop_front();
+    writing_ = true;
+    StartWrite(&current_);
+  }
+
+  void FinishOnce(const grpc::Status& s) {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(s);
+  }
+  void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(s);
+  }
+
+  jobs::JobManager* const jobs_;
+  const std::string job_id_;
+  uint64_t handle_ = 0;
+  bool subscribed_ = false;
+  absl::Mutex mu_;
+  int64_t last_sent_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  v1::JobEvent current_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::JobEvent> pending_ ABSL_GUARDED_BY(mu_);
+};
+
+// Streams one artifact: metadata first, then 1 MiB chunks from `offset`.
+class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
+ public:
+  DownloadReactor(store::MetadataStore* metadata, store::BlobStore* blobs, Metrics* metrics,
+                  const v1::DownloadArtifactRequest& request)
+      : metrics_(metrics) {
+    auto artifact = metadata->GetArtifact(request.job_id(), request.name());
+    if (!artifact.ok()) {
+      Finish(ToGrpcStatus(artifact.status()));
+      return;
+    }
+    if (request.offset() < 0 || request.offset() > artifact->size_bytes()) {
+      Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                          absl::StrCat("offset: must be in [0, ", artifact->size_bytes(), "]")));
+      return;
+    }
+    file_ = fopen(blobs->PathFor(artifact->sha256()).c_str(), "rb");
+    if (file_ == nullptr || fseeko(file_, request.offset(), SEEK_SET) != 0) {
+      Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
+                          absl::StrCat("artifact ", request.name(), ": blob missing")));
+      return;
+    }
+    *response_.mutable_artifact() = *artifact;
+    StartWrite(&response_);
+  }
+  ~DownloadReactor() override {
+    if (file_ != nullptr) fclose(file_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed by the client"));
+      return;
+    }
+    std::string* chunk = response_.mutable_chunk();
+    chunk->resize(kMaxChunk);
+    size_t n = fread(chunk->data(), 1, kMaxChunk, file_);
+    if (n == 0) {
+      Finish(ferror(file_) ? grpc::Status(grpc::StatusCode::DATA_LOSS, "read error")
+                           : grpc::Status::OK);
+      return;
+    }
+    chunk->resize(n);
+    metrics_->AddDownloadedBytes("artifact", static_cast<int64_t>(n));
+    StartWrite(&response_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  Metrics* metrics_;
+  FILE* file_ = nullptr;
+  v1::DownloadArtifactResponse response_;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::WatchJob(
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  auto* reactor = new WatchReactor(jobs_, request->job_id(), request->after_sequence());
+  reactor->Begin();
+  return reactor;
+}
+
+// ---------------------------------------------------------------------------
+// Artifacts
+
+grpc::ServerUnaryReactor* ArtifactServiceImpl::ListArtifacts(
+    grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
+    v1::ListArtifactsResponse* response) {
+  auto job = metadata_->GetJob(request->job_id());
+  if (!job.ok()) return Reply(context, job.status());
+  auto artifacts = metadata_->ListArtifacts(request->job_id());
+  if (artifacts.ok()) {
+    for (v1::Artifact& a : *artifacts) *response->add_artifacts() = std::move(a);
+  }
+  return Reply(context, artifacts.status());
+}
+
+grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* ArtifactServiceImpl::DownloadArtifact(
+    grpc::CallbackServerContext* context, const v1::DownloadArtifactRequest* request) {
+  return new DownloadReactor(metadata_, blobs_, metrics_, *request);
+}
+
+}  // namespace compress::service

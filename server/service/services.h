@@ -1,0 +1,108 @@
+// gRPC adapters for compress.v1: proto <-> domain calls, ToGrpcStatus,
+// metrics. No business logic lives here: it is in store::Catalog and
+// jobs::JobManager, which are tested without gRPC.
+//
+// All handlers use the callback API. Work that can block (model validation
+// after an upload) runs on the `blocking` pool, never on a reactor thread.
+#ifndef COMPRESS_SERVICE_SERVICES_H_
+#define COMPRESS_SERVICE_SERVICES_H_
+
+#include "compress/v1/compress.grpc.pb.h"
+#include "server/jobs/job_manager.h"
+#include "server/service/metrics.h"
+#include "server/store/catalog.h"
+#include "server/util/thread_pool.h"
+
+namespace compress::service {
+
+class ModelServiceImpl final : public compress::v1::ModelService::CallbackService {
+ public:
+  ModelServiceImpl(store::Catalog* catalog, ThreadPool* blocking, Metrics* metrics)
+      : catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
+
+  grpc::ServerReadReactor<compress::v1::UploadRequest>* UploadModel(
+      grpc::CallbackServerContext* context, compress::v1::Model* response) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
+                                     const compress::v1::GetModelRequest* request,
+                                     compress::v1::Model* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const compress::v1::ListModelsRequest* request,
+                                       compress::v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* context,
+                                        const compress::v1::DeleteModelRequest* request,
+                                        compress::v1::DeleteModelResponse* response) override;
+
+ private:
+  store::Catalog* catalog_;
+  ThreadPool* blocking_;
+  Metrics* metrics_;
+};
+
+class DatasetServiceImpl final : public compress::v1::DatasetService::CallbackService {
+ public:
+  DatasetServiceImpl(store::Catalog* catalog, ThreadPool* blocking, Metrics* metrics)
+      : catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
+
+  grpc::ServerReadReactor<compress::v1::UploadRequest>* UploadDataset(
+      grpc::CallbackServerContext* context, compress::v1::Dataset* response) override;
+  grpc::ServerUnaryReactor* GetDataset(grpc::CallbackServerContext* context,
+                                       const compress::v1::GetDatasetRequest* request,
+                                       compress::v1::Dataset* response) override;
+  grpc::ServerUnaryReactor* ListDatasets(grpc::CallbackServerContext* context,
+                                         const compress::v1::ListDatasetsRequest* request,
+                                         compress::v1::ListDatasetsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* context,
+                                          const compress::v1::DeleteDatasetRequest* request,
+                                          compress::v1::DeleteDatasetResponse* response) override;
+
+ private:
+  store::Catalog* catalog_;
+  ThreadPool* blocking_;
+  Metrics* metrics_;
+};
+
+class JobServiceImpl final : public compress::v1::JobService::CallbackService {
+ public:
+  explicit JobServiceImpl(jobs::JobManager* jobs) : jobs_(jobs) {}
+
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context,
+                                      const compress::v1::SubmitJobRequest* request,
+                                      compress::v1::Job* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const compress::v1::GetJobRequest* request,
+                                   compress::v1::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const compress::v1::ListJobsRequest* request,
+                                     compress::v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
+                                      const compress::v1::CancelJobRequest* request,
+                                      compress::v1::Job* response) override;
+  grpc::ServerWriteReactor<compress::v1::JobEvent>* WatchJob(
+      grpc::CallbackServerContext* context,
+      const compress::v1::WatchJobRequest* request) override;
+
+ private:
+  jobs::JobManager* jobs_;
+};
+
+class ArtifactServiceImpl final : public compress::v1::ArtifactService::CallbackService {
+ public:
+  ArtifactServiceImpl(store::MetadataStore* metadata, store::BlobStore* blobs, Metrics* metrics)
+      : metadata_(metadata), blobs_(blobs), metrics_(metrics) {}
+
+  grpc::ServerUnaryReactor* ListArtifacts(grpc::CallbackServerContext* context,
+                                          const compress::v1::ListArtifactsRequest* request,
+                                          compress::v1::ListArtifactsResponse* response) override;
+  grpc::ServerWriteReactor<compress::v1::DownloadArtifactResponse>* DownloadArtifact(
+      grpc::CallbackServerContext* context,
+      const compress::v1::DownloadArtifactRequest* request) override;
+
+ private:
+  store::MetadataStore* metadata_;
+  store::BlobStore* blobs_;
+  Metrics* metrics_;
+};
+
+}  // namespace compress::service
+
+#endif  // COMPRESS_SERVICE_SERVICES_H_

@@ -1,0 +1,219 @@
+#include "server/store/catalog.h"
+
+#include <filesystem>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/engine/data/dataset_info.h"
+#include "server/engine/model/model_info.h"
+#include "server/util/status_macros.h"
+
+namespace compress::store {
+namespace v1 = compress::v1;
+
+namespace {
+
+google::protobuf::Timestamp Now() {
+  absl::Time now = absl::Now();
+  google::protobuf::Timestamp t;
+  t.set_seconds(absl::ToUnixSeconds(now));
+  t.set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(now - absl::FromUnixSeconds(t.seconds()))));
+  return t;
+}
+
+void FillDataset(const engine::DatasetSummary& s, v1::Dataset* d) {
+  switch (s.format) {
+    case engine::DatasetFileFormat::kSafetensors:
+      d->set_format(v1::DATASET_FORMAT_SAFETENSORS);
+      break;
+    case engine::DatasetFileFormat::kTorchSave:
+      d->set_format(v1::DATASET_FORMAT_TORCH_SAVE);
+      break;
+    case engine::DatasetFileFormat::kIdx:
+      d->set_format(v1::DATASET_FORMAT_IDX);
+      break;
+  }
+  d->set_num_examples(s.num_examples);
+  for (int64_t v : s.input_shape) d->add_input_shape(v);
+  d->set_input_dtype(s.input_dtype);
+  d->set_has_targets(s.has_targets);
+  for (int64_t v : s.target_shape) d->add_target_shape(v);
+  d->set_target_dtype(s.target_dtype);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Create(const CatalogOptions& options,
+                                                         BlobStore* blobs,
+                                                         MetadataStore* metadata) {
+  std::unique_ptr<Catalog> catalog(new Catalog(options, blobs, metadata));
+  RETURN_IF_ERROR(catalog->RegisterBuiltins());
+  return catalog;
+}
+
+absl::Status Catalog::RegisterBuiltins() {
+  if (options_.fashion_mnist_dir.empty() ||
+      !std::filesystem::exists(options_.fashion_mnist_dir)) {
+    return absl::OkStatus();
+  }
+  for (const char* split : {"train", "test"}) {
+    std::string id = absl::StrCat("builtin:fashion-mnist/", split);
+    if (metadata_->GetDataset(id).ok()) continue;
+    ASSIGN_OR_RETURN(engine::DatasetSummary summary,
+                     engine::DescribeBuiltinDataset(id, options_.fashion_mnist_dir));
+    v1::Dataset d;
+    d.set_id(id);
+    d.set_name(absl::StrCat("Fashion-MNIST ", split));
+    d.set_builtin(true);
+    *d.mutable_create_time() = Now();
+    FillDataset(summary, &d);
+    RETURN_IF_ERROR(metadata_->PutDataset(d).status());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Catalog::Upload::Append(absl::string_view chunk) {
+  if (received() + static_cast<int64_t>(chunk.size()) > header_.size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.size_bytes: declared ", header_.size_bytes(), " bytes but received at least ",
+        received() + static_cast<int64_t>(chunk.size())));
+  }
+  return writer_->Append(chunk);
+}
+
+absl::StatusOr<std::unique_ptr<Catalog::Upload>> Catalog::BeginUpload(
+    ResourceKind kind, const v1::UploadHeader& header) {
+  if (header.size_bytes() <= 0) {
+    return absl::InvalidArgumentError("header.size_bytes: must be positive");
+  }
+  if (!IsSha256Hex(header.sha256())) {
+    return absl::InvalidArgumentError("header.sha256: must be 64 lowercase hex characters");
+  }
+  int64_t limit = kind == ResourceKind::kModel ? options_.max_model_bytes
+                                               : options_.max_dataset_bytes;
+  if (header.size_bytes() > limit) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("header.size_bytes: ", header.size_bytes(), " bytes is over the server's ",
+                     kind == ResourceKind::kModel ? "--max_model_bytes" : "--max_dataset_bytes",
+                     " limit of ", limit));
+  }
+  ASSIGN_OR_RETURN(auto writer, blobs_->NewWriter());
+  return std::unique_ptr<Upload>(new Upload(kind, header, std::move(writer)));
+}
+
+absl::StatusOr<std::string> Catalog::CommitUpload(Upload& upload) {
+  if (upload.received() != upload.header_.size_bytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stream ended early: received ", upload.received(), " of ",
+                     upload.header_.size_bytes(), " declared bytes"));
+  }
+  return upload.writer_->Commit(upload.header_.sha256());
+}
+
+void Catalog::DropBlobIfUnreferenced(const std::string& sha256) {
+  auto referenced = metadata_->IsBlobReferenced(sha256);
+  if (referenced.ok() && !*referenced) blobs_->Delete(sha256).IgnoreError();
+}
+
+absl::StatusOr<v1::Model> Catalog::FinishModelUpload(std::unique_ptr<Upload> upload) {
+  if (upload->kind() != ResourceKind::kModel) return absl::InternalError("not a model upload");
+  ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
+  if (auto existing = metadata_->GetModel(sha); existing.ok()) return existing;
+  auto summary = engine::DescribeModelFile(blobs_->PathFor(sha));
+  if (!summary.ok()) {
+    DropBlobIfUnreferenced(sha);
+    return absl::InvalidArgumentError(
+        absl::StrCat("model bytes: not a loadable TorchScript model: ", summary.status().message()));
+  }
+  v1::Model m;
+  m.set_id(sha);
+  m.set_name(upload->header_.name());
+  m.set_size_bytes(upload->header_.size_bytes());
+  m.set_format(v1::MODEL_FORMAT_TORCHSCRIPT);
+  *m.mutable_create_time() = Now();
+  m.set_num_parameters(summary->num_parameters);
+  for (const engine::LayerInfo& layer : summary->layers) {
+    v1::Layer* l = m.add_layers();
+    l->set_name(layer.name);
+    l->set_kind(layer.kind);
+    l->set_numel(layer.numel);
+    for (const engine::ParameterInfo& p : layer.parameters) {
+      v1::ParameterInfo* pi = l->add_parameters();
+      pi->set_name(p.name);
+      for (int64_t d : p.shape) pi->add_shape(d);
+      pi->set_numel(p.numel);
+      pi->set_dtype(p.dtype);
+    }
+  }
+  return metadata_->PutModel(m);
+}
+
+absl::StatusOr<v1::Dataset> Catalog::FinishDatasetUpload(std::unique_ptr<Upload> upload) {
+  if (upload->kind() != ResourceKind::kDataset) return absl::InternalError("not a dataset upload");
+  ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
+  if (auto existing = metadata_->GetDataset(sha); existing.ok()) return existing;
+  auto summary = engine::DescribeDatasetFile(blobs_->PathFor(sha));
+  if (!summary.ok()) {
+    DropBlobIfUnreferenced(sha);
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset bytes: ", summary.status().message()));
+  }
+  v1::Dataset d;
+  d.set_id(sha);
+  d.set_name(upload->header_.name());
+  d.set_size_bytes(upload->header_.size_bytes());
+  *d.mutable_create_time() = Now();
+  FillDataset(*summary, &d);
+  return metadata_->PutDataset(d);
+}
+
+absl::StatusOr<v1::Model> Catalog::GetModel(const std::string& id) {
+  return metadata_->GetModel(id);
+}
+
+absl::StatusOr<Page<v1::Model>> Catalog::ListModels(int page_size, const std::string& token) {
+  return metadata_->ListModels(page_size, token);
+}
+
+absl::Status Catalog::DeleteModel(const std::string& id) {
+  RETURN_IF_ERROR(metadata_->GetModel(id).status());
+  ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(id));
+  if (in_use) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", id, " is used by a queued or running job"));
+  }
+  RETURN_IF_ERROR(metadata_->DeleteModel(id));
+  DropBlobIfUnreferenced(id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Dataset> Catalog::GetDataset(const std::string& id) {
+  return metadata_->GetDataset(id);
+}
+
+absl::StatusOr<Page<v1::Dataset>> Catalog::ListDatasets(int page_size, const std::string& token) {
+  return metadata_->ListDatasets(page_size, token);
+}
+
+absl::Status Catalog::DeleteDataset(const std::string& id) {
+  if (engine::IsBuiltinDataset(id)) {
+    return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is builtin"));
+  }
+  RETURN_IF_ERROR(metadata_->GetDataset(id).status());
+  ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(id));
+  if (in_use) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("dataset ", id, " is used by a queued or running job"));
+  }
+  RETURN_IF_ERROR(metadata_->DeleteDataset(id));
+  DropBlobIfUnreferenced(id);
+  return absl::OkStatus();
+}
+
+std::string Catalog::DatasetPath(const std::string& id) const {
+  if (engine::IsBuiltinDataset(id)) return id;
+  return blobs_->PathFor(id);
+}
+
+}  // namespace compress::store

@@ -1,0 +1,104 @@
+// Catalog: models and datasets — upload, validation, lookup, deletion.
+//
+// Composes the BlobStore (bytes) and MetadataStore (rows) and validates
+// uploads with the engine (a model must load as TorchScript, a dataset must
+// have "inputs"). An upload is visible only after its bytes, digest and
+// content are verified; a failed upload leaves nothing behind.
+// Thread-safe. Finish*Upload blocks (it loads the model): call it off
+// gRPC reactor threads.
+//
+//   ASSIGN_OR_RETURN(auto up, catalog->BeginUpload(ResourceKind::kModel, header));
+//   for (chunk : chunks) RETURN_IF_ERROR(up->Append(chunk));
+//   ASSIGN_OR_RETURN(v1::Model m, catalog->FinishModelUpload(std::move(up)));
+#ifndef COMPRESS_STORE_CATALOG_H_
+#define COMPRESS_STORE_CATALOG_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "compress/v1/compress.pb.h"
+#include "server/store/blob_store.h"
+#include "server/store/metadata_store.h"
+
+namespace compress::store {
+
+enum class ResourceKind { kModel, kDataset };
+
+struct CatalogOptions {
+  int64_t max_model_bytes = int64_t{2} << 30;    // default 2 GiB
+  int64_t max_dataset_bytes = int64_t{4} << 30;  // default 4 GiB
+  // Directory of the Fashion-MNIST IDX files; empty = no builtin datasets.
+  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+};
+
+class Catalog {
+ public:
+  // An upload in progress: bytes go to a temp blob as they arrive.
+  class Upload {
+   public:
+    // INVALID_ARGUMENT once more bytes arrive than the header declared.
+    absl::Status Append(absl::string_view chunk);
+    int64_t received() const { return writer_->size(); }
+    ResourceKind kind() const { return kind_; }
+
+   private:
+    friend class Catalog;
+    Upload(ResourceKind kind, compress::v1::UploadHeader header,
+           std::unique_ptr<BlobStore::Writer> writer)
+        : kind_(kind), header_(std::move(header)), writer_(std::move(writer)) {}
+    ResourceKind kind_;
+    compress::v1::UploadHeader header_;
+    std::unique_ptr<BlobStore::Writer> writer_;
+  };
+
+  // Registers the builtin datasets found under options.fashion_mnist_dir.
+  static absl::StatusOr<std::unique_ptr<Catalog>> Create(const CatalogOptions& options,
+                                                         BlobStore* blobs,
+                                                         MetadataStore* metadata);
+  Catalog(const Catalog&) = delete;
+  Catalog& operator=(const Catalog&) = delete;
+
+  // Validates the header: INVALID_ARGUMENT for a bad digest or size,
+  // RESOURCE_EXHAUSTED when the declared size is over the limit.
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(ResourceKind kind,
+                                                       const compress::v1::UploadHeader& header);
+  // Checks size and digest, then the content; stores the resource. Same bytes
+  // uploaded twice return the existing resource.
+  absl::StatusOr<compress::v1::Model> FinishModelUpload(std::unique_ptr<Upload> upload);
+  absl::StatusOr<compress::v1::Dataset> FinishDatasetUpload(std::unique_ptr<Upload> upload);
+
+  absl::StatusOr<compress::v1::Model> GetModel(const std::string& id);
+  absl::StatusOr<Page<compress::v1::Model>> ListModels(int page_size, const std::string& token);
+  // FAILED_PRECONDITION while a queued or running job uses it.
+  absl::Status DeleteModel(const std::string& id);
+
+  absl::StatusOr<compress::v1::Dataset> GetDataset(const std::string& id);
+  absl::StatusOr<Page<compress::v1::Dataset>> ListDatasets(int page_size,
+                                                           const std::string& token);
+  absl::Status DeleteDataset(const std::string& id);
+
+  // Where the engine reads the bytes: a blob path, or for builtin datasets
+  // the builtin id (the engine resolves it).
+  std::string ModelPath(const std::string& id) const { return blobs_->PathFor(id); }
+  std::string DatasetPath(const std::string& id) const;
+  const std::string& fashion_mnist_dir() const { return options_.fashion_mnist_dir; }
+
+ private:
+  Catalog(const CatalogOptions& options, BlobStore* blobs, MetadataStore* metadata)
+      : options_(options), blobs_(blobs), metadata_(metadata) {}
+  absl::Status RegisterBuiltins();
+  // Verifies size + digest and commits the bytes; returns the digest.
+  absl::StatusOr<std::string> CommitUpload(Upload& upload);
+  // Removes a blob that no row references any more.
+  void DropBlobIfUnreferenced(const std::string& sha256);
+
+  const CatalogOptions options_;
+  BlobStore* const blobs_;
+  MetadataStore* const metadata_;
+};
+
+}  // namespace compress::store
+
+#endif  // COMPRESS_STORE_CATALOG_H_

@@ -1,0 +1,542 @@
+#include "server/store/metadata_store.h"
+
+#include <sqlite3.h>
+
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "server/util/status_macros.h"
+
+namespace compress::store {
+namespace v1 = compress::v1;
+
+namespace {
+
+constexpr int kMaxPageSize = 1000;
+constexpr int kDefaultPageSize = 50;
+
+// Schema versions, applied in order; never edit a shipped step.
+constexpr const char* kMigrations[] = {
+    R"sql(
+    CREATE TABLE models (
+      id TEXT PRIMARY KEY, created_ns INTEGER NOT NULL, proto BLOB NOT NULL);
+    CREATE TABLE datasets (
+      id TEXT PRIMARY KEY, created_ns INTEGER NOT NULL, proto BLOB NOT NULL);
+    CREATE TABLE jobs (
+      id TEXT PRIMARY KEY, request_id TEXT UNIQUE, state INTEGER NOT NULL,
+      kind INTEGER NOT NULL, created_ns INTEGER NOT NULL, model_id TEXT,
+      dataset_ids TEXT, proto BLOB NOT NULL);
+    CREATE INDEX jobs_state ON jobs(state, created_ns);
+    CREATE TABLE events (
+      job_id TEXT NOT NULL, seq INTEGER NOT NULL, proto BLOB NOT NULL,
+      PRIMARY KEY (job_id, seq)) WITHOUT ROWID;
+    CREATE TABLE artifacts (
+      job_id TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,
+      proto BLOB NOT NULL, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
+    CREATE INDEX artifacts_sha ON artifacts(sha256);
+    )sql",
+};
+
+int64_t ToNanos(const google::protobuf::Timestamp& t) {
+  return t.seconds() * 1000000000LL + t.nanos();
+}
+
+// RAII prepared statement with 1-based binds.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
+  }
+  Stmt& Bind(int i, const std::string& s) {
+    sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const std::string& s) {
+    sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Stmt& BindNull(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return sqlite3_step(stmt_); }
+  absl::Status Run() {
+    int rc = Step();
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return absl::OkStatus();
+    if (rc == SQLITE_CONSTRAINT) {
+      return absl::AlreadyExistsError(absl::StrCat("constraint: ", sqlite3_errmsg(db_)));
+    }
+    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  std::string Text(int col) const {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    int n = sqlite3_column_bytes(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p), n) : std::string();
+  }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  std::string Error() const { return sqlite3_errmsg(db_); }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+template <typename T>
+absl::StatusOr<T> Parse(const std::string& bytes) {
+  T msg;
+  if (!msg.ParseFromString(bytes)) return absl::DataLossError("corrupt metadata row");
+  return msg;
+}
+
+struct Cursor {
+  int64_t created_ns = INT64_MAX;
+  std::string id;
+};
+
+absl::StatusOr<Cursor> DecodeToken(const std::string& token) {
+  Cursor c;
+  if (token.empty()) return c;
+  std::string raw;
+  std::vector<std::string> parts;
+  if (absl::WebSafeBase64Unescape(token, &raw)) {
+    parts = absl::StrSplit(raw, absl::MaxSplits(':', 1));
+  }
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &c.created_ns)) {
+    return absl::InvalidArgumentError("page_token: not a token from this server");
+  }
+  c.id = parts[1];
+  return c;
+}
+
+std::string EncodeToken(int64_t created_ns, const std::string& id) {
+  return absl::WebSafeBase64Escape(absl::StrCat(created_ns, ":", id));
+}
+
+int ClampPageSize(int page_size) {
+  if (page_size <= 0) return kDefaultPageSize;
+  return std::min(page_size, kMaxPageSize);
+}
+
+// Lists rows of a (id, created_ns, proto) table newest first.
+template <typename T>
+absl::StatusOr<Page<T>> ListTable(sqlite3* db, const std::string& table,
+                                  const std::string& extra_where, int page_size,
+                                  const std::string& token) {
+  ASSIGN_OR_RETURN(Cursor cursor, DecodeToken(token));
+  int n = ClampPageSize(page_size);
+  std::string sql = absl::StrCat("SELECT proto, created_ns, id FROM ", table,
+                                 " WHERE (created_ns, id) < (?1, ?2)", extra_where,
+                                 " ORDER BY created_ns DESC, id DESC LIMIT ?3");
+  Stmt st(db, sql.c_str());
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, cursor.created_ns).Bind(2, cursor.id).Bind(3, static_cast<int64_t>(n + 1));
+  Page<T> page;
+  int rc;
+  int64_t last_ns = 0;
+  std::string last_id;
+  while ((rc = st.Step()) == SQLITE_ROW) {
+    if (static_cast<int>(page.items.size()) == n) {
+      page.next_page_token = EncodeToken(last_ns, last_id);
+      break;
+    }
+    ASSIGN_OR_RETURN(T item, Parse<T>(st.Text(0)));
+    page.items.push_back(std::move(item));
+    last_ns = st.Int(1);
+    last_id = st.Text(2);
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  }
+  return page;
+}
+
+template <typename T>
+absl::StatusOr<T> GetById(sqlite3* db, const std::string& table, const std::string& what,
+                          const std::string& id) {
+  std::string sql = absl::StrCat("SELECT proto FROM ", table, " WHERE id = ?1");
+  Stmt st(db, sql.c_str());
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, id);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return Parse<T>(st.Text(0));
+}
+
+absl::Status DeleteById(sqlite3* db, const std::string& table, const std::string& what,
+                        const std::string& id) {
+  std::string sql = absl::StrCat("DELETE FROM ", table, " WHERE id = ?1");
+  Stmt st(db, sql.c_str());
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, id);
+  RETURN_IF_ERROR(st.Run());
+  if (sqlite3_changes(db) == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  return absl::OkStatus();
+}
+
+// Model and dataset ids a job spec reads, space separated, for reference checks.
+std::string ReferencedIds(const v1::JobSpec& spec) {
+  std::vector<std::string> ids;
+  auto add = [&](const std::string& s) {
+    if (!s.empty()) ids.push_back(s);
+  };
+  switch (spec.spec_case()) {
+    case v1::JobSpec::kInspect:
+      add(spec.inspect().model_id());
+      add(spec.inspect().dataset_id());
+      break;
+    case v1::JobSpec::kAnalyze:
+      add(spec.analyze().model_id());
+      add(spec.analyze().data().dataset_id());
+      break;
+    case v1::JobSpec::kQuantize:
+      add(spec.quantize().model_id());
+      add(spec.quantize().data().dataset_id());
+      add(spec.quantize().eval_dataset_id());
+      break;
+    case v1::JobSpec::kPrune:
+      add(spec.prune().model_id());
+      add(spec.prune().data().dataset_id());
+      add(spec.prune().eval_dataset_id());
+      break;
+    case v1::JobSpec::kCompress:
+      add(spec.compress().prune().model_id());
+      add(spec.compress().prune().data().dataset_id());
+      add(spec.compress().prune().eval_dataset_id());
+      add(spec.compress().quantize().data().dataset_id());
+      add(spec.compress().quantize().eval_dataset_id());
+      break;
+    default:
+      break;
+  }
+  return absl::StrCat(" ", absl::StrJoin(ids, " "), " ");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetadataStore>> MetadataStore::Create(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::InternalError(absl::StrCat("cannot open database ", path, ": ", msg));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<MetadataStore> store(new MetadataStore(db));
+  {
+    absl::MutexLock lock(&store->mu_);
+    // WAL + NORMAL: durable across process crashes (kill -9); only an OS
+    // crash can lose the last commits, which a restart then re-runs.
+    RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
+    RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=NORMAL"));
+    RETURN_IF_ERROR(store->Exec("PRAGMA foreign_keys=ON"));
+  }
+  RETURN_IF_ERROR(store->Migrate());
+  return store;
+}
+
+MetadataStore::~MetadataStore() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_close(db_);
+}
+
+absl::Status MetadataStore::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("sqlite: ", msg));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MetadataStore::Migrate() {
+  absl::MutexLock lock(&mu_);
+  Stmt version_stmt(db_, "PRAGMA user_version");
+  RETURN_IF_ERROR(version_stmt.status());
+  if (version_stmt.Step() != SQLITE_ROW) return absl::InternalError("cannot read user_version");
+  int64_t version = version_stmt.Int(0);
+  constexpr int64_t kLatest = sizeof(kMigrations) / sizeof(kMigrations[0]);
+  if (version > kLatest) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database schema version ", version, " is newer than this server (", kLatest,
+        "): refusing to start; use a newer compressd"));
+  }
+  for (int64_t v = version; v < kLatest; ++v) {
+    RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    absl::Status s = Exec(kMigrations[v]);
+    if (s.ok()) s = Exec(absl::StrCat("PRAGMA user_version = ", v + 1).c_str());
+    if (!s.ok()) {
+      Exec("ROLLBACK").IgnoreError();
+      return s;
+    }
+    RETURN_IF_ERROR(Exec("COMMIT"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Model> MetadataStore::PutModel(const v1::Model& model) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "INSERT OR IGNORE INTO models (id, created_ns, proto) VALUES (?1, ?2, ?3)");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, model.id()).Bind(2, ToNanos(model.create_time())).BindBlob(3, model.SerializeAsString());
+  RETURN_IF_ERROR(st.Run());
+  return GetById<v1::Model>(db_, "models", "model", model.id());
+}
+
+absl::StatusOr<v1::Model> MetadataStore::GetModel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return GetById<v1::Model>(db_, "models", "model", id);
+}
+
+absl::StatusOr<Page<v1::Model>> MetadataStore::ListModels(int page_size, const std::string& token) {
+  absl::MutexLock lock(&mu_);
+  return ListTable<v1::Model>(db_, "models", "", page_size, token);
+}
+
+absl::Status MetadataStore::DeleteModel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return DeleteById(db_, "models", "model", id);
+}
+
+absl::StatusOr<v1::Dataset> MetadataStore::PutDataset(const v1::Dataset& dataset) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "INSERT OR IGNORE INTO datasets (id, created_ns, proto) VALUES (?1, ?2, ?3)");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, dataset.id())
+      .Bind(2, ToNanos(dataset.create_time()))
+      .BindBlob(3, dataset.SerializeAsString());
+  RETURN_IF_ERROR(st.Run());
+  return GetById<v1::Dataset>(db_, "datasets", "dataset", dataset.id());
+}
+
+absl::StatusOr<v1::Dataset> MetadataStore::GetDataset(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return GetById<v1::Dataset>(db_, "datasets", "dataset", id);
+}
+
+absl::StatusOr<Page<v1::Dataset>> MetadataStore::ListDatasets(int page_size,
+                                                               const std::string& token) {
+  absl::MutexLock lock(&mu_);
+  return ListTable<v1::Dataset>(db_, "datasets", "", page_size, token);
+}
+
+absl::Status MetadataStore::DeleteDataset(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return DeleteById(db_, "datasets", "dataset", id);
+}
+
+absl::Status MetadataStore::PutJobLocked(const v1::Job& job, bool insert) {
+  const char* sql =
+      insert ? "INSERT INTO jobs (id, request_id, state, kind, created_ns, dataset_ids, proto) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+             : "UPDATE jobs SET state = ?3, proto = ?7 WHERE id = ?1";
+  Stmt st(db_, sql);
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, job.id());
+  if (insert) {
+    if (job.request_id().empty()) {
+      st.BindNull(2);
+    } else {
+      st.Bind(2, job.request_id());
+    }
+    st.Bind(4, static_cast<int64_t>(job.kind()))
+        .Bind(5, ToNanos(job.create_time()))
+        .Bind(6, ReferencedIds(job.spec()));
+  }
+  st.Bind(3, static_cast<int64_t>(job.state())).BindBlob(7, job.SerializeAsString());
+  RETURN_IF_ERROR(st.Run());
+  if (!insert && sqlite3_changes(db_) == 0) {
+    return absl::NotFoundError(absl::StrCat("job ", job.id(), " not found"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MetadataStore::InsertJob(const v1::Job& job) {
+  absl::MutexLock lock(&mu_);
+  return PutJobLocked(job, /*insert=*/true);
+}
+
+absl::Status MetadataStore::UpdateJob(const v1::Job& job) {
+  absl::MutexLock lock(&mu_);
+  return PutJobLocked(job, /*insert=*/false);
+}
+
+absl::StatusOr<v1::Job> MetadataStore::GetJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return GetById<v1::Job>(db_, "jobs", "job", id);
+}
+
+absl::StatusOr<v1::Job> MetadataStore::GetJobByRequestId(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT proto FROM jobs WHERE request_id = ?1");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, request_id);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return absl::NotFoundError("no job with that request id");
+  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return Parse<v1::Job>(st.Text(0));
+}
+
+absl::StatusOr<Page<v1::Job>> MetadataStore::ListJobs(const JobFilter& filter, int page_size,
+                                                      const std::string& token) {
+  std::string where;
+  // Enum values are integers from a closed proto enum: safe to inline.
+  if (filter.state != v1::JOB_STATE_UNSPECIFIED) {
+    absl::StrAppend(&where, " AND state = ", static_cast<int>(filter.state));
+  }
+  if (filter.kind != v1::JOB_KIND_UNSPECIFIED) {
+    absl::StrAppend(&where, " AND kind = ", static_cast<int>(filter.kind));
+  }
+  absl::MutexLock lock(&mu_);
+  return ListTable<v1::Job>(db_, "jobs", where, page_size, token);
+}
+
+absl::StatusOr<std::vector<v1::Job>> MetadataStore::JobsInState(v1::JobState state) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT proto FROM jobs WHERE state = ?1 ORDER BY created_ns, id");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, static_cast<int64_t>(state));
+  std::vector<v1::Job> jobs;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) {
+    ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(st.Text(0)));
+    jobs.push_back(std::move(job));
+  }
+  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return jobs;
+}
+
+absl::StatusOr<bool> MetadataStore::IsReferencedByActiveJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_,
+          "SELECT 1 FROM jobs WHERE state IN (?1, ?2) AND instr(dataset_ids, ?3) > 0 LIMIT 1");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED))
+      .Bind(2, static_cast<int64_t>(v1::JOB_STATE_RUNNING))
+      .Bind(3, absl::StrCat(" ", id, " "));
+  int rc = st.Step();
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  }
+  return rc == SQLITE_ROW;
+}
+
+absl::Status MetadataStore::AppendEvent(const v1::JobEvent& event, const v1::Job* job) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::Status s = [&]() -> absl::Status {
+    Stmt last(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1");
+    RETURN_IF_ERROR(last.status());
+    last.Bind(1, event.job_id());
+    if (last.Step() != SQLITE_ROW) return absl::InternalError("sqlite: max(seq)");
+    if (event.sequence() != last.Int(0) + 1) {
+      return absl::AlreadyExistsError(absl::StrCat("event sequence ", event.sequence(),
+                                                   " does not follow ", last.Int(0)));
+    }
+    Stmt st(db_, "INSERT INTO events (job_id, seq, proto) VALUES (?1, ?2, ?3)");
+    RETURN_IF_ERROR(st.status());
+    st.Bind(1, event.job_id()).Bind(2, event.sequence()).BindBlob(3, event.SerializeAsString());
+    RETURN_IF_ERROR(st.Run());
+    if (job != nullptr) RETURN_IF_ERROR(PutJobLocked(*job, /*insert=*/false));
+    return absl::OkStatus();
+  }();
+  if (!s.ok()) {
+    Exec("ROLLBACK").IgnoreError();
+    return s;
+  }
+  return Exec("COMMIT");
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> MetadataStore::ListEvents(const std::string& job_id,
+                                                                    int64_t after_sequence,
+                                                                    int limit) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT proto FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, job_id).Bind(2, after_sequence).Bind(3, static_cast<int64_t>(limit));
+  std::vector<v1::JobEvent> events;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) {
+    ASSIGN_OR_RETURN(v1::JobEvent e, Parse<v1::JobEvent>(st.Text(0)));
+    events.push_back(std::move(e));
+  }
+  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return events;
+}
+
+absl::Status MetadataStore::PutArtifact(const v1::Artifact& artifact) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_,
+          "INSERT OR REPLACE INTO artifacts (job_id, name, sha256, proto) VALUES (?1, ?2, ?3, ?4)");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, artifact.job_id())
+      .Bind(2, artifact.name())
+      .Bind(3, artifact.sha256())
+      .BindBlob(4, artifact.SerializeAsString());
+  return st.Run();
+}
+
+absl::StatusOr<v1::Artifact> MetadataStore::GetArtifact(const std::string& job_id,
+                                                        const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT proto FROM artifacts WHERE job_id = ?1 AND name = ?2");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, job_id).Bind(2, name);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) {
+    return absl::NotFoundError(absl::StrCat("artifact ", name, " of job ", job_id, " not found"));
+  }
+  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return Parse<v1::Artifact>(st.Text(0));
+}
+
+absl::StatusOr<std::vector<v1::Artifact>> MetadataStore::ListArtifacts(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT proto FROM artifacts WHERE job_id = ?1 ORDER BY name");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, job_id);
+  std::vector<v1::Artifact> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) {
+    ASSIGN_OR_RETURN(v1::Artifact a, Parse<v1::Artifact>(st.Text(0)));
+    out.push_back(std::move(a));
+  }
+  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return out;
+}
+
+absl::StatusOr<bool> MetadataStore::IsBlobReferenced(const std::string& sha256) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_,
+          "SELECT 1 FROM artifacts WHERE sha256 = ?1 UNION ALL "
+          "SELECT 1 FROM models WHERE id = ?1 UNION ALL "
+          "SELECT 1 FROM datasets WHERE id = ?1 LIMIT 1");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, sha256);
+  int rc = st.Step();
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  }
+  return rc == SQLITE_ROW;
+}
+
+}  // namespace compress::store

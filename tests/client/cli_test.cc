@@ -1,0 +1,328 @@
+// compressctl end to end (RunCli) against the in-process fake server:
+// exit codes, human and JSON output, watch, uploads, downloads.
+#include "client/cli.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/util/sha256.h"
+#include "tests/client/fake_server.h"
+
+namespace compress::client {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using testing::FakeServer;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+struct Result {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path(::testing::TempDir()) / "cli_test" / info->name();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+
+  Result Run(std::vector<std::string> args,
+             const std::string& stdin_text = "") {
+    std::istringstream in(stdin_text);
+    std::ostringstream out;
+    std::ostringstream err;
+    CliEnvironment env;
+    env.server = server_.address();
+    env.in = &in;
+    env.out = &out;
+    env.err = &err;
+    const int code = RunCli(args, env);
+    return {code, out.str(), err.str()};
+  }
+
+  // A job whose log goes QUEUED -> RUNNING -> `final_state`.
+  void ScriptJob(v1::JobState final_state, v1::JobResult result = {}) {
+    std::vector<v1::JobEvent> events;
+    events.push_back(
+        testing::StateEvent(1, v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING));
+    v1::JobEvent stage;
+    stage.set_sequence(2);
+    stage.mutable_stage_start()->set_stage("forward");
+    stage.mutable_stage_start()->set_count(1);
+    events.push_back(stage);
+    events.push_back(testing::ProgressEvent(3, "forward", 1, 1));
+    events.push_back(
+        testing::StateEvent(4, v1::JOB_STATE_RUNNING, final_state));
+    server_.jobs().ScriptNextSubmit(events, result);
+  }
+
+  FakeServer server_;
+  fs::path dir_;
+};
+
+TEST_F(CliTest, HelpGoesToStdoutWithExitZero) {
+  for (const char* flag : {"help", "--help", "-h"}) {
+    Result r = Run({flag});
+    EXPECT_EQ(r.code, kExitOk);
+    EXPECT_EQ(r.out, UsageText());
+  }
+  Result r = Run({"model", "get", "--help"});
+  EXPECT_EQ(r.code, kExitOk);
+}
+
+TEST_F(CliTest, UsageErrorsExitTwo) {
+  Result none = Run({});
+  EXPECT_EQ(none.code, kExitUsage);
+  EXPECT_THAT(none.err, StartsWith("usage: compressctl"));
+
+  Result unknown = Run({"frobnicate"});
+  EXPECT_EQ(unknown.code, kExitUsage);
+  EXPECT_THAT(unknown.err, StartsWith("error: unknown command 'frobnicate'\n"));
+
+  Result flag = Run({"model", "list", "--bogus"});
+  EXPECT_EQ(flag.code, kExitUsage);
+  EXPECT_THAT(flag.err, HasSubstr("usage: compressctl model list"));
+
+  EXPECT_EQ(Run({"inspect", "--model", "m"}).code, kExitUsage);
+  EXPECT_EQ(
+      Run({"inspect", "--model", "m", "--data", "d", "--input-shape", "1"})
+          .code,
+      kExitUsage);
+  Result shape = Run({"inspect", "--model", "m", "--input-shape", "1,0"});
+  EXPECT_EQ(shape.code, kExitUsage);
+  EXPECT_THAT(shape.err, HasSubstr("--input-shape"));
+  EXPECT_EQ(Run({"job", "list", "--state", "done"}).code, kExitUsage);
+  EXPECT_EQ(Run({"--timeout", "soon", "model", "list"}).code, kExitUsage);
+  EXPECT_TRUE(server_.jobs().submitted().empty());
+}
+
+TEST_F(CliTest, RpcErrorsExitOneWithCodeAndMessage) {
+  Result r = Run({"model", "get", "nope"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_EQ(r.err, "error: NOT_FOUND: model nope not found\n");
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_F(CliTest, UnreachableServerIsAnError) {
+  std::ostringstream out, err;
+  CliEnvironment env;
+  env.out = &out;
+  env.err = &err;
+  // Port 1 on localhost: nothing listens there.
+  EXPECT_EQ(
+      RunCli({"--server", "localhost:1", "--timeout", "5", "model", "list"},
+             env),
+      kExitFailure);
+  EXPECT_THAT(err.str(), StartsWith("error: UNAVAILABLE: "));
+}
+
+TEST_F(CliTest, ModelUploadListGetDelete) {
+  const fs::path file = dir_ / "cnn.pt";
+  std::ofstream(file) << "torchscript bytes";
+  const std::string id = Sha256Hex("torchscript bytes");
+
+  Result upload =
+      Run({"--json", "model", "upload", file.string(), "--name", "cnn"});
+  ASSERT_EQ(upload.code, kExitOk) << upload.err;
+  v1::Model model;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(upload.out, &model).ok())
+      << upload.out;
+  EXPECT_EQ(model.id(), id);
+  EXPECT_EQ(model.name(), "cnn");
+
+  Result list = Run({"model", "list"});
+  ASSERT_EQ(list.code, kExitOk) << list.err;
+  EXPECT_THAT(list.out, StartsWith("ID "));
+  EXPECT_THAT(list.out, HasSubstr(id.substr(0, 12) + "  cnn"));
+  EXPECT_THAT(list.out, Not(HasSubstr(id)));  // shortened
+
+  // The 12-character prefix from the table is accepted.
+  Result get = Run({"model", "get", id.substr(0, 12)});
+  ASSERT_EQ(get.code, kExitOk) << get.err;
+  EXPECT_THAT(get.out, HasSubstr("id:         " + id + "\n"));
+  EXPECT_THAT(get.out, HasSubstr("format:     TORCHSCRIPT\n"));
+
+  Result del = Run({"model", "delete", id.substr(0, 8)});
+  ASSERT_EQ(del.code, kExitOk) << del.err;
+  EXPECT_EQ(del.out, "deleted model " + id + "\n");
+  EXPECT_EQ(Run({"model", "get", id}).code, kExitFailure);
+}
+
+TEST_F(CliTest, InspectWatchPrintsEventsAndLayerTable) {
+  v1::JobResult result;
+  v1::InspectResult* inspect = result.mutable_inspect();
+  inspect->set_num_parameters(80);
+  inspect->set_total_macs(56448);
+  v1::LayerInspection* conv = inspect->add_layers();
+  conv->set_name("conv");
+  conv->set_kind("Conv2d");
+  conv->set_numel(80);
+  conv->set_macs(56448);
+  ScriptJob(v1::JOB_STATE_SUCCEEDED, result);
+
+  Result r = Run({"inspect", "--model", "m", "--input-shape", "1,1,28,28",
+                  "--watch", "--seed", "7"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("state QUEUED -> RUNNING\n"
+                               "stage forward started (1/1)\n"
+                               "progress forward 1/1\n"
+                               "state RUNNING -> SUCCEEDED\n"));
+  EXPECT_THAT(r.out, HasSubstr("state:   SUCCEEDED\n"));
+  EXPECT_THAT(r.out, HasSubstr("conv   Conv2d      80  56,448"));
+
+  const std::vector<v1::SubmitJobRequest> submitted =
+      server_.jobs().submitted();
+  ASSERT_EQ(submitted.size(), 1u);
+  EXPECT_EQ(submitted[0].spec().inspect().model_id(), "m");
+  EXPECT_THAT(submitted[0].spec().inspect().input_shape(),
+              ElementsAre(1, 1, 28, 28));
+  EXPECT_EQ(submitted[0].device(), "auto");
+  EXPECT_EQ(submitted[0].seed(), 7u);
+}
+
+TEST_F(CliTest, InspectExpandsUniqueIdPrefixes) {
+  v1::Model model;
+  model.set_id(Sha256Hex("model"));
+  server_.models().AddModel(model);
+  ASSERT_EQ(Run({"inspect", "--model", model.id().substr(0, 12), "--data",
+                 "builtin:fashion-mnist/test"})
+                .code,
+            kExitOk);
+  ASSERT_EQ(Run({"inspect", "--model", "unknown", "--input-shape", "1"}).code,
+            kExitOk);  // the fake accepts anything; a real server would not
+  const std::vector<v1::SubmitJobRequest> submitted =
+      server_.jobs().submitted();
+  ASSERT_EQ(submitted.size(), 2u);
+  EXPECT_EQ(submitted[0].spec().inspect().model_id(), model.id());
+  EXPECT_EQ(submitted[0].spec().inspect().dataset_id(),
+            "builtin:fashion-mnist/test");
+  EXPECT_EQ(submitted[1].spec().inspect().model_id(), "unknown");
+}
+
+TEST_F(CliTest, WatchOfFailedJobExitsOne) {
+  ScriptJob(v1::JOB_STATE_FAILED);
+  Result r = Run({"inspect", "--model", "m", "--data", "d", "--watch"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.out, HasSubstr("state RUNNING -> FAILED"));
+  EXPECT_EQ(server_.jobs().submitted()[0].spec().inspect().dataset_id(), "d");
+}
+
+TEST_F(CliTest, JobSubmitFromStdinAndJobWatchJson) {
+  ScriptJob(v1::JOB_STATE_SUCCEEDED);
+  Result r =
+      Run({"job", "submit", "--spec-json", "-", "--device", "cpu",
+           "--request-id", "r1", "--deadline", "60", "--json"},
+          R"({"analyze": {"model_id": "m", "traces": {"enabled": true}}})");
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  const std::vector<v1::SubmitJobRequest> submitted =
+      server_.jobs().submitted();
+  ASSERT_EQ(submitted.size(), 1u);
+  EXPECT_EQ(submitted[0].spec().analyze().model_id(), "m");
+  EXPECT_TRUE(submitted[0].spec().analyze().traces().enabled());
+  EXPECT_EQ(submitted[0].device(), "cpu");
+  EXPECT_EQ(submitted[0].request_id(), "r1");
+  EXPECT_EQ(submitted[0].deadline_seconds(), 60);
+  v1::Job job;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &job).ok())
+      << r.out;
+  EXPECT_EQ(job.kind(), v1::JOB_KIND_ANALYZE);
+
+  Result watch = Run({"--json", "job", "watch", job.id()});
+  ASSERT_EQ(watch.code, kExitOk) << watch.err;
+  std::vector<std::string> lines =
+      absl::StrSplit(watch.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 5u);  // four events, then the final job
+  v1::JobEvent first;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(lines[0], &first).ok());
+  EXPECT_EQ(first.sequence(), 1);
+  v1::Job final_job;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(lines[4], &final_job).ok());
+  EXPECT_EQ(final_job.state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(CliTest, JobSubmitWithBadJsonIsAnError) {
+  const fs::path spec = dir_ / "spec.json";
+  std::ofstream(spec) << R"({"inspect": {"no_such_field": 1}})";
+  Result r = Run({"job", "submit", "--spec-json", spec.string()});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err,
+              HasSubstr("error: INVALID_ARGUMENT: bad JobSpec JSON in "));
+  EXPECT_TRUE(server_.jobs().submitted().empty());
+}
+
+TEST_F(CliTest, JobListFiltersAndCancel) {
+  ScriptJob(v1::JOB_STATE_SUCCEEDED);
+  ASSERT_EQ(Run({"inspect", "--model", "m", "--data", "d"}).code, kExitOk);
+  Result list =
+      Run({"job", "list", "--state", "succeeded", "--kind", "inspect"});
+  ASSERT_EQ(list.code, kExitOk) << list.err;
+  EXPECT_THAT(list.out, HasSubstr("INSPECT  SUCCEEDED"));
+  Result empty = Run({"job", "list", "--state", "failed"});
+  EXPECT_EQ(empty.out, "ID  KIND  STATE  PROGRESS  DEVICE  CREATED\n");
+
+  const std::string id = Sha256Hex("job1");  // the fake's first job id
+  Result cancel = Run({"job", "cancel", id.substr(0, 12)});
+  ASSERT_EQ(cancel.code, kExitOk) << cancel.err;
+  EXPECT_THAT(cancel.out, HasSubstr("state:   CANCELLED\n"));
+}
+
+TEST_F(CliTest, ArtifactGetDownloadsAllIntoDirectory) {
+  v1::Job job;
+  job.set_id("J");
+  job.set_state(v1::JOB_STATE_SUCCEEDED);
+  server_.jobs().AddJob(job, {});
+  server_.artifacts().AddArtifact("J", "report.json", "{\"ok\":true}");
+  server_.artifacts().AddArtifact("J", "plots/trace.svg", "<svg/>");
+
+  Result list = Run({"artifact", "list", "J"});
+  ASSERT_EQ(list.code, kExitOk) << list.err;
+  EXPECT_THAT(list.out, HasSubstr("report.json"));
+
+  const fs::path out = dir_ / "out";
+  Result get = Run({"artifact", "get", "J", "-o", out.string()});
+  ASSERT_EQ(get.code, kExitOk) << get.err;
+  EXPECT_THAT(get.out,
+              HasSubstr("wrote " + (out / "report.json").string() + " (11 B)"));
+  std::ifstream report(out / "report.json");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(report), {}),
+            "{\"ok\":true}");
+  EXPECT_TRUE(fs::exists(out / "plots" / "trace.svg"));
+
+  Result one = Run({"artifact", "get", "J", "report.json", "--output",
+                    (dir_ / "one").string()});
+  ASSERT_EQ(one.code, kExitOk) << one.err;
+  EXPECT_TRUE(fs::exists(dir_ / "one" / "report.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "one" / "plots"));
+}
+
+TEST_F(CliTest, ArtifactNamesCannotEscapeTheOutputDirectory) {
+  v1::Job job;
+  job.set_id("J");
+  server_.jobs().AddJob(job, {});
+  server_.artifacts().AddArtifact("J", "../evil", "x");
+  Result r = Run({"artifact", "get", "J", "-o", (dir_ / "out").string()});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, HasSubstr("refusing artifact name '../evil'"));
+  EXPECT_FALSE(fs::exists(dir_ / "evil"));
+}
+
+}  // namespace
+}  // namespace compress::client

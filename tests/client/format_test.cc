@@ -1,0 +1,225 @@
+// Pure formatting: progress bar, event lines, tables, names and numbers.
+#include "client/format.h"
+
+#include <sstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace compress::client {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::Progress MakeProgress(const std::string& stage, int64_t done, int64_t total,
+                          double eta) {
+  v1::Progress p;
+  p.set_stage(stage);
+  p.set_done(done);
+  p.set_total(total);
+  p.set_eta_seconds(eta);
+  return p;
+}
+
+TEST(ProgressBarTest, FillsTheDoneFraction) {
+  EXPECT_EQ(RenderProgressBar(MakeProgress("stage", 20, 40, 3), 10),
+            "[#####.....] stage 20/40 ETA 3s");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("hessian", 12, 40, 65.4), 10),
+            "[###.......] hessian 12/40 ETA 1m05s");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("s", 0, 40, -1), 4),
+            "[....] s 0/40");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("s", 40, 40, 0), 4),
+            "[####] s 40/40 ETA 0s");
+}
+
+TEST(ProgressBarTest, ClampsAndHandlesUnknownTotals) {
+  EXPECT_EQ(RenderProgressBar(MakeProgress("s", 99, 40, -1), 4),
+            "[####] s 99/40");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("s", -5, 40, -1), 4),
+            "[....] s -5/40");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("calib", 7, 0, -1), 4),
+            "[....] calib 7");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("", 0, 0, -1), 3), "[...]");
+  EXPECT_EQ(RenderProgressBar(MakeProgress("s", 1, 2, -1), 0), "[.] s 1/2");
+}
+
+TEST(FormatEtaTest, Units) {
+  EXPECT_EQ(FormatEta(-1), "");
+  EXPECT_EQ(FormatEta(0.4), "0s");
+  EXPECT_EQ(FormatEta(59.4), "59s");
+  EXPECT_EQ(FormatEta(59.6), "1m00s");
+  EXPECT_EQ(FormatEta(3599), "59m59s");
+  EXPECT_EQ(FormatEta(7380), "2h03m");
+}
+
+TEST(EventLineTest, OneLinePerKind) {
+  v1::JobEvent e;
+  e.mutable_stage_start()->set_stage("hessian");
+  e.mutable_stage_start()->set_index(1);
+  e.mutable_stage_start()->set_count(4);
+  EXPECT_EQ(FormatEventLine(e), "stage hessian started (2/4)");
+
+  e.mutable_stage_end()->set_stage("hessian");
+  e.mutable_stage_end()->set_seconds(1.25);
+  EXPECT_EQ(FormatEventLine(e), "stage hessian finished in 1.2s");
+
+  *e.mutable_progress() = MakeProgress("hessian", 12, 40, -1);
+  EXPECT_EQ(FormatEventLine(e), "progress hessian 12/40");
+  e.mutable_progress()->set_eta_seconds(3);
+  EXPECT_EQ(FormatEventLine(e), "progress hessian 12/40 ETA 3s");
+
+  e.mutable_log()->set_level("WARNING");
+  e.mutable_log()->set_message("falling back to Fisher");
+  EXPECT_EQ(FormatEventLine(e), "[WARNING] falling back to Fisher");
+
+  e.mutable_artifact_ready()->set_name("report.json");
+  e.mutable_artifact_ready()->set_size_bytes(123);
+  EXPECT_EQ(FormatEventLine(e), "artifact report.json (123 bytes)");
+
+  e.mutable_partial_result()->set_key("trace/fc1");
+  e.mutable_partial_result()->set_json("{\"mean\":1.5}");
+  EXPECT_EQ(FormatEventLine(e), "result trace/fc1 {\"mean\":1.5}");
+
+  e.mutable_state_change()->set_from(v1::JOB_STATE_RUNNING);
+  e.mutable_state_change()->set_to(v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(FormatEventLine(e), "state RUNNING -> SUCCEEDED");
+
+  e.mutable_state_change()->set_from(v1::JOB_STATE_QUEUED);
+  e.mutable_state_change()->set_to(v1::JOB_STATE_RUNNING);
+  e.mutable_state_change()->set_device("cpu");
+  EXPECT_EQ(FormatEventLine(e), "state QUEUED -> RUNNING on cpu");
+
+  e.mutable_state_change()->set_from(v1::JOB_STATE_RUNNING);
+  e.mutable_state_change()->set_to(v1::JOB_STATE_FAILED);
+  e.mutable_state_change()->mutable_error()->set_code(9);
+  e.mutable_state_change()->mutable_error()->set_message("no double backward");
+  EXPECT_EQ(FormatEventLine(e),
+            "state RUNNING -> FAILED: FAILED_PRECONDITION: no double backward");
+}
+
+TEST(EventPrinterTest, TtyRedrawsOneLineAndPrintsOthersAbove) {
+  std::ostringstream out;
+  EventPrinter printer(&out, EventPrinter::Mode::kTty, 4);
+  v1::JobEvent e;
+  e.mutable_stage_start()->set_stage("s");
+  printer.Print(e);
+  *e.mutable_progress() = MakeProgress("s", 1, 2, -1);
+  printer.Print(e);
+  e.mutable_log()->set_message("hi");
+  printer.Print(e);
+  e.mutable_state_change()->set_from(v1::JOB_STATE_RUNNING);
+  e.mutable_state_change()->set_to(v1::JOB_STATE_SUCCEEDED);
+  printer.Print(e);
+  printer.Finish();
+  EXPECT_EQ(out.str(),
+            "stage s started\n"
+            "\r[....] s\x1b[K"
+            "\r[##..] s 1/2\x1b[K"
+            "\r\x1b[K[INFO] hi\n"
+            "\r[##..] s 1/2\x1b[K"
+            "\r\x1b[Kstate RUNNING -> SUCCEEDED\n");
+}
+
+TEST(EventPrinterTest, PlainAndJsonPrintOneLinePerEvent) {
+  v1::JobEvent e;
+  e.set_sequence(3);
+  *e.mutable_progress() = MakeProgress("s", 1, 2, -1);
+  std::ostringstream plain;
+  EventPrinter(&plain, EventPrinter::Mode::kPlain).Print(e);
+  EXPECT_EQ(plain.str(), "progress s 1/2\n");
+  std::ostringstream json;
+  EventPrinter(&json, EventPrinter::Mode::kJson).Print(e);
+  EXPECT_EQ(json.str(),
+            "{\"sequence\":\"3\",\"progress\":{\"stage\":\"s\",\"done\":\"1\","
+            "\"total\":\"2\",\"eta_seconds\":-1}}\n");
+}
+
+TEST(TableTest, AlignsColumnsWithoutTrailingBlanks) {
+  EXPECT_EQ(FormatTable({{"ID"}, {"SIZE", true}, {"NAME"}},
+                        {{"abc", "1", "x"}, {"a", "1234", ""}}),
+            "ID   SIZE  NAME\n"
+            "abc     1  x\n"
+            "a    1234\n");
+}
+
+TEST(KeyValuesTest, AlignsValues) {
+  EXPECT_EQ(FormatKeyValues({{"id", "1"}, {"created", "now"}}),
+            "id:      1\n"
+            "created: now\n");
+}
+
+TEST(NamesTest, StatesKindsAndCodes) {
+  EXPECT_EQ(StateName(v1::JOB_STATE_CANCELLED), "CANCELLED");
+  EXPECT_EQ(KindName(v1::JOB_KIND_INSPECT), "INSPECT");
+  EXPECT_EQ(*ParseJobState("running"), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(*ParseJobState("JOB_STATE_FAILED"), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(*ParseJobKind("Quantize"), v1::JOB_KIND_QUANTIZE);
+  EXPECT_FALSE(ParseJobState("unspecified").ok());
+  EXPECT_THAT(ParseJobState("done").status().message(),
+              HasSubstr("queued, running, succeeded, failed, cancelled"));
+  EXPECT_EQ(StatusCodeName(5), "NOT_FOUND");
+  EXPECT_EQ(StatusCodeName(99), "99");
+}
+
+TEST(NumbersTest, IdsSizesCounts) {
+  EXPECT_EQ(ShortId("0123456789abcdef0123"), "0123456789ab");
+  EXPECT_EQ(ShortId("short"), "short");
+  EXPECT_EQ(ShortId("builtin:fashion-mnist/test"),
+            "builtin:fashion-mnist/test");
+  EXPECT_EQ(HumanBytes(512), "512 B");
+  EXPECT_EQ(HumanBytes(1536), "1.5 KiB");
+  EXPECT_EQ(HumanBytes(3 << 20), "3.0 MiB");
+  EXPECT_EQ(HumanCount(950), "950");
+  EXPECT_EQ(HumanCount(12345), "12.3K");
+  EXPECT_EQ(HumanCount(4560000), "4.56M");
+  EXPECT_EQ(WithCommas(0), "0");
+  EXPECT_EQ(WithCommas(999), "999");
+  EXPECT_EQ(WithCommas(1234567), "1,234,567");
+  EXPECT_EQ(WithCommas(-1000), "-1,000");
+  EXPECT_EQ(FormatShape(std::vector<int64_t>{1, 1, 28, 28}), "[1,1,28,28]");
+  google::protobuf::Timestamp t;
+  EXPECT_EQ(FormatTimestamp(t), "-");
+  t.set_seconds(1714564803);
+  EXPECT_EQ(FormatTimestamp(t), "2024-05-01 12:00:03 UTC");
+}
+
+TEST(InspectResultTest, PerLayerTableAndTotals) {
+  v1::InspectResult r;
+  for (int64_t d : {1, 1, 28, 28}) r.add_input_shape(d);
+  for (int64_t d : {1, 10}) r.add_output_shape(d);
+  r.set_num_parameters(7850 + 80);
+  r.set_model_bytes(31720);
+  r.set_total_macs(7840 + 56448);
+  r.set_forward_seconds(0.00125);
+  v1::LayerInspection* conv = r.add_layers();
+  conv->set_name("conv");
+  conv->set_kind("Conv2d");
+  conv->set_numel(80);
+  conv->set_macs(56448);
+  for (int64_t d : {1, 8, 28, 28}) conv->add_output_shape(d);
+  v1::LayerInspection* fc = r.add_layers();
+  fc->set_name("fc");
+  fc->set_kind("Linear");
+  fc->set_numel(7850);
+  fc->set_macs(7840);
+  fc->set_calls(2);
+  for (int64_t d : {1, 10}) fc->add_output_shape(d);
+  EXPECT_EQ(FormatInspectResult(r),
+            "LAYER  KIND       PARAMS    MACS  OUTPUT\n"
+            "conv   Conv2d         80  56,448  [1,8,28,28]\n"
+            "fc     Linear x2   7,850   7,840  [1,10]\n"
+            "total              7,930  64,288  [1,10]\n"
+            "\n"
+            "2 layers, 7.9K parameters (31.0 KiB), 64.3K MACs\n"
+            "input [1,1,28,28] -> output [1,10], forward 1.25 ms\n");
+}
+
+TEST(ToJsonTest, UsesProtoFieldNames) {
+  v1::InspectSpec spec;
+  spec.set_model_id("m");
+  EXPECT_EQ(ToJson(spec), "{\"model_id\":\"m\"}");
+}
+
+}  // namespace
+}  // namespace compress::client

@@ -1,0 +1,152 @@
+#include "server/engine/data/dataset.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine/test_util.h"
+
+namespace compress::engine {
+namespace {
+
+using ::compress::engine::testing::Expected;
+using ::compress::engine::testing::FixturePath;
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+
+std::vector<int64_t> Sizes(const torch::Tensor& t) { return t.sizes().vec(); }
+
+TEST(LoadDatasetTest, SafetensorsValuesMatchTheWriter) {
+  const nlohmann::json& want = Expected()["datasets"]["tiny.safetensors"];
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset(FixturePath("tiny.safetensors"), 0);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->format, DatasetFileFormat::kSafetensors);
+  EXPECT_THAT(Sizes(data->inputs), ElementsAre(6, 1, 8, 8));
+  EXPECT_EQ(data->inputs.scalar_type(), torch::kFloat32);
+  EXPECT_NEAR(data->inputs.to(torch::kFloat64).sum().item<double>(),
+              want["inputs_sum"].get<double>(), 1e-9);
+  EXPECT_EQ(data->inputs.flatten()[0].item<float>(),
+            want["inputs_first"].get<float>());
+  EXPECT_EQ(data->inputs.flatten()[-1].item<float>(),
+            want["inputs_last"].get<float>());
+  ASSERT_TRUE(data->targets.defined());
+  EXPECT_EQ(data->targets.scalar_type(), torch::kInt64);
+  std::vector<int64_t> targets(
+      data->targets.data_ptr<int64_t>(),
+      data->targets.data_ptr<int64_t>() + data->targets.numel());
+  EXPECT_EQ(targets, want["targets"].get<std::vector<int64_t>>());
+}
+
+TEST(LoadDatasetTest, SafetensorsMaxExamplesKeepsTheFirstRows) {
+  absl::StatusOr<LoadedDataset> all =
+      LoadDataset(FixturePath("tiny.safetensors"), 0);
+  absl::StatusOr<LoadedDataset> some =
+      LoadDataset(FixturePath("tiny.safetensors"), 4);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_TRUE(some.ok()) << some.status();
+  EXPECT_THAT(Sizes(some->inputs), ElementsAre(4, 1, 8, 8));
+  EXPECT_THAT(Sizes(some->targets), ElementsAre(4));
+  EXPECT_TRUE(torch::equal(some->inputs, all->inputs.narrow(0, 0, 4)));
+  EXPECT_TRUE(torch::equal(some->targets, all->targets.narrow(0, 0, 4)));
+  // More than there are: everything.
+  absl::StatusOr<LoadedDataset> more =
+      LoadDataset(FixturePath("tiny.safetensors"), 100);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_EQ(more->inputs.size(0), 6);
+}
+
+TEST(LoadDatasetTest, TorchSaveValuesMatchTheWriter) {
+  const nlohmann::json& want = Expected()["datasets"]["tiny_torchsave.pt"];
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset(FixturePath("tiny_torchsave.pt"), 0);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->format, DatasetFileFormat::kTorchSave);
+  EXPECT_THAT(Sizes(data->inputs), ElementsAre(5, 4));
+  EXPECT_THAT(Sizes(data->targets), ElementsAre(5, 3));
+  EXPECT_NEAR(data->inputs.to(torch::kFloat64).sum().item<double>(),
+              want["inputs_sum"].get<double>(), 1e-9);
+  EXPECT_NEAR(data->targets.to(torch::kFloat64).sum().item<double>(),
+              want["targets_sum"].get<double>(), 1e-9);
+  EXPECT_EQ(data->inputs.flatten()[0].item<float>(),
+            want["inputs_first"].get<float>());
+
+  absl::StatusOr<LoadedDataset> two =
+      LoadDataset(FixturePath("tiny_torchsave.pt"), 2);
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_TRUE(torch::equal(two->inputs, data->inputs.narrow(0, 0, 2)));
+  EXPECT_TRUE(torch::equal(two->targets, data->targets.narrow(0, 0, 2)));
+}
+
+TEST(LoadDatasetTest, BadFilesAreInvalidArgument) {
+  for (const char* name :
+       {"not_a_model.bin", "not_a_model.zip", "plain_pickle.pkl", "tiny_mlp.pt",
+        "missing_inputs.safetensors", "mismatched_targets.safetensors"}) {
+    EXPECT_EQ(LoadDataset(FixturePath(name), 0).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << name;
+  }
+  EXPECT_EQ(LoadDataset(FixturePath("no_such_file"), 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(LoadDataset("builtin:imagenet/train", 0).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(LoadDatasetTest, DescribeTensor) {
+  TensorDescription d = DescribeTensor(torch::zeros({3, 2}, torch::kUInt8));
+  EXPECT_THAT(d.shape, ElementsAre(3, 2));
+  EXPECT_EQ(d.dtype, "uint8");
+}
+
+class BuiltinLoadTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BuiltinLoadTest, FashionMnistMatchesPythonReader) {
+  const nlohmann::json& want = Expected()["builtin_fashion_mnist"][GetParam()];
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset("builtin:fashion-mnist/" + GetParam(), 0);
+  ASSERT_TRUE(data.ok()) << data.status();
+  const int64_t n = want["num_examples"].get<int64_t>();
+  EXPECT_EQ(data->format, DatasetFileFormat::kIdx);
+  EXPECT_THAT(Sizes(data->inputs), ElementsAre(n, 1, 28, 28));
+  EXPECT_EQ(data->inputs.scalar_type(), torch::kFloat32);
+  EXPECT_GE(data->inputs.min().item<float>(), 0.0f);
+  EXPECT_LE(data->inputs.max().item<float>(), 1.0f);
+  EXPECT_NEAR(data->inputs[0].to(torch::kFloat64).sum().item<double>(),
+              want["first_image_sum"].get<double>(), 1e-4);
+  EXPECT_NEAR(data->inputs[n - 1].to(torch::kFloat64).sum().item<double>(),
+              want["last_image_sum"].get<double>(), 1e-4);
+
+  EXPECT_THAT(Sizes(data->targets), ElementsAre(n));
+  EXPECT_EQ(data->targets.scalar_type(), torch::kInt64);
+  torch::Tensor counts = torch::bincount(data->targets);
+  std::vector<int64_t> got(counts.data_ptr<int64_t>(),
+                           counts.data_ptr<int64_t>() + counts.numel());
+  EXPECT_THAT(
+      got, ElementsAreArray(want["label_counts"].get<std::vector<int64_t>>()));
+  torch::Tensor first = data->targets.narrow(0, 0, 10).contiguous();
+  std::vector<int64_t> first_labels(first.data_ptr<int64_t>(),
+                                    first.data_ptr<int64_t>() + 10);
+  EXPECT_EQ(first_labels, want["first_labels"].get<std::vector<int64_t>>());
+}
+
+TEST_P(BuiltinLoadTest, MaxExamples) {
+  absl::StatusOr<LoadedDataset> all =
+      LoadDataset("builtin:fashion-mnist/" + GetParam(), 0);
+  absl::StatusOr<LoadedDataset> some =
+      LoadDataset("builtin:fashion-mnist/" + GetParam(), 100);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_TRUE(some.ok()) << some.status();
+  EXPECT_THAT(Sizes(some->inputs), ElementsAre(100, 1, 28, 28));
+  EXPECT_TRUE(torch::equal(some->inputs, all->inputs.narrow(0, 0, 100)));
+  EXPECT_TRUE(torch::equal(some->targets, all->targets.narrow(0, 0, 100)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Splits, BuiltinLoadTest,
+                         ::testing::Values("train", "test"));
+
+}  // namespace
+}  // namespace compress::engine

@@ -1,0 +1,244 @@
+#include "server/engine/model/model_info.h"
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/engine/common/cancel.h"
+#include "tests/engine/test_util.h"
+
+namespace compress::engine {
+namespace {
+
+using ::compress::engine::testing::Expected;
+using ::compress::engine::testing::FixturePath;
+using ::testing::HasSubstr;
+
+std::vector<int64_t> Shape(const nlohmann::json& j) {
+  return j.get<std::vector<int64_t>>();
+}
+
+class ModelFixtureTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  const nlohmann::json& expected() const {
+    return Expected()["models"][GetParam()];
+  }
+  std::string path() const { return FixturePath(GetParam()); }
+};
+
+TEST_P(ModelFixtureTest, DescribeMatchesPython) {
+  absl::StatusOr<ModelSummary> summary = DescribeModelFile(path());
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  const nlohmann::json& want = expected();
+  EXPECT_EQ(summary->num_parameters, want["num_parameters"].get<int64_t>());
+  EXPECT_EQ(summary->model_bytes, want["model_bytes"].get<int64_t>());
+  ASSERT_EQ(summary->layers.size(), want["layers"].size());
+  for (size_t i = 0; i < summary->layers.size(); ++i) {
+    const LayerInfo& layer = summary->layers[i];
+    const nlohmann::json& w = want["layers"][i];
+    SCOPED_TRACE("layer " + w["name"].get<std::string>());
+    EXPECT_EQ(layer.name, w["name"].get<std::string>());
+    EXPECT_EQ(layer.kind, w["kind"].get<std::string>());
+    EXPECT_EQ(layer.numel, w["numel"].get<int64_t>());
+    ASSERT_EQ(layer.parameters.size(), w["parameters"].size());
+    for (size_t p = 0; p < layer.parameters.size(); ++p) {
+      const nlohmann::json& wp = w["parameters"][p];
+      EXPECT_EQ(layer.parameters[p].name, wp["name"].get<std::string>());
+      EXPECT_EQ(layer.parameters[p].shape, Shape(wp["shape"]));
+      EXPECT_EQ(layer.parameters[p].numel, wp["numel"].get<int64_t>());
+      EXPECT_EQ(layer.parameters[p].dtype, wp["dtype"].get<std::string>());
+    }
+  }
+}
+
+TEST_P(ModelFixtureTest, InspectMatchesPython) {
+  const nlohmann::json& want = expected();
+  InspectOptions options;
+  options.input_shape = Shape(want["input_shape"]);
+  absl::StatusOr<Inspection> ins = InspectModelFile(path(), options);
+  ASSERT_TRUE(ins.ok()) << ins.status();
+  EXPECT_EQ(ins->input_shape, options.input_shape);
+  EXPECT_EQ(ins->output_shape, Shape(want["output_shape"]));
+  EXPECT_EQ(ins->summary.num_parameters, want["num_parameters"].get<int64_t>());
+  EXPECT_EQ(ins->unattributed_macs, want["unattributed_macs"].get<int64_t>());
+  EXPECT_EQ(ins->total_macs, want["total_macs"].get<int64_t>());
+  EXPECT_GT(ins->forward_seconds, 0.0);
+  ASSERT_EQ(ins->layers.size(), want["layers"].size());
+  for (size_t i = 0; i < ins->layers.size(); ++i) {
+    const LayerCost& cost = ins->layers[i];
+    const nlohmann::json& w = want["layers"][i];
+    SCOPED_TRACE("layer " + w["name"].get<std::string>());
+    EXPECT_EQ(cost.name, w["name"].get<std::string>());
+    EXPECT_EQ(cost.kind, w["kind"].get<std::string>());
+    EXPECT_EQ(cost.numel, w["numel"].get<int64_t>());
+    EXPECT_EQ(cost.macs, w["macs"].get<int64_t>());
+    EXPECT_EQ(cost.calls, w["calls"].get<int>());
+    EXPECT_EQ(cost.output_shape, Shape(w["output_shape"]));
+  }
+}
+
+// Every counted op is linear in the batch size, attention included.
+TEST_P(ModelFixtureTest, MacsScaleWithBatch) {
+  InspectOptions options;
+  options.input_shape = Shape(expected()["input_shape"]);
+  options.input_shape[0] = 1;
+  absl::StatusOr<Inspection> one = InspectModelFile(path(), options);
+  options.input_shape[0] = 5;
+  absl::StatusOr<Inspection> five = InspectModelFile(path(), options);
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_TRUE(five.ok()) << five.status();
+  EXPECT_GT(one->total_macs, 0);
+  EXPECT_EQ(five->total_macs, 5 * one->total_macs);
+  EXPECT_EQ(five->unattributed_macs, 5 * one->unattributed_macs);
+  EXPECT_EQ(five->output_shape[0], 5);
+}
+
+// The MAC counter is a thread-local callback: concurrent inspections on other
+// threads must neither see nor disturb each other's operators.
+TEST_P(ModelFixtureTest, ConcurrentInspectionsAgree) {
+  InspectOptions options;
+  options.input_shape = Shape(expected()["input_shape"]);
+  std::vector<absl::StatusOr<Inspection>> results(4);
+  std::vector<std::thread> threads;
+  for (auto& result : results) {
+    threads.emplace_back([&] { result = InspectModelFile(path(), options); });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& result : results) {
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->total_macs, expected()["total_macs"].get<int64_t>());
+    EXPECT_EQ(result->unattributed_macs,
+              expected()["unattributed_macs"].get<int64_t>());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelFixtureTest,
+                         ::testing::Values("tiny_mlp.pt", "tiny_cnn.pt",
+                                           "tiny_ops.pt", "tiny_vit.pt"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           return name.substr(0, name.find('.'));
+                         });
+
+TEST(ModelInfoTest, VitRootOwnsTokenParameters) {
+  absl::StatusOr<ModelSummary> summary =
+      DescribeModelFile(FixturePath("tiny_vit.pt"));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_FALSE(summary->layers.empty());
+  const LayerInfo& root = summary->layers[0];
+  EXPECT_EQ(root.name, "");
+  EXPECT_EQ(root.kind, "TinyViT");
+  ASSERT_EQ(root.parameters.size(), 2u);
+  EXPECT_EQ(root.parameters[0].name, "cls_token");
+  EXPECT_EQ(root.parameters[1].name, "pos_embed");
+}
+
+class BadModelTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BadModelTest, DescribeIsInvalidArgument) {
+  absl::StatusOr<ModelSummary> summary =
+      DescribeModelFile(FixturePath(GetParam()));
+  EXPECT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument)
+      << summary.status();
+  EXPECT_THAT(summary.status().message(), HasSubstr("not a TorchScript model"));
+}
+
+TEST_P(BadModelTest, InspectIsInvalidArgument) {
+  InspectOptions options;
+  options.input_shape = {1, 4};
+  absl::StatusOr<Inspection> ins =
+      InspectModelFile(FixturePath(GetParam()), options);
+  EXPECT_EQ(ins.status().code(), absl::StatusCode::kInvalidArgument)
+      << ins.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, BadModelTest,
+                         ::testing::Values("not_a_model.bin", "not_a_model.zip",
+                                           "plain_pickle.pkl",
+                                           "tiny_torchsave.pt",
+                                           "tiny.safetensors", "expected.json"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name) {
+                             if (c == '.') c = '_';
+                           }
+                           return name;
+                         });
+
+TEST(ModelInfoTest, MissingFileIsNotFound) {
+  EXPECT_EQ(DescribeModelFile(FixturePath("no_such_model.pt")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(ModelInfoTest, LinearInputMismatchCarriesTorchMessage) {
+  InspectOptions options;
+  options.input_shape = {2, 5};
+  absl::StatusOr<Inspection> ins =
+      InspectModelFile(FixturePath("tiny_mlp.pt"), options);
+  ASSERT_EQ(ins.status().code(), absl::StatusCode::kInvalidArgument)
+      << ins.status();
+  EXPECT_THAT(ins.status().message(), HasSubstr("[2, 5]"));
+  EXPECT_THAT(ins.status().message(),
+              HasSubstr("mat1 and mat2 shapes cannot be multiplied"));
+}
+
+TEST(ModelInfoTest, ConvChannelMismatchCarriesTorchMessage) {
+  InspectOptions options;
+  options.input_shape = {2, 3, 8, 8};
+  absl::StatusOr<Inspection> ins =
+      InspectModelFile(FixturePath("tiny_cnn.pt"), options);
+  ASSERT_EQ(ins.status().code(), absl::StatusCode::kInvalidArgument)
+      << ins.status();
+  EXPECT_THAT(ins.status().message(), HasSubstr("channels"));
+}
+
+TEST(ModelInfoTest, InputShapeMustBeGiven) {
+  InspectOptions options;
+  EXPECT_EQ(
+      InspectModelFile(FixturePath("tiny_mlp.pt"), options).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  options.input_shape = {0, 4};
+  EXPECT_EQ(
+      InspectModelFile(FixturePath("tiny_mlp.pt"), options).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ModelInfoTest, UnknownDeviceIsInvalidArgument) {
+  InspectOptions options;
+  options.input_shape = {2, 4};
+  options.device = "tpu:0";
+  EXPECT_EQ(
+      InspectModelFile(FixturePath("tiny_mlp.pt"), options).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ModelInfoTest, CancelledTokenStopsInspection) {
+  CancelToken token;
+  token.Cancel();
+  InspectOptions options;
+  options.input_shape = {2, 4};
+  EXPECT_EQ(InspectModelFile(FixturePath("tiny_mlp.pt"), options, &token)
+                .status()
+                .code(),
+            absl::StatusCode::kCancelled);
+}
+
+TEST(ModelInfoTest, PastDeadlineStopsInspection) {
+  CancelToken token;
+  token.SetDeadline(absl::Now() - absl::Seconds(1));
+  InspectOptions options;
+  options.input_shape = {2, 4};
+  EXPECT_EQ(InspectModelFile(FixturePath("tiny_mlp.pt"), options, &token)
+                .status()
+                .code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+}  // namespace
+}  // namespace compress::engine
