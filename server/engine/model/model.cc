@@ -22,11 +22,11 @@ absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
     module.eval();
     return module;
   } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not a TorchScript model: ", e.what_without_backtrace()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " is not a TorchScript model: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("not a TorchScript model: ", e.what()));
+        absl::StrCat(path, " is not a TorchScript model: ", e.what()));
   }
 }
 

@@ -75,6 +75,7 @@ ModelSummary Summarize(const torch::jit::Module& module) {
 // so counting nested operators would count the same work twice. An operator
 // belongs to a layer when one of its tensor inputs shares its data pointer with
 // one of the layer's parameters (views such as weight.t() share it too).
+// Not counted: aten::einsum and fused attention kernels.
 
 // What an outermost operator contributes, from its inputs; completed with the
 // output in the end callback.
@@ -92,9 +93,9 @@ struct Recorder {
   int depth = 0;
 };
 
-// Set only on the thread running the forward pass: intra-op worker threads
+// Set only on the thread running the forward pass: intra-op worker threads may
 // inherit the thread-local callback with the rest of the thread-local state,
-// and must not touch the recorder.
+// and must not touch the recorder (their operators are nested anyway).
 thread_local Recorder* tls_recorder = nullptr;
 
 int64_t DimSize(const at::Tensor& t, int64_t dim) {

@@ -1,0 +1,648 @@
+// End to end: the real server on localhost:0, driven through the generated
+// stubs and the client library. Expected numbers come from
+// tests/fixtures/expected.json, computed independently in Python from each
+// model's own parameters (tests/fixtures/make_fixtures.py).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "compress/v1/compress.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/service/server.h"
+#include "server/util/sha256.h"
+#include "tests/e2e/test_util.h"
+
+namespace compress {
+namespace {
+
+namespace v1 = compress::v1;
+using ::compress::testing_util::Fixture;
+using ::compress::testing_util::ReadFile;
+using ::compress::testing_util::TempDir;
+using ::compress::testing_util::WriteFile;
+using ::testing::HasSubstr;
+
+nlohmann::json Expected() {
+  static const nlohmann::json* json =
+      new nlohmann::json(nlohmann::json::parse(ReadFile(Fixture("expected.json"))));
+  return *json;
+}
+
+class E2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartServer({}); }
+
+  void StartServer(service::ServerOptions options) {
+    options.listen = "127.0.0.1:0";
+    options.metrics_listen = "127.0.0.1:0";
+    options.data_dir = dir_.path() + "/data";
+    options.intra_op_threads = 1;
+    auto server = service::Server::Create(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    address_ = absl::StrCat("127.0.0.1:", server_->port());
+    channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+    models_ = v1::ModelService::NewStub(channel_);
+    datasets_ = v1::DatasetService::NewStub(channel_);
+    jobs_ = v1::JobService::NewStub(channel_);
+    artifacts_ = v1::ArtifactService::NewStub(channel_);
+    client::Client::Options copts;
+    copts.address = address_;
+    auto c = client::Client::Create(copts);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *std::move(c);
+  }
+
+  // Raw upload through the stub: header as given, then `bytes` in chunks.
+  grpc::Status RawUpload(bool model, const v1::UploadHeader* header, const std::string& bytes,
+                         size_t chunk = 1 << 20) {
+    grpc::ClientContext ctx;
+    v1::Model model_out;
+    v1::Dataset dataset_out;
+    std::unique_ptr<grpc::ClientWriter<v1::UploadRequest>> writer =
+        model ? models_->UploadModel(&ctx, &model_out)
+              : datasets_->UploadDataset(&ctx, &dataset_out);
+    v1::UploadRequest req;
+    if (header != nullptr) {
+      *req.mutable_header() = *header;
+      writer->Write(req);
+    }
+    for (size_t off = 0; off < bytes.size(); off += chunk) {
+      req.set_chunk(bytes.substr(off, chunk));
+      if (!writer->Write(req)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  grpc::Status UploadFile(bool model, const std::string& path) {
+    std::string bytes = ReadFile(path);
+    v1::UploadHeader h;
+    h.set_name(std::filesystem::path(path).filename());
+    h.set_size_bytes(static_cast<int64_t>(bytes.size()));
+    h.set_sha256(Sha256Hex(bytes));
+    return RawUpload(model, &h, bytes);
+  }
+
+  v1::Model MustUploadModel(const std::string& fixture) {
+    auto m = client_->UploadModel(Fixture(fixture), fixture);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? *m : v1::Model();
+  }
+
+  grpc::Status Submit(const v1::SubmitJobRequest& request, v1::Job* job) {
+    grpc::ClientContext ctx;
+    return jobs_->SubmitJob(&ctx, request, job);
+  }
+
+  // Watches to the end through the stub; returns every event.
+  std::vector<v1::JobEvent> WatchAll(const std::string& job_id, int64_t after = 0,
+                                     grpc::Status* status = nullptr) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    v1::WatchJobRequest req;
+    req.set_job_id(job_id);
+    req.set_after_sequence(after);
+    auto reader = jobs_->WatchJob(&ctx, req);
+    std::vector<v1::JobEvent> events;
+    v1::JobEvent e;
+    while (reader->Read(&e)) events.push_back(e);
+    grpc::Status s = reader->Finish();
+    if (status != nullptr) *status = s;
+    return events;
+  }
+
+  v1::Job GetJob(const std::string& id) {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest req;
+    req.set_job_id(id);
+    v1::Job job;
+    EXPECT_TRUE(jobs_->GetJob(&ctx, req, &job).ok());
+    return job;
+  }
+
+  std::string HttpGet(int port, const std::string& path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      close(fd);
+      return "";
+    }
+    std::string req = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    send(fd, req.data(), req.size(), 0);
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+    close(fd);
+    return out;
+  }
+
+  std::vector<std::string> FilesUnder(const std::string& sub) {
+    std::vector<std::string> files;
+    std::string root = dir_.path() + "/data/" + sub;
+    if (!std::filesystem::exists(root)) return files;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
+      if (e.is_regular_file()) files.push_back(e.path().string());
+    }
+    return files;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<service::Server> server_;
+  std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ModelService::Stub> models_;
+  std::unique_ptr<v1::DatasetService::Stub> datasets_;
+  std::unique_ptr<v1::JobService::Stub> jobs_;
+  std::unique_ptr<v1::ArtifactService::Stub> artifacts_;
+  std::unique_ptr<client::Client> client_;
+};
+
+TEST_F(E2eTest, UploadInspectWatchDownloadMatchesIndependentNumbers) {
+  const nlohmann::json expected = Expected()["models"]["tiny_cnn.pt"];
+  std::string bytes = ReadFile(Fixture("tiny_cnn.pt"));
+  v1::Model model = MustUploadModel("tiny_cnn.pt");
+  EXPECT_EQ(model.id(), Sha256Hex(bytes));
+  EXPECT_EQ(model.size_bytes(), static_cast<int64_t>(bytes.size()));
+  EXPECT_EQ(model.num_parameters(), expected["num_parameters"].get<int64_t>());
+  ASSERT_EQ(model.layers_size(), static_cast<int>(expected["layers"].size()));
+  int64_t sum = 0;
+  for (int i = 0; i < model.layers_size(); ++i) {
+    EXPECT_EQ(model.layers(i).name(), expected["layers"][i]["name"]);
+    EXPECT_EQ(model.layers(i).kind(), expected["layers"][i]["kind"]);
+    EXPECT_EQ(model.layers(i).numel(), expected["layers"][i]["numel"].get<int64_t>());
+    sum += model.layers(i).numel();
+  }
+  EXPECT_EQ(sum, model.num_parameters());
+
+  // The same bytes again: the same model, stored once.
+  v1::Model again = MustUploadModel("tiny_cnn.pt");
+  EXPECT_EQ(again.id(), model.id());
+  auto all = client_->ListModels();
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1u);
+
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(model.id());
+  for (int64_t d : expected["input_shape"]) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(job.kind(), v1::JOB_KIND_INSPECT);
+  EXPECT_NE(job.seed(), 0u);
+
+  std::vector<v1::JobEvent> events = WatchAll(job.id());
+  ASSERT_FALSE(events.empty());
+  std::vector<v1::JobState> states;
+  bool artifact_event = false, progress_event = false;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].sequence(), static_cast<int64_t>(i + 1)) << "gap or duplicate";
+    EXPECT_EQ(events[i].job_id(), job.id());
+    if (events[i].has_state_change()) states.push_back(events[i].state_change().to());
+    artifact_event |= events[i].has_artifact_ready();
+    progress_event |= events[i].has_progress();
+  }
+  EXPECT_THAT(states, ::testing::ElementsAre(v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
+                                             v1::JOB_STATE_SUCCEEDED));
+  EXPECT_TRUE(artifact_event);
+  EXPECT_TRUE(progress_event);
+
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.attempts(), 1);
+  EXPECT_EQ(done.assigned_device(), "cpu");
+  EXPECT_EQ(done.last_sequence(), static_cast<int64_t>(events.size()));
+  const v1::InspectResult& r = done.result().inspect();
+  EXPECT_EQ(r.num_parameters(), sum);
+  EXPECT_EQ(r.model_bytes(), expected["model_bytes"].get<int64_t>());
+  EXPECT_EQ(r.total_macs(), expected["total_macs"].get<int64_t>());
+  EXPECT_THAT(std::vector<int64_t>(r.output_shape().begin(), r.output_shape().end()),
+              ::testing::ElementsAreArray(expected["output_shape"].get<std::vector<int64_t>>()));
+  ASSERT_EQ(r.layers_size(), static_cast<int>(expected["layers"].size()));
+  for (int i = 0; i < r.layers_size(); ++i) {
+    EXPECT_EQ(r.layers(i).macs(), expected["layers"][i]["macs"].get<int64_t>()) << r.layers(i).name();
+  }
+
+  // Artifact: listed, downloadable, digest checked, content is the result.
+  auto listed = client_->ListArtifacts(job.id());
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].name(), "inspection.json");
+  std::string out = dir_.path() + "/inspection.json";
+  auto got = client_->DownloadArtifact(job.id(), "inspection.json", out);
+  ASSERT_TRUE(got.ok()) << got.status();
+  std::string file = ReadFile(out);
+  EXPECT_EQ(Sha256Hex(file), (*listed)[0].sha256());
+  nlohmann::json report = nlohmann::json::parse(file);
+  EXPECT_EQ(std::stoll(report["num_parameters"].get<std::string>()), sum);
+}
+
+TEST_F(E2eTest, InspectViTTakesInputShapeFromBuiltinDataset) {
+  const nlohmann::json expected = Expected()["models"]["tiny_vit.pt"];
+  v1::Model model = MustUploadModel("tiny_vit.pt");
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(model.id());
+  req.mutable_spec()->mutable_inspect()->set_dataset_id("builtin:fashion-mnist/test");
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  WatchAll(job.id());
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  const v1::InspectResult& r = done.result().inspect();
+  EXPECT_THAT(std::vector<int64_t>(r.input_shape().begin(), r.input_shape().end()),
+              ::testing::ElementsAre(1, 1, 28, 28));
+  EXPECT_EQ(r.num_parameters(), expected["num_parameters"].get<int64_t>());
+  if (expected["input_shape"][0].get<int64_t>() == 1) {
+    EXPECT_EQ(r.total_macs(), expected["total_macs"].get<int64_t>());
+    EXPECT_EQ(r.unattributed_macs(), expected["unattributed_macs"].get<int64_t>());
+  }
+  EXPECT_GT(r.unattributed_macs(), 0);  // attention q@k^T and attn@v
+}
+
+TEST_F(E2eTest, BuiltinDatasetsAreListed) {
+  auto datasets = client_->ListDatasets();
+  ASSERT_TRUE(datasets.ok());
+  std::map<std::string, int64_t> counts;
+  for (const auto& d : *datasets) counts[d.id()] = d.num_examples();
+  EXPECT_EQ(counts["builtin:fashion-mnist/train"], 60000);
+  EXPECT_EQ(counts["builtin:fashion-mnist/test"], 10000);
+}
+
+TEST_F(E2eTest, BadUploadsAreRejectedAndLeaveNothing) {
+  std::string bytes = ReadFile(Fixture("tiny_mlp.pt"));
+  v1::UploadHeader h;
+  h.set_name("m.pt");
+  h.set_size_bytes(static_cast<int64_t>(bytes.size()));
+  h.set_sha256(Sha256Hex(bytes));
+
+  v1::UploadHeader wrong_sha = h;
+  wrong_sha.set_sha256(Sha256Hex("something else"));
+  grpc::Status s = RawUpload(true, &wrong_sha, bytes);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("sha256"));
+
+  v1::UploadHeader too_big = h;
+  too_big.set_size_bytes(h.size_bytes() + 10);
+  s = RawUpload(true, &too_big, bytes);  // stream ends early
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("ended early"));
+
+  v1::UploadHeader too_small = h;
+  too_small.set_size_bytes(h.size_bytes() - 10);
+  s = RawUpload(true, &too_small, bytes);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("size_bytes"));
+
+  s = RawUpload(true, nullptr, bytes);  // no header
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::UploadHeader bad_digest = h;
+  bad_digest.set_sha256("xyz");
+  EXPECT_EQ(RawUpload(true, &bad_digest, bytes).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  s = RawUpload(true, &h, bytes, (1 << 20) + 1);  // chunk over 1 MiB? (file smaller: fine)
+  EXPECT_TRUE(s.ok()) << s.error_message();
+
+  for (const char* f : {"not_a_model.bin", "not_a_model.zip", "plain_pickle.pkl"}) {
+    s = UploadFile(true, Fixture(f));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << f;
+    EXPECT_THAT(s.error_message(), HasSubstr("TorchScript")) << f;
+  }
+  for (const char* f : {"missing_inputs.safetensors", "mismatched_targets.safetensors",
+                        "not_a_model.bin"}) {
+    s = UploadFile(false, Fixture(f));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << f;
+  }
+  // Only the one good model is stored; no temp files are left.
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok());
+  EXPECT_EQ(models->size(), 1u);
+  EXPECT_EQ(FilesUnder("blobs").size(), 1u);
+  EXPECT_TRUE(compress::testing_util::WaitFor([&] { return FilesUnder("tmp").empty(); }));
+}
+
+TEST_F(E2eTest, ChunkOverOneMebibyteIsRejected) {
+  std::string bytes(3 << 20, 'x');
+  v1::UploadHeader h;
+  h.set_name("big");
+  h.set_size_bytes(static_cast<int64_t>(bytes.size()));
+  h.set_sha256(Sha256Hex(bytes));
+  grpc::Status s = RawUpload(true, &h, bytes, (1 << 20) + 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("1 MiB"));
+  EXPECT_TRUE(FilesUnder("blobs").empty());
+}
+
+TEST_F(E2eTest, DatasetsUploadInBothFormats) {
+  for (const char* f : {"tiny.safetensors", "tiny_torchsave.pt"}) {
+    auto d = client_->UploadDataset(Fixture(f), f);
+    ASSERT_TRUE(d.ok()) << f << ": " << d.status();
+    const nlohmann::json e = Expected()["datasets"][f];
+    EXPECT_EQ(d->num_examples(), e["num_examples"].get<int64_t>()) << f;
+    EXPECT_EQ(d->has_targets(), e["has_targets"].get<bool>()) << f;
+  }
+}
+
+TEST_F(E2eTest, UnknownIdsAreNotFound) {
+  const std::string id(64, 'a');
+  grpc::ClientContext c1, c2, c3, c4, c5;
+  v1::Model m;
+  v1::GetModelRequest gm;
+  gm.set_model_id(id);
+  EXPECT_EQ(models_->GetModel(&c1, gm, &m).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::Dataset d;
+  v1::GetDatasetRequest gd;
+  gd.set_dataset_id(id);
+  EXPECT_EQ(datasets_->GetDataset(&c2, gd, &d).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::Job j;
+  v1::CancelJobRequest cj;
+  cj.set_job_id("job-nope");
+  EXPECT_EQ(jobs_->CancelJob(&c3, cj, &j).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::ListArtifactsRequest la;
+  la.set_job_id("job-nope");
+  v1::ListArtifactsResponse lr;
+  EXPECT_EQ(artifacts_->ListArtifacts(&c4, la, &lr).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::DeleteModelRequest dm;
+  dm.set_model_id(id);
+  v1::DeleteModelResponse dr;
+  EXPECT_EQ(models_->DeleteModel(&c5, dm, &dr).error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::Status ws;
+  EXPECT_TRUE(WatchAll("job-nope", 0, &ws).empty());
+  EXPECT_EQ(ws.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  grpc::ClientContext c6;
+  v1::DownloadArtifactRequest dl;
+  dl.set_job_id("job-nope");
+  dl.set_name("report.json");
+  auto reader = artifacts_->DownloadArtifact(&c6, dl);
+  v1::DownloadArtifactResponse resp;
+  EXPECT_FALSE(reader->Read(&resp));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(id);
+  req.mutable_spec()->mutable_inspect()->add_input_shape(1);
+  v1::Job job;
+  EXPECT_EQ(Submit(req, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  const std::string data = "builtin:fashion-mnist/train";
+  v1::Job job;
+  struct Case {
+    std::string name;
+    v1::SubmitJobRequest req;
+    grpc::StatusCode code;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  {
+    Case c{"empty spec", {}, grpc::StatusCode::INVALID_ARGUMENT, "spec"};
+    cases.push_back(c);
+  }
+  {
+    Case c{"zero probes", {}, grpc::StatusCode::INVALID_ARGUMENT, "max_probes"};
+    auto* a = c.req.mutable_spec()->mutable_analyze();
+    a->set_model_id(cnn.id());
+    a->mutable_data()->set_dataset_id(data);
+    a->mutable_traces()->set_enabled(true);
+    a->mutable_traces()->set_max_probes(0);
+    cases.push_back(c);
+  }
+  {
+    Case c{"negative bits", {}, grpc::StatusCode::INVALID_ARGUMENT, "candidate_bits"};
+    auto* q = c.req.mutable_spec()->mutable_quantize();
+    q->set_model_id(cnn.id());
+    q->mutable_data()->set_dataset_id(data);
+    q->add_candidate_bits(-4);
+    q->mutable_budget()->set_average_bits(4);
+    cases.push_back(c);
+  }
+  {
+    Case c{"prune a CNN", {}, grpc::StatusCode::FAILED_PRECONDITION, "not a Vision Transformer"};
+    auto* p = c.req.mutable_spec()->mutable_prune();
+    p->set_model_id(cnn.id());
+    p->mutable_data()->set_dataset_id(data);
+    p->mutable_target()->set_flops_fraction(0.5);
+    cases.push_back(c);
+  }
+  {
+    Case c{"dataset as model", {}, grpc::StatusCode::INVALID_ARGUMENT, "is a dataset"};
+    c.req.mutable_spec()->mutable_inspect()->set_model_id(data);
+    c.req.mutable_spec()->mutable_inspect()->add_input_shape(1);
+    cases.push_back(c);
+  }
+  {
+    Case c{"negative dim", {}, grpc::StatusCode::INVALID_ARGUMENT, "input_shape[1]"};
+    c.req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
+    c.req.mutable_spec()->mutable_inspect()->add_input_shape(1);
+    c.req.mutable_spec()->mutable_inspect()->add_input_shape(-3);
+    cases.push_back(c);
+  }
+  {
+    Case c{"unknown device", {}, grpc::StatusCode::INVALID_ARGUMENT, "device"};
+    c.req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
+    c.req.mutable_spec()->mutable_inspect()->add_input_shape(1);
+    c.req.set_device("cuda:7");
+    cases.push_back(c);
+  }
+  {
+    Case c{"valid analyze, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "ANALYZE"};
+    auto* a = c.req.mutable_spec()->mutable_analyze();
+    a->set_model_id(cnn.id());
+    a->mutable_data()->set_dataset_id(data);
+    cases.push_back(c);
+  }
+  for (const Case& c : cases) {
+    grpc::Status s = Submit(c.req, &job);
+    EXPECT_EQ(s.error_code(), c.code) << c.name << ": " << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(c.message)) << c.name;
+  }
+  grpc::ClientContext ctx;
+  v1::ListJobsRequest lreq;
+  v1::ListJobsResponse lresp;
+  ASSERT_TRUE(jobs_->ListJobs(&ctx, lreq, &lresp).ok());
+  EXPECT_EQ(lresp.jobs_size(), 0) << "a rejected spec must not create a job";
+}
+
+TEST_F(E2eTest, InputThatDoesNotFitFailsTheJobWithTorchsMessage) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  v1::SubmitJobRequest req;
+  auto* i = req.mutable_spec()->mutable_inspect();
+  i->set_model_id(cnn.id());
+  for (int64_t d : {1, 3, 8, 8}) i->add_input_shape(d);  // the model takes 1 channel
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  WatchAll(job.id());
+  v1::Job done = GetJob(job.id());
+  EXPECT_EQ(done.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(done.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(done.error().message(), HasSubstr("channels"));
+  // The server is still fine.
+  i->clear_input_shape();
+  for (int64_t d : {1, 1, 8, 8}) i->add_input_shape(d);
+  ASSERT_TRUE(Submit(req, &job).ok());
+  WatchAll(job.id());
+  EXPECT_EQ(GetJob(job.id()).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(E2eTest, CancelAndIdempotency) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  v1::SubmitJobRequest req;
+  req.set_request_id("req-1");
+  req.set_seed(42);
+  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
+  for (int64_t d : {1, 1, 8, 8}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::Job first, second;
+  ASSERT_TRUE(Submit(req, &first).ok());
+  ASSERT_TRUE(Submit(req, &second).ok());
+  EXPECT_EQ(first.id(), second.id());
+  EXPECT_EQ(second.seed(), 42u);
+  req.mutable_spec()->mutable_inspect()->set_input_shape(0, 2);
+  EXPECT_EQ(Submit(req, &second).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+
+  WatchAll(first.id());
+  grpc::ClientContext ctx;
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(first.id());
+  v1::Job out;
+  grpc::Status s = jobs_->CancelJob(&ctx, cancel, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("already finished"));
+}
+
+TEST_F(E2eTest, WatchResumesWithoutGapOrDuplicate) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
+  for (int64_t d : {1, 1, 8, 8}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  std::vector<v1::JobEvent> all = WatchAll(job.id());
+  ASSERT_GE(all.size(), 4u);
+  for (int64_t after : {int64_t{0}, int64_t{2}, static_cast<int64_t>(all.size()) - 1}) {
+    std::vector<v1::JobEvent> rest = WatchAll(job.id(), after);
+    ASSERT_EQ(rest.size(), all.size() - static_cast<size_t>(after)) << "after " << after;
+    for (size_t i = 0; i < rest.size(); ++i) {
+      EXPECT_EQ(rest[i].sequence(), after + static_cast<int64_t>(i) + 1);
+      EXPECT_EQ(rest[i].SerializeAsString(), all[after + i].SerializeAsString());
+    }
+  }
+  grpc::Status s;
+  EXPECT_TRUE(WatchAll(job.id(), static_cast<int64_t>(all.size()), &s).empty());
+  EXPECT_TRUE(s.ok()) << "a finished job with nothing new ends the stream cleanly";
+}
+
+TEST_F(E2eTest, ManyWatchersAllSeeEveryEvent) {
+  v1::Model cnn = MustUploadModel("tiny_vit.pt");
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
+  for (int64_t d : {8, 1, 28, 28}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  constexpr int kWatchers = 20;
+  std::vector<std::vector<v1::JobEvent>> seen(kWatchers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWatchers; ++w) {
+    threads.emplace_back([&, w] { seen[w] = WatchAll(job.id()); });
+  }
+  for (auto& t : threads) t.join();
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
+  for (int w = 0; w < kWatchers; ++w) {
+    ASSERT_EQ(static_cast<int64_t>(seen[w].size()), done.last_sequence()) << "watcher " << w;
+    for (size_t i = 0; i < seen[w].size(); ++i) {
+      EXPECT_EQ(seen[w][i].sequence(), static_cast<int64_t>(i + 1));
+    }
+  }
+}
+
+TEST_F(E2eTest, HealthAndMetrics) {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest hreq;
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(health->Check(&ctx, hreq, &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
+  for (int64_t d : {1, 1, 8, 8}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  WatchAll(job.id());
+  grpc::ClientContext c2;
+  v1::GetModelRequest gm;
+  gm.set_model_id(std::string(64, 'b'));
+  v1::Model m;
+  models_->GetModel(&c2, gm, &m);
+
+  std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_THAT(metrics, HasSubstr("200 OK"));
+  EXPECT_THAT(metrics, HasSubstr("compressd_jobs_submitted_total{kind=\"inspect\"} 1"));
+  EXPECT_THAT(metrics,
+              HasSubstr("compressd_jobs_finished_total{kind=\"inspect\",outcome=\"succeeded\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("compressd_job_duration_seconds_count{kind=\"inspect\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr(absl::StrCat("compressd_uploaded_bytes_total{resource=\"model\"} ",
+                                              cnn.size_bytes())));
+  EXPECT_THAT(metrics, HasSubstr("code=\"NOT_FOUND\",method=\"/compress.v1.ModelService/GetModel\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("compressd_queue_depth 0"));
+  EXPECT_THAT(metrics, HasSubstr("compressd_workers 1"));
+  EXPECT_THAT(metrics, ::testing::Not(HasSubstr(job.id()))) << "ids must never be labels";
+  EXPECT_THAT(metrics, ::testing::Not(HasSubstr(cnn.id())));
+  EXPECT_THAT(HttpGet(server_->metrics_port(), "/nope"), HasSubstr("404"));
+}
+
+TEST_F(E2eTest, DrainRefusesNewJobsAndHealthTurnsNotServing) {
+  server_->Drain(absl::Seconds(5));
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest hreq;
+  grpc::health::v1::HealthCheckResponse hresp;
+  grpc::Status s = health->Check(&ctx, hreq, &hresp);
+  // Either NOT_SERVING or, once shut down, no answer at all: never SERVING.
+  EXPECT_TRUE(!s.ok() || hresp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+}
+
+class E2eLimitTest : public E2eTest {
+ protected:
+  void SetUp() override {
+    service::ServerOptions options;
+    options.max_model_bytes = 1000;
+    options.max_dataset_bytes = 1000;
+    StartServer(options);
+  }
+};
+
+TEST_F(E2eLimitTest, UploadOverTheLimitIsResourceExhaustedAndStoresNothing) {
+  grpc::Status s = UploadFile(true, Fixture("tiny_cnn.pt"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("max_model_bytes"));
+  s = UploadFile(false, Fixture("tiny.safetensors"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(FilesUnder("blobs").empty());
+  EXPECT_TRUE(FilesUnder("tmp").empty());
+}
+
+}  // namespace
+}  // namespace compress
