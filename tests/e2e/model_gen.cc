@@ -1,0 +1,33 @@
+#include "tests/e2e/model_gen.h"
+
+#include <torch/script.h>
+
+namespace compress::testing_util {
+
+void MakeSlowModel(const std::string& path, int64_t dim, int64_t iterations) {
+  torch::jit::Module m("SlowNet");
+  torch::manual_seed(0);
+  m.register_parameter("w", torch::randn({dim, dim}) / std::sqrt(static_cast<double>(dim)),
+                       false);
+  m.register_attribute("n", c10::IntType::get(), iterations);
+  m.define(R"(
+def forward(self, x):
+    for i in range(self.n):
+        x = torch.tanh(torch.matmul(x, self.w))
+    return x
+)");
+  m.save(path);
+}
+
+void MakeBigModel(const std::string& path, int64_t rows, int64_t cols) {
+  torch::jit::Module m("BigNet");
+  torch::manual_seed(1);
+  m.register_parameter("w", torch::randn({rows, cols}), false);
+  m.define(R"(
+def forward(self, x):
+    return torch.matmul(x, self.w)
+)");
+  m.save(path);
+}
+
+}  // namespace compress::testing_util

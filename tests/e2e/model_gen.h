@@ -1,0 +1,19 @@
+// Test-time TorchScript models too big (or too slow) to commit as fixtures.
+#ifndef COMPRESS_TESTS_E2E_MODEL_GEN_H_
+#define COMPRESS_TESTS_E2E_MODEL_GEN_H_
+
+#include <cstdint>
+#include <string>
+
+namespace compress::testing_util {
+
+// forward(x) = `iterations` times x <- tanh(x @ w), w: [dim, dim]. Runs for a
+// predictable while on an input of shape [dim, dim].
+void MakeSlowModel(const std::string& path, int64_t dim, int64_t iterations);
+
+// forward(x) = x @ w with w: [rows, cols] of random floats (rows*cols*4 bytes).
+void MakeBigModel(const std::string& path, int64_t rows, int64_t cols);
+
+}  // namespace compress::testing_util
+
+#endif  // COMPRESS_TESTS_E2E_MODEL_GEN_H_

@@ -1,0 +1,235 @@
+// Tests that run the real compressd binary as a child process: kill -9 and
+// restart recovery, and a 200 MB upload.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/util/sha256.h"
+#include "tests/e2e/model_gen.h"
+#include "tests/e2e/test_util.h"
+
+extern char** environ;
+
+namespace compress {
+namespace {
+
+namespace v1 = compress::v1;
+using ::compress::testing_util::BinaryDir;
+using ::compress::testing_util::TempDir;
+using ::compress::testing_util::WaitFor;
+
+// A compressd child process.
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::string& data_dir) {
+    int fds[2];
+    EXPECT_EQ(pipe(fds), 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    std::string binary = BinaryDir() + "/server/compressd";
+    std::vector<std::string> args = {binary, "--listen=127.0.0.1:0", "--metrics_listen=",
+                                     "--data_dir=" + data_dir, "--drain_grace=1s"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    EXPECT_EQ(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ), 0)
+        << binary;
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    // The first stdout line says the server is SERVING and on which port.
+    FILE* out = fdopen(fds[0], "r");
+    char line[512] = {0};
+    if (fgets(line, sizeof(line), out) != nullptr) {
+      std::vector<std::string> words = absl::StrSplit(line, ' ');
+      if (words.size() > 4) port_ = std::atoi(words[4].c_str());
+    }
+    fclose(out);
+    EXPECT_GT(port_, 0) << "compressd did not start: " << line;
+  }
+  ~ServerProcess() { Kill(SIGKILL); }
+
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    kill(pid_, sig);
+    int status;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+std::unique_ptr<client::Client> Connect(const ServerProcess& server) {
+  client::Client::Options options;
+  options.address = server.address();
+  options.max_reconnects = 2;
+  options.initial_backoff = absl::Milliseconds(50);
+  auto c = client::Client::Create(options);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *std::move(c);
+}
+
+v1::SubmitJobRequest Inspect(const std::string& model_id, std::vector<int64_t> shape) {
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(model_id);
+  for (int64_t d : shape) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  return req;
+}
+
+TEST(ProcessTest, KillNineThenRestartLosesNothing) {
+  TempDir dir;
+  std::string data = dir.path() + "/data";
+  std::string slow_path = dir.path() + "/slow.pt";
+  testing_util::MakeSlowModel(slow_path, 256, 3000);
+
+  auto server = std::make_unique<ServerProcess>(data);
+  auto client = Connect(*server);
+  auto slow = client->UploadModel(slow_path, "slow.pt");
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  auto fast = client->UploadModel(testing_util::Fixture("tiny_cnn.pt"), "cnn.pt");
+  ASSERT_TRUE(fast.ok()) << fast.status();
+
+  // A job that finished before the crash, with an artifact.
+  auto done_before = client->SubmitJob(Inspect(fast->id(), {1, 1, 8, 8}));
+  ASSERT_TRUE(done_before.ok());
+  ASSERT_EQ(*client->WatchJob(done_before->id(), 0, [](const v1::JobEvent&) {}),
+            v1::JOB_STATE_SUCCEEDED);
+  auto artifacts_before = client->ListArtifacts(done_before->id());
+  ASSERT_TRUE(artifacts_before.ok());
+  ASSERT_EQ(artifacts_before->size(), 1u);
+  auto events_before_job = client->GetJob(done_before->id());
+
+  // One running (slow) and one queued behind it (one CPU worker).
+  auto running = client->SubmitJob(Inspect(slow->id(), {256, 256}));
+  ASSERT_TRUE(running.ok());
+  auto queued = client->SubmitJob(Inspect(fast->id(), {1, 1, 8, 8}));
+  ASSERT_TRUE(queued.ok());
+  ASSERT_TRUE(WaitFor([&] {
+    auto j = client->GetJob(running->id());
+    return j.ok() && j->state() == v1::JOB_STATE_RUNNING;
+  }));
+  auto seen = client->GetJob(running->id());
+  ASSERT_TRUE(seen.ok());
+  const int64_t seen_sequence = seen->last_sequence();
+  ASSERT_EQ(client->GetJob(queued->id())->state(), v1::JOB_STATE_QUEUED);
+
+  server->Kill(SIGKILL);
+  server = std::make_unique<ServerProcess>(data);
+  client = Connect(*server);
+
+  // Resume the watch where it stopped: no gap, no duplicate, and the job
+  // re-runs to success as attempt 2.
+  std::vector<v1::JobEvent> rest;
+  auto final_state = client->WatchJob(running->id(), seen_sequence,
+                                      [&](const v1::JobEvent& e) { rest.push_back(e); });
+  ASSERT_TRUE(final_state.ok()) << final_state.status();
+  EXPECT_EQ(*final_state, v1::JOB_STATE_SUCCEEDED);
+  ASSERT_FALSE(rest.empty());
+  for (size_t i = 0; i < rest.size(); ++i) {
+    EXPECT_EQ(rest[i].sequence(), seen_sequence + static_cast<int64_t>(i) + 1);
+  }
+  bool requeue_logged = false;
+  int attempt_seen = 0;
+  for (const auto& e : rest) {
+    if (e.has_log() && absl::StrContains(e.log().message(), "re-queued")) requeue_logged = true;
+    if (e.has_state_change() && e.state_change().to() == v1::JOB_STATE_RUNNING) {
+      attempt_seen = e.state_change().attempt();
+    }
+  }
+  EXPECT_TRUE(requeue_logged);
+  EXPECT_EQ(attempt_seen, 2);
+  auto after = client->GetJob(running->id());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->attempts(), 2);
+
+  // The job queued at the crash still runs.
+  EXPECT_EQ(*client->WatchJob(queued->id(), 0, [](const v1::JobEvent&) {}),
+            v1::JOB_STATE_SUCCEEDED);
+
+  // What was written before the kill is all still there.
+  auto events_after_job = client->GetJob(done_before->id());
+  ASSERT_TRUE(events_after_job.ok());
+  EXPECT_EQ(events_after_job->SerializeAsString(), events_before_job->SerializeAsString());
+  auto artifacts_after = client->ListArtifacts(done_before->id());
+  ASSERT_TRUE(artifacts_after.ok());
+  ASSERT_EQ(artifacts_after->size(), 1u);
+  EXPECT_EQ((*artifacts_after)[0].sha256(), (*artifacts_before)[0].sha256());
+  std::string out = dir.path() + "/a.json";
+  auto got = client->DownloadArtifact(done_before->id(), (*artifacts_after)[0].name(), out);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*Sha256File(out), (*artifacts_before)[0].sha256());
+  std::vector<int64_t> sequences;
+  client->WatchJob(running->id(), 0, [&](const v1::JobEvent& e) { sequences.push_back(e.sequence()); })
+      .IgnoreError();
+  for (size_t i = 0; i < sequences.size(); ++i) EXPECT_EQ(sequences[i], static_cast<int64_t>(i + 1));
+}
+
+// An INSPECT job is one forward pass, which cannot be interrupted: on SIGTERM
+// the server stops taking jobs and lets it finish before exiting. (Jobs with
+// many steps are interrupted and re-queued: see jobs_job_manager_test.)
+TEST(ProcessTest, SigtermLetsTheRunningStepFinishAndLosesNothing) {
+  TempDir dir;
+  std::string data = dir.path() + "/data";
+  std::string slow_path = dir.path() + "/slow.pt";
+  testing_util::MakeSlowModel(slow_path, 256, 3000);
+  auto server = std::make_unique<ServerProcess>(data);
+  auto client = Connect(*server);
+  auto slow = client->UploadModel(slow_path, "slow.pt");
+  ASSERT_TRUE(slow.ok());
+  auto job = client->SubmitJob(Inspect(slow->id(), {256, 256}));
+  ASSERT_TRUE(job.ok());
+  ASSERT_TRUE(WaitFor([&] {
+    auto j = client->GetJob(job->id());
+    return j.ok() && j->state() == v1::JOB_STATE_RUNNING;
+  }));
+  auto queued = client->SubmitJob(Inspect(slow->id(), {256, 256}));
+  ASSERT_TRUE(queued.ok());
+  server->Kill(SIGTERM);
+  server = std::make_unique<ServerProcess>(data);
+  client = Connect(*server);
+  EXPECT_EQ(*client->WatchJob(job->id(), 0, [](const v1::JobEvent&) {}), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(client->GetJob(job->id())->attempts(), 1);
+  // The queued job was not started by the draining server; the new one runs it.
+  EXPECT_EQ(*client->WatchJob(queued->id(), 0, [](const v1::JobEvent&) {}),
+            v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(client->GetJob(queued->id())->attempts(), 1);
+}
+
+TEST(ProcessTest, TwoHundredMegabyteModelUploadsInChunksWithItsDigest) {
+  TempDir dir;
+  std::string path = dir.path() + "/big.pt";
+  testing_util::MakeBigModel(path, 7250, 7250);  // 210 MB of float32
+  int64_t size = static_cast<int64_t>(std::filesystem::file_size(path));
+  ASSERT_GT(size, 200 * 1000 * 1000);
+  auto sha = Sha256File(path);
+  ASSERT_TRUE(sha.ok());
+  auto server = std::make_unique<ServerProcess>(dir.path() + "/data");
+  auto client = Connect(*server);
+  auto model = client->UploadModel(path, "big.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->id(), *sha);
+  EXPECT_EQ(model->size_bytes(), size);
+  EXPECT_EQ(model->num_parameters(), int64_t{7250} * 7250);
+  std::string blob = dir.path() + "/data/blobs/" + sha->substr(0, 2) + "/" + *sha;
+  EXPECT_EQ(*Sha256File(blob), *sha);
+}
+
+}  // namespace
+}  // namespace compress
