@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default: installs dependencies,
+# builds compressd and compressctl, starts the server on a fresh data
+# directory (SQLite + local files), uploads the shipped reference CNN, runs a
+# job on the builtin Fashion-MNIST test set, watches it, downloads its
+# artifacts and stops the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+bash scripts/install-deps.sh
+export CCACHE_DIR=${CCACHE_DIR:-$ROOT/.cache/ccache}
+bash scripts/build.sh compressd compressctl
+BIN=$ROOT/${BUILD_DIR:-build}
+WORK=$(mktemp -d /tmp/compressd-demo.XXXXXX)
+MODEL=${MODEL:-$ROOT/models/fmnist_cnn.pt}
+[ -f "$MODEL" ] || MODEL=$ROOT/tests/fixtures/tiny_vit.pt
+
+"$BIN/server/compressd" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+  --data_dir="$WORK/data" > "$WORK/server.out" 2> "$WORK/server.log" &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+# The server prints one line once it is SERVING.
+for _ in $(seq 600); do
+  grep -q "listening on port" "$WORK/server.out" 2>/dev/null && break
+  kill -0 $SERVER 2>/dev/null || { cat "$WORK/server.log"; exit 1; }
+  sleep 0.1
+done
+PORT=$(awk '{print $5}' "$WORK/server.out" | tr -d ,)
+METRICS=$(awk '{print $9}' "$WORK/server.out" | tr -d ,)
+export COMPRESS_SERVER=127.0.0.1:$PORT
+CTL=$BIN/client/compressctl
+echo "== compressd on $COMPRESS_SERVER (metrics :$METRICS), data in $WORK/data"
+
+echo "== upload $(basename "$MODEL")"
+MODEL_ID=$("$CTL" --json model upload "$MODEL" | sed -E 's/.*"id":"([0-9a-f]+)".*/\1/')
+"$CTL" model get "$MODEL_ID" | head -20
+echo "== datasets"
+"$CTL" data list
+echo "== inspect on builtin:fashion-mnist/test"
+"$CTL" inspect --model "$MODEL_ID" --data builtin:fashion-mnist/test --watch
+JOB=$("$CTL" --json job list | sed -E 's/.*"id":"(job-[0-9a-f]+)".*/\1/' | head -1)
+echo "== artifacts of $JOB"
+"$CTL" artifact list "$JOB"
+"$CTL" artifact get "$JOB" -o "$WORK/artifacts"
+ls -l "$WORK/artifacts"
+echo "== metrics"
+curl -s "http://127.0.0.1:$METRICS/metrics" | grep -E '^compressd_(jobs|queue|workers)' || true
+echo "== done: artifacts in $WORK/artifacts"

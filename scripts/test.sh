@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs every dependency, builds everything and runs all tests with ctest.
+# This is the README's test command and what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export CCACHE_DIR=${CCACHE_DIR:-$PWD/.cache/ccache}
+bash scripts/build.sh
+cd "${BUILD_DIR:-build}"
+ctest --output-on-failure -j 2
