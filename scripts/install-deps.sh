@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs every build, test and runtime dependency of compressd from Debian 12
-# packages. Idempotent: safe to run again; installs only what is missing.
-# This is the only place that lists packages (README, .ci/run and the Dockerfile
-# all call it).
+# Installs the dependencies of compressd from Debian 12 packages.
+#   scripts/install-deps.sh            build + test + runtime (developers, CI)
+#   scripts/install-deps.sh --runtime  shared libraries only (container image)
+# Idempotent: safe to run again; installs only what is missing. This is the
+# only place that lists packages (README, .ci/run and the Dockerfile call it).
 set -euo pipefail
 
 PACKAGES=(
@@ -13,6 +14,15 @@ PACKAGES=(
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
   libssl-dev zlib1g-dev
 )
+
+RUNTIME_PACKAGES=(
+  libtorch1.13 libgrpc++1.51 libprotobuf32 libabsl20220623
+  libprometheus-cpp-core1.0 libsqlite3-0 libssl3 zlib1g libopenblas0-pthread
+  dataset-fashion-mnist ca-certificates
+)
+if [ "${1:-}" = "--runtime" ]; then
+  PACKAGES=("${RUNTIME_PACKAGES[@]}")
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -32,3 +42,7 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ "${1:-}" = "--runtime" ]; then
+  $SUDO apt-get clean
+  $SUDO rm -rf /var/lib/apt/lists/*
+fi
