@@ -29,8 +29,8 @@ std::string NewJobId() {
   static absl::BitGen* gen = new absl::BitGen();
   absl::MutexLock lock(&mu);
   // Time prefix keeps ids roughly sortable by submission.
-  return absl::StrFormat("job-%010x%06x", absl::ToUnixSeconds(absl::Now()),
-                         absl::Uniform<uint32_t>(*gen) & 0xffffff);
+  return absl::StrFormat("job-%010x%016x", absl::ToUnixSeconds(absl::Now()),
+                         absl::Uniform<uint64_t>(*gen));
 }
 
 v1::ErrorStatus ToErrorStatus(const absl::Status& s) {
@@ -199,7 +199,17 @@ bool JobManager::accepting() const {
 }
 
 absl::Status JobManager::Start() {
+  std::vector<v1::Job> given_up;
+  absl::Status s = StartLocked(given_up);
+  if (observer_ != nullptr) {
+    for (const v1::Job& job : given_up) observer_->OnFinished(job.kind(), job.state(), 0);
+  }
+  return s;
+}
+
+absl::Status JobManager::StartLocked(std::vector<v1::Job>& given_up) {
   absl::MutexLock lock(&mu_);
+  if (!workers_.empty()) return absl::FailedPreconditionError("job manager already started");
   // A job RUNNING in the store was interrupted by a crash: run it again.
   ASSIGN_OR_RETURN(std::vector<v1::Job> running, metadata_->JobsInState(v1::JOB_STATE_RUNNING));
   for (v1::Job& job : running) {
@@ -213,6 +223,7 @@ absl::Status JobManager::Start() {
           absl::StrCat("job was interrupted by ", job.attempts(), " server restarts")));
       *job.mutable_end_time() = ToProto(absl::Now());
       RETURN_IF_ERROR(ChangeStateLocked(job, v1::JOB_STATE_FAILED));
+      given_up.push_back(job);
       continue;
     }
     v1::JobEvent log;
@@ -350,20 +361,20 @@ absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& job_id) {
     }
     auto it = std::find_if(queue_.begin(), queue_.end(),
                            [&](const v1::Job& j) { return j.id() == job_id; });
-    if (it != queue_.end()) {
-      queue_.erase(it);
+    // QUEUED but not in queue_: a worker took it and RunJob has not marked it
+    // RUNNING yet; cancelling the row makes RunJob skip it.
+    if (it != queue_.end() || job.state() == v1::JOB_STATE_QUEUED) {
+      if (it != queue_.end()) queue_.erase(it);
       *job.mutable_end_time() = ToProto(absl::Now());
       *job.mutable_error() = ToErrorStatus(absl::CancelledError("cancelled while queued"));
+      if (observer_ != nullptr) observer_->OnFinished(job.kind(), v1::JOB_STATE_CANCELLED, 0);
       RETURN_IF_ERROR(ChangeStateLocked(job, v1::JOB_STATE_CANCELLED));
       ReportGaugesLocked();
     } else if (auto run = running_.find(job_id); run != running_.end()) {
       run->second.token->Cancel();
     }
   }
-  if (job.state() == v1::JOB_STATE_CANCELLED) {
-    if (observer_ != nullptr) observer_->OnFinished(job.kind(), job.state(), 0);
-    Notify(job_id);
-  }
+  if (job.state() == v1::JOB_STATE_CANCELLED) Notify(job_id);
   return job;
 }
 
@@ -475,6 +486,9 @@ void JobManager::RunJob(int slot, v1::Job job) {
   absl::Time start = absl::Now();
   {
     absl::MutexLock lock(&mu_);
+    // Drain began after the worker took the job: leave it QUEUED for the next
+    // server rather than start it (Drain would not interrupt it).
+    if (stopping_) return;
     // Re-read: the queued copy may be stale (recovery appended events).
     auto fresh = metadata_->GetJob(job.id());
     if (fresh.ok()) job = *std::move(fresh);
@@ -527,13 +541,14 @@ void JobManager::RunJob(int slot, v1::Job job) {
         final_state = absl::IsCancelled(result.status()) ? v1::JOB_STATE_CANCELLED
                                                         : v1::JOB_STATE_FAILED;
       }
+      // Metrics first: whoever sees the terminal event also sees it counted.
+      if (observer_ != nullptr) {
+        observer_->OnFinished(kind, final_state, absl::ToDoubleSeconds(absl::Now() - start));
+      }
       ChangeStateLocked(job, final_state).IgnoreError();
     }
   }
   Notify(job.id());
-  if (observer_ != nullptr && final_state != v1::JOB_STATE_QUEUED) {
-    observer_->OnFinished(kind, final_state, absl::ToDoubleSeconds(absl::Now() - start));
-  }
 }
 
 }  // namespace compress::jobs

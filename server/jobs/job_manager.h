@@ -79,7 +79,7 @@ class JobManager {
   JobManager& operator=(const JobManager&) = delete;
 
   // Recovers jobs left QUEUED or RUNNING by an earlier process and starts
-  // the workers.
+  // the workers. FAILED_PRECONDITION when called twice.
   absl::Status Start() ABSL_LOCKS_EXCLUDED(mu_);
   // Stops accepting jobs (Submit answers UNAVAILABLE), lets running jobs
   // finish for up to `grace`, then interrupts them: an interrupted job goes
@@ -126,6 +126,8 @@ class JobManager {
              store::BlobStore* blobs, pipeline::Pipeline* pipeline,
              pipeline::Resources* resources, JobObserver* observer);
 
+  // Recovery and worker start; jobs that ran out of attempts go to given_up.
+  absl::Status StartLocked(std::vector<compress::v1::Job>& given_up) ABSL_LOCKS_EXCLUDED(mu_);
   void WorkerLoop(int slot) ABSL_LOCKS_EXCLUDED(mu_);
   void RunJob(int slot, compress::v1::Job job) ABSL_LOCKS_EXCLUDED(mu_);
   // Appends an event (sequence assigned here) and persists `job` with it.

@@ -1,5 +1,6 @@
 #include "server/jobs/job_manager.h"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -226,8 +227,8 @@ class JobManagerTest : public ::testing::Test {
   // Waits for the job to reach `state`; returns the job row.
   v1::Job WaitForState(const std::string& id, v1::JobState state) {
     bool reached = WaitUntil([&] { return StateOf(id) == state; });
-    EXPECT_TRUE(reached) << "job " << id << " is " << v1::JobState_Name(StateOf(id))
-                         << ", wanted " << v1::JobState_Name(state);
+    EXPECT_TRUE(reached) << "job " << id << " is " << v1::JobState_Name(StateOf(id)) << ", wanted "
+                         << v1::JobState_Name(state);
     auto job = metadata_->GetJob(id);
     return job.ok() ? *job : v1::Job();
   }
@@ -304,30 +305,27 @@ class JobManagerTest : public ::testing::Test {
 TEST_F(JobManagerTest, CreateValidatesOptions) {
   JobManagerOptions bad = options_;
   bad.cpu_workers = -1;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_,
-                               nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   bad = options_;
   bad.cpu_workers = 0;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_,
-                               nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   bad = options_;
   bad.max_queued = 0;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_,
-                               nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(JobManagerTest, SubmitBeforeStartIsUnavailable) {
-  auto manager = JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_,
-                                    &resources_, nullptr);
+  auto manager =
+      JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr);
   ASSERT_TRUE(manager.ok());
   EXPECT_FALSE((*manager)->accepting());
   EXPECT_EQ((*manager)->Submit(Request("ok")).status().code(), absl::StatusCode::kUnavailable);
@@ -344,8 +342,7 @@ TEST_F(JobManagerTest, SubmitValidates) {
   analyze.spec.mutable_analyze()->set_model_id("ok");
   EXPECT_EQ(manager_->Submit(analyze).status().code(), absl::StatusCode::kUnimplemented);
   // By the manager itself.
-  EXPECT_EQ(manager_->Submit(SubmitRequest()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->Submit(SubmitRequest()).status().code(), absl::StatusCode::kInvalidArgument);
   SubmitRequest r = Request("ok");
   r.device = "cuda:7";
   auto no_device = manager_->Submit(r);
@@ -620,8 +617,7 @@ TEST_F(JobManagerTest, QueueBoundAndCancel) {
   ExpectGapless(running.id());
 
   // Finished: refused. Unknown: not found.
-  EXPECT_EQ(manager_->Cancel(running.id()).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager_->Cancel(running.id()).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->Cancel(q1.id()).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->Cancel("job-nope").status().code(), absl::StatusCode::kNotFound);
 
@@ -719,8 +715,8 @@ TEST_F(JobManagerTest, UnsubscribedListenerIsNotCalledAgain) {
   int after = calls.load();
   ASSERT_TRUE(manager_->Cancel(job.id()).ok());
   WaitForState(job.id(), v1::JOB_STATE_CANCELLED);
-  // The CANCELLED event and its Notify happen before the state is visible
-  // to the next job; wait for the worker to be idle by running one more.
+  // Let the worker finish its Notify for the CANCELLED event: the next job
+  // only starts after it.
   WaitForState(Submit(Request("ok")).id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(calls.load(), after);
 }
@@ -742,10 +738,10 @@ TEST_F(JobManagerTest, StartRequeuesAJobLeftRunning) {
   EXPECT_TRUE(events[2].has_log());
   EXPECT_EQ(events[2].log().level(), "WARNING");
   EXPECT_THAT(events[2].log().message(), HasSubstr("restart"));
-  EXPECT_EQ(Transitions("job-crashed"),
-            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                       v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                       v1::JOB_STATE_SUCCEEDED}));
+  EXPECT_EQ(
+      Transitions("job-crashed"),
+      (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                 v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}));
 
   v1::Job waiting = WaitForState("job-waiting", v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(waiting.attempts(), 1);
@@ -776,7 +772,7 @@ TEST_F(JobManagerTest, RepeatedCrashesEndInFailure) {
   // Attempt 2 starts, then the "process dies": simulate by writing the row
   // back to RUNNING while the manager is gone.
   StartManager();
-  WaitUntil([&] { return pipeline_.Runs("job-x") == 1; });
+  ASSERT_TRUE(WaitUntil([&] { return pipeline_.Runs("job-x") == 1; }));
   manager_->Drain(absl::ZeroDuration());
   manager_.reset();
   v1::Job job = *metadata_->GetJob("job-x");
@@ -827,10 +823,10 @@ TEST_F(JobManagerTest, DrainInterruptsAndANewManagerResumes) {
   EXPECT_EQ(resumed.attempts(), 2);
   EXPECT_EQ(resumed.result().summary(), "slow released");
   EXPECT_EQ(pipeline_.Runs(job.id()), 2);
-  EXPECT_EQ(Transitions(job.id()),
-            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                       v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                       v1::JOB_STATE_SUCCEEDED}));
+  EXPECT_EQ(
+      Transitions(job.id()),
+      (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                 v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}));
   ExpectGapless(job.id());
   v1::Job other = WaitForState(queued.id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(other.attempts(), 1);
@@ -865,8 +861,9 @@ TEST_F(JobManagerTest, DrainRightAfterSubmitDoesNotWaitForTheJob) {
     ExpectGapless(job.id());
     manager_.reset();
     // Clear the queue for the next round.
-    ASSERT_TRUE(metadata_->JobsInState(v1::JOB_STATE_QUEUED).ok());
-    for (v1::Job j : *metadata_->JobsInState(v1::JOB_STATE_QUEUED)) {
+    auto leftover = metadata_->JobsInState(v1::JOB_STATE_QUEUED);
+    ASSERT_TRUE(leftover.ok());
+    for (v1::Job j : *leftover) {
       v1::JobEvent e;
       e.set_job_id(j.id());
       e.set_sequence(j.last_sequence() + 1);

@@ -1,0 +1,246 @@
+#include "server/engine/data/loss.h"
+
+#include <torch/csrc/jit/runtime/graph_executor.h>
+
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+std::string Shape(const torch::Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
+}
+
+bool IsInteger(const torch::Tensor& t) {
+  return !at::isFloatingType(t.scalar_type()) &&
+         !at::isComplexType(t.scalar_type()) &&
+         t.scalar_type() != torch::kBool;
+}
+
+absl::Status CheckClassTargets(const torch::Tensor& output,
+                               const torch::Tensor& targets) {
+  if (output.dim() < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cross-entropy needs logits [N, C, ...]; the model returned ",
+        Shape(output)));
+  }
+  std::vector<int64_t> want = output.sizes().vec();
+  want.erase(want.begin() + 1);
+  if (targets.sizes().vec() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cross-entropy targets ", Shape(targets),
+                     " do not fit the model output ", Shape(output)));
+  }
+  if (targets.numel() > 0) {
+    const int64_t lo = targets.min().item<int64_t>();
+    const int64_t hi = targets.max().item<int64_t>();
+    if (lo < 0 || hi >= output.size(1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "class targets range over [", lo, ", ", hi, "] but the model has ",
+          output.size(1), " outputs per example"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+const char* LossKindName(LossKind kind) {
+  switch (kind) {
+    case LossKind::kAuto:
+      return "auto";
+    case LossKind::kCrossEntropy:
+      return "cross_entropy";
+    case LossKind::kPseudoLabel:
+      return "pseudo_label";
+    case LossKind::kMse:
+      return "mse";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<LossKind> ResolveLossKind(LossKind requested,
+                                         const torch::Tensor& targets) {
+  const bool has = targets.defined();
+  switch (requested) {
+    case LossKind::kAuto:
+      if (!has) return LossKind::kPseudoLabel;
+      return IsInteger(targets) ? LossKind::kCrossEntropy : LossKind::kMse;
+    case LossKind::kCrossEntropy:
+      if (!has || !IsInteger(targets)) {
+        return absl::InvalidArgumentError(
+            "cross-entropy loss needs integer class targets in the dataset");
+      }
+      return requested;
+    case LossKind::kPseudoLabel:
+      return requested;
+    case LossKind::kMse:
+      if (!has || !at::isFloatingType(targets.scalar_type())) {
+        return absl::InvalidArgumentError(
+            "MSE loss needs floating-point targets in the dataset");
+      }
+      return requested;
+  }
+  return absl::InvalidArgumentError("unknown loss kind");
+}
+
+absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
+                                         const torch::Tensor& inputs) {
+  c10::IValue out;
+  try {
+    // Without the graph optimiser: the profiling executor swaps in a
+    // re-optimised graph after its profiling runs, which changes rounding
+    // from one call to the next (the same seed must give the same numbers),
+    // and its symbolic-autodiff backward is not always twice differentiable.
+    // The flag is thread-local.
+    torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
+    out = module.forward({inputs});
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the model's forward failed on inputs ", Shape(inputs),
+                     ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the model's forward failed on inputs ", Shape(inputs),
+                     ": ", e.what()));
+  }
+  if (out.isTensor()) return out.toTensor();
+  if (out.isTuple()) {
+    const auto& elements = out.toTupleRef().elements();
+    if (!elements.empty() && elements[0].isTensor()) {
+      return elements[0].toTensor();
+    }
+  }
+  if (out.isList()) {
+    c10::List<c10::IValue> list = out.toList();
+    if (!list.empty() && list.get(0).isTensor()) return list.get(0).toTensor();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("the model's forward returned ", out.tagKind(),
+                   ", not a tensor"));
+}
+
+absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
+                                          const torch::Tensor& output,
+                                          const torch::Tensor& targets) {
+  try {
+    switch (kind) {
+      case LossKind::kPseudoLabel: {
+        if (output.dim() < 2) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "pseudo-labels need logits [N, C, ...]; the model returned ",
+              Shape(output)));
+        }
+        torch::Tensor labels = output.detach().argmax(1);
+        return at::cross_entropy_loss(output, labels);
+      }
+      case LossKind::kCrossEntropy: {
+        if (!targets.defined()) {
+          return absl::InvalidArgumentError("cross-entropy needs targets");
+        }
+        RETURN_IF_ERROR(CheckClassTargets(output, targets));
+        return at::cross_entropy_loss(output, targets.to(torch::kLong));
+      }
+      case LossKind::kMse: {
+        if (!targets.defined() || targets.numel() != output.numel()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "MSE targets ",
+              targets.defined() ? Shape(targets) : std::string("(none)"),
+              " do not fit the model output ", Shape(output)));
+        }
+        return at::mse_loss(
+            output, targets.reshape(output.sizes()).to(output.scalar_type()));
+      }
+      case LossKind::kAuto:
+        break;
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        LossKindName(kind), " loss failed: ", e.what_without_backtrace()));
+  }
+  return absl::InvalidArgumentError("ComputeLoss needs a resolved loss kind");
+}
+
+absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
+                                               const torch::Tensor& inputs,
+                                               const torch::Tensor& targets,
+                                               int64_t batch_size,
+                                               LossKind loss) {
+  if (batch_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch size must be at least 1, got ", batch_size));
+  }
+  if (!inputs.defined() || inputs.dim() < 1 || inputs.size(0) == 0) {
+    return absl::InvalidArgumentError("the dataset has no examples");
+  }
+  const int64_t n = inputs.size(0);
+  if (targets.defined() && (targets.dim() < 1 || targets.size(0) != n)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("targets ", Shape(targets), " do not match inputs ",
+                     Shape(inputs)));
+  }
+  ASSIGN_OR_RETURN(LossKind kind, ResolveLossKind(loss, targets));
+
+  // Inputs follow the model: same device, and floating inputs in the dtype
+  // of its first floating parameter (a float64 model for exact tests).
+  c10::Device device(torch::kCPU);
+  c10::optional<c10::ScalarType> float_type;
+  for (const auto& p : module.parameters(/*recurse=*/true)) {
+    device = p.device();
+    if (at::isFloatingType(p.scalar_type())) {
+      float_type = p.scalar_type();
+      break;
+    }
+  }
+
+  PreparedBatches prepared;
+  prepared.num_examples = n;
+  prepared.loss = kind == LossKind::kPseudoLabel ? LossKind::kCrossEntropy
+                                                 : kind;
+  prepared.pseudo_labels = kind == LossKind::kPseudoLabel;
+  for (int64_t start = 0; start < n; start += batch_size) {
+    const int64_t size = std::min(batch_size, n - start);
+    Batch batch;
+    batch.size = size;
+    try {
+      batch.inputs = inputs.narrow(0, start, size).to(device);
+      if (float_type.has_value() &&
+          at::isFloatingType(batch.inputs.scalar_type())) {
+        batch.inputs = batch.inputs.to(*float_type);
+      }
+      if (targets.defined() && kind != LossKind::kPseudoLabel) {
+        batch.targets = targets.narrow(0, start, size).to(device);
+        if (kind == LossKind::kMse && float_type.has_value()) {
+          batch.targets = batch.targets.to(*float_type);
+        } else if (kind == LossKind::kCrossEntropy) {
+          batch.targets = batch.targets.to(torch::kLong);
+        }
+      }
+    } catch (const c10::Error& e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot move batch to ", device.str(), ": ",
+          e.what_without_backtrace()));
+    }
+    if (kind == LossKind::kPseudoLabel) {
+      torch::NoGradGuard no_grad;
+      ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, batch.inputs));
+      if (out.dim() < 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "pseudo-labels need logits [N, C, ...]; the model returned ",
+            Shape(out)));
+      }
+      batch.targets = out.argmax(1);
+    }
+    prepared.batches.push_back(std::move(batch));
+  }
+  return prepared;
+}
+
+}  // namespace compress::engine

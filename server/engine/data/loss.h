@@ -1,0 +1,92 @@
+// Calibration batches and the loss that Hessian and sensitivity work
+// differentiate (torch-including header).
+//
+// The loss is always a mean over the batch (over every output element for
+// MSE), so that a dataset split into batches of sizes n_b gives the
+// full-data loss as sum_b (n_b / N) * loss_b; Hessian-vector products over
+// many batches are averaged with the same weights.
+//
+// Pseudo-labels (cross-entropy against the model's own argmax, for data
+// without targets) are computed once, at the unperturbed parameters and
+// without autograd, by PrepareBatches: afterwards every batch carries integer
+// targets and the loss is plain cross-entropy, so finite differences and
+// curvature see a fixed, smooth function.
+//
+//   ASSIGN_OR_RETURN(LoadedDataset data, LoadDataset(path, 256));
+//   ASSIGN_OR_RETURN(PreparedBatches prepared,
+//                    PrepareBatches(module, data.inputs, data.targets,
+//                                   /*batch_size=*/32, LossKind::kAuto));
+//   for (const Batch& b : prepared.batches) {
+//     ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, b.inputs));
+//     ASSIGN_OR_RETURN(torch::Tensor loss, ComputeLoss(prepared.loss, out,
+//                                                      b.targets));
+//   }
+//
+// Functions are thread-safe as long as callers do not share a module across
+// threads while it runs.
+#ifndef COMPRESS_ENGINE_DATA_LOSS_H_
+#define COMPRESS_ENGINE_DATA_LOSS_H_
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/data/loss_kind.h"
+
+namespace compress::engine {
+
+// The concrete loss for `requested` given the dataset's targets (undefined
+// when it has none); never returns kAuto. INVALID_ARGUMENT when the request
+// does not fit the targets (cross-entropy without integer targets, MSE
+// without floating targets).
+absl::StatusOr<LossKind> ResolveLossKind(LossKind requested,
+                                         const torch::Tensor& targets);
+
+struct Batch {
+  torch::Tensor inputs;   // [n, ...] on the model's device and float dtype
+  torch::Tensor targets;  // [n, ...] on the model's device (int64 or float)
+  int64_t size = 0;       // n
+};
+
+struct PreparedBatches {
+  // kCrossEntropy or kMse: kPseudoLabel has become kCrossEntropy with the
+  // labels stored in the batches.
+  LossKind loss = LossKind::kCrossEntropy;
+  bool pseudo_labels = false;  // true when the labels came from the model
+  std::vector<Batch> batches;
+  int64_t num_examples = 0;
+};
+
+// Splits `inputs`/`targets` (first dimension = examples) into consecutive
+// batches of `batch_size` (the last one may be smaller), moves them to the
+// device of the module's first parameter and casts floating inputs to its
+// dtype, resolves `loss` and, for pseudo-labels, runs the model once per
+// batch without autograd to fix the labels. INVALID_ARGUMENT for a
+// batch_size < 1, no examples, targets that do not fit the loss, or a forward
+// pass that fails on the data (with torch's message).
+absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
+                                               const torch::Tensor& inputs,
+                                               const torch::Tensor& targets,
+                                               int64_t batch_size,
+                                               LossKind loss);
+
+// Runs `module.forward(inputs)` and returns its tensor output (the first
+// element when it returns a tuple or list). INVALID_ARGUMENT with torch's
+// message when the inputs do not fit the model or there is no tensor output.
+// Runs the TorchScript graph unoptimised (thread-local switch), so that
+// repeated calls round identically and autograd sees eager kernels only.
+absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
+                                         const torch::Tensor& inputs);
+
+// Mean loss of `output` against `targets` for a resolved kind (kPseudoLabel
+// takes the argmax of output.detach() as targets and ignores `targets`).
+// INVALID_ARGUMENT when shapes or class indices do not fit.
+absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
+                                          const torch::Tensor& output,
+                                          const torch::Tensor& targets);
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_DATA_LOSS_H_

@@ -1,0 +1,441 @@
+#include "server/engine/hessian/estimators.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+absl::Status CheckCancel(const CancelToken* cancel) {
+  return cancel == nullptr ? absl::OkStatus() : cancel->Check();
+}
+
+// Running mean and variance (Welford).
+struct Running {
+  int64_t n = 0;
+  double mean = 0;
+  double m2 = 0;
+
+  void Add(double x) {
+    ++n;
+    const double delta = x - mean;
+    mean += delta / static_cast<double>(n);
+    m2 += delta * (x - mean);
+  }
+  double StdError() const {
+    if (n < 2) return INFINITY;
+    return std::sqrt(m2 / static_cast<double>(n - 1) / static_cast<double>(n));
+  }
+  // Standard error over |mean|; 0 when there is no spread (a diagonal block
+  // gives the exact trace with every Rademacher probe).
+  double RelativeError() const {
+    const double se = StdError();
+    if (se == 0) return 0;
+    return mean == 0 ? INFINITY : se / std::abs(mean);
+  }
+};
+
+std::string TraceJson(const LayerTrace& t) {
+  nlohmann::json j;
+  j["layer"] = t.name;
+  j["trace"] = t.trace;
+  j["std_error"] = t.std_error;
+  j["probes"] = t.probes;
+  j["numel"] = t.numel;
+  j["trace_per_param"] = t.trace_per_param();
+  j["converged"] = t.converged;
+  return j.dump();
+}
+
+void Fill(const ParamGroup& group, int index, const Running& r,
+          double tolerance, int min_probes, LayerTrace* t) {
+  t->group = index;
+  t->name = group.name;
+  t->numel = group.numel;
+  t->trace = r.mean;
+  t->std_error = r.n >= 2 ? r.StdError() : 0;
+  t->probes = r.n;
+  t->converged = r.n >= min_probes && r.RelativeError() <= tolerance;
+}
+
+// Subtracts from `v` its components along every vector in `basis`
+// (orthonormal), twice for stability.
+void Orthogonalize(const std::vector<ParamSet>& basis, ParamSet* v) {
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const ParamSet& u : basis) Axpy(-Dot(*v, u), u, v);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- traces
+
+absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
+                                                const TraceOptions& options,
+                                                at::Generator& gen,
+                                                ProgressSink* sink,
+                                                const CancelToken* cancel) {
+  if (!(options.tolerance > 0) || options.min_probes < 2 ||
+      options.max_probes < options.min_probes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trace options out of range: tolerance ", options.tolerance,
+        " (> 0), min_probes ", options.min_probes, " (>= 2), max_probes ",
+        options.max_probes, " (>= min_probes)"));
+  }
+  const ParamLayout& layout = op.layout();
+  const int groups = static_cast<int>(layout.groups.size());
+  const int64_t start_hvps = op.num_applications();
+  std::vector<Running> stats(groups);
+  std::vector<bool> announced(groups, false);
+  TraceResult result;
+  result.layers.resize(groups);
+
+  auto announce = [&](int g) {
+    Fill(layout.groups[g], g, stats[g], options.tolerance, options.min_probes,
+         &result.layers[g]);
+    if (sink != nullptr && !announced[g] && result.layers[g].converged) {
+      announced[g] = true;
+      sink->PartialResult(absl::StrCat("trace/", layout.groups[g].name),
+                          TraceJson(result.layers[g]));
+    }
+  };
+
+  if (!options.exact_per_layer) {
+    Running total;
+    for (int probe = 0; probe < options.max_probes; ++probe) {
+      RETURN_IF_ERROR(CheckCancel(cancel));
+      ParamSet v = RademacherLike(op.parameters(), gen);
+      ASSIGN_OR_RETURN(ParamSet hv, op.Apply(v));
+      double sum = 0;
+      for (int g = 0; g < groups; ++g) {
+        const double estimate = GroupDot(v, hv, g);
+        stats[g].Add(estimate);
+        sum += estimate;
+      }
+      total.Add(sum);
+      bool all = true;
+      for (int g = 0; g < groups; ++g) {
+        announce(g);
+        all = all && result.layers[g].converged;
+      }
+      if (sink != nullptr) sink->Progress("traces", probe + 1, options.max_probes);
+      if (all) break;
+    }
+    result.total_trace = total.mean;
+    result.total_std_error = total.n >= 2 ? total.StdError() : 0;
+  } else {
+    const int64_t total_work = static_cast<int64_t>(groups) * options.max_probes;
+    int64_t done = 0;
+    double variance = 0;
+    for (int g = 0; g < groups; ++g) {
+      for (int probe = 0; probe < options.max_probes; ++probe) {
+        RETURN_IF_ERROR(CheckCancel(cancel));
+        ParamSet v = RademacherLike(op.parameters(), gen);
+        RestrictToGroup(g, &v);
+        ASSIGN_OR_RETURN(ParamSet hv, op.Apply(v));
+        stats[g].Add(GroupDot(v, hv, g));
+        announce(g);
+        if (sink != nullptr) sink->Progress("traces", ++done, total_work);
+        if (result.layers[g].converged) break;
+      }
+      // The remaining probes of this layer are skipped: count them as done.
+      done = static_cast<int64_t>(g + 1) * options.max_probes;
+      result.total_trace += result.layers[g].trace;
+      variance += result.layers[g].std_error * result.layers[g].std_error;
+    }
+    result.total_std_error = std::sqrt(variance);
+  }
+  for (int g = 0; g < groups; ++g) {
+    if (sink != nullptr && !announced[g]) {
+      sink->PartialResult(absl::StrCat("trace/", layout.groups[g].name),
+                          TraceJson(result.layers[g]));
+    }
+  }
+  result.hvps = op.num_applications() - start_hvps;
+  return result;
+}
+
+// ----------------------------------------------------------- eigenvalues
+
+absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
+                                           const EigenOptions& options,
+                                           int group, at::Generator& gen,
+                                           ProgressSink* sink,
+                                           const CancelToken* cancel) {
+  const ParamLayout& layout = op.layout();
+  if (options.k < 1 || !(options.tolerance > 0) ||
+      options.max_iterations < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "eigenvalue options out of range: k ", options.k, " (>= 1), tolerance ",
+        options.tolerance, " (> 0), max_iterations ", options.max_iterations,
+        " (>= 1)"));
+  }
+  if (group != kWholeModel &&
+      (group < 0 || group >= static_cast<int>(layout.groups.size()))) {
+    return absl::InvalidArgumentError(absl::StrCat("no layer ", group));
+  }
+  const int64_t dim =
+      group == kWholeModel ? layout.numel : layout.groups[group].numel;
+  const int k = static_cast<int>(std::min<int64_t>(options.k, dim));
+  auto restrict = [group](ParamSet* v) {
+    if (group != kWholeModel) RestrictToGroup(group, v);
+  };
+
+  EigenResult result;
+  const int64_t total_work = static_cast<int64_t>(k) * options.max_iterations;
+  int64_t done = 0;
+  for (int i = 0; i < k; ++i) {
+    ParamSet v = GaussianLike(op.parameters(), gen);
+    restrict(&v);
+    Orthogonalize(result.eigenvectors, &v);
+    double norm = Norm(v);
+    if (norm == 0) break;
+    Scale(1 / norm, &v);
+
+    double lambda = 0;
+    double change = 0;  // |λ_t − λ_{t−1}| of the previous iteration
+    bool converged = false;
+    int iter = 0;
+    while (iter < options.max_iterations) {
+      RETURN_IF_ERROR(CheckCancel(cancel));
+      ASSIGN_OR_RETURN(ParamSet hv, op.Apply(v));
+      ++iter;
+      if (sink != nullptr) sink->Progress("eigen", ++done, total_work);
+      restrict(&hv);
+      Orthogonalize(result.eigenvectors, &hv);
+      const double previous = lambda;
+      lambda = Dot(v, hv);
+      norm = Norm(hv);
+      if (norm == 0) {  // v lies in the null space (of the deflated H)
+        converged = true;
+        break;
+      }
+      if (iter > 1) {
+        // The Rayleigh quotient converges geometrically (ratio q ≈
+        // (λ_next/λ)²), so what is left to move after a change d is about
+        // d·q/(1−q): stopping on d alone can leave several times the
+        // tolerance when the gap is small.
+        const double d = std::abs(lambda - previous);
+        const double q =
+            change > 0 ? std::min(d / change, 0.999) : (d == 0 ? 0 : 0.999);
+        const double bound = options.tolerance * std::abs(lambda);
+        change = d;
+        if (d <= bound && (iter > 2 || d == 0) && d * q / (1 - q) <= bound) {
+          converged = true;
+          break;
+        }
+      }
+      Scale(1 / norm, &hv);
+      v = std::move(hv);
+    }
+    done = static_cast<int64_t>(i + 1) * options.max_iterations;
+    result.eigenvalues.push_back(lambda);
+    result.iterations.push_back(iter);
+    result.converged.push_back(converged);
+    result.eigenvectors.push_back(std::move(v));
+  }
+  return result;
+}
+
+// ------------------------------------------------------------- density
+
+void SmoothDensity(const std::vector<double>& nodes,
+                   const std::vector<double>& weights, int grid_points,
+                   double sigma, std::vector<double>* grid,
+                   std::vector<double>* density) {
+  grid->clear();
+  density->clear();
+  if (nodes.empty() || grid_points < 1) return;
+  const auto [lo_it, hi_it] = std::minmax_element(nodes.begin(), nodes.end());
+  const double range = *hi_it - *lo_it;
+  const double pad = std::max(0.01 * range, 0.01);
+  const double lo = *lo_it - pad;
+  const double hi = *hi_it + pad;
+  const double variance = sigma * std::max(1.0, range);
+  const double spacing = grid_points > 1 ? (hi - lo) / (grid_points - 1) : 1;
+  double sum = 0;
+  for (int i = 0; i < grid_points; ++i) {
+    const double x = grid_points > 1 ? lo + spacing * i : (lo + hi) / 2;
+    double d = 0;
+    for (size_t k = 0; k < nodes.size(); ++k) {
+      const double z = x - nodes[k];
+      d += weights[k] * std::exp(-z * z / (2 * variance)) /
+           std::sqrt(2 * M_PI * variance);
+    }
+    grid->push_back(x);
+    density->push_back(d);
+    sum += d;
+  }
+  if (sum > 0) {
+    for (double& d : *density) d /= sum * spacing;
+  }
+}
+
+absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
+    HvpOperator& op, const DensityOptions& options, at::Generator& gen,
+    ProgressSink* sink, const CancelToken* cancel) {
+  if (options.lanczos_steps < 1 || options.runs < 1 ||
+      options.grid_points < 1 || !(options.sigma > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "density options out of range: lanczos_steps ", options.lanczos_steps,
+        " (>= 1), runs ", options.runs, " (>= 1), grid_points ",
+        options.grid_points, " (>= 1), sigma ", options.sigma, " (> 0)"));
+  }
+  const int64_t start_hvps = op.num_applications();
+  const int m = static_cast<int>(
+      std::min<int64_t>(options.lanczos_steps, op.layout().numel));
+  const int64_t total_work = static_cast<int64_t>(m) * options.runs;
+  int64_t done = 0;
+  SpectralDensity result;
+  for (int run = 0; run < options.runs; ++run) {
+    std::vector<ParamSet> basis;
+    std::vector<double> alpha, beta;
+    ParamSet v = RademacherLike(op.parameters(), gen);
+    Scale(1 / Norm(v), &v);
+    for (int j = 0; j < m; ++j) {
+      RETURN_IF_ERROR(CheckCancel(cancel));
+      ASSIGN_OR_RETURN(ParamSet w, op.Apply(v));
+      if (sink != nullptr) sink->Progress("density", ++done, total_work);
+      const double a = Dot(w, v);
+      alpha.push_back(a);
+      basis.push_back(std::move(v));
+      if (j + 1 == m) break;
+      // Full re-orthogonalisation against every Lanczos vector replaces the
+      // three-term recurrence's w −= a v_j + b v_{j−1}.
+      Orthogonalize(basis, &w);
+      const double b = Norm(w);
+      // An invariant subspace: the quadrature is already exact.
+      const double scale = std::max(std::abs(a), beta.empty() ? 0 : beta.back());
+      if (!(b > 1e-10 * std::max(scale, 1e-300))) break;
+      beta.push_back(b);
+      Scale(1 / b, &w);
+      v = std::move(w);
+    }
+    done = static_cast<int64_t>(run + 1) * m;
+    const int steps = static_cast<int>(alpha.size());
+    result.steps.push_back(steps);
+
+    torch::Tensor t = torch::zeros({steps, steps}, torch::kFloat64);
+    for (int i = 0; i < steps; ++i) {
+      t[i][i] = alpha[i];
+      if (i + 1 < steps) {
+        t[i][i + 1] = beta[i];
+        t[i + 1][i] = beta[i];
+      }
+    }
+    torch::Tensor evals, evecs;
+    try {
+      std::tie(evals, evecs) = torch::linalg_eigh(t);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat(
+          "eigh of the Lanczos tridiagonal failed: ",
+          e.what_without_backtrace()));
+    }
+    torch::Tensor first = evecs[0];
+    for (int i = 0; i < steps; ++i) {
+      const double c = first[i].item<double>();
+      result.nodes.push_back(evals[i].item<double>());
+      result.weights.push_back(c * c / options.runs);
+    }
+  }
+  SmoothDensity(result.nodes, result.weights, options.grid_points,
+                options.sigma, &result.grid, &result.density);
+  result.hvps = op.num_applications() - start_hvps;
+  return result;
+}
+
+// --------------------------------------------------------------- Q-BERT
+
+PreparedBatches DataSubset(const PreparedBatches& batches, int index, int count,
+                           int64_t batch_size) {
+  std::vector<torch::Tensor> inputs, targets;
+  for (const Batch& b : batches.batches) {
+    inputs.push_back(b.inputs);
+    targets.push_back(b.targets);
+  }
+  torch::Tensor all_inputs = torch::cat(inputs);
+  torch::Tensor all_targets = torch::cat(targets);
+  const int64_t n = all_inputs.size(0);
+  const int64_t base = n / count, extra = n % count;
+  const int64_t start = index * base + std::min<int64_t>(index, extra);
+  const int64_t size = base + (index < extra ? 1 : 0);
+
+  PreparedBatches subset;
+  subset.loss = batches.loss;
+  subset.pseudo_labels = batches.pseudo_labels;
+  subset.num_examples = size;
+  for (int64_t s = 0; s < size; s += batch_size) {
+    Batch b;
+    b.size = std::min(batch_size, size - s);
+    b.inputs = all_inputs.narrow(0, start + s, b.size);
+    b.targets = all_targets.narrow(0, start + s, b.size);
+    subset.batches.push_back(std::move(b));
+  }
+  return subset;
+}
+
+absl::StatusOr<QBertResult> QBertScores(torch::jit::Module module,
+                                        const PreparedBatches& batches,
+                                        const HvpOptions& hvp, int subsets,
+                                        const EigenOptions& eigen,
+                                        at::Generator& gen, ProgressSink* sink,
+                                        const CancelToken* cancel) {
+  if (subsets < 1 || subsets > batches.num_examples ||
+      batches.batches.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Q-BERT needs between 1 and ", batches.num_examples,
+        " data subsets (one example each at least), got ", subsets));
+  }
+  EigenOptions top = eigen;
+  top.k = 1;
+  QBertResult result;
+  const int64_t batch_size = batches.batches[0].size;
+  int groups = 0;
+  for (int s = 0; s < subsets; ++s) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    PreparedBatches subset = DataSubset(batches, s, subsets, batch_size);
+    ASSIGN_OR_RETURN(std::unique_ptr<HvpOperator> op,
+                     CreateHvpOperator(module, std::move(subset), hvp));
+    const ParamLayout& layout = op->layout();
+    groups = static_cast<int>(layout.groups.size());
+    if (s == 0) {
+      result.layers.resize(groups);
+      for (int g = 0; g < groups; ++g) {
+        result.layers[g].group = g;
+        result.layers[g].name = layout.groups[g].name;
+      }
+    }
+    for (int g = 0; g < groups; ++g) {
+      ASSIGN_OR_RETURN(EigenResult r,
+                       TopEigenvalues(*op, top, g, gen, nullptr, cancel));
+      // Empty only for a layer whose start vector vanished (no parameters).
+      result.layers[g].top_eigenvalues.push_back(
+          r.eigenvalues.empty() ? 0.0 : r.eigenvalues[0]);
+      if (sink != nullptr) {
+        sink->Progress("qbert", static_cast<int64_t>(s) * groups + g + 1,
+                       static_cast<int64_t>(subsets) * groups);
+      }
+    }
+    result.hvps += op->num_applications();
+  }
+  for (QBertLayerScore& layer : result.layers) {
+    double sum = 0;
+    for (double l : layer.top_eigenvalues) sum += l;
+    layer.mean = sum / subsets;
+    double var = 0;
+    for (double l : layer.top_eigenvalues) {
+      var += (l - layer.mean) * (l - layer.mean);
+    }
+    layer.std = std::sqrt(var / subsets);
+    layer.score = std::abs(layer.mean) + layer.std;
+  }
+  return result;
+}
+
+}  // namespace compress::engine

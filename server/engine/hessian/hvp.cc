@@ -1,0 +1,473 @@
+#include "server/engine/hessian/hvp.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <regex>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+using torch::autograd::grad;
+
+constexpr char kMissingDoubleBackward[] =
+    "type.compress.dev/engine.MissingDoubleBackward";
+
+// Undefined gradients (parameters the loss does not use) become zeros.
+ParamSet FromGradients(std::vector<torch::Tensor> grads, const ParamSet& like) {
+  ParamSet out{like.layout, std::move(grads)};
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!out.tensors[i].defined()) {
+      out.tensors[i] = torch::zeros_like(like.tensors[i]);
+    } else {
+      out.tensors[i] = out.tensors[i].detach();
+    }
+  }
+  return out;
+}
+
+// sum_i <a_i, v_i> over the a_i that carry autograd history; undefined when
+// none does (the products are then zero).
+torch::Tensor GraphDot(const std::vector<torch::Tensor>& a, const ParamSet& v) {
+  torch::Tensor dot;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].defined() || !a[i].requires_grad()) continue;
+    torch::Tensor term = (a[i] * v.tensors[i]).sum();
+    dot = dot.defined() ? dot + term : term;
+  }
+  return dot;
+}
+
+// A loss (with its graph) for one batch.
+absl::StatusOr<torch::Tensor> BatchLoss(torch::jit::Module& module,
+                                        LossKind loss, const Batch& batch) {
+  ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, batch.inputs));
+  ASSIGN_OR_RETURN(torch::Tensor value, ComputeLoss(loss, out, batch.targets));
+  if (!value.requires_grad()) {
+    return absl::FailedPreconditionError(
+        "the loss does not depend on any trainable parameter");
+  }
+  return value;
+}
+
+double MachineEpsilon(c10::ScalarType type) {
+  switch (type) {
+    case c10::ScalarType::Double:
+      return std::numeric_limits<double>::epsilon();
+    case c10::ScalarType::Half:
+      return 9.765625e-4;  // 2^-10
+    case c10::ScalarType::BFloat16:
+      return 7.8125e-3;  // 2^-7
+    default:
+      return std::numeric_limits<float>::epsilon();
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+class ExactHvp : public HvpOperator {
+ public:
+  ExactHvp(torch::jit::Module module, ParamSet params, PreparedBatches batches,
+           int max_cached)
+      : HvpOperator(std::move(params), std::move(batches)),
+        module_(std::move(module)),
+        cache_(std::min<size_t>(std::max(max_cached, 0), batches_.batches.size())) {}
+
+  HvpMethod method() const override { return HvpMethod::kExact; }
+
+ protected:
+  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override {
+    ParamSet result = ZerosLike(params_);
+    for (size_t b = 0; b < batches_.batches.size(); ++b) {
+      const bool cached = b < cache_.size();
+      std::vector<torch::Tensor> fresh;
+      if (!cached || cache_[b].empty()) {
+        ASSIGN_OR_RETURN(fresh, FirstOrder(batches_.batches[b], b));
+        if (cached) cache_[b] = fresh;
+      }
+      const std::vector<torch::Tensor>& g = cached ? cache_[b] : fresh;
+      try {
+        torch::Tensor dot = GraphDot(g, v);
+        if (!dot.defined()) continue;  // the gradient is constant: H = 0
+        std::vector<torch::Tensor> hv =
+            grad({dot}, params_.tensors, {}, /*retain_graph=*/cached,
+                 /*create_graph=*/false, /*allow_unused=*/true);
+        Axpy(weight(b), FromGradients(std::move(hv), params_), &result);
+      } catch (const c10::Error& e) {
+        return AutogradError(
+            e, absl::StrCat("exact HVP (double backward) on batch ", b));
+      }
+    }
+    return result;
+  }
+
+ private:
+  absl::StatusOr<std::vector<torch::Tensor>> FirstOrder(const Batch& batch,
+                                                        size_t b) {
+    ASSIGN_OR_RETURN(torch::Tensor loss,
+                     BatchLoss(module_, batches_.loss, batch));
+    try {
+      return grad({loss}, params_.tensors, {}, /*retain_graph=*/true,
+                  /*create_graph=*/true, /*allow_unused=*/true);
+    } catch (const c10::Error& e) {
+      return AutogradError(e, absl::StrCat("gradient on batch ", b));
+    }
+  }
+
+  torch::jit::Module module_;
+  // First-order gradients (with their graphs) of the cached batches; empty
+  // until first used.
+  std::vector<std::vector<torch::Tensor>> cache_;
+};
+
+// ---------------------------------------------------------------------------
+
+// A deep copy of `module` whose parameters are fresh leaf tensors (tied
+// parameters stay tied), so perturbing them never touches the caller's model.
+absl::StatusOr<torch::jit::Module> PrivateCopy(const torch::jit::Module& module) {
+  try {
+    torch::jit::Module copy = module.clone();
+    std::unordered_map<const void*, torch::Tensor> replaced;
+    for (const auto& item : copy.named_modules()) {
+      torch::jit::Module sub = item.value;
+      for (const auto& param : sub.named_parameters(/*recurse=*/false)) {
+        const void* key = param.value.unsafeGetTensorImpl();
+        auto it = replaced.find(key);
+        if (it == replaced.end()) {
+          torch::Tensor fresh = param.value.detach().clone().requires_grad_(
+              param.value.requires_grad());
+          it = replaced.emplace(key, fresh).first;
+        }
+        sub.register_parameter(param.name, it->second, /*is_buffer=*/false);
+      }
+    }
+    return copy;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("cannot copy the model: ",
+                                            e.what_without_backtrace()));
+  }
+}
+
+class FiniteDifferenceHvp : public HvpOperator {
+ public:
+  static absl::StatusOr<std::unique_ptr<HvpOperator>> Create(
+      const torch::jit::Module& module, PreparedBatches batches,
+      FiniteDifferenceScheme scheme) {
+    ASSIGN_OR_RETURN(ParamSet original, CollectParameters(module));
+    ASSIGN_OR_RETURN(torch::jit::Module copy, PrivateCopy(module));
+    ASSIGN_OR_RETURN(ParamSet params, CollectParameters(copy));
+    if (params.layout->names != original.layout->names) {
+      return absl::InternalError(
+          "the copied model's parameters differ from the original's");
+    }
+    // Products and probes use the original's layout object, so vectors made
+    // from either operator's parameters() are interchangeable.
+    params.layout = original.layout;
+    std::unique_ptr<FiniteDifferenceHvp> op(new FiniteDifferenceHvp(
+        std::move(copy), std::move(params), std::move(batches), scheme));
+    RETURN_IF_ERROR(op->Initialize());
+    return op;
+  }
+
+  HvpMethod method() const override { return HvpMethod::kFiniteDifference; }
+
+ protected:
+  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override {
+    const double v_norm = Norm(v);
+    if (v_norm == 0) return ZerosLike(params_);
+    const bool central = scheme_ == FiniteDifferenceScheme::kCentral;
+    const double h = central ? std::cbrt(unit_roundoff_)
+                             : std::sqrt(unit_roundoff_);
+    const double eps = h * (1 + theta_norm_) / v_norm;
+
+    ASSIGN_OR_RETURN(ParamSet plus, GradientAt(eps, v));
+    if (central) {
+      ASSIGN_OR_RETURN(ParamSet minus, GradientAt(-eps, v));
+      Axpy(-1, minus, &plus);
+      Scale(1 / (2 * eps), &plus);
+    } else {
+      Axpy(-1, base_gradient_, &plus);
+      Scale(1 / eps, &plus);
+    }
+    return plus;
+  }
+
+ private:
+  FiniteDifferenceHvp(torch::jit::Module copy, ParamSet params,
+                      PreparedBatches batches, FiniteDifferenceScheme scheme)
+      : HvpOperator(std::move(params), std::move(batches)),
+        copy_(std::move(copy)),
+        scheme_(scheme) {}
+
+  absl::Status Initialize() {
+    theta0_ = Clone(params_);
+    theta_norm_ = Norm(theta0_);
+    unit_roundoff_ = MachineEpsilon(params_.tensors[0].scalar_type());
+    if (scheme_ == FiniteDifferenceScheme::kForward) {
+      ASSIGN_OR_RETURN(base_gradient_, AverageGradient());
+    }
+    return absl::OkStatus();
+  }
+
+  // The mean-loss gradient at θ0 + step·v; θ is back at θ0 afterwards, also
+  // on errors.
+  absl::StatusOr<ParamSet> GradientAt(double step, const ParamSet& v) {
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params_.size(); ++i) {
+        params_.tensors[i].copy_(theta0_.tensors[i]).add_(v.tensors[i], step);
+      }
+    }
+    absl::StatusOr<ParamSet> g = AverageGradient();
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params_.size(); ++i) {
+        params_.tensors[i].copy_(theta0_.tensors[i]);
+      }
+    }
+    return g;
+  }
+
+  absl::StatusOr<ParamSet> AverageGradient() {
+    ParamSet sum = ZerosLike(params_);
+    for (size_t b = 0; b < batches_.batches.size(); ++b) {
+      ASSIGN_OR_RETURN(torch::Tensor loss,
+                       BatchLoss(copy_, batches_.loss, batches_.batches[b]));
+      try {
+        std::vector<torch::Tensor> g =
+            grad({loss}, params_.tensors, {}, /*retain_graph=*/false,
+                 /*create_graph=*/false, /*allow_unused=*/true);
+        Axpy(weight(b), FromGradients(std::move(g), params_), &sum);
+      } catch (const c10::Error& e) {
+        return AutogradError(e, absl::StrCat("gradient on batch ", b));
+      }
+    }
+    return sum;
+  }
+
+  torch::jit::Module copy_;
+  FiniteDifferenceScheme scheme_;
+  ParamSet theta0_;          // the unperturbed parameters
+  ParamSet base_gradient_;   // g(θ0), forward scheme only
+  double theta_norm_ = 0;
+  double unit_roundoff_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+
+class GaussNewtonHvp : public HvpOperator {
+ public:
+  GaussNewtonHvp(torch::jit::Module module, ParamSet params,
+                 PreparedBatches batches, int max_cached)
+      : HvpOperator(std::move(params), std::move(batches)),
+        module_(std::move(module)),
+        cache_(std::min<size_t>(std::max(max_cached, 0), batches_.batches.size())) {}
+
+  HvpMethod method() const override { return HvpMethod::kGaussNewton; }
+
+ protected:
+  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override {
+    ParamSet result = ZerosLike(params_);
+    for (size_t b = 0; b < batches_.batches.size(); ++b) {
+      const bool cached = b < cache_.size();
+      Linearization fresh;
+      if (!cached || !cache_[b].output.defined()) {
+        ASSIGN_OR_RETURN(fresh, Linearize(batches_.batches[b], b));
+        if (cached) cache_[b] = fresh;
+      }
+      const Linearization& lin = cached ? cache_[b] : fresh;
+      try {
+        // J v = ∂(Jᵀw · v)/∂w.
+        torch::Tensor dot = GraphDot(lin.jt_dummy, v);
+        if (!dot.defined()) continue;  // the output does not depend on θ
+        std::vector<torch::Tensor> jv =
+            grad({dot}, {lin.dummy}, {}, /*retain_graph=*/true,
+                 /*create_graph=*/false, /*allow_unused=*/true);
+        if (!jv[0].defined()) continue;
+        torch::Tensor h_jv = OutputHessianTimes(lin, jv[0]);
+        std::vector<torch::Tensor> jt =
+            grad({lin.output}, params_.tensors, {h_jv},
+                 /*retain_graph=*/cached, /*create_graph=*/false,
+                 /*allow_unused=*/true);
+        Axpy(weight(b), FromGradients(std::move(jt), params_), &result);
+      } catch (const c10::Error& e) {
+        return AutogradError(e, absl::StrCat("Gauss-Newton product on batch ", b));
+      }
+    }
+    return result;
+  }
+
+ private:
+  struct Linearization {
+    torch::Tensor output;                // z, with its graph
+    torch::Tensor dummy;                 // w, a cotangent requiring grad
+    std::vector<torch::Tensor> jt_dummy;  // Jᵀw, linear in w
+    torch::Tensor probs;                 // softmax(z) over dim 1 (CE only)
+  };
+
+  absl::StatusOr<Linearization> Linearize(const Batch& batch, size_t b) {
+    Linearization lin;
+    ASSIGN_OR_RETURN(lin.output, RunForward(module_, batch.inputs));
+    if (batches_.loss == LossKind::kCrossEntropy && lin.output.dim() < 2) {
+      return absl::InvalidArgumentError(
+          "cross-entropy needs logits [N, C, ...] from the model");
+    }
+    if (batches_.loss == LossKind::kMse &&
+        (!batch.targets.defined() ||
+         batch.targets.numel() != lin.output.numel())) {
+      return absl::InvalidArgumentError(
+          "MSE targets do not fit the model output");
+    }
+    if (!lin.output.requires_grad()) {
+      return absl::FailedPreconditionError(
+          "the model output does not depend on any trainable parameter");
+    }
+    try {
+      lin.dummy = torch::zeros_like(lin.output).requires_grad_(true);
+      lin.jt_dummy = grad({lin.output}, params_.tensors, {lin.dummy},
+                          /*retain_graph=*/true, /*create_graph=*/true,
+                          /*allow_unused=*/true);
+      if (batches_.loss == LossKind::kCrossEntropy) {
+        lin.probs = torch::softmax(lin.output.detach(), 1);
+      }
+    } catch (const c10::Error& e) {
+      return AutogradError(e, absl::StrCat("Gauss-Newton linearisation on batch ", b));
+    }
+    return lin;
+  }
+
+  // H_out u for the mean loss of one batch.
+  torch::Tensor OutputHessianTimes(const Linearization& lin,
+                                   const torch::Tensor& u) const {
+    if (batches_.loss == LossKind::kMse) {
+      return u * (2.0 / static_cast<double>(u.numel()));
+    }
+    // Cross-entropy: per row (one example, one spatial position) the Hessian
+    // in the logits is diag(p) − p pᵀ; the loss is the mean over rows.
+    const double rows = static_cast<double>(u.numel() / u.size(1));
+    const torch::Tensor& p = lin.probs;
+    torch::Tensor pu = p * u;
+    return (pu - p * pu.sum(1, /*keepdim=*/true)) / rows;
+  }
+
+  torch::jit::Module module_;
+  std::vector<Linearization> cache_;
+};
+
+// "_cdist_backward" -> "cdist", "aten::grid_sampler_2d_backward" ->
+// "grid_sampler_2d": the forward op users wrote.
+std::string ForwardOpName(std::string op) {
+  absl::string_view name = op;
+  absl::ConsumePrefix(&name, "aten::");
+  absl::ConsumeSuffix(&name, "_backward");
+  while (absl::ConsumePrefix(&name, "_")) {
+  }
+  return std::string(name);
+}
+
+}  // namespace
+
+const char* HvpMethodName(HvpMethod method) {
+  switch (method) {
+    case HvpMethod::kExact:
+      return "exact";
+    case HvpMethod::kFiniteDifference:
+      return "finite_difference";
+    case HvpMethod::kGaussNewton:
+      return "gauss_newton";
+  }
+  return "unknown";
+}
+
+absl::Status AutogradError(const c10::Error& error, const std::string& context,
+                           absl::StatusCode code) {
+  const std::string message = error.what_without_backtrace();
+  static const std::regex* not_implemented = new std::regex(
+      "derivative for '?([A-Za-z0-9_.:]+)'? is not implemented");
+  std::smatch match;
+  if (std::regex_search(message, match, *not_implemented)) {
+    const std::string op = match[1];
+    absl::Status status = absl::FailedPreconditionError(absl::StrCat(
+        context, ": the model uses ", ForwardOpName(op),
+        ", whose double backward LibTorch does not implement (no derivative "
+        "for ",
+        op, "); use the finite-difference HVP method for this model"));
+    status.SetPayload(kMissingDoubleBackward, absl::Cord(op));
+    return status;
+  }
+  // First line only: the rest is torch's C++ context.
+  std::string first = message.substr(0, message.find('\n'));
+  return absl::Status(code, absl::StrCat(context, " failed: ", first));
+}
+
+bool IsMissingDoubleBackward(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kFailedPrecondition &&
+         status.GetPayload(kMissingDoubleBackward).has_value();
+}
+
+HvpOperator::HvpOperator(ParamSet params, PreparedBatches batches)
+    : params_(std::move(params)), batches_(std::move(batches)) {
+  for (const Batch& b : batches_.batches) num_examples_ += b.size;
+}
+
+double HvpOperator::weight(size_t b) const {
+  return static_cast<double>(batches_.batches[b].size) /
+         static_cast<double>(num_examples_);
+}
+
+absl::StatusOr<ParamSet> HvpOperator::Apply(const ParamSet& v) {
+  if (v.layout != params_.layout && (v.layout == nullptr ||
+                                     v.layout->names != params_.layout->names)) {
+    return absl::InvalidArgumentError(
+        "the vector does not have the operator's parameter layout");
+  }
+  // Hessian work needs autograd even when a caller disabled it.
+  torch::AutoGradMode grad_mode(true);
+  ++num_applications_;
+  return ApplyImpl(v);
+}
+
+absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(
+    torch::jit::Module module, PreparedBatches batches,
+    const HvpOptions& options) {
+  if (batches.batches.empty()) {
+    return absl::InvalidArgumentError("no calibration batches");
+  }
+  if (batches.loss != LossKind::kCrossEntropy &&
+      batches.loss != LossKind::kMse) {
+    return absl::InvalidArgumentError(
+        "the batches' loss must be resolved by PrepareBatches");
+  }
+  switch (options.method) {
+    case HvpMethod::kExact: {
+      ASSIGN_OR_RETURN(ParamSet params, CollectParameters(module));
+      return std::unique_ptr<HvpOperator>(
+          new ExactHvp(std::move(module), std::move(params), std::move(batches),
+                       options.max_cached_batches));
+    }
+    case HvpMethod::kFiniteDifference: {
+      torch::AutoGradMode grad_mode(true);
+      return FiniteDifferenceHvp::Create(module, std::move(batches),
+                                         options.fd_scheme);
+    }
+    case HvpMethod::kGaussNewton: {
+      ASSIGN_OR_RETURN(ParamSet params, CollectParameters(module));
+      return std::unique_ptr<HvpOperator>(new GaussNewtonHvp(
+          std::move(module), std::move(params), std::move(batches),
+          options.max_cached_batches));
+    }
+  }
+  return absl::InvalidArgumentError("unknown HVP method");
+}
+
+}  // namespace compress::engine

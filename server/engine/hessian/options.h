@@ -1,0 +1,86 @@
+// Options of the Hessian engine (torch-free: the pipeline and the analyze
+// facade include it without LibTorch). Defaults follow AnalyzeSpec in
+// proto/compress/v1/compress.proto.
+#ifndef COMPRESS_ENGINE_HESSIAN_OPTIONS_H_
+#define COMPRESS_ENGINE_HESSIAN_OPTIONS_H_
+
+namespace compress::engine {
+
+// How Hessian-vector products are computed; see hvp.h for the accuracy of
+// each.
+enum class HvpMethod {
+  kExact,             // double backward
+  kFiniteDifference,  // differences of gradients at perturbed parameters
+  kGaussNewton,       // generalised Gauss-Newton products (PSD)
+};
+
+// "exact", "finite_difference", "gauss_newton".
+const char* HvpMethodName(HvpMethod method);
+
+enum class FiniteDifferenceScheme {
+  kForward,  // (g(θ+εv) − g(θ)) / ε: one gradient per product
+  kCentral,  // (g(θ+εv) − g(θ−εv)) / 2ε: two gradients, O(ε²) error
+};
+
+// What an analysis does when the exact (or Gauss-Newton) product fails
+// because an op lacks a double backward.
+enum class HvpFallback {
+  kFiniteDifference,  // rerun with forward finite differences (default)
+  kNone,              // fail with FAILED_PRECONDITION
+};
+
+struct HvpOptions {
+  // Default kExact.
+  HvpMethod method = HvpMethod::kExact;
+  // kFiniteDifference only; default forward (one gradient per product).
+  FiniteDifferenceScheme fd_scheme = FiniteDifferenceScheme::kForward;
+  // kExact and kGaussNewton: the first-order graphs of the first
+  // `max_cached_batches` batches are kept between products (memory: one
+  // forward+backward graph each); the other batches are recomputed for every
+  // product (forward + backward + double backward). Default 1: a single
+  // calibration batch is computed once and reused for every probe.
+  int max_cached_batches = 1;
+};
+
+struct TraceOptions {
+  // Stop when every layer's standard error / |trace| is at most this;
+  // default 0.05.
+  double tolerance = 0.05;
+  // Probes (full-model HVPs) at most, per layer in exact mode; default 200.
+  int max_probes = 200;
+  // Probes before the tolerance may stop the estimate; default 10.
+  int min_probes = 10;
+  // false (default): one Rademacher probe v over all parameters per HVP;
+  // layer i's estimate is v_iᵀ(Hv)_i (cross-layer terms vanish in
+  // expectation). true: probes zero outside layer i, one layer at a time
+  // (v_iᵀ H_ii v_i; lower variance, layers × more HVPs).
+  bool exact_per_layer = false;
+};
+
+struct EigenOptions {
+  // Eigenvalues wanted (largest in magnitude first); default 1.
+  int k = 1;
+  // Stop one eigenvalue when the Rayleigh quotient's last change
+  // |λ_t − λ_{t−1}| and the change still expected from its geometric
+  // convergence (d_t·q/(1−q), q = d_t/d_{t−1}) are both at most
+  // tolerance · |λ_t|; default 1e-3.
+  double tolerance = 1e-3;
+  // Power iterations (HVPs) per eigenvalue at most; default 100.
+  int max_iterations = 100;
+};
+
+struct DensityOptions {
+  // Lanczos steps m per run (capped at the number of parameters); default 90.
+  int lanczos_steps = 90;
+  // Independent Rademacher starting vectors n_v; default 1.
+  int runs = 1;
+  // Points of the smoothed density grid; default 1000.
+  int grid_points = 1000;
+  // Gaussian smoothing as in PyHessian: variance sigma · max(1, λmax − λmin);
+  // default 1e-5.
+  double sigma = 1e-5;
+};
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_HESSIAN_OPTIONS_H_

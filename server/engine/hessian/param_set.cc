@@ -1,0 +1,170 @@
+#include "server/engine/hessian/param_set.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <unordered_set>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace compress::engine {
+namespace {
+
+double TensorDot(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::dot(a.reshape(-1).to(torch::kFloat64),
+                    b.reshape(-1).to(torch::kFloat64))
+      .item<double>();
+}
+
+}  // namespace
+
+absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
+  auto layout = std::make_shared<ParamLayout>();
+  ParamSet params;
+  std::unordered_set<const void*> seen;
+  try {
+    for (const auto& item : module.named_modules()) {
+      ParamGroup group;
+      for (const auto& param : item.value.named_parameters(/*recurse=*/false)) {
+        const torch::Tensor& t = param.value;
+        if (!t.requires_grad()) continue;
+        if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;
+        const int index = static_cast<int>(params.tensors.size());
+        layout->names.push_back(item.name.empty()
+                                    ? param.name
+                                    : absl::StrCat(item.name, ".", param.name));
+        layout->shapes.push_back(t.sizes().vec());
+        layout->group_of.push_back(static_cast<int>(layout->groups.size()));
+        group.tensors.push_back(index);
+        group.numel += t.numel();
+        params.tensors.push_back(t);
+      }
+      if (group.tensors.empty()) continue;
+      group.name = item.name;
+      group.kind = item.value.type()->name()->name();
+      layout->numel += group.numel;
+      layout->groups.push_back(std::move(group));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot list the model's parameters: ", e.what_without_backtrace()));
+  }
+  if (params.tensors.empty()) {
+    return absl::FailedPreconditionError(
+        "the model has no trainable parameters (none requires grad)");
+  }
+  params.layout = std::move(layout);
+  return params;
+}
+
+at::Generator MakeGenerator(uint64_t seed) {
+  return at::detail::createCPUGenerator(seed);
+}
+
+ParamSet ZerosLike(const ParamSet& like) {
+  ParamSet out{like.layout, {}};
+  out.tensors.reserve(like.size());
+  for (const torch::Tensor& t : like.tensors) {
+    out.tensors.push_back(torch::zeros_like(t, at::MemoryFormat::Contiguous));
+  }
+  return out;
+}
+
+ParamSet Clone(const ParamSet& v) {
+  ParamSet out{v.layout, {}};
+  out.tensors.reserve(v.size());
+  for (const torch::Tensor& t : v.tensors) {
+    out.tensors.push_back(t.detach().clone(at::MemoryFormat::Contiguous));
+  }
+  return out;
+}
+
+ParamSet RademacherLike(const ParamSet& like, at::Generator& gen) {
+  ParamSet out{like.layout, {}};
+  out.tensors.reserve(like.size());
+  for (const torch::Tensor& t : like.tensors) {
+    torch::Tensor bits = at::randint(0, 2, t.sizes(), gen,
+                                     at::TensorOptions().dtype(t.dtype()));
+    out.tensors.push_back((bits * 2 - 1).to(t.device()));
+  }
+  return out;
+}
+
+ParamSet GaussianLike(const ParamSet& like, at::Generator& gen) {
+  ParamSet out{like.layout, {}};
+  out.tensors.reserve(like.size());
+  for (const torch::Tensor& t : like.tensors) {
+    out.tensors.push_back(
+        at::randn(t.sizes(), gen, at::TensorOptions().dtype(t.dtype()))
+            .to(t.device()));
+  }
+  return out;
+}
+
+double Dot(const ParamSet& a, const ParamSet& b) {
+  double sum = 0;
+  for (size_t i = 0; i < a.size(); ++i) sum += TensorDot(a.tensors[i], b.tensors[i]);
+  return sum;
+}
+
+double GroupDot(const ParamSet& a, const ParamSet& b, int group) {
+  double sum = 0;
+  for (int i : a.layout->groups[group].tensors) {
+    sum += TensorDot(a.tensors[i], b.tensors[i]);
+  }
+  return sum;
+}
+
+double Norm(const ParamSet& v) { return std::sqrt(Dot(v, v)); }
+
+std::vector<double> GroupNorms(const ParamSet& v) {
+  std::vector<double> norms(v.layout->groups.size());
+  for (size_t g = 0; g < norms.size(); ++g) {
+    norms[g] = std::sqrt(GroupDot(v, v, static_cast<int>(g)));
+  }
+  return norms;
+}
+
+void Axpy(double alpha, const ParamSet& x, ParamSet* y) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < x.size(); ++i) y->tensors[i].add_(x.tensors[i], alpha);
+}
+
+void Scale(double alpha, ParamSet* v) {
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor& t : v->tensors) t.mul_(alpha);
+}
+
+void RestrictToGroup(int group, ParamSet* v) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < v->size(); ++i) {
+    if (v->layout->group_of[i] != group) v->tensors[i].zero_();
+  }
+}
+
+torch::Tensor Flatten(const ParamSet& v) {
+  std::vector<torch::Tensor> parts;
+  parts.reserve(v.size());
+  for (const torch::Tensor& t : v.tensors) {
+    parts.push_back(t.detach().reshape(-1).to(torch::kCPU, torch::kFloat64));
+  }
+  return torch::cat(parts);
+}
+
+ParamSet Unflatten(const torch::Tensor& flat, const ParamSet& like) {
+  ParamSet out{like.layout, {}};
+  out.tensors.reserve(like.size());
+  int64_t offset = 0;
+  for (const torch::Tensor& t : like.tensors) {
+    out.tensors.push_back(flat.narrow(0, offset, t.numel())
+                              .reshape(t.sizes())
+                              .to(t.device(), t.scalar_type())
+                              .clone());
+    offset += t.numel();
+  }
+  return out;
+}
+
+}  // namespace compress::engine

@@ -1,0 +1,436 @@
+// Traces, eigenvalues, spectral density and Q-BERT scores against the exact
+// Hessian of tiny float64 models (built row by row with plain autograd).
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/engine/common/cancel.h"
+#include "server/engine/common/progress.h"
+#include "server/engine/data/dataset.h"
+#include "server/engine/hessian/estimators.h"
+#include "server/engine/hessian/hvp.h"
+#include "tests/engine/hessian_test_util.h"
+
+namespace compress::engine {
+namespace {
+
+using ::compress::engine::testing::Data;
+using ::compress::engine::testing::F64;
+using ::compress::engine::testing::FixturePath;
+using ::compress::engine::testing::FullHessian;
+using ::compress::engine::testing::LoadF64;
+using ::compress::engine::testing::RandomClassification;
+using ::testing::HasSubstr;
+
+class RecordingSink : public ProgressSink {
+ public:
+  void StageStart(const std::string& stage, int, int) override {
+    absl::MutexLock lock(&mu_);
+    stages_.push_back(stage);
+  }
+  void StageEnd(const std::string&) override {}
+  void Progress(const std::string& stage, int64_t done, int64_t total) override {
+    absl::MutexLock lock(&mu_);
+    ++progress_calls_;
+    last_done_ = done;
+    last_total_ = total;
+  }
+  void Log(const std::string&, const std::string& message) override {
+    absl::MutexLock lock(&mu_);
+    logs_.push_back(message);
+  }
+  void PartialResult(const std::string& key, const std::string& json) override {
+    absl::MutexLock lock(&mu_);
+    partial_keys_.push_back(key);
+  }
+
+  absl::Mutex mu_;
+  std::vector<std::string> stages_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> logs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> partial_keys_ ABSL_GUARDED_BY(mu_);
+  int64_t progress_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_done_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+struct Problem {
+  std::string name;
+  torch::jit::Module model;
+  PreparedBatches batches;
+  torch::Tensor hessian;  // exact, [P, P]
+  ParamSet params;        // for layout / offsets
+
+  std::unique_ptr<HvpOperator> Op(HvpMethod method = HvpMethod::kExact) {
+    HvpOptions options;
+    options.method = method;
+    absl::StatusOr<std::unique_ptr<HvpOperator>> op =
+        CreateHvpOperator(model, batches, options);
+    EXPECT_TRUE(op.ok()) << op.status();
+    return std::move(op).value();
+  }
+  // H_gg of group g.
+  torch::Tensor Block(int g) const {
+    std::vector<int64_t> index;
+    int64_t offset = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const int64_t n = params.tensors[i].numel();
+      if (params.layout->group_of[i] == g) {
+        for (int64_t j = 0; j < n; ++j) index.push_back(offset + j);
+      }
+      offset += n;
+    }
+    torch::Tensor idx = torch::tensor(index, torch::kLong);
+    return hessian.index_select(0, idx).index_select(1, idx);
+  }
+};
+
+Problem MakeProblem(const std::string& name, torch::jit::Module m,
+                    const torch::Tensor& x, const torch::Tensor& y,
+                    int64_t batch_size) {
+  absl::StatusOr<PreparedBatches> p =
+      PrepareBatches(m, x, y, batch_size, LossKind::kAuto);
+  EXPECT_TRUE(p.ok()) << p.status();
+  Problem problem{name, m, *p, FullHessian(m, *p), *CollectParameters(m)};
+  return problem;
+}
+
+Problem Mlp() {
+  torch::jit::Module m = LoadF64("tiny_mlp.pt");
+  Data d = RandomClassification({16, 4}, 3, 11);
+  return MakeProblem("mlp", m, d.inputs, d.targets, 16);
+}
+
+Problem Cnn() {
+  torch::jit::Module m = LoadF64("tiny_cnn.pt");
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset(FixturePath("tiny.safetensors"), 0);
+  EXPECT_TRUE(data.ok()) << data.status();
+  return MakeProblem("cnn", m, data->inputs, data->targets, 6);
+}
+
+// Exact eigenvalues sorted by decreasing magnitude.
+std::vector<double> ByMagnitude(const torch::Tensor& h) {
+  torch::Tensor e = torch::linalg_eigvalsh(h);
+  std::vector<double> v(e.data_ptr<double>(), e.data_ptr<double>() + e.numel());
+  std::sort(v.begin(), v.end(),
+            [](double a, double b) { return std::abs(a) > std::abs(b); });
+  return v;
+}
+
+// ---------------------------------------------------------------- traces
+
+void ExpectTracesWithinThreeStdErrors(Problem& p, const TraceResult& r) {
+  ASSERT_EQ(r.layers.size(), p.params.layout->groups.size());
+  double exact_total = 0;
+  for (const LayerTrace& t : r.layers) {
+    const double exact = p.Block(t.group).trace().item<double>();
+    exact_total += exact;
+    SCOPED_TRACE(p.name + " layer " + t.name);
+    EXPECT_GE(t.probes, 10);
+    EXPECT_EQ(t.numel, p.params.layout->groups[t.group].numel);
+    EXPECT_NEAR(t.trace_per_param(), t.trace / t.numel, 1e-15);
+    // A layer with an exactly estimated (diagonal) block has no spread.
+    EXPECT_LE(std::abs(t.trace - exact), 3 * t.std_error + 1e-9 * std::abs(exact))
+        << "estimate " << t.trace << " ± " << t.std_error << ", exact "
+        << exact;
+  }
+  EXPECT_LE(std::abs(r.total_trace - exact_total),
+            3 * r.total_std_error + 1e-9 * std::abs(exact_total));
+}
+
+TEST(TracesTest, AllLayersPerProbeAgreeWithExactBlockTraces) {
+  for (Problem p : {Mlp(), Cnn()}) {
+    std::unique_ptr<HvpOperator> op = p.Op();
+    at::Generator gen = MakeGenerator(1);
+    RecordingSink sink;
+    absl::StatusOr<TraceResult> r =
+        EstimateLayerTraces(*op, TraceOptions{}, gen, &sink);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectTracesWithinThreeStdErrors(p, *r);
+    // One full-model HVP per probe, all layers at once.
+    EXPECT_EQ(r->hvps, r->layers[0].probes);
+    for (const LayerTrace& t : r->layers) EXPECT_EQ(t.probes, r->hvps);
+    absl::MutexLock lock(&sink.mu_);
+    EXPECT_EQ(sink.progress_calls_, r->hvps);
+    EXPECT_EQ(sink.last_total_, 200);
+    EXPECT_EQ(sink.partial_keys_.size(), r->layers.size());
+  }
+}
+
+TEST(TracesTest, ExactPerLayerModeAgreesWithExactBlockTraces) {
+  for (Problem p : {Mlp(), Cnn()}) {
+    std::unique_ptr<HvpOperator> op = p.Op();
+    at::Generator gen = MakeGenerator(2);
+    TraceOptions options;
+    options.exact_per_layer = true;
+    absl::StatusOr<TraceResult> r = EstimateLayerTraces(*op, options, gen);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectTracesWithinThreeStdErrors(p, *r);
+    int64_t probes = 0;
+    for (const LayerTrace& t : r->layers) probes += t.probes;
+    EXPECT_EQ(r->hvps, probes);
+  }
+}
+
+TEST(TracesTest, SameSeedSameNumbersOtherSeedOtherProbes) {
+  Problem p = Mlp();
+  auto run = [&p](uint64_t seed) {
+    std::unique_ptr<HvpOperator> op = p.Op();
+    at::Generator gen = MakeGenerator(seed);
+    TraceOptions options;
+    options.max_probes = 12;
+    return *EstimateLayerTraces(*op, options, gen);
+  };
+  TraceResult a = run(5), b = run(5), c = run(6);
+  for (size_t g = 0; g < a.layers.size(); ++g) {
+    EXPECT_EQ(a.layers[g].trace, b.layers[g].trace);
+    EXPECT_EQ(a.layers[g].std_error, b.layers[g].std_error);
+    EXPECT_NE(a.layers[g].trace, c.layers[g].trace);
+  }
+}
+
+TEST(TracesTest, CancelStopsBeforeTheNextProbe) {
+  Problem p = Mlp();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(1);
+  CancelToken token;
+  token.Cancel();
+  absl::StatusOr<TraceResult> r =
+      EstimateLayerTraces(*op, TraceOptions{}, gen, nullptr, &token);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(op->num_applications(), 0);
+}
+
+TEST(TracesTest, OptionsOutOfRangeAreInvalidArgument) {
+  Problem p = Mlp();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(1);
+  TraceOptions options;
+  options.tolerance = 0;
+  EXPECT_EQ(EstimateLayerTraces(*op, options, gen).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = TraceOptions{};
+  options.max_probes = 5;  // < min_probes
+  EXPECT_EQ(EstimateLayerTraces(*op, options, gen).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ----------------------------------------------------------- eigenvalues
+
+TEST(EigenTest, PowerIterationWithDeflationMatchesTheTopTwo) {
+  for (Problem p : {Mlp(), Cnn()}) {
+    SCOPED_TRACE(p.name);
+    std::vector<double> exact = ByMagnitude(p.hessian);
+    std::unique_ptr<HvpOperator> op = p.Op();
+    at::Generator gen = MakeGenerator(3);
+    EigenOptions options;
+    options.k = 2;
+    RecordingSink sink;
+    absl::StatusOr<EigenResult> r =
+        TopEigenvalues(*op, options, kWholeModel, gen, &sink);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->eigenvalues.size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_TRUE(r->converged[i]);
+      EXPECT_NEAR(r->eigenvalues[i], exact[i], 1e-3 * std::abs(exact[i]))
+          << "eigenvalue " << i << " after " << r->iterations[i]
+          << " iterations";
+      EXPECT_NEAR(Norm(r->eigenvectors[i]), 1, 1e-12);
+    }
+    EXPECT_NEAR(Dot(r->eigenvectors[0], r->eigenvectors[1]), 0, 1e-10);
+    EXPECT_EQ(op->num_applications(), r->iterations[0] + r->iterations[1]);
+  }
+}
+
+TEST(EigenTest, LayerScopeMatchesTheDiagonalBlock) {
+  Problem p = Cnn();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(4);
+  for (int g = 0; g < static_cast<int>(p.params.layout->groups.size()); ++g) {
+    SCOPED_TRACE(p.params.layout->groups[g].name);
+    std::vector<double> exact = ByMagnitude(p.Block(g));
+    EigenOptions options;
+    options.tolerance = 1e-6;  // small blocks can have close eigenvalues
+    options.max_iterations = 1000;
+    absl::StatusOr<EigenResult> r = TopEigenvalues(*op, options, g, gen);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_NEAR(r->eigenvalues[0], exact[0], 1e-3 * std::abs(exact[0]));
+    // The eigenvector is zero outside the layer.
+    ParamSet outside = Clone(r->eigenvectors[0]);
+    double inside = GroupDot(outside, outside, g);
+    EXPECT_NEAR(inside, 1, 1e-12);
+    EXPECT_NEAR(Norm(outside), 1, 1e-12);
+  }
+}
+
+TEST(EigenTest, KIsCappedAtTheDimension) {
+  Problem p = Mlp();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(4);
+  EigenOptions options;
+  options.k = 5;
+  options.max_iterations = 3;
+  // A model with two parameters has two eigenvalues.
+  torch::jit::Module tiny("One");
+  tiny.register_parameter("w", torch::ones({1, 2}, F64()).requires_grad_(true),
+                          false);
+  tiny.define(R"JIT(
+def forward(self, x):
+    return torch.matmul(x, self.w)
+)JIT");
+  Data d = RandomClassification({4, 1}, 2, 1);
+  absl::StatusOr<PreparedBatches> b =
+      PrepareBatches(tiny, d.inputs, d.targets, 4, LossKind::kAuto);
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::unique_ptr<HvpOperator> op2 = *CreateHvpOperator(tiny, *b, HvpOptions{});
+  absl::StatusOr<EigenResult> r =
+      TopEigenvalues(*op2, options, kWholeModel, gen);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->eigenvalues.size(), 2u);
+  options.k = 0;
+  EXPECT_EQ(TopEigenvalues(*op, options, kWholeModel, gen).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.k = 1;
+  EXPECT_EQ(TopEigenvalues(*op, options, 99, gen).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ------------------------------------------------------------- density
+
+TEST(DensityTest, FullLanczosRecoversTheWholeSpectrum) {
+  Problem p = Mlp();  // 67 parameters
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(5);
+  DensityOptions options;
+  options.lanczos_steps = 200;  // capped at 67
+  absl::StatusOr<SpectralDensity> d =
+      EstimateSpectralDensity(*op, options, gen);
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(d->steps.size(), 1u);
+  EXPECT_LE(d->steps[0], 67);
+  double sum = 0;
+  for (double w : d->weights) sum += w;
+  EXPECT_NEAR(sum, 1, 1e-10);
+  // Every node is an eigenvalue of H.
+  torch::Tensor exact = torch::linalg_eigvalsh(p.hessian);
+  for (double node : d->nodes) {
+    EXPECT_LT((exact - node).abs().min().item<double>(), 1e-8) << node;
+  }
+  EXPECT_EQ(d->hvps, d->steps[0]);
+}
+
+TEST(DensityTest, NodesIncludeTheExtremeEigenvaluesAndWeightsSumToOne) {
+  Problem p = Cnn();  // 514 parameters
+  torch::Tensor exact = torch::linalg_eigvalsh(p.hessian);
+  const double lo = exact.min().item<double>();
+  const double hi = exact.max().item<double>();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(6);
+  DensityOptions options;
+  options.lanczos_steps = 90;
+  options.runs = 2;
+  options.grid_points = 500;
+  RecordingSink sink;
+  absl::StatusOr<SpectralDensity> d =
+      EstimateSpectralDensity(*op, options, gen, &sink);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->steps.size(), 2u);
+  EXPECT_EQ(d->nodes.size(), d->weights.size());
+  double sum = 0;
+  for (double w : d->weights) sum += w;
+  EXPECT_NEAR(sum, 1, 1e-10);
+  const double tol = 1e-3 * (hi - lo);
+  EXPECT_NEAR(*std::min_element(d->nodes.begin(), d->nodes.end()), lo, tol);
+  EXPECT_NEAR(*std::max_element(d->nodes.begin(), d->nodes.end()), hi, tol);
+  // Ritz values lie inside the spectrum.
+  for (double node : d->nodes) {
+    EXPECT_GE(node, lo - 1e-9);
+    EXPECT_LE(node, hi + 1e-9);
+  }
+  ASSERT_EQ(d->grid.size(), 500u);
+  ASSERT_EQ(d->density.size(), 500u);
+  double integral = 0;
+  for (double v : d->density) integral += v * (d->grid[1] - d->grid[0]);
+  EXPECT_NEAR(integral, 1, 1e-9);
+  EXPECT_LE(d->grid.front(), lo);
+  EXPECT_GE(d->grid.back(), hi);
+  absl::MutexLock lock(&sink.mu_);
+  EXPECT_EQ(sink.last_total_, 180);
+}
+
+TEST(DensityTest, SmoothingPutsTheMassAtTheNodes) {
+  std::vector<double> grid, density;
+  SmoothDensity({0.0, 10.0}, {0.25, 0.75}, 1001, 1e-3, &grid, &density);
+  ASSERT_EQ(grid.size(), 1001u);
+  const double spacing = grid[1] - grid[0];
+  double left = 0, right = 0;
+  for (size_t i = 0; i < grid.size(); ++i) {
+    (grid[i] < 5 ? left : right) += density[i] * spacing;
+  }
+  EXPECT_NEAR(left, 0.25, 1e-6);
+  EXPECT_NEAR(right, 0.75, 1e-6);
+}
+
+// --------------------------------------------------------------- Q-BERT
+
+TEST(QBertTest, DataSubsetsSplitTheExamplesEvenly) {
+  Problem p = Mlp();  // 16 examples in one batch
+  std::vector<int64_t> sizes;
+  int64_t total = 0;
+  for (int s = 0; s < 3; ++s) {
+    PreparedBatches sub = DataSubset(p.batches, s, 3, 4);
+    sizes.push_back(sub.num_examples);
+    for (const Batch& b : sub.batches) {
+      EXPECT_LE(b.size, 4);
+      EXPECT_TRUE(torch::equal(
+          b.inputs, p.batches.batches[0].inputs.narrow(0, total, b.size)));
+      total += b.size;
+    }
+  }
+  EXPECT_EQ(sizes, (std::vector<int64_t>{6, 5, 5}));
+  EXPECT_EQ(total, 16);
+}
+
+TEST(QBertTest, ScoresAreMeanPlusStdOfPerSubsetTopEigenvalues) {
+  Problem p = Mlp();
+  const int subsets = 2;
+  // Exact per-subset, per-layer top eigenvalues.
+  std::vector<std::vector<double>> exact(p.params.layout->groups.size());
+  for (int s = 0; s < subsets; ++s) {
+    PreparedBatches sub = DataSubset(p.batches, s, subsets, 16);
+    Problem ps{"sub", p.model, sub, FullHessian(p.model, sub), p.params};
+    for (size_t g = 0; g < exact.size(); ++g) {
+      exact[g].push_back(ByMagnitude(ps.Block(static_cast<int>(g)))[0]);
+    }
+  }
+  at::Generator gen = MakeGenerator(7);
+  EigenOptions eigen;
+  eigen.tolerance = 1e-7;
+  eigen.max_iterations = 1000;
+  RecordingSink sink;
+  absl::StatusOr<QBertResult> r = QBertScores(
+      p.model, p.batches, HvpOptions{}, subsets, eigen, gen, &sink);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->layers.size(), exact.size());
+  for (size_t g = 0; g < exact.size(); ++g) {
+    const QBertLayerScore& l = r->layers[g];
+    ASSERT_EQ(l.top_eigenvalues.size(), 2u);
+    const double mean = (exact[g][0] + exact[g][1]) / 2;
+    const double std = std::abs(exact[g][0] - exact[g][1]) / 2;
+    EXPECT_NEAR(l.score, std::abs(mean) + std, 1e-3 * (std::abs(mean) + std));
+    EXPECT_NEAR(l.mean, mean, 1e-3 * std::abs(mean));
+  }
+  EXPECT_EQ(QBertScores(p.model, p.batches, HvpOptions{}, 17, eigen, gen)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace compress::engine
