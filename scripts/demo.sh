@@ -8,7 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 bash scripts/install-deps.sh
-export CCACHE_DIR=${CCACHE_DIR:-$ROOT/.cache/ccache}
 bash scripts/build.sh compressd compressctl
 BIN=$ROOT/${BUILD_DIR:-build}
 WORK=$(mktemp -d /tmp/compressd-demo.XXXXXX)
