@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
   // 3. Many watchers on one job: queue it behind a slow job so every stream
   //    is connected before its events start.
   std::string slow = work + "/slow.pt";
-  compress::testing_util::MakeSlowModel(slow, 256, 400);
+  compress::testutil::MakeSlowModel(slow, 256, 400);
   auto slow_model = client->UploadModel(slow, "slow.pt");
   v1::SubmitJobRequest blocker;
   blocker.mutable_spec()->mutable_inspect()->set_model_id(slow_model->id());

@@ -23,21 +23,21 @@
 #include "nlohmann/json.hpp"
 #include "server/service/server.h"
 #include "server/util/sha256.h"
-#include "tests/e2e/test_util.h"
+#include "tests/test_util.h"
 
 namespace compress {
 namespace {
 
 namespace v1 = compress::v1;
-using ::compress::testing_util::Fixture;
-using ::compress::testing_util::ReadFile;
-using ::compress::testing_util::TempDir;
-using ::compress::testing_util::WriteFile;
+using ::compress::testutil::FixturePath;
+using ::compress::testutil::ReadFile;
+using ::compress::testutil::ScopedTempDir;
+using ::compress::testutil::WriteFile;
 using ::testing::HasSubstr;
 
 nlohmann::json Expected() {
   static const nlohmann::json* json =
-      new nlohmann::json(nlohmann::json::parse(ReadFile(Fixture("expected.json"))));
+      new nlohmann::json(nlohmann::json::parse(ReadFile(FixturePath("expected.json"))));
   return *json;
 }
 
@@ -98,7 +98,7 @@ class E2eTest : public ::testing::Test {
   }
 
   v1::Model MustUploadModel(const std::string& fixture) {
-    auto m = client_->UploadModel(Fixture(fixture), fixture);
+    auto m = client_->UploadModel(FixturePath(fixture), fixture);
     EXPECT_TRUE(m.ok()) << m.status();
     return m.ok() ? *m : v1::Model();
   }
@@ -164,7 +164,7 @@ class E2eTest : public ::testing::Test {
     return files;
   }
 
-  TempDir dir_;
+  ScopedTempDir dir_;
   std::unique_ptr<service::Server> server_;
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -177,7 +177,7 @@ class E2eTest : public ::testing::Test {
 
 TEST_F(E2eTest, UploadInspectWatchDownloadMatchesIndependentNumbers) {
   const nlohmann::json expected = Expected()["models"]["tiny_cnn.pt"];
-  std::string bytes = ReadFile(Fixture("tiny_cnn.pt"));
+  std::string bytes = ReadFile(FixturePath("tiny_cnn.pt"));
   v1::Model model = MustUploadModel("tiny_cnn.pt");
   EXPECT_EQ(model.id(), Sha256Hex(bytes));
   EXPECT_EQ(model.size_bytes(), static_cast<int64_t>(bytes.size()));
@@ -286,7 +286,7 @@ TEST_F(E2eTest, BuiltinDatasetsAreListed) {
 }
 
 TEST_F(E2eTest, BadUploadsAreRejectedAndLeaveNothing) {
-  std::string bytes = ReadFile(Fixture("tiny_mlp.pt"));
+  std::string bytes = ReadFile(FixturePath("tiny_mlp.pt"));
   v1::UploadHeader h;
   h.set_name("m.pt");
   h.set_size_bytes(static_cast<int64_t>(bytes.size()));
@@ -321,13 +321,13 @@ TEST_F(E2eTest, BadUploadsAreRejectedAndLeaveNothing) {
   EXPECT_TRUE(s.ok()) << s.error_message();
 
   for (const char* f : {"not_a_model.bin", "not_a_model.zip", "plain_pickle.pkl"}) {
-    s = UploadFile(true, Fixture(f));
+    s = UploadFile(true, FixturePath(f));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << f;
     EXPECT_THAT(s.error_message(), HasSubstr("TorchScript")) << f;
   }
   for (const char* f : {"missing_inputs.safetensors", "mismatched_targets.safetensors",
                         "not_a_model.bin"}) {
-    s = UploadFile(false, Fixture(f));
+    s = UploadFile(false, FixturePath(f));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << f;
   }
   // Only the one good model is stored; no temp files are left.
@@ -335,7 +335,7 @@ TEST_F(E2eTest, BadUploadsAreRejectedAndLeaveNothing) {
   ASSERT_TRUE(models.ok());
   EXPECT_EQ(models->size(), 1u);
   EXPECT_EQ(FilesUnder("blobs").size(), 1u);
-  EXPECT_TRUE(compress::testing_util::WaitFor([&] { return FilesUnder("tmp").empty(); }));
+  EXPECT_TRUE(compress::testutil::WaitFor([&] { return FilesUnder("tmp").empty(); }));
 }
 
 TEST_F(E2eTest, ChunkOverOneMebibyteIsRejected) {
@@ -352,7 +352,7 @@ TEST_F(E2eTest, ChunkOverOneMebibyteIsRejected) {
 
 TEST_F(E2eTest, DatasetsUploadInBothFormats) {
   for (const char* f : {"tiny.safetensors", "tiny_torchsave.pt"}) {
-    auto d = client_->UploadDataset(Fixture(f), f);
+    auto d = client_->UploadDataset(FixturePath(f), f);
     ASSERT_TRUE(d.ok()) << f << ": " << d.status();
     const nlohmann::json e = Expected()["datasets"][f];
     EXPECT_EQ(d->num_examples(), e["num_examples"].get<int64_t>()) << f;
@@ -635,10 +635,10 @@ class E2eLimitTest : public E2eTest {
 };
 
 TEST_F(E2eLimitTest, UploadOverTheLimitIsResourceExhaustedAndStoresNothing) {
-  grpc::Status s = UploadFile(true, Fixture("tiny_cnn.pt"));
+  grpc::Status s = UploadFile(true, FixturePath("tiny_cnn.pt"));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(s.error_message(), HasSubstr("max_model_bytes"));
-  s = UploadFile(false, Fixture("tiny.safetensors"));
+  s = UploadFile(false, FixturePath("tiny.safetensors"));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_TRUE(FilesUnder("blobs").empty());
   EXPECT_TRUE(FilesUnder("tmp").empty());

@@ -2,7 +2,7 @@
 
 #include <torch/script.h>
 
-namespace compress::testing_util {
+namespace compress::testutil {
 
 void MakeSlowModel(const std::string& path, int64_t dim, int64_t iterations) {
   torch::jit::Module m("SlowNet");
@@ -30,4 +30,4 @@ def forward(self, x):
   m.save(path);
 }
 
-}  // namespace compress::testing_util
+}  // namespace compress::testutil

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-namespace compress::testing_util {
+namespace compress::testutil {
 
 // forward(x) = `iterations` times x <- tanh(x @ w), w: [dim, dim]. Runs for a
 // predictable while on an input of shape [dim, dim].
@@ -14,6 +14,6 @@ void MakeSlowModel(const std::string& path, int64_t dim, int64_t iterations);
 // forward(x) = x @ w with w: [rows, cols] of random floats (rows*cols*4 bytes).
 void MakeBigModel(const std::string& path, int64_t rows, int64_t cols);
 
-}  // namespace compress::testing_util
+}  // namespace compress::testutil
 
 #endif  // COMPRESS_TESTS_E2E_MODEL_GEN_H_

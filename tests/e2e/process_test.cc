@@ -18,7 +18,7 @@
 #include "gtest/gtest.h"
 #include "server/util/sha256.h"
 #include "tests/e2e/model_gen.h"
-#include "tests/e2e/test_util.h"
+#include "tests/test_util.h"
 
 extern char** environ;
 
@@ -26,9 +26,9 @@ namespace compress {
 namespace {
 
 namespace v1 = compress::v1;
-using ::compress::testing_util::BinaryDir;
-using ::compress::testing_util::TempDir;
-using ::compress::testing_util::WaitFor;
+using ::compress::testutil::BinaryDir;
+using ::compress::testutil::ScopedTempDir;
+using ::compress::testutil::WaitFor;
 
 // A compressd child process.
 class ServerProcess {
@@ -94,16 +94,16 @@ v1::SubmitJobRequest Inspect(const std::string& model_id, std::vector<int64_t> s
 }
 
 TEST(ProcessTest, KillNineThenRestartLosesNothing) {
-  TempDir dir;
+  ScopedTempDir dir;
   std::string data = dir.path() + "/data";
   std::string slow_path = dir.path() + "/slow.pt";
-  testing_util::MakeSlowModel(slow_path, 256, 3000);
+  testutil::MakeSlowModel(slow_path, 256, 3000);
 
   auto server = std::make_unique<ServerProcess>(data);
   auto client = Connect(*server);
   auto slow = client->UploadModel(slow_path, "slow.pt");
   ASSERT_TRUE(slow.ok()) << slow.status();
-  auto fast = client->UploadModel(testing_util::Fixture("tiny_cnn.pt"), "cnn.pt");
+  auto fast = client->UploadModel(testutil::FixturePath("tiny_cnn.pt"), "cnn.pt");
   ASSERT_TRUE(fast.ok()) << fast.status();
 
   // A job that finished before the crash, with an artifact.
@@ -185,10 +185,10 @@ TEST(ProcessTest, KillNineThenRestartLosesNothing) {
 // the server stops taking jobs and lets it finish before exiting. (Jobs with
 // many steps are interrupted and re-queued: see jobs_job_manager_test.)
 TEST(ProcessTest, SigtermLetsTheRunningStepFinishAndLosesNothing) {
-  TempDir dir;
+  ScopedTempDir dir;
   std::string data = dir.path() + "/data";
   std::string slow_path = dir.path() + "/slow.pt";
-  testing_util::MakeSlowModel(slow_path, 256, 3000);
+  testutil::MakeSlowModel(slow_path, 256, 3000);
   auto server = std::make_unique<ServerProcess>(data);
   auto client = Connect(*server);
   auto slow = client->UploadModel(slow_path, "slow.pt");
@@ -213,9 +213,9 @@ TEST(ProcessTest, SigtermLetsTheRunningStepFinishAndLosesNothing) {
 }
 
 TEST(ProcessTest, TwoHundredMegabyteModelUploadsInChunksWithItsDigest) {
-  TempDir dir;
+  ScopedTempDir dir;
   std::string path = dir.path() + "/big.pt";
-  testing_util::MakeBigModel(path, 7250, 7250);  // 210 MB of float32
+  testutil::MakeBigModel(path, 7250, 7250);  // 210 MB of float32
   int64_t size = static_cast<int64_t>(std::filesystem::file_size(path));
   ASSERT_GT(size, 200 * 1000 * 1000);
   auto sha = Sha256File(path);

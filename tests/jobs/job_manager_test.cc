@@ -21,7 +21,7 @@
 #include "server/store/blob_store.h"
 #include "server/store/metadata_store.h"
 #include "server/util/sha256.h"
-#include "tests/store/test_util.h"
+#include "tests/test_util.h"
 
 namespace compress::jobs {
 namespace {

@@ -10,7 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/util/sha256.h"
-#include "tests/store/test_util.h"
+#include "tests/test_util.h"
 
 namespace compress::store {
 namespace {

@@ -14,7 +14,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/util/sha256.h"
-#include "tests/store/test_util.h"
+#include "tests/test_util.h"
 
 namespace compress::store {
 namespace {

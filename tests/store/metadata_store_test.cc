@@ -16,7 +16,7 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "server/util/sha256.h"
-#include "tests/store/test_util.h"
+#include "tests/test_util.h"
 
 namespace compress::store {
 namespace {

@@ -1,17 +1,20 @@
-// Helpers shared by the store and jobs tests: a self-removing temp directory,
-// fixture lookup and whole-file reads.
-#ifndef COMPRESS_TESTS_STORE_TEST_UTIL_H_
-#define COMPRESS_TESTS_STORE_TEST_UTIL_H_
+// The one test helper shared by the test folders: fixture lookup, a
+// self-removing temp directory, whole-file I/O and bounded polling.
+#ifndef COMPRESS_TESTS_TEST_UTIL_H_
+#define COMPRESS_TESTS_TEST_UTIL_H_
 
 #include <stdlib.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace compress::testutil {
@@ -20,13 +23,18 @@ namespace compress::testutil {
 inline std::string SourceDir() {
   const char* dir = std::getenv("COMPRESS_SOURCE_DIR");
   if (dir != nullptr && *dir != '\0') return dir;
-  std::string file = __FILE__;  // <src>/tests/store/test_util.h
-  for (int i = 0; i < 3; ++i) file = file.substr(0, file.rfind('/'));
+  std::string file = __FILE__;  // <src>/tests/test_util.h
+  for (int i = 0; i < 2; ++i) file = file.substr(0, file.rfind('/'));
   return file;
 }
 
 inline std::string FixturePath(const std::string& name) {
   return SourceDir() + "/tests/fixtures/" + name;
+}
+
+inline std::string BinaryDir() {
+  const char* dir = std::getenv("COMPRESS_BINARY_DIR");
+  return dir != nullptr && *dir != '\0' ? dir : ".";
 }
 
 inline std::string ReadFile(const std::string& path) {
@@ -36,12 +44,27 @@ inline std::string ReadFile(const std::string& path) {
   return out.str();
 }
 
+inline void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+// Polls `done` every 10 ms for up to `limit`; true once it held.
+inline bool WaitFor(const std::function<bool()>& done, absl::Duration limit = absl::Seconds(60)) {
+  absl::Time end = absl::Now() + limit;
+  while (absl::Now() < end) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return done();
+}
+
 // A fresh directory under the gtest temp dir, removed with everything in it
 // when the object goes away.
 class ScopedTempDir {
  public:
   ScopedTempDir() {
-    std::string templ = ::testing::TempDir() + "compress_store_XXXXXX";
+    std::string templ = ::testing::TempDir() + "compress_test_XXXXXX";
     if (mkdtemp(templ.data()) != nullptr) path_ = templ;
   }
   ~ScopedTempDir() {
@@ -71,4 +94,4 @@ inline std::vector<std::string> FilesUnder(const std::string& dir) {
 
 }  // namespace compress::testutil
 
-#endif  // COMPRESS_TESTS_STORE_TEST_UTIL_H_
+#endif  // COMPRESS_TESTS_TEST_UTIL_H_
