@@ -1,6 +1,7 @@
 #include "server/pipeline/pipeline.h"
 
 #include "absl/strings/str_cat.h"
+#include "server/pipeline/analyze.h"
 #include "server/pipeline/inspect.h"
 #include "server/pipeline/validate.h"
 
@@ -31,6 +32,10 @@ class DefaultPipeline : public Pipeline {
   absl::Status Validate(const v1::JobSpec& spec, Resources& resources) override {
     absl::Status s = ValidateSpec(spec, resources);
     if (!s.ok() || spec.spec_case() == v1::JobSpec::kInspect) return s;
+    if (spec.spec_case() == v1::JobSpec::kAnalyze) {
+      // Options the engine cannot honour yet are refused at submit.
+      return ToAnalyzeOptions(spec.analyze(), 0, "cpu", resources).status();
+    }
     // The spec is well-formed, but this server cannot run it yet: refuse it
     // rather than accept a job that can only fail.
     return absl::UnimplementedError(absl::StrCat(
@@ -42,6 +47,8 @@ class DefaultPipeline : public Pipeline {
     switch (spec.spec_case()) {
       case v1::JobSpec::kInspect:
         return RunInspect(spec.inspect(), context);
+      case v1::JobSpec::kAnalyze:
+        return RunAnalyze(spec.analyze(), context);
       default:
         return absl::UnimplementedError(absl::StrCat(
             v1::JobKind_Name(KindOf(spec)), " jobs are not implemented by this server yet"));

@@ -28,6 +28,8 @@ class Resources {
   // Where the engine reads the bytes (a file path, or a builtin id).
   virtual std::string ModelPath(const std::string& id) = 0;
   virtual std::string DatasetPath(const std::string& id) = 0;
+  // Directory of the builtin datasets' IDX files.
+  virtual std::string BuiltinDataDir() = 0;
 };
 
 // Everything a running job may touch. Thread-safe.

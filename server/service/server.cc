@@ -36,6 +36,7 @@ class CatalogResources : public pipeline::Resources {
   }
   std::string ModelPath(const std::string& id) override { return catalog_->ModelPath(id); }
   std::string DatasetPath(const std::string& id) override { return catalog_->DatasetPath(id); }
+  std::string BuiltinDataDir() override { return catalog_->fashion_mnist_dir(); }
 
  private:
   store::Catalog* catalog_;

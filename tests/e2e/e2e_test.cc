@@ -17,6 +17,7 @@
 #include "client/client.h"
 #include "compress/v1/compress.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -465,10 +466,19 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
     cases.push_back(c);
   }
   {
-    Case c{"valid analyze, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "ANALYZE"};
+    Case c{"Fisher fallback, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "Fisher"};
     auto* a = c.req.mutable_spec()->mutable_analyze();
     a->set_model_id(cnn.id());
     a->mutable_data()->set_dataset_id(data);
+    a->set_fallback(v1::HVP_FALLBACK_FISHER);
+    cases.push_back(c);
+  }
+  {
+    Case c{"valid quantize, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "QUANTIZE"};
+    auto* q = c.req.mutable_spec()->mutable_quantize();
+    q->set_model_id(cnn.id());
+    q->mutable_data()->set_dataset_id(data);
+    q->mutable_budget()->set_average_bits(4);
     cases.push_back(c);
   }
   for (const Case& c : cases) {
@@ -622,6 +632,92 @@ TEST_F(E2eTest, DrainRefusesNewJobsAndHealthTurnsNotServing) {
   grpc::Status s = health->Check(&ctx, hreq, &hresp);
   // Either NOT_SERVING or, once shut down, no answer at all: never SERVING.
   EXPECT_TRUE(!s.ok() || hresp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+}
+
+TEST_F(E2eTest, AnalyzeReportsPerLayerSensitivityDeterministically) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  v1::SubmitJobRequest req;
+  req.set_seed(7);
+  auto* a = req.mutable_spec()->mutable_analyze();
+  a->set_model_id(cnn.id());
+  a->mutable_data()->set_dataset_id("builtin:fashion-mnist/test");
+  a->mutable_data()->set_num_samples(64);
+  a->mutable_data()->set_batch_size(64);
+  a->mutable_traces()->set_enabled(true);
+  a->mutable_traces()->set_max_probes(30);
+  a->mutable_eigen()->set_enabled(true);
+  a->mutable_density()->set_enabled(true);
+  a->mutable_density()->set_lanczos_steps(20);
+  // tiny_mlp takes 4 features: Fashion-MNIST's images must fail cleanly...
+  v1::Model mlp4 = MustUploadModel("tiny_mlp.pt");
+  a->set_model_id(mlp4.id());
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  WatchAll(job.id());
+  v1::Job failed = GetJob(job.id());
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT))
+      << failed.error().message();
+
+  // ...while data of the right shape analyzes.
+  auto data = client_->UploadDataset(FixturePath("tiny.safetensors"), "tiny");
+  ASSERT_TRUE(data.ok()) << data.status();
+  const v1::Model& mlp = cnn;  // 8x8 inputs, like tiny.safetensors
+  a->set_model_id(mlp.id());
+  a->mutable_data()->set_dataset_id(data->id());
+  a->mutable_data()->set_num_samples(0);
+  a->mutable_data()->set_batch_size(0);
+  std::vector<v1::AnalyzeResult> results;
+  for (int run = 0; run < 2; ++run) {
+    ASSERT_TRUE(Submit(req, &job).ok());
+    std::vector<v1::JobEvent> events = WatchAll(job.id());
+    v1::Job done = GetJob(job.id());
+    ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+    int partials = 0;
+    for (const auto& e : events) partials += e.has_partial_result() ? 1 : 0;
+    EXPECT_GT(partials, 0) << "per-layer estimates stream as they converge";
+    v1::AnalyzeResult r = done.result().analyze();
+    ASSERT_EQ(r.layers_size(), mlp.layers_size());
+    double sum = 0;
+    for (int i = 0; i < r.layers_size(); ++i) {
+      const v1::LayerSensitivity& l = r.layers(i);
+      EXPECT_EQ(l.name(), mlp.layers(i).name());
+      EXPECT_EQ(l.numel(), mlp.layers(i).numel());
+      EXPECT_GT(l.trace_probes(), 0);
+      EXPECT_NEAR(l.trace_per_param(), l.trace() / l.numel(), 1e-9 * std::abs(l.trace()) + 1e-12);
+      sum += l.trace();
+      if (l.omega().count(2)) {
+        // More bits, smaller rounding error, smaller Ω (same trace factor).
+        EXPECT_GE(std::abs(l.omega().at(2)), std::abs(l.omega().at(8)));
+      }
+    }
+    EXPECT_NEAR(sum, r.total_trace(), 1e-6 * std::abs(sum) + 1e-9);
+    ASSERT_EQ(r.eigenvalues_size(), 1);
+    double wsum = 0;
+    for (double w : r.density_weights()) wsum += w;
+    EXPECT_NEAR(wsum, 1.0, 1e-6);
+    EXPECT_GT(r.hvp_count(), 0);
+    r.clear_wall_seconds();
+    results.push_back(r);
+
+    auto artifacts = client_->ListArtifacts(job.id());
+    ASSERT_TRUE(artifacts.ok());
+    std::set<std::string> names;
+    for (const auto& art : *artifacts) names.insert(art.name());
+    EXPECT_EQ(names, (std::set<std::string>{"report.json", "sensitivity.csv", "sensitivity.svg",
+                                            "spectrum.svg"}));
+    std::string csv_path = dir_.path() + "/s.csv";
+    ASSERT_TRUE(client_->DownloadArtifact(job.id(), "sensitivity.csv", csv_path).ok());
+    std::string csv = ReadFile(csv_path);
+    EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), mlp.layers_size() + 1);
+    std::string report_path = dir_.path() + "/r.json";
+    ASSERT_TRUE(client_->DownloadArtifact(job.id(), "report.json", report_path).ok());
+    nlohmann::json report = nlohmann::json::parse(ReadFile(report_path));
+    EXPECT_EQ(report["seed"], "7");
+    EXPECT_EQ(report["result"]["layers"].size(), static_cast<size_t>(mlp.layers_size()));
+  }
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(results[0], results[1]))
+      << "same spec and seed must give the same numbers";
 }
 
 class E2eLimitTest : public E2eTest {

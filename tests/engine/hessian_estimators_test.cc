@@ -2,6 +2,7 @@
 // Hessian of tiny float64 models (built row by row with plain autograd).
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,7 +36,8 @@ class RecordingSink : public ProgressSink {
     stages_.push_back(stage);
   }
   void StageEnd(const std::string&) override {}
-  void Progress(const std::string& stage, int64_t done, int64_t total) override {
+  void Progress(const std::string& stage, int64_t done,
+                int64_t total) override {
     absl::MutexLock lock(&mu_);
     ++progress_calls_;
     last_done_ = done;
@@ -136,7 +138,8 @@ void ExpectTracesWithinThreeStdErrors(Problem& p, const TraceResult& r) {
     EXPECT_EQ(t.numel, p.params.layout->groups[t.group].numel);
     EXPECT_NEAR(t.trace_per_param(), t.trace / t.numel, 1e-15);
     // A layer with an exactly estimated (diagonal) block has no spread.
-    EXPECT_LE(std::abs(t.trace - exact), 3 * t.std_error + 1e-9 * std::abs(exact))
+    EXPECT_LE(std::abs(t.trace - exact),
+              3 * t.std_error + 1e-9 * std::abs(exact))
         << "estimate " << t.trace << " ± " << t.std_error << ", exact "
         << exact;
   }
@@ -242,6 +245,10 @@ TEST(EigenTest, PowerIterationWithDeflationMatchesTheTopTwo) {
           << "eigenvalue " << i << " after " << r->iterations[i]
           << " iterations";
       EXPECT_NEAR(Norm(r->eigenvectors[i]), 1, 1e-12);
+      std::cout << p.name << ": eigenvalue " << i << " " << r->eigenvalues[i]
+                << " (exact " << exact[i] << ", relative error "
+                << std::abs(r->eigenvalues[i] - exact[i]) / std::abs(exact[i])
+                << ", " << r->iterations[i] << " HVPs)\n";
     }
     EXPECT_NEAR(Dot(r->eigenvectors[0], r->eigenvectors[1]), 0, 1e-10);
     EXPECT_EQ(op->num_applications(), r->iterations[0] + r->iterations[1]);
@@ -414,8 +421,8 @@ TEST(QBertTest, ScoresAreMeanPlusStdOfPerSubsetTopEigenvalues) {
   eigen.tolerance = 1e-7;
   eigen.max_iterations = 1000;
   RecordingSink sink;
-  absl::StatusOr<QBertResult> r = QBertScores(
-      p.model, p.batches, HvpOptions{}, subsets, eigen, gen, &sink);
+  absl::StatusOr<QBertResult> r =
+      QBertScores(p.model, p.batches, HvpOptions{}, subsets, eigen, gen, &sink);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->layers.size(), exact.size());
   for (size_t g = 0; g < exact.size(); ++g) {

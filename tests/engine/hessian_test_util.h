@@ -38,12 +38,10 @@ inline torch::jit::Module MakeLinearModel(int64_t in, int64_t out,
                                           uint64_t seed) {
   at::Generator gen = MakeGenerator(seed);
   torch::jit::Module m("LinearModel");
-  m.register_parameter("weight",
-                       at::randn({out, in}, gen, F64()).requires_grad_(true),
-                       false);
-  m.register_parameter("bias",
-                       at::randn({out}, gen, F64()).requires_grad_(true),
-                       false);
+  m.register_parameter(
+      "weight", at::randn({out, in}, gen, F64()).requires_grad_(true), false);
+  m.register_parameter(
+      "bias", at::randn({out}, gen, F64()).requires_grad_(true), false);
   m.define(R"JIT(
 def forward(self, x):
     return torch.matmul(x, self.weight.t()) + self.bias
@@ -57,9 +55,8 @@ def forward(self, x):
 inline torch::jit::Module MakeCdistModel(uint64_t seed) {
   at::Generator gen = MakeGenerator(seed);
   torch::jit::Module m("CdistModel");
-  m.register_parameter("centers",
-                       at::randn({3, 4}, gen, F64()).requires_grad_(true),
-                       false);
+  m.register_parameter(
+      "centers", at::randn({3, 4}, gen, F64()).requires_grad_(true), false);
   m.define(R"JIT(
 def forward(self, x):
     return -torch.cdist(x, self.centers)
@@ -85,9 +82,9 @@ inline torch::Tensor FullHessian(torch::jit::Module& module,
         {*loss}, params->tensors, {}, true, /*create_graph=*/true, true);
     std::vector<torch::Tensor> parts;
     for (size_t i = 0; i < g.size(); ++i) {
-      parts.push_back(g[i].defined() ? g[i].reshape(-1)
-                                     : torch::zeros({params->tensors[i].numel()},
-                                                    F64()));
+      parts.push_back(g[i].defined()
+                          ? g[i].reshape(-1)
+                          : torch::zeros({params->tensors[i].numel()}, F64()));
     }
     torch::Tensor flat = torch::cat(parts);
     const double w = static_cast<double>(b.size) /
@@ -98,9 +95,8 @@ inline torch::Tensor FullHessian(torch::jit::Module& module,
           {flat[j]}, params->tensors, {}, /*retain_graph=*/true, false, true);
       ParamSet r{params->layout, {}};
       for (size_t i = 0; i < row.size(); ++i) {
-        r.tensors.push_back(row[i].defined() ? row[i]
-                                             : torch::zeros_like(
-                                                   params->tensors[i]));
+        r.tensors.push_back(
+            row[i].defined() ? row[i] : torch::zeros_like(params->tensors[i]));
       }
       h[j] += w * Flatten(r);
     }

@@ -121,6 +121,7 @@ class FakeResources : public pipeline::Resources {
   }
   std::string ModelPath(const std::string& id) override { return ""; }
   std::string DatasetPath(const std::string& id) override { return ""; }
+  std::string BuiltinDataDir() override { return ""; }
 };
 
 class FakeObserver : public JobObserver {

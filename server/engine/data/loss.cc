@@ -20,8 +20,7 @@ std::string Shape(const torch::Tensor& t) {
 
 bool IsInteger(const torch::Tensor& t) {
   return !at::isFloatingType(t.scalar_type()) &&
-         !at::isComplexType(t.scalar_type()) &&
-         t.scalar_type() != torch::kBool;
+         !at::isComplexType(t.scalar_type()) && t.scalar_type() != torch::kBool;
 }
 
 absl::Status CheckClassTargets(const torch::Tensor& output,
@@ -122,9 +121,8 @@ absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
     c10::List<c10::IValue> list = out.toList();
     if (!list.empty() && list.get(0).isTensor()) return list.get(0).toTensor();
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("the model's forward returned ", out.tagKind(),
-                   ", not a tensor"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the model's forward returned ", out.tagKind(), ", not a tensor"));
 }
 
 absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
@@ -182,9 +180,8 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
   }
   const int64_t n = inputs.size(0);
   if (targets.defined() && (targets.dim() < 1 || targets.size(0) != n)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("targets ", Shape(targets), " do not match inputs ",
-                     Shape(inputs)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "targets ", Shape(targets), " do not match inputs ", Shape(inputs)));
   }
   ASSIGN_OR_RETURN(LossKind kind, ResolveLossKind(loss, targets));
 
@@ -202,8 +199,8 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
 
   PreparedBatches prepared;
   prepared.num_examples = n;
-  prepared.loss = kind == LossKind::kPseudoLabel ? LossKind::kCrossEntropy
-                                                 : kind;
+  prepared.loss =
+      kind == LossKind::kPseudoLabel ? LossKind::kCrossEntropy : kind;
   prepared.pseudo_labels = kind == LossKind::kPseudoLabel;
   for (int64_t start = 0; start < n; start += batch_size) {
     const int64_t size = std::min(batch_size, n - start);
@@ -224,9 +221,9 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
         }
       }
     } catch (const c10::Error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot move batch to ", device.str(), ": ",
-          e.what_without_backtrace()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot move batch to ", device.str(), ": ",
+                       e.what_without_backtrace()));
     }
     if (kind == LossKind::kPseudoLabel) {
       torch::NoGradGuard no_grad;

@@ -124,13 +124,15 @@ absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
         announce(g);
         all = all && result.layers[g].converged;
       }
-      if (sink != nullptr) sink->Progress("traces", probe + 1, options.max_probes);
+      if (sink != nullptr)
+        sink->Progress("traces", probe + 1, options.max_probes);
       if (all) break;
     }
     result.total_trace = total.mean;
     result.total_std_error = total.n >= 2 ? total.StdError() : 0;
   } else {
-    const int64_t total_work = static_cast<int64_t>(groups) * options.max_probes;
+    const int64_t total_work =
+        static_cast<int64_t>(groups) * options.max_probes;
     int64_t done = 0;
     double variance = 0;
     for (int g = 0; g < groups; ++g) {
@@ -169,8 +171,7 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
                                            ProgressSink* sink,
                                            const CancelToken* cancel) {
   const ParamLayout& layout = op.layout();
-  if (options.k < 1 || !(options.tolerance > 0) ||
-      options.max_iterations < 1) {
+  if (options.k < 1 || !(options.tolerance > 0) || options.max_iterations < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "eigenvalue options out of range: k ", options.k, " (>= 1), tolerance ",
         options.tolerance, " (> 0), max_iterations ", options.max_iterations,
@@ -188,6 +189,7 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
   };
 
   EigenResult result;
+  std::vector<ParamSet> products;  // H u_i of each vector found (no deflation)
   const int64_t total_work = static_cast<int64_t>(k) * options.max_iterations;
   int64_t done = 0;
   for (int i = 0; i < k; ++i) {
@@ -202,15 +204,19 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
     double change = 0;  // |λ_t − λ_{t−1}| of the previous iteration
     bool converged = false;
     int iter = 0;
+    ParamSet hv_of_v;
     while (iter < options.max_iterations) {
       RETURN_IF_ERROR(CheckCancel(cancel));
       ASSIGN_OR_RETURN(ParamSet hv, op.Apply(v));
       ++iter;
       if (sink != nullptr) sink->Progress("eigen", ++done, total_work);
       restrict(&hv);
-      Orthogonalize(result.eigenvectors, &hv);
+      hv_of_v = Clone(hv);
+      // v is orthogonal to the vectors found, so this is the Rayleigh
+      // quotient of the deflated operator as well.
       const double previous = lambda;
       lambda = Dot(v, hv);
+      Orthogonalize(result.eigenvectors, &hv);
       norm = Norm(hv);
       if (norm == 0) {  // v lies in the null space (of the deflated H)
         converged = true;
@@ -219,14 +225,15 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
       if (iter > 1) {
         // The Rayleigh quotient converges geometrically (ratio q ≈
         // (λ_next/λ)²), so what is left to move after a change d is about
-        // d·q/(1−q): stopping on d alone can leave several times the
-        // tolerance when the gap is small.
+        // d·q/(1−q); stopping on d alone can leave several times the
+        // tolerance when the gap is small. d/(1−q) also covers the slower
+        // tail when more than one eigenvalue is close.
         const double d = std::abs(lambda - previous);
         const double q =
             change > 0 ? std::min(d / change, 0.999) : (d == 0 ? 0 : 0.999);
         const double bound = options.tolerance * std::abs(lambda);
         change = d;
-        if (d <= bound && (iter > 2 || d == 0) && d * q / (1 - q) <= bound) {
+        if ((iter > 2 || d == 0) && d / (1 - q) <= bound) {
           converged = true;
           break;
         }
@@ -239,7 +246,48 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
     result.iterations.push_back(iter);
     result.converged.push_back(converged);
     result.eigenvectors.push_back(std::move(v));
+    products.push_back(std::move(hv_of_v));
   }
+  if (result.eigenvectors.size() < 2) return result;
+
+  // Rayleigh-Ritz on the span of the vectors found, with the products
+  // already computed (no extra HVP). Deflating against an eigenvector known
+  // only to the tolerance leaks |λ_1|·(its error)² into the later
+  // eigenvalues; that error lies mostly along the next eigenvectors found,
+  // which this step rotates back out.
+  const int64_t n = static_cast<int64_t>(result.eigenvectors.size());
+  torch::Tensor m = torch::zeros({n, n}, torch::kFloat64);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < n; ++c) {
+      m[r][c] = Dot(result.eigenvectors[r], products[c]);
+    }
+  }
+  m = (m + m.t()) / 2;  // finite differences are not exactly symmetric
+  torch::Tensor values, q;
+  try {
+    std::tie(values, q) = torch::linalg_eigh(m);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("Rayleigh-Ritz eigh failed: ",
+                                            e.what_without_backtrace()));
+  }
+  std::vector<int64_t> order(n);
+  for (int64_t j = 0; j < n; ++j) order[j] = j;
+  std::sort(order.begin(), order.end(), [&values](int64_t a, int64_t b) {
+    return std::abs(values[a].item<double>()) >
+           std::abs(values[b].item<double>());
+  });
+  std::vector<ParamSet> rotated;
+  for (int64_t j : order) {
+    ParamSet u = ZerosLike(result.eigenvectors[0]);
+    for (int64_t r = 0; r < n; ++r) {
+      Axpy(q[r][j].item<double>(), result.eigenvectors[r], &u);
+    }
+    rotated.push_back(std::move(u));
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    result.eigenvalues[j] = values[order[j]].item<double>();
+  }
+  result.eigenvectors = std::move(rotated);
   return result;
 }
 
@@ -311,7 +359,8 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
       Orthogonalize(basis, &w);
       const double b = Norm(w);
       // An invariant subspace: the quadrature is already exact.
-      const double scale = std::max(std::abs(a), beta.empty() ? 0 : beta.back());
+      const double scale =
+          std::max(std::abs(a), beta.empty() ? 0 : beta.back());
       if (!(b > 1e-10 * std::max(scale, 1e-300))) break;
       beta.push_back(b);
       Scale(1 / b, &w);
@@ -333,9 +382,9 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
     try {
       std::tie(evals, evecs) = torch::linalg_eigh(t);
     } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat(
-          "eigh of the Lanczos tridiagonal failed: ",
-          e.what_without_backtrace()));
+      return absl::InternalError(
+          absl::StrCat("eigh of the Lanczos tridiagonal failed: ",
+                       e.what_without_backtrace()));
     }
     torch::Tensor first = evecs[0];
     for (int i = 0; i < steps; ++i) {

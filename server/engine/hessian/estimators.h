@@ -65,30 +65,30 @@ struct TraceResult {
 // probes; a PartialResult("trace/<layer>", JSON) the first time a layer
 // converges (and for every unconverged layer at the end). INVALID_ARGUMENT
 // for options out of range (tolerance <= 0, min_probes < 2 or > max_probes).
-absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
-                                                const TraceOptions& options,
-                                                at::Generator& gen,
-                                                ProgressSink* sink = nullptr,
-                                                const CancelToken* cancel =
-                                                    nullptr);
+absl::StatusOr<TraceResult> EstimateLayerTraces(
+    HvpOperator& op, const TraceOptions& options, at::Generator& gen,
+    ProgressSink* sink = nullptr, const CancelToken* cancel = nullptr);
 
 // ----------------------------------------------------------- eigenvalues
 
 inline constexpr int kWholeModel = -1;
 
 struct EigenResult {
-  std::vector<double> eigenvalues;  // in the order found (|λ| decreasing)
-  std::vector<int> iterations;      // HVPs spent on each
-  std::vector<bool> converged;      // met the tolerance
+  std::vector<double> eigenvalues;     // |λ| decreasing
+  std::vector<int> iterations;         // HVPs spent on the i-th run found
+  std::vector<bool> converged;         // the i-th run met the tolerance
   std::vector<ParamSet> eigenvectors;  // unit norm, zero outside the scope
 };
 
 // The k eigenvalues of largest magnitude of H (group == kWholeModel) or of
 // the diagonal block H_gg of one layer (vectors zero outside the layer), by
 // power iteration from a Gaussian start, deflated by Gram-Schmidt against
-// the eigenvectors already found, stopping as EigenOptions says (the
-// relative error of a converged eigenvalue is then about the tolerance).
-// k is capped at the scope's dimension. Progress: stage "eigen", done/total in HVPs.
+// the eigenvectors already found, stopping as EigenOptions says, then one
+// Rayleigh-Ritz step on the span of the k vectors (using their last
+// products, so no extra HVP) to remove what deflating against inexact
+// eigenvectors leaks into the later eigenvalues. The relative error of a
+// converged eigenvalue is then about the tolerance or less. k is capped at
+// the scope's dimension. Progress: stage "eigen", done/total in HVPs.
 absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
                                            const EigenOptions& options,
                                            int group, at::Generator& gen,

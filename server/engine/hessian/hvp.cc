@@ -81,7 +81,8 @@ class ExactHvp : public HvpOperator {
            int max_cached)
       : HvpOperator(std::move(params), std::move(batches)),
         module_(std::move(module)),
-        cache_(std::min<size_t>(std::max(max_cached, 0), batches_.batches.size())) {}
+        cache_(std::min<size_t>(std::max(max_cached, 0),
+                                batches_.batches.size())) {}
 
   HvpMethod method() const override { return HvpMethod::kExact; }
 
@@ -134,7 +135,8 @@ class ExactHvp : public HvpOperator {
 
 // A deep copy of `module` whose parameters are fresh leaf tensors (tied
 // parameters stay tied), so perturbing them never touches the caller's model.
-absl::StatusOr<torch::jit::Module> PrivateCopy(const torch::jit::Module& module) {
+absl::StatusOr<torch::jit::Module> PrivateCopy(
+    const torch::jit::Module& module) {
   try {
     torch::jit::Module copy = module.clone();
     std::unordered_map<const void*, torch::Tensor> replaced;
@@ -153,8 +155,8 @@ absl::StatusOr<torch::jit::Module> PrivateCopy(const torch::jit::Module& module)
     }
     return copy;
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot copy the model: ",
-                                            e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
   }
 }
 
@@ -162,19 +164,26 @@ class FiniteDifferenceHvp : public HvpOperator {
  public:
   static absl::StatusOr<std::unique_ptr<HvpOperator>> Create(
       const torch::jit::Module& module, PreparedBatches batches,
-      FiniteDifferenceScheme scheme) {
+      FiniteDifferenceScheme scheme, bool in_float64) {
     ASSIGN_OR_RETURN(ParamSet original, CollectParameters(module));
     ASSIGN_OR_RETURN(torch::jit::Module copy, PrivateCopy(module));
-    ASSIGN_OR_RETURN(ParamSet params, CollectParameters(copy));
-    if (params.layout->names != original.layout->names) {
+    if (in_float64) {
+      try {
+        copy.to(torch::kFloat64);
+      } catch (const c10::Error& e) {
+        return absl::InternalError(
+            absl::StrCat("cannot convert the model copy to float64: ",
+                         e.what_without_backtrace()));
+      }
+    }
+    ASSIGN_OR_RETURN(ParamSet work, CollectParameters(copy));
+    if (work.layout->names != original.layout->names) {
       return absl::InternalError(
           "the copied model's parameters differ from the original's");
     }
-    // Products and probes use the original's layout object, so vectors made
-    // from either operator's parameters() are interchangeable.
-    params.layout = original.layout;
-    std::unique_ptr<FiniteDifferenceHvp> op(new FiniteDifferenceHvp(
-        std::move(copy), std::move(params), std::move(batches), scheme));
+    std::unique_ptr<FiniteDifferenceHvp> op(
+        new FiniteDifferenceHvp(std::move(copy), std::move(original),
+                                std::move(work), std::move(batches), scheme));
     RETURN_IF_ERROR(op->Initialize());
     return op;
   }
@@ -186,8 +195,8 @@ class FiniteDifferenceHvp : public HvpOperator {
     const double v_norm = Norm(v);
     if (v_norm == 0) return ZerosLike(params_);
     const bool central = scheme_ == FiniteDifferenceScheme::kCentral;
-    const double h = central ? std::cbrt(unit_roundoff_)
-                             : std::sqrt(unit_roundoff_);
+    const double h =
+        central ? std::cbrt(unit_roundoff_) : std::sqrt(unit_roundoff_);
     const double eps = h * (1 + theta_norm_) / v_norm;
 
     ASSIGN_OR_RETURN(ParamSet plus, GradientAt(eps, v));
@@ -199,55 +208,72 @@ class FiniteDifferenceHvp : public HvpOperator {
       Axpy(-1, base_gradient_, &plus);
       Scale(1 / eps, &plus);
     }
+    // Back to the parameters' dtype (a no-op unless computed in float64).
+    for (size_t i = 0; i < plus.size(); ++i) {
+      plus.tensors[i] = plus.tensors[i].to(params_.tensors[i].scalar_type());
+    }
+    plus.layout = params_.layout;
     return plus;
   }
 
  private:
-  FiniteDifferenceHvp(torch::jit::Module copy, ParamSet params,
+  // `params` are the caller's (never modified; they give the layout and the
+  // dtype of results), `work` the copy's, which are perturbed.
+  FiniteDifferenceHvp(torch::jit::Module copy, ParamSet params, ParamSet work,
                       PreparedBatches batches, FiniteDifferenceScheme scheme)
       : HvpOperator(std::move(params), std::move(batches)),
         copy_(std::move(copy)),
+        work_(std::move(work)),
         scheme_(scheme) {}
 
   absl::Status Initialize() {
-    theta0_ = Clone(params_);
+    theta0_ = Clone(work_);
     theta_norm_ = Norm(theta0_);
-    unit_roundoff_ = MachineEpsilon(params_.tensors[0].scalar_type());
+    unit_roundoff_ = MachineEpsilon(work_.tensors[0].scalar_type());
     if (scheme_ == FiniteDifferenceScheme::kForward) {
       ASSIGN_OR_RETURN(base_gradient_, AverageGradient());
     }
     return absl::OkStatus();
   }
 
-  // The mean-loss gradient at θ0 + step·v; θ is back at θ0 afterwards, also
-  // on errors.
+  // The mean-loss gradient at θ0 + step·v (in the copy's dtype); the copy is
+  // back at θ0 afterwards, also on errors.
   absl::StatusOr<ParamSet> GradientAt(double step, const ParamSet& v) {
     {
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params_.size(); ++i) {
-        params_.tensors[i].copy_(theta0_.tensors[i]).add_(v.tensors[i], step);
+      for (size_t i = 0; i < work_.size(); ++i) {
+        work_.tensors[i].copy_(theta0_.tensors[i]).add_(v.tensors[i], step);
       }
     }
     absl::StatusOr<ParamSet> g = AverageGradient();
     {
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params_.size(); ++i) {
-        params_.tensors[i].copy_(theta0_.tensors[i]);
+      for (size_t i = 0; i < work_.size(); ++i) {
+        work_.tensors[i].copy_(theta0_.tensors[i]);
       }
     }
     return g;
   }
 
   absl::StatusOr<ParamSet> AverageGradient() {
-    ParamSet sum = ZerosLike(params_);
+    const c10::ScalarType type = work_.tensors[0].scalar_type();
+    ParamSet sum = ZerosLike(work_);
     for (size_t b = 0; b < batches_.batches.size(); ++b) {
+      // Batches are in the caller's dtype; the copy may run in float64.
+      Batch batch = batches_.batches[b];
+      if (at::isFloatingType(batch.inputs.scalar_type())) {
+        batch.inputs = batch.inputs.to(type);
+      }
+      if (batches_.loss == LossKind::kMse) {
+        batch.targets = batch.targets.to(type);
+      }
       ASSIGN_OR_RETURN(torch::Tensor loss,
-                       BatchLoss(copy_, batches_.loss, batches_.batches[b]));
+                       BatchLoss(copy_, batches_.loss, batch));
       try {
         std::vector<torch::Tensor> g =
-            grad({loss}, params_.tensors, {}, /*retain_graph=*/false,
+            grad({loss}, work_.tensors, {}, /*retain_graph=*/false,
                  /*create_graph=*/false, /*allow_unused=*/true);
-        Axpy(weight(b), FromGradients(std::move(g), params_), &sum);
+        Axpy(weight(b), FromGradients(std::move(g), work_), &sum);
       } catch (const c10::Error& e) {
         return AutogradError(e, absl::StrCat("gradient on batch ", b));
       }
@@ -256,9 +282,10 @@ class FiniteDifferenceHvp : public HvpOperator {
   }
 
   torch::jit::Module copy_;
+  ParamSet work_;  // the copy's parameters, perturbed by GradientAt
   FiniteDifferenceScheme scheme_;
-  ParamSet theta0_;          // the unperturbed parameters
-  ParamSet base_gradient_;   // g(θ0), forward scheme only
+  ParamSet theta0_;         // the copy's unperturbed parameters
+  ParamSet base_gradient_;  // g(θ0), forward scheme only
   double theta_norm_ = 0;
   double unit_roundoff_ = 0;
 };
@@ -271,7 +298,8 @@ class GaussNewtonHvp : public HvpOperator {
                  PreparedBatches batches, int max_cached)
       : HvpOperator(std::move(params), std::move(batches)),
         module_(std::move(module)),
-        cache_(std::min<size_t>(std::max(max_cached, 0), batches_.batches.size())) {}
+        cache_(std::min<size_t>(std::max(max_cached, 0),
+                                batches_.batches.size())) {}
 
   HvpMethod method() const override { return HvpMethod::kGaussNewton; }
 
@@ -301,7 +329,8 @@ class GaussNewtonHvp : public HvpOperator {
                  /*allow_unused=*/true);
         Axpy(weight(b), FromGradients(std::move(jt), params_), &result);
       } catch (const c10::Error& e) {
-        return AutogradError(e, absl::StrCat("Gauss-Newton product on batch ", b));
+        return AutogradError(e,
+                             absl::StrCat("Gauss-Newton product on batch ", b));
       }
     }
     return result;
@@ -309,10 +338,10 @@ class GaussNewtonHvp : public HvpOperator {
 
  private:
   struct Linearization {
-    torch::Tensor output;                // z, with its graph
-    torch::Tensor dummy;                 // w, a cotangent requiring grad
+    torch::Tensor output;                 // z, with its graph
+    torch::Tensor dummy;                  // w, a cotangent requiring grad
     std::vector<torch::Tensor> jt_dummy;  // Jᵀw, linear in w
-    torch::Tensor probs;                 // softmax(z) over dim 1 (CE only)
+    torch::Tensor probs;                  // softmax(z) over dim 1 (CE only)
   };
 
   absl::StatusOr<Linearization> Linearize(const Batch& batch, size_t b) {
@@ -341,7 +370,8 @@ class GaussNewtonHvp : public HvpOperator {
         lin.probs = torch::softmax(lin.output.detach(), 1);
       }
     } catch (const c10::Error& e) {
-      return AutogradError(e, absl::StrCat("Gauss-Newton linearisation on batch ", b));
+      return AutogradError(
+          e, absl::StrCat("Gauss-Newton linearisation on batch ", b));
     }
     return lin;
   }
@@ -392,8 +422,8 @@ const char* HvpMethodName(HvpMethod method) {
 absl::Status AutogradError(const c10::Error& error, const std::string& context,
                            absl::StatusCode code) {
   const std::string message = error.what_without_backtrace();
-  static const std::regex* not_implemented = new std::regex(
-      "derivative for '?([A-Za-z0-9_.:]+)'? is not implemented");
+  static const std::regex* not_implemented =
+      new std::regex("derivative for '?([A-Za-z0-9_.:]+)'? is not implemented");
   std::smatch match;
   if (std::regex_search(message, match, *not_implemented)) {
     const std::string op = match[1];
@@ -426,8 +456,8 @@ double HvpOperator::weight(size_t b) const {
 }
 
 absl::StatusOr<ParamSet> HvpOperator::Apply(const ParamSet& v) {
-  if (v.layout != params_.layout && (v.layout == nullptr ||
-                                     v.layout->names != params_.layout->names)) {
+  if (v.layout != params_.layout &&
+      (v.layout == nullptr || v.layout->names != params_.layout->names)) {
     return absl::InvalidArgumentError(
         "the vector does not have the operator's parameter layout");
   }
@@ -457,14 +487,14 @@ absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(
     }
     case HvpMethod::kFiniteDifference: {
       torch::AutoGradMode grad_mode(true);
-      return FiniteDifferenceHvp::Create(module, std::move(batches),
-                                         options.fd_scheme);
+      return FiniteDifferenceHvp::Create(
+          module, std::move(batches), options.fd_scheme, options.fd_in_float64);
     }
     case HvpMethod::kGaussNewton: {
       ASSIGN_OR_RETURN(ParamSet params, CollectParameters(module));
-      return std::unique_ptr<HvpOperator>(new GaussNewtonHvp(
-          std::move(module), std::move(params), std::move(batches),
-          options.max_cached_batches));
+      return std::unique_ptr<HvpOperator>(
+          new GaussNewtonHvp(std::move(module), std::move(params),
+                             std::move(batches), options.max_cached_batches));
     }
   }
   return absl::InvalidArgumentError("unknown HVP method");

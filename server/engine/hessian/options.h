@@ -34,6 +34,14 @@ struct HvpOptions {
   HvpMethod method = HvpMethod::kExact;
   // kFiniteDifference only; default forward (one gradient per product).
   FiniteDifferenceScheme fd_scheme = FiniteDifferenceScheme::kForward;
+  // kFiniteDifference only: the private copy of the model computes in
+  // float64 (default true). A float32 step of sqrt(1.2e-7)·(1 + ‖θ‖) moves
+  // ReLU/max-pool units across their kinks, which the exact Hessian ignores
+  // (measured: 60% error along the top eigenvector of the tiny CNN, 0.1%
+  // along random directions); float64 steps are 1e-8 small. Costs a float64
+  // gradient per product (4.5 float32 gradients for resnet18 on the 2-core
+  // CPU); false keeps the model's dtype.
+  bool fd_in_float64 = true;
   // kExact and kGaussNewton: the first-order graphs of the first
   // `max_cached_batches` batches are kept between products (memory: one
   // forward+backward graph each); the other batches are recomputed for every
@@ -61,9 +69,10 @@ struct EigenOptions {
   // Eigenvalues wanted (largest in magnitude first); default 1.
   int k = 1;
   // Stop one eigenvalue when the Rayleigh quotient's last change
-  // |λ_t − λ_{t−1}| and the change still expected from its geometric
-  // convergence (d_t·q/(1−q), q = d_t/d_{t−1}) are both at most
-  // tolerance · |λ_t|; default 1e-3.
+  // d_t = |λ_t − λ_{t−1}|, summed as a geometric series with the observed
+  // ratio q = d_t/d_{t−1} (d_t/(1−q)), is at most tolerance · |λ_t|; plain
+  // d_t <= tolerance·|λ| (PyHessian) stops too early when the gap is small.
+  // Default 1e-3.
   double tolerance = 1e-3;
   // Power iterations (HVPs) per eigenvalue at most; default 100.
   int max_iterations = 100;

@@ -12,10 +12,26 @@
 namespace compress::engine {
 namespace {
 
-double TensorDot(const torch::Tensor& a, const torch::Tensor& b) {
+// <a, b> in float64, left on the tensors' device: summing there and reading
+// the total once avoids a device sync per tensor.
+torch::Tensor TensorDot(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::dot(a.reshape(-1).to(torch::kFloat64),
-                    b.reshape(-1).to(torch::kFloat64))
-      .item<double>();
+                    b.reshape(-1).to(torch::kFloat64));
+}
+
+double SumOfDots(const ParamSet& a, const ParamSet& b,
+                 const std::vector<int>* only) {
+  torch::Tensor sum;
+  auto add = [&](size_t i) {
+    torch::Tensor d = TensorDot(a.tensors[i], b.tensors[i]);
+    sum = sum.defined() ? sum + d : d;
+  };
+  if (only == nullptr) {
+    for (size_t i = 0; i < a.size(); ++i) add(i);
+  } else {
+    for (int i : *only) add(static_cast<size_t>(i));
+  }
+  return sum.defined() ? sum.item<double>() : 0.0;
 }
 
 }  // namespace
@@ -85,8 +101,8 @@ ParamSet RademacherLike(const ParamSet& like, at::Generator& gen) {
   ParamSet out{like.layout, {}};
   out.tensors.reserve(like.size());
   for (const torch::Tensor& t : like.tensors) {
-    torch::Tensor bits = at::randint(0, 2, t.sizes(), gen,
-                                     at::TensorOptions().dtype(t.dtype()));
+    torch::Tensor bits =
+        at::randint(0, 2, t.sizes(), gen, at::TensorOptions().dtype(t.dtype()));
     out.tensors.push_back((bits * 2 - 1).to(t.device()));
   }
   return out;
@@ -104,17 +120,13 @@ ParamSet GaussianLike(const ParamSet& like, at::Generator& gen) {
 }
 
 double Dot(const ParamSet& a, const ParamSet& b) {
-  double sum = 0;
-  for (size_t i = 0; i < a.size(); ++i) sum += TensorDot(a.tensors[i], b.tensors[i]);
-  return sum;
+  torch::NoGradGuard no_grad;
+  return SumOfDots(a, b, nullptr);
 }
 
 double GroupDot(const ParamSet& a, const ParamSet& b, int group) {
-  double sum = 0;
-  for (int i : a.layout->groups[group].tensors) {
-    sum += TensorDot(a.tensors[i], b.tensors[i]);
-  }
-  return sum;
+  torch::NoGradGuard no_grad;
+  return SumOfDots(a, b, &a.layout->groups[group].tensors);
 }
 
 double Norm(const ParamSet& v) { return std::sqrt(Dot(v, v)); }

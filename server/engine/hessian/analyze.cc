@@ -1,0 +1,265 @@
+#include "server/engine/hessian/analyze.h"
+
+#include <torch/script.h>
+
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/engine/common/runtime.h"
+#include "server/engine/data/dataset.h"
+#include "server/engine/data/loss.h"
+#include "server/engine/hessian/estimators.h"
+#include "server/engine/hessian/hvp.h"
+#include "server/engine/hessian/param_set.h"
+#include "server/engine/model/model.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+// Independent streams per estimator: enabling one does not shift another's
+// random vectors.
+enum Stream : uint64_t { kTraces = 1, kEigen = 2, kDensity = 3, kQBert = 4 };
+
+uint64_t MixSeed(uint64_t seed, uint64_t stream) {
+  // splitmix64 of seed + stream · golden ratio.
+  uint64_t z = seed + stream * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+absl::Status Invalid(const std::string& field, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+absl::Status Validate(const AnalyzeOptions& o) {
+  if (o.model_path.empty()) return Invalid("model_path", "required");
+  if (o.dataset.empty()) return Invalid("dataset", "required");
+  if (o.num_samples < 0) return Invalid("num_samples", "must be >= 0");
+  if (o.batch_size < 1) return Invalid("batch_size", "must be >= 1");
+  if (o.max_cached_batches < 0) {
+    return Invalid("max_cached_batches", "must be >= 0");
+  }
+  if (!o.traces_enabled && !o.eigen_enabled && !o.density_enabled &&
+      !o.qbert_enabled) {
+    return absl::InvalidArgumentError(
+        "nothing to compute: enable traces, eigenvalues, density or Q-BERT");
+  }
+  if (o.traces_enabled) {
+    if (!(o.traces.tolerance > 0)) {
+      return Invalid("traces.tolerance", "must be > 0");
+    }
+    if (o.traces.min_probes < 2) {
+      return Invalid("traces.min_probes", "must be >= 2");
+    }
+    if (o.traces.max_probes < o.traces.min_probes) {
+      return Invalid("traces.max_probes", "must be >= min_probes");
+    }
+  }
+  if (o.eigen_enabled || o.qbert_enabled) {
+    if (o.eigen.k < 1) return Invalid("eigen.k", "must be >= 1");
+    if (!(o.eigen.tolerance > 0)) {
+      return Invalid("eigen.tolerance", "must be > 0");
+    }
+    if (o.eigen.max_iterations < 1) {
+      return Invalid("eigen.max_iterations", "must be >= 1");
+    }
+  }
+  if (o.density_enabled) {
+    if (o.density.lanczos_steps < 1) {
+      return Invalid("density.lanczos_steps", "must be >= 1");
+    }
+    if (o.density.runs < 1) return Invalid("density.runs", "must be >= 1");
+    if (o.density.grid_points < 1) {
+      return Invalid("density.grid_points", "must be >= 1");
+    }
+    if (!(o.density.sigma > 0)) return Invalid("density.sigma", "must be > 0");
+  }
+  if (o.qbert_enabled && o.qbert_subsets < 1) {
+    return Invalid("qbert_subsets", "must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckCancel(const CancelToken* cancel) {
+  return cancel == nullptr ? absl::OkStatus() : cancel->Check();
+}
+
+// Runs every enabled estimator with `method`, filling `report`'s results.
+// `hvps` accumulates the products used, also when it fails.
+absl::Status RunEstimators(torch::jit::Module& module,
+                           const PreparedBatches& prepared, HvpMethod method,
+                           const AnalyzeOptions& o, ProgressSink* sink,
+                           const CancelToken* cancel, AnalyzeReport* report,
+                           int64_t* hvps) {
+  HvpOptions hvp;
+  hvp.method = method;
+  hvp.fd_scheme = o.fd_scheme;
+  hvp.fd_in_float64 = o.fd_in_float64;
+  hvp.max_cached_batches = o.max_cached_batches;
+  ASSIGN_OR_RETURN(std::unique_ptr<HvpOperator> op,
+                   CreateHvpOperator(module, prepared, hvp));
+  const ParamLayout& layout = op->layout();
+  const int groups = static_cast<int>(layout.groups.size());
+  report->layers.clear();
+  for (const ParamGroup& g : layout.groups) {
+    LayerSensitivity layer;
+    layer.name = g.name;
+    layer.kind = g.kind;
+    layer.numel = g.numel;
+    report->layers.push_back(std::move(layer));
+  }
+  report->num_parameters = layout.numel;
+
+  std::vector<std::string> stages;
+  if (o.traces_enabled) stages.push_back("traces");
+  if (o.eigen_enabled) stages.push_back("eigen");
+  if (o.density_enabled) stages.push_back("density");
+  if (o.qbert_enabled) stages.push_back("qbert");
+  const int count = static_cast<int>(stages.size());
+  int index = 0;
+  // Counts this operator's products whichever way the stage ends.
+  struct Count {
+    const HvpOperator* op;
+    int64_t* hvps;
+    ~Count() { *hvps += op->num_applications(); }
+  } counted{op.get(), hvps};
+
+  if (o.traces_enabled) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    sink->StageStart("traces", index++, count);
+    at::Generator gen = MakeGenerator(MixSeed(o.seed, kTraces));
+    ASSIGN_OR_RETURN(TraceResult traces,
+                     EstimateLayerTraces(*op, o.traces, gen, sink, cancel));
+    for (const LayerTrace& t : traces.layers) {
+      LayerSensitivity& layer = report->layers[t.group];
+      layer.trace = t.trace;
+      layer.trace_std_error = t.std_error;
+      layer.trace_probes = t.probes;
+      layer.trace_per_param = t.trace_per_param();
+      layer.trace_converged = t.converged;
+    }
+    report->total_trace = traces.total_trace;
+    report->total_trace_std_error = traces.total_std_error;
+    sink->StageEnd("traces");
+  }
+  if (o.eigen_enabled) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    sink->StageStart("eigen", index++, count);
+    at::Generator gen = MakeGenerator(MixSeed(o.seed, kEigen));
+    if (o.eigen_scope == EigenScope::kModel) {
+      ASSIGN_OR_RETURN(
+          EigenResult top,
+          TopEigenvalues(*op, o.eigen, kWholeModel, gen, sink, cancel));
+      report->eigenvalues = top.eigenvalues;
+      report->eigen_iterations = top.iterations;
+      report->eigen_converged = top.converged;
+    } else {
+      for (int g = 0; g < groups; ++g) {
+        ASSIGN_OR_RETURN(EigenResult top,
+                         TopEigenvalues(*op, o.eigen, g, gen, nullptr, cancel));
+        report->layers[g].top_eigenvalues = top.eigenvalues;
+        sink->Progress("eigen", g + 1, groups);
+      }
+    }
+    sink->StageEnd("eigen");
+  }
+  if (o.density_enabled) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    sink->StageStart("density", index++, count);
+    at::Generator gen = MakeGenerator(MixSeed(o.seed, kDensity));
+    ASSIGN_OR_RETURN(SpectralDensity d, EstimateSpectralDensity(
+                                            *op, o.density, gen, sink, cancel));
+    report->density_nodes = std::move(d.nodes);
+    report->density_weights = std::move(d.weights);
+    report->density_grid = std::move(d.grid);
+    report->density_values = std::move(d.density);
+    sink->StageEnd("density");
+  }
+  if (o.qbert_enabled) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    sink->StageStart("qbert", index++, count);
+    at::Generator gen = MakeGenerator(MixSeed(o.seed, kQBert));
+    ASSIGN_OR_RETURN(QBertResult q,
+                     QBertScores(module, prepared, hvp, o.qbert_subsets,
+                                 o.eigen, gen, sink, cancel));
+    *hvps += q.hvps;
+    for (const QBertLayerScore& s : q.layers) {
+      report->layers[s.group].qbert_eigenvalues = s.top_eigenvalues;
+      report->layers[s.group].qbert_score = s.score;
+    }
+    sink->StageEnd("qbert");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options,
+                                          ProgressSink* sink,
+                                          const CancelToken* cancel) {
+  const absl::Time start = absl::Now();
+  NullProgressSink null_sink;
+  if (sink == nullptr) sink = &null_sink;
+  RETURN_IF_ERROR(Validate(options));
+  RETURN_IF_ERROR(CheckCancel(cancel));
+
+  ASSIGN_OR_RETURN(torch::jit::Module module,
+                   LoadModel(options.model_path, options.device));
+  PreparedBatches prepared;
+  {
+    absl::StatusOr<LoadedDataset> data =
+        IsBuiltinDataset(options.dataset)
+            ? LoadBuiltinDataset(options.dataset, options.num_samples,
+                                 options.idx_dir)
+            : LoadDataset(options.dataset, options.num_samples);
+    if (!data.ok()) return data.status();
+    ASSIGN_OR_RETURN(prepared,
+                     PrepareBatches(module, data->inputs, data->targets,
+                                    options.batch_size, options.loss));
+  }
+
+  AnalyzeReport report;
+  report.loss = prepared.loss;
+  report.pseudo_labels = prepared.pseudo_labels;
+  report.num_examples = prepared.num_examples;
+  report.batch_size = options.batch_size;
+  report.num_batches = static_cast<int64_t>(prepared.batches.size());
+  report.seed = options.seed;
+  report.device = options.device;
+  report.runtime = RuntimeDescription();
+  for (const auto& p : module.parameters(/*recurse=*/true)) {
+    report.dtype = DtypeName(p.scalar_type());
+    break;
+  }
+
+  HvpMethod method = options.hvp_method.value_or(kDefaultHvpMethod);
+  int64_t hvps = 0;
+  absl::Status status = RunEstimators(module, prepared, method, options, sink,
+                                      cancel, &report, &hvps);
+  if (IsMissingDoubleBackward(status) &&
+      method != HvpMethod::kFiniteDifference &&
+      options.fallback == HvpFallback::kFiniteDifference) {
+    report.fell_back = true;
+    report.fallback_reason = std::string(status.message());
+    sink->Log("WARNING", absl::StrCat(HvpMethodName(method),
+                                      " HVP is not available for this model (",
+                                      status.message(),
+                                      "); rerunning with finite differences"));
+    method = HvpMethod::kFiniteDifference;
+    status = RunEstimators(module, prepared, method, options, sink, cancel,
+                           &report, &hvps);
+  }
+  RETURN_IF_ERROR(status);
+  report.hvp_method = method;
+  report.hvp_count = hvps;
+  report.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return report;
+}
+
+}  // namespace compress::engine

@@ -1,0 +1,275 @@
+#include "server/pipeline/analyze.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/util/json_util.h"
+#include "server/engine/quant/weight_error.h"
+#include "server/pipeline/svg.h"
+#include "server/util/status_macros.h"
+
+namespace compress::pipeline {
+namespace v1 = compress::v1;
+
+namespace {
+
+constexpr int64_t kDefaultSamples = 256;
+constexpr int64_t kDefaultBatch = 64;
+constexpr int kMinOmegaBits = 2;
+constexpr int kMaxOmegaBits = 8;
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &json, options);
+  return json;
+}
+
+v1::HvpMethod ToProto(engine::HvpMethod m) {
+  switch (m) {
+    case engine::HvpMethod::kExact:
+      return v1::HVP_METHOD_EXACT;
+    case engine::HvpMethod::kFiniteDifference:
+      return v1::HVP_METHOD_FINITE_DIFFERENCE;
+    case engine::HvpMethod::kGaussNewton:
+      return v1::HVP_METHOD_GAUSS_NEWTON;
+  }
+  return v1::HVP_METHOD_UNSPECIFIED;
+}
+
+v1::LossKind ToProto(engine::LossKind k) {
+  switch (k) {
+    case engine::LossKind::kCrossEntropy:
+      return v1::LOSS_KIND_CROSS_ENTROPY;
+    case engine::LossKind::kPseudoLabel:
+      return v1::LOSS_KIND_PSEUDO_LABEL;
+    case engine::LossKind::kMse:
+      return v1::LOSS_KIND_MSE;
+    default:
+      return v1::LOSS_KIND_UNSPECIFIED;
+  }
+}
+
+std::string SensitivityCsv(const v1::AnalyzeResult& r) {
+  std::string csv = "layer,kind,numel,trace,trace_std_error,trace_probes,trace_per_param";
+  for (int b = kMinOmegaBits; b <= kMaxOmegaBits; ++b) absl::StrAppend(&csv, ",omega_", b);
+  absl::StrAppend(&csv, ",top_eigenvalue,qbert_score\n");
+  for (const v1::LayerSensitivity& l : r.layers()) {
+    absl::StrAppendFormat(&csv, "%s,%s,%d,%.9g,%.9g,%d,%.9g", l.name(), l.kind(), l.numel(),
+                          l.trace(), l.trace_std_error(), l.trace_probes(), l.trace_per_param());
+    for (int b = kMinOmegaBits; b <= kMaxOmegaBits; ++b) {
+      auto it = l.omega().find(b);
+      if (it == l.omega().end()) {
+        absl::StrAppend(&csv, ",");
+      } else {
+        absl::StrAppendFormat(&csv, ",%.9g", it->second);
+      }
+    }
+    if (l.top_eigenvalues_size() > 0) {
+      absl::StrAppendFormat(&csv, ",%.9g", l.top_eigenvalues(0));
+    } else {
+      absl::StrAppend(&csv, ",");
+    }
+    absl::StrAppendFormat(&csv, ",%.9g\n", l.qbert_score());
+  }
+  return csv;
+}
+
+}  // namespace
+
+absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& spec,
+                                                        uint64_t seed, const std::string& device,
+                                                        Resources& resources) {
+  engine::AnalyzeOptions o;
+  o.model_path = resources.ModelPath(spec.model_id());
+  o.dataset = resources.DatasetPath(spec.data().dataset_id());
+  o.idx_dir = resources.BuiltinDataDir();
+  o.num_samples = spec.data().num_samples() > 0 ? spec.data().num_samples() : kDefaultSamples;
+  o.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : kDefaultBatch;
+  switch (spec.loss()) {
+    case v1::LOSS_KIND_CROSS_ENTROPY:
+      o.loss = engine::LossKind::kCrossEntropy;
+      break;
+    case v1::LOSS_KIND_PSEUDO_LABEL:
+      o.loss = engine::LossKind::kPseudoLabel;
+      break;
+    case v1::LOSS_KIND_MSE:
+      o.loss = engine::LossKind::kMse;
+      break;
+    default:
+      o.loss = engine::LossKind::kAuto;
+  }
+  switch (spec.hvp_method()) {
+    case v1::HVP_METHOD_EXACT:
+      o.hvp_method = engine::HvpMethod::kExact;
+      break;
+    case v1::HVP_METHOD_FINITE_DIFFERENCE:
+      o.hvp_method = engine::HvpMethod::kFiniteDifference;
+      break;
+    case v1::HVP_METHOD_GAUSS_NEWTON:
+      o.hvp_method = engine::HvpMethod::kGaussNewton;
+      break;
+    default:
+      break;  // the engine's default
+  }
+  switch (spec.fallback()) {
+    case v1::HVP_FALLBACK_NONE:
+      o.fallback = engine::HvpFallback::kNone;
+      break;
+    case v1::HVP_FALLBACK_FISHER:
+      return absl::UnimplementedError(
+          "analyze.fallback: the empirical Fisher fallback is not available yet; use "
+          "HVP_FALLBACK_FINITE_DIFFERENCE");
+    default:
+      o.fallback = engine::HvpFallback::kFiniteDifference;
+  }
+  const v1::TraceOptions& t = spec.traces();
+  bool any = t.enabled() || spec.eigen().enabled() || spec.density().enabled() ||
+             spec.qbert().enabled();
+  o.traces_enabled = t.enabled() || !any;  // traces are the default analysis
+  if (t.has_tolerance()) o.traces.tolerance = t.tolerance();
+  if (t.has_max_probes()) o.traces.max_probes = t.max_probes();
+  if (t.has_min_probes()) o.traces.min_probes = t.min_probes();
+  o.traces.min_probes = std::min(o.traces.min_probes, o.traces.max_probes);
+  o.traces.exact_per_layer = t.exact_per_layer();
+  const v1::EigenOptions& e = spec.eigen();
+  o.eigen_enabled = e.enabled();
+  if (e.has_k()) o.eigen.k = e.k();
+  if (e.has_tolerance()) o.eigen.tolerance = e.tolerance();
+  if (e.has_max_iterations()) o.eigen.max_iterations = e.max_iterations();
+  switch (e.scope()) {
+    case v1::EIGEN_SCOPE_LAYER:
+      o.eigen_scope = engine::EigenScope::kLayer;
+      break;
+    case v1::EIGEN_SCOPE_BLOCK:
+      return absl::UnimplementedError(
+          "analyze.eigen.scope: block scope is not available yet; use MODEL or LAYER");
+    default:
+      o.eigen_scope = engine::EigenScope::kModel;
+  }
+  const v1::DensityOptions& d = spec.density();
+  o.density_enabled = d.enabled();
+  if (d.has_lanczos_steps()) o.density.lanczos_steps = d.lanczos_steps();
+  if (d.has_runs()) o.density.runs = d.runs();
+  if (d.has_grid_points()) o.density.grid_points = d.grid_points();
+  if (d.has_sigma()) o.density.sigma = d.sigma();
+  o.qbert_enabled = spec.qbert().enabled();
+  if (spec.qbert().has_subsets()) o.qbert_subsets = spec.qbert().subsets();
+  o.seed = seed;
+  o.device = device;
+  return o;
+}
+
+absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext& context) {
+  ASSIGN_OR_RETURN(engine::AnalyzeOptions options,
+                   ToAnalyzeOptions(spec, context.job().seed(), context.device(),
+                                    context.resources()));
+  ASSIGN_OR_RETURN(engine::AnalyzeReport report,
+                   engine::RunAnalysis(options, &context.progress(), &context.cancel()));
+  RETURN_IF_ERROR(context.cancel().Check());
+
+  engine::WeightErrors weight_errors;
+  if (options.traces_enabled) {
+    std::vector<int> bits;
+    for (int b = kMinOmegaBits; b <= kMaxOmegaBits; ++b) bits.push_back(b);
+    ASSIGN_OR_RETURN(weight_errors, engine::RoundToNearestErrors(options.model_path, bits));
+  }
+
+  v1::JobResult result;
+  v1::AnalyzeResult* r = result.mutable_analyze();
+  for (const engine::LayerSensitivity& l : report.layers) {
+    v1::LayerSensitivity* p = r->add_layers();
+    p->set_name(l.name);
+    p->set_kind(l.kind);
+    p->set_numel(l.numel);
+    p->set_trace(l.trace);
+    p->set_trace_std_error(l.trace_std_error);
+    p->set_trace_probes(l.trace_probes);
+    p->set_trace_per_param(l.trace_per_param);
+    p->set_trace_converged(l.trace_converged);
+    for (double v : l.top_eigenvalues) p->add_top_eigenvalues(v);
+    for (double v : l.qbert_eigenvalues) p->add_qbert_eigenvalues(v);
+    p->set_qbert_score(l.qbert_score);
+    auto it = weight_errors.find(l.name);
+    if (it != weight_errors.end()) {
+      for (const auto& [b, err] : it->second) (*p->mutable_omega())[b] = l.trace_per_param * err;
+    }
+  }
+  r->set_num_parameters(report.num_parameters);
+  r->set_total_trace(report.total_trace);
+  r->set_total_trace_std_error(report.total_trace_std_error);
+  for (double v : report.eigenvalues) r->add_eigenvalues(v);
+  for (int v : report.eigen_iterations) r->add_eigen_iterations(v);
+  for (double v : report.density_nodes) r->add_density_nodes(v);
+  for (double v : report.density_weights) r->add_density_weights(v);
+  r->set_hvp_method(ToProto(report.hvp_method));
+  r->set_fell_back(report.fell_back);
+  r->set_fallback_reason(report.fallback_reason);
+  r->set_loss(ToProto(report.loss));
+  r->set_pseudo_labels(report.pseudo_labels);
+  r->set_num_examples(report.num_examples);
+  r->set_batch_size(report.batch_size);
+  r->set_hvp_count(report.hvp_count);
+  r->set_wall_seconds(report.wall_seconds);
+  r->set_runtime(report.runtime);
+
+  std::string summary = absl::StrFormat("%d layers, %d HVPs (%s), %.1f s", r->layers_size(),
+                                        r->hvp_count(),
+                                        engine::HvpMethodName(report.hvp_method),
+                                        report.wall_seconds);
+  if (options.traces_enabled) {
+    absl::StrAppendFormat(&summary, ", total trace %.4g ± %.2g", r->total_trace(),
+                          r->total_trace_std_error());
+  }
+  if (!report.eigenvalues.empty()) {
+    absl::StrAppendFormat(&summary, ", top eigenvalue %.4g", report.eigenvalues[0]);
+  }
+  if (report.fell_back) absl::StrAppend(&summary, " (fell back: ", report.fallback_reason, ")");
+  result.set_summary(summary);
+
+  // report.json: the result plus everything needed to reproduce it.
+  std::string report_json = absl::StrCat(
+      "{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"", context.job().seed(),
+      "\",\n\"device\": \"", context.device(), "\",\n\"runtime\": \"", report.runtime,
+      "\",\n\"dtype\": \"", report.dtype, "\",\n\"spec\": ", ToJson(spec), ",\n\"result\": ",
+      ToJson(*r), "\n}\n");
+  RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
+  RETURN_IF_ERROR(context.AddArtifact("sensitivity.csv", "text/csv", SensitivityCsv(*r)).status());
+
+  std::vector<std::string> labels;
+  std::vector<double> values;
+  for (const v1::LayerSensitivity& l : r->layers()) {
+    labels.push_back(l.name());
+    values.push_back(options.traces_enabled ? l.trace_per_param()
+                     : l.top_eigenvalues_size() > 0 ? l.top_eigenvalues(0)
+                                                    : l.qbert_score());
+  }
+  Axes bar_axes;
+  bar_axes.title = options.traces_enabled ? "Hessian trace per parameter, by layer"
+                                          : "Layer sensitivity";
+  bar_axes.x_label = options.traces_enabled ? "Tr(H_ii) / n_i (log scale)" : "value (log scale)";
+  bar_axes.log_y = true;
+  RETURN_IF_ERROR(context
+                      .AddArtifact("sensitivity.svg", "image/svg+xml",
+                                   BarChartSvg(labels, values, bar_axes))
+                      .status());
+  if (!report.density_grid.empty()) {
+    Axes axes;
+    axes.title = "Hessian eigenvalue density (stochastic Lanczos quadrature)";
+    axes.x_label = "eigenvalue";
+    axes.y_label = "density (log scale)";
+    axes.log_y = true;
+    RETURN_IF_ERROR(context
+                        .AddArtifact("spectrum.svg", "image/svg+xml",
+                                     LinePlotSvg(report.density_grid, report.density_values, axes))
+                        .status());
+  }
+  return result;
+}
+
+}  // namespace compress::pipeline

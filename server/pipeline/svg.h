@@ -1,0 +1,28 @@
+// Minimal SVG charts for job artifacts (no plotting library in Debian's C++
+// stack fits; these are a few dozen lines each and render in any browser).
+#ifndef COMPRESS_PIPELINE_SVG_H_
+#define COMPRESS_PIPELINE_SVG_H_
+
+#include <string>
+#include <vector>
+
+namespace compress::pipeline {
+
+struct Axes {
+  std::string title;
+  std::string x_label;
+  std::string y_label;
+  bool log_y = false;  // non-positive values are clipped to the smallest positive
+};
+
+// A polyline through (x[i], y[i]); x ascending.
+std::string LinePlotSvg(const std::vector<double>& x, const std::vector<double>& y,
+                        const Axes& axes);
+
+// One horizontal bar per label, in the given order.
+std::string BarChartSvg(const std::vector<std::string>& labels, const std::vector<double>& values,
+                        const Axes& axes);
+
+}  // namespace compress::pipeline
+
+#endif  // COMPRESS_PIPELINE_SVG_H_
