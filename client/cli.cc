@@ -321,6 +321,59 @@ absl::StatusOr<int> Inspect(const Context& ctx) {
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
+absl::StatusOr<int> Analyze(const Context& ctx) {
+  if (!ctx.inv.Has("model") || !ctx.inv.Has("data")) {
+    return UsageError("analyze needs --model ID and --data DATASET_ID");
+  }
+  v1::SubmitJobRequest request;
+  v1::AnalyzeSpec* spec = request.mutable_spec()->mutable_analyze();
+  spec->set_model_id(ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client)));
+  spec->mutable_data()->set_dataset_id(
+      ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("data"), DatasetLister(ctx.client)));
+  auto number = [&](const char* flag) -> absl::StatusOr<int64_t> {
+    absl::StatusOr<int64_t> v = ParseNonNegativeInt(ctx.inv.Get(flag));
+    if (!v.ok()) return UsageError(absl::StrCat("--", flag, ": ", v.status().message()));
+    return v;
+  };
+  if (ctx.inv.Has("samples")) {
+    ASSIGN_OR_RETURN(int64_t v, number("samples"));
+    spec->mutable_data()->set_num_samples(v);
+  }
+  if (ctx.inv.Has("batch")) {
+    ASSIGN_OR_RETURN(int64_t v, number("batch"));
+    spec->mutable_data()->set_batch_size(v);
+  }
+  if (ctx.inv.Has("method")) {
+    const std::string m = ctx.inv.Get("method");
+    if (m == "exact") {
+      spec->set_hvp_method(v1::HVP_METHOD_EXACT);
+    } else if (m == "fd") {
+      spec->set_hvp_method(v1::HVP_METHOD_FINITE_DIFFERENCE);
+    } else if (m == "ggn") {
+      spec->set_hvp_method(v1::HVP_METHOD_GAUSS_NEWTON);
+    } else {
+      return UsageError("--method: exact, fd or ggn");
+    }
+  }
+  spec->mutable_traces()->set_enabled(true);
+  if (ctx.inv.Has("probes")) {
+    ASSIGN_OR_RETURN(int64_t v, number("probes"));
+    spec->mutable_traces()->set_max_probes(static_cast<int32_t>(v));
+  }
+  if (ctx.inv.Has("eigen")) {
+    ASSIGN_OR_RETURN(int64_t v, number("eigen"));
+    spec->mutable_eigen()->set_enabled(true);
+    spec->mutable_eigen()->set_k(static_cast<int32_t>(v));
+  }
+  if (ctx.inv.Has("density")) spec->mutable_density()->set_enabled(true);
+  if (ctx.inv.Has("qbert")) {
+    ASSIGN_OR_RETURN(int64_t v, number("qbert"));
+    spec->mutable_qbert()->set_enabled(true);
+    spec->mutable_qbert()->set_subsets(static_cast<int32_t>(v));
+  }
+  return SubmitAndMaybeWatch(ctx, std::move(request));
+}
+
 absl::StatusOr<int> JobSubmit(const Context& ctx) {
   if (!ctx.inv.Has("spec-json"))
     return UsageError("job submit needs --spec-json FILE");
@@ -503,6 +556,16 @@ const std::vector<Entry>& Entries() {
         WithJobFlags({"model", "input-shape", "data"}),
         "submit an INSPECT job (layers, parameters, MACs)"},
        Inspect},
+      {{{"analyze"},
+        "",
+        "--model ID --data DATASET_ID [--samples N] [--batch N] [--method exact|fd|ggn] "
+        "[--probes N] [--eigen K] [--density] [--qbert SUBSETS] [job flags]",
+        0,
+        0,
+        WithJobFlags({"model", "data", "samples", "batch", "method", "probes", "eigen",
+                      "density", "qbert"}),
+        "submit an ANALYZE job (per-layer Hessian sensitivity)"},
+       Analyze},
       {{{"job", "submit"},
         "",
         "--spec-json FILE|- [job flags]",
@@ -587,6 +650,13 @@ const std::vector<FlagDef>& Flags() {
        "input shape with batch, e.g. 1,1,28,28"},
       {"data", 0, true, "DATASET_ID", "dataset whose example shape to use"},
       {"spec-json", 0, true, "FILE", "JobSpec as JSON; - reads stdin"},
+      {"samples", 0, true, "N", "calibration examples (default 256)"},
+      {"batch", 0, true, "N", "examples per batch (default 64)"},
+      {"method", 0, true, "M", "HVP method: exact (default), fd, ggn"},
+      {"probes", 0, true, "N", "Hutchinson probes at most (default 200)"},
+      {"eigen", 0, true, "K", "also the top K Hessian eigenvalues"},
+      {"density", 0, false, "", "also the spectral density (SLQ)"},
+      {"qbert", 0, true, "SUBSETS", "also Q-BERT scores over data subsets"},
       {"device", 0, true, "DEV", "auto (default), cpu or cuda:N"},
       {"seed", 0, true, "N", "random seed (default: the server picks)"},
       {"request-id", 0, true, "R", "idempotency key for the submission"},
@@ -618,7 +688,7 @@ std::string UsageText() {
   }
   absl::StrAppend(
       &text,
-      "\nJob flags (inspect, job submit):\n"
+      "\nJob flags (inspect, analyze, job submit):\n"
       "  --device DEV  --seed N  --request-id R  --deadline S  --watch\n"
       "\nFlags:\n");
   std::vector<std::vector<std::string>> rows;

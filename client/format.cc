@@ -354,9 +354,60 @@ std::string FormatJob(const v1::Job& job) {
     pairs.push_back({"error", ErrorText(job.error())});
   }
   std::string out = FormatKeyValues(pairs);
+  if (job.result().has_analyze()) {
+    absl::StrAppend(&out, "\n", FormatAnalyzeResult(job.result().analyze()));
+  }
   if (job.result().has_inspect()) {
     absl::StrAppend(&out, "\n", FormatInspectResult(job.result().inspect()));
   }
+  return out;
+}
+
+std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
+  std::vector<const v1::LayerSensitivity*> layers;
+  for (const v1::LayerSensitivity& l : result.layers()) layers.push_back(&l);
+  std::stable_sort(layers.begin(), layers.end(), [](const auto* a, const auto* b) {
+    return a->trace_per_param() > b->trace_per_param();
+  });
+  std::vector<std::vector<std::string>> rows;
+  int rank = 0;
+  for (const v1::LayerSensitivity* l : layers) {
+    auto omega = l->omega().find(4);
+    rows.push_back(
+        {absl::StrCat(++rank), l->name().empty() ? "(root)" : l->name(), l->kind(),
+         WithCommas(l->numel()),
+         absl::StrFormat("%.4g ± %.2g%s", l->trace(), l->trace_std_error(),
+                         l->trace_converged() ? "" : " *"),
+         absl::StrFormat("%.4g", l->trace_per_param()),
+         omega == l->omega().end() ? "-" : absl::StrFormat("%.3g", omega->second),
+         l->top_eigenvalues_size() > 0 ? absl::StrFormat("%.4g", l->top_eigenvalues(0)) : "-"});
+  }
+  std::string out = FormatTable({{"RANK", true},
+                                 {"LAYER"},
+                                 {"KIND"},
+                                 {"PARAMS", true},
+                                 {"TRACE ± SE", true},
+                                 {"TRACE/PARAM", true},
+                                 {"OMEGA(4)", true},
+                                 {"TOP EIG", true}},
+                                rows);
+  absl::StrAppend(&out, "\ntotal trace ",
+                  absl::StrFormat("%.4g ± %.2g", result.total_trace(),
+                                  result.total_trace_std_error()));
+  if (result.eigenvalues_size() > 0) {
+    absl::StrAppend(&out, ", top eigenvalues");
+    for (double e : result.eigenvalues()) absl::StrAppend(&out, absl::StrFormat(" %.4g", e));
+  }
+  absl::StrAppend(&out, "\n", result.hvp_count(), " HVPs (",
+                  absl::AsciiStrToLower(absl::StripPrefix(v1::HvpMethod_Name(result.hvp_method()),
+                                                          "HVP_METHOD_")),
+                  ") on ", result.num_examples(), " examples in ",
+                  absl::StrFormat("%.1f s", result.wall_seconds()));
+  if (result.fell_back()) absl::StrAppend(&out, "; fell back: ", result.fallback_reason());
+  bool any_unconverged = false;
+  for (const auto* l : layers) any_unconverged |= !l->trace_converged();
+  if (any_unconverged) absl::StrAppend(&out, "\n* relative standard error above the tolerance");
+  absl::StrAppend(&out, "\n");
   return out;
 }
 

@@ -72,6 +72,8 @@ std::string FormatJob(const v1::Job& job);
 // Per-layer table (name, kind, params, MACs, output shape), a total row and a
 // line of totals.
 std::string FormatInspectResult(const v1::InspectResult& result);
+// Layers ranked by Hessian trace per parameter (most sensitive first).
+std::string FormatAnalyzeResult(const v1::AnalyzeResult& result);
 std::string FormatArtifactTable(const std::vector<v1::Artifact>& artifacts);
 
 // --- Watch -----------------------------------------------------------------
