@@ -1,4 +1,4 @@
-// Locating the committed fixtures (tests/fixtures/) and their expected.json.
+// Engine-test additions to tests/test_util.h: expected.json and temp dirs.
 #ifndef COMPRESS_TESTS_ENGINE_TEST_UTIL_H_
 #define COMPRESS_TESTS_ENGINE_TEST_UTIL_H_
 
@@ -9,22 +9,13 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 #include "nlohmann/json.hpp"
 
 namespace compress::engine::testing {
 
-// ctest sets COMPRESS_SOURCE_DIR; by hand, fall back to this file's checkout.
-inline std::string SourceDir() {
-  const char* dir = std::getenv("COMPRESS_SOURCE_DIR");
-  if (dir != nullptr && *dir != '\0') return dir;
-  std::string file = __FILE__;  // <src>/tests/engine/test_util.h
-  for (int i = 0; i < 3; ++i) file = file.substr(0, file.rfind('/'));
-  return file;
-}
-
-inline std::string FixturePath(const std::string& name) {
-  return SourceDir() + "/tests/fixtures/" + name;
-}
+using ::compress::testutil::FixturePath;
+using ::compress::testutil::SourceDir;
 
 // Numbers written by tests/fixtures/make_fixtures.py (computed in Python).
 inline const nlohmann::json& Expected() {
