@@ -416,16 +416,6 @@ absl::Status JobManager::AppendLocked(v1::Job& job, v1::JobEvent event) {
   return s;
 }
 
-absl::Status JobManager::Append(v1::Job& job, v1::JobEvent event) {
-  absl::Status s;
-  {
-    absl::MutexLock lock(&mu_);
-    s = AppendLocked(job, std::move(event));
-  }
-  if (s.ok()) Notify(job.id());
-  return s;
-}
-
 absl::Status JobManager::ChangeStateLocked(v1::Job& job, v1::JobState to) {
   v1::JobEvent e;
   auto* sc = e.mutable_state_change();

@@ -133,8 +133,6 @@ class JobManager {
   // Appends an event (sequence assigned here) and persists `job` with it.
   absl::Status AppendLocked(compress::v1::Job& job, compress::v1::JobEvent event)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Append(compress::v1::Job& job, compress::v1::JobEvent event)
-      ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status ChangeStateLocked(compress::v1::Job& job, compress::v1::JobState to)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const std::string& job_id) ABSL_LOCKS_EXCLUDED(listeners_mu_);
