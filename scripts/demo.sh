@@ -37,9 +37,9 @@ echo "== datasets"
 "$CTL" data list
 echo "== inspect on builtin:fashion-mnist/test"
 "$CTL" inspect --model "$MODEL_ID" --data builtin:fashion-mnist/test --watch
-echo "== analyze: per-layer Hessian sensitivity on 256 Fashion-MNIST training images"
-"$CTL" analyze --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 256 \
-  --batch 256 --probes 40 --eigen 1 --density --seed 1 --watch
+echo "== analyze: per-layer Hessian sensitivity on 128 Fashion-MNIST training images"
+"$CTL" analyze --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 128 \
+  --batch 128 --probes 40 --eigen 1 --density --seed 1 --watch
 JOB=$("$CTL" --json job list --kind analyze | grep -o '"id":"job-[0-9a-f]*"' | head -1 | cut -d'"' -f4)
 echo "== artifacts of $JOB"
 "$CTL" artifact list "$JOB"
