@@ -36,6 +36,13 @@ using ::compress::testutil::ScopedTempDir;
 using ::compress::testutil::WriteFile;
 using ::testing::HasSubstr;
 
+v1::SubmitJobRequest InspectRequest(const std::string& model_id, std::vector<int64_t> shape) {
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(model_id);
+  for (int64_t d : shape) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  return req;
+}
+
 nlohmann::json Expected() {
   static const nlohmann::json* json =
       new nlohmann::json(nlohmann::json::parse(ReadFile(FixturePath("expected.json"))));
@@ -541,9 +548,7 @@ TEST_F(E2eTest, CancelAndIdempotency) {
 
 TEST_F(E2eTest, WatchResumesWithoutGapOrDuplicate) {
   v1::Model cnn = MustUploadModel("tiny_cnn.pt");
-  v1::SubmitJobRequest req;
-  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
-  for (int64_t d : {1, 1, 8, 8}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::SubmitJobRequest req = InspectRequest(cnn.id(), {1, 1, 8, 8});
   v1::Job job;
   ASSERT_TRUE(Submit(req, &job).ok());
   std::vector<v1::JobEvent> all = WatchAll(job.id());
@@ -563,9 +568,7 @@ TEST_F(E2eTest, WatchResumesWithoutGapOrDuplicate) {
 
 TEST_F(E2eTest, ManyWatchersAllSeeEveryEvent) {
   v1::Model cnn = MustUploadModel("tiny_vit.pt");
-  v1::SubmitJobRequest req;
-  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
-  for (int64_t d : {8, 1, 28, 28}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::SubmitJobRequest req = InspectRequest(cnn.id(), {8, 1, 28, 28});
   v1::Job job;
   ASSERT_TRUE(Submit(req, &job).ok());
   constexpr int kWatchers = 20;
@@ -594,9 +597,7 @@ TEST_F(E2eTest, HealthAndMetrics) {
   EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 
   v1::Model cnn = MustUploadModel("tiny_cnn.pt");
-  v1::SubmitJobRequest req;
-  req.mutable_spec()->mutable_inspect()->set_model_id(cnn.id());
-  for (int64_t d : {1, 1, 8, 8}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  v1::SubmitJobRequest req = InspectRequest(cnn.id(), {1, 1, 8, 8});
   v1::Job job;
   ASSERT_TRUE(Submit(req, &job).ok());
   WatchAll(job.id());

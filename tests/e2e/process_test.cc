@@ -93,6 +93,13 @@ v1::SubmitJobRequest Inspect(const std::string& model_id, std::vector<int64_t> s
   return req;
 }
 
+bool WaitUntilRunning(const client::Client& client, const std::string& job_id) {
+  return WaitFor([&] {
+    auto j = client.GetJob(job_id);
+    return j.ok() && j->state() == v1::JOB_STATE_RUNNING;
+  });
+}
+
 TEST(ProcessTest, KillNineThenRestartLosesNothing) {
   ScopedTempDir dir;
   std::string data = dir.path() + "/data";
@@ -121,10 +128,7 @@ TEST(ProcessTest, KillNineThenRestartLosesNothing) {
   ASSERT_TRUE(running.ok());
   auto queued = client->SubmitJob(Inspect(fast->id(), {1, 1, 8, 8}));
   ASSERT_TRUE(queued.ok());
-  ASSERT_TRUE(WaitFor([&] {
-    auto j = client->GetJob(running->id());
-    return j.ok() && j->state() == v1::JOB_STATE_RUNNING;
-  }));
+  ASSERT_TRUE(WaitUntilRunning(*client, running->id()));
   auto seen = client->GetJob(running->id());
   ASSERT_TRUE(seen.ok());
   const int64_t seen_sequence = seen->last_sequence();
@@ -195,10 +199,7 @@ TEST(ProcessTest, SigtermLetsTheRunningStepFinishAndLosesNothing) {
   ASSERT_TRUE(slow.ok());
   auto job = client->SubmitJob(Inspect(slow->id(), {256, 256}));
   ASSERT_TRUE(job.ok());
-  ASSERT_TRUE(WaitFor([&] {
-    auto j = client->GetJob(job->id());
-    return j.ok() && j->state() == v1::JOB_STATE_RUNNING;
-  }));
+  ASSERT_TRUE(WaitUntilRunning(*client, job->id()));
   auto queued = client->SubmitJob(Inspect(slow->id(), {256, 256}));
   ASSERT_TRUE(queued.ok());
   server->Kill(SIGTERM);
