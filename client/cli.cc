@@ -43,8 +43,8 @@ bool IsUsageError(const absl::Status& status) {
 
 // Flags that follow job submission (inspect, job submit).
 const std::vector<std::string>& JobFlags() {
-  static const auto* flags = new std::vector<std::string>{
-      "device", "seed", "request-id", "deadline", "watch"};
+  static const auto* flags =
+      new std::vector<std::string>{"device", "seed", "request-id", "deadline", "watch"};
   return *flags;
 }
 
@@ -54,8 +54,8 @@ std::vector<std::string> WithJobFlags(std::vector<std::string> flags) {
 }
 
 const std::vector<std::string>& GlobalFlagNames() {
-  static const auto* names = new std::vector<std::string>{
-      "server", "json", "timeout", "token", "help"};
+  static const auto* names =
+      new std::vector<std::string>{"server", "json", "timeout", "token", "help"};
   return *names;
 }
 
@@ -90,17 +90,15 @@ absl::StatusOr<std::string> ExpandPrefix(
   if (matches.empty()) return not_found;
   if (matches.size() > 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("id prefix '", prefix,
-                     "' is ambiguous: ", absl::StrJoin(matches, ", ")));
+        absl::StrCat("id prefix '", prefix, "' is ambiguous: ", absl::StrJoin(matches, ", ")));
   }
   return matches[0];
 }
 
 // Runs op(id); on NOT_FOUND, op(full id) when `id` is a unique prefix.
 template <typename T, typename Result>
-Result WithIdPrefix(
-    const std::string& id, const std::function<Result(const std::string&)>& op,
-    const std::function<absl::StatusOr<std::vector<T>>()>& list) {
+Result WithIdPrefix(const std::string& id, const std::function<Result(const std::string&)>& op,
+                    const std::function<absl::StatusOr<std::vector<T>>()>& list) {
   Result result = op(id);
   absl::Status status;
   if constexpr (std::is_same_v<Result, absl::Status>) {
@@ -114,24 +112,19 @@ Result WithIdPrefix(
   return op(*full);
 }
 
-std::function<absl::StatusOr<std::vector<v1::Model>>()> ModelLister(
-    const Client& client) {
+std::function<absl::StatusOr<std::vector<v1::Model>>()> ModelLister(const Client& client) {
   return [&client] { return client.ListModels(); };
 }
-std::function<absl::StatusOr<std::vector<v1::Dataset>>()> DatasetLister(
-    const Client& client) {
+std::function<absl::StatusOr<std::vector<v1::Dataset>>()> DatasetLister(const Client& client) {
   return [&client] { return client.ListDatasets(); };
 }
-std::function<absl::StatusOr<std::vector<v1::Job>>()> JobLister(
-    const Client& client) {
+std::function<absl::StatusOr<std::vector<v1::Job>>()> JobLister(const Client& client) {
   return [&client] { return client.ListJobs(JobFilter()); };
 }
 
-absl::StatusOr<std::string> ResolveJobId(const Client& client,
-                                         const std::string& id) {
+absl::StatusOr<std::string> ResolveJobId(const Client& client, const std::string& id) {
   absl::StatusOr<v1::Job> job = WithIdPrefix<v1::Job, absl::StatusOr<v1::Job>>(
-      id, [&client](const std::string& i) { return client.GetJob(i); },
-      JobLister(client));
+      id, [&client](const std::string& i) { return client.GetJob(i); }, JobLister(client));
   if (!job.ok()) return job.status();
   return job->id();
 }
@@ -140,26 +133,22 @@ absl::StatusOr<std::string> ResolveJobId(const Client& client,
 // one listed id becomes that id; anything else goes to the server unchanged
 // (it answers for unknown ids). Full-length ids cost no extra call.
 template <typename T>
-std::string ExpandIfPrefix(
-    const std::string& id,
-    const std::function<absl::StatusOr<std::vector<T>>()>& list) {
+std::string ExpandIfPrefix(const std::string& id,
+                           const std::function<absl::StatusOr<std::vector<T>>()>& list) {
   if (id.size() < 4 || id.size() >= 64 || absl::StrContains(id, ':')) return id;
-  absl::StatusOr<std::string> full =
-      ExpandPrefix<T>(id, absl::NotFoundError(""), list);
+  absl::StatusOr<std::string> full = ExpandPrefix<T>(id, absl::NotFoundError(""), list);
   return full.ok() ? *full : id;
 }
 
 // --- Watch -------------------------------------------------------------------
 
-absl::StatusOr<int> WatchAndReport(const Context& ctx,
-                                   const std::string& job_id) {
-  EventPrinter::Mode mode = ctx.json ? EventPrinter::Mode::kJson
-                            : ctx.env.stdout_is_tty
-                                ? EventPrinter::Mode::kTty
-                                : EventPrinter::Mode::kPlain;
+absl::StatusOr<int> WatchAndReport(const Context& ctx, const std::string& job_id) {
+  EventPrinter::Mode mode = ctx.json                ? EventPrinter::Mode::kJson
+                            : ctx.env.stdout_is_tty ? EventPrinter::Mode::kTty
+                                                    : EventPrinter::Mode::kPlain;
   EventPrinter printer(ctx.env.out, mode);
-  absl::StatusOr<v1::JobState> state = ctx.client.WatchJob(
-      job_id, 0, [&printer](const v1::JobEvent& e) { printer.Print(e); });
+  absl::StatusOr<v1::JobState> state =
+      ctx.client.WatchJob(job_id, 0, [&printer](const v1::JobEvent& e) { printer.Print(e); });
   printer.Finish();
   if (!state.ok()) return state.status();
   ASSIGN_OR_RETURN(const v1::Job job, ctx.client.GetJob(job_id));
@@ -173,21 +162,17 @@ absl::StatusOr<int> WatchAndReport(const Context& ctx,
 
 // Fills the fields shared by every submission and submits; watches when
 // asked to.
-absl::StatusOr<int> SubmitAndMaybeWatch(const Context& ctx,
-                                        v1::SubmitJobRequest request) {
+absl::StatusOr<int> SubmitAndMaybeWatch(const Context& ctx, v1::SubmitJobRequest request) {
   request.set_device(ctx.inv.Get("device", "auto"));
   if (ctx.inv.Has("seed")) {
     absl::StatusOr<uint64_t> seed = ParseUint64(ctx.inv.Get("seed"));
-    if (!seed.ok())
-      return UsageError(absl::StrCat("--seed: ", seed.status().message()));
+    if (!seed.ok()) return UsageError(absl::StrCat("--seed: ", seed.status().message()));
     request.set_seed(*seed);
   }
   if (ctx.inv.Has("deadline")) {
-    absl::StatusOr<int64_t> deadline =
-        ParseNonNegativeInt(ctx.inv.Get("deadline"));
+    absl::StatusOr<int64_t> deadline = ParseNonNegativeInt(ctx.inv.Get("deadline"));
     if (!deadline.ok()) {
-      return UsageError(
-          absl::StrCat("--deadline: ", deadline.status().message()));
+      return UsageError(absl::StrCat("--deadline: ", deadline.status().message()));
     }
     request.set_deadline_seconds(*deadline);
   }
@@ -207,19 +192,16 @@ absl::StatusOr<int> SubmitAndMaybeWatch(const Context& ctx,
 // --- Handlers ----------------------------------------------------------------
 
 absl::StatusOr<int> ModelUpload(const Context& ctx) {
-  ASSIGN_OR_RETURN(const v1::Model model,
-                   ctx.client.UploadModel(ctx.arg(0), ctx.inv.Get("name")));
+  ASSIGN_OR_RETURN(const v1::Model model, ctx.client.UploadModel(ctx.arg(0), ctx.inv.Get("name")));
   ctx.out() << (ctx.json ? ToJson(model) + "\n" : FormatModel(model));
   return kExitOk;
 }
 
 absl::StatusOr<int> ModelGet(const Context& ctx) {
-  ASSIGN_OR_RETURN(
-      const v1::Model model,
-      (WithIdPrefix<v1::Model, absl::StatusOr<v1::Model>>(
-          ctx.arg(0),
-          [&](const std::string& id) { return ctx.client.GetModel(id); },
-          ModelLister(ctx.client))));
+  ASSIGN_OR_RETURN(const v1::Model model,
+                   (WithIdPrefix<v1::Model, absl::StatusOr<v1::Model>>(
+                       ctx.arg(0), [&](const std::string& id) { return ctx.client.GetModel(id); },
+                       ModelLister(ctx.client))));
   ctx.out() << (ctx.json ? ToJson(model) + "\n" : FormatModel(model));
   return kExitOk;
 }
@@ -258,19 +240,16 @@ absl::StatusOr<int> DataUpload(const Context& ctx) {
 }
 
 absl::StatusOr<int> DataGet(const Context& ctx) {
-  ASSIGN_OR_RETURN(
-      const v1::Dataset dataset,
-      (WithIdPrefix<v1::Dataset, absl::StatusOr<v1::Dataset>>(
-          ctx.arg(0),
-          [&](const std::string& id) { return ctx.client.GetDataset(id); },
-          DatasetLister(ctx.client))));
+  ASSIGN_OR_RETURN(const v1::Dataset dataset,
+                   (WithIdPrefix<v1::Dataset, absl::StatusOr<v1::Dataset>>(
+                       ctx.arg(0), [&](const std::string& id) { return ctx.client.GetDataset(id); },
+                       DatasetLister(ctx.client))));
   ctx.out() << (ctx.json ? ToJson(dataset) + "\n" : FormatDataset(dataset));
   return kExitOk;
 }
 
 absl::StatusOr<int> DataList(const Context& ctx) {
-  ASSIGN_OR_RETURN(std::vector<v1::Dataset> datasets,
-                   ctx.client.ListDatasets());
+  ASSIGN_OR_RETURN(std::vector<v1::Dataset> datasets, ctx.client.ListDatasets());
   if (ctx.json) {
     v1::ListDatasetsResponse response;
     for (auto& d : datasets) *response.add_datasets() = std::move(d);
@@ -304,19 +283,16 @@ absl::StatusOr<int> Inspect(const Context& ctx) {
   }
   v1::SubmitJobRequest request;
   v1::InspectSpec* spec = request.mutable_spec()->mutable_inspect();
-  spec->set_model_id(
-      ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client)));
+  spec->set_model_id(ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client)));
   if (has_shape) {
-    absl::StatusOr<std::vector<int64_t>> shape =
-        ParseShape(ctx.inv.Get("input-shape"));
+    absl::StatusOr<std::vector<int64_t>> shape = ParseShape(ctx.inv.Get("input-shape"));
     if (!shape.ok()) {
-      return UsageError(
-          absl::StrCat("--input-shape: ", shape.status().message()));
+      return UsageError(absl::StrCat("--input-shape: ", shape.status().message()));
     }
     spec->mutable_input_shape()->Add(shape->begin(), shape->end());
   } else {
-    spec->set_dataset_id(ExpandIfPrefix<v1::Dataset>(
-        ctx.inv.Get("data"), DatasetLister(ctx.client)));
+    spec->set_dataset_id(
+        ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("data"), DatasetLister(ctx.client)));
   }
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
@@ -351,8 +327,22 @@ absl::StatusOr<int> Analyze(const Context& ctx) {
       spec->set_hvp_method(v1::HVP_METHOD_FINITE_DIFFERENCE);
     } else if (m == "ggn") {
       spec->set_hvp_method(v1::HVP_METHOD_GAUSS_NEWTON);
+    } else if (m == "fisher") {
+      spec->set_hvp_method(v1::HVP_METHOD_FISHER_DIAGONAL);
     } else {
-      return UsageError("--method: exact, fd or ggn");
+      return UsageError("--method: exact, fd, ggn or fisher");
+    }
+  }
+  if (ctx.inv.Has("fallback")) {
+    const std::string f = ctx.inv.Get("fallback");
+    if (f == "fd") {
+      spec->set_fallback(v1::HVP_FALLBACK_FINITE_DIFFERENCE);
+    } else if (f == "fisher") {
+      spec->set_fallback(v1::HVP_FALLBACK_FISHER);
+    } else if (f == "none") {
+      spec->set_fallback(v1::HVP_FALLBACK_NONE);
+    } else {
+      return UsageError("--fallback: fd, fisher or none");
     }
   }
   spec->mutable_traces()->set_enabled(true);
@@ -365,6 +355,19 @@ absl::StatusOr<int> Analyze(const Context& ctx) {
     spec->mutable_eigen()->set_enabled(true);
     spec->mutable_eigen()->set_k(static_cast<int32_t>(v));
   }
+  if (ctx.inv.Has("scope")) {
+    const std::string scope = ctx.inv.Get("scope");
+    if (!ctx.inv.Has("eigen")) return UsageError("--scope needs --eigen K");
+    if (scope == "model") {
+      spec->mutable_eigen()->set_scope(v1::EIGEN_SCOPE_MODEL);
+    } else if (scope == "layer") {
+      spec->mutable_eigen()->set_scope(v1::EIGEN_SCOPE_LAYER);
+    } else if (scope == "block") {
+      spec->mutable_eigen()->set_scope(v1::EIGEN_SCOPE_BLOCK);
+    } else {
+      return UsageError("--scope: model, layer or block");
+    }
+  }
   if (ctx.inv.Has("density")) spec->mutable_density()->set_enabled(true);
   if (ctx.inv.Has("qbert")) {
     ASSIGN_OR_RETURN(int64_t v, number("qbert"));
@@ -375,8 +378,7 @@ absl::StatusOr<int> Analyze(const Context& ctx) {
 }
 
 absl::StatusOr<int> JobSubmit(const Context& ctx) {
-  if (!ctx.inv.Has("spec-json"))
-    return UsageError("job submit needs --spec-json FILE");
+  if (!ctx.inv.Has("spec-json")) return UsageError("job submit needs --spec-json FILE");
   const std::string source = ctx.inv.Get("spec-json");
   std::string json;
   if (source == "-") {
@@ -391,23 +393,20 @@ absl::StatusOr<int> JobSubmit(const Context& ctx) {
     json = buffer.str();
   }
   v1::SubmitJobRequest request;
-  const auto parsed =
-      google::protobuf::util::JsonStringToMessage(json, request.mutable_spec());
+  const auto parsed = google::protobuf::util::JsonStringToMessage(json, request.mutable_spec());
   if (!parsed.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("bad JobSpec JSON in ", source == "-" ? "stdin" : source,
-                     ": ", parsed.message().as_string()));
+    return absl::InvalidArgumentError(absl::StrCat("bad JobSpec JSON in ",
+                                                   source == "-" ? "stdin" : source, ": ",
+                                                   parsed.message().as_string()));
   }
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
 absl::StatusOr<int> JobGet(const Context& ctx) {
-  ASSIGN_OR_RETURN(
-      const v1::Job job,
-      (WithIdPrefix<v1::Job, absl::StatusOr<v1::Job>>(
-          ctx.arg(0),
-          [&](const std::string& id) { return ctx.client.GetJob(id); },
-          JobLister(ctx.client))));
+  ASSIGN_OR_RETURN(const v1::Job job,
+                   (WithIdPrefix<v1::Job, absl::StatusOr<v1::Job>>(
+                       ctx.arg(0), [&](const std::string& id) { return ctx.client.GetJob(id); },
+                       JobLister(ctx.client))));
   ctx.out() << (ctx.json ? ToJson(job) + "\n" : FormatJob(job));
   return kExitOk;
 }
@@ -428,14 +427,12 @@ absl::StatusOr<int> JobList(const Context& ctx) {
   JobFilter filter;
   if (ctx.inv.Has("state")) {
     absl::StatusOr<v1::JobState> state = ParseJobState(ctx.inv.Get("state"));
-    if (!state.ok())
-      return UsageError(absl::StrCat("--state: ", state.status().message()));
+    if (!state.ok()) return UsageError(absl::StrCat("--state: ", state.status().message()));
     filter.state = *state;
   }
   if (ctx.inv.Has("kind")) {
     absl::StatusOr<v1::JobKind> kind = ParseJobKind(ctx.inv.Get("kind"));
-    if (!kind.ok())
-      return UsageError(absl::StrCat("--kind: ", kind.status().message()));
+    if (!kind.ok()) return UsageError(absl::StrCat("--kind: ", kind.status().message()));
     filter.kind = *kind;
   }
   ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, ctx.client.ListJobs(filter));
@@ -451,8 +448,7 @@ absl::StatusOr<int> JobList(const Context& ctx) {
 
 absl::StatusOr<int> ArtifactList(const Context& ctx) {
   ASSIGN_OR_RETURN(const std::string id, ResolveJobId(ctx.client, ctx.arg(0)));
-  ASSIGN_OR_RETURN(std::vector<v1::Artifact> artifacts,
-                   ctx.client.ListArtifacts(id));
+  ASSIGN_OR_RETURN(std::vector<v1::Artifact> artifacts, ctx.client.ListArtifacts(id));
   if (ctx.json) {
     v1::ListArtifactsResponse response;
     for (auto& a : artifacts) *response.add_artifacts() = std::move(a);
@@ -465,50 +461,42 @@ absl::StatusOr<int> ArtifactList(const Context& ctx) {
 
 // Artifact names come from the server: they may name subdirectories
 // ("plots/trace.svg") but must stay inside the output directory.
-absl::StatusOr<fs::path> ArtifactPath(const fs::path& dir,
-                                      const std::string& name) {
+absl::StatusOr<fs::path> ArtifactPath(const fs::path& dir, const std::string& name) {
   const fs::path relative(name);
-  bool safe =
-      !name.empty() && relative.is_relative() && !relative.has_root_name();
+  bool safe = !name.empty() && relative.is_relative() && !relative.has_root_name();
   for (const fs::path& part : relative) safe &= part != ".." && part != ".";
   if (!safe) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "refusing artifact name '", name, "' (not a plain relative path)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("refusing artifact name '", name, "' (not a plain relative path)"));
   }
   return dir / relative;
 }
 
 absl::StatusOr<int> ArtifactGet(const Context& ctx) {
-  ASSIGN_OR_RETURN(const std::string job_id,
-                   ResolveJobId(ctx.client, ctx.arg(0)));
+  ASSIGN_OR_RETURN(const std::string job_id, ResolveJobId(ctx.client, ctx.arg(0)));
   const fs::path dir(ctx.inv.Get("output", "."));
   std::vector<std::string> names;
   if (ctx.inv.args.size() > 1) {
     names.push_back(ctx.arg(1));
   } else {
-    ASSIGN_OR_RETURN(const std::vector<v1::Artifact> artifacts,
-                     ctx.client.ListArtifacts(job_id));
+    ASSIGN_OR_RETURN(const std::vector<v1::Artifact> artifacts, ctx.client.ListArtifacts(job_id));
     for (const v1::Artifact& a : artifacts) names.push_back(a.name());
-    if (names.empty() && !ctx.json)
-      ctx.out() << "job " << job_id << " has no artifacts\n";
+    if (names.empty() && !ctx.json) ctx.out() << "job " << job_id << " has no artifacts\n";
   }
   for (const std::string& name : names) {
     ASSIGN_OR_RETURN(const fs::path path, ArtifactPath(dir, name));
     std::error_code ec;
-    fs::create_directories(
-        path.parent_path().empty() ? fs::path(".") : path.parent_path(), ec);
+    fs::create_directories(path.parent_path().empty() ? fs::path(".") : path.parent_path(), ec);
     if (ec) {
       return absl::InternalError(absl::StrCat("cannot create directory ",
-                                              path.parent_path().string(), ": ",
-                                              ec.message()));
+                                              path.parent_path().string(), ": ", ec.message()));
     }
     ASSIGN_OR_RETURN(const v1::Artifact artifact,
                      ctx.client.DownloadArtifact(job_id, name, path.string()));
     if (ctx.json) {
       ctx.out() << ToJson(artifact) << "\n";
     } else {
-      ctx.out() << "wrote " << path.string() << " ("
-                << HumanBytes(artifact.size_bytes()) << ")\n";
+      ctx.out() << "wrote " << path.string() << " (" << HumanBytes(artifact.size_bytes()) << ")\n";
     }
   }
   return kExitOk;
@@ -531,11 +519,9 @@ const std::vector<Entry>& Entries() {
         {"name"},
         "upload a TorchScript model; prints its id"},
        ModelUpload},
-      {{{"model", "get"}, "ID", "", 1, 1, {}, "show a model and its layers"},
-       ModelGet},
+      {{{"model", "get"}, "ID", "", 1, 1, {}, "show a model and its layers"}, ModelGet},
       {{{"model", "list"}, "", "", 0, 0, {}, "list models"}, ModelList},
-      {{{"model", "delete"}, "ID", "", 1, 1, {}, "delete a model"},
-       ModelDelete},
+      {{{"model", "delete"}, "ID", "", 1, 1, {}, "delete a model"}, ModelDelete},
       {{{"data", "upload"},
         "FILE",
         "[--name N]",
@@ -546,8 +532,7 @@ const std::vector<Entry>& Entries() {
        DataUpload},
       {{{"data", "get"}, "ID", "", 1, 1, {}, "show a dataset"}, DataGet},
       {{{"data", "list"}, "", "", 0, 0, {}, "list datasets"}, DataList},
-      {{{"data", "delete"}, "ID", "", 1, 1, {}, "delete a dataset"},
-       DataDelete},
+      {{{"data", "delete"}, "ID", "", 1, 1, {}, "delete a dataset"}, DataDelete},
       {{{"inspect"},
         "",
         "--model ID (--input-shape 1,1,28,28 | --data DATASET_ID) [job flags]",
@@ -559,11 +544,12 @@ const std::vector<Entry>& Entries() {
       {{{"analyze"},
         "",
         "--model ID --data DATASET_ID [--samples N] [--batch N] [--method exact|fd|ggn] "
-        "[--probes N] [--eigen K] [--density] [--qbert SUBSETS] [job flags]",
+        "[--fallback F] [--probes N] [--eigen K [--scope S]] [--density] [--qbert SUBSETS] "
+        "[job flags]",
         0,
         0,
-        WithJobFlags({"model", "data", "samples", "batch", "method", "probes", "eigen",
-                      "density", "qbert"}),
+        WithJobFlags({"model", "data", "samples", "batch", "method", "fallback", "probes", "eigen",
+                      "scope", "density", "qbert"}),
         "submit an ANALYZE job (per-layer Hessian sensitivity)"},
        Analyze},
       {{{"job", "submit"},
@@ -574,27 +560,13 @@ const std::vector<Entry>& Entries() {
         WithJobFlags({"spec-json"}),
         "submit a job from a JobSpec in JSON"},
        JobSubmit},
-      {{{"job", "get"}, "ID", "", 1, 1, {}, "show a job (and its result)"},
-       JobGet},
+      {{{"job", "get"}, "ID", "", 1, 1, {}, "show a job (and its result)"}, JobGet},
       {{{"job", "cancel"}, "ID", "", 1, 1, {}, "cancel a job"}, JobCancel},
-      {{{"job", "watch"},
-        "ID",
-        "",
-        1,
-        1,
-        {},
-        "follow a job until it ends (exit 0 iff SUCCEEDED)"},
+      {{{"job", "watch"}, "ID", "", 1, 1, {}, "follow a job until it ends (exit 0 iff SUCCEEDED)"},
        JobWatch},
-      {{{"job", "list"},
-        "",
-        "[--state S] [--kind K]",
-        0,
-        0,
-        {"state", "kind"},
-        "list jobs"},
+      {{{"job", "list"}, "", "[--state S] [--kind K]", 0, 0, {"state", "kind"}, "list jobs"},
        JobList},
-      {{{"artifact", "list"}, "JOB", "", 1, 1, {}, "list a job's artifacts"},
-       ArtifactList},
+      {{{"artifact", "list"}, "JOB", "", 1, 1, {}, "list a job's artifacts"}, ArtifactList},
       {{{"artifact", "get"},
         "JOB [NAME]",
         "[-o DIR]",
@@ -617,8 +589,7 @@ std::string Synopsis(const CommandDef& c) {
 
 std::string FlagSynopsis(const FlagDef& f) {
   std::string s = absl::StrCat("--", f.name);
-  if (f.short_name != 0)
-    s = absl::StrCat("-", std::string(1, f.short_name), ", ", s);
+  if (f.short_name != 0) s = absl::StrCat("-", std::string(1, f.short_name), ", ", s);
   if (f.takes_value) absl::StrAppend(&s, " ", f.value_name);
   return s;
 }
@@ -637,8 +608,7 @@ const std::vector<CommandDef>& Commands() {
 const std::vector<FlagDef>& Flags() {
   static const auto* flags = new std::vector<FlagDef>{
       // Global.
-      {"server", 0, true, "ADDR",
-       "host:port (env COMPRESS_SERVER; default localhost:50051)"},
+      {"server", 0, true, "ADDR", "host:port (env COMPRESS_SERVER; default localhost:50051)"},
       {"json", 0, false, "", "print responses as JSON, one message per line"},
       {"timeout", 0, true, "SECONDS", "deadline for each RPC (default none)"},
       {"token", 0, true, "TOKEN", "bearer token (env COMPRESS_TOKEN)"},
@@ -646,13 +616,15 @@ const std::vector<FlagDef>& Flags() {
       // Per command.
       {"name", 0, true, "N", "name to store (default: the file's base name)"},
       {"model", 0, true, "ID", "model id"},
-      {"input-shape", 0, true, "SHAPE",
-       "input shape with batch, e.g. 1,1,28,28"},
+      {"input-shape", 0, true, "SHAPE", "input shape with batch, e.g. 1,1,28,28"},
       {"data", 0, true, "DATASET_ID", "dataset whose example shape to use"},
       {"spec-json", 0, true, "FILE", "JobSpec as JSON; - reads stdin"},
       {"samples", 0, true, "N", "calibration examples (default 256)"},
       {"batch", 0, true, "N", "examples per batch (default 64)"},
-      {"method", 0, true, "M", "HVP method: exact (default), fd, ggn"},
+      {"method", 0, true, "M", "HVP method: exact (default), fd, ggn, fisher"},
+      {"fallback", 0, true, "F",
+       "without double backward: fd (default; Fisher if fd fails its check), fisher, none"},
+      {"scope", 0, true, "S", "eigenvalues of the model (default), each layer or block"},
       {"probes", 0, true, "N", "Hutchinson probes at most (default 200)"},
       {"eigen", 0, true, "K", "also the top K Hessian eigenvalues"},
       {"density", 0, false, "", "also the spectral density (SLQ)"},
@@ -678,35 +650,28 @@ std::string UsageText() {
   for (const CommandDef& c : Commands()) {
     const std::string synopsis = absl::StrCat("  ", Synopsis(c));
     if (synopsis.size() + 2 > kColumn) {
-      absl::StrAppend(&text, synopsis, "\n", std::string(kColumn, ' '), c.help,
-                      "\n");
+      absl::StrAppend(&text, synopsis, "\n", std::string(kColumn, ' '), c.help, "\n");
     } else {
-      absl::StrAppend(&text, synopsis,
-                      std::string(kColumn - synopsis.size(), ' '), c.help,
-                      "\n");
+      absl::StrAppend(&text, synopsis, std::string(kColumn - synopsis.size(), ' '), c.help, "\n");
     }
   }
-  absl::StrAppend(
-      &text,
-      "\nJob flags (inspect, analyze, job submit):\n"
-      "  --device DEV  --seed N  --request-id R  --deadline S  --watch\n"
-      "\nFlags:\n");
+  absl::StrAppend(&text,
+                  "\nJob flags (inspect, analyze, job submit):\n"
+                  "  --device DEV  --seed N  --request-id R  --deadline S  --watch\n"
+                  "\nFlags:\n");
   std::vector<std::vector<std::string>> rows;
-  for (const FlagDef& f : Flags())
-    rows.push_back({"  " + FlagSynopsis(f), f.help});
+  for (const FlagDef& f : Flags()) rows.push_back({"  " + FlagSynopsis(f), f.help});
   const std::string table = FormatTable({{""}, {""}}, rows);
   absl::StrAppend(&text, table.substr(table.find('\n') + 1));
-  absl::StrAppend(
-      &text,
-      "\nIds in tables are cut to 12 characters; a unique prefix of 4 or more\n"
-      "characters works wherever an ID is asked for. --watch draws a progress\n"
-      "bar on a terminal and prints one line per event otherwise.\n"
-      "Exit codes: 0 ok, 1 error or watched job not SUCCEEDED, 2 usage.\n");
+  absl::StrAppend(&text,
+                  "\nIds in tables are cut to 12 characters; a unique prefix of 4 or more\n"
+                  "characters works wherever an ID is asked for. --watch draws a progress\n"
+                  "bar on a terminal and prints one line per event otherwise.\n"
+                  "Exit codes: 0 ok, 1 error or watched job not SUCCEEDED, 2 usage.\n");
   return text;
 }
 
-absl::StatusOr<Invocation> ParseCommandLine(
-    const std::vector<std::string>& args) {
+absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(ParsedArgs parsed, ParseArgs(args, Flags()));
   return ResolveCommand(parsed, Commands(), GlobalFlagNames());
 }
@@ -750,28 +715,22 @@ int RunCli(const std::vector<std::string>& args, const CliEnvironment& env) {
     }
     return usage_error(parsed.status().message(), named_command(words));
   }
-  if (parsed->Has("help") ||
-      (!parsed->positional.empty() && parsed->positional[0] == "help")) {
+  if (parsed->Has("help") || (!parsed->positional.empty() && parsed->positional[0] == "help")) {
     *env.out << UsageText();
     return kExitOk;
   }
-  absl::StatusOr<Invocation> inv =
-      ResolveCommand(*parsed, Commands(), GlobalFlagNames());
+  absl::StatusOr<Invocation> inv = ResolveCommand(*parsed, Commands(), GlobalFlagNames());
   if (!inv.ok()) {
-    return usage_error(inv.status().message(),
-                       named_command(parsed->positional));
+    return usage_error(inv.status().message(), named_command(parsed->positional));
   }
 
   Client::Options options;
-  options.address =
-      inv->Get("server", env.server.empty() ? kDefaultServer : env.server);
+  options.address = inv->Get("server", env.server.empty() ? kDefaultServer : env.server);
   options.token = inv->Get("token", env.token);
   if (inv->Has("timeout")) {
     absl::StatusOr<double> seconds = ParseSeconds(inv->Get("timeout"));
     if (!seconds.ok()) {
-      return usage_error(
-          absl::StrCat("--timeout: ", seconds.status().message()),
-          inv->command);
+      return usage_error(absl::StrCat("--timeout: ", seconds.status().message()), inv->command);
     }
     options.timeout = absl::Seconds(*seconds);
   }

@@ -29,16 +29,14 @@ absl::StatusOr<Enum> ParseEnum(absl::string_view text, absl::string_view prefix,
   std::string upper = absl::AsciiStrToUpper(text);
   if (!absl::StartsWith(upper, prefix)) upper = absl::StrCat(prefix, upper);
   Enum value{};
-  if (!absl::EndsWith(upper, "UNSPECIFIED") && parse(upper, &value))
-    return value;
+  if (!absl::EndsWith(upper, "UNSPECIFIED") && parse(upper, &value)) return value;
   std::vector<std::string> names;
   for (int i = 0; i < desc->value_count(); ++i) {
     std::string name = StripPrefix(desc->value(i)->name(), prefix);
     if (name != "UNSPECIFIED") names.push_back(absl::AsciiStrToLower(name));
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown ", what, " '", text, "' (one of ",
-                   absl::StrJoin(names, ", "), ")"));
+      absl::StrCat("unknown ", what, " '", text, "' (one of ", absl::StrJoin(names, ", "), ")"));
 }
 
 std::string Pad(absl::string_view s, size_t width, bool right) {
@@ -59,8 +57,7 @@ std::string ParamSummary(const v1::Layer& layer) {
 }
 
 std::string ErrorText(const v1::ErrorStatus& error) {
-  std::string text =
-      absl::StrCat(StatusCodeName(error.code()), ": ", error.message());
+  std::string text = absl::StrCat(StatusCodeName(error.code()), ": ", error.message());
   for (const v1::FieldViolation& v : error.violations()) {
     absl::StrAppend(&text, "; ", v.field(), ": ", v.description());
   }
@@ -83,22 +80,20 @@ std::string StateName(v1::JobState state) {
   return StripPrefix(v1::JobState_Name(state), "JOB_STATE_");
 }
 
-std::string KindName(v1::JobKind kind) {
-  return StripPrefix(v1::JobKind_Name(kind), "JOB_KIND_");
-}
+std::string KindName(v1::JobKind kind) { return StripPrefix(v1::JobKind_Name(kind), "JOB_KIND_"); }
 
 std::string DatasetFormatName(v1::DatasetFormat format) {
   return StripPrefix(v1::DatasetFormat_Name(format), "DATASET_FORMAT_");
 }
 
 absl::StatusOr<v1::JobState> ParseJobState(absl::string_view text) {
-  return ParseEnum<v1::JobState>(text, "JOB_STATE_", &v1::JobState_Parse,
-                                 v1::JobState_descriptor(), "job state");
+  return ParseEnum<v1::JobState>(text, "JOB_STATE_", &v1::JobState_Parse, v1::JobState_descriptor(),
+                                 "job state");
 }
 
 absl::StatusOr<v1::JobKind> ParseJobKind(absl::string_view text) {
-  return ParseEnum<v1::JobKind>(text, "JOB_KIND_", &v1::JobKind_Parse,
-                                v1::JobKind_descriptor(), "job kind");
+  return ParseEnum<v1::JobKind>(text, "JOB_KIND_", &v1::JobKind_Parse, v1::JobKind_descriptor(),
+                                "job kind");
 }
 
 std::string StatusCodeName(int code) {
@@ -132,9 +127,8 @@ std::string HumanCount(int64_t count) {
 }
 
 std::string WithCommas(int64_t value) {
-  const uint64_t magnitude = value < 0
-                                 ? uint64_t{0} - static_cast<uint64_t>(value)
-                                 : static_cast<uint64_t>(value);
+  const uint64_t magnitude =
+      value < 0 ? uint64_t{0} - static_cast<uint64_t>(value) : static_cast<uint64_t>(value);
   const std::string digits = absl::StrCat(magnitude);
   std::string out;
   const int n = static_cast<int>(digits.size());
@@ -163,16 +157,14 @@ std::string FormatShape(const google::protobuf::RepeatedField<int64_t>& shape) {
 
 std::string FormatTimestamp(const google::protobuf::Timestamp& time) {
   if (time.seconds() == 0 && time.nanos() == 0) return "-";
-  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC",
-                          absl::FromUnixSeconds(time.seconds()),
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(time.seconds()),
                           absl::UTCTimeZone());
 }
 
 std::string FormatTable(const std::vector<Column>& columns,
                         const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> widths(columns.size());
-  for (size_t c = 0; c < columns.size(); ++c)
-    widths[c] = columns[c].header.size();
+  for (size_t c = 0; c < columns.size(); ++c) widths[c] = columns[c].header.size();
   for (const auto& row : rows) {
     for (size_t c = 0; c < columns.size() && c < row.size(); ++c) {
       widths[c] = std::max(widths[c], row[c].size());
@@ -184,32 +176,26 @@ std::string FormatTable(const std::vector<Column>& columns,
       const bool last = c + 1 == columns.size();
       if (c > 0) line += "  ";
       // The last left-aligned column needs no padding.
-      line += (last && !columns[c].right_align)
-                  ? std::string(cell(c))
-                  : Pad(cell(c), widths[c], columns[c].right_align);
+      line += (last && !columns[c].right_align) ? std::string(cell(c))
+                                                : Pad(cell(c), widths[c], columns[c].right_align);
     }
     line.erase(line.find_last_not_of(' ') + 1);
     return line + "\n";
   };
-  std::string out =
-      render([&](size_t c) { return absl::string_view(columns[c].header); });
+  std::string out = render([&](size_t c) { return absl::string_view(columns[c].header); });
   for (const auto& row : rows) {
-    out += render([&](size_t c) {
-      return c < row.size() ? absl::string_view(row[c]) : absl::string_view();
-    });
+    out += render(
+        [&](size_t c) { return c < row.size() ? absl::string_view(row[c]) : absl::string_view(); });
   }
   return out;
 }
 
-std::string FormatKeyValues(
-    const std::vector<std::pair<std::string, std::string>>& pairs) {
+std::string FormatKeyValues(const std::vector<std::pair<std::string, std::string>>& pairs) {
   size_t width = 0;
-  for (const auto& [key, value] : pairs)
-    width = std::max(width, key.size() + 1);
+  for (const auto& [key, value] : pairs) width = std::max(width, key.size() + 1);
   std::string out;
   for (const auto& [key, value] : pairs) {
-    absl::StrAppend(&out, Pad(absl::StrCat(key, ":"), width, false), " ", value,
-                    "\n");
+    absl::StrAppend(&out, Pad(absl::StrCat(key, ":"), width, false), " ", value, "\n");
   }
   return out;
 }
@@ -218,27 +204,20 @@ std::string FormatModelTable(const std::vector<v1::Model>& models) {
   std::vector<std::vector<std::string>> rows;
   for (const v1::Model& m : models) {
     rows.push_back({ShortId(m.id()), m.name(), HumanBytes(m.size_bytes()),
-                    WithCommas(m.num_parameters()),
-                    absl::StrCat(m.layers_size()),
+                    WithCommas(m.num_parameters()), absl::StrCat(m.layers_size()),
                     FormatTimestamp(m.create_time())});
   }
-  return FormatTable({{"ID"},
-                      {"NAME"},
-                      {"SIZE", true},
-                      {"PARAMS", true},
-                      {"LAYERS", true},
-                      {"CREATED"}},
-                     rows);
+  return FormatTable(
+      {{"ID"}, {"NAME"}, {"SIZE", true}, {"PARAMS", true}, {"LAYERS", true}, {"CREATED"}}, rows);
 }
 
 std::string FormatModel(const v1::Model& model) {
   std::string out = FormatKeyValues({
       {"id", model.id()},
       {"name", model.name()},
-      {"size", absl::StrCat(HumanBytes(model.size_bytes()), " (",
-                            WithCommas(model.size_bytes()), " bytes)")},
-      {"format",
-       StripPrefix(v1::ModelFormat_Name(model.format()), "MODEL_FORMAT_")},
+      {"size", absl::StrCat(HumanBytes(model.size_bytes()), " (", WithCommas(model.size_bytes()),
+                            " bytes)")},
+      {"format", StripPrefix(v1::ModelFormat_Name(model.format()), "MODEL_FORMAT_")},
       {"parameters", WithCommas(model.num_parameters())},
       {"layers", absl::StrCat(model.layers_size())},
       {"created", FormatTimestamp(model.create_time())},
@@ -246,13 +225,11 @@ std::string FormatModel(const v1::Model& model) {
   if (model.layers_size() > 0) {
     std::vector<std::vector<std::string>> rows;
     for (const v1::Layer& layer : model.layers()) {
-      rows.push_back({layer.name().empty() ? "(root)" : layer.name(),
-                      layer.kind(), WithCommas(layer.numel()),
-                      ParamSummary(layer)});
+      rows.push_back({layer.name().empty() ? "(root)" : layer.name(), layer.kind(),
+                      WithCommas(layer.numel()), ParamSummary(layer)});
     }
-    absl::StrAppend(
-        &out, "\n",
-        FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
+    absl::StrAppend(&out, "\n",
+                    FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
   }
   return out;
 }
@@ -265,33 +242,25 @@ std::string FormatDatasetTable(const std::vector<v1::Dataset>& datasets) {
                     d.builtin() ? "builtin" : HumanBytes(d.size_bytes()),
                     FormatTimestamp(d.create_time())});
   }
-  return FormatTable({{"ID"},
-                      {"NAME"},
-                      {"FORMAT"},
-                      {"EXAMPLES", true},
-                      {"INPUT"},
-                      {"SIZE", true},
-                      {"CREATED"}},
-                     rows);
+  return FormatTable(
+      {{"ID"}, {"NAME"}, {"FORMAT"}, {"EXAMPLES", true}, {"INPUT"}, {"SIZE", true}, {"CREATED"}},
+      rows);
 }
 
 std::string FormatDataset(const v1::Dataset& d) {
   std::string targets = "none";
   if (d.has_targets()) {
-    targets =
-        absl::StrCat(FormatShape(d.target_shape()), " ", d.target_dtype());
+    targets = absl::StrCat(FormatShape(d.target_shape()), " ", d.target_dtype());
   }
   return FormatKeyValues({
       {"id", d.id()},
       {"name", d.name()},
       {"format", DatasetFormatName(d.format())},
-      {"size", d.builtin()
-                   ? "builtin"
-                   : absl::StrCat(HumanBytes(d.size_bytes()), " (",
-                                  WithCommas(d.size_bytes()), " bytes)")},
+      {"size", d.builtin() ? "builtin"
+                           : absl::StrCat(HumanBytes(d.size_bytes()), " (",
+                                          WithCommas(d.size_bytes()), " bytes)")},
       {"examples", WithCommas(d.num_examples())},
-      {"inputs",
-       absl::StrCat(FormatShape(d.input_shape()), " ", d.input_dtype())},
+      {"inputs", absl::StrCat(FormatShape(d.input_shape()), " ", d.input_dtype())},
       {"targets", targets},
       {"created", FormatTimestamp(d.create_time())},
   });
@@ -304,16 +273,12 @@ std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
     if (j.state() == v1::JOB_STATE_RUNNING && j.has_progress()) {
       progress = ProgressText(j.progress());
     }
-    std::string device =
-        j.assigned_device().empty() ? j.device() : j.assigned_device();
+    std::string device = j.assigned_device().empty() ? j.device() : j.assigned_device();
     rows.push_back({ShortId(j.id()), KindName(j.kind()), StateName(j.state()),
-                    progress.empty() ? "-" : progress,
-                    device.empty() ? "-" : device,
+                    progress.empty() ? "-" : progress, device.empty() ? "-" : device,
                     FormatTimestamp(j.create_time())});
   }
-  return FormatTable(
-      {{"ID"}, {"KIND"}, {"STATE"}, {"PROGRESS"}, {"DEVICE"}, {"CREATED"}},
-      rows);
+  return FormatTable({{"ID"}, {"KIND"}, {"STATE"}, {"PROGRESS"}, {"DEVICE"}, {"CREATED"}}, rows);
 }
 
 std::string FormatJob(const v1::Job& job) {
@@ -328,8 +293,7 @@ std::string FormatJob(const v1::Job& job) {
   }
   pairs.push_back({"device", device});
   pairs.push_back({"seed", absl::StrCat(job.seed())});
-  if (!job.request_id().empty())
-    pairs.push_back({"request id", job.request_id()});
+  if (!job.request_id().empty()) pairs.push_back({"request id", job.request_id()});
   if (job.has_progress() && job.state() == v1::JOB_STATE_RUNNING) {
     std::string text = ProgressText(job.progress());
     const std::string eta = FormatEta(job.progress().eta_seconds());
@@ -341,8 +305,7 @@ std::string FormatJob(const v1::Job& job) {
   pairs.push_back({"created", FormatTimestamp(job.create_time())});
   pairs.push_back({"started", FormatTimestamp(job.start_time())});
   pairs.push_back({"ended", FormatTimestamp(job.end_time())});
-  if (job.attempts() > 1)
-    pairs.push_back({"attempts", absl::StrCat(job.attempts())});
+  if (job.attempts() > 1) pairs.push_back({"attempts", absl::StrCat(job.attempts())});
   if (job.deadline_seconds() > 0) {
     pairs.push_back({"deadline", absl::StrCat(job.deadline_seconds(), "s")});
   }
@@ -391,19 +354,32 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
                                  {"OMEGA(4)", true},
                                  {"TOP EIG", true}},
                                 rows);
-  absl::StrAppend(&out, "\ntotal trace ",
-                  absl::StrFormat("%.4g ± %.2g", result.total_trace(),
-                                  result.total_trace_std_error()));
+  absl::StrAppend(
+      &out, "\ntotal trace ",
+      absl::StrFormat("%.4g ± %.2g", result.total_trace(), result.total_trace_std_error()));
   if (result.eigenvalues_size() > 0) {
     absl::StrAppend(&out, ", top eigenvalues");
     for (double e : result.eigenvalues()) absl::StrAppend(&out, absl::StrFormat(" %.4g", e));
   }
   absl::StrAppend(&out, "\n", result.hvp_count(), " HVPs (",
-                  absl::AsciiStrToLower(absl::StripPrefix(v1::HvpMethod_Name(result.hvp_method()),
-                                                          "HVP_METHOD_")),
+                  absl::AsciiStrToLower(
+                      absl::StripPrefix(v1::HvpMethod_Name(result.hvp_method()), "HVP_METHOD_")),
                   ") on ", result.num_examples(), " examples in ",
                   absl::StrFormat("%.1f s", result.wall_seconds()));
   if (result.fell_back()) absl::StrAppend(&out, "; fell back: ", result.fallback_reason());
+  if (result.blocks_size() > 0) {
+    std::vector<std::vector<std::string>> block_rows;
+    for (const v1::BlockSensitivity& b : result.blocks()) {
+      block_rows.push_back(
+          {b.name().empty() ? "(root)" : b.name(), absl::StrCat(b.layers_size()),
+           WithCommas(b.numel()),
+           b.top_eigenvalues_size() > 0 ? absl::StrFormat("%.4g", b.top_eigenvalues(0)) : "-"});
+    }
+    absl::StrAppend(&out, "\n\n",
+                    FormatTable({{"BLOCK"}, {"LAYERS", true}, {"PARAMS", true}, {"TOP EIG", true}},
+                                block_rows));
+  }
+  for (const std::string& w : result.warnings()) absl::StrAppend(&out, "\nwarning: ", w);
   bool any_unconverged = false;
   for (const auto* l : layers) any_unconverged |= !l->trace_converged();
   if (any_unconverged) absl::StrAppend(&out, "\n* relative standard error above the tolerance");
@@ -418,32 +394,26 @@ std::string FormatInspectResult(const v1::InspectResult& result) {
   for (const v1::LayerInspection& layer : result.layers()) {
     std::string kind = layer.kind();
     if (layer.calls() > 1) absl::StrAppend(&kind, " x", layer.calls());
-    rows.push_back({layer.name().empty() ? "(root)" : layer.name(), kind,
-                    WithCommas(layer.numel()), WithCommas(layer.macs()),
-                    FormatShape(layer.output_shape())});
+    rows.push_back({layer.name().empty() ? "(root)" : layer.name(), kind, WithCommas(layer.numel()),
+                    WithCommas(layer.macs()), FormatShape(layer.output_shape())});
     layer_params += layer.numel();
     layer_macs += layer.macs();
   }
-  rows.push_back({"total", "", WithCommas(result.num_parameters()),
-                  WithCommas(result.total_macs()),
+  rows.push_back({"total", "", WithCommas(result.num_parameters()), WithCommas(result.total_macs()),
                   FormatShape(result.output_shape())});
-  std::string out = FormatTable(
-      {{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"MACS", true}, {"OUTPUT"}},
-      rows);
-  absl::StrAppend(&out, "\n", result.layers_size(),
-                  result.layers_size() == 1 ? " layer, " : " layers, ",
-                  HumanCount(result.num_parameters()), " parameters (",
-                  HumanBytes(result.model_bytes()), "), ",
-                  HumanCount(result.total_macs()), " MACs");
+  std::string out =
+      FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"MACS", true}, {"OUTPUT"}}, rows);
+  absl::StrAppend(
+      &out, "\n", result.layers_size(), result.layers_size() == 1 ? " layer, " : " layers, ",
+      HumanCount(result.num_parameters()), " parameters (", HumanBytes(result.model_bytes()), "), ",
+      HumanCount(result.total_macs()), " MACs");
   if (result.unattributed_macs() > 0) {
-    absl::StrAppend(&out, " (", HumanCount(result.unattributed_macs()),
-                    " outside layers)");
+    absl::StrAppend(&out, " (", HumanCount(result.unattributed_macs()), " outside layers)");
   }
-  absl::StrAppend(&out, "\ninput ", FormatShape(result.input_shape()),
-                  " -> output ", FormatShape(result.output_shape()));
+  absl::StrAppend(&out, "\ninput ", FormatShape(result.input_shape()), " -> output ",
+                  FormatShape(result.output_shape()));
   if (result.forward_seconds() > 0) {
-    absl::StrAppend(&out, absl::StrFormat(", forward %.2f ms",
-                                          result.forward_seconds() * 1e3));
+    absl::StrAppend(&out, absl::StrFormat(", forward %.2f ms", result.forward_seconds() * 1e3));
   }
   absl::StrAppend(&out, "\n");
   return out;
@@ -452,8 +422,7 @@ std::string FormatInspectResult(const v1::InspectResult& result) {
 std::string FormatArtifactTable(const std::vector<v1::Artifact>& artifacts) {
   std::vector<std::vector<std::string>> rows;
   for (const v1::Artifact& a : artifacts) {
-    rows.push_back({a.name(), HumanBytes(a.size_bytes()), ShortId(a.sha256()),
-                    a.content_type()});
+    rows.push_back({a.name(), HumanBytes(a.size_bytes()), ShortId(a.sha256()), a.content_type()});
   }
   return FormatTable({{"NAME"}, {"SIZE", true}, {"SHA256"}, {"TYPE"}}, rows);
 }
@@ -462,12 +431,11 @@ std::string RenderProgressBar(const v1::Progress& progress, int width) {
   width = std::max(width, 1);
   int filled = 0;
   if (progress.total() > 0) {
-    const int64_t done =
-        std::clamp<int64_t>(progress.done(), 0, progress.total());
+    const int64_t done = std::clamp<int64_t>(progress.done(), 0, progress.total());
     filled = static_cast<int>(done * width / progress.total());
   }
-  std::string out = absl::StrCat("[", std::string(filled, '#'),
-                                 std::string(width - filled, '.'), "]");
+  std::string out =
+      absl::StrCat("[", std::string(filled, '#'), std::string(width - filled, '.'), "]");
   const std::string text = ProgressText(progress);
   if (!text.empty()) absl::StrAppend(&out, " ", text);
   const std::string eta = FormatEta(progress.eta_seconds());
@@ -479,13 +447,11 @@ std::string FormatEventLine(const v1::JobEvent& event) {
   switch (event.event_case()) {
     case v1::JobEvent::kStateChange: {
       const v1::StateChange& s = event.state_change();
-      std::string line = absl::StrCat("state ", StateName(s.from()), " -> ",
-                                      StateName(s.to()));
+      std::string line = absl::StrCat("state ", StateName(s.from()), " -> ", StateName(s.to()));
       if (s.to() == v1::JOB_STATE_RUNNING && !s.device().empty()) {
         absl::StrAppend(&line, " on ", s.device());
       }
-      if (s.attempt() > 1)
-        absl::StrAppend(&line, " (attempt ", s.attempt(), ")");
+      if (s.attempt() > 1) absl::StrAppend(&line, " (attempt ", s.attempt(), ")");
       if (s.has_error() && s.error().code() != 0) {
         absl::StrAppend(&line, ": ", ErrorText(s.error()));
       }
@@ -494,17 +460,14 @@ std::string FormatEventLine(const v1::JobEvent& event) {
     case v1::JobEvent::kStageStart: {
       const v1::StageStart& s = event.stage_start();
       std::string line = absl::StrCat("stage ", s.stage(), " started");
-      if (s.count() > 0)
-        absl::StrAppend(&line, " (", s.index() + 1, "/", s.count(), ")");
+      if (s.count() > 0) absl::StrAppend(&line, " (", s.index() + 1, "/", s.count(), ")");
       return line;
     }
     case v1::JobEvent::kStageEnd:
-      return absl::StrFormat("stage %s finished in %.1fs",
-                             event.stage_end().stage(),
+      return absl::StrFormat("stage %s finished in %.1fs", event.stage_end().stage(),
                              event.stage_end().seconds());
     case v1::JobEvent::kProgress: {
-      std::string line =
-          absl::StrCat("progress ", ProgressText(event.progress()));
+      std::string line = absl::StrCat("progress ", ProgressText(event.progress()));
       const std::string eta = FormatEta(event.progress().eta_seconds());
       if (!eta.empty()) absl::StrAppend(&line, " ETA ", eta);
       return line;
@@ -513,9 +476,8 @@ std::string FormatEventLine(const v1::JobEvent& event) {
       return absl::StrCat("result ", event.partial_result().key(), " ",
                           event.partial_result().json());
     case v1::JobEvent::kLog:
-      return absl::StrCat(
-          "[", event.log().level().empty() ? "INFO" : event.log().level(), "] ",
-          event.log().message());
+      return absl::StrCat("[", event.log().level().empty() ? "INFO" : event.log().level(), "] ",
+                          event.log().message());
     case v1::JobEvent::kArtifactReady:
       return absl::StrCat("artifact ", event.artifact_ready().name(), " (",
                           event.artifact_ready().size_bytes(), " bytes)");
@@ -529,11 +491,10 @@ std::string ToJson(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
   std::string json;
-  const auto status =
-      google::protobuf::util::MessageToJsonString(message, &json, options);
+  const auto status = google::protobuf::util::MessageToJsonString(message, &json, options);
   if (!status.ok()) {
-    return absl::StrCat("{\"error\":\"cannot print ",
-                        message.GetDescriptor()->full_name(), " as JSON\"}");
+    return absl::StrCat("{\"error\":\"cannot print ", message.GetDescriptor()->full_name(),
+                        " as JSON\"}");
   }
   return json;
 }
@@ -574,8 +535,7 @@ void EventPrinter::Print(const v1::JobEvent& event) {
     current_.set_stage(event.stage_start().stage());
     current_.set_eta_seconds(-1);
     DrawBar();
-  } else if (event.has_state_change() &&
-             event.state_change().to() != v1::JOB_STATE_RUNNING &&
+  } else if (event.has_state_change() && event.state_change().to() != v1::JOB_STATE_RUNNING &&
              event.state_change().to() != v1::JOB_STATE_QUEUED) {
     out_->flush();  // terminal: leave no bar behind
   } else if (was_visible) {

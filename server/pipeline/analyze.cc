@@ -38,6 +38,8 @@ v1::HvpMethod ToProto(engine::HvpMethod m) {
       return v1::HVP_METHOD_FINITE_DIFFERENCE;
     case engine::HvpMethod::kGaussNewton:
       return v1::HVP_METHOD_GAUSS_NEWTON;
+    case engine::HvpMethod::kFisherDiagonal:
+      return v1::HVP_METHOD_FISHER_DIAGONAL;
   }
   return v1::HVP_METHOD_UNSPECIFIED;
 }
@@ -82,8 +84,8 @@ std::string SensitivityCsv(const v1::AnalyzeResult& r) {
 
 }  // namespace
 
-absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& spec,
-                                                        uint64_t seed, const std::string& device,
+absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& spec, uint64_t seed,
+                                                        const std::string& device,
                                                         Resources& resources) {
   engine::AnalyzeOptions o;
   o.model_path = resources.ModelPath(spec.model_id());
@@ -114,6 +116,9 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
     case v1::HVP_METHOD_GAUSS_NEWTON:
       o.hvp_method = engine::HvpMethod::kGaussNewton;
       break;
+    case v1::HVP_METHOD_FISHER_DIAGONAL:
+      o.hvp_method = engine::HvpMethod::kFisherDiagonal;
+      break;
     default:
       break;  // the engine's default
   }
@@ -122,15 +127,14 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
       o.fallback = engine::HvpFallback::kNone;
       break;
     case v1::HVP_FALLBACK_FISHER:
-      return absl::UnimplementedError(
-          "analyze.fallback: the empirical Fisher fallback is not available yet; use "
-          "HVP_FALLBACK_FINITE_DIFFERENCE");
+      o.fallback = engine::HvpFallback::kFisherDiagonal;
+      break;
     default:
       o.fallback = engine::HvpFallback::kFiniteDifference;
   }
   const v1::TraceOptions& t = spec.traces();
-  bool any = t.enabled() || spec.eigen().enabled() || spec.density().enabled() ||
-             spec.qbert().enabled();
+  bool any =
+      t.enabled() || spec.eigen().enabled() || spec.density().enabled() || spec.qbert().enabled();
   o.traces_enabled = t.enabled() || !any;  // traces are the default analysis
   if (t.has_tolerance()) o.traces.tolerance = t.tolerance();
   if (t.has_max_probes()) o.traces.max_probes = t.max_probes();
@@ -147,8 +151,8 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
       o.eigen_scope = engine::EigenScope::kLayer;
       break;
     case v1::EIGEN_SCOPE_BLOCK:
-      return absl::UnimplementedError(
-          "analyze.eigen.scope: block scope is not available yet; use MODEL or LAYER");
+      o.eigen_scope = engine::EigenScope::kBlock;
+      break;
     default:
       o.eigen_scope = engine::EigenScope::kModel;
   }
@@ -158,6 +162,7 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
   if (d.has_runs()) o.density.runs = d.runs();
   if (d.has_grid_points()) o.density.grid_points = d.grid_points();
   if (d.has_sigma()) o.density.sigma = d.sigma();
+  if (d.has_max_memory_bytes()) o.density.max_memory_bytes = d.max_memory_bytes();
   o.qbert_enabled = spec.qbert().enabled();
   if (spec.qbert().has_subsets()) o.qbert_subsets = spec.qbert().subsets();
   o.seed = seed;
@@ -166,9 +171,9 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
 }
 
 absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext& context) {
-  ASSIGN_OR_RETURN(engine::AnalyzeOptions options,
-                   ToAnalyzeOptions(spec, context.job().seed(), context.device(),
-                                    context.resources()));
+  ASSIGN_OR_RETURN(
+      engine::AnalyzeOptions options,
+      ToAnalyzeOptions(spec, context.job().seed(), context.device(), context.resources()));
   ASSIGN_OR_RETURN(engine::AnalyzeReport report,
                    engine::RunAnalysis(options, &context.progress(), &context.cancel()));
   RETURN_IF_ERROR(context.cancel().Check());
@@ -217,11 +222,20 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   r->set_hvp_count(report.hvp_count);
   r->set_wall_seconds(report.wall_seconds);
   r->set_runtime(report.runtime);
+  for (const engine::BlockSensitivity& b : report.blocks) {
+    v1::BlockSensitivity* p = r->add_blocks();
+    p->set_name(b.name);
+    for (const std::string& l : b.layers) p->add_layers(l);
+    p->set_numel(b.numel);
+    for (double v : b.top_eigenvalues) p->add_top_eigenvalues(v);
+  }
+  r->set_finite_difference_check(report.finite_difference_check);
+  r->set_density_window(report.density_window);
+  for (const std::string& w : report.warnings) r->add_warnings(w);
 
-  std::string summary = absl::StrFormat("%d layers, %d HVPs (%s), %.1f s", r->layers_size(),
-                                        r->hvp_count(),
-                                        engine::HvpMethodName(report.hvp_method),
-                                        report.wall_seconds);
+  std::string summary =
+      absl::StrFormat("%d layers, %d HVPs (%s), %.1f s", r->layers_size(), r->hvp_count(),
+                      engine::HvpMethodName(report.hvp_method), report.wall_seconds);
   if (options.traces_enabled) {
     absl::StrAppendFormat(&summary, ", total trace %.4g ± %.2g", r->total_trace(),
                           r->total_trace_std_error());
@@ -230,14 +244,15 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
     absl::StrAppendFormat(&summary, ", top eigenvalue %.4g", report.eigenvalues[0]);
   }
   if (report.fell_back) absl::StrAppend(&summary, " (fell back: ", report.fallback_reason, ")");
+  for (const std::string& w : report.warnings) absl::StrAppend(&summary, "; warning: ", w);
   result.set_summary(summary);
 
   // report.json: the result plus everything needed to reproduce it.
-  std::string report_json = absl::StrCat(
-      "{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"", context.job().seed(),
-      "\",\n\"device\": \"", context.device(), "\",\n\"runtime\": \"", report.runtime,
-      "\",\n\"dtype\": \"", report.dtype, "\",\n\"spec\": ", ToJson(spec), ",\n\"result\": ",
-      ToJson(*r), "\n}\n");
+  std::string report_json =
+      absl::StrCat("{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"",
+                   context.job().seed(), "\",\n\"device\": \"", context.device(),
+                   "\",\n\"runtime\": \"", report.runtime, "\",\n\"dtype\": \"", report.dtype,
+                   "\",\n\"spec\": ", ToJson(spec), ",\n\"result\": ", ToJson(*r), "\n}\n");
   RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
   RETURN_IF_ERROR(context.AddArtifact("sensitivity.csv", "text/csv", SensitivityCsv(*r)).status());
 
@@ -245,19 +260,18 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   std::vector<double> values;
   for (const v1::LayerSensitivity& l : r->layers()) {
     labels.push_back(l.name());
-    values.push_back(options.traces_enabled ? l.trace_per_param()
+    values.push_back(options.traces_enabled         ? l.trace_per_param()
                      : l.top_eigenvalues_size() > 0 ? l.top_eigenvalues(0)
                                                     : l.qbert_score());
   }
   Axes bar_axes;
-  bar_axes.title = options.traces_enabled ? "Hessian trace per parameter, by layer"
-                                          : "Layer sensitivity";
+  bar_axes.title =
+      options.traces_enabled ? "Hessian trace per parameter, by layer" : "Layer sensitivity";
   bar_axes.x_label = options.traces_enabled ? "Tr(H_ii) / n_i (log scale)" : "value (log scale)";
   bar_axes.log_y = true;
-  RETURN_IF_ERROR(context
-                      .AddArtifact("sensitivity.svg", "image/svg+xml",
-                                   BarChartSvg(labels, values, bar_axes))
-                      .status());
+  RETURN_IF_ERROR(
+      context.AddArtifact("sensitivity.svg", "image/svg+xml", BarChartSvg(labels, values, bar_axes))
+          .status());
   if (!report.density_grid.empty()) {
     Axes axes;
     axes.title = "Hessian eigenvalue density (stochastic Lanczos quadrature)";

@@ -85,13 +85,17 @@ absl::Status ValidateAnalyze(const v1::AnalyzeSpec& s, Resources& r) {
   RETURN_IF_ERROR(Fraction(f + ".traces.tolerance", t.has_tolerance(), t.tolerance()));
   const auto& e = s.eigen();
   RETURN_IF_ERROR(AtLeast(f + ".eigen.k", e.has_k(), e.k(), 1));
-  RETURN_IF_ERROR(AtLeast(f + ".eigen.max_iterations", e.has_max_iterations(), e.max_iterations(), 1));
+  RETURN_IF_ERROR(
+      AtLeast(f + ".eigen.max_iterations", e.has_max_iterations(), e.max_iterations(), 1));
   RETURN_IF_ERROR(Fraction(f + ".eigen.tolerance", e.has_tolerance(), e.tolerance()));
   const auto& d = s.density();
-  RETURN_IF_ERROR(AtLeast(f + ".density.lanczos_steps", d.has_lanczos_steps(), d.lanczos_steps(), 2));
+  RETURN_IF_ERROR(
+      AtLeast(f + ".density.lanczos_steps", d.has_lanczos_steps(), d.lanczos_steps(), 2));
   RETURN_IF_ERROR(AtLeast(f + ".density.runs", d.has_runs(), d.runs(), 1));
   RETURN_IF_ERROR(AtLeast(f + ".density.grid_points", d.has_grid_points(), d.grid_points(), 2));
   RETURN_IF_ERROR(Positive(f + ".density.sigma", d.has_sigma(), d.sigma()));
+  RETURN_IF_ERROR(AtLeast(f + ".density.max_memory_bytes", d.has_max_memory_bytes(),
+                          d.max_memory_bytes(), int64_t{1}));
   RETURN_IF_ERROR(AtLeast(f + ".qbert.subsets", s.qbert().has_subsets(), s.qbert().subsets(), 2));
   return absl::OkStatus();
 }
@@ -113,7 +117,8 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
       return Invalid(absl::StrCat(f, ".pins[", i, "].bits"),
                      absl::StrCat("must be 2..8, 16 or 32, got ", s.pins(i).bits()));
     }
-    if (s.pins(i).layer().empty()) return Invalid(absl::StrCat(f, ".pins[", i, "].layer"), "required");
+    if (s.pins(i).layer().empty())
+      return Invalid(absl::StrCat(f, ".pins[", i, "].layer"), "required");
   }
   const auto& q = s.quantizer();
   if (q.granularity() == v1::GRANULARITY_GROUP || q.has_group_size()) {
@@ -125,8 +130,8 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
   if (q.has_gptq_damping() && !(q.gptq_damping() > 0 && q.gptq_damping() < 1)) {
     return Invalid(f + ".quantizer.gptq_damping", "must be in (0, 1)");
   }
-  RETURN_IF_ERROR(AtLeast(f + ".quantizer.gptq_block_size", q.has_gptq_block_size(),
-                          q.gptq_block_size(), 1));
+  RETURN_IF_ERROR(
+      AtLeast(f + ".quantizer.gptq_block_size", q.has_gptq_block_size(), q.gptq_block_size(), 1));
   switch (s.budget().limit_case()) {
     case v1::Budget::kAverageBits:
       if (!(s.budget().average_bits() >= 2 && s.budget().average_bits() <= 32)) {
@@ -167,10 +172,10 @@ absl::Status ValidatePruneNumbers(const std::string& f, const v1::PruneSpec& s, 
   v1::Model model;
   RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r, &model));
   if (!LooksLikeViT(model)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        f, ".model_id: model ", s.model_id(),
-        " is not a Vision Transformer (no attn.qkv or self_attention layers); "
-        "structural pruning needs one"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(f, ".model_id: model ", s.model_id(),
+                     " is not a Vision Transformer (no attn.qkv or self_attention layers); "
+                     "structural pruning needs one"));
   }
   RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
   if (!s.eval_dataset_id().empty()) {
@@ -188,13 +193,15 @@ absl::Status ValidatePruneNumbers(const std::string& f, const v1::PruneSpec& s, 
           Fraction(f + ".target.latency_fraction", true, s.target().latency_fraction()));
       break;
     default:
-      return Invalid(f + ".target", "required (flops_fraction, params_fraction or latency_fraction)");
+      return Invalid(f + ".target",
+                     "required (flops_fraction, params_fraction or latency_fraction)");
   }
   if (s.latency_weight() < 0) return Invalid(f + ".latency_weight", "must be >= 0");
   RETURN_IF_ERROR(AtLeast(f + ".head_group", s.has_head_group(), s.head_group(), 1));
   RETURN_IF_ERROR(AtLeast(f + ".mlp_group", s.has_mlp_group(), s.mlp_group(), 1));
   RETURN_IF_ERROR(AtLeast(f + ".steps", s.has_steps(), s.steps(), 1));
-  RETURN_IF_ERROR(AtLeast(f + ".recovery.steps", s.recovery().has_steps(), s.recovery().steps(), 0));
+  RETURN_IF_ERROR(
+      AtLeast(f + ".recovery.steps", s.recovery().has_steps(), s.recovery().steps(), 0));
   RETURN_IF_ERROR(Positive(f + ".recovery.learning_rate", s.recovery().has_learning_rate(),
                            s.recovery().learning_rate()));
   RETURN_IF_ERROR(Positive(f + ".recovery.temperature", s.recovery().has_temperature(),

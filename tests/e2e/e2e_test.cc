@@ -473,11 +473,13 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
     cases.push_back(c);
   }
   {
-    Case c{"Fisher fallback, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "Fisher"};
+    Case c{"no memory for Lanczos", {}, grpc::StatusCode::INVALID_ARGUMENT,
+           "analyze.density.max_memory_bytes"};
     auto* a = c.req.mutable_spec()->mutable_analyze();
     a->set_model_id(cnn.id());
     a->mutable_data()->set_dataset_id(data);
-    a->set_fallback(v1::HVP_FALLBACK_FISHER);
+    a->mutable_density()->set_enabled(true);
+    a->mutable_density()->set_max_memory_bytes(0);
     cases.push_back(c);
   }
   {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -22,6 +23,7 @@ using ::compress::engine::testing::FixturePath;
 using ::compress::engine::testing::FullHessian;
 using ::compress::engine::testing::LoadF64;
 using ::compress::engine::testing::MakeTempDir;
+using ::compress::engine::testing::SourceDir;
 using ::testing::HasSubstr;
 
 class RecordingSink : public ProgressSink {
@@ -67,8 +69,7 @@ struct Exact {
   static const Exact& Get() {
     static const Exact* exact = [] {
       torch::jit::Module m = LoadF64("tiny_cnn.pt");
-      absl::StatusOr<LoadedDataset> data =
-          LoadDataset(FixturePath("tiny.safetensors"), 0);
+      absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
       EXPECT_TRUE(data.ok()) << data.status();
       absl::StatusOr<PreparedBatches> p =
           PrepareBatches(m, data->inputs, data->targets, 6, LossKind::kAuto);
@@ -91,10 +92,8 @@ struct Exact {
   }
   std::vector<double> ByMagnitude() const {
     torch::Tensor e = torch::linalg_eigvalsh(hessian);
-    std::vector<double> v(e.data_ptr<double>(),
-                          e.data_ptr<double>() + e.numel());
-    std::sort(v.begin(), v.end(),
-              [](double a, double b) { return std::abs(a) > std::abs(b); });
+    std::vector<double> v(e.data_ptr<double>(), e.data_ptr<double>() + e.numel());
+    std::sort(v.begin(), v.end(), [](double a, double b) { return std::abs(a) > std::abs(b); });
     return v;
   }
 };
@@ -114,10 +113,9 @@ void CheckAgainstExact(const AnalyzeReport& r, double eigen_tolerance) {
   std::vector<double> eig = exact.ByMagnitude();
   ASSERT_EQ(r.eigenvalues.size(), 2u);
   for (int i = 0; i < 2; ++i) {
-    std::cout << HvpMethodName(r.hvp_method) << ": eigenvalue " << i << " "
-              << r.eigenvalues[i] << " vs exact " << eig[i] << " (relative "
-              << std::abs(r.eigenvalues[i] - eig[i]) / std::abs(eig[i])
-              << ")\n";
+    std::cout << HvpMethodName(r.hvp_method) << ": eigenvalue " << i << " " << r.eigenvalues[i]
+              << " vs exact " << eig[i] << " (relative "
+              << std::abs(r.eigenvalues[i] - eig[i]) / std::abs(eig[i]) << ")\n";
     EXPECT_NEAR(r.eigenvalues[i], eig[i], eigen_tolerance * std::abs(eig[i]));
   }
   torch::Tensor e = torch::linalg_eigvalsh(exact.hessian);
@@ -125,10 +123,10 @@ void CheckAgainstExact(const AnalyzeReport& r, double eigen_tolerance) {
   double sum = 0;
   for (double w : r.density_weights) sum += w;
   EXPECT_NEAR(sum, 1, 1e-9);
-  EXPECT_NEAR(*std::min_element(r.density_nodes.begin(), r.density_nodes.end()),
-              min, eigen_tolerance * (max - min));
-  EXPECT_NEAR(*std::max_element(r.density_nodes.begin(), r.density_nodes.end()),
-              max, eigen_tolerance * (max - min));
+  EXPECT_NEAR(*std::min_element(r.density_nodes.begin(), r.density_nodes.end()), min,
+              eigen_tolerance * (max - min));
+  EXPECT_NEAR(*std::max_element(r.density_nodes.begin(), r.density_nodes.end()), max,
+              eigen_tolerance * (max - min));
 }
 
 TEST(RunAnalysisTest, EveryEstimatorAgreesWithTheExactHessian) {
@@ -166,8 +164,7 @@ TEST(RunAnalysisTest, EveryEstimatorAgreesWithTheExactHessian) {
       EXPECT_GE(l.qbert_score, 0);
     }
     absl::MutexLock lock(&sink.mu_);
-    EXPECT_EQ(sink.stages_, (std::vector<std::string>{"traces", "eigen",
-                                                      "density", "qbert"}));
+    EXPECT_EQ(sink.stages_, (std::vector<std::string>{"traces", "eigen", "density", "qbert"}));
     EXPECT_EQ(sink.partial_.size(), r->layers.size());
     EXPECT_GT(sink.progress_, 0);
   }
@@ -223,8 +220,7 @@ TEST(RunAnalysisTest, SameSeedSameReportOtherSeedOtherProbes) {
 std::string SaveCdistModel() {
   torch::jit::Module m("CdistNet");
   at::Generator gen = MakeGenerator(1);
-  m.register_parameter("centers", at::randn({3, 64}, gen).requires_grad_(true),
-                       false);
+  m.register_parameter("centers", at::randn({3, 64}, gen).requires_grad_(true), false);
   m.define(R"JIT(
 def forward(self, x):
     return -torch.cdist(x.flatten(1), self.centers)
@@ -259,6 +255,124 @@ TEST(RunAnalysisTest, MissingDoubleBackwardFallsBackOrFails) {
   EXPECT_THAT(s.message(), HasSubstr("cdist"));
 }
 
+// cdist (no double backward) plus relu(shift) with shift exactly 0: finite
+// differences see the kink and fail their self-check.
+std::string SaveCdistKinkModel() {
+  torch::jit::Module m("CdistKinkNet");
+  at::Generator gen = MakeGenerator(1);
+  m.register_parameter("centers", at::randn({3, 64}, gen).requires_grad_(true), false);
+  m.register_parameter("shift", torch::zeros({1}).requires_grad_(true), false);
+  m.define(R"JIT(
+def forward(self, x):
+    f = x.flatten(1)
+    return -torch.cdist(f, self.centers) + torch.relu(self.shift) * f[:, :3]
+)JIT");
+  const std::string path = MakeTempDir() + "/cdist_kink.pt";
+  m.save(path);
+  return path;
+}
+
+TEST(RunAnalysisTest, FailedFiniteDifferenceCheckFallsBackToFisher) {
+  AnalyzeOptions o = CnnOptions();
+  o.model_path = SaveCdistKinkModel();
+  o.traces.max_probes = 20;
+  o.eigen_enabled = true;
+  RecordingSink sink;
+  absl::StatusOr<AnalyzeReport> r = RunAnalysis(o, &sink, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->fell_back);
+  EXPECT_EQ(r->hvp_method, HvpMethod::kFisherDiagonal);
+  EXPECT_GT(r->finite_difference_check, kFiniteDifferenceCheckTolerance);
+  EXPECT_THAT(r->fallback_reason, HasSubstr("cdist"));
+  EXPECT_THAT(r->fallback_reason, HasSubstr("self-check"));
+  ASSERT_EQ(r->layers.size(), 1u);  // the root: centers and shift
+  // Rademacher probes of a diagonal matrix: every probe gives the trace
+  // exactly, so the estimate has no spread and converges at min_probes.
+  EXPECT_EQ(r->layers[0].trace_std_error, 0);
+  EXPECT_EQ(r->layers[0].trace_probes, o.traces.min_probes);
+  EXPECT_GT(r->layers[0].trace, 0);
+  ASSERT_EQ(r->eigenvalues.size(), 1u);
+  EXPECT_GT(r->eigenvalues[0], 0);
+
+  // Asked for directly, finite differences run and warn.
+  o.hvp_method = HvpMethod::kFiniteDifference;
+  r = RunAnalysis(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->fell_back);
+  EXPECT_EQ(r->hvp_method, HvpMethod::kFiniteDifference);
+  ASSERT_EQ(r->warnings.size(), 1u);
+  EXPECT_THAT(r->warnings[0], HasSubstr("self-check"));
+}
+
+TEST(RunAnalysisTest, FisherFallbackMatchesPerExampleGradients) {
+  AnalyzeOptions o = CnnOptions();
+  o.model_path = SaveCdistModel();
+  o.fallback = HvpFallback::kFisherDiagonal;
+  absl::StatusOr<AnalyzeReport> r = RunAnalysis(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->fell_back);
+  EXPECT_EQ(r->hvp_method, HvpMethod::kFisherDiagonal);
+  EXPECT_EQ(r->finite_difference_check, 0);
+  // Tr(diag F) = mean over examples of ‖∇ℓ_n‖², each computed here with a
+  // batch of one.
+  absl::StatusOr<torch::jit::Module> m = LoadModel(o.model_path);
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<LoadedDataset> data = LoadDataset(o.dataset, 0);
+  ASSERT_TRUE(data.ok()) << data.status();
+  torch::Tensor centers = m->attr("centers").toTensor();
+  double want = 0;
+  const int64_t n = data->inputs.size(0);
+  for (int64_t e = 0; e < n; ++e) {
+    torch::Tensor out = m->forward({data->inputs.narrow(0, e, 1)}).toTensor();
+    torch::Tensor loss =
+        at::cross_entropy_loss(out, data->targets.narrow(0, e, 1).to(torch::kLong));
+    torch::Tensor g = torch::autograd::grad({loss}, {centers})[0];
+    want += g.pow(2).sum().item<double>() / n;
+  }
+  ASSERT_EQ(r->layers.size(), 1u);
+  EXPECT_NEAR(r->layers[0].trace, want, 1e-5 * want);
+  EXPECT_NEAR(r->total_trace, want, 1e-5 * want);
+}
+
+TEST(RunAnalysisTest, BlockScopeEigenvaluesOfTheViT) {
+  AnalyzeOptions o;
+  o.model_path = SourceDir() + "/models/fmnist_vit.pt";
+  o.dataset = "builtin:fashion-mnist/test";
+  o.num_samples = 16;
+  o.batch_size = 16;
+  o.traces_enabled = false;
+  o.eigen_enabled = true;
+  o.eigen_scope = EigenScope::kBlock;
+  o.eigen.max_iterations = 30;
+  o.eigen.tolerance = 1e-2;
+  absl::StatusOr<AnalyzeReport> r = RunAnalysis(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->blocks.size(), 8u);
+  EXPECT_EQ(r->blocks[2].name, "blocks.0");
+  EXPECT_EQ(r->blocks[2].layers.size(), 6u);
+  int64_t numel = 0;
+  for (const BlockSensitivity& b : r->blocks) {
+    SCOPED_TRACE(b.name);
+    numel += b.numel;
+    ASSERT_EQ(b.top_eigenvalues.size(), 1u);
+    EXPECT_NE(b.top_eigenvalues[0], 0);
+  }
+  EXPECT_EQ(numel, r->num_parameters);
+  // A block's top eigenvalue bounds each of its layers' (Cauchy
+  // interlacing for the largest eigenvalue of a principal submatrix):
+  // check with the layer scope on the same data.
+  o.eigen_scope = EigenScope::kLayer;
+  o.eigen.tolerance = 1e-3;
+  o.eigen.max_iterations = 100;
+  absl::StatusOr<AnalyzeReport> layers = RunAnalysis(o, nullptr, nullptr);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  for (const LayerSensitivity& l : layers->layers) {
+    if (!absl::StartsWith(l.name, "blocks.0.")) continue;
+    SCOPED_TRACE(l.name);
+    EXPECT_LE(std::abs(l.top_eigenvalues[0]), std::abs(r->blocks[2].top_eigenvalues[0]) * 1.02);
+  }
+}
+
 TEST(RunAnalysisTest, DataThatDoesNotFitTheModelIsInvalidArgument) {
   AnalyzeOptions o = CnnOptions();
   o.dataset = FixturePath("tiny_torchsave.pt");  // inputs [5, 4]
@@ -287,8 +401,7 @@ TEST(RunAnalysisTest, BadOptionsAndMissingFiles) {
 
   o = CnnOptions();
   o.traces_enabled = false;
-  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 
   o = CnnOptions();
   o.eigen_enabled = true;
@@ -299,18 +412,15 @@ TEST(RunAnalysisTest, BadOptionsAndMissingFiles) {
 
   o = CnnOptions();
   o.model_path = "/nonexistent/model.pt";
-  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(), absl::StatusCode::kNotFound);
 
   o = CnnOptions();
   o.dataset = "/nonexistent/data.safetensors";
-  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(), absl::StatusCode::kNotFound);
 
   o = CnnOptions();
   o.device = "tpu:0";
-  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunAnalysis(o, nullptr, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -36,8 +36,7 @@ class RecordingSink : public ProgressSink {
     stages_.push_back(stage);
   }
   void StageEnd(const std::string&) override {}
-  void Progress(const std::string& stage, int64_t done,
-                int64_t total) override {
+  void Progress(const std::string& stage, int64_t done, int64_t total) override {
     absl::MutexLock lock(&mu_);
     ++progress_calls_;
     last_done_ = done;
@@ -71,8 +70,7 @@ struct Problem {
   std::unique_ptr<HvpOperator> Op(HvpMethod method = HvpMethod::kExact) {
     HvpOptions options;
     options.method = method;
-    absl::StatusOr<std::unique_ptr<HvpOperator>> op =
-        CreateHvpOperator(model, batches, options);
+    absl::StatusOr<std::unique_ptr<HvpOperator>> op = CreateHvpOperator(model, batches, options);
     EXPECT_TRUE(op.ok()) << op.status();
     return std::move(op).value();
   }
@@ -92,11 +90,9 @@ struct Problem {
   }
 };
 
-Problem MakeProblem(const std::string& name, torch::jit::Module m,
-                    const torch::Tensor& x, const torch::Tensor& y,
-                    int64_t batch_size) {
-  absl::StatusOr<PreparedBatches> p =
-      PrepareBatches(m, x, y, batch_size, LossKind::kAuto);
+Problem MakeProblem(const std::string& name, torch::jit::Module m, const torch::Tensor& x,
+                    const torch::Tensor& y, int64_t batch_size) {
+  absl::StatusOr<PreparedBatches> p = PrepareBatches(m, x, y, batch_size, LossKind::kAuto);
   EXPECT_TRUE(p.ok()) << p.status();
   Problem problem{name, m, *p, FullHessian(m, *p), *CollectParameters(m)};
   return problem;
@@ -110,8 +106,7 @@ Problem Mlp() {
 
 Problem Cnn() {
   torch::jit::Module m = LoadF64("tiny_cnn.pt");
-  absl::StatusOr<LoadedDataset> data =
-      LoadDataset(FixturePath("tiny.safetensors"), 0);
+  absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
   EXPECT_TRUE(data.ok()) << data.status();
   return MakeProblem("cnn", m, data->inputs, data->targets, 6);
 }
@@ -120,8 +115,7 @@ Problem Cnn() {
 std::vector<double> ByMagnitude(const torch::Tensor& h) {
   torch::Tensor e = torch::linalg_eigvalsh(h);
   std::vector<double> v(e.data_ptr<double>(), e.data_ptr<double>() + e.numel());
-  std::sort(v.begin(), v.end(),
-            [](double a, double b) { return std::abs(a) > std::abs(b); });
+  std::sort(v.begin(), v.end(), [](double a, double b) { return std::abs(a) > std::abs(b); });
   return v;
 }
 
@@ -138,10 +132,8 @@ void ExpectTracesWithinThreeStdErrors(Problem& p, const TraceResult& r) {
     EXPECT_EQ(t.numel, p.params.layout->groups[t.group].numel);
     EXPECT_NEAR(t.trace_per_param(), t.trace / t.numel, 1e-15);
     // A layer with an exactly estimated (diagonal) block has no spread.
-    EXPECT_LE(std::abs(t.trace - exact),
-              3 * t.std_error + 1e-9 * std::abs(exact))
-        << "estimate " << t.trace << " ± " << t.std_error << ", exact "
-        << exact;
+    EXPECT_LE(std::abs(t.trace - exact), 3 * t.std_error + 1e-9 * std::abs(exact))
+        << "estimate " << t.trace << " ± " << t.std_error << ", exact " << exact;
   }
   EXPECT_LE(std::abs(r.total_trace - exact_total),
             3 * r.total_std_error + 1e-9 * std::abs(exact_total));
@@ -152,8 +144,7 @@ TEST(TracesTest, AllLayersPerProbeAgreeWithExactBlockTraces) {
     std::unique_ptr<HvpOperator> op = p.Op();
     at::Generator gen = MakeGenerator(1);
     RecordingSink sink;
-    absl::StatusOr<TraceResult> r =
-        EstimateLayerTraces(*op, TraceOptions{}, gen, &sink);
+    absl::StatusOr<TraceResult> r = EstimateLayerTraces(*op, TraceOptions{}, gen, &sink);
     ASSERT_TRUE(r.ok()) << r.status();
     ExpectTracesWithinThreeStdErrors(p, *r);
     // One full-model HVP per probe, all layers at once.
@@ -204,8 +195,7 @@ TEST(TracesTest, CancelStopsBeforeTheNextProbe) {
   at::Generator gen = MakeGenerator(1);
   CancelToken token;
   token.Cancel();
-  absl::StatusOr<TraceResult> r =
-      EstimateLayerTraces(*op, TraceOptions{}, gen, nullptr, &token);
+  absl::StatusOr<TraceResult> r = EstimateLayerTraces(*op, TraceOptions{}, gen, nullptr, &token);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(op->num_applications(), 0);
 }
@@ -235,20 +225,18 @@ TEST(EigenTest, PowerIterationWithDeflationMatchesTheTopTwo) {
     EigenOptions options;
     options.k = 2;
     RecordingSink sink;
-    absl::StatusOr<EigenResult> r =
-        TopEigenvalues(*op, options, kWholeModel, gen, &sink);
+    absl::StatusOr<EigenResult> r = TopEigenvalues(*op, options, kWholeModel, gen, &sink);
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_EQ(r->eigenvalues.size(), 2u);
     for (int i = 0; i < 2; ++i) {
       EXPECT_TRUE(r->converged[i]);
       EXPECT_NEAR(r->eigenvalues[i], exact[i], 1e-3 * std::abs(exact[i]))
-          << "eigenvalue " << i << " after " << r->iterations[i]
-          << " iterations";
+          << "eigenvalue " << i << " after " << r->iterations[i] << " iterations";
       EXPECT_NEAR(Norm(r->eigenvectors[i]), 1, 1e-12);
-      std::cout << p.name << ": eigenvalue " << i << " " << r->eigenvalues[i]
-                << " (exact " << exact[i] << ", relative error "
-                << std::abs(r->eigenvalues[i] - exact[i]) / std::abs(exact[i])
-                << ", " << r->iterations[i] << " HVPs)\n";
+      std::cout << p.name << ": eigenvalue " << i << " " << r->eigenvalues[i] << " (exact "
+                << exact[i] << ", relative error "
+                << std::abs(r->eigenvalues[i] - exact[i]) / std::abs(exact[i]) << ", "
+                << r->iterations[i] << " HVPs)\n";
     }
     EXPECT_NEAR(Dot(r->eigenvectors[0], r->eigenvectors[1]), 0, 1e-10);
     EXPECT_EQ(op->num_applications(), r->iterations[0] + r->iterations[1]);
@@ -276,6 +264,65 @@ TEST(EigenTest, LayerScopeMatchesTheDiagonalBlock) {
   }
 }
 
+TEST(EigenTest, SeveralLayersTogetherMatchTheirJointDiagonalBlock) {
+  Problem p = Cnn();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(8);
+  const std::vector<int> groups = {0, 1};
+  // H restricted to the rows and columns of both groups.
+  std::vector<int64_t> index;
+  int64_t offset = 0;
+  for (size_t i = 0; i < p.params.size(); ++i) {
+    const int64_t n = p.params.tensors[i].numel();
+    const int g = p.params.layout->group_of[i];
+    if (g == 0 || g == 1) {
+      for (int64_t j = 0; j < n; ++j) index.push_back(offset + j);
+    }
+    offset += n;
+  }
+  torch::Tensor idx = torch::tensor(index, torch::kLong);
+  std::vector<double> exact = ByMagnitude(p.hessian.index_select(0, idx).index_select(1, idx));
+  EigenOptions options;
+  options.k = 2;
+  options.tolerance = 1e-6;
+  options.max_iterations = 1000;
+  absl::StatusOr<EigenResult> r = TopEigenvalues(*op, options, groups, gen);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->eigenvalues.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_NEAR(r->eigenvalues[i], exact[i], 1e-3 * std::abs(exact[i]));
+  }
+  // Zero outside the two layers.
+  const ParamSet& u = r->eigenvectors[0];
+  EXPECT_NEAR(GroupDot(u, u, 0) + GroupDot(u, u, 1), 1, 1e-12);
+  EXPECT_EQ(TopEigenvalues(*op, options, std::vector<int>{0, 0}, gen).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(BlocksTest, ViTBlocksAndResidualBlocksAreFoundByName) {
+  absl::StatusOr<torch::jit::Module> vit =
+      LoadModel(testing::SourceDir() + "/models/fmnist_vit.pt");
+  ASSERT_TRUE(vit.ok()) << vit.status();
+  absl::StatusOr<ParamSet> params = CollectParameters(*vit);
+  ASSERT_TRUE(params.ok()) << params.status();
+  std::vector<ParamBlock> blocks = BlocksOf(*params->layout);
+  std::vector<std::string> names;
+  int64_t numel = 0;
+  size_t layers = 0;
+  for (const ParamBlock& b : blocks) {
+    names.push_back(b.name);
+    numel += b.numel;
+    layers += b.groups.size();
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("", "patch_embed", "blocks.0", "blocks.1", "blocks.2",
+                                            "blocks.3", "norm", "head"));
+  EXPECT_EQ(numel, params->layout->numel);
+  EXPECT_EQ(layers, params->layout->groups.size());
+  // blocks.0: norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2.
+  ASSERT_EQ(blocks[2].groups.size(), 6u);
+  EXPECT_EQ(params->layout->groups[blocks[2].groups[1]].name, "blocks.0.attn.qkv");
+}
+
 TEST(EigenTest, KIsCappedAtTheDimension) {
   Problem p = Mlp();
   std::unique_ptr<HvpOperator> op = p.Op();
@@ -285,19 +332,16 @@ TEST(EigenTest, KIsCappedAtTheDimension) {
   options.max_iterations = 3;
   // A model with two parameters has two eigenvalues.
   torch::jit::Module tiny("One");
-  tiny.register_parameter("w", torch::ones({1, 2}, F64()).requires_grad_(true),
-                          false);
+  tiny.register_parameter("w", torch::ones({1, 2}, F64()).requires_grad_(true), false);
   tiny.define(R"JIT(
 def forward(self, x):
     return torch.matmul(x, self.w)
 )JIT");
   Data d = RandomClassification({4, 1}, 2, 1);
-  absl::StatusOr<PreparedBatches> b =
-      PrepareBatches(tiny, d.inputs, d.targets, 4, LossKind::kAuto);
+  absl::StatusOr<PreparedBatches> b = PrepareBatches(tiny, d.inputs, d.targets, 4, LossKind::kAuto);
   ASSERT_TRUE(b.ok()) << b.status();
   std::unique_ptr<HvpOperator> op2 = *CreateHvpOperator(tiny, *b, HvpOptions{});
-  absl::StatusOr<EigenResult> r =
-      TopEigenvalues(*op2, options, kWholeModel, gen);
+  absl::StatusOr<EigenResult> r = TopEigenvalues(*op2, options, kWholeModel, gen);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->eigenvalues.size(), 2u);
   options.k = 0;
@@ -316,8 +360,7 @@ TEST(DensityTest, FullLanczosRecoversTheWholeSpectrum) {
   at::Generator gen = MakeGenerator(5);
   DensityOptions options;
   options.lanczos_steps = 200;  // capped at 67
-  absl::StatusOr<SpectralDensity> d =
-      EstimateSpectralDensity(*op, options, gen);
+  absl::StatusOr<SpectralDensity> d = EstimateSpectralDensity(*op, options, gen);
   ASSERT_TRUE(d.ok()) << d.status();
   ASSERT_EQ(d->steps.size(), 1u);
   EXPECT_LE(d->steps[0], 67);
@@ -344,8 +387,7 @@ TEST(DensityTest, NodesIncludeTheExtremeEigenvaluesAndWeightsSumToOne) {
   options.runs = 2;
   options.grid_points = 500;
   RecordingSink sink;
-  absl::StatusOr<SpectralDensity> d =
-      EstimateSpectralDensity(*op, options, gen, &sink);
+  absl::StatusOr<SpectralDensity> d = EstimateSpectralDensity(*op, options, gen, &sink);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->steps.size(), 2u);
   EXPECT_EQ(d->nodes.size(), d->weights.size());
@@ -369,6 +411,37 @@ TEST(DensityTest, NodesIncludeTheExtremeEigenvaluesAndWeightsSumToOne) {
   EXPECT_GE(d->grid.back(), hi);
   absl::MutexLock lock(&sink.mu_);
   EXPECT_EQ(sink.last_total_, 180);
+}
+
+TEST(DensityTest, AMemoryCapKeepsTheExtremesAndSaysSo) {
+  Problem p = Cnn();  // 514 parameters, 4112 bytes per float64 vector
+  torch::Tensor exact = torch::linalg_eigvalsh(p.hessian);
+  const double lo = exact.min().item<double>();
+  const double hi = exact.max().item<double>();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(6);
+  DensityOptions options;
+  options.lanczos_steps = 90;
+  options.max_memory_bytes = 10 * 4112 + 100;  // 10 vectors
+  absl::StatusOr<SpectralDensity> d = EstimateSpectralDensity(*op, options, gen);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->window, 10);
+  double sum = 0;
+  for (double w : d->weights) sum += w;
+  EXPECT_NEAR(sum, 1, 1e-10);
+  // Lanczos finds the extreme eigenvalues first, orthogonal or not.
+  const double tol = 1e-3 * (hi - lo);
+  EXPECT_NEAR(*std::max_element(d->nodes.begin(), d->nodes.end()), hi, tol);
+  EXPECT_NEAR(*std::min_element(d->nodes.begin(), d->nodes.end()), lo, tol);
+  options.max_memory_bytes = 1;  // the three-term recurrence still runs
+  d = EstimateSpectralDensity(*op, options, gen);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->window, 2);
+  EXPECT_NEAR(*std::max_element(d->nodes.begin(), d->nodes.end()), hi, tol);
+  options.max_memory_bytes = int64_t{1} << 30;
+  d = EstimateSpectralDensity(*op, options, gen);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->window, 0);
 }
 
 TEST(DensityTest, SmoothingPutsTheMassAtTheNodes) {
@@ -395,8 +468,7 @@ TEST(QBertTest, DataSubsetsSplitTheExamplesEvenly) {
     sizes.push_back(sub.num_examples);
     for (const Batch& b : sub.batches) {
       EXPECT_LE(b.size, 4);
-      EXPECT_TRUE(torch::equal(
-          b.inputs, p.batches.batches[0].inputs.narrow(0, total, b.size)));
+      EXPECT_TRUE(torch::equal(b.inputs, p.batches.batches[0].inputs.narrow(0, total, b.size)));
       total += b.size;
     }
   }
@@ -433,9 +505,7 @@ TEST(QBertTest, ScoresAreMeanPlusStdOfPerSubsetTopEigenvalues) {
     EXPECT_NEAR(l.score, std::abs(mean) + std, 1e-3 * (std::abs(mean) + std));
     EXPECT_NEAR(l.mean, mean, 1e-3 * std::abs(mean));
   }
-  EXPECT_EQ(QBertScores(p.model, p.batches, HvpOptions{}, 17, eigen, gen)
-                .status()
-                .code(),
+  EXPECT_EQ(QBertScores(p.model, p.batches, HvpOptions{}, 17, eigen, gen).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -35,29 +35,25 @@ using ::testing::HasSubstr;
 PreparedBatches Prepare(torch::jit::Module& m, const torch::Tensor& inputs,
                         const torch::Tensor& targets, int64_t batch_size,
                         LossKind loss = LossKind::kAuto) {
-  absl::StatusOr<PreparedBatches> p =
-      PrepareBatches(m, inputs, targets, batch_size, loss);
+  absl::StatusOr<PreparedBatches> p = PrepareBatches(m, inputs, targets, batch_size, loss);
   EXPECT_TRUE(p.ok()) << p.status();
   return *p;
 }
 
 std::unique_ptr<HvpOperator> MakeOp(
     torch::jit::Module m, PreparedBatches p, HvpMethod method,
-    FiniteDifferenceScheme scheme = FiniteDifferenceScheme::kForward,
-    int max_cached = 1) {
+    FiniteDifferenceScheme scheme = FiniteDifferenceScheme::kForward, int max_cached = 1) {
   HvpOptions options;
   options.method = method;
   options.fd_scheme = scheme;
   options.max_cached_batches = max_cached;
-  absl::StatusOr<std::unique_ptr<HvpOperator>> op =
-      CreateHvpOperator(m, std::move(p), options);
+  absl::StatusOr<std::unique_ptr<HvpOperator>> op = CreateHvpOperator(m, std::move(p), options);
   EXPECT_TRUE(op.ok()) << op.status();
   return std::move(op).value();
 }
 
 // max over a few random vectors of ‖op(v) − H v‖ / ‖H v‖.
-double WorstError(HvpOperator& op, const torch::Tensor& h, uint64_t seed,
-                  int vectors = 3) {
+double WorstError(HvpOperator& op, const torch::Tensor& h, uint64_t seed, int vectors = 3) {
   at::Generator gen = MakeGenerator(seed);
   double worst = 0;
   for (int i = 0; i < vectors; ++i) {
@@ -65,8 +61,7 @@ double WorstError(HvpOperator& op, const torch::Tensor& h, uint64_t seed,
     absl::StatusOr<ParamSet> hv = op.Apply(v);
     EXPECT_TRUE(hv.ok()) << hv.status();
     if (!hv.ok()) return INFINITY;
-    worst =
-        std::max(worst, RelativeError(Flatten(*hv), torch::mv(h, Flatten(v))));
+    worst = std::max(worst, RelativeError(Flatten(*hv), torch::mv(h, Flatten(v))));
   }
   return worst;
 }
@@ -74,8 +69,7 @@ double WorstError(HvpOperator& op, const torch::Tensor& h, uint64_t seed,
 // --------------------------------------------------------------- ParamSet
 
 TEST(ParamSetTest, GroupsFollowTheModulesLikeModelInfo) {
-  absl::StatusOr<ModelSummary> summary =
-      DescribeModelFile(FixturePath("tiny_cnn.pt"));
+  absl::StatusOr<ModelSummary> summary = DescribeModelFile(FixturePath("tiny_cnn.pt"));
   ASSERT_TRUE(summary.ok()) << summary.status();
   torch::jit::Module m = LoadF64("tiny_cnn.pt");
   absl::StatusOr<ParamSet> params = CollectParameters(m);
@@ -86,14 +80,12 @@ TEST(ParamSetTest, GroupsFollowTheModulesLikeModelInfo) {
     EXPECT_EQ(layout.groups[g].name, summary->layers[g].name);
     EXPECT_EQ(layout.groups[g].kind, summary->layers[g].kind);
     EXPECT_EQ(layout.groups[g].numel, summary->layers[g].numel);
-    for (int i : layout.groups[g].tensors)
-      EXPECT_EQ(layout.group_of[i], (int)g);
+    for (int i : layout.groups[g].tensors) EXPECT_EQ(layout.group_of[i], (int)g);
   }
   EXPECT_EQ(layout.numel, summary->num_parameters);
   EXPECT_EQ(layout.names.front(), "conv1.weight");
   // The live tensors, not copies.
-  EXPECT_TRUE(params->tensors[0].is_same(
-      m.attr("conv1").toModule().attr("weight").toTensor()));
+  EXPECT_TRUE(params->tensors[0].is_same(m.attr("conv1").toModule().attr("weight").toTensor()));
 }
 
 TEST(ParamSetTest, RootParametersFormTheEmptyNamedGroup) {
@@ -109,8 +101,7 @@ TEST(ParamSetTest, RootParametersFormTheEmptyNamedGroup) {
 TEST(ParamSetTest, NoTrainableParametersIsFailedPrecondition) {
   torch::jit::Module m = MakeLinearModel(4, 3, 1);
   for (const auto& p : m.parameters()) p.requires_grad_(false);
-  EXPECT_EQ(CollectParameters(m).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CollectParameters(m).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(ParamSetTest, AlgebraMatchesFlatVectors) {
@@ -124,10 +115,8 @@ TEST(ParamSetTest, AlgebraMatchesFlatVectors) {
   EXPECT_NEAR(Norm(a), fa.norm().item<double>(), 1e-12);
   // Group 1 is the second Linear: the last 27 entries.
   EXPECT_EQ(params.layout->groups[1].name, "2");
-  EXPECT_NEAR(
-      GroupDot(a, b, 1),
-      torch::dot(fa.narrow(0, 40, 27), fb.narrow(0, 40, 27)).item<double>(),
-      1e-12);
+  EXPECT_NEAR(GroupDot(a, b, 1),
+              torch::dot(fa.narrow(0, 40, 27), fb.narrow(0, 40, 27)).item<double>(), 1e-12);
   std::vector<double> norms = GroupNorms(a);
   EXPECT_NEAR(norms[0], fa.narrow(0, 0, 40).norm().item<double>(), 1e-12);
   ParamSet y = Clone(b);
@@ -142,8 +131,7 @@ TEST(ParamSetTest, AlgebraMatchesFlatVectors) {
 TEST(ParamSetTest, ProbesAreSeededAndRademacherIsPlusMinusOne) {
   torch::jit::Module m = LoadF64("tiny_cnn.pt");
   ParamSet params = *CollectParameters(m);
-  at::Generator g1 = MakeGenerator(7), g2 = MakeGenerator(7),
-                g3 = MakeGenerator(8);
+  at::Generator g1 = MakeGenerator(7), g2 = MakeGenerator(7), g3 = MakeGenerator(8);
   torch::Tensor a = Flatten(RademacherLike(params, g1));
   torch::Tensor b = Flatten(RademacherLike(params, g2));
   torch::Tensor c = Flatten(RademacherLike(params, g3));
@@ -152,8 +140,7 @@ TEST(ParamSetTest, ProbesAreSeededAndRademacherIsPlusMinusOne) {
   EXPECT_TRUE(torch::equal(a.abs(), torch::ones_like(a)));
   // Roughly balanced signs.
   EXPECT_LT(std::abs(a.sum().item<double>()), 4 * std::sqrt(a.numel()));
-  EXPECT_FALSE(torch::equal(Flatten(GaussianLike(params, g1)),
-                            Flatten(GaussianLike(params, g3))));
+  EXPECT_FALSE(torch::equal(Flatten(GaussianLike(params, g1)), Flatten(GaussianLike(params, g3))));
 }
 
 // ------------------------------------------------------------------- loss
@@ -161,15 +148,11 @@ TEST(ParamSetTest, ProbesAreSeededAndRademacherIsPlusMinusOne) {
 TEST(LossTest, AutoPicksCrossEntropyMseOrPseudoLabels) {
   EXPECT_EQ(*ResolveLossKind(LossKind::kAuto, torch::zeros({2}, torch::kLong)),
             LossKind::kCrossEntropy);
-  EXPECT_EQ(*ResolveLossKind(LossKind::kAuto, torch::zeros({2, 3})),
-            LossKind::kMse);
-  EXPECT_EQ(*ResolveLossKind(LossKind::kAuto, torch::Tensor()),
-            LossKind::kPseudoLabel);
+  EXPECT_EQ(*ResolveLossKind(LossKind::kAuto, torch::zeros({2, 3})), LossKind::kMse);
+  EXPECT_EQ(*ResolveLossKind(LossKind::kAuto, torch::Tensor()), LossKind::kPseudoLabel);
   EXPECT_EQ(ResolveLossKind(LossKind::kMse, torch::Tensor()).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ResolveLossKind(LossKind::kCrossEntropy, torch::zeros({2}))
-                .status()
-                .code(),
+  EXPECT_EQ(ResolveLossKind(LossKind::kCrossEntropy, torch::zeros({2})).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -178,38 +161,28 @@ TEST(LossTest, ValuesMatchTheDefinitions) {
   torch::Tensor y = torch::tensor({1, 0}, torch::kLong);
   double want = 0;
   for (int i = 0; i < 2; ++i) {
-    want +=
-        -(z[i][y[i].item<int64_t>()] - z[i].exp().sum().log()).item<double>() /
-        2;
+    want += -(z[i][y[i].item<int64_t>()] - z[i].exp().sum().log()).item<double>() / 2;
   }
-  EXPECT_NEAR(ComputeLoss(LossKind::kCrossEntropy, z, y)->item<double>(), want,
-              1e-12);
+  EXPECT_NEAR(ComputeLoss(LossKind::kCrossEntropy, z, y)->item<double>(), want, 1e-12);
   // Pseudo-labels: argmax = {1, 2}.
   double pseudo =
-      -((z[0][1] - z[0].exp().sum().log()) + (z[1][2] - z[1].exp().sum().log()))
-           .item<double>() /
-      2;
-  EXPECT_NEAR(ComputeLoss(LossKind::kPseudoLabel, z, {})->item<double>(),
-              pseudo, 1e-12);
+      -((z[0][1] - z[0].exp().sum().log()) + (z[1][2] - z[1].exp().sum().log())).item<double>() / 2;
+  EXPECT_NEAR(ComputeLoss(LossKind::kPseudoLabel, z, {})->item<double>(), pseudo, 1e-12);
   torch::Tensor t = torch::zeros({2, 3}, F64());
-  EXPECT_NEAR(ComputeLoss(LossKind::kMse, z, t)->item<double>(),
-              (z * z).mean().item<double>(), 1e-12);
-  EXPECT_EQ(ComputeLoss(LossKind::kCrossEntropy, z,
-                        torch::tensor({1, 3}, torch::kLong))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_NEAR(ComputeLoss(LossKind::kMse, z, t)->item<double>(), (z * z).mean().item<double>(),
+              1e-12);
   EXPECT_EQ(
-      ComputeLoss(LossKind::kMse, z, torch::zeros({2, 2})).status().code(),
+      ComputeLoss(LossKind::kCrossEntropy, z, torch::tensor({1, 3}, torch::kLong)).status().code(),
       absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ComputeLoss(LossKind::kMse, z, torch::zeros({2, 2})).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(LossTest, BatchesSplitMoveAndFixPseudoLabels) {
   torch::jit::Module m = LoadF64("tiny_mlp.pt");
   Data d = RandomClassification({7, 4}, 3, 1);
   torch::Tensor f32 = d.inputs.to(torch::kFloat32);
-  absl::StatusOr<PreparedBatches> p =
-      PrepareBatches(m, f32, torch::Tensor(), 3, LossKind::kAuto);
+  absl::StatusOr<PreparedBatches> p = PrepareBatches(m, f32, torch::Tensor(), 3, LossKind::kAuto);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->loss, LossKind::kCrossEntropy);
   EXPECT_TRUE(p->pseudo_labels);
@@ -221,14 +194,11 @@ TEST(LossTest, BatchesSplitMoveAndFixPseudoLabels) {
   torch::Tensor out = *RunForward(m, p->batches[0].inputs);
   EXPECT_TRUE(torch::equal(p->batches[0].targets, out.argmax(1)));
 
-  EXPECT_EQ(PrepareBatches(m, f32, torch::Tensor(), 0, LossKind::kAuto)
-                .status()
-                .code(),
+  EXPECT_EQ(PrepareBatches(m, f32, torch::Tensor(), 0, LossKind::kAuto).status().code(),
             absl::StatusCode::kInvalidArgument);
   // Inputs that do not fit the model: torch's message, INVALID_ARGUMENT.
-  absl::Status bad = PrepareBatches(m, torch::zeros({2, 5}), torch::Tensor(), 2,
-                                    LossKind::kAuto)
-                         .status();
+  absl::Status bad =
+      PrepareBatches(m, torch::zeros({2, 5}), torch::Tensor(), 2, LossKind::kAuto).status();
   EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.message(), HasSubstr("forward failed"));
 }
@@ -258,11 +228,9 @@ std::vector<Case> SmoothCases() {
   }
   {
     torch::jit::Module m = LoadF64("tiny_cnn.pt");
-    absl::StatusOr<LoadedDataset> data =
-        LoadDataset(FixturePath("tiny.safetensors"), 0);
+    absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
     EXPECT_TRUE(data.ok()) << data.status();
-    cases.push_back(
-        {"cnn_ce_2_batches", m, Prepare(m, data->inputs, data->targets, 4)});
+    cases.push_back({"cnn_ce_2_batches", m, Prepare(m, data->inputs, data->targets, 4)});
   }
   return cases;
 }
@@ -274,11 +242,10 @@ TEST(ExactHvpTest, MatchesTheFullHessian) {
     EXPECT_LT((h - h.t()).abs().max().item<double>(), 1e-10);
     for (int cached : {0, 1, 8}) {
       std::unique_ptr<HvpOperator> op =
-          MakeOp(c.model, c.batches, HvpMethod::kExact,
-                 FiniteDifferenceScheme::kForward, cached);
+          MakeOp(c.model, c.batches, HvpMethod::kExact, FiniteDifferenceScheme::kForward, cached);
       const double err = WorstError(*op, h, 100 + cached);
-      std::cout << c.name << ": exact HVP (" << cached
-                << " cached batches), relative error " << err << "\n";
+      std::cout << c.name << ": exact HVP (" << cached << " cached batches), relative error " << err
+                << "\n";
       EXPECT_LT(err, 1e-5) << "cached " << cached;
       EXPECT_EQ(op->num_applications(), 3);
     }
@@ -303,10 +270,8 @@ TEST(ExactHvpTest, PseudoLabelsAreCrossEntropyWithTheModelsArgmax) {
 TEST(ExactHvpTest, UnusedParametersGetZeros) {
   torch::jit::Module m("Unused");
   at::Generator init = MakeGenerator(4);
-  m.register_parameter("w", at::randn({3, 2}, init, F64()).requires_grad_(true),
-                       false);
-  m.register_parameter("unused", torch::ones({4}, F64()).requires_grad_(true),
-                       false);
+  m.register_parameter("w", at::randn({3, 2}, init, F64()).requires_grad_(true), false);
+  m.register_parameter("unused", torch::ones({4}, F64()).requires_grad_(true), false);
   m.define(R"JIT(
 def forward(self, x):
     return torch.matmul(x, self.w)
@@ -315,8 +280,7 @@ def forward(self, x):
   std::unique_ptr<HvpOperator> op =
       MakeOp(m, Prepare(m, d.inputs, d.targets, 4), HvpMethod::kExact);
   at::Generator gen = MakeGenerator(1);
-  absl::StatusOr<ParamSet> hv =
-      op->Apply(RademacherLike(op->parameters(), gen));
+  absl::StatusOr<ParamSet> hv = op->Apply(RademacherLike(op->parameters(), gen));
   ASSERT_TRUE(hv.ok()) << hv.status();
   EXPECT_EQ(hv->tensors[1].abs().sum().item<double>(), 0);
   EXPECT_GT(hv->tensors[0].abs().sum().item<double>(), 0);
@@ -335,8 +299,8 @@ TEST(ExactHvpTest, OpWithoutDoubleBackwardIsFailedPreconditionNamingIt) {
 
   // Finite differences work on it: forward and central agree.
   std::unique_ptr<HvpOperator> fwd = MakeOp(m, p, HvpMethod::kFiniteDifference);
-  std::unique_ptr<HvpOperator> ctr = MakeOp(m, p, HvpMethod::kFiniteDifference,
-                                            FiniteDifferenceScheme::kCentral);
+  std::unique_ptr<HvpOperator> ctr =
+      MakeOp(m, p, HvpMethod::kFiniteDifference, FiniteDifferenceScheme::kCentral);
   ParamSet v = GaussianLike(op->parameters(), gen);
   absl::StatusOr<ParamSet> a = fwd->Apply(v);
   absl::StatusOr<ParamSet> b = ctr->Apply(v);
@@ -349,41 +313,35 @@ TEST(FiniteDifferenceHvpTest, WithinTheStatedBoundsOfTheFullHessian) {
   for (Case& c : SmoothCases()) {
     SCOPED_TRACE(c.name);
     torch::Tensor h = FullHessian(c.model, c.batches);
-    std::unique_ptr<HvpOperator> fwd =
-        MakeOp(c.model, c.batches, HvpMethod::kFiniteDifference);
+    std::unique_ptr<HvpOperator> fwd = MakeOp(c.model, c.batches, HvpMethod::kFiniteDifference);
     std::unique_ptr<HvpOperator> ctr =
-        MakeOp(c.model, c.batches, HvpMethod::kFiniteDifference,
-               FiniteDifferenceScheme::kCentral);
+        MakeOp(c.model, c.batches, HvpMethod::kFiniteDifference, FiniteDifferenceScheme::kCentral);
     const double fwd_err = WorstError(*fwd, h, 3, 5);
     const double ctr_err = WorstError(*ctr, h, 3, 5);
     RecordProperty(c.name + "_forward", std::to_string(fwd_err));
     RecordProperty(c.name + "_central", std::to_string(ctr_err));
-    std::cout << c.name << ": finite differences, relative error forward "
-              << fwd_err << ", central " << ctr_err << "\n";
+    std::cout << c.name << ": finite differences, relative error forward " << fwd_err
+              << ", central " << ctr_err << "\n";
     EXPECT_LT(fwd_err, 1e-6);
     EXPECT_LT(ctr_err, 1e-8);
   }
 }
 
 // ‖op(v) − H v‖ / ‖H v‖ for one given vector (flat, float64).
-double ErrorAlong(HvpOperator& op, const torch::Tensor& h,
-                  const torch::Tensor& flat) {
+double ErrorAlong(HvpOperator& op, const torch::Tensor& h, const torch::Tensor& flat) {
   absl::StatusOr<ParamSet> hv = op.Apply(Unflatten(flat, op.parameters()));
   EXPECT_TRUE(hv.ok()) << hv.status();
   return RelativeError(Flatten(*hv), torch::mv(h, flat));
 }
 
 TEST(FiniteDifferenceHvpTest, Float32ModelInFloat64AndInFloat32) {
-  absl::StatusOr<torch::jit::Module> m32 =
-      LoadModel(FixturePath("tiny_cnn.pt"));
+  absl::StatusOr<torch::jit::Module> m32 = LoadModel(FixturePath("tiny_cnn.pt"));
   ASSERT_TRUE(m32.ok());
   torch::jit::Module m64 = LoadF64("tiny_cnn.pt");
-  absl::StatusOr<LoadedDataset> data =
-      LoadDataset(FixturePath("tiny.safetensors"), 0);
+  absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
   ASSERT_TRUE(data.ok());
   // The float32 weights are exact in float64: the same Hessian.
-  torch::Tensor h =
-      FullHessian(m64, Prepare(m64, data->inputs, data->targets, 6));
+  torch::Tensor h = FullHessian(m64, Prepare(m64, data->inputs, data->targets, 6));
   torch::Tensor top = std::get<1>(torch::linalg_eigh(h)).select(1, -1);
   PreparedBatches batches = Prepare(*m32, data->inputs, data->targets, 6);
 
@@ -397,16 +355,15 @@ TEST(FiniteDifferenceHvpTest, Float32ModelInFloat64AndInFloat32) {
   const double top64 = ErrorAlong(*f64, h, top);
   const double random32 = WorstError(*f32, h, 4, 5);
   const double top32 = ErrorAlong(*f32, h, top);
-  std::cout << "cnn float32 model, forward differences: in float64 " << random64
-            << " (random), " << top64 << " (top eigenvector); in float32 "
-            << random32 << " (random), " << top32 << " (top eigenvector)\n";
+  std::cout << "cnn float32 model, forward differences: in float64 " << random64 << " (random), "
+            << top64 << " (top eigenvector); in float32 " << random32 << " (random), " << top32
+            << " (top eigenvector)\n";
   EXPECT_LT(random64, 1e-6);
   EXPECT_LT(top64, 1e-6);
   EXPECT_LT(random32, 1e-2);
   // Results come back in the parameters' dtype.
   at::Generator gen = MakeGenerator(1);
-  absl::StatusOr<ParamSet> hv =
-      f64->Apply(RademacherLike(f64->parameters(), gen));
+  absl::StatusOr<ParamSet> hv = f64->Apply(RademacherLike(f64->parameters(), gen));
   ASSERT_TRUE(hv.ok());
   EXPECT_EQ(hv->tensors[0].scalar_type(), torch::kFloat32);
 }
@@ -416,8 +373,8 @@ TEST(FiniteDifferenceHvpTest, NeverModifiesTheCallersModel) {
   ParamSet before = Clone(*CollectParameters(m));
   Data d = RandomClassification({8, 4}, 3, 1);
   std::unique_ptr<HvpOperator> op =
-      MakeOp(m, Prepare(m, d.inputs, d.targets, 4),
-             HvpMethod::kFiniteDifference, FiniteDifferenceScheme::kCentral);
+      MakeOp(m, Prepare(m, d.inputs, d.targets, 4), HvpMethod::kFiniteDifference,
+             FiniteDifferenceScheme::kCentral);
   at::Generator gen = MakeGenerator(1);
   ParamSet v = RademacherLike(op->parameters(), gen);
   ASSERT_TRUE(op->Apply(v).ok());
@@ -431,8 +388,7 @@ TEST(FiniteDifferenceHvpTest, NeverModifiesTheCallersModel) {
 }
 
 // Jᵀ H_out J built from explicit Jacobian rows of the outputs.
-torch::Tensor ExplicitGaussNewton(torch::jit::Module& m,
-                                  const PreparedBatches& p) {
+torch::Tensor ExplicitGaussNewton(torch::jit::Module& m, const PreparedBatches& p) {
   ParamSet params = *CollectParameters(m);
   const int64_t n = params.layout->numel;
   torch::Tensor g = torch::zeros({n, n}, F64());
@@ -441,12 +397,11 @@ torch::Tensor ExplicitGaussNewton(torch::jit::Module& m,
     torch::Tensor flat = z.reshape(-1);
     std::vector<torch::Tensor> rows;
     for (int64_t k = 0; k < flat.numel(); ++k) {
-      std::vector<torch::Tensor> r = torch::autograd::grad(
-          {flat[k]}, params.tensors, {}, true, false, true);
+      std::vector<torch::Tensor> r =
+          torch::autograd::grad({flat[k]}, params.tensors, {}, true, false, true);
       ParamSet rs{params.layout, {}};
       for (size_t i = 0; i < r.size(); ++i) {
-        rs.tensors.push_back(
-            r[i].defined() ? r[i] : torch::zeros_like(params.tensors[i]));
+        rs.tensors.push_back(r[i].defined() ? r[i] : torch::zeros_like(params.tensors[i]));
       }
       rows.push_back(Flatten(rs));
     }
@@ -459,9 +414,8 @@ torch::Tensor ExplicitGaussNewton(torch::jit::Module& m,
       const int64_t c = z.size(1);
       std::vector<torch::Tensor> blocks;
       for (int64_t i = 0; i < z.size(0); ++i) {
-        blocks.push_back(
-            (torch::diag(prob[i]) - torch::outer(prob[i], prob[i])) /
-            static_cast<double>(z.size(0)));
+        blocks.push_back((torch::diag(prob[i]) - torch::outer(prob[i], prob[i])) /
+                         static_cast<double>(z.size(0)));
       }
       hout = torch::block_diag(blocks);
       EXPECT_EQ(hout.size(0), z.size(0) * c);
@@ -489,8 +443,7 @@ TEST(GaussNewtonHvpTest, MatchesExplicitJacobiansAndIsPositiveSemiDefinite) {
   for (Case& c : SmoothCases()) {
     SCOPED_TRACE(c.name);
     torch::Tensor g = ExplicitGaussNewton(c.model, c.batches);
-    std::unique_ptr<HvpOperator> op =
-        MakeOp(c.model, c.batches, HvpMethod::kGaussNewton);
+    std::unique_ptr<HvpOperator> op = MakeOp(c.model, c.batches, HvpMethod::kGaussNewton);
     const double err = WorstError(*op, g, 9);
     std::cout << c.name << ": Gauss-Newton vs explicit Jᵀ H_out J, relative "
               << "error " << err << "\n";
@@ -501,8 +454,7 @@ TEST(GaussNewtonHvpTest, MatchesExplicitJacobiansAndIsPositiveSemiDefinite) {
     // bound: the residual term is not small for untrained models).
     torch::Tensor h = FullHessian(c.model, c.batches);
     const double diff = WorstError(*op, h, 10);
-    std::cout << c.name << ": Gauss-Newton vs Hessian, relative difference "
-              << diff << "\n";
+    std::cout << c.name << ": Gauss-Newton vs Hessian, relative difference " << diff << "\n";
   }
 }
 
@@ -515,6 +467,87 @@ TEST(GaussNewtonHvpTest, OpWithoutDoubleBackwardIsFailedPrecondition) {
   absl::Status s = op->Apply(RademacherLike(op->parameters(), gen)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(s.message(), HasSubstr("cdist"));
+}
+
+TEST(FisherDiagonalHvpTest, EqualsTheMeanOfSquaredPerExampleGradients) {
+  // Linear model, MSE: example n's loss is ‖r_n‖²/K with r_n = W x_n + b −
+  // t_n, so its gradients are 2/K · r_n x_nᵀ and 2/K · r_n in closed form.
+  torch::jit::Module m = MakeLinearModel(4, 3, 2);
+  at::Generator gen = MakeGenerator(5);
+  torch::Tensor x = at::randn({9, 4}, gen, F64());
+  torch::Tensor t = at::randn({9, 3}, gen, F64());
+  PreparedBatches p = Prepare(m, x, t, 4);  // batches of 4, 4 and 1
+  torch::Tensor w = m.attr("weight").toTensor().detach();
+  torch::Tensor b = m.attr("bias").toTensor().detach();
+  torch::Tensor r = x.mm(w.t()) + b - t;                           // [9, 3]
+  torch::Tensor gw = (2.0 / 3) * r.unsqueeze(2) * x.unsqueeze(1);  // [9,3,4]
+  torch::Tensor gb = (2.0 / 3) * r;
+  torch::Tensor want_w = (gw * gw).mean(0);
+  torch::Tensor want_b = (gb * gb).mean(0);
+
+  std::unique_ptr<HvpOperator> op = MakeOp(m, p, HvpMethod::kFisherDiagonal);
+  EXPECT_EQ(op->method(), HvpMethod::kFisherDiagonal);
+  ParamSet v = RademacherLike(op->parameters(), gen);
+  absl::StatusOr<ParamSet> dv = op->Apply(v);
+  ASSERT_TRUE(dv.ok()) << dv.status();
+  // Layout: weight, then bias.
+  EXPECT_TRUE(torch::allclose(dv->tensors[0], want_w * v.tensors[0], 1e-12, 1e-14));
+  EXPECT_TRUE(torch::allclose(dv->tensors[1], want_b * v.tensors[1], 1e-12, 1e-14));
+}
+
+TEST(FisherDiagonalHvpTest, NeedsNoDoubleBackwardAndHonoursCancel) {
+  torch::jit::Module m = MakeCdistModel(1);
+  Data d = RandomClassification({6, 4}, 3, 2);
+  std::unique_ptr<HvpOperator> op =
+      MakeOp(m, Prepare(m, d.inputs, d.targets, 6), HvpMethod::kFisherDiagonal);
+  at::Generator gen = MakeGenerator(1);
+  absl::StatusOr<ParamSet> dv = op->Apply(RademacherLike(op->parameters(), gen));
+  ASSERT_TRUE(dv.ok()) << dv.status();
+  EXPECT_GT(Norm(*dv), 0);
+
+  CancelToken cancel;
+  cancel.Cancel();
+  HvpOptions options;
+  options.method = HvpMethod::kFisherDiagonal;
+  EXPECT_EQ(
+      CreateHvpOperator(m, Prepare(m, d.inputs, d.targets, 6), options, &cancel).status().code(),
+      absl::StatusCode::kCancelled);
+}
+
+TEST(FiniteDifferenceSelfCheckTest, SmallOnSmoothModelsLargeAtAKink) {
+  // Smooth: the forward scheme's own error, far below the tolerance.
+  for (Case& c : SmoothCases()) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<HvpOperator> op = MakeOp(c.model, c.batches, HvpMethod::kFiniteDifference);
+    at::Generator gen = MakeGenerator(3);
+    absl::StatusOr<double> check = FiniteDifferenceSelfCheck(*op, gen, 2);
+    ASSERT_TRUE(check.ok()) << check.status();
+    std::cout << c.name << ": finite-difference self-check " << *check << "\n";
+    EXPECT_LT(*check, 1e-6);
+    EXPECT_EQ(op->num_applications(), 0);
+  }
+  // relu(shift) with shift exactly 0: the gradient jumps within any step.
+  torch::jit::Module m("Kink");
+  at::Generator gen = MakeGenerator(4);
+  m.register_parameter("w", at::randn({3, 4}, gen, F64()).requires_grad_(true), false);
+  m.register_parameter("shift", torch::zeros({1}, F64()).requires_grad_(true), false);
+  m.define(R"JIT(
+def forward(self, x):
+    return torch.matmul(x, self.w.t()) + torch.relu(self.shift) * x[:, :3]
+)JIT");
+  m.eval();
+  Data d = RandomClassification({6, 4}, 3, 2);
+  std::unique_ptr<HvpOperator> op =
+      MakeOp(m, Prepare(m, d.inputs, d.targets, 6), HvpMethod::kFiniteDifference);
+  absl::StatusOr<double> check = FiniteDifferenceSelfCheck(*op, gen, 2);
+  ASSERT_TRUE(check.ok()) << check.status();
+  std::cout << "kink: finite-difference self-check " << *check << "\n";
+  EXPECT_GT(*check, kFiniteDifferenceCheckTolerance);
+  // Only finite-difference operators can be checked.
+  std::unique_ptr<HvpOperator> exact =
+      MakeOp(m, Prepare(m, d.inputs, d.targets, 6), HvpMethod::kExact);
+  EXPECT_EQ(FiniteDifferenceSelfCheck(*exact, gen, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(HvpOperatorTest, RejectsVectorsOfAnotherLayout) {

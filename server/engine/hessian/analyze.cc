@@ -6,7 +6,9 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
@@ -23,7 +25,16 @@ namespace {
 
 // Independent streams per estimator: enabling one does not shift another's
 // random vectors.
-enum Stream : uint64_t { kTraces = 1, kEigen = 2, kDensity = 3, kQBert = 4 };
+enum Stream : uint64_t {
+  kTraces = 1,
+  kEigen = 2,
+  kDensity = 3,
+  kQBert = 4,
+  kFdCheck = 5,
+};
+
+constexpr int kFdCheckProbes = 2;
+constexpr char kFdCheckFailed[] = "type.compress.dev/engine.FdCheckFailed";
 
 uint64_t MixSeed(uint64_t seed, uint64_t stream) {
   // splitmix64 of seed + stream · golden ratio.
@@ -45,8 +56,7 @@ absl::Status Validate(const AnalyzeOptions& o) {
   if (o.max_cached_batches < 0) {
     return Invalid("max_cached_batches", "must be >= 0");
   }
-  if (!o.traces_enabled && !o.eigen_enabled && !o.density_enabled &&
-      !o.qbert_enabled) {
+  if (!o.traces_enabled && !o.eigen_enabled && !o.density_enabled && !o.qbert_enabled) {
     return absl::InvalidArgumentError(
         "nothing to compute: enable traces, eigenvalues, density or Q-BERT");
   }
@@ -80,6 +90,9 @@ absl::Status Validate(const AnalyzeOptions& o) {
     }
     if (!(o.density.sigma > 0)) return Invalid("density.sigma", "must be > 0");
   }
+  if (o.density_enabled && o.density.max_memory_bytes < 1) {
+    return Invalid("density.max_memory_bytes", "must be >= 1");
+  }
   if (o.qbert_enabled && o.qbert_subsets < 1) {
     return Invalid("qbert_subsets", "must be >= 1");
   }
@@ -91,19 +104,46 @@ absl::Status CheckCancel(const CancelToken* cancel) {
 }
 
 // Runs every enabled estimator with `method`, filling `report`'s results.
-// `hvps` accumulates the products used, also when it fails.
-absl::Status RunEstimators(torch::jit::Module& module,
-                           const PreparedBatches& prepared, HvpMethod method,
-                           const AnalyzeOptions& o, ProgressSink* sink,
-                           const CancelToken* cancel, AnalyzeReport* report,
+// `hvps` accumulates the products used, also when it fails. With finite
+// differences the self-check runs first; when it fails, `strict_check`
+// makes that an error (with the kFdCheckFailed payload: the caller falls
+// back further), else a warning.
+absl::Status RunEstimators(torch::jit::Module& module, const PreparedBatches& prepared,
+                           HvpMethod method, bool strict_check, const AnalyzeOptions& o,
+                           ProgressSink* sink, const CancelToken* cancel, AnalyzeReport* report,
                            int64_t* hvps) {
   HvpOptions hvp;
   hvp.method = method;
   hvp.fd_scheme = o.fd_scheme;
   hvp.fd_in_float64 = o.fd_in_float64;
   hvp.max_cached_batches = o.max_cached_batches;
+  if (method == HvpMethod::kFisherDiagonal) {
+    sink->Log("INFO", absl::StrCat("computing the empirical Fisher diagonal "
+                                   "from ",
+                                   prepared.num_examples, " per-example gradients"));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<HvpOperator> op,
-                   CreateHvpOperator(module, prepared, hvp));
+                   CreateHvpOperator(module, prepared, hvp, cancel));
+  if (method == HvpMethod::kFiniteDifference) {
+    at::Generator gen = MakeGenerator(MixSeed(o.seed, kFdCheck));
+    ASSIGN_OR_RETURN(report->finite_difference_check,
+                     FiniteDifferenceSelfCheck(*op, gen, kFdCheckProbes));
+    if (report->finite_difference_check > kFiniteDifferenceCheckTolerance) {
+      const std::string why = absl::StrFormat(
+          "finite-difference products failed their self-check: forward and "
+          "central differences differ by %.3g relative (trusted up to %.0e); "
+          "the loss is not smooth at the step size (ReLU-like kinks), so "
+          "these products are not Hessian-vector products",
+          report->finite_difference_check, kFiniteDifferenceCheckTolerance);
+      if (strict_check) {
+        absl::Status status = absl::FailedPreconditionError(why);
+        status.SetPayload(kFdCheckFailed, absl::Cord("1"));
+        return status;
+      }
+      report->warnings.push_back(why);
+      sink->Log("WARNING", why);
+    }
+  }
   const ParamLayout& layout = op->layout();
   const int groups = static_cast<int>(layout.groups.size());
   report->layers.clear();
@@ -134,8 +174,7 @@ absl::Status RunEstimators(torch::jit::Module& module,
     RETURN_IF_ERROR(CheckCancel(cancel));
     sink->StageStart("traces", index++, count);
     at::Generator gen = MakeGenerator(MixSeed(o.seed, kTraces));
-    ASSIGN_OR_RETURN(TraceResult traces,
-                     EstimateLayerTraces(*op, o.traces, gen, sink, cancel));
+    ASSIGN_OR_RETURN(TraceResult traces, EstimateLayerTraces(*op, o.traces, gen, sink, cancel));
     for (const LayerTrace& t : traces.layers) {
       LayerSensitivity& layer = report->layers[t.group];
       layer.trace = t.trace;
@@ -153,18 +192,32 @@ absl::Status RunEstimators(torch::jit::Module& module,
     sink->StageStart("eigen", index++, count);
     at::Generator gen = MakeGenerator(MixSeed(o.seed, kEigen));
     if (o.eigen_scope == EigenScope::kModel) {
-      ASSIGN_OR_RETURN(
-          EigenResult top,
-          TopEigenvalues(*op, o.eigen, kWholeModel, gen, sink, cancel));
+      ASSIGN_OR_RETURN(EigenResult top,
+                       TopEigenvalues(*op, o.eigen, kWholeModel, gen, sink, cancel));
       report->eigenvalues = top.eigenvalues;
       report->eigen_iterations = top.iterations;
       report->eigen_converged = top.converged;
-    } else {
+    } else if (o.eigen_scope == EigenScope::kLayer) {
       for (int g = 0; g < groups; ++g) {
-        ASSIGN_OR_RETURN(EigenResult top,
-                         TopEigenvalues(*op, o.eigen, g, gen, nullptr, cancel));
+        ASSIGN_OR_RETURN(EigenResult top, TopEigenvalues(*op, o.eigen, g, gen, nullptr, cancel));
         report->layers[g].top_eigenvalues = top.eigenvalues;
         sink->Progress("eigen", g + 1, groups);
+      }
+    } else {
+      const std::vector<ParamBlock> blocks = BlocksOf(layout);
+      report->blocks.clear();
+      for (size_t b = 0; b < blocks.size(); ++b) {
+        ASSIGN_OR_RETURN(EigenResult top,
+                         TopEigenvalues(*op, o.eigen, blocks[b].groups, gen, nullptr, cancel));
+        BlockSensitivity block;
+        block.name = blocks[b].name;
+        block.numel = blocks[b].numel;
+        for (int g : blocks[b].groups) {
+          block.layers.push_back(layout.groups[g].name);
+        }
+        block.top_eigenvalues = top.eigenvalues;
+        report->blocks.push_back(std::move(block));
+        sink->Progress("eigen", static_cast<int64_t>(b + 1), static_cast<int64_t>(blocks.size()));
       }
     }
     sink->StageEnd("eigen");
@@ -173,21 +226,30 @@ absl::Status RunEstimators(torch::jit::Module& module,
     RETURN_IF_ERROR(CheckCancel(cancel));
     sink->StageStart("density", index++, count);
     at::Generator gen = MakeGenerator(MixSeed(o.seed, kDensity));
-    ASSIGN_OR_RETURN(SpectralDensity d, EstimateSpectralDensity(
-                                            *op, o.density, gen, sink, cancel));
+    ASSIGN_OR_RETURN(SpectralDensity d, EstimateSpectralDensity(*op, o.density, gen, sink, cancel));
     report->density_nodes = std::move(d.nodes);
     report->density_weights = std::move(d.weights);
     report->density_grid = std::move(d.grid);
     report->density_values = std::move(d.density);
+    report->density_window = d.window;
+    if (d.window > 0) {
+      report->warnings.push_back(
+          absl::StrCat("the Lanczos vectors do not fit in density.max_memory_bytes (",
+                       o.density.max_memory_bytes,
+                       "); each was re-orthogonalised against "
+                       "the last ",
+                       d.window,
+                       " only, so outlier eigenvalues may repeat as "
+                       "ghost nodes"));
+    }
     sink->StageEnd("density");
   }
   if (o.qbert_enabled) {
     RETURN_IF_ERROR(CheckCancel(cancel));
     sink->StageStart("qbert", index++, count);
     at::Generator gen = MakeGenerator(MixSeed(o.seed, kQBert));
-    ASSIGN_OR_RETURN(QBertResult q,
-                     QBertScores(module, prepared, hvp, o.qbert_subsets,
-                                 o.eigen, gen, sink, cancel));
+    ASSIGN_OR_RETURN(QBertResult q, QBertScores(module, prepared, hvp, o.qbert_subsets, o.eigen,
+                                                gen, sink, cancel));
     *hvps += q.hvps;
     for (const QBertLayerScore& s : q.layers) {
       report->layers[s.group].qbert_eigenvalues = s.top_eigenvalues;
@@ -200,8 +262,7 @@ absl::Status RunEstimators(torch::jit::Module& module,
 
 }  // namespace
 
-absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options,
-                                          ProgressSink* sink,
+absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, ProgressSink* sink,
                                           const CancelToken* cancel) {
   const absl::Time start = absl::Now();
   NullProgressSink null_sink;
@@ -209,19 +270,16 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options,
   RETURN_IF_ERROR(Validate(options));
   RETURN_IF_ERROR(CheckCancel(cancel));
 
-  ASSIGN_OR_RETURN(torch::jit::Module module,
-                   LoadModel(options.model_path, options.device));
+  ASSIGN_OR_RETURN(torch::jit::Module module, LoadModel(options.model_path, options.device));
   PreparedBatches prepared;
   {
     absl::StatusOr<LoadedDataset> data =
         IsBuiltinDataset(options.dataset)
-            ? LoadBuiltinDataset(options.dataset, options.num_samples,
-                                 options.idx_dir)
+            ? LoadBuiltinDataset(options.dataset, options.num_samples, options.idx_dir)
             : LoadDataset(options.dataset, options.num_samples);
     if (!data.ok()) return data.status();
-    ASSIGN_OR_RETURN(prepared,
-                     PrepareBatches(module, data->inputs, data->targets,
-                                    options.batch_size, options.loss));
+    ASSIGN_OR_RETURN(prepared, PrepareBatches(module, data->inputs, data->targets,
+                                              options.batch_size, options.loss));
   }
 
   AnalyzeReport report;
@@ -240,20 +298,33 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options,
 
   HvpMethod method = options.hvp_method.value_or(kDefaultHvpMethod);
   int64_t hvps = 0;
-  absl::Status status = RunEstimators(module, prepared, method, options, sink,
-                                      cancel, &report, &hvps);
-  if (IsMissingDoubleBackward(status) &&
-      method != HvpMethod::kFiniteDifference &&
-      options.fallback == HvpFallback::kFiniteDifference) {
+  absl::Status status =
+      RunEstimators(module, prepared, method,
+                    /*strict_check=*/false, options, sink, cancel, &report, &hvps);
+  const bool second_order = method == HvpMethod::kExact || method == HvpMethod::kGaussNewton;
+  if (IsMissingDoubleBackward(status) && second_order && options.fallback != HvpFallback::kNone) {
     report.fell_back = true;
     report.fallback_reason = std::string(status.message());
-    sink->Log("WARNING", absl::StrCat(HvpMethodName(method),
-                                      " HVP is not available for this model (",
-                                      status.message(),
-                                      "); rerunning with finite differences"));
-    method = HvpMethod::kFiniteDifference;
-    status = RunEstimators(module, prepared, method, options, sink, cancel,
-                           &report, &hvps);
+    if (options.fallback == HvpFallback::kFiniteDifference) {
+      sink->Log("WARNING",
+                absl::StrCat(HvpMethodName(method), " HVP is not available for this model (",
+                             status.message(), "); rerunning with finite differences"));
+      method = HvpMethod::kFiniteDifference;
+      status = RunEstimators(module, prepared, method, /*strict_check=*/true, options, sink, cancel,
+                             &report, &hvps);
+      if (status.GetPayload(kFdCheckFailed).has_value()) {
+        absl::StrAppend(&report.fallback_reason, "; then ", status.message());
+      }
+    }
+    if (options.fallback == HvpFallback::kFisherDiagonal ||
+        status.GetPayload(kFdCheckFailed).has_value()) {
+      sink->Log("WARNING", absl::StrCat("rerunning with the empirical Fisher "
+                                        "diagonal (",
+                                        report.fallback_reason, ")"));
+      method = HvpMethod::kFisherDiagonal;
+      status = RunEstimators(module, prepared, method, /*strict_check=*/false, options, sink,
+                             cancel, &report, &hvps);
+    }
   }
   RETURN_IF_ERROR(status);
   report.hvp_method = method;

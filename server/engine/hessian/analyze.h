@@ -9,9 +9,13 @@
 // give the same report on the same device whichever other estimators run.
 //
 // When the requested method is exact or Gauss-Newton and the model has an op
-// without a double backward, the analysis reruns with forward finite
-// differences if `fallback` allows it (the report says so), else fails with
-// FAILED_PRECONDITION naming the op.
+// without a double backward, the analysis reruns as `fallback` says (the
+// report says so): with forward finite differences if their self-check
+// passes (FiniteDifferenceSelfCheck on 2 probes ≤
+// kFiniteDifferenceCheckTolerance) and with the empirical Fisher diagonal
+// otherwise, or with the Fisher diagonal directly; with kNone it fails with
+// FAILED_PRECONDITION naming the op. When finite differences were requested
+// and the self-check fails, the analysis runs as asked and adds a warning.
 //
 //   AnalyzeOptions options;
 //   options.model_path = "/blobs/ab/abcd";
@@ -56,6 +60,7 @@ inline constexpr HvpMethod kDefaultHvpMethod = HvpMethod::kExact;
 enum class EigenScope {
   kModel,  // top-k of the whole Hessian (default)
   kLayer,  // top-k of every layer's diagonal block
+  kBlock,  // top-k of every architecture block's diagonal block (BlocksOf)
 };
 
 struct AnalyzeOptions {
@@ -75,7 +80,7 @@ struct AnalyzeOptions {
   LossKind loss = LossKind::kAuto;
   // Unset: kDefaultHvpMethod.
   std::optional<HvpMethod> hvp_method;
-  // Default: finite differences when double backward is missing.
+  // Default: finite differences (checked) when double backward is missing.
   HvpFallback fallback = HvpFallback::kFiniteDifference;
   // Finite differences only; default forward.
   FiniteDifferenceScheme fd_scheme = FiniteDifferenceScheme::kForward;
@@ -95,7 +100,7 @@ struct AnalyzeOptions {
   EigenScope eigen_scope = EigenScope::kModel;
   // Spectral density by stochastic Lanczos quadrature; default off.
   bool density_enabled = false;
-  DensityOptions density;
+  DensityOptions density;  // max_memory_bytes caps the Lanczos vectors
   // Q-BERT |mean λ| + std λ per layer over data subsets; default off.
   bool qbert_enabled = false;
   // Data subsets; default 4. Q-BERT's power iterations use `eigen`'s
@@ -127,8 +132,18 @@ struct LayerSensitivity {
   double qbert_score = 0;
 };
 
+// One block of the architecture (BlocksOf in param_set.h).
+struct BlockSensitivity {
+  std::string name;                 // module path, "" = root
+  std::vector<std::string> layers;  // its layers, in order
+  int64_t numel = 0;
+  // Top eigenvalues of the block's diagonal block (eigen_enabled, kBlock).
+  std::vector<double> top_eigenvalues;
+};
+
 struct AnalyzeReport {
   std::vector<LayerSensitivity> layers;  // every parameter group, in order
+  std::vector<BlockSensitivity> blocks;  // kBlock scope only
   int64_t num_parameters = 0;            // trainable
   // Whole-model trace and its standard error (traces_enabled).
   double total_trace = 0;
@@ -144,11 +159,19 @@ struct AnalyzeReport {
   std::vector<double> density_weights;
   std::vector<double> density_grid;
   std::vector<double> density_values;
+  int density_window = 0;  // SpectralDensity::window
 
   // What was actually done.
   HvpMethod hvp_method = HvpMethod::kExact;  // after any fallback
   bool fell_back = false;
   std::string fallback_reason;  // the exact method's error when fell_back
+  // FiniteDifferenceSelfCheck's value when finite differences were tried
+  // (a failed check is why a fallback went on to the Fisher diagonal); 0
+  // otherwise.
+  double finite_difference_check = 0;
+  // Things the caller should show: a failed self-check, a capped Lanczos
+  // memory, ...
+  std::vector<std::string> warnings;
   LossKind loss = LossKind::kCrossEntropy;  // kCrossEntropy or kMse
   bool pseudo_labels = false;               // labels from the model's argmax
   int64_t num_examples = 0;
@@ -167,8 +190,7 @@ struct AnalyzeReport {
 // progress per HVP (per layer for per-layer eigenvalues and Q-BERT), a
 // PartialResult per layer trace as it converges, and a WARNING log line on
 // fallback. `cancel` may be null.
-absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options,
-                                          ProgressSink* sink,
+absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, ProgressSink* sink,
                                           const CancelToken* cancel);
 
 }  // namespace compress::engine

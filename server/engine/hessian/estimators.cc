@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -53,8 +54,8 @@ std::string TraceJson(const LayerTrace& t) {
   return j.dump();
 }
 
-void Fill(const ParamGroup& group, int index, const Running& r,
-          double tolerance, int min_probes, LayerTrace* t) {
+void Fill(const ParamGroup& group, int index, const Running& r, double tolerance, int min_probes,
+          LayerTrace* t) {
   t->group = index;
   t->name = group.name;
   t->numel = group.numel;
@@ -66,7 +67,8 @@ void Fill(const ParamGroup& group, int index, const Running& r,
 
 // Subtracts from `v` its components along every vector in `basis`
 // (orthonormal), twice for stability.
-void Orthogonalize(const std::vector<ParamSet>& basis, ParamSet* v) {
+template <typename Container>
+void Orthogonalize(const Container& basis, ParamSet* v) {
   for (int pass = 0; pass < 2; ++pass) {
     for (const ParamSet& u : basis) Axpy(-Dot(*v, u), u, v);
   }
@@ -76,17 +78,14 @@ void Orthogonalize(const std::vector<ParamSet>& basis, ParamSet* v) {
 
 // ---------------------------------------------------------------- traces
 
-absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
-                                                const TraceOptions& options,
-                                                at::Generator& gen,
-                                                ProgressSink* sink,
+absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op, const TraceOptions& options,
+                                                at::Generator& gen, ProgressSink* sink,
                                                 const CancelToken* cancel) {
   if (!(options.tolerance > 0) || options.min_probes < 2 ||
       options.max_probes < options.min_probes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "trace options out of range: tolerance ", options.tolerance,
-        " (> 0), min_probes ", options.min_probes, " (>= 2), max_probes ",
-        options.max_probes, " (>= min_probes)"));
+        "trace options out of range: tolerance ", options.tolerance, " (> 0), min_probes ",
+        options.min_probes, " (>= 2), max_probes ", options.max_probes, " (>= min_probes)"));
   }
   const ParamLayout& layout = op.layout();
   const int groups = static_cast<int>(layout.groups.size());
@@ -97,8 +96,7 @@ absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
   result.layers.resize(groups);
 
   auto announce = [&](int g) {
-    Fill(layout.groups[g], g, stats[g], options.tolerance, options.min_probes,
-         &result.layers[g]);
+    Fill(layout.groups[g], g, stats[g], options.tolerance, options.min_probes, &result.layers[g]);
     if (sink != nullptr && !announced[g] && result.layers[g].converged) {
       announced[g] = true;
       sink->PartialResult(absl::StrCat("trace/", layout.groups[g].name),
@@ -124,15 +122,13 @@ absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
         announce(g);
         all = all && result.layers[g].converged;
       }
-      if (sink != nullptr)
-        sink->Progress("traces", probe + 1, options.max_probes);
+      if (sink != nullptr) sink->Progress("traces", probe + 1, options.max_probes);
       if (all) break;
     }
     result.total_trace = total.mean;
     result.total_std_error = total.n >= 2 ? total.StdError() : 0;
   } else {
-    const int64_t total_work =
-        static_cast<int64_t>(groups) * options.max_probes;
+    const int64_t total_work = static_cast<int64_t>(groups) * options.max_probes;
     int64_t done = 0;
     double variance = 0;
     for (int g = 0; g < groups; ++g) {
@@ -165,27 +161,39 @@ absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op,
 
 // ----------------------------------------------------------- eigenvalues
 
-absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
-                                           const EigenOptions& options,
-                                           int group, at::Generator& gen,
-                                           ProgressSink* sink,
+absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& options, int group,
+                                           at::Generator& gen, ProgressSink* sink,
                                            const CancelToken* cancel) {
+  std::vector<int> groups;
+  if (group != kWholeModel) groups.push_back(group);
+  return TopEigenvalues(op, options, groups, gen, sink, cancel);
+}
+
+absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& options,
+                                           const std::vector<int>& groups, at::Generator& gen,
+                                           ProgressSink* sink, const CancelToken* cancel) {
   const ParamLayout& layout = op.layout();
   if (options.k < 1 || !(options.tolerance > 0) || options.max_iterations < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "eigenvalue options out of range: k ", options.k, " (>= 1), tolerance ",
-        options.tolerance, " (> 0), max_iterations ", options.max_iterations,
-        " (>= 1)"));
+        "eigenvalue options out of range: k ", options.k, " (>= 1), tolerance ", options.tolerance,
+        " (> 0), max_iterations ", options.max_iterations, " (>= 1)"));
   }
-  if (group != kWholeModel &&
-      (group < 0 || group >= static_cast<int>(layout.groups.size()))) {
-    return absl::InvalidArgumentError(absl::StrCat("no layer ", group));
+  int64_t dim = groups.empty() ? layout.numel : 0;
+  std::vector<bool> seen(layout.groups.size(), false);
+  for (int g : groups) {
+    if (g < 0 || g >= static_cast<int>(layout.groups.size()) || seen[g]) {
+      return absl::InvalidArgumentError(absl::StrCat("no layer ", g, " or listed twice"));
+    }
+    seen[g] = true;
+    dim += layout.groups[g].numel;
   }
-  const int64_t dim =
-      group == kWholeModel ? layout.numel : layout.groups[group].numel;
   const int k = static_cast<int>(std::min<int64_t>(options.k, dim));
-  auto restrict = [group](ParamSet* v) {
-    if (group != kWholeModel) RestrictToGroup(group, v);
+  auto restrict = [&groups](ParamSet* v) {
+    if (groups.size() == 1) {
+      RestrictToGroup(groups[0], v);
+    } else if (!groups.empty()) {
+      RestrictToGroups(groups, v);
+    }
   };
 
   EigenResult result;
@@ -229,8 +237,7 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
         // tolerance when the gap is small. d/(1−q) also covers the slower
         // tail when more than one eigenvalue is close.
         const double d = std::abs(lambda - previous);
-        const double q =
-            change > 0 ? std::min(d / change, 0.999) : (d == 0 ? 0 : 0.999);
+        const double q = change > 0 ? std::min(d / change, 0.999) : (d == 0 ? 0 : 0.999);
         const double bound = options.tolerance * std::abs(lambda);
         change = d;
         if ((iter > 2 || d == 0) && d / (1 - q) <= bound) {
@@ -267,14 +274,13 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
   try {
     std::tie(values, q) = torch::linalg_eigh(m);
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("Rayleigh-Ritz eigh failed: ",
-                                            e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("Rayleigh-Ritz eigh failed: ", e.what_without_backtrace()));
   }
   std::vector<int64_t> order(n);
   for (int64_t j = 0; j < n; ++j) order[j] = j;
   std::sort(order.begin(), order.end(), [&values](int64_t a, int64_t b) {
-    return std::abs(values[a].item<double>()) >
-           std::abs(values[b].item<double>());
+    return std::abs(values[a].item<double>()) > std::abs(values[b].item<double>());
   });
   std::vector<ParamSet> rotated;
   for (int64_t j : order) {
@@ -293,9 +299,8 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
 
 // ------------------------------------------------------------- density
 
-void SmoothDensity(const std::vector<double>& nodes,
-                   const std::vector<double>& weights, int grid_points,
-                   double sigma, std::vector<double>* grid,
+void SmoothDensity(const std::vector<double>& nodes, const std::vector<double>& weights,
+                   int grid_points, double sigma, std::vector<double>* grid,
                    std::vector<double>* density) {
   grid->clear();
   density->clear();
@@ -313,8 +318,7 @@ void SmoothDensity(const std::vector<double>& nodes,
     double d = 0;
     for (size_t k = 0; k < nodes.size(); ++k) {
       const double z = x - nodes[k];
-      d += weights[k] * std::exp(-z * z / (2 * variance)) /
-           std::sqrt(2 * M_PI * variance);
+      d += weights[k] * std::exp(-z * z / (2 * variance)) / std::sqrt(2 * M_PI * variance);
     }
     grid->push_back(x);
     density->push_back(d);
@@ -325,24 +329,33 @@ void SmoothDensity(const std::vector<double>& nodes,
   }
 }
 
-absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
-    HvpOperator& op, const DensityOptions& options, at::Generator& gen,
-    ProgressSink* sink, const CancelToken* cancel) {
-  if (options.lanczos_steps < 1 || options.runs < 1 ||
-      options.grid_points < 1 || !(options.sigma > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "density options out of range: lanczos_steps ", options.lanczos_steps,
-        " (>= 1), runs ", options.runs, " (>= 1), grid_points ",
-        options.grid_points, " (>= 1), sigma ", options.sigma, " (> 0)"));
+absl::StatusOr<SpectralDensity> EstimateSpectralDensity(HvpOperator& op,
+                                                        const DensityOptions& options,
+                                                        at::Generator& gen, ProgressSink* sink,
+                                                        const CancelToken* cancel) {
+  if (options.lanczos_steps < 1 || options.runs < 1 || options.grid_points < 1 ||
+      !(options.sigma > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("density options out of range: lanczos_steps ", options.lanczos_steps,
+                     " (>= 1), runs ", options.runs, " (>= 1), grid_points ", options.grid_points,
+                     " (>= 1), sigma ", options.sigma, " (> 0)"));
   }
   const int64_t start_hvps = op.num_applications();
-  const int m = static_cast<int>(
-      std::min<int64_t>(options.lanczos_steps, op.layout().numel));
+  const int m = static_cast<int>(std::min<int64_t>(options.lanczos_steps, op.layout().numel));
   const int64_t total_work = static_cast<int64_t>(m) * options.runs;
   int64_t done = 0;
   SpectralDensity result;
+  {
+    int64_t vector_bytes = 0;
+    for (const torch::Tensor& t : op.parameters().tensors) {
+      vector_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    }
+    const int64_t fit =
+        vector_bytes > 0 ? options.max_memory_bytes / vector_bytes : static_cast<int64_t>(m);
+    result.window = fit >= m ? 0 : static_cast<int>(std::max<int64_t>(fit, 2));
+  }
   for (int run = 0; run < options.runs; ++run) {
-    std::vector<ParamSet> basis;
+    std::deque<ParamSet> basis;
     std::vector<double> alpha, beta;
     ParamSet v = RademacherLike(op.parameters(), gen);
     Scale(1 / Norm(v), &v);
@@ -353,14 +366,17 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
       const double a = Dot(w, v);
       alpha.push_back(a);
       basis.push_back(std::move(v));
+      if (result.window > 0 && static_cast<int>(basis.size()) > result.window) {
+        basis.pop_front();
+      }
       if (j + 1 == m) break;
-      // Full re-orthogonalisation against every Lanczos vector replaces the
-      // three-term recurrence's w −= a v_j + b v_{j−1}.
+      // Re-orthogonalisation against every kept Lanczos vector (all of them
+      // unless memory caps the window) replaces the three-term recurrence's
+      // w −= a v_j + b v_{j−1}.
       Orthogonalize(basis, &w);
       const double b = Norm(w);
       // An invariant subspace: the quadrature is already exact.
-      const double scale =
-          std::max(std::abs(a), beta.empty() ? 0 : beta.back());
+      const double scale = std::max(std::abs(a), beta.empty() ? 0 : beta.back());
       if (!(b > 1e-10 * std::max(scale, 1e-300))) break;
       beta.push_back(b);
       Scale(1 / b, &w);
@@ -383,8 +399,7 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
       std::tie(evals, evecs) = torch::linalg_eigh(t);
     } catch (const c10::Error& e) {
       return absl::InternalError(
-          absl::StrCat("eigh of the Lanczos tridiagonal failed: ",
-                       e.what_without_backtrace()));
+          absl::StrCat("eigh of the Lanczos tridiagonal failed: ", e.what_without_backtrace()));
     }
     torch::Tensor first = evecs[0];
     for (int i = 0; i < steps; ++i) {
@@ -393,8 +408,8 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
       result.weights.push_back(c * c / options.runs);
     }
   }
-  SmoothDensity(result.nodes, result.weights, options.grid_points,
-                options.sigma, &result.grid, &result.density);
+  SmoothDensity(result.nodes, result.weights, options.grid_points, options.sigma, &result.grid,
+                &result.density);
   result.hvps = op.num_applications() - start_hvps;
   return result;
 }
@@ -429,17 +444,14 @@ PreparedBatches DataSubset(const PreparedBatches& batches, int index, int count,
   return subset;
 }
 
-absl::StatusOr<QBertResult> QBertScores(torch::jit::Module module,
-                                        const PreparedBatches& batches,
+absl::StatusOr<QBertResult> QBertScores(torch::jit::Module module, const PreparedBatches& batches,
                                         const HvpOptions& hvp, int subsets,
-                                        const EigenOptions& eigen,
-                                        at::Generator& gen, ProgressSink* sink,
-                                        const CancelToken* cancel) {
-  if (subsets < 1 || subsets > batches.num_examples ||
-      batches.batches.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Q-BERT needs between 1 and ", batches.num_examples,
-        " data subsets (one example each at least), got ", subsets));
+                                        const EigenOptions& eigen, at::Generator& gen,
+                                        ProgressSink* sink, const CancelToken* cancel) {
+  if (subsets < 1 || subsets > batches.num_examples || batches.batches.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Q-BERT needs between 1 and ", batches.num_examples,
+                     " data subsets (one example each at least), got ", subsets));
   }
   EigenOptions top = eigen;
   top.k = 1;
@@ -461,11 +473,9 @@ absl::StatusOr<QBertResult> QBertScores(torch::jit::Module module,
       }
     }
     for (int g = 0; g < groups; ++g) {
-      ASSIGN_OR_RETURN(EigenResult r,
-                       TopEigenvalues(*op, top, g, gen, nullptr, cancel));
+      ASSIGN_OR_RETURN(EigenResult r, TopEigenvalues(*op, top, g, gen, nullptr, cancel));
       // Empty only for a layer whose start vector vanished (no parameters).
-      result.layers[g].top_eigenvalues.push_back(
-          r.eigenvalues.empty() ? 0.0 : r.eigenvalues[0]);
+      result.layers[g].top_eigenvalues.push_back(r.eigenvalues.empty() ? 0.0 : r.eigenvalues[0]);
       if (sink != nullptr) {
         sink->Progress("qbert", static_cast<int64_t>(s) * groups + g + 1,
                        static_cast<int64_t>(subsets) * groups);

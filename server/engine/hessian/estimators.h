@@ -65,9 +65,9 @@ struct TraceResult {
 // probes; a PartialResult("trace/<layer>", JSON) the first time a layer
 // converges (and for every unconverged layer at the end). INVALID_ARGUMENT
 // for options out of range (tolerance <= 0, min_probes < 2 or > max_probes).
-absl::StatusOr<TraceResult> EstimateLayerTraces(
-    HvpOperator& op, const TraceOptions& options, at::Generator& gen,
-    ProgressSink* sink = nullptr, const CancelToken* cancel = nullptr);
+absl::StatusOr<TraceResult> EstimateLayerTraces(HvpOperator& op, const TraceOptions& options,
+                                                at::Generator& gen, ProgressSink* sink = nullptr,
+                                                const CancelToken* cancel = nullptr);
 
 // ----------------------------------------------------------- eigenvalues
 
@@ -89,9 +89,14 @@ struct EigenResult {
 // eigenvectors leaks into the later eigenvalues. The relative error of a
 // converged eigenvalue is then about the tolerance or less. k is capped at
 // the scope's dimension. Progress: stage "eigen", done/total in HVPs.
-absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op,
-                                           const EigenOptions& options,
-                                           int group, at::Generator& gen,
+absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& options, int group,
+                                           at::Generator& gen, ProgressSink* sink = nullptr,
+                                           const CancelToken* cancel = nullptr);
+
+// As above for the diagonal block of several layers together (a block of
+// the architecture, BlocksOf); an empty list is the whole model.
+absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& options,
+                                           const std::vector<int>& groups, at::Generator& gen,
                                            ProgressSink* sink = nullptr,
                                            const CancelToken* cancel = nullptr);
 
@@ -104,6 +109,11 @@ struct SpectralDensity {
   std::vector<double> nodes;
   std::vector<double> weights;
   std::vector<int> steps;  // Lanczos steps done per run (< m on breakdown)
+  // 0: full re-orthogonalisation; else the number of most recent Lanczos
+  // vectors each new one was re-orthogonalised against (memory cap). A
+  // window loses orthogonality, so the quadrature may repeat converged
+  // outliers as "ghost" nodes; the weights still sum to 1.
+  int window = 0;
   // Smoothed density on an even grid over [min node, max node] padded by 1%
   // of the range (at least 0.01): Σ_k w_k N(x; node_k, variance), normalised
   // so that Σ density · spacing = 1.
@@ -113,16 +123,18 @@ struct SpectralDensity {
 };
 
 // Stochastic Lanczos quadrature with full re-orthogonalisation (the Lanczos
-// vectors are kept: memory m × number of parameters) and eigh of the
-// tridiagonal in float64. Progress: stage "density", done/total in HVPs.
-absl::StatusOr<SpectralDensity> EstimateSpectralDensity(
-    HvpOperator& op, const DensityOptions& options, at::Generator& gen,
-    ProgressSink* sink = nullptr, const CancelToken* cancel = nullptr);
+// vectors are kept: memory m × number of parameters, capped by
+// options.max_memory_bytes, see `window`) and eigh of the tridiagonal in
+// float64. Progress: stage "density", done/total in HVPs.
+absl::StatusOr<SpectralDensity> EstimateSpectralDensity(HvpOperator& op,
+                                                        const DensityOptions& options,
+                                                        at::Generator& gen,
+                                                        ProgressSink* sink = nullptr,
+                                                        const CancelToken* cancel = nullptr);
 
 // The smoothed density of given nodes/weights (as EstimateSpectralDensity).
-void SmoothDensity(const std::vector<double>& nodes,
-                   const std::vector<double>& weights, int grid_points,
-                   double sigma, std::vector<double>* grid,
+void SmoothDensity(const std::vector<double>& nodes, const std::vector<double>& weights,
+                   int grid_points, double sigma, std::vector<double>* grid,
                    std::vector<double>* density);
 
 // --------------------------------------------------------------- Q-BERT
@@ -147,11 +159,9 @@ struct QBertResult {
 // and iterations) with a fresh HvpOperator of `hvp` options; score = |mean λ|
 // + std λ. INVALID_ARGUMENT when subsets < 1 or exceeds the examples.
 // Progress: stage "qbert", done/total in (subset, layer) pairs.
-absl::StatusOr<QBertResult> QBertScores(torch::jit::Module module,
-                                        const PreparedBatches& batches,
+absl::StatusOr<QBertResult> QBertScores(torch::jit::Module module, const PreparedBatches& batches,
                                         const HvpOptions& hvp, int subsets,
-                                        const EigenOptions& eigen,
-                                        at::Generator& gen,
+                                        const EigenOptions& eigen, at::Generator& gen,
                                         ProgressSink* sink = nullptr,
                                         const CancelToken* cancel = nullptr);
 

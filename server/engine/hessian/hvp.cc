@@ -2,6 +2,7 @@
 
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -20,8 +21,7 @@ namespace {
 
 using torch::autograd::grad;
 
-constexpr char kMissingDoubleBackward[] =
-    "type.compress.dev/engine.MissingDoubleBackward";
+constexpr char kMissingDoubleBackward[] = "type.compress.dev/engine.MissingDoubleBackward";
 
 // Undefined gradients (parameters the loss does not use) become zeros.
 ParamSet FromGradients(std::vector<torch::Tensor> grads, const ParamSet& like) {
@@ -49,13 +49,12 @@ torch::Tensor GraphDot(const std::vector<torch::Tensor>& a, const ParamSet& v) {
 }
 
 // A loss (with its graph) for one batch.
-absl::StatusOr<torch::Tensor> BatchLoss(torch::jit::Module& module,
-                                        LossKind loss, const Batch& batch) {
+absl::StatusOr<torch::Tensor> BatchLoss(torch::jit::Module& module, LossKind loss,
+                                        const Batch& batch) {
   ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, batch.inputs));
   ASSIGN_OR_RETURN(torch::Tensor value, ComputeLoss(loss, out, batch.targets));
   if (!value.requires_grad()) {
-    return absl::FailedPreconditionError(
-        "the loss does not depend on any trainable parameter");
+    return absl::FailedPreconditionError("the loss does not depend on any trainable parameter");
   }
   return value;
 }
@@ -77,12 +76,10 @@ double MachineEpsilon(c10::ScalarType type) {
 
 class ExactHvp : public HvpOperator {
  public:
-  ExactHvp(torch::jit::Module module, ParamSet params, PreparedBatches batches,
-           int max_cached)
+  ExactHvp(torch::jit::Module module, ParamSet params, PreparedBatches batches, int max_cached)
       : HvpOperator(std::move(params), std::move(batches)),
         module_(std::move(module)),
-        cache_(std::min<size_t>(std::max(max_cached, 0),
-                                batches_.batches.size())) {}
+        cache_(std::min<size_t>(std::max(max_cached, 0), batches_.batches.size())) {}
 
   HvpMethod method() const override { return HvpMethod::kExact; }
 
@@ -100,23 +97,19 @@ class ExactHvp : public HvpOperator {
       try {
         torch::Tensor dot = GraphDot(g, v);
         if (!dot.defined()) continue;  // the gradient is constant: H = 0
-        std::vector<torch::Tensor> hv =
-            grad({dot}, params_.tensors, {}, /*retain_graph=*/cached,
-                 /*create_graph=*/false, /*allow_unused=*/true);
+        std::vector<torch::Tensor> hv = grad({dot}, params_.tensors, {}, /*retain_graph=*/cached,
+                                             /*create_graph=*/false, /*allow_unused=*/true);
         Axpy(weight(b), FromGradients(std::move(hv), params_), &result);
       } catch (const c10::Error& e) {
-        return AutogradError(
-            e, absl::StrCat("exact HVP (double backward) on batch ", b));
+        return AutogradError(e, absl::StrCat("exact HVP (double backward) on batch ", b));
       }
     }
     return result;
   }
 
  private:
-  absl::StatusOr<std::vector<torch::Tensor>> FirstOrder(const Batch& batch,
-                                                        size_t b) {
-    ASSIGN_OR_RETURN(torch::Tensor loss,
-                     BatchLoss(module_, batches_.loss, batch));
+  absl::StatusOr<std::vector<torch::Tensor>> FirstOrder(const Batch& batch, size_t b) {
+    ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, batch));
     try {
       return grad({loss}, params_.tensors, {}, /*retain_graph=*/true,
                   /*create_graph=*/true, /*allow_unused=*/true);
@@ -133,10 +126,69 @@ class ExactHvp : public HvpOperator {
 
 // ---------------------------------------------------------------------------
 
+class FisherDiagonalHvp : public HvpOperator {
+ public:
+  static absl::StatusOr<std::unique_ptr<HvpOperator>> Create(torch::jit::Module module,
+                                                             PreparedBatches batches,
+                                                             const CancelToken* cancel) {
+    ASSIGN_OR_RETURN(ParamSet params, CollectParameters(module));
+    std::unique_ptr<FisherDiagonalHvp> op(
+        new FisherDiagonalHvp(std::move(module), std::move(params), std::move(batches)));
+    RETURN_IF_ERROR(op->Initialize(cancel));
+    return op;
+  }
+
+  HvpMethod method() const override { return HvpMethod::kFisherDiagonal; }
+
+ protected:
+  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override {
+    ParamSet result{params_.layout, {}};
+    for (size_t i = 0; i < v.size(); ++i) {
+      result.tensors.push_back(diagonal_.tensors[i] * v.tensors[i]);
+    }
+    return result;
+  }
+
+ private:
+  FisherDiagonalHvp(torch::jit::Module module, ParamSet params, PreparedBatches batches)
+      : HvpOperator(std::move(params), std::move(batches)), module_(std::move(module)) {}
+
+  // diag = Σ_n g_n² / N with g_n the gradient of example n's loss: one
+  // forward + backward per example (a batch gradient squared would mix the
+  // examples' gradients).
+  absl::Status Initialize(const CancelToken* cancel) {
+    diagonal_ = ZerosLike(params_);
+    const double n = static_cast<double>(num_examples());
+    for (size_t b = 0; b < batches_.batches.size(); ++b) {
+      const Batch& batch = batches_.batches[b];
+      for (int64_t e = 0; e < batch.size; ++e) {
+        if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
+        Batch one{batch.inputs.narrow(0, e, 1), batch.targets.narrow(0, e, 1), 1};
+        ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, one));
+        try {
+          std::vector<torch::Tensor> g = grad({loss}, params_.tensors, {}, /*retain_graph=*/false,
+                                              /*create_graph=*/false, /*allow_unused=*/true);
+          torch::NoGradGuard no_grad;
+          for (size_t i = 0; i < g.size(); ++i) {
+            if (g[i].defined()) diagonal_.tensors[i].addcmul_(g[i], g[i], 1 / n);
+          }
+        } catch (const c10::Error& e) {
+          return AutogradError(e, absl::StrCat("per-example gradient on batch ", b));
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  torch::jit::Module module_;
+  ParamSet diagonal_;
+};
+
+// ---------------------------------------------------------------------------
+
 // A deep copy of `module` whose parameters are fresh leaf tensors (tied
 // parameters stay tied), so perturbing them never touches the caller's model.
-absl::StatusOr<torch::jit::Module> PrivateCopy(
-    const torch::jit::Module& module) {
+absl::StatusOr<torch::jit::Module> PrivateCopy(const torch::jit::Module& module) {
   try {
     torch::jit::Module copy = module.clone();
     std::unordered_map<const void*, torch::Tensor> replaced;
@@ -146,8 +198,8 @@ absl::StatusOr<torch::jit::Module> PrivateCopy(
         const void* key = param.value.unsafeGetTensorImpl();
         auto it = replaced.find(key);
         if (it == replaced.end()) {
-          torch::Tensor fresh = param.value.detach().clone().requires_grad_(
-              param.value.requires_grad());
+          torch::Tensor fresh =
+              param.value.detach().clone().requires_grad_(param.value.requires_grad());
           it = replaced.emplace(key, fresh).first;
         }
         sub.register_parameter(param.name, it->second, /*is_buffer=*/false);
@@ -155,16 +207,16 @@ absl::StatusOr<torch::jit::Module> PrivateCopy(
     }
     return copy;
   } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
+    return absl::InternalError(absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
   }
 }
 
 class FiniteDifferenceHvp : public HvpOperator {
  public:
-  static absl::StatusOr<std::unique_ptr<HvpOperator>> Create(
-      const torch::jit::Module& module, PreparedBatches batches,
-      FiniteDifferenceScheme scheme, bool in_float64) {
+  static absl::StatusOr<std::unique_ptr<HvpOperator>> Create(const torch::jit::Module& module,
+                                                             PreparedBatches batches,
+                                                             FiniteDifferenceScheme scheme,
+                                                             bool in_float64) {
     ASSIGN_OR_RETURN(ParamSet original, CollectParameters(module));
     ASSIGN_OR_RETURN(torch::jit::Module copy, PrivateCopy(module));
     if (in_float64) {
@@ -172,31 +224,45 @@ class FiniteDifferenceHvp : public HvpOperator {
         copy.to(torch::kFloat64);
       } catch (const c10::Error& e) {
         return absl::InternalError(
-            absl::StrCat("cannot convert the model copy to float64: ",
-                         e.what_without_backtrace()));
+            absl::StrCat("cannot convert the model copy to float64: ", e.what_without_backtrace()));
       }
     }
     ASSIGN_OR_RETURN(ParamSet work, CollectParameters(copy));
     if (work.layout->names != original.layout->names) {
-      return absl::InternalError(
-          "the copied model's parameters differ from the original's");
+      return absl::InternalError("the copied model's parameters differ from the original's");
     }
-    std::unique_ptr<FiniteDifferenceHvp> op(
-        new FiniteDifferenceHvp(std::move(copy), std::move(original),
-                                std::move(work), std::move(batches), scheme));
+    std::unique_ptr<FiniteDifferenceHvp> op(new FiniteDifferenceHvp(
+        std::move(copy), std::move(original), std::move(work), std::move(batches), scheme));
     RETURN_IF_ERROR(op->Initialize());
     return op;
   }
 
   HvpMethod method() const override { return HvpMethod::kFiniteDifference; }
 
+  // ‖forward − central‖ / ‖central‖ for `v`: three gradients (two when the
+  // base gradient is cached), not counted as products.
+  absl::StatusOr<double> SchemeDisagreement(const ParamSet& v) {
+    if (!base_gradient_.layout) {
+      ASSIGN_OR_RETURN(base_gradient_, AverageGradient());
+    }
+    ASSIGN_OR_RETURN(ParamSet forward, Difference(FiniteDifferenceScheme::kForward, v));
+    ASSIGN_OR_RETURN(ParamSet central, Difference(FiniteDifferenceScheme::kCentral, v));
+    const double scale = Norm(central);
+    Axpy(-1, central, &forward);
+    const double diff = Norm(forward);
+    if (scale == 0) return diff == 0 ? 0.0 : HUGE_VAL;
+    return diff / scale;
+  }
+
  protected:
-  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override {
+  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override { return Difference(scheme_, v); }
+
+ private:
+  absl::StatusOr<ParamSet> Difference(FiniteDifferenceScheme scheme, const ParamSet& v) {
     const double v_norm = Norm(v);
     if (v_norm == 0) return ZerosLike(params_);
-    const bool central = scheme_ == FiniteDifferenceScheme::kCentral;
-    const double h =
-        central ? std::cbrt(unit_roundoff_) : std::sqrt(unit_roundoff_);
+    const bool central = scheme == FiniteDifferenceScheme::kCentral;
+    const double h = central ? std::cbrt(unit_roundoff_) : std::sqrt(unit_roundoff_);
     const double eps = h * (1 + theta_norm_) / v_norm;
 
     ASSIGN_OR_RETURN(ParamSet plus, GradientAt(eps, v));
@@ -216,7 +282,6 @@ class FiniteDifferenceHvp : public HvpOperator {
     return plus;
   }
 
- private:
   // `params` are the caller's (never modified; they give the layout and the
   // dtype of results), `work` the copy's, which are perturbed.
   FiniteDifferenceHvp(torch::jit::Module copy, ParamSet params, ParamSet work,
@@ -267,12 +332,10 @@ class FiniteDifferenceHvp : public HvpOperator {
       if (batches_.loss == LossKind::kMse) {
         batch.targets = batch.targets.to(type);
       }
-      ASSIGN_OR_RETURN(torch::Tensor loss,
-                       BatchLoss(copy_, batches_.loss, batch));
+      ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(copy_, batches_.loss, batch));
       try {
-        std::vector<torch::Tensor> g =
-            grad({loss}, work_.tensors, {}, /*retain_graph=*/false,
-                 /*create_graph=*/false, /*allow_unused=*/true);
+        std::vector<torch::Tensor> g = grad({loss}, work_.tensors, {}, /*retain_graph=*/false,
+                                            /*create_graph=*/false, /*allow_unused=*/true);
         Axpy(weight(b), FromGradients(std::move(g), work_), &sum);
       } catch (const c10::Error& e) {
         return AutogradError(e, absl::StrCat("gradient on batch ", b));
@@ -294,12 +357,11 @@ class FiniteDifferenceHvp : public HvpOperator {
 
 class GaussNewtonHvp : public HvpOperator {
  public:
-  GaussNewtonHvp(torch::jit::Module module, ParamSet params,
-                 PreparedBatches batches, int max_cached)
+  GaussNewtonHvp(torch::jit::Module module, ParamSet params, PreparedBatches batches,
+                 int max_cached)
       : HvpOperator(std::move(params), std::move(batches)),
         module_(std::move(module)),
-        cache_(std::min<size_t>(std::max(max_cached, 0),
-                                batches_.batches.size())) {}
+        cache_(std::min<size_t>(std::max(max_cached, 0), batches_.batches.size())) {}
 
   HvpMethod method() const override { return HvpMethod::kGaussNewton; }
 
@@ -318,19 +380,16 @@ class GaussNewtonHvp : public HvpOperator {
         // J v = ∂(Jᵀw · v)/∂w.
         torch::Tensor dot = GraphDot(lin.jt_dummy, v);
         if (!dot.defined()) continue;  // the output does not depend on θ
-        std::vector<torch::Tensor> jv =
-            grad({dot}, {lin.dummy}, {}, /*retain_graph=*/true,
-                 /*create_graph=*/false, /*allow_unused=*/true);
+        std::vector<torch::Tensor> jv = grad({dot}, {lin.dummy}, {}, /*retain_graph=*/true,
+                                             /*create_graph=*/false, /*allow_unused=*/true);
         if (!jv[0].defined()) continue;
         torch::Tensor h_jv = OutputHessianTimes(lin, jv[0]);
-        std::vector<torch::Tensor> jt =
-            grad({lin.output}, params_.tensors, {h_jv},
-                 /*retain_graph=*/cached, /*create_graph=*/false,
-                 /*allow_unused=*/true);
+        std::vector<torch::Tensor> jt = grad({lin.output}, params_.tensors, {h_jv},
+                                             /*retain_graph=*/cached, /*create_graph=*/false,
+                                             /*allow_unused=*/true);
         Axpy(weight(b), FromGradients(std::move(jt), params_), &result);
       } catch (const c10::Error& e) {
-        return AutogradError(e,
-                             absl::StrCat("Gauss-Newton product on batch ", b));
+        return AutogradError(e, absl::StrCat("Gauss-Newton product on batch ", b));
       }
     }
     return result;
@@ -348,14 +407,11 @@ class GaussNewtonHvp : public HvpOperator {
     Linearization lin;
     ASSIGN_OR_RETURN(lin.output, RunForward(module_, batch.inputs));
     if (batches_.loss == LossKind::kCrossEntropy && lin.output.dim() < 2) {
-      return absl::InvalidArgumentError(
-          "cross-entropy needs logits [N, C, ...] from the model");
+      return absl::InvalidArgumentError("cross-entropy needs logits [N, C, ...] from the model");
     }
     if (batches_.loss == LossKind::kMse &&
-        (!batch.targets.defined() ||
-         batch.targets.numel() != lin.output.numel())) {
-      return absl::InvalidArgumentError(
-          "MSE targets do not fit the model output");
+        (!batch.targets.defined() || batch.targets.numel() != lin.output.numel())) {
+      return absl::InvalidArgumentError("MSE targets do not fit the model output");
     }
     if (!lin.output.requires_grad()) {
       return absl::FailedPreconditionError(
@@ -370,15 +426,13 @@ class GaussNewtonHvp : public HvpOperator {
         lin.probs = torch::softmax(lin.output.detach(), 1);
       }
     } catch (const c10::Error& e) {
-      return AutogradError(
-          e, absl::StrCat("Gauss-Newton linearisation on batch ", b));
+      return AutogradError(e, absl::StrCat("Gauss-Newton linearisation on batch ", b));
     }
     return lin;
   }
 
   // H_out u for the mean loss of one batch.
-  torch::Tensor OutputHessianTimes(const Linearization& lin,
-                                   const torch::Tensor& u) const {
+  torch::Tensor OutputHessianTimes(const Linearization& lin, const torch::Tensor& u) const {
     if (batches_.loss == LossKind::kMse) {
       return u * (2.0 / static_cast<double>(u.numel()));
     }
@@ -415,6 +469,8 @@ const char* HvpMethodName(HvpMethod method) {
       return "finite_difference";
     case HvpMethod::kGaussNewton:
       return "gauss_newton";
+    case HvpMethod::kFisherDiagonal:
+      return "fisher_diagonal";
   }
   return "unknown";
 }
@@ -427,11 +483,11 @@ absl::Status AutogradError(const c10::Error& error, const std::string& context,
   std::smatch match;
   if (std::regex_search(message, match, *not_implemented)) {
     const std::string op = match[1];
-    absl::Status status = absl::FailedPreconditionError(absl::StrCat(
-        context, ": the model uses ", ForwardOpName(op),
-        ", whose double backward LibTorch does not implement (no derivative "
-        "for ",
-        op, "); use the finite-difference HVP method for this model"));
+    absl::Status status = absl::FailedPreconditionError(
+        absl::StrCat(context, ": the model uses ", ForwardOpName(op),
+                     ", whose double backward LibTorch does not implement (no derivative "
+                     "for ",
+                     op, "); use the finite-difference HVP method for this model"));
     status.SetPayload(kMissingDoubleBackward, absl::Cord(op));
     return status;
   }
@@ -451,15 +507,13 @@ HvpOperator::HvpOperator(ParamSet params, PreparedBatches batches)
 }
 
 double HvpOperator::weight(size_t b) const {
-  return static_cast<double>(batches_.batches[b].size) /
-         static_cast<double>(num_examples_);
+  return static_cast<double>(batches_.batches[b].size) / static_cast<double>(num_examples_);
 }
 
 absl::StatusOr<ParamSet> HvpOperator::Apply(const ParamSet& v) {
   if (v.layout != params_.layout &&
       (v.layout == nullptr || v.layout->names != params_.layout->names)) {
-    return absl::InvalidArgumentError(
-        "the vector does not have the operator's parameter layout");
+    return absl::InvalidArgumentError("the vector does not have the operator's parameter layout");
   }
   // Hessian work needs autograd even when a caller disabled it.
   torch::AutoGradMode grad_mode(true);
@@ -467,34 +521,50 @@ absl::StatusOr<ParamSet> HvpOperator::Apply(const ParamSet& v) {
   return ApplyImpl(v);
 }
 
-absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(
-    torch::jit::Module module, PreparedBatches batches,
-    const HvpOptions& options) {
+absl::StatusOr<double> FiniteDifferenceSelfCheck(HvpOperator& op, at::Generator& gen, int probes) {
+  auto* fd = dynamic_cast<FiniteDifferenceHvp*>(&op);
+  if (fd == nullptr) {
+    return absl::InvalidArgumentError("the self-check needs a finite-difference operator");
+  }
+  torch::AutoGradMode grad_mode(true);
+  double worst = 0;
+  for (int p = 0; p < probes; ++p) {
+    ParamSet v = RademacherLike(op.parameters(), gen);
+    ASSIGN_OR_RETURN(double d, fd->SchemeDisagreement(v));
+    worst = std::max(worst, d);
+  }
+  return worst;
+}
+
+absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(torch::jit::Module module,
+                                                               PreparedBatches batches,
+                                                               const HvpOptions& options,
+                                                               const CancelToken* cancel) {
   if (batches.batches.empty()) {
     return absl::InvalidArgumentError("no calibration batches");
   }
-  if (batches.loss != LossKind::kCrossEntropy &&
-      batches.loss != LossKind::kMse) {
-    return absl::InvalidArgumentError(
-        "the batches' loss must be resolved by PrepareBatches");
+  if (batches.loss != LossKind::kCrossEntropy && batches.loss != LossKind::kMse) {
+    return absl::InvalidArgumentError("the batches' loss must be resolved by PrepareBatches");
   }
   switch (options.method) {
     case HvpMethod::kExact: {
       ASSIGN_OR_RETURN(ParamSet params, CollectParameters(module));
-      return std::unique_ptr<HvpOperator>(
-          new ExactHvp(std::move(module), std::move(params), std::move(batches),
-                       options.max_cached_batches));
+      return std::unique_ptr<HvpOperator>(new ExactHvp(
+          std::move(module), std::move(params), std::move(batches), options.max_cached_batches));
     }
     case HvpMethod::kFiniteDifference: {
       torch::AutoGradMode grad_mode(true);
-      return FiniteDifferenceHvp::Create(
-          module, std::move(batches), options.fd_scheme, options.fd_in_float64);
+      return FiniteDifferenceHvp::Create(module, std::move(batches), options.fd_scheme,
+                                         options.fd_in_float64);
     }
     case HvpMethod::kGaussNewton: {
       ASSIGN_OR_RETURN(ParamSet params, CollectParameters(module));
-      return std::unique_ptr<HvpOperator>(
-          new GaussNewtonHvp(std::move(module), std::move(params),
-                             std::move(batches), options.max_cached_batches));
+      return std::unique_ptr<HvpOperator>(new GaussNewtonHvp(
+          std::move(module), std::move(params), std::move(batches), options.max_cached_batches));
+    }
+    case HvpMethod::kFisherDiagonal: {
+      torch::AutoGradMode grad_mode(true);
+      return FisherDiagonalHvp::Create(std::move(module), std::move(batches), cancel);
     }
   }
   return absl::InvalidArgumentError("unknown HVP method");

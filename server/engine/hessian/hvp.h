@@ -54,6 +54,16 @@
 //    every op to be differentiable in its incoming gradient
 //    (FAILED_PRECONDITION otherwise). Memory and cost as kExact.
 //
+//  kFisherDiagonal: D v with D = diag(Σ_n g_n g_nᵀ) / N, the diagonal of
+//    the empirical Fisher, g_n the gradient of example n's loss (Σ g², as
+//    HAWQ's fallback). Built once at creation with one forward + backward
+//    per example (N gradients of batch 1); every product is then an
+//    elementwise multiply. Needs only first derivatives. It is a different
+//    matrix: F equals H only at a minimum of a well-specified model, D drops
+//    every off-diagonal term, and it is positive semi-definite, so its
+//    "eigenvalues" are its largest diagonal entries and its trace is
+//    E‖g_n‖². Use it to rank layers when nothing else runs.
+//
 // Ownership: the operator keeps the module (a shared handle), its parameters
 // and the batches alive. H is taken at the parameter values of the first
 // product on each batch (cached graphs, the finite-difference copy): do not
@@ -75,6 +85,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/engine/common/cancel.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/hessian/options.h"
 #include "server/engine/hessian/param_set.h"
@@ -118,12 +129,23 @@ class HvpOperator {
 
 // Builds the operator for `module` (eval mode) on `batches` (PrepareBatches).
 // The finite-difference operator clones the module and computes the base
-// gradient here (one forward + backward per batch); the others only collect
-// the parameters. FAILED_PRECONDITION when the model has no trainable
-// parameters, or for kGaussNewton with a loss it does not support.
-absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(
-    torch::jit::Module module, PreparedBatches batches,
-    const HvpOptions& options);
+// gradient here (one forward + backward per batch); the Fisher operator
+// computes its diagonal here (one per example, checking `cancel` before
+// each); the others only collect the parameters. FAILED_PRECONDITION when
+// the model has no trainable parameters, or for kGaussNewton with a loss it
+// does not support.
+absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(torch::jit::Module module,
+                                                               PreparedBatches batches,
+                                                               const HvpOptions& options,
+                                                               const CancelToken* cancel = nullptr);
+
+// Self-check of a finite-difference operator: the largest
+// ‖Hv_forward − Hv_central‖ / ‖Hv_central‖ over `probes` Rademacher vectors
+// from `gen` (three gradients each; not counted in num_applications). On a
+// smooth loss this is about the forward scheme's own error; when the step
+// crosses ReLU kinks the two schemes see different kinks and disagree
+// wildly. INVALID_ARGUMENT when `op` is not a finite-difference operator.
+absl::StatusOr<double> FiniteDifferenceSelfCheck(HvpOperator& op, at::Generator& gen, int probes);
 
 // Turns a LibTorch error from differentiating the model into a Status:
 // FAILED_PRECONDITION naming the op when its derivative is not implemented

@@ -3,11 +3,16 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <map>
+#include <string>
 #include <unordered_set>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 
 namespace compress::engine {
 namespace {
@@ -15,12 +20,10 @@ namespace {
 // <a, b> in float64, left on the tensors' device: summing there and reading
 // the total once avoids a device sync per tensor.
 torch::Tensor TensorDot(const torch::Tensor& a, const torch::Tensor& b) {
-  return torch::dot(a.reshape(-1).to(torch::kFloat64),
-                    b.reshape(-1).to(torch::kFloat64));
+  return torch::dot(a.reshape(-1).to(torch::kFloat64), b.reshape(-1).to(torch::kFloat64));
 }
 
-double SumOfDots(const ParamSet& a, const ParamSet& b,
-                 const std::vector<int>* only) {
+double SumOfDots(const ParamSet& a, const ParamSet& b, const std::vector<int>* only) {
   torch::Tensor sum;
   auto add = [&](size_t i) {
     torch::Tensor d = TensorDot(a.tensors[i], b.tensors[i]);
@@ -48,9 +51,8 @@ absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
         if (!t.requires_grad()) continue;
         if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;
         const int index = static_cast<int>(params.tensors.size());
-        layout->names.push_back(item.name.empty()
-                                    ? param.name
-                                    : absl::StrCat(item.name, ".", param.name));
+        layout->names.push_back(item.name.empty() ? param.name
+                                                  : absl::StrCat(item.name, ".", param.name));
         layout->shapes.push_back(t.sizes().vec());
         layout->group_of.push_back(static_cast<int>(layout->groups.size()));
         group.tensors.push_back(index);
@@ -64,8 +66,8 @@ absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
       layout->groups.push_back(std::move(group));
     }
   } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot list the model's parameters: ", e.what_without_backtrace()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot list the model's parameters: ", e.what_without_backtrace()));
   }
   if (params.tensors.empty()) {
     return absl::FailedPreconditionError(
@@ -75,9 +77,7 @@ absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
   return params;
 }
 
-at::Generator MakeGenerator(uint64_t seed) {
-  return at::detail::createCPUGenerator(seed);
-}
+at::Generator MakeGenerator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
 
 ParamSet ZerosLike(const ParamSet& like) {
   ParamSet out{like.layout, {}};
@@ -101,8 +101,7 @@ ParamSet RademacherLike(const ParamSet& like, at::Generator& gen) {
   ParamSet out{like.layout, {}};
   out.tensors.reserve(like.size());
   for (const torch::Tensor& t : like.tensors) {
-    torch::Tensor bits =
-        at::randint(0, 2, t.sizes(), gen, at::TensorOptions().dtype(t.dtype()));
+    torch::Tensor bits = at::randint(0, 2, t.sizes(), gen, at::TensorOptions().dtype(t.dtype()));
     out.tensors.push_back((bits * 2 - 1).to(t.device()));
   }
   return out;
@@ -113,8 +112,7 @@ ParamSet GaussianLike(const ParamSet& like, at::Generator& gen) {
   out.tensors.reserve(like.size());
   for (const torch::Tensor& t : like.tensors) {
     out.tensors.push_back(
-        at::randn(t.sizes(), gen, at::TensorOptions().dtype(t.dtype()))
-            .to(t.device()));
+        at::randn(t.sizes(), gen, at::TensorOptions().dtype(t.dtype())).to(t.device()));
   }
   return out;
 }
@@ -154,6 +152,55 @@ void RestrictToGroup(int group, ParamSet* v) {
   for (size_t i = 0; i < v->size(); ++i) {
     if (v->layout->group_of[i] != group) v->tensors[i].zero_();
   }
+}
+
+void RestrictToGroups(const std::vector<int>& groups, ParamSet* v) {
+  std::vector<bool> keep(v->layout->groups.size(), false);
+  for (int g : groups) keep[g] = true;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < v->size(); ++i) {
+    if (!keep[v->layout->group_of[i]]) v->tensors[i].zero_();
+  }
+}
+
+namespace {
+
+// "3" or "encoder_layer_3".
+bool IsIndexAtom(absl::string_view atom) {
+  size_t start = atom.rfind('_');
+  absl::string_view digits = start == absl::string_view::npos ? atom : atom.substr(start + 1);
+  if (digits.empty()) return false;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+std::string BlockName(const std::string& layer) {
+  if (layer.empty()) return "";
+  std::vector<absl::string_view> atoms = absl::StrSplit(layer, '.');
+  for (size_t i = 0; i < atoms.size(); ++i) {
+    if (IsIndexAtom(atoms[i])) {
+      return absl::StrJoin(atoms.begin(), atoms.begin() + i + 1, ".");
+    }
+  }
+  return std::string(atoms[0]);
+}
+
+}  // namespace
+
+std::vector<ParamBlock> BlocksOf(const ParamLayout& layout) {
+  std::vector<ParamBlock> blocks;
+  std::map<std::string, size_t> index;
+  for (size_t g = 0; g < layout.groups.size(); ++g) {
+    const std::string name = BlockName(layout.groups[g].name);
+    auto [it, inserted] = index.emplace(name, blocks.size());
+    if (inserted) blocks.push_back(ParamBlock{name, {}, 0});
+    ParamBlock& block = blocks[it->second];
+    block.groups.push_back(static_cast<int>(g));
+    block.numel += layout.groups[g].numel;
+  }
+  return blocks;
 }
 
 torch::Tensor Flatten(const ParamSet& v) {

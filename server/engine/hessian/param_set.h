@@ -59,6 +59,23 @@ struct ParamSet {
   size_t size() const { return tensors.size(); }
 };
 
+// A block: consecutive layers that form one unit of the architecture (a ViT
+// block, a residual block, a stage of a CNN's `features`).
+struct ParamBlock {
+  std::string name;         // module path of the block, "" = root
+  std::vector<int> groups;  // indices into ParamLayout::groups, in order
+  int64_t numel = 0;
+};
+
+// The blocks of a layout, in order of their first layer. A layer belongs to
+// the block named by its module path up to and including the first atom that
+// is a number or ends in "_<number>" ("blocks.3.attn.qkv" -> "blocks.3",
+// "layer1.0.conv1" -> "layer1.0", "encoder.layers.encoder_layer_3.mlp.0" ->
+// "encoder.layers.encoder_layer_3", "features.3.conv.0.0" -> "features.3");
+// a layer without such an atom is a block of its first atom ("fc",
+// "patch_embed", "" for the root's own parameters).
+std::vector<ParamBlock> BlocksOf(const ParamLayout& layout);
+
 // The module's trainable parameters (requires_grad), grouped by the module
 // owning them, in module order; a tensor registered under two names (tied
 // weights) appears once, under its first name. The returned tensors are the
@@ -92,6 +109,8 @@ void Axpy(double alpha, const ParamSet& x, ParamSet* y);
 void Scale(double alpha, ParamSet* v);
 // Zeroes every tensor outside group `group` (in place).
 void RestrictToGroup(int group, ParamSet* v);
+// Zeroes every tensor outside the groups listed in `groups` (in place).
+void RestrictToGroups(const std::vector<int>& groups, ParamSet* v);
 
 // All entries concatenated into one float64 CPU vector (tests, small models).
 torch::Tensor Flatten(const ParamSet& v);
