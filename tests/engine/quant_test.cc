@@ -18,6 +18,7 @@
 #include "server/engine/data/safetensors.h"
 #include "server/engine/model/model.h"
 #include "server/engine/quant/bn_fold.h"
+#include "server/engine/quant/calibration.h"
 #include "server/engine/quant/packing.h"
 #include "server/engine/quant/quantizer.h"
 #include "tests/test_util.h"
@@ -331,6 +332,11 @@ TEST(BnFoldTest, FmnistCnnOutputsMatchAndNamesStayModulePaths) {
   EXPECT_THAT(params["conv1.bias"], ElementsAre(16));
   EXPECT_THAT(params["block.conv2.bias"], ElementsAre(16));
   EXPECT_THAT(params["fc.weight"], ElementsAre(10, 1568));
+  auto layers = QuantizableLayers(*folded);
+  ASSERT_TRUE(layers.ok());
+  std::vector<std::string> names;
+  for (const auto& l : *layers) names.push_back(l.name);
+  EXPECT_THAT(names, ElementsAre("conv1", "block.conv1", "block.conv2", "conv2", "conv3", "fc"));
   // The original is untouched, and the folded model no longer uses BN:
   // changing its statistics changes nothing.
   bool original_has_bias = false;
