@@ -1,0 +1,57 @@
+// Calibration: which layers can be quantized, and the H = 2XXᵀ/N of one
+// layer's inputs collected while the model runs (torch-including header).
+//
+// A thread-local at::RecordFunction callback watches the outermost operators
+// the forward pass dispatches on the calling thread (aten::conv2d,
+// aten::convolution, aten::_convolution, aten::linear, aten::addmm,
+// aten::mm, aten::matmul) and picks those whose weight argument shares its
+// data pointer with the layer's `weight` parameter (addmm/mm/matmul: with
+// weight.t()). Their input goes into a HessianAccumulator, with the conv's
+// stride/padding/dilation read from the operator's own arguments. Nothing in
+// the model is changed, and other threads are not observed.
+//
+//   ASSIGN_OR_RETURN(LayerHessian h,
+//                    CollectLayerHessian(module, "features.0", batches));
+#ifndef COMPRESS_ENGINE_QUANT_CALIBRATION_H_
+#define COMPRESS_ENGINE_QUANT_CALIBRATION_H_
+
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/common/cancel.h"
+
+namespace compress::engine {
+
+struct QuantizableLayer {
+  std::string name;      // module path, e.g. "block.conv1"
+  torch::Tensor weight;  // the module's `weight` parameter (shares storage)
+};
+
+// Modules with a floating `weight` parameter of 2 or more dimensions
+// (Linear, ConvNd, ...), in module (definition) order.
+absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit::Module& module);
+
+struct LayerHessian {
+  std::string kind;       // "linear" or "conv2d": how the weight was used
+  torch::Tensor hessian;  // float64 [cols, cols], 2XXᵀ/N
+  int64_t rows = 0;       // N: input vectors (tokens, patches) seen
+  int64_t calls = 0;      // operator calls that used the weight
+};
+
+// Runs `module.forward(batch)` for every batch (without autograd) and
+// accumulates the inputs of layer `layer`. NOT_FOUND for an unknown layer;
+// UNIMPLEMENTED when the weight is only used by operators not listed above
+// or by a grouped conv; FAILED_PRECONDITION when the layer never ran;
+// INVALID_ARGUMENT when a batch does not fit the model. Not safe to call
+// concurrently on the same module object.
+absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
+                                                 const std::string& layer,
+                                                 const std::vector<torch::Tensor>& batches,
+                                                 const CancelToken* cancel = nullptr);
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_QUANT_CALIBRATION_H_

@@ -1,0 +1,361 @@
+#include "server/engine/quant/packing.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <sstream>
+#include <tuple>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "server/engine/data/safetensors.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+namespace {
+
+constexpr char kFormat[] = "compressd.packed";
+constexpr int kFormatVersion = 1;
+
+struct DtypeCode {
+  c10::ScalarType type;
+  const char* code;
+};
+
+constexpr DtypeCode kDtypeCodes[] = {
+    {c10::ScalarType::Double, "F64"}, {c10::ScalarType::Float, "F32"},
+    {c10::ScalarType::Half, "F16"},   {c10::ScalarType::BFloat16, "BF16"},
+    {c10::ScalarType::Long, "I64"},   {c10::ScalarType::Int, "I32"},
+    {c10::ScalarType::Short, "I16"},  {c10::ScalarType::Char, "I8"},
+    {c10::ScalarType::Byte, "U8"},    {c10::ScalarType::Bool, "BOOL"},
+};
+
+const char* CodeOf(c10::ScalarType type) {
+  for (const DtypeCode& d : kDtypeCodes) {
+    if (d.type == type) return d.code;
+  }
+  return nullptr;
+}
+
+bool TypeOf(const std::string& code, c10::ScalarType* type) {
+  for (const DtypeCode& d : kDtypeCodes) {
+    if (code == d.code) {
+      *type = d.type;
+      return true;
+    }
+  }
+  return false;
+}
+
+struct Entry {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+std::string TensorBytes(const torch::Tensor& t) {
+  torch::Tensor c = t.detach().cpu().contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+absl::Status WriteAtomically(const std::string& path, const std::string& data) {
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  FILE* f = fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return absl::InternalError(absl::StrCat("cannot create ", tmp));
+  bool ok = fwrite(data.data(), 1, data.size(), f) == data.size();
+  ok = fflush(f) == 0 && ok;
+  ok = fsync(fileno(f)) == 0 && ok;
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> LayerManifest(const std::string& layer, const QuantizedTensor& q) {
+  const QuantParams& p = q.params;
+  RETURN_IF_ERROR(ValidateSpec(p.spec));
+  int64_t numel = 1;
+  for (int64_t d : p.shape) numel *= d;
+  nlohmann::json j;
+  j["tensor"] = absl::StrCat(layer, ".weight");
+  j["bits"] = p.spec.bits;
+  j["symmetric"] = p.spec.symmetric;
+  j["granularity"] = GranularityName(p.spec.granularity);
+  j["group_size"] = p.spec.granularity == QuantGranularity::kGroup ? p.spec.group_size : 0;
+  j["channel_axis"] = p.spec.channel_axis;
+  j["shape"] = p.shape;
+  j["numel"] = numel;
+  j["packed_bytes"] = PackedBytes(numel, p.spec.bits);
+  j["min_code"] = MinCode(p.spec);
+  j["max_code"] = MaxCode(p.spec);
+  j["scale_shape"] = std::vector<int64_t>(p.scale.sizes().begin(), p.scale.sizes().end());
+  return j;
+}
+
+absl::Status Invalid(const std::string& path, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("bad packed model ", path, ": ", why));
+}
+
+}  // namespace
+
+int64_t PackedBytes(int64_t n, int bits) { return (n * bits + 7) / 8; }
+
+absl::StatusOr<std::vector<uint8_t>> PackCodes(absl::Span<const uint8_t> codes, int bits) {
+  if (bits < 1 || bits > 8) {
+    return absl::InvalidArgumentError(absl::StrCat("bits ", bits, " not in 1..8"));
+  }
+  const int64_t n = static_cast<int64_t>(codes.size());
+  std::vector<uint8_t> packed(PackedBytes(n, bits), 0);
+  const uint32_t limit = uint32_t{1} << bits;
+  uint64_t bit = 0;
+  for (int64_t i = 0; i < n; ++i, bit += bits) {
+    const uint32_t code = codes[i];
+    if (code >= limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("code ", code, " at index ", i, " does not fit in ", bits, " bits"));
+    }
+    // A code spans at most two bytes (bits ≤ 8).
+    const uint32_t shifted = code << (bit % 8);
+    packed[bit / 8] |= static_cast<uint8_t>(shifted & 0xff);
+    if ((bit % 8) + bits > 8) {
+      packed[bit / 8 + 1] |= static_cast<uint8_t>(shifted >> 8);
+    }
+  }
+  return packed;
+}
+
+absl::StatusOr<std::vector<uint8_t>> UnpackCodes(absl::Span<const uint8_t> packed, int64_t n,
+                                                 int bits) {
+  if (bits < 1 || bits > 8) {
+    return absl::InvalidArgumentError(absl::StrCat("bits ", bits, " not in 1..8"));
+  }
+  if (n < 0 || static_cast<int64_t>(packed.size()) != PackedBytes(n, bits)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        packed.size(), " packed bytes cannot hold exactly ", n, " codes of ", bits, " bits"));
+  }
+  std::vector<uint8_t> codes(n);
+  const uint32_t mask = (uint32_t{1} << bits) - 1;
+  uint64_t bit = 0;
+  for (int64_t i = 0; i < n; ++i, bit += bits) {
+    uint32_t word = packed[bit / 8];
+    if ((bit % 8) + bits > 8) word |= uint32_t{packed[bit / 8 + 1]} << 8;
+    codes[i] = static_cast<uint8_t>((word >> (bit % 8)) & mask);
+  }
+  return codes;
+}
+
+absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
+                                                const std::string& safetensors_path,
+                                                const std::string& manifest_path) {
+  PackedFileInfo info;
+  std::vector<Entry> entries;
+  nlohmann::json manifest;
+  manifest["format"] = kFormat;
+  manifest["format_version"] = kFormatVersion;
+  manifest["packing"] = "lsb_first_bitstream";
+  manifest["dequantize"] = "scale * (code - zero_point)";
+  manifest["layers"] = nlohmann::json::object();
+  manifest["float_tensors"] = nlohmann::json::array();
+  try {
+    for (const auto& [layer, q] : model.layers) {
+      ASSIGN_OR_RETURN(nlohmann::json j, LayerManifest(layer, q));
+      // Validates shapes of codes and params together.
+      ASSIGN_OR_RETURN(auto expanded, ExpandParams(q.params));
+      (void)expanded;
+      if (!q.codes.defined() || q.codes.scalar_type() != torch::kUInt8 ||
+          std::vector<int64_t>(q.codes.sizes().begin(), q.codes.sizes().end()) != q.params.shape) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("layer ", layer, ": codes must be uint8 of the weight's shape"));
+      }
+      torch::Tensor codes = q.codes.cpu().contiguous();
+      absl::Span<const uint8_t> span(codes.data_ptr<uint8_t>(), codes.numel());
+      auto packed = PackCodes(span, q.params.spec.bits);
+      if (!packed.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("layer ", layer, ": ", packed.status().message()));
+      }
+      const std::string base = absl::StrCat(layer, ".weight");
+      entries.push_back({base + ".packed",
+                         "U8",
+                         {static_cast<int64_t>(packed->size())},
+                         std::string(packed->begin(), packed->end())});
+      entries.push_back(
+          {base + ".scale", "F32",
+           std::vector<int64_t>(q.params.scale.sizes().begin(), q.params.scale.sizes().end()),
+           TensorBytes(q.params.scale.to(torch::kFloat32))});
+      entries.push_back({base + ".zero_point", "U8",
+                         std::vector<int64_t>(q.params.zero_point.sizes().begin(),
+                                              q.params.zero_point.sizes().end()),
+                         TensorBytes(q.params.zero_point.to(torch::kUInt8))});
+      info.packed_bytes += static_cast<int64_t>(packed->size());
+      info.param_bytes += static_cast<int64_t>(entries[entries.size() - 2].bytes.size() +
+                                               entries.back().bytes.size());
+      manifest["layers"][layer] = std::move(j);
+    }
+    for (const auto& [name, t] : model.float_tensors) {
+      const char* code = t.defined() ? CodeOf(t.scalar_type()) : nullptr;
+      if (code == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor ", name, " has no safetensors dtype"));
+      }
+      entries.push_back(
+          {name, code, std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), TensorBytes(t)});
+      info.float_bytes += static_cast<int64_t>(entries.back().bytes.size());
+      manifest["float_tensors"].push_back(name);
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("cannot serialize the packed model: ", e.what()));
+  }
+
+  // Largest elements first keeps every tensor aligned to its element size.
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return std::make_tuple(-SafetensorsElementSize(a.dtype), a.name) <
+           std::make_tuple(-SafetensorsElementSize(b.dtype), b.name);
+  });
+  for (size_t i = 1; i < entries.size(); ++i) {
+    if (entries[i].name == entries[i - 1].name) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor name ", entries[i].name, " is used twice"));
+    }
+  }
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t offset = 0;
+  for (const Entry& e : entries) {
+    header[e.name] = {{"dtype", e.dtype},
+                      {"shape", e.shape},
+                      {"data_offsets", {offset, offset + e.bytes.size()}}};
+    offset += e.bytes.size();
+  }
+  info.manifest = manifest.dump(2);
+  header["__metadata__"] = {{"format", kFormat},
+                            {"format_version", std::to_string(kFormatVersion)},
+                            {"manifest", manifest.dump()}};
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+
+  std::string file;
+  file.reserve(8 + text.size() + offset);
+  uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i) file.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  file += text;
+  for (const Entry& e : entries) file += e.bytes;
+  RETURN_IF_ERROR(WriteAtomically(safetensors_path, file));
+  if (!manifest_path.empty()) {
+    RETURN_IF_ERROR(WriteAtomically(manifest_path, info.manifest + "\n"));
+  }
+  info.file_bytes = static_cast<int64_t>(file.size());
+  return info;
+}
+
+absl::StatusOr<PackedModel> ReadPackedModel(const std::string& path) {
+  ASSIGN_OR_RETURN(SafetensorsHeader header, ReadSafetensorsHeader(path));
+  auto meta = header.metadata.find("manifest");
+  if (header.metadata["format"] != kFormat || meta == header.metadata.end()) {
+    return Invalid(path, "no compressd.packed manifest in __metadata__");
+  }
+  nlohmann::json manifest =
+      nlohmann::json::parse(meta->second, nullptr, /*allow_exceptions=*/false);
+  if (manifest.is_discarded() || !manifest.is_object() ||
+      manifest.value("format_version", 0) != kFormatVersion || !manifest.contains("layers") ||
+      !manifest["layers"].is_object() || !manifest.contains("float_tensors") ||
+      !manifest["float_tensors"].is_array()) {
+    return Invalid(path, "manifest is not format version 1");
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string data = buffer.str();
+
+  // The bytes of tensor `name`, checked against the expected dtype code.
+  auto bytes_of = [&](const std::string& name, const std::string& dtype)
+      -> absl::StatusOr<std::pair<const SafetensorsTensor*, std::string>> {
+    auto it = header.tensors.find(name);
+    if (it == header.tensors.end()) return Invalid(path, "missing tensor " + name);
+    if (!dtype.empty() && it->second.dtype != dtype) {
+      return Invalid(path, absl::StrCat(name, " is ", it->second.dtype, ", not ", dtype));
+    }
+    if (it->second.end > data.size()) return Invalid(path, "truncated data");
+    return std::make_pair(&it->second,
+                          data.substr(it->second.begin, it->second.end - it->second.begin));
+  };
+  auto to_tensor = [](const SafetensorsTensor& t, const std::string& bytes, c10::ScalarType type) {
+    torch::Tensor out = torch::empty(t.shape, torch::TensorOptions().dtype(type));
+    if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
+    return out;
+  };
+
+  PackedModel model;
+  try {
+    for (const auto& [layer, j] : manifest["layers"].items()) {
+      QuantParams params;
+      if (!j.is_object() || !j.contains("bits") || !j.contains("shape")) {
+        return Invalid(path, absl::StrCat("layer ", layer, " lacks bits or shape"));
+      }
+      params.spec.bits = j.at("bits").get<int>();
+      params.spec.symmetric = j.at("symmetric").get<bool>();
+      ASSIGN_OR_RETURN(params.spec.granularity,
+                       ParseGranularity(j.at("granularity").get<std::string>()));
+      if (params.spec.granularity == QuantGranularity::kGroup) {
+        params.spec.group_size = j.at("group_size").get<int64_t>();
+      }
+      params.spec.channel_axis = j.at("channel_axis").get<int64_t>();
+      params.shape = j.at("shape").get<std::vector<int64_t>>();
+      RETURN_IF_ERROR(ValidateSpec(params.spec));
+      int64_t numel = 1;
+      for (int64_t d : params.shape) numel *= d;
+      const std::string base = absl::StrCat(layer, ".weight");
+      ASSIGN_OR_RETURN(auto packed, bytes_of(base + ".packed", "U8"));
+      ASSIGN_OR_RETURN(auto scale, bytes_of(base + ".scale", "F32"));
+      ASSIGN_OR_RETURN(auto zero, bytes_of(base + ".zero_point", "U8"));
+      auto codes = UnpackCodes(
+          absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(packed.second.data()),
+                                    packed.second.size()),
+          numel, params.spec.bits);
+      if (!codes.ok()) {
+        return Invalid(path, absl::StrCat(base, ": ", codes.status().message()));
+      }
+      params.scale = to_tensor(*scale.first, scale.second, torch::kFloat32);
+      params.zero_point = to_tensor(*zero.first, zero.second, torch::kUInt8);
+      QuantizedTensor q;
+      q.params = std::move(params);
+      q.codes =
+          torch::from_blob(codes->data(), {numel}, torch::kUInt8).clone().reshape(q.params.shape);
+      auto check = ExpandParams(q.params);
+      if (!check.ok()) {
+        return Invalid(path, absl::StrCat(base, ": ", check.status().message()));
+      }
+      model.layers.emplace(layer, std::move(q));
+    }
+    for (const auto& name_json : manifest["float_tensors"]) {
+      const std::string name = name_json.get<std::string>();
+      ASSIGN_OR_RETURN(auto t, bytes_of(name, ""));
+      c10::ScalarType type;
+      if (!TypeOf(t.first->dtype, &type)) {
+        return Invalid(path, absl::StrCat(name, " has dtype ", t.first->dtype));
+      }
+      model.float_tensors.emplace(name, to_tensor(*t.first, t.second, type));
+    }
+  } catch (const std::exception& e) {
+    return Invalid(path, e.what());
+  }
+  return model;
+}
+
+absl::StatusOr<std::map<std::string, torch::Tensor>> DequantizedTensors(const PackedModel& model) {
+  std::map<std::string, torch::Tensor> out = model.float_tensors;
+  for (const auto& [layer, q] : model.layers) {
+    ASSIGN_OR_RETURN(torch::Tensor w, Dequantize(q));
+    out[absl::StrCat(layer, ".weight")] = w;
+  }
+  return out;
+}
+
+}  // namespace compress::engine
