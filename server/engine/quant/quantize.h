@@ -1,0 +1,240 @@
+// Weight quantization with a mixed-precision bit allocation: the engine side
+// of a QUANTIZE job (torch-free header, plain structs).
+//
+// RunQuantization loads the model, folds BatchNorm into the preceding convs,
+// and treats every Conv2d/Linear weight as a quantizable layer. Then:
+//
+//  1. Sensitivity: Ω_i(b) = Tr(H_ii)/n_i · ‖Q_b(W_i) − W_i‖² for every
+//     candidate b, with Tr(H_ii)/n_i from `trace_per_param` (an ANALYZE
+//     report) or, when that is empty, from Hutchinson traces computed here on
+//     the folded model and the calibration data (RunAnalysis, traces only).
+//     ‖Q_b(W) − W‖² uses the job's quantizer with round-to-nearest.
+//  2. Search (search/bit_allocation.h): per layer the candidate bits plus
+//     float; sizes in bits as packed on disk (codes plus a float32 scale and
+//     a uint8 zero point per channel or group); layer pins and ties.
+//     kExact solves the multiple-choice knapsack exactly; kPareto returns the
+//     whole (size, ΣΩ) frontier and picks the point at the budget (the same
+//     optimum); kBisection bisects the sensitivity-ordered chain from all
+//     low bits to all high bits, measuring accuracy on the eval data at each
+//     step, for the smallest model within the tolerance; kUniform gives every
+//     layer the highest single width that fits the budget.
+//  3. Rounding: round-to-nearest, or GPTQ layer by layer on the calibration
+//     data (gptq_model.h).
+//  4. Baselines at the same budget: uniform bits, and the same search with
+//     Ω replaced by ‖Q_b(W) − W‖² alone (no Hessian), each rounded the same
+//     way and evaluated when eval data are given.
+//  5. Outputs written to `output_dir`: model.pt (TorchScript, the folded
+//     model with the dequantized weights in place: exactly what was
+//     evaluated), weights.safetensors + manifest.json (packed codes,
+//     scales, zero points, float tensors; packing.h).
+//
+//   QuantizeOptions options;
+//   options.model_path = "/blobs/ab/abcd";
+//   options.calibration_dataset = "builtin:fashion-mnist/train";
+//   options.eval_dataset = "builtin:fashion-mnist/test";
+//   options.budget = QuantBudget::AverageBits(4);
+//   options.output_dir = "/tmp/job";
+//   ASSIGN_OR_RETURN(QuantizeReport report,
+//                    RunQuantization(options, &sink, &cancel));
+//
+// Errors: NOT_FOUND for a missing model or dataset; INVALID_ARGUMENT for bad
+// options (naming the field), unknown layer names in pins/ties, or data that
+// do not fit the model; FAILED_PRECONDITION for a model without a
+// quantizable layer; CANCELLED / DEADLINE_EXCEEDED from the token. An
+// unreachable budget or tolerance is not an error: the report flags it.
+// Thread-safe: concurrent calls share nothing.
+#ifndef COMPRESS_ENGINE_QUANT_QUANTIZE_H_
+#define COMPRESS_ENGINE_QUANT_QUANTIZE_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/common/cancel.h"
+#include "server/engine/common/progress.h"
+#include "server/engine/data/dataset_info.h"
+#include "server/engine/data/loss_kind.h"
+
+namespace compress::engine {
+
+// Bits that mean "keep this layer in float32".
+inline constexpr int kFloatBits = 32;
+
+enum class QuantSearch {
+  kExact,      // multiple-choice knapsack by dynamic programming (default)
+  kPareto,     // the whole frontier; the point at the budget
+  kBisection,  // accuracy-bounded, needs eval data and a tolerance
+  kUniform,    // one width for every layer
+};
+
+// "exact", "pareto", "bisection", "uniform".
+const char* QuantSearchName(QuantSearch search);
+
+struct QuantBudget {
+  enum class Kind { kAverageBits, kModelBytes, kBops, kNone };
+  static QuantBudget AverageBits(double bits) { return {Kind::kAverageBits, bits}; }
+  static QuantBudget ModelBytes(double bytes) { return {Kind::kModelBytes, bytes}; }
+  static QuantBudget Bops(double bops) { return {Kind::kBops, bops}; }
+  // kNone: only for kBisection (the tolerance decides).
+  Kind kind = Kind::kAverageBits;
+  // Average weight bits over the quantizable layers (Σ n_i b_i / Σ n_i,
+  // float layers count 32); bytes of the packed weights file; or
+  // bit-operations Σ MACs_i · b_i · 32 (activations stay float32).
+  double value = 4;
+};
+
+struct QuantTolerance {
+  enum class Kind { kNone, kMaxDropPoints, kMaxRelativeDrop };
+  Kind kind = Kind::kNone;
+  // Top-1 drop in percentage points, or as a fraction of the float
+  // model's accuracy.
+  double value = 0;
+};
+
+struct QuantizeOptions {
+  // TorchScript file; required.
+  std::string model_path;
+  // Calibration data (file or builtin id); required. The first
+  // `num_samples` examples (0 = all; default 256) in batches of
+  // `batch_size` (default 64).
+  std::string calibration_dataset;
+  int64_t num_samples = 256;
+  int64_t batch_size = 64;
+  // Evaluation data for accuracy (top-1 over all examples, or the first
+  // `eval_samples` when > 0); "" = no accuracy is measured (kBisection
+  // needs it).
+  std::string eval_dataset;
+  int64_t eval_samples = 0;
+  // Where builtin datasets' IDX files are; default the Debian package's.
+  std::string idx_dir = kFashionMnistDir;
+  // Loss for the sensitivity traces; default kAuto.
+  LossKind loss = LossKind::kAuto;
+
+  // Tr(H_ii)/n_i per layer (module path of the layer owning the weight), from
+  // an ANALYZE report; empty = computed here. A quantizable layer missing
+  // from a non-empty map is INVALID_ARGUMENT.
+  std::map<std::string, double> trace_per_param;
+  // Hutchinson tolerance and probe cap when the traces are computed here;
+  // defaults 0.05 and 200 (TraceOptions).
+  double trace_tolerance = 0.05;
+  int trace_max_probes = 200;
+
+  // Quantizer: symmetric (default) or asymmetric; "per_tensor",
+  // "per_channel" (default) or "group" with group_size 32, 64 or 128
+  // (default 128).
+  bool symmetric = true;
+  std::string granularity = "per_channel";
+  int64_t group_size = 128;
+  // Rounding: false = round to nearest (default), true = GPTQ.
+  bool gptq = false;
+  // GPTQ: damping as a fraction of mean diag(H) (default 0.01), columns per
+  // block (default 128), act-order (default false).
+  double gptq_damping = 0.01;
+  int gptq_block_size = 128;
+  bool gptq_act_order = false;
+
+  // Search.
+  QuantSearch search = QuantSearch::kExact;
+  QuantBudget budget;
+  QuantTolerance tolerance;
+  // Candidate widths per layer, each 2..8; float is always a candidate.
+  // Default {2, 3, 4, 8}.
+  std::vector<int> candidate_bits = {2, 3, 4, 8};
+  // Layer -> bits (2..8 or kFloatBits). Unset (nullopt): the first and the
+  // last quantizable layer at 8 bits. An empty map pins nothing.
+  std::optional<std::map<std::string, int>> pins;
+  // Groups of layers that must share their bits.
+  std::vector<std::vector<std::string>> ties;
+
+  uint64_t seed = 0;
+  // "cpu" or "cuda:N"; default "cpu".
+  std::string device = "cpu";
+  // Existing directory for model.pt, weights.safetensors, manifest.json;
+  // required.
+  std::string output_dir;
+};
+
+struct QuantizedLayerReport {
+  std::string name;  // module path
+  std::string kind;  // "Conv2d", "Linear"
+  int64_t numel = 0;
+  int64_t macs = 0;         // per example, from one forward pass
+  int bits = kFloatBits;    // chosen
+  bool pinned = false;
+  double trace_per_param = 0;
+  std::map<int, double> omega;  // Ω(b) for every candidate b
+  int64_t bytes_before = 0;     // float32 weight
+  int64_t bytes_after = 0;      // packed codes + scales + zero points
+  std::string rounding;         // "rtn", "gptq", or "float"
+  std::string note;             // why GPTQ fell back to RTN, if it did
+  // Relative output reconstruction errors on the calibration inputs
+  // (GPTQ only; NaN otherwise): GPTQ's and RTN's at the chosen bits.
+  double gptq_error = 0;
+  double rtn_error = 0;
+};
+
+// A point of the (size, ΣΩ) frontier or a measured configuration.
+struct QuantPoint {
+  int64_t weight_bytes = 0;  // predicted packed bytes of the weights file
+  double average_bits = 0;
+  double cost = 0;                  // ΣΩ
+  std::optional<double> accuracy;   // measured (bisection, baselines)
+  bool chosen = false;
+};
+
+struct QuantBaseline {
+  std::string name;  // "uniform", "no_hessian"
+  std::map<std::string, int> bits;
+  double average_bits = 0;
+  int64_t weight_bytes = 0;  // predicted
+  double cost = 0;           // ΣΩ with the Hessian traces
+  std::optional<double> accuracy;
+};
+
+struct QuantizeReport {
+  std::vector<QuantizedLayerReport> layers;  // quantizable layers, in order
+  std::string search;                        // QuantSearchName
+  bool search_exact = true;   // false when the DP had to coarsen
+  bool budget_met = true;
+  // kBisection: whether the tolerance was met; the closest configuration is
+  // returned when not.
+  bool tolerance_met = true;
+  double average_bits = 0;
+  int64_t bops = 0;
+  // Bytes: float32 parameters + buffers of the original model; the packed
+  // weights file as written; what the search predicted for it.
+  int64_t bytes_before = 0;
+  int64_t bytes_after = 0;
+  int64_t predicted_bytes = 0;
+  // Top-1 accuracy in percent on the eval data (when given): the original
+  // model and the saved model.pt.
+  std::optional<double> accuracy_before;
+  std::optional<double> accuracy_after;
+  int64_t eval_examples = 0;
+  std::vector<QuantPoint> frontier;  // kPareto/kExact: the (size, ΣΩ) frontier
+  std::vector<QuantPoint> measured;  // kBisection: every configuration measured
+  std::vector<QuantBaseline> baselines;
+  std::string sensitivity_source;  // "report" or "computed"
+  int64_t hvp_count = 0;           // when computed here
+  std::string runtime;
+  double wall_seconds = 0;
+  // Paths of the artifacts in output_dir.
+  std::string model_path;
+  std::string weights_path;
+  std::string manifest_path;
+};
+
+// Runs the quantization described by `options`. `sink` (may be null) gets
+// stages "sensitivity", "search", "rounding" (one unit per layer),
+// "evaluation" (one unit per configuration) and log lines. `cancel` may be
+// null.
+absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& options,
+                                               ProgressSink* sink,
+                                               const CancelToken* cancel);
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_QUANT_QUANTIZE_H_
