@@ -144,7 +144,8 @@ struct QuantizeOptions {
   // Default {2, 3, 4, 8}.
   std::vector<int> candidate_bits = {2, 3, 4, 8};
   // Layer -> bits (2..8 or kFloatBits). Unset (nullopt): the first and the
-  // last quantizable layer at 8 bits. An empty map pins nothing.
+  // last quantizable layer at 8 bits, dropped with a warning when they alone
+  // exceed the budget. An empty map pins nothing.
   std::optional<std::map<std::string, int>> pins;
   // Groups of layers that must share their bits.
   std::vector<std::vector<std::string>> ties;
@@ -217,6 +218,11 @@ struct QuantizeReport {
   std::vector<QuantPoint> frontier;  // kPareto/kExact: the (size, ΣΩ) frontier
   std::vector<QuantPoint> measured;  // kBisection: every configuration measured
   std::vector<QuantBaseline> baselines;
+  // Pins in force (the defaults or the caller's; empty when the defaults
+  // were dropped because they broke the budget).
+  std::map<std::string, int> pins;
+  // Things the caller should show (dropped default pins, ...).
+  std::vector<std::string> warnings;
   std::string sensitivity_source;  // "report" or "computed"
   int64_t hvp_count = 0;           // when computed here
   std::string runtime;

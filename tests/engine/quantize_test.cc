@@ -1,0 +1,206 @@
+// RunQuantization (the QUANTIZE facade) end to end on the shipped CNN: the
+// saved model, the packed file and the report are checked against each
+// other and against computations made here from the files alone.
+#include <torch/script.h>
+
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/engine/data/dataset.h"
+#include "server/engine/quant/packing.h"
+#include "server/engine/quant/quantize.h"
+#include "tests/engine/test_util.h"
+
+namespace compress::engine {
+namespace {
+
+using ::compress::engine::testing::MakeTempDir;
+using ::compress::engine::testing::SourceDir;
+using ::testing::HasSubstr;
+
+constexpr int64_t kEval = 500;
+
+QuantizeOptions CnnOptions() {
+  QuantizeOptions o;
+  o.model_path = SourceDir() + "/models/fmnist_cnn.pt";
+  o.calibration_dataset = "builtin:fashion-mnist/train";
+  o.num_samples = 64;
+  o.batch_size = 32;
+  o.eval_dataset = "builtin:fashion-mnist/test";
+  o.eval_samples = kEval;
+  o.trace_tolerance = 0.2;
+  o.trace_max_probes = 20;
+  o.output_dir = MakeTempDir();
+  return o;
+}
+
+// Top-1 (%) of a TorchScript file on the first kEval test images, computed
+// here without the engine's evaluation code.
+double FileAccuracy(const std::string& path) {
+  torch::jit::Module m = torch::jit::load(path);
+  m.eval();
+  absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", kEval);
+  EXPECT_TRUE(data.ok()) << data.status();
+  torch::NoGradGuard no_grad;
+  torch::Tensor pred = m.forward({data->inputs}).toTensor().argmax(1);
+  return 100.0 * pred.eq(data->targets.to(torch::kLong)).sum().item<double>() /
+         static_cast<double>(kEval);
+}
+
+TEST(RunQuantizationTest, FourBitsSavedModelPackedFileAndReportAgree) {
+  QuantizeOptions o = CnnOptions();
+  o.budget = QuantBudget::AverageBits(4);
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->sensitivity_source, "computed");
+  EXPECT_GT(r->hvp_count, 0);
+  ASSERT_EQ(r->layers.size(), 6u);  // five convs and the classifier
+
+  // Budget: recomputed from the layers' sizes and bits.
+  double weighted = 0, numel = 0;
+  for (const QuantizedLayerReport& l : r->layers) {
+    SCOPED_TRACE(l.name);
+    std::cout << l.name << ": " << l.bits << " bits, Ω(4) " << l.omega.at(4) << "\n";
+    EXPECT_TRUE(l.bits == 2 || l.bits == 3 || l.bits == 4 || l.bits == 8 ||
+                l.bits == kFloatBits);
+    weighted += static_cast<double>(l.numel) * l.bits;
+    numel += static_cast<double>(l.numel);
+    EXPECT_EQ(l.omega.size(), 4u);
+    // Ω falls as bits grow (finer grid, same trace).
+    EXPECT_GT(l.omega.at(2), l.omega.at(8));
+  }
+  EXPECT_LE(weighted / numel, 4 + 1e-9);
+  EXPECT_NEAR(r->average_bits, weighted / numel, 1e-12);
+  EXPECT_TRUE(r->budget_met);
+  // The default pins (first and last layer at 8 bits) cannot hold: fc has
+  // 46% of the weights, 8 bits there alone would make the average 4.77.
+  EXPECT_TRUE(r->pins.empty());
+  ASSERT_EQ(r->warnings.size(), 1u);
+  EXPECT_THAT(r->warnings[0], HasSubstr("default pins"));
+
+  // The packed file: its size is what the report says and what the search
+  // predicted (within 2%), and it unpacks to exactly the weights in model.pt.
+  ASSERT_TRUE(std::filesystem::exists(r->model_path));
+  EXPECT_EQ(static_cast<int64_t>(std::filesystem::file_size(r->weights_path)), r->bytes_after);
+  EXPECT_NEAR(static_cast<double>(r->predicted_bytes), static_cast<double>(r->bytes_after),
+              0.02 * static_cast<double>(r->bytes_after));
+  EXPECT_LT(r->bytes_after, r->bytes_before / 5);
+  absl::StatusOr<PackedModel> packed = ReadPackedModel(r->weights_path);
+  ASSERT_TRUE(packed.ok()) << packed.status();
+  absl::StatusOr<std::map<std::string, torch::Tensor>> unpacked = DequantizedTensors(*packed);
+  ASSERT_TRUE(unpacked.ok()) << unpacked.status();
+  torch::jit::Module saved = torch::jit::load(r->model_path);
+  std::map<std::string, torch::Tensor> params;
+  for (const auto& p : saved.named_parameters(true)) params[p.name] = p.value;
+  int quantized = 0;
+  for (const QuantizedLayerReport& l : r->layers) {
+    SCOPED_TRACE(l.name);
+    const std::string name = l.name + ".weight";
+    ASSERT_EQ(unpacked->count(name), 1u);
+    EXPECT_TRUE(torch::equal(unpacked->at(name), params.at(name)));
+    if (l.bits < 16) {
+      ++quantized;
+      // At most 2^bits distinct values per output channel.
+      torch::Tensor w = params.at(name).reshape({params.at(name).size(0), -1});
+      for (int64_t ch = 0; ch < w.size(0); ++ch) {
+        EXPECT_LE(std::get<0>(at::_unique(w[ch])).numel(), 1 << l.bits);
+      }
+    }
+  }
+  // Float is a candidate too (Ω = 0): a tiny layer may stay float.
+  EXPECT_GE(quantized, 5);
+
+  // Accuracy: the file, evaluated here, gives the reported number.
+  ASSERT_TRUE(r->accuracy_after.has_value());
+  EXPECT_DOUBLE_EQ(*r->accuracy_after, FileAccuracy(r->model_path));
+  EXPECT_DOUBLE_EQ(*r->accuracy_before, FileAccuracy(o.model_path));
+  EXPECT_GT(*r->accuracy_after, *r->accuracy_before - 2.0);
+
+  // Baselines at the same size.
+  ASSERT_EQ(r->baselines.size(), 2u);
+  for (const QuantBaseline& b : r->baselines) {
+    SCOPED_TRACE(b.name);
+    EXPECT_LE(b.weight_bytes, r->predicted_bytes);
+    ASSERT_TRUE(b.accuracy.has_value());
+  }
+  double chosen_cost = 0;
+  for (const QuantizedLayerReport& l : r->layers) {
+    chosen_cost += l.bits < 16 ? l.omega.at(l.bits) : 0;
+  }
+  // The Hessian-guided choice minimises ΣΩ: no baseline of the same size
+  // does better on it.
+  for (const QuantBaseline& b : r->baselines) EXPECT_GE(b.cost, chosen_cost * (1 - 1e-12));
+  ASSERT_FALSE(r->frontier.empty());
+  int chosen = 0;
+  for (const QuantPoint& p : r->frontier) chosen += p.chosen;
+  EXPECT_EQ(chosen, 1);
+}
+
+TEST(RunQuantizationTest, BisectionMeetsTheToleranceWithFewMeasurements) {
+  QuantizeOptions o = CnnOptions();
+  o.search = QuantSearch::kBisection;
+  o.budget.kind = QuantBudget::Kind::kNone;
+  o.tolerance = {QuantTolerance::Kind::kMaxDropPoints, 1.0};
+  // Sensitivities given: no traces computed.
+  for (const char* name : {"conv1", "block.conv1", "block.conv2", "conv2", "conv3", "fc"}) {
+    o.trace_per_param[name] = 1.0;
+  }
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->sensitivity_source, "report");
+  EXPECT_EQ(r->hvp_count, 0);
+  // Bisection keeps the default pins.
+  EXPECT_EQ(r->layers.front().bits, 8);
+  EXPECT_EQ(r->layers.back().bits, 8);
+  EXPECT_TRUE(r->layers.front().pinned);
+  EXPECT_TRUE(r->tolerance_met);
+  EXPECT_GE(*r->accuracy_after, *r->accuracy_before - 1.0);
+  // 4 movable layers: a chain of 5, at most 1 + ceil(log2 5) = 4 measured.
+  EXPECT_GE(r->measured.size(), 1u);
+  EXPECT_LE(r->measured.size(), 4u);
+  int chosen = 0;
+  for (const QuantPoint& p : r->measured) {
+    chosen += p.chosen;
+    ASSERT_TRUE(p.accuracy.has_value());
+    if (p.chosen) {
+      EXPECT_DOUBLE_EQ(*p.accuracy, *r->accuracy_after);
+    }
+  }
+  EXPECT_EQ(chosen, 1);
+}
+
+TEST(RunQuantizationTest, BadOptionsNameTheField) {
+  QuantizeOptions o = CnnOptions();
+  o.search = QuantSearch::kBisection;
+  o.eval_dataset.clear();
+  absl::Status s = RunQuantization(o, nullptr, nullptr).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("eval_dataset"));
+
+  o = CnnOptions();
+  o.candidate_bits = {1};
+  s = RunQuantization(o, nullptr, nullptr).status();
+  EXPECT_THAT(s.message(), HasSubstr("candidate_bits"));
+
+  o = CnnOptions();
+  o.pins = std::map<std::string, int>{{"no.such.layer", 4}};
+  s = RunQuantization(o, nullptr, nullptr).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("no.such.layer"));
+
+  o = CnnOptions();
+  o.trace_per_param = {{"conv1", 1.0}};
+  s = RunQuantization(o, nullptr, nullptr).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("block.conv1"));
+}
+
+}  // namespace
+}  // namespace compress::engine
