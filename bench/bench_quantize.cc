@@ -143,6 +143,7 @@ int Run(const Args& args) {
 }  // namespace compress::engine
 
 int main(int argc, char** argv) {
+  compress::engine::MaybeReexecForBlas(argv);
   compress::engine::Args args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -161,5 +162,7 @@ int main(int argc, char** argv) {
     }
   }
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  const std::string check = compress::engine::VerifyBlasChoice(argv);
+  std::printf("%s\n%s\n", check.c_str(), compress::engine::BlasDescription().c_str());
   return compress::engine::Run(args);
 }

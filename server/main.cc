@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/engine/common/runtime.h"
 #include "server/service/server.h"
 
 namespace {
@@ -65,6 +66,9 @@ void ApplyEnvironment() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything else: may re-execute this program with OpenBLAS's
+  // kernels chosen for the CPU (see runtime.h).
+  compress::engine::MaybeReexecForBlas(argv);
   absl::SetProgramUsageMessage(
       "Hessian-aware neural network compression service.\n"
       "Every flag may also be set as COMPRESSD_<FLAG> in the environment.\n"
@@ -99,6 +103,9 @@ int main(int argc, char** argv) {
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.fashion_mnist_dir = absl::GetFlag(FLAGS_fashion_mnist_dir);
   options.reflection = absl::GetFlag(FLAGS_reflection);
+
+  const std::string blas = compress::engine::VerifyBlasChoice(argv);
+  if (!blas.empty()) fprintf(stderr, "compressd: %s\n", blas.c_str());
 
   auto server = compress::service::Server::Create(options);
   if (!server.ok()) {

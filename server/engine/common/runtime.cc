@@ -1,10 +1,15 @@
 #include "server/engine/common/runtime.h"
 
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
 #include <thread>
 
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 #include <c10/core/Device.h>
+#include <ATen/ATen.h>
 #include <torch/cuda.h>
 
 #include "absl/strings/numbers.h"
@@ -12,6 +17,71 @@
 #include "absl/strings/match.h"
 
 namespace compress::engine {
+namespace {
+
+// Set by MaybeReexecForBlas in the environment of the re-executed program:
+// "chosen" after picking a core type, "reverted" after a failed check.
+constexpr char kBlasMarker[] = "COMPRESS_OPENBLAS_CORETYPE_CHOSEN";
+
+}  // namespace
+
+void MaybeReexecForBlas(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  if (std::getenv(kBlasMarker) != nullptr) return;
+  const char* coretype = nullptr;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) {
+    coretype = "SkylakeX";
+  } else if (__builtin_cpu_supports("avx2")) {
+    coretype = "Haswell";
+  }
+  if (coretype == nullptr) return;
+  setenv("OPENBLAS_CORETYPE", coretype, 1);
+  setenv(kBlasMarker, "chosen", 1);
+  execv("/proc/self/exe", argv);
+  // exec failed: carry on with the library's own detection.
+  unsetenv("OPENBLAS_CORETYPE");
+}
+
+std::string VerifyBlasChoice(char** argv) {
+  const char* marker = std::getenv(kBlasMarker);
+  if (marker == nullptr) return "";
+  if (std::string(marker) == "reverted") {
+    return "OPENBLAS_CORETYPE: the chosen kernels failed the float64 check; "
+           "using OpenBLAS's own detection";
+  }
+  at::Tensor a = at::randn({256, 256}, at::kFloat);
+  at::Tensor b = at::randn({256, 256}, at::kFloat);
+  at::Tensor want = at::mm(a.to(at::kDouble), b.to(at::kDouble));
+  const double error =
+      (at::mm(a, b).to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+  if (error <= 1e-4) {
+    return absl::StrCat("OPENBLAS_CORETYPE=", std::getenv("OPENBLAS_CORETYPE"),
+                        " chosen at start (sgemm checked against float64: ", error, ")");
+  }
+  setenv(kBlasMarker, "reverted", 1);
+  setenv("OPENBLAS_CORETYPE", "", 1);  // empty: OpenBLAS detects the CPU itself
+  execv("/proc/self/exe", argv);
+  return "OPENBLAS_CORETYPE check failed and re-exec failed";
+}
+
+std::string BlasDescription() {
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  const int64_t n = 512;
+  at::Tensor a = at::randn({n, n}, at::kFloat);
+  at::Tensor b = at::randn({n, n}, at::kFloat);
+  at::mm(a, b);  // warm-up
+  const int reps = 5;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) at::mm(a, b);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double gflops = 2.0 * n * n * n * reps / seconds / 1e9;
+  return absl::StrCat("OPENBLAS_CORETYPE=", coretype != nullptr ? coretype : "(unset)",
+                      std::getenv(kBlasMarker) != nullptr ? " (chosen at start)" : "",
+                      ", sgemm ", static_cast<int>(gflops), " GFLOP/s (n = ", n, ", ",
+                      at::get_num_threads(), " threads)");
+}
 
 void ConfigureThreads(int intra_op_threads) {
   if (intra_op_threads <= 0) {
