@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -13,10 +14,14 @@
 #include <type_traits>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/format.h"
@@ -377,6 +382,151 @@ absl::StatusOr<int> Analyze(const Context& ctx) {
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
+// Splits "a,b;c" at any of `separators`, trimming blanks and dropping empty
+// pieces.
+std::vector<std::string> SplitList(const std::string& text, const char* separators) {
+  std::vector<std::string> out;
+  for (absl::string_view piece : absl::StrSplit(text, absl::ByAnyChar(separators))) {
+    piece = absl::StripAsciiWhitespace(piece);
+    if (!piece.empty()) out.emplace_back(piece);
+  }
+  return out;
+}
+
+absl::StatusOr<double> NonNegativeNumber(const Context& ctx, const char* flag) {
+  double v = 0;
+  if (!absl::SimpleAtod(ctx.inv.Get(flag), &v) || !std::isfinite(v) || v < 0) {
+    return UsageError(absl::StrCat("--", flag, ": expected a non-negative number, got '",
+                                   ctx.inv.Get(flag), "'"));
+  }
+  return v;
+}
+
+absl::StatusOr<int> Quantize(const Context& ctx) {
+  if (!ctx.inv.Has("model") || !ctx.inv.Has("data")) {
+    return UsageError("quantize needs --model ID and --data DATASET_ID");
+  }
+  v1::SubmitJobRequest request;
+  v1::QuantizeSpec* spec = request.mutable_spec()->mutable_quantize();
+  spec->set_model_id(ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client)));
+  spec->mutable_data()->set_dataset_id(
+      ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("data"), DatasetLister(ctx.client)));
+  if (ctx.inv.Has("eval")) {
+    spec->set_eval_dataset_id(
+        ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("eval"), DatasetLister(ctx.client)));
+  }
+  auto integer = [&](const char* flag) -> absl::StatusOr<int64_t> {
+    absl::StatusOr<int64_t> v = ParseNonNegativeInt(ctx.inv.Get(flag));
+    if (!v.ok()) return UsageError(absl::StrCat("--", flag, ": ", v.status().message()));
+    return v;
+  };
+  if (ctx.inv.Has("samples")) {
+    ASSIGN_OR_RETURN(int64_t v, integer("samples"));
+    spec->mutable_data()->set_num_samples(v);
+  }
+  if (ctx.inv.Has("batch")) {
+    ASSIGN_OR_RETURN(int64_t v, integer("batch"));
+    spec->mutable_data()->set_batch_size(v);
+  }
+  if (ctx.inv.Has("eval-samples")) {
+    ASSIGN_OR_RETURN(int64_t v, integer("eval-samples"));
+    spec->set_eval_samples(v);
+  }
+  if (ctx.inv.Has("bits") + ctx.inv.Has("bytes") + ctx.inv.Has("bops") > 1) {
+    return UsageError("at most one of --bits, --bytes and --bops");
+  }
+  if (ctx.inv.Has("bits")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "bits"));
+    spec->mutable_budget()->set_average_bits(v);
+  } else if (ctx.inv.Has("bytes")) {
+    ASSIGN_OR_RETURN(int64_t v, integer("bytes"));
+    spec->mutable_budget()->set_model_bytes(v);
+  } else if (ctx.inv.Has("bops")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "bops"));
+    spec->mutable_budget()->set_bops(v);
+  }
+  if (ctx.inv.Has("max-drop") && ctx.inv.Has("max-relative-drop")) {
+    return UsageError("at most one of --max-drop and --max-relative-drop");
+  }
+  if (ctx.inv.Has("max-drop")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "max-drop"));
+    spec->mutable_tolerance()->set_max_drop_pp(v);
+  } else if (ctx.inv.Has("max-relative-drop")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "max-relative-drop"));
+    spec->mutable_tolerance()->set_max_relative_drop(v);
+  }
+  if (ctx.inv.Has("search")) {
+    const std::string m = ctx.inv.Get("search");
+    if (m == "exact") {
+      spec->set_search(v1::SEARCH_METHOD_EXACT);
+    } else if (m == "pareto") {
+      spec->set_search(v1::SEARCH_METHOD_PARETO);
+    } else if (m == "bisection") {
+      spec->set_search(v1::SEARCH_METHOD_ACCURACY_BISECTION);
+    } else if (m == "uniform") {
+      spec->set_search(v1::SEARCH_METHOD_UNIFORM);
+    } else {
+      return UsageError("--search: exact, pareto, bisection or uniform");
+    }
+  }
+  v1::QuantizerSettings* q = spec->mutable_quantizer();
+  if (ctx.inv.Has("gptq")) q->set_rounding(v1::ROUNDING_GPTQ);
+  if (ctx.inv.Has("asymmetric")) q->set_asymmetric(true);
+  if (ctx.inv.Has("granularity")) {
+    const std::string g = ctx.inv.Get("granularity");
+    if (g == "tensor") {
+      q->set_granularity(v1::GRANULARITY_PER_TENSOR);
+    } else if (g == "channel") {
+      q->set_granularity(v1::GRANULARITY_PER_CHANNEL);
+    } else if (g == "group") {
+      q->set_granularity(v1::GRANULARITY_GROUP);
+    } else {
+      return UsageError("--granularity: tensor, channel or group");
+    }
+  }
+  if (ctx.inv.Has("group-size")) {
+    ASSIGN_OR_RETURN(int64_t v, integer("group-size"));
+    q->set_group_size(static_cast<int32_t>(v));
+  }
+  if (ctx.inv.Has("candidates")) {
+    for (const std::string& c : SplitList(ctx.inv.Get("candidates"), ",")) {
+      int bits = 0;
+      if (!absl::SimpleAtoi(c, &bits)) {
+        return UsageError(absl::StrCat("--candidates: '", c, "' is not a number of bits"));
+      }
+      spec->add_candidate_bits(bits);
+    }
+  }
+  if (ctx.inv.Has("pin")) {
+    const std::string pins = ctx.inv.Get("pin");
+    if (pins == "none") {
+      spec->set_no_default_pins(true);
+    } else {
+      for (const std::string& pin : SplitList(pins, ",;")) {
+        const size_t eq = pin.rfind('=');
+        int bits = 0;
+        if (eq == std::string::npos || eq == 0 || !absl::SimpleAtoi(pin.substr(eq + 1), &bits)) {
+          return UsageError(absl::StrCat("--pin: expected LAYER=BITS, got '", pin, "'"));
+        }
+        v1::LayerPin* p = spec->add_pins();
+        p->set_layer(pin.substr(0, eq));
+        p->set_bits(bits);
+      }
+    }
+  }
+  if (ctx.inv.Has("tie")) {
+    for (const std::string& tie : SplitList(ctx.inv.Get("tie"), ";")) {
+      v1::LayerTie* t = spec->add_ties();
+      for (const std::string& layer : SplitList(tie, ",")) t->add_layers(layer);
+    }
+  }
+  if (ctx.inv.Has("sensitivity")) {
+    spec->set_sensitivity_job_id(
+        ExpandIfPrefix<v1::Job>(ctx.inv.Get("sensitivity"), JobLister(ctx.client)));
+  }
+  return SubmitAndMaybeWatch(ctx, std::move(request));
+}
+
 absl::StatusOr<int> JobSubmit(const Context& ctx) {
   if (!ctx.inv.Has("spec-json")) return UsageError("job submit needs --spec-json FILE");
   const std::string source = ctx.inv.Get("spec-json");
@@ -552,6 +702,22 @@ const std::vector<Entry>& Entries() {
                       "scope", "density", "qbert"}),
         "submit an ANALYZE job (per-layer Hessian sensitivity)"},
        Analyze},
+      {{{"quantize"},
+        "",
+        "--model ID --data DATASET_ID [--eval DATASET_ID] [--eval-samples N] "
+        "[--bits AVG | --bytes N | --bops N] [--search exact|pareto|bisection|uniform] "
+        "[--max-drop PP | --max-relative-drop F] [--gptq] [--asymmetric] "
+        "[--granularity tensor|channel|group] [--group-size N] [--candidates 2,3,4,8] "
+        "[--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--sensitivity ANALYZE_JOB_ID] "
+        "[--samples N] [--batch N] [job flags]",
+        0,
+        0,
+        WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits",
+                      "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
+                      "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
+                      "pin",   "tie",        "sensitivity", "samples",      "batch"}),
+        "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
+       Quantize},
       {{{"job", "submit"},
         "",
         "--spec-json FILE|- [job flags]",
@@ -617,7 +783,7 @@ const std::vector<FlagDef>& Flags() {
       {"name", 0, true, "N", "name to store (default: the file's base name)"},
       {"model", 0, true, "ID", "model id"},
       {"input-shape", 0, true, "SHAPE", "input shape with batch, e.g. 1,1,28,28"},
-      {"data", 0, true, "DATASET_ID", "dataset whose example shape to use"},
+      {"data", 0, true, "DATASET_ID", "calibration dataset (inspect: whose example shape to use)"},
       {"spec-json", 0, true, "FILE", "JobSpec as JSON; - reads stdin"},
       {"samples", 0, true, "N", "calibration examples (default 256)"},
       {"batch", 0, true, "N", "examples per batch (default 64)"},
@@ -629,6 +795,23 @@ const std::vector<FlagDef>& Flags() {
       {"eigen", 0, true, "K", "also the top K Hessian eigenvalues"},
       {"density", 0, false, "", "also the spectral density (SLQ)"},
       {"qbert", 0, true, "SUBSETS", "also Q-BERT scores over data subsets"},
+      {"eval", 0, true, "DATASET_ID", "evaluation data for top-1 accuracy"},
+      {"eval-samples", 0, true, "N", "evaluate on the first N examples (default all)"},
+      {"bits", 0, true, "AVG", "budget: average weight bits (default 4)"},
+      {"bytes", 0, true, "N", "budget: bytes of the packed weights file"},
+      {"bops", 0, true, "N", "budget: bit-operations (MACs x weight bits x 32)"},
+      {"search", 0, true, "S", "exact (default), pareto, bisection (needs --eval), uniform"},
+      {"max-drop", 0, true, "PP", "tolerated top-1 drop in percentage points (bisection)"},
+      {"max-relative-drop", 0, true, "F", "tolerated top-1 drop as a fraction (bisection)"},
+      {"gptq", 0, false, "", "round with GPTQ instead of round-to-nearest"},
+      {"asymmetric", 0, false, "", "asymmetric quantizer (default symmetric)"},
+      {"granularity", 0, true, "G", "tensor, channel (default) or group"},
+      {"group-size", 0, true, "N", "32, 64 or 128 (default 128) for --granularity group"},
+      {"candidates", 0, true, "BITS", "candidate widths, e.g. 2,3,4,8 (default; float always)"},
+      {"pin", 0, true, "L=B,...",
+       "pin layers to bits (16/32 = float); default first and last at 8; none = no pins"},
+      {"tie", 0, true, "A,B;C,D", "layers that share their bits (groups split by ';')"},
+      {"sensitivity", 0, true, "JOB", "reuse the traces of a SUCCEEDED ANALYZE job"},
       {"device", 0, true, "DEV", "auto (default), cpu or cuda:N"},
       {"seed", 0, true, "N", "random seed (default: the server picks)"},
       {"request-id", 0, true, "R", "idempotency key for the submission"},
@@ -656,7 +839,7 @@ std::string UsageText() {
     }
   }
   absl::StrAppend(&text,
-                  "\nJob flags (inspect, analyze, job submit):\n"
+                  "\nJob flags (inspect, analyze, quantize, job submit):\n"
                   "  --device DEV  --seed N  --request-id R  --deadline S  --watch\n"
                   "\nFlags:\n");
   std::vector<std::vector<std::string>> rows;

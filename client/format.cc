@@ -323,6 +323,9 @@ std::string FormatJob(const v1::Job& job) {
   if (job.result().has_inspect()) {
     absl::StrAppend(&out, "\n", FormatInspectResult(job.result().inspect()));
   }
+  if (job.result().has_quantize()) {
+    absl::StrAppend(&out, "\n", FormatQuantizeResult(job.result().quantize()));
+  }
   return out;
 }
 
@@ -551,6 +554,117 @@ void EventPrinter::Finish() {
     out_->flush();
     bar_visible_ = false;
   }
+}
+
+std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
+  constexpr int kFloat = 32;
+  auto bits_text = [](int bits) {
+    return bits >= kFloat ? std::string("float") : absl::StrCat(bits);
+  };
+  auto accuracy_text = [](bool has, double accuracy) {
+    return has ? absl::StrFormat("%.2f%%", accuracy) : std::string("-");
+  };
+  bool any_gptq = false, any_pinned = false;
+  for (const v1::QuantizedLayer& l : result.layers()) {
+    any_gptq |= l.rounding() == "gptq";
+    any_pinned |= l.pinned();
+  }
+  std::vector<std::vector<std::string>> rows;
+  int64_t params = 0, before = 0, after = 0;
+  for (const v1::QuantizedLayer& l : result.layers()) {
+    auto omega = l.omega().find(l.bits());
+    std::vector<std::string> row = {
+        l.name().empty() ? "(root)" : l.name(), l.kind(), WithCommas(l.numel()),
+        // A blank where others have the pin mark keeps the digits aligned.
+        absl::StrCat(bits_text(l.bits()), l.pinned()   ? "*"
+                                          : any_pinned ? " "
+                                                       : ""),
+        omega == l.omega().end() ? "-" : absl::StrFormat("%.3g", omega->second),
+        absl::StrCat(WithCommas(l.bytes_before()), " -> ", WithCommas(l.bytes_after())),
+        l.rounding()};
+    if (any_gptq) {
+      const bool ratio = l.rounding() == "gptq" && std::isfinite(l.gptq_error()) &&
+                         std::isfinite(l.rtn_error()) && l.rtn_error() > 0;
+      row.push_back(ratio ? absl::StrFormat("%.3f", l.gptq_error() / l.rtn_error()) : "-");
+    }
+    rows.push_back(std::move(row));
+    params += l.numel();
+    before += l.bytes_before();
+    after += l.bytes_after();
+  }
+  std::vector<std::string> total = {"total",
+                                    "",
+                                    WithCommas(params),
+                                    absl::StrFormat("%.2f", result.average_bits()),
+                                    "",
+                                    absl::StrCat(WithCommas(before), " -> ", WithCommas(after))};
+  rows.push_back(std::move(total));
+  std::vector<Column> columns = {{"LAYER"},      {"KIND"},        {"PARAMS", true},
+                                 {"BITS", true}, {"OMEGA", true}, {"WEIGHT BYTES", true},
+                                 {"ROUNDING"}};
+  if (any_gptq) columns.push_back({"GPTQ/RTN", true});
+  std::string out = FormatTable(columns, rows);
+  if (any_pinned) absl::StrAppend(&out, "* pinned\n");
+  for (const v1::QuantizedLayer& l : result.layers()) {
+    if (!l.note().empty()) absl::StrAppend(&out, "note: ", l.name(), ": ", l.note(), "\n");
+  }
+
+  std::vector<std::pair<std::string, std::string>> pairs;
+  std::string size = absl::StrCat(WithCommas(result.bytes_before()), " -> ",
+                                  WithCommas(result.bytes_after()), " bytes");
+  if (result.bytes_after() > 0) {
+    absl::StrAppend(&size, absl::StrFormat(" (%.1fx)", static_cast<double>(result.bytes_before()) /
+                                                           result.bytes_after()));
+  }
+  pairs.push_back({"size", size});
+  pairs.push_back(
+      {"average bits", absl::StrFormat("%.2f (search %s%s)", result.average_bits(), result.search(),
+                                       result.search_exact() ? "" : ", coarsened")});
+  if (result.has_accuracy_before() || result.has_accuracy_after()) {
+    std::string top1 =
+        absl::StrCat(accuracy_text(result.has_accuracy_before(), result.accuracy_before()), " -> ",
+                     accuracy_text(result.has_accuracy_after(), result.accuracy_after()));
+    if (result.has_accuracy_before() && result.has_accuracy_after()) {
+      absl::StrAppend(&top1, absl::StrFormat(" (drop %.2f pp)",
+                                             result.accuracy_before() - result.accuracy_after()));
+    }
+    absl::StrAppend(&top1, " on ", WithCommas(result.eval_examples()), " examples");
+    pairs.push_back({"top-1", top1});
+  }
+  pairs.push_back({"budget met", result.budget_met() ? "yes" : "NO"});
+  if (result.search() == "bisection") {
+    pairs.push_back({"tolerance met", result.tolerance_met() ? "yes" : "NO"});
+  }
+  std::string source = result.sensitivity_source();
+  if (result.hvp_count() > 0)
+    absl::StrAppend(&source, " (", WithCommas(result.hvp_count()), " HVPs)");
+  pairs.push_back({"sensitivity", source});
+  absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
+
+  if (result.baselines_size() > 0) {
+    double chosen_cost = 0;
+    for (const v1::QuantizedLayer& l : result.layers()) {
+      auto omega = l.omega().find(l.bits());
+      if (omega != l.omega().end()) chosen_cost += omega->second;
+    }
+    std::vector<std::vector<std::string>> baseline_rows = {
+        {"chosen", absl::StrFormat("%.2f", result.average_bits()),
+         WithCommas(result.predicted_bytes()), absl::StrFormat("%.3g", chosen_cost),
+         accuracy_text(result.has_accuracy_after(), result.accuracy_after())}};
+    for (const v1::QuantBaseline& b : result.baselines()) {
+      baseline_rows.push_back({b.name(), absl::StrFormat("%.2f", b.average_bits()),
+                               WithCommas(b.weight_bytes()), absl::StrFormat("%.3g", b.cost()),
+                               accuracy_text(b.has_accuracy(), b.accuracy())});
+    }
+    absl::StrAppend(&out, "\n",
+                    FormatTable({{"ALLOCATION"},
+                                 {"AVG BITS", true},
+                                 {"BYTES", true},
+                                 {"SUM OMEGA", true},
+                                 {"TOP-1", true}},
+                                baseline_rows));
+  }
+  return out;
 }
 
 }  // namespace compress::client

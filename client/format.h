@@ -74,6 +74,11 @@ std::string FormatJob(const v1::Job& job);
 std::string FormatInspectResult(const v1::InspectResult& result);
 // Layers ranked by Hessian trace per parameter (most sensitive first).
 std::string FormatAnalyzeResult(const v1::AnalyzeResult& result);
+// Per-layer table (name, kind, params, bits, Ω at the chosen bits, bytes
+// before -> after, rounding, GPTQ/RTN error ratio when any layer used GPTQ),
+// totals (size and ratio, average bits, accuracy and drop, budget/tolerance
+// flags) and the baselines next to the chosen allocation.
+std::string FormatQuantizeResult(const v1::QuantizeResult& result);
 std::string FormatArtifactTable(const std::vector<v1::Artifact>& artifacts);
 
 // --- Watch -----------------------------------------------------------------

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "google/protobuf/util/json_util.h"
 #include "server/engine/quant/weight_error.h"
+#include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
 #include "server/util/status_macros.h"
 
@@ -15,20 +15,8 @@ namespace v1 = compress::v1;
 
 namespace {
 
-constexpr int64_t kDefaultSamples = 256;
-constexpr int64_t kDefaultBatch = 64;
 constexpr int kMinOmegaBits = 2;
 constexpr int kMaxOmegaBits = 8;
-
-std::string ToJson(const google::protobuf::Message& m) {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.preserve_proto_field_names = true;
-  options.always_print_primitive_fields = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &json, options);
-  return json;
-}
 
 v1::HvpMethod ToProto(engine::HvpMethod m) {
   switch (m) {
@@ -42,19 +30,6 @@ v1::HvpMethod ToProto(engine::HvpMethod m) {
       return v1::HVP_METHOD_FISHER_DIAGONAL;
   }
   return v1::HVP_METHOD_UNSPECIFIED;
-}
-
-v1::LossKind ToProto(engine::LossKind k) {
-  switch (k) {
-    case engine::LossKind::kCrossEntropy:
-      return v1::LOSS_KIND_CROSS_ENTROPY;
-    case engine::LossKind::kPseudoLabel:
-      return v1::LOSS_KIND_PSEUDO_LABEL;
-    case engine::LossKind::kMse:
-      return v1::LOSS_KIND_MSE;
-    default:
-      return v1::LOSS_KIND_UNSPECIFIED;
-  }
 }
 
 std::string SensitivityCsv(const v1::AnalyzeResult& r) {
@@ -93,19 +68,7 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
   o.idx_dir = resources.BuiltinDataDir();
   o.num_samples = spec.data().num_samples() > 0 ? spec.data().num_samples() : kDefaultSamples;
   o.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : kDefaultBatch;
-  switch (spec.loss()) {
-    case v1::LOSS_KIND_CROSS_ENTROPY:
-      o.loss = engine::LossKind::kCrossEntropy;
-      break;
-    case v1::LOSS_KIND_PSEUDO_LABEL:
-      o.loss = engine::LossKind::kPseudoLabel;
-      break;
-    case v1::LOSS_KIND_MSE:
-      o.loss = engine::LossKind::kMse;
-      break;
-    default:
-      o.loss = engine::LossKind::kAuto;
-  }
+  o.loss = LossFromProto(spec.loss());
   switch (spec.hvp_method()) {
     case v1::HVP_METHOD_EXACT:
       o.hvp_method = engine::HvpMethod::kExact;
@@ -215,7 +178,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   r->set_hvp_method(ToProto(report.hvp_method));
   r->set_fell_back(report.fell_back);
   r->set_fallback_reason(report.fallback_reason);
-  r->set_loss(ToProto(report.loss));
+  r->set_loss(LossToProto(report.loss));
   r->set_pseudo_labels(report.pseudo_labels);
   r->set_num_examples(report.num_examples);
   r->set_batch_size(report.batch_size);
@@ -252,7 +215,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
       absl::StrCat("{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"",
                    context.job().seed(), "\",\n\"device\": \"", context.device(),
                    "\",\n\"runtime\": \"", report.runtime, "\",\n\"dtype\": \"", report.dtype,
-                   "\",\n\"spec\": ", ToJson(spec), ",\n\"result\": ", ToJson(*r), "\n}\n");
+                   "\",\n\"spec\": ", ProtoJson(spec), ",\n\"result\": ", ProtoJson(*r), "\n}\n");
   RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
   RETURN_IF_ERROR(context.AddArtifact("sensitivity.csv", "text/csv", SensitivityCsv(*r)).status());
 

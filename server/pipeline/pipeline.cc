@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/pipeline/analyze.h"
 #include "server/pipeline/inspect.h"
+#include "server/pipeline/quantize.h"
 #include "server/pipeline/validate.h"
 
 namespace compress::pipeline {
@@ -36,6 +37,11 @@ class DefaultPipeline : public Pipeline {
       // Options the engine cannot honour yet are refused at submit.
       return ToAnalyzeOptions(spec.analyze(), 0, "cpu", resources).status();
     }
+    if (spec.spec_case() == v1::JobSpec::kQuantize) {
+      // Resolves sensitivity_job_id: an unknown or unusable job is refused
+      // now, not after the job has queued.
+      return ToQuantizeOptions(spec.quantize(), 0, "cpu", resources, "").status();
+    }
     // The spec is well-formed, but this server cannot run it yet: refuse it
     // rather than accept a job that can only fail.
     return absl::UnimplementedError(absl::StrCat(
@@ -49,6 +55,8 @@ class DefaultPipeline : public Pipeline {
         return RunInspect(spec.inspect(), context);
       case v1::JobSpec::kAnalyze:
         return RunAnalyze(spec.analyze(), context);
+      case v1::JobSpec::kQuantize:
+        return RunQuantize(spec.quantize(), context);
       default:
         return absl::UnimplementedError(absl::StrCat(
             v1::JobKind_Name(KindOf(spec)), " jobs are not implemented by this server yet"));

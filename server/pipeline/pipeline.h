@@ -18,7 +18,8 @@
 
 namespace compress::pipeline {
 
-// Looks up models and datasets (implemented over the catalog).
+// Looks up models, datasets and jobs (implemented over the catalog and the
+// metadata store).
 class Resources {
  public:
   virtual ~Resources() = default;
@@ -30,6 +31,9 @@ class Resources {
   virtual std::string DatasetPath(const std::string& id) = 0;
   // Directory of the builtin datasets' IDX files.
   virtual std::string BuiltinDataDir() = 0;
+  // A stored job, with its spec and result (a QUANTIZE job reads the traces
+  // of the ANALYZE job it names). NOT_FOUND for unknown ids.
+  virtual absl::StatusOr<compress::v1::Job> GetJob(const std::string& id) = 0;
 };
 
 // Everything a running job may touch. Thread-safe.

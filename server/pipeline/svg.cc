@@ -121,4 +121,108 @@ std::string BarChartSvg(const std::vector<std::string>& labels, const std::vecto
   return svg;
 }
 
+namespace {
+
+// Spans [lo, hi] padded by 5% (linear) or to whole decades (log).
+Scale SpanScale(const std::vector<double>& values, bool log) {
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (double v : values) {
+    if (!std::isfinite(v) || (log && v <= 0)) continue;
+    if (log) v = std::log10(v);
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  if (!std::isfinite(lo)) return {0, 1, log};
+  if (log) return {std::floor(lo), std::max(std::ceil(hi), std::floor(lo) + 1), log};
+  double pad = hi > lo ? 0.05 * (hi - lo) : std::max(1.0, 0.05 * std::abs(lo));
+  return {lo - pad, hi + pad, log};
+}
+
+// Compact tick text for large counts such as bytes: 139018 -> "139k".
+std::string CompactTick(double v) {
+  double a = std::abs(v);
+  if (a >= 1e9) return absl::StrFormat("%.3gG", v / 1e9);
+  if (a >= 1e6) return absl::StrFormat("%.3gM", v / 1e6);
+  if (a >= 1e4) return absl::StrFormat("%.3gk", v / 1e3);
+  if (a >= 100) return absl::StrFormat("%.0f", v);
+  return absl::StrFormat("%.3g", v);
+}
+
+}  // namespace
+
+std::string ScatterSvg(const std::vector<Series>& series, const Axes& axes) {
+  const int w = 760, h = 460, left = 75, right = 170, top = 35, bottom = 50;
+  const int pw = w - left - right, ph = h - top - bottom;
+  std::vector<double> xs, ys;
+  for (const Series& s : series) {
+    for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+      if (std::isfinite(s.x[i]) && std::isfinite(s.y[i])) {
+        xs.push_back(s.x[i]);
+        ys.push_back(s.y[i]);
+      }
+    }
+  }
+  const Scale sx = SpanScale(xs, false), sy = SpanScale(ys, axes.log_y);
+  auto px = [&](double v) { return left + sx(v) * pw; };
+  auto py = [&](double v) { return top + ph - sy(v) * ph; };
+  std::string svg = Header(w, h, axes);
+  absl::StrAppendFormat(&svg,
+                        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
+                        "stroke=\"#444\"/>\n",
+                        left, top, pw, ph);
+  const int y_ticks = axes.log_y ? static_cast<int>(sy.hi - sy.lo) : 4;
+  for (int i = 0; i <= y_ticks; ++i) {
+    double f = static_cast<double>(i) / y_ticks;
+    absl::StrAppendFormat(
+        &svg, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", left - 5,
+        top + ph - f * ph + 4,
+        axes.log_y ? Tick(sy.lo + i, true) : Tick(sy.lo + f * (sy.hi - sy.lo), false));
+  }
+  for (int i = 0; i <= 4; ++i) {
+    double f = i / 4.0;
+    absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                          left + f * pw, top + ph + 18, CompactTick(sx.lo + f * (sx.hi - sx.lo)));
+  }
+  int legend_y = top + 10;
+  for (const Series& s : series) {
+    std::string points;
+    for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
+      absl::StrAppendFormat(&points, "%.1f,%.1f ", px(s.x[i]), py(s.y[i]));
+      if (s.radius > 0) {
+        absl::StrAppendFormat(&svg,
+                              "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%s\" "
+                              "fill-opacity=\"0.8\"/>\n",
+                              px(s.x[i]), py(s.y[i]), s.radius, Escape(s.color));
+      }
+      if (i < s.labels.size() && !s.labels[i].empty()) {
+        absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\">%s</text>\n",
+                              px(s.x[i]) + s.radius + 3, py(s.y[i]) - s.radius - 2,
+                              Escape(s.labels[i]));
+      }
+    }
+    if (s.line && !points.empty()) {
+      absl::StrAppendFormat(&svg,
+                            "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" "
+                            "points=\"%s\"/>\n",
+                            Escape(s.color), points);
+    }
+    if (!s.name.empty()) {
+      absl::StrAppendFormat(&svg,
+                            "<circle cx=\"%d\" cy=\"%d\" r=\"5\" fill=\"%s\"/>\n"
+                            "<text x=\"%d\" y=\"%d\">%s</text>\n",
+                            left + pw + 15, legend_y, Escape(s.color), left + pw + 25, legend_y + 4,
+                            Escape(s.name));
+      legend_y += 18;
+    }
+  }
+  absl::StrAppendFormat(&svg, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                        left + pw / 2, h - 10, Escape(axes.x_label));
+  absl::StrAppendFormat(&svg,
+                        "<text x=\"15\" y=\"%d\" transform=\"rotate(-90 15 %d)\" "
+                        "text-anchor=\"middle\">%s</text>\n</svg>\n",
+                        top + ph / 2, top + ph / 2, Escape(axes.y_label));
+  return svg;
+}
+
 }  // namespace compress::pipeline

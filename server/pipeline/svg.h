@@ -23,6 +23,22 @@ std::string LinePlotSvg(const std::vector<double>& x, const std::vector<double>&
 std::string BarChartSvg(const std::vector<std::string>& labels, const std::vector<double>& values,
                         const Axes& axes);
 
+// One set of points of a ScatterSvg.
+struct Series {
+  std::string name;  // legend entry; "" = not in the legend
+  std::vector<double> x;
+  std::vector<double> y;
+  std::string color = "#1f77b4";
+  bool line = false;                // joins the points in the given order
+  double radius = 3;                // marker radius in pixels; 0 = no markers
+  std::vector<std::string> labels;  // optional text beside each point
+};
+
+// Points (and optional polylines) of several series on shared axes, with a
+// legend. Both axes span the data (padded); log_y applies to y only.
+// Non-finite points are skipped.
+std::string ScatterSvg(const std::vector<Series>& series, const Axes& axes);
+
 }  // namespace compress::pipeline
 
 #endif  // COMPRESS_PIPELINE_SVG_H_

@@ -1,5 +1,6 @@
 #include "server/pipeline/validate.h"
 
+#include <set>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -107,19 +108,40 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
     RETURN_IF_ERROR(CheckDataset(f + ".eval_dataset_id", s.eval_dataset_id(), r));
   }
   for (int i = 0; i < s.candidate_bits_size(); ++i) {
-    if (!ValidBits(s.candidate_bits(i))) {
+    const int bits = s.candidate_bits(i);
+    if (bits < 2 || bits > 8) {
       return Invalid(absl::StrCat(f, ".candidate_bits[", i, "]"),
-                     absl::StrCat("must be 2..8, 16 or 32, got ", s.candidate_bits(i)));
+                     absl::StrCat("must be 2..8 (float is always a candidate), got ", bits));
     }
   }
+  std::set<std::string> pinned;
   for (int i = 0; i < s.pins_size(); ++i) {
-    if (!ValidBits(s.pins(i).bits())) {
-      return Invalid(absl::StrCat(f, ".pins[", i, "].bits"),
-                     absl::StrCat("must be 2..8, 16 or 32, got ", s.pins(i).bits()));
+    const std::string field = absl::StrCat(f, ".pins[", i, "]");
+    if (s.pins(i).layer().empty()) return Invalid(field + ".layer", "required");
+    if (!pinned.insert(s.pins(i).layer()).second) {
+      return Invalid(field + ".layer", absl::StrCat(s.pins(i).layer(), " is pinned twice"));
     }
-    if (s.pins(i).layer().empty())
-      return Invalid(absl::StrCat(f, ".pins[", i, "].layer"), "required");
+    if (!ValidBits(s.pins(i).bits())) {
+      return Invalid(field + ".bits",
+                     absl::StrCat("must be 2..8, 16 or 32 (float), got ", s.pins(i).bits()));
+    }
   }
+  for (int i = 0; i < s.ties_size(); ++i) {
+    const std::string field = absl::StrCat(f, ".ties[", i, "].layers");
+    if (s.ties(i).layers_size() < 2) {
+      return Invalid(field,
+                     absl::StrCat("a tie needs at least 2 layers, got ", s.ties(i).layers_size()));
+    }
+    for (int j = 0; j < s.ties(i).layers_size(); ++j) {
+      if (s.ties(i).layers(j).empty()) {
+        return Invalid(absl::StrCat(field, "[", j, "]"), "empty layer name");
+      }
+    }
+  }
+  RETURN_IF_ERROR(AtLeast(f + ".eval_samples", s.has_eval_samples(), s.eval_samples(), int64_t{0}));
+  RETURN_IF_ERROR(Fraction(f + ".trace_tolerance", s.has_trace_tolerance(), s.trace_tolerance()));
+  RETURN_IF_ERROR(
+      AtLeast(f + ".trace_max_probes", s.has_trace_max_probes(), s.trace_max_probes(), 1));
   const auto& q = s.quantizer();
   if (q.granularity() == v1::GRANULARITY_GROUP || q.has_group_size()) {
     int g = q.has_group_size() ? q.group_size() : 128;
@@ -146,9 +168,7 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
       if (!(s.budget().bops() > 0)) return Invalid(f + ".budget.bops", "must be > 0");
       break;
     default:
-      if (s.search() != v1::SEARCH_METHOD_ACCURACY_BISECTION) {
-        return Invalid(f + ".budget", "required (average_bits, model_bytes or bops)");
-      }
+      break;  // 4 average bits, or none for accuracy-bounded search
   }
   if (s.search() == v1::SEARCH_METHOD_ACCURACY_BISECTION) {
     if (s.eval_dataset_id().empty()) {

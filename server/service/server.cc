@@ -24,10 +24,11 @@ namespace v1 = compress::v1;
 
 namespace {
 
-// The pipeline's view of models and datasets.
+// The pipeline's view of models, datasets and stored jobs.
 class CatalogResources : public pipeline::Resources {
  public:
-  explicit CatalogResources(store::Catalog* catalog) : catalog_(catalog) {}
+  CatalogResources(store::Catalog* catalog, store::MetadataStore* metadata)
+      : catalog_(catalog), metadata_(metadata) {}
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override {
     return catalog_->GetModel(id);
   }
@@ -37,9 +38,11 @@ class CatalogResources : public pipeline::Resources {
   std::string ModelPath(const std::string& id) override { return catalog_->ModelPath(id); }
   std::string DatasetPath(const std::string& id) override { return catalog_->DatasetPath(id); }
   std::string BuiltinDataDir() override { return catalog_->fashion_mnist_dir(); }
+  absl::StatusOr<v1::Job> GetJob(const std::string& id) override { return metadata_->GetJob(id); }
 
  private:
   store::Catalog* catalog_;
+  store::MetadataStore* metadata_;
 };
 
 }  // namespace
@@ -90,7 +93,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   catalog_options.fashion_mnist_dir = options.fashion_mnist_dir;
   ASSIGN_OR_RETURN(impl->catalog, store::Catalog::Create(catalog_options, impl->blobs.get(),
                                                          impl->metadata.get()));
-  impl->resources = std::make_unique<CatalogResources>(impl->catalog.get());
+  impl->resources = std::make_unique<CatalogResources>(impl->catalog.get(), impl->metadata.get());
   impl->pipeline = pipeline::NewDefaultPipeline();
 
   jobs::JobManagerOptions job_options;

@@ -215,6 +215,124 @@ TEST_F(CliTest, InspectExpandsUniqueIdPrefixes) {
   EXPECT_EQ(submitted[1].spec().inspect().model_id(), "unknown");
 }
 
+TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
+  v1::JobResult result;
+  v1::QuantizeResult* q = result.mutable_quantize();
+  v1::QuantizedLayer* l = q->add_layers();
+  l->set_name("features.0");
+  l->set_kind("Conv2d");
+  l->set_numel(288);
+  l->set_bits(4);
+  l->set_bytes_before(1152);
+  l->set_bytes_after(176);
+  l->set_rounding("rtn");
+  q->set_search("exact");
+  q->set_average_bits(4);
+  q->set_budget_met(true);
+  q->set_bytes_before(1200);
+  q->set_bytes_after(220);
+  ScriptJob(v1::JOB_STATE_SUCCEEDED, result);
+
+  Result r = Run({"quantize",
+                  "--model",
+                  "m",
+                  "--data",
+                  "d",
+                  "--eval",
+                  "e",
+                  "--eval-samples",
+                  "1000",
+                  "--bits",
+                  "3.5",
+                  "--search",
+                  "bisection",
+                  "--max-drop",
+                  "0.5",
+                  "--gptq",
+                  "--asymmetric",
+                  "--granularity",
+                  "group",
+                  "--group-size",
+                  "64",
+                  "--candidates",
+                  "2, 4,8",
+                  "--pin",
+                  "features.0=8,fc=32",
+                  "--tie",
+                  "a,b;c,d,e",
+                  "--sensitivity",
+                  "job-1",
+                  "--samples",
+                  "128",
+                  "--batch",
+                  "32",
+                  "--watch"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("features.0  Conv2d     288     4"));
+  EXPECT_THAT(r.out, HasSubstr("size:         1,200 -> 220 bytes (5.5x)\n"));
+
+  const std::vector<v1::SubmitJobRequest> submitted = server_.jobs().submitted();
+  ASSERT_EQ(submitted.size(), 1u);
+  const v1::QuantizeSpec& spec = submitted[0].spec().quantize();
+  EXPECT_EQ(spec.model_id(), "m");
+  EXPECT_EQ(spec.data().dataset_id(), "d");
+  EXPECT_EQ(spec.data().num_samples(), 128);
+  EXPECT_EQ(spec.data().batch_size(), 32);
+  EXPECT_EQ(spec.eval_dataset_id(), "e");
+  EXPECT_EQ(spec.eval_samples(), 1000);
+  EXPECT_EQ(spec.budget().average_bits(), 3.5);
+  EXPECT_EQ(spec.search(), v1::SEARCH_METHOD_ACCURACY_BISECTION);
+  EXPECT_EQ(spec.tolerance().max_drop_pp(), 0.5);
+  EXPECT_EQ(spec.quantizer().rounding(), v1::ROUNDING_GPTQ);
+  EXPECT_TRUE(spec.quantizer().asymmetric());
+  EXPECT_EQ(spec.quantizer().granularity(), v1::GRANULARITY_GROUP);
+  EXPECT_EQ(spec.quantizer().group_size(), 64);
+  EXPECT_THAT(spec.candidate_bits(), ElementsAre(2, 4, 8));
+  ASSERT_EQ(spec.pins_size(), 2);
+  EXPECT_EQ(spec.pins(0).layer(), "features.0");
+  EXPECT_EQ(spec.pins(0).bits(), 8);
+  EXPECT_EQ(spec.pins(1).layer(), "fc");
+  EXPECT_EQ(spec.pins(1).bits(), 32);
+  EXPECT_FALSE(spec.no_default_pins());
+  ASSERT_EQ(spec.ties_size(), 2);
+  EXPECT_THAT(spec.ties(0).layers(), ElementsAre("a", "b"));
+  EXPECT_THAT(spec.ties(1).layers(), ElementsAre("c", "d", "e"));
+  EXPECT_EQ(spec.sensitivity_job_id(), "job-1");
+
+  ASSERT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--bytes", "4096", "--pin", "none",
+                 "--search", "uniform", "--max-relative-drop", "0.01"})
+                .code,
+            kExitOk);
+  const v1::QuantizeSpec spec2 = server_.jobs().submitted()[1].spec().quantize();
+  EXPECT_EQ(spec2.budget().model_bytes(), 4096);
+  EXPECT_TRUE(spec2.no_default_pins());
+  EXPECT_EQ(spec2.pins_size(), 0);
+  EXPECT_EQ(spec2.search(), v1::SEARCH_METHOD_UNIFORM);
+  EXPECT_EQ(spec2.tolerance().max_relative_drop(), 0.01);
+  EXPECT_FALSE(spec2.quantizer().asymmetric());
+}
+
+TEST_F(CliTest, QuantizeUsageErrors) {
+  EXPECT_EQ(Run({"quantize", "--model", "m"}).code, kExitUsage);
+  Result budgets = Run({"quantize", "--model", "m", "--data", "d", "--bits", "4", "--bops", "9"});
+  EXPECT_EQ(budgets.code, kExitUsage);
+  EXPECT_THAT(budgets.err, HasSubstr("at most one of --bits, --bytes and --bops"));
+  Result search = Run({"quantize", "--model", "m", "--data", "d", "--search", "greedy"});
+  EXPECT_EQ(search.code, kExitUsage);
+  EXPECT_THAT(search.err, HasSubstr("--search"));
+  Result pin = Run({"quantize", "--model", "m", "--data", "d", "--pin", "conv1"});
+  EXPECT_EQ(pin.code, kExitUsage);
+  EXPECT_THAT(pin.err, HasSubstr("LAYER=BITS"));
+  EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--bits", "four"}).code, kExitUsage);
+  EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--granularity", "row"}).code,
+            kExitUsage);
+  EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--max-drop", "1",
+                 "--max-relative-drop", "0.1"})
+                .code,
+            kExitUsage);
+  EXPECT_TRUE(server_.jobs().submitted().empty());
+}
+
 TEST_F(CliTest, WatchOfFailedJobExitsOne) {
   ScriptJob(v1::JOB_STATE_FAILED);
   Result r = Run({"inspect", "--model", "m", "--data", "d", "--watch"});

@@ -1,6 +1,7 @@
 // Pure formatting: progress bar, event lines, tables, names and numbers.
 #include "client/format.h"
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -11,6 +12,7 @@ namespace compress::client {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 v1::Progress MakeProgress(const std::string& stage, int64_t done, int64_t total,
                           double eta) {
@@ -213,6 +215,88 @@ TEST(InspectResultTest, PerLayerTableAndTotals) {
             "\n"
             "2 layers, 7.9K parameters (31.0 KiB), 64.3K MACs\n"
             "input [1,1,28,28] -> output [1,10], forward 1.25 ms\n");
+}
+
+TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
+  v1::QuantizeResult r;
+  auto add_layer = [&r](const std::string& name, const std::string& kind, int64_t numel, int bits,
+                        bool pinned, int64_t after, const std::string& rounding) {
+    v1::QuantizedLayer* l = r.add_layers();
+    l->set_name(name);
+    l->set_kind(kind);
+    l->set_numel(numel);
+    l->set_bits(bits);
+    l->set_pinned(pinned);
+    l->set_bytes_before(4 * numel);
+    l->set_bytes_after(after);
+    l->set_rounding(rounding);
+    (*l->mutable_omega())[2] = 0.5;
+    (*l->mutable_omega())[4] = 0.025;
+    (*l->mutable_omega())[8] = 0.0001;
+    l->set_gptq_error(std::nan(""));
+    l->set_rtn_error(std::nan(""));
+    return l;
+  };
+  add_layer("conv1", "Conv2d", 288, 8, true, 352, "gptq")->set_gptq_error(0.01);
+  r.mutable_layers(0)->set_rtn_error(0.04);
+  add_layer("conv2", "Conv2d", 18432, 4, false, 9344, "gptq");
+  r.mutable_layers(1)->set_gptq_error(0.05);
+  r.mutable_layers(1)->set_rtn_error(0.1);
+  add_layer("fc", "Linear", 1280, 32, false, 5120, "float")->set_note("");
+  r.set_search("exact");
+  r.set_search_exact(true);
+  r.set_budget_met(true);
+  r.set_tolerance_met(true);
+  r.set_average_bits(5.85);
+  r.set_bytes_before(80000);
+  r.set_bytes_after(16000);
+  r.set_predicted_bytes(15900);
+  r.set_accuracy_before(92.23);
+  r.set_accuracy_after(92.01);
+  r.set_eval_examples(1000);
+  r.set_sensitivity_source("computed");
+  r.set_hvp_count(1200);
+  v1::QuantBaseline* uniform = r.add_baselines();
+  uniform->set_name("uniform");
+  uniform->set_average_bits(4);
+  uniform->set_weight_bytes(10000);
+  uniform->set_cost(1.25);
+  uniform->set_accuracy(90.5);
+  v1::QuantBaseline* no_hessian = r.add_baselines();
+  no_hessian->set_name("no_hessian");
+  no_hessian->set_average_bits(5.5);
+  no_hessian->set_weight_bytes(15000);
+  no_hessian->set_cost(0.5);
+  EXPECT_EQ(FormatQuantizeResult(r),
+            "LAYER  KIND    PARAMS    BITS   OMEGA      WEIGHT BYTES  ROUNDING  GPTQ/RTN\n"
+            "conv1  Conv2d     288      8*  0.0001      1,152 -> 352  gptq         0.250\n"
+            "conv2  Conv2d  18,432      4    0.025   73,728 -> 9,344  gptq         0.500\n"
+            "fc     Linear   1,280  float        -    5,120 -> 5,120  float            -\n"
+            "total          20,000    5.85          80,000 -> 14,816\n"
+            "* pinned\n"
+            "\n"
+            "size:         80,000 -> 16,000 bytes (5.0x)\n"
+            "average bits: 5.85 (search exact)\n"
+            "top-1:        92.23% -> 92.01% (drop 0.22 pp) on 1,000 examples\n"
+            "budget met:   yes\n"
+            "sensitivity:  computed (1,200 HVPs)\n"
+            "\n"
+            "ALLOCATION  AVG BITS   BYTES  SUM OMEGA   TOP-1\n"
+            "chosen          5.85  15,900     0.0251  92.01%\n"
+            "uniform         4.00  10,000       1.25  90.50%\n"
+            "no_hessian      5.50  15,000        0.5       -\n");
+
+  // Round-to-nearest everywhere: no GPTQ column; bisection shows the
+  // tolerance flag.
+  for (v1::QuantizedLayer& l : *r.mutable_layers()) l.set_rounding("rtn");
+  r.set_search("bisection");
+  r.set_tolerance_met(false);
+  r.clear_baselines();
+  const std::string text = FormatQuantizeResult(r);
+  EXPECT_THAT(text,
+              HasSubstr("LAYER  KIND    PARAMS    BITS   OMEGA      WEIGHT BYTES  ROUNDING\n"));
+  EXPECT_THAT(text, HasSubstr("tolerance met: NO\n"));
+  EXPECT_THAT(text, Not(HasSubstr("ALLOCATION")));
 }
 
 TEST(ToJsonTest, UsesProtoFieldNames) {

@@ -24,6 +24,7 @@
 #include "nlohmann/json.hpp"
 #include "server/service/server.h"
 #include "server/util/sha256.h"
+#include "tests/e2e/torch_eval.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -118,9 +119,9 @@ class E2eTest : public ::testing::Test {
 
   // Watches to the end through the stub; returns every event.
   std::vector<v1::JobEvent> WatchAll(const std::string& job_id, int64_t after = 0,
-                                     grpc::Status* status = nullptr) {
+                                     grpc::Status* status = nullptr, int deadline_seconds = 120) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(deadline_seconds));
     v1::WatchJobRequest req;
     req.set_job_id(job_id);
     req.set_after_sequence(after);
@@ -483,11 +484,33 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
     cases.push_back(c);
   }
   {
-    Case c{"valid quantize, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "QUANTIZE"};
+    Case c{"bisection without eval data",
+           {},
+           grpc::StatusCode::INVALID_ARGUMENT,
+           "quantize.eval_dataset_id"};
     auto* q = c.req.mutable_spec()->mutable_quantize();
     q->set_model_id(cnn.id());
     q->mutable_data()->set_dataset_id(data);
-    q->mutable_budget()->set_average_bits(4);
+    q->set_search(v1::SEARCH_METHOD_ACCURACY_BISECTION);
+    q->mutable_tolerance()->set_max_drop_pp(1);
+    cases.push_back(c);
+  }
+  {
+    Case c{
+        "unknown sensitivity job", {}, grpc::StatusCode::NOT_FOUND, "quantize.sensitivity_job_id"};
+    auto* q = c.req.mutable_spec()->mutable_quantize();
+    q->set_model_id(cnn.id());
+    q->mutable_data()->set_dataset_id(data);
+    q->set_sensitivity_job_id("no-such-job");
+    cases.push_back(c);
+  }
+  {
+    v1::Model vit = MustUploadModel("tiny_vit.pt");
+    Case c{"valid prune, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "PRUNE"};
+    auto* p = c.req.mutable_spec()->mutable_prune();
+    p->set_model_id(vit.id());
+    p->mutable_data()->set_dataset_id(data);
+    p->mutable_target()->set_flops_fraction(0.5);
     cases.push_back(c);
   }
   for (const Case& c : cases) {
@@ -721,6 +744,148 @@ TEST_F(E2eTest, AnalyzeReportsPerLayerSensitivityDeterministically) {
   }
   EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(results[0], results[1]))
       << "same spec and seed must give the same numbers";
+}
+
+// The committed Fashion-MNIST CNN (models/README.md): BatchNorm, a residual
+// block, 34,490 parameters, 92.23% top-1.
+std::string ReferenceModelPath(const std::string& name) {
+  return testutil::SourceDir() + "/models/" + name;
+}
+
+// A QUANTIZE request at 4 average bits, exact search, round-to-nearest.
+v1::SubmitJobRequest QuantizeRequest(const std::string& model_id) {
+  v1::SubmitJobRequest req;
+  req.set_seed(3);
+  auto* q = req.mutable_spec()->mutable_quantize();
+  q->set_model_id(model_id);
+  q->mutable_data()->set_dataset_id("builtin:fashion-mnist/train");
+  q->mutable_data()->set_num_samples(256);
+  q->mutable_budget()->set_average_bits(4);
+  q->set_search(v1::SEARCH_METHOD_EXACT);
+  q->mutable_quantizer()->set_rounding(v1::ROUNDING_NEAREST);
+  return req;
+}
+
+// Needs the engine's RunQuantization (server/engine/quant/quantize.cc).
+TEST_F(E2eTest, QuantizeJobEndToEnd) {
+  auto model = client_->UploadModel(ReferenceModelPath("fmnist_cnn.pt"), "fmnist_cnn.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  v1::SubmitJobRequest req = QuantizeRequest(model->id());
+  auto* q = req.mutable_spec()->mutable_quantize();
+  q->set_eval_dataset_id("builtin:fashion-mnist/test");
+  q->set_eval_samples(1000);
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  EXPECT_EQ(job.kind(), v1::JOB_KIND_QUANTIZE);
+  WatchAll(job.id(), 0, nullptr, 600);
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  ASSERT_TRUE(done.result().has_quantize());
+  const v1::QuantizeResult& r = done.result().quantize();
+  EXPECT_FALSE(done.result().summary().empty());
+
+  auto artifacts = client_->ListArtifacts(job.id());
+  ASSERT_TRUE(artifacts.ok()) << artifacts.status();
+  std::set<std::string> names;
+  for (const auto& a : *artifacts) names.insert(a.name());
+  for (const char* name :
+       {"model.pt", "weights.safetensors", "manifest.json", "report.json", "pareto.svg"}) {
+    EXPECT_EQ(names.count(name), 1u) << name;
+  }
+
+  EXPECT_EQ(r.search(), "exact");
+  EXPECT_LE(r.average_bits(), 4 + 1e-9);
+  EXPECT_TRUE(r.budget_met());
+  EXPECT_GT(r.bytes_after(), 0);
+  EXPECT_LT(r.bytes_after(), r.bytes_before() / 5);
+  EXPECT_EQ(r.sensitivity_source(), "computed");
+  EXPECT_GT(r.hvp_count(), 0);
+  ASSERT_GT(r.layers_size(), 0);
+  int64_t numel = 0;
+  double bits = 0;
+  for (const v1::QuantizedLayer& l : r.layers()) {
+    EXPECT_TRUE(l.bits() == 32 || (l.bits() >= 2 && l.bits() <= 8)) << l.name();
+    EXPECT_EQ(l.rounding(), l.bits() == 32 ? "float" : "rtn") << l.name();
+    numel += l.numel();
+    bits += static_cast<double>(l.numel()) * l.bits();
+  }
+  EXPECT_NEAR(r.average_bits(), bits / static_cast<double>(numel), 1e-9)
+      << "average bits are the parameter-weighted mean over the quantizable layers";
+  ASSERT_TRUE(r.has_accuracy_before());
+  ASSERT_TRUE(r.has_accuracy_after());
+  EXPECT_EQ(r.eval_examples(), 1000);
+
+  std::string report_path = dir_.path() + "/report.json";
+  ASSERT_TRUE(client_->DownloadArtifact(job.id(), "report.json", report_path).ok());
+  nlohmann::json report = nlohmann::json::parse(ReadFile(report_path));
+  EXPECT_EQ(report["seed"], "3");
+  EXPECT_EQ(report["result"]["layers"].size(), static_cast<size_t>(r.layers_size()));
+
+  // The downloaded model loads in stock LibTorch and scores what the job
+  // reported on the same 1,000 test images. (One image of slack: the engine
+  // may batch differently, and a near-tie could flip.)
+  std::string model_path = dir_.path() + "/model.pt";
+  ASSERT_TRUE(client_->DownloadArtifact(job.id(), "model.pt", model_path).ok());
+  absl::StatusOr<double> top1 =
+      testutil::Top1Accuracy(model_path, "builtin:fashion-mnist/test", 1000);
+  ASSERT_TRUE(top1.ok()) << top1.status();
+  EXPECT_NEAR(*top1, r.accuracy_after(), 0.1 + 1e-9);
+  absl::StatusOr<double> float_top1 = testutil::Top1Accuracy(ReferenceModelPath("fmnist_cnn.pt"),
+                                                             "builtin:fashion-mnist/test", 1000);
+  ASSERT_TRUE(float_top1.ok()) << float_top1.status();
+  EXPECT_NEAR(*float_top1, r.accuracy_before(), 0.1 + 1e-9);
+}
+
+// Needs the engine's RunQuantization (server/engine/quant/quantize.cc).
+TEST_F(E2eTest, QuantizeReusesTheTracesOfAnAnalyzeJob) {
+  auto model = client_->UploadModel(ReferenceModelPath("fmnist_cnn.pt"), "fmnist_cnn.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  v1::SubmitJobRequest analyze;
+  analyze.set_seed(5);
+  auto* a = analyze.mutable_spec()->mutable_analyze();
+  a->set_model_id(model->id());
+  a->mutable_data()->set_dataset_id("builtin:fashion-mnist/train");
+  a->mutable_data()->set_num_samples(64);
+  a->mutable_traces()->set_enabled(true);
+  a->mutable_traces()->set_max_probes(10);
+  v1::Job analyze_job;
+  ASSERT_TRUE(Submit(analyze, &analyze_job).ok());
+
+  WatchAll(analyze_job.id(), 0, nullptr, 600);
+  v1::Job analyzed = GetJob(analyze_job.id());
+  ASSERT_EQ(analyzed.state(), v1::JOB_STATE_SUCCEEDED) << analyzed.error().message();
+  std::map<std::string, double> traces;
+  for (const v1::LayerSensitivity& l : analyzed.result().analyze().layers()) {
+    traces[l.name()] = l.trace_per_param();
+  }
+
+  // A job of another kind is refused at submit, naming the field.
+  v1::Job inspect_job;
+  ASSERT_TRUE(Submit(InspectRequest(model->id(), {1, 1, 28, 28}), &inspect_job).ok());
+  v1::SubmitJobRequest wrong = QuantizeRequest(model->id());
+  wrong.mutable_spec()->mutable_quantize()->set_sensitivity_job_id(inspect_job.id());
+  v1::Job refused;
+  grpc::Status s = Submit(wrong, &refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("quantize.sensitivity_job_id"));
+  EXPECT_THAT(s.error_message(), HasSubstr("ANALYZE"));
+
+  v1::SubmitJobRequest req = QuantizeRequest(model->id());
+  req.mutable_spec()->mutable_quantize()->set_sensitivity_job_id(analyze_job.id());
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  WatchAll(job.id(), 0, nullptr, 600);
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  const v1::QuantizeResult& r = done.result().quantize();
+  EXPECT_EQ(r.sensitivity_source(), "report");
+  EXPECT_EQ(r.hvp_count(), 0) << "no Hessian work when the traces are given";
+  ASSERT_GT(r.layers_size(), 0);
+  for (const v1::QuantizedLayer& l : r.layers()) {
+    ASSERT_EQ(traces.count(l.name()), 1u) << l.name();
+    EXPECT_EQ(l.trace_per_param(), traces[l.name()]) << l.name();
+  }
+  EXPECT_FALSE(r.has_accuracy_after()) << "no eval data, no accuracy";
 }
 
 class E2eLimitTest : public E2eTest {

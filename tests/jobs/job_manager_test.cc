@@ -122,6 +122,9 @@ class FakeResources : public pipeline::Resources {
   std::string ModelPath(const std::string& id) override { return ""; }
   std::string DatasetPath(const std::string& id) override { return ""; }
   std::string BuiltinDataDir() override { return ""; }
+  absl::StatusOr<v1::Job> GetJob(const std::string& id) override {
+    return absl::NotFoundError("no jobs here");
+  }
 };
 
 class FakeObserver : public JobObserver {

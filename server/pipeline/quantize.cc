@@ -1,0 +1,407 @@
+#include "server/pipeline/quantize.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <system_error>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/pipeline/common.h"
+#include "server/pipeline/svg.h"
+#include "server/util/status_macros.h"
+
+namespace compress::pipeline {
+namespace v1 = compress::v1;
+
+namespace {
+
+constexpr double kDefaultAverageBits = 4;
+constexpr int64_t kDefaultGroupSize = 128;
+
+std::string WithCommas(int64_t value) {
+  std::string digits = absl::StrCat(value < 0 ? -value : value);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return value < 0 ? "-" + out : out;
+}
+
+// Tr(H_ii)/n_i per layer from a finished ANALYZE job of the same model.
+absl::StatusOr<std::map<std::string, double>> TracesFromJob(const std::string& job_id,
+                                                            const std::string& model_id,
+                                                            Resources& resources) {
+  const std::string field = "quantize.sensitivity_job_id";
+  absl::StatusOr<v1::Job> job = resources.GetJob(job_id);
+  if (absl::IsNotFound(job.status())) {
+    return absl::NotFoundError(absl::StrCat(field, ": job ", job_id, " not found"));
+  }
+  if (!job.ok()) return job.status();
+  if (job->kind() != v1::JOB_KIND_ANALYZE) {
+    return absl::FailedPreconditionError(absl::StrCat(field, ": job ", job_id, " is a ",
+                                                      v1::JobKind_Name(job->kind()),
+                                                      " job; the traces come from an ANALYZE job"));
+  }
+  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+    return absl::FailedPreconditionError(absl::StrCat(field, ": ANALYZE job ", job_id, " is ",
+                                                      v1::JobState_Name(job->state()),
+                                                      ", not JOB_STATE_SUCCEEDED"));
+  }
+  if (job->spec().analyze().model_id() != model_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": ANALYZE job ", job_id, " analyzed model ",
+                     job->spec().analyze().model_id(), ", not ", model_id));
+  }
+  std::map<std::string, double> traces;
+  for (const v1::LayerSensitivity& l : job->result().analyze().layers()) {
+    if (l.trace_probes() > 0) traces[l.name()] = l.trace_per_param();
+  }
+  if (traces.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": ANALYZE job ", job_id, " has no Hessian traces (run it with traces enabled)"));
+  }
+  return traces;
+}
+
+engine::QuantSearch SearchFromProto(v1::SearchMethod method) {
+  switch (method) {
+    case v1::SEARCH_METHOD_PARETO:
+      return engine::QuantSearch::kPareto;
+    case v1::SEARCH_METHOD_ACCURACY_BISECTION:
+      return engine::QuantSearch::kBisection;
+    case v1::SEARCH_METHOD_UNIFORM:
+      return engine::QuantSearch::kUniform;
+    default:
+      return engine::QuantSearch::kExact;
+  }
+}
+
+std::string GranularityName(v1::Granularity g) {
+  switch (g) {
+    case v1::GRANULARITY_PER_TENSOR:
+      return "per_tensor";
+    case v1::GRANULARITY_GROUP:
+      return "group";
+    default:
+      return "per_channel";
+  }
+}
+
+absl::StatusOr<std::string> MakeTempDir() {
+  std::error_code ec;
+  std::filesystem::path base = std::filesystem::temp_directory_path(ec);
+  if (ec) base = "/tmp";
+  std::string pattern = (base / "compressd-quantize-XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot create a directory like ", pattern));
+  }
+  return pattern;
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InternalError(absl::StrCat("engine output ", path, " is missing"));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// ΣΩ of the chosen allocation (float layers cost nothing).
+double ChosenCost(const v1::QuantizeResult& r) {
+  double cost = 0;
+  for (const v1::QuantizedLayer& l : r.layers()) {
+    auto it = l.omega().find(l.bits());
+    if (it != l.omega().end()) cost += it->second;
+  }
+  return cost;
+}
+
+std::string ParetoSvg(const v1::QuantizeResult& r) {
+  static const char* const kBaselineColors[] = {"#2ca02c", "#9467bd", "#8c564b", "#e377c2"};
+  std::vector<Series> series;
+  Axes axes;
+  axes.x_label = "predicted weights file size (bytes)";
+  const bool accuracy_plot = r.measured_size() > 0;
+  Series chosen;
+  chosen.name = "chosen";
+  chosen.color = "#d62728";
+  chosen.radius = 7;
+  if (accuracy_plot) {
+    axes.title =
+        r.has_accuracy_before()
+            ? absl::StrFormat("Accuracy-bounded search (float model %.2f%%)", r.accuracy_before())
+            : "Accuracy-bounded search";
+    axes.y_label = "top-1 accuracy (%)";
+    Series measured;
+    measured.name = "measured";
+    measured.line = true;
+    for (const v1::QuantPoint& p : r.measured()) {
+      if (!p.has_accuracy()) continue;
+      measured.x.push_back(static_cast<double>(p.weight_bytes()));
+      measured.y.push_back(p.accuracy());
+      if (p.chosen()) {
+        chosen.x.push_back(static_cast<double>(p.weight_bytes()));
+        chosen.y.push_back(p.accuracy());
+      }
+    }
+    series.push_back(measured);
+  } else {
+    axes.title = "Mixed-precision frontier: size vs. Hessian-weighted error";
+    axes.y_label = "sum of Omega (log scale)";
+    axes.log_y = true;
+    Series frontier;
+    frontier.name = "frontier";
+    frontier.line = true;
+    frontier.radius = 2;
+    for (const v1::QuantPoint& p : r.frontier()) {
+      frontier.x.push_back(static_cast<double>(p.weight_bytes()));
+      frontier.y.push_back(p.cost());
+      if (p.chosen()) {
+        chosen.x.push_back(static_cast<double>(p.weight_bytes()));
+        chosen.y.push_back(p.cost());
+      }
+    }
+    if (chosen.x.empty()) {
+      chosen.x.push_back(static_cast<double>(r.predicted_bytes()));
+      chosen.y.push_back(ChosenCost(r));
+    }
+    series.push_back(frontier);
+  }
+  chosen.labels.assign(chosen.x.size(), absl::StrFormat("%.2f bits", r.average_bits()));
+  series.push_back(chosen);
+  int color = 0;
+  for (const v1::QuantBaseline& b : r.baselines()) {
+    if (accuracy_plot && !b.has_accuracy()) continue;
+    Series s;
+    s.name = b.name();
+    s.color = kBaselineColors[color++ % 4];
+    s.radius = 5;
+    s.x.push_back(static_cast<double>(b.weight_bytes()));
+    s.y.push_back(accuracy_plot ? b.accuracy() : b.cost());
+    s.labels.push_back(absl::StrFormat("%.2f bits", b.average_bits()));
+    series.push_back(s);
+  }
+  return ScatterSvg(series, axes);
+}
+
+}  // namespace
+
+absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec& spec,
+                                                          uint64_t seed, const std::string& device,
+                                                          Resources& resources,
+                                                          const std::string& output_dir) {
+  engine::QuantizeOptions o;
+  o.model_path = resources.ModelPath(spec.model_id());
+  o.calibration_dataset = resources.DatasetPath(spec.data().dataset_id());
+  o.num_samples = spec.data().num_samples() > 0 ? spec.data().num_samples() : kDefaultSamples;
+  o.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : kDefaultBatch;
+  if (!spec.eval_dataset_id().empty()) {
+    o.eval_dataset = resources.DatasetPath(spec.eval_dataset_id());
+  }
+  o.eval_samples = spec.has_eval_samples() ? spec.eval_samples() : 0;
+  o.idx_dir = resources.BuiltinDataDir();
+  o.loss = LossFromProto(spec.loss());
+
+  if (!spec.sensitivity_job_id().empty()) {
+    ASSIGN_OR_RETURN(o.trace_per_param,
+                     TracesFromJob(spec.sensitivity_job_id(), spec.model_id(), resources));
+  }
+  if (spec.has_trace_tolerance()) o.trace_tolerance = spec.trace_tolerance();
+  if (spec.has_trace_max_probes()) o.trace_max_probes = spec.trace_max_probes();
+
+  const v1::QuantizerSettings& q = spec.quantizer();
+  o.symmetric = !q.asymmetric();
+  o.granularity = GranularityName(q.granularity());
+  o.group_size = q.has_group_size() ? q.group_size() : kDefaultGroupSize;
+  o.gptq = q.rounding() == v1::ROUNDING_GPTQ;
+  if (q.has_gptq_damping()) o.gptq_damping = q.gptq_damping();
+  if (q.has_gptq_block_size()) o.gptq_block_size = q.gptq_block_size();
+  o.gptq_act_order = q.gptq_act_order();
+
+  o.search = SearchFromProto(spec.search());
+  switch (spec.budget().limit_case()) {
+    case v1::Budget::kAverageBits:
+      o.budget = engine::QuantBudget::AverageBits(spec.budget().average_bits());
+      break;
+    case v1::Budget::kModelBytes:
+      o.budget = engine::QuantBudget::ModelBytes(static_cast<double>(spec.budget().model_bytes()));
+      break;
+    case v1::Budget::kBops:
+      o.budget = engine::QuantBudget::Bops(spec.budget().bops());
+      break;
+    default:
+      if (o.search == engine::QuantSearch::kBisection) {
+        o.budget.kind = engine::QuantBudget::Kind::kNone;
+        o.budget.value = 0;
+      } else {
+        o.budget = engine::QuantBudget::AverageBits(kDefaultAverageBits);
+      }
+  }
+  switch (spec.tolerance().limit_case()) {
+    case v1::AccuracyTolerance::kMaxDropPp:
+      o.tolerance = {engine::QuantTolerance::Kind::kMaxDropPoints, spec.tolerance().max_drop_pp()};
+      break;
+    case v1::AccuracyTolerance::kMaxRelativeDrop:
+      o.tolerance = {engine::QuantTolerance::Kind::kMaxRelativeDrop,
+                     spec.tolerance().max_relative_drop()};
+      break;
+    default:
+      o.tolerance = {};
+  }
+  if (spec.candidate_bits_size() > 0) {
+    o.candidate_bits.assign(spec.candidate_bits().begin(), spec.candidate_bits().end());
+    std::sort(o.candidate_bits.begin(), o.candidate_bits.end());
+    o.candidate_bits.erase(std::unique(o.candidate_bits.begin(), o.candidate_bits.end()),
+                           o.candidate_bits.end());
+  }
+  if (spec.pins_size() > 0 || spec.no_default_pins()) {
+    std::map<std::string, int> pins;
+    for (const v1::LayerPin& p : spec.pins()) {
+      pins[p.layer()] = p.bits() == 16 || p.bits() == 32 ? engine::kFloatBits : p.bits();
+    }
+    o.pins = std::move(pins);
+  }
+  for (const v1::LayerTie& t : spec.ties()) {
+    o.ties.emplace_back(t.layers().begin(), t.layers().end());
+  }
+  o.seed = seed;
+  o.device = device;
+  o.output_dir = output_dir;
+  return o;
+}
+
+v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
+  v1::QuantizeResult r;
+  for (const engine::QuantizedLayerReport& l : report.layers) {
+    v1::QuantizedLayer* p = r.add_layers();
+    p->set_name(l.name);
+    p->set_kind(l.kind);
+    p->set_numel(l.numel);
+    p->set_macs(l.macs);
+    p->set_bits(l.bits);
+    p->set_pinned(l.pinned);
+    p->set_trace_per_param(l.trace_per_param);
+    for (const auto& [bits, omega] : l.omega) (*p->mutable_omega())[bits] = omega;
+    p->set_bytes_before(l.bytes_before);
+    p->set_bytes_after(l.bytes_after);
+    p->set_rounding(l.rounding);
+    p->set_note(l.note);
+    p->set_gptq_error(l.gptq_error);
+    p->set_rtn_error(l.rtn_error);
+  }
+  r.set_search(report.search);
+  r.set_search_exact(report.search_exact);
+  r.set_budget_met(report.budget_met);
+  r.set_tolerance_met(report.tolerance_met);
+  r.set_average_bits(report.average_bits);
+  r.set_bops(report.bops);
+  r.set_bytes_before(report.bytes_before);
+  r.set_bytes_after(report.bytes_after);
+  r.set_predicted_bytes(report.predicted_bytes);
+  if (report.accuracy_before) r.set_accuracy_before(*report.accuracy_before);
+  if (report.accuracy_after) r.set_accuracy_after(*report.accuracy_after);
+  r.set_eval_examples(report.eval_examples);
+  auto add_points = [](const std::vector<engine::QuantPoint>& points,
+                       google::protobuf::RepeatedPtrField<v1::QuantPoint>* out) {
+    for (const engine::QuantPoint& pt : points) {
+      v1::QuantPoint* p = out->Add();
+      p->set_weight_bytes(pt.weight_bytes);
+      p->set_average_bits(pt.average_bits);
+      p->set_cost(pt.cost);
+      if (pt.accuracy) p->set_accuracy(*pt.accuracy);
+      p->set_chosen(pt.chosen);
+    }
+  };
+  add_points(report.frontier, r.mutable_frontier());
+  add_points(report.measured, r.mutable_measured());
+  for (const engine::QuantBaseline& b : report.baselines) {
+    v1::QuantBaseline* p = r.add_baselines();
+    p->set_name(b.name);
+    for (const auto& [layer, bits] : b.bits) (*p->mutable_bits())[layer] = bits;
+    p->set_average_bits(b.average_bits);
+    p->set_weight_bytes(b.weight_bytes);
+    p->set_cost(b.cost);
+    if (b.accuracy) p->set_accuracy(*b.accuracy);
+  }
+  r.set_sensitivity_source(report.sensitivity_source);
+  r.set_hvp_count(report.hvp_count);
+  r.set_runtime(report.runtime);
+  r.set_wall_seconds(report.wall_seconds);
+  return r;
+}
+
+std::string QuantizeSummary(const v1::QuantizeResult& r) {
+  std::string summary = absl::StrFormat("%.2f average bits, %s → %s bytes", r.average_bits(),
+                                        WithCommas(r.bytes_before()), WithCommas(r.bytes_after()));
+  if (r.bytes_after() > 0) {
+    absl::StrAppendFormat(&summary, " (%.1fx)",
+                          static_cast<double>(r.bytes_before()) / r.bytes_after());
+  }
+  if (r.has_accuracy_before() && r.has_accuracy_after()) {
+    const double drop = r.accuracy_after() - r.accuracy_before();
+    // U+2212 for a minus sign that lines up with "+".
+    absl::StrAppendFormat(&summary, ", top-1 %.2f%% → %.2f%% (%s%.2f pp)", r.accuracy_before(),
+                          r.accuracy_after(), drop < 0 ? "−" : "+", std::abs(drop));
+  } else if (r.has_accuracy_after()) {
+    absl::StrAppendFormat(&summary, ", top-1 %.2f%%", r.accuracy_after());
+  }
+  if (!r.budget_met()) absl::StrAppend(&summary, "; budget not met");
+  if (!r.tolerance_met()) absl::StrAppend(&summary, "; accuracy tolerance not met");
+  return summary;
+}
+
+absl::StatusOr<v1::JobResult> RunQuantize(const v1::QuantizeSpec& spec, JobContext& context) {
+  ASSIGN_OR_RETURN(const std::string dir, MakeTempDir());
+  auto remove_dir = absl::MakeCleanup([&dir] {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  });
+  ASSIGN_OR_RETURN(
+      engine::QuantizeOptions options,
+      ToQuantizeOptions(spec, context.job().seed(), context.device(), context.resources(), dir));
+  ASSIGN_OR_RETURN(engine::QuantizeReport report,
+                   engine::RunQuantization(options, &context.progress(), &context.cancel()));
+  RETURN_IF_ERROR(context.cancel().Check());
+
+  v1::JobResult result;
+  *result.mutable_quantize() = ToQuantizeResult(report);
+  const v1::QuantizeResult& r = result.quantize();
+  result.set_summary(QuantizeSummary(r));
+
+  struct Output {
+    const char* name;
+    const char* content_type;
+    std::string path;
+  };
+  const Output outputs[] = {
+      {"model.pt", "application/octet-stream",
+       report.model_path.empty() ? dir + "/model.pt" : report.model_path},
+      {"weights.safetensors", "application/octet-stream",
+       report.weights_path.empty() ? dir + "/weights.safetensors" : report.weights_path},
+      {"manifest.json", "application/json",
+       report.manifest_path.empty() ? dir + "/manifest.json" : report.manifest_path},
+  };
+  for (const Output& out : outputs) {
+    ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(out.path));
+    RETURN_IF_ERROR(context.AddArtifact(out.name, out.content_type, bytes).status());
+  }
+  // report.json: the result plus everything needed to reproduce it.
+  const std::string report_json = absl::StrCat(
+      "{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"", context.job().seed(),
+      "\",\n\"device\": \"", context.device(), "\",\n\"runtime\": \"", report.runtime,
+      "\",\n\"spec\": ", ProtoJson(spec), ",\n\"result\": ", ProtoJson(r), "\n}\n");
+  RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
+  RETURN_IF_ERROR(context.AddArtifact("pareto.svg", "image/svg+xml", ParetoSvg(r)).status());
+  return result;
+}
+
+}  // namespace compress::pipeline
