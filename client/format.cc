@@ -664,6 +664,7 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
                                  {"TOP-1", true}},
                                 baseline_rows));
   }
+  for (const std::string& w : result.warnings()) absl::StrAppend(&out, "warning: ", w, "\n");
   return out;
 }
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: installs dependencies,
 # builds compressd and compressctl, starts the server on a fresh data
-# directory (SQLite + local files), uploads the shipped reference CNN, runs a
-# job on the builtin Fashion-MNIST test set, watches it, downloads its
-# artifacts and stops the server.
+# directory (SQLite + local files), uploads the shipped reference CNN,
+# inspects it, analyses its Hessian sensitivity, quantizes it to 4 average
+# weight bits with GPTQ using that analysis (calibration: Fashion-MNIST
+# training images; evaluation: the 10k test set), prints the before/after
+# table, downloads the artifacts and stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,7 +42,11 @@ echo "== inspect on builtin:fashion-mnist/test"
 echo "== analyze: per-layer Hessian sensitivity on 128 Fashion-MNIST training images"
 "$CTL" analyze --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 128 \
   --batch 128 --probes 40 --eigen 1 --density --seed 1 --watch
-JOB=$("$CTL" --json job list --kind analyze | grep -o '"id":"job-[0-9a-f]*"' | head -1 | cut -d'"' -f4)
+ANALYZE_JOB=$("$CTL" --json job list --kind analyze | grep -o '"id":"job-[0-9a-f]*"' | head -1 | cut -d'"' -f4)
+echo "== quantize: 4 average weight bits, GPTQ, sensitivity from $ANALYZE_JOB, top-1 on the 10k test images"
+"$CTL" quantize --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 256 \
+  --eval builtin:fashion-mnist/test --bits 4 --gptq --sensitivity "$ANALYZE_JOB" --seed 1 --watch
+JOB=$("$CTL" --json job list --kind quantize | grep -o '"id":"job-[0-9a-f]*"' | head -1 | cut -d'"' -f4)
 echo "== artifacts of $JOB"
 "$CTL" artifact list "$JOB"
 "$CTL" artifact get "$JOB" -o "$WORK/artifacts"

@@ -336,6 +336,8 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
   r.set_hvp_count(report.hvp_count);
   r.set_runtime(report.runtime);
   r.set_wall_seconds(report.wall_seconds);
+  for (const auto& [layer, bits] : report.pins) (*r.mutable_pins())[layer] = bits;
+  for (const std::string& w : report.warnings) r.add_warnings(w);
   return r;
 }
 

@@ -759,7 +759,11 @@ v1::SubmitJobRequest QuantizeRequest(const std::string& model_id) {
   auto* q = req.mutable_spec()->mutable_quantize();
   q->set_model_id(model_id);
   q->mutable_data()->set_dataset_id("builtin:fashion-mnist/train");
-  q->mutable_data()->set_num_samples(256);
+  // Small enough to run in seconds: 64 calibration images, loose traces.
+  q->mutable_data()->set_num_samples(64);
+  q->mutable_data()->set_batch_size(32);
+  q->set_trace_tolerance(0.2);
+  q->set_trace_max_probes(20);
   q->mutable_budget()->set_average_bits(4);
   q->set_search(v1::SEARCH_METHOD_EXACT);
   q->mutable_quantizer()->set_rounding(v1::ROUNDING_NEAREST);
