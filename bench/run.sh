@@ -2,7 +2,9 @@
 # Runs the benchmarks and prints their tables.
 # Usage: bench/run.sh [service] [hessian] [traces] [pytorch] [memory]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
-# the LibTorch thread count of traces, pytorch and memory.
+# the LibTorch thread count of traces, pytorch and memory; when other work
+# holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
+# slower per HVP than one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -53,7 +55,7 @@ if want hessian && [ "${BENCH_HESSIAN:-1}" != 0 ]; then
 fi
 
 # Per-layer traces on resnet18: all layers per probe vs the exact per-layer
-# loop (bench_analyze traces). Batch 2 and 5 probes per layer (62 layers) keep
+# loop (bench_analyze traces). Batch 2 and 5 probes per layer (41 layers) keep
 # it within ~15 minutes on this 2-core VM.
 if want traces; then
   bash scripts/build.sh bench_analyze >/dev/null
