@@ -35,6 +35,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/bench_common.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/hessian/hvp.h"
 #include "server/engine/hessian/options.h"
@@ -44,18 +45,9 @@
 namespace compress::engine {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start)
-      .count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using bench::Clock;
+using bench::Median;
+using bench::MsSince;
 
 // Median time of `reps` calls after one warm-up call; stops at the first
 // failure.
@@ -70,21 +62,6 @@ absl::StatusOr<double> TimeIt(int reps, const std::function<absl::Status()>& f) 
     times.push_back(MsSince(start));
   }
   return Median(times);
-}
-
-double SgemmGflops() {
-  torch::manual_seed(0);
-  torch::Tensor a = torch::rand({2048, 2048});
-  torch::Tensor b = torch::rand({2048, 2048});
-  torch::Tensor c = torch::mm(a, b);  // warm-up
-  std::vector<double> times;
-  for (int i = 0; i < 5; ++i) {
-    Clock::time_point start = Clock::now();
-    c = torch::mm(a, b);
-    times.push_back(MsSince(start));
-  }
-  double flops = 2.0 * 2048.0 * 2048.0 * 2048.0;
-  return flops / (Median(times) * 1e-3) / 1e9;
 }
 
 // ‖a − b‖ / ‖b‖, in float64 tensor by tensor.
@@ -286,13 +263,8 @@ int Main(int argc, char** argv) {
                  argv[0]);
     return 2;
   }
-  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   std::printf("## Hessian-vector products\n\n");
-  std::printf("- LibTorch %s, at::get_num_threads() = %d, OPENBLAS_CORETYPE=%s\n",
-              TORCH_VERSION, at::get_num_threads(),
-              coretype ? coretype : "unset");
-  std::printf("- sgemm 2048x2048 float32 (torch::mm): %.1f GFLOP/s\n",
-              SgemmGflops());
+  bench::PrintRuntimeLines();
   std::printf(
       "- times: median of REPS after one warm-up; one calibration batch, "
       "cross-entropy on random labels; exact and Gauss-Newton reuse the "

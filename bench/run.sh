@@ -1,31 +1,50 @@
 #!/usr/bin/env bash
-# Runs the benchmarks and prints their tables. Usage: bench/run.sh [service]
+# Runs the benchmarks and prints their tables.
+# Usage: bench/run.sh [service] [hessian] [traces] [pytorch] [memory]
+# (no argument: all of them, in that order). BENCH_THREADS (default 2) is
+# the LibTorch thread count of traces, pytorch and memory; when other work
+# holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
+# slower per HVP than one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
-bash scripts/build.sh bench_service >/dev/null
+export BUILD_DIR
+THREADS=${BENCH_THREADS:-2}
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service hessian traces pytorch memory)
+want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
 echo "- $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(lscpu | sed -n 's/^Model name: *//p')"
 echo "- OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, BLAS: $(readlink -f /etc/alternatives/libblas.so.3-x86_64-linux-gnu 2>/dev/null || echo unknown)"
-echo
-echo "## Service"
-"$BUILD_DIR/bench/bench_service" "$@"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# Hessian-vector products (bench_hessian): cost and accuracy per HVP method on
-# the reference models and untrained torchvision models (generated once into
-# bench/out/ with /usr/bin/python3, nothing downloaded). Skip with
-# BENCH_HESSIAN=0; repetitions per model are the last field (vit_b_16 takes
-# seconds per gradient on 2 cores, so it gets one).
-if [ "${BENCH_HESSIAN:-1}" != 0 ]; then
-  bash scripts/build.sh bench_hessian >/dev/null
-  TV_DIR=bench/out
+# Untrained torchvision models (generated once into bench/out/ with
+# /usr/bin/python3, nothing downloaded).
+TV_DIR=bench/out
+torchvision_models() {
   for m in resnet18 mobilenet_v2 vit_b_16; do
     if [ ! -f "$TV_DIR/$m.pt" ]; then
       /usr/bin/python3 bench/make_torchvision_models.py "$TV_DIR" >/dev/null
       break
     fi
   done
+}
+
+if want service; then
+  bash scripts/build.sh bench_service >/dev/null
+  echo
+  echo "## Service"
+  "$BUILD_DIR/bench/bench_service"
+fi
+
+# Hessian-vector products (bench_hessian): cost and accuracy per HVP method on
+# the reference models and untrained torchvision models. Skip with
+# BENCH_HESSIAN=0; repetitions per model are the last field (vit_b_16 takes
+# seconds per gradient on 2 cores, so it gets one).
+if want hessian && [ "${BENCH_HESSIAN:-1}" != 0 ]; then
+  bash scripts/build.sh bench_hessian >/dev/null
+  torchvision_models
   echo
   "$BUILD_DIR/bench/bench_hessian" \
     models/fmnist_cnn.pt:1,28,28:64:5 \
@@ -33,4 +52,36 @@ if [ "${BENCH_HESSIAN:-1}" != 0 ]; then
     "$TV_DIR/resnet18.pt:3,224,224:8:2" \
     "$TV_DIR/mobilenet_v2.pt:3,224,224:8:2" \
     "$TV_DIR/vit_b_16.pt:3,224,224:2:1"
+fi
+
+# Per-layer traces on resnet18: all layers per probe vs the exact per-layer
+# loop (bench_analyze traces). Batch 2 and 5 probes per layer (41 layers) keep
+# it within ~15 minutes on this 2-core VM.
+if want traces; then
+  bash scripts/build.sh bench_analyze >/dev/null
+  torchvision_models
+  echo
+  "$BUILD_DIR/bench/bench_analyze" traces "$TV_DIR/resnet18.pt:3,224,224:2" \
+    --all-probes=100 --layer-probes=5 --threads="$THREADS"
+fi
+
+# The same ANALYZE (traces + top eigenvalue) in compressd's engine and in a
+# plain PyTorch script (bench/pytorch_reference.py); /usr/bin/python3 has
+# Debian's torch.
+if want pytorch; then
+  bash scripts/build.sh bench_analyze >/dev/null
+  torchvision_models
+  echo
+  /usr/bin/python3 bench/compare_pytorch.py --threads="$THREADS" --runs=2 \
+    2>/dev/null
+fi
+
+# Peak RSS of an ANALYZE on vit_b_16 (batch 8) per HVP method, each in a
+# fresh child process (bench_analyze memory).
+if want memory; then
+  bash scripts/build.sh bench_analyze >/dev/null
+  torchvision_models
+  echo
+  "$BUILD_DIR/bench/bench_analyze" memory "$TV_DIR/vit_b_16.pt:3,224,224:8" \
+    --probes=2 --threads="$THREADS"
 fi
