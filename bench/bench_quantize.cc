@@ -4,6 +4,10 @@
 // the packed file size versus the budget. Prints Markdown tables.
 //
 //   bench_quantize [--eval N] [--samples N] [--models cnn,vit] [--quick]
+//   bench_quantize --stages MODEL.pt:C,H,W [--samples N] [--probes N]
+//       time of each stage of a 4-bit GPTQ job on random calibration inputs
+//       of that shape, then (in a child process) the peak memory of GPTQ on
+//       the model's largest linear layer.
 //
 // COMPRESS_SOURCE_DIR (default .) locates models/.
 #include <ATen/Parallel.h>
@@ -18,14 +22,30 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <torch/script.h>
+#include <torch/serialize.h>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "server/engine/common/runtime.h"
+#include "server/engine/model/model.h"
+#include "server/engine/quant/calibration.h"
+#include "server/engine/quant/gptq.h"
 #include "server/engine/quant/quantize.h"
 
 namespace compress::engine {
 namespace {
 
 struct Args {
+  std::string stages;  // MODEL.pt:C,H,W
+  std::string gptq_memory;  // child mode: MODEL.pt:C,H,W
+  int probes = 4;
   int64_t eval = 10000;
   int64_t samples = 256;
   std::vector<std::string> models = {"cnn", "vit"};
@@ -68,6 +88,151 @@ const QuantBaseline* Baseline(const QuantizeReport& r, const std::string& name) 
     if (b.name == name) return &b;
   }
   return nullptr;
+}
+
+// kB of a /proc/self/status field ("VmHWM", "VmRSS").
+int64_t StatusKb(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream fields(line.substr(field.size() + 1));
+      int64_t kb = 0;
+      fields >> kb;
+      return kb;
+    }
+  }
+  return 0;
+}
+
+struct StagesSpec {
+  std::string model;
+  std::vector<int64_t> shape;  // C,H,W
+};
+
+bool ParseStages(const std::string& text, StagesSpec* spec) {
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  if (parts.size() != 2) return false;
+  spec->model = parts[0];
+  for (absl::string_view d : absl::StrSplit(parts[1], ',')) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(d, &v)) return false;
+    spec->shape.push_back(v);
+  }
+  return true;
+}
+
+torch::Tensor RandomInputs(const StagesSpec& spec, int64_t n) {
+  std::vector<int64_t> shape = {n};
+  shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
+  torch::manual_seed(0);
+  return torch::rand(shape);
+}
+
+// Peak memory of GPTQ on the largest Linear weight: H collected from the
+// calibration inputs, then GptqQuantize at 4 bits; VmHWM before and after.
+int GptqMemory(const Args& args) {
+  StagesSpec spec;
+  if (!ParseStages(args.gptq_memory, &spec)) return 2;
+  absl::StatusOr<torch::jit::Module> model = LoadModel(spec.model);
+  if (!model.ok()) return 1;
+  absl::StatusOr<std::vector<QuantizableLayer>> layers = QuantizableLayers(*model);
+  const QuantizableLayer* largest = nullptr;
+  for (const QuantizableLayer& l : *layers) {
+    if (l.weight.dim() == 2 && (largest == nullptr || l.weight.numel() > largest->weight.numel())) {
+      largest = &l;
+    }
+  }
+  if (largest == nullptr) return 1;
+  std::vector<torch::Tensor> batches = {RandomInputs(spec, args.samples)};
+  absl::StatusOr<LayerHessian> h = CollectLayerHessian(*model, largest->name, batches, nullptr);
+  if (!h.ok()) {
+    std::fprintf(stderr, "%s\n", h.status().ToString().c_str());
+    return 1;
+  }
+  const int64_t before_kb = StatusKb("VmRSS");
+  const int64_t hwm_before_kb = StatusKb("VmHWM");
+  QuantizerSpec q;
+  q.bits = 4;
+  auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<GptqResult> r =
+      GptqQuantize(largest->weight.detach(), h->hessian, q, GptqOptions{});
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!r.ok()) return 1;
+  const int64_t hwm_kb = StatusKb("VmHWM");
+  std::printf("| %s | [%lld, %lld] | %.1f | %.1f | %.1f | %.1f | %.2f |\n", largest->name.c_str(),
+              static_cast<long long>(largest->weight.size(0)),
+              static_cast<long long>(largest->weight.size(1)),
+              largest->weight.numel() * 4 / 1048576.0,
+              h->hessian.numel() * 8 / 1048576.0, before_kb / 1024.0,
+              (std::max(hwm_kb, hwm_before_kb) - before_kb) / 1024.0, seconds);
+  return 0;
+}
+
+int Stages(const Args& args, char** argv) {
+  StagesSpec spec;
+  if (!ParseStages(args.stages, &spec)) {
+    std::fprintf(stderr, "--stages MODEL.pt:C,H,W\n");
+    return 2;
+  }
+  const std::string out = std::filesystem::temp_directory_path() / "bench_quantize_stages";
+  std::filesystem::create_directories(out);
+  // Random inputs (no labels: pseudo-labels) as a torch.save'd dict.
+  const std::string data = out + "/calibration.pt";
+  {
+    c10::Dict<std::string, torch::Tensor> dict;
+    dict.insert("inputs", RandomInputs(spec, args.samples));
+    std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
+    std::ofstream(data, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  QuantizeOptions o;
+  o.model_path = spec.model;
+  o.calibration_dataset = data;
+  o.num_samples = args.samples;
+  o.batch_size = args.samples;
+  o.trace_max_probes = args.probes;
+  o.budget = QuantBudget::AverageBits(4);
+  o.gptq = true;
+  o.output_dir = out;
+  StageTimer timer;
+  auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, &timer, nullptr);
+  timer.Close();
+  const double total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("%s: %zu layers, %lld calibration inputs of [%s], 4 average bits, GPTQ, %d trace "
+              "probes (%lld HVPs)\n\n",
+              spec.model.c_str(), r->layers.size(), static_cast<long long>(args.samples),
+              args.stages.substr(args.stages.find(':') + 1).c_str(), args.probes,
+              static_cast<long long>(r->hvp_count));
+  std::printf("| stage | seconds |\n|---|---:|\n");
+  for (const auto& [stage, seconds] : timer.seconds) {
+    std::printf("| %s | %.1f |\n", stage.c_str(), seconds);
+  }
+  std::printf("| total (incl. load, BN folding, packing, saving) | %.1f |\n", total);
+  std::printf("\nbytes %lld -> %lld, peak RSS of this process %.0f MiB\n\n",
+              static_cast<long long>(r->bytes_before), static_cast<long long>(r->bytes_after),
+              StatusKb("VmHWM") / 1024.0);
+  std::fflush(stdout);
+  // GPTQ's memory on the largest linear layer, in a fresh process.
+  std::printf("| largest linear layer | weight | weight MiB | H MiB (float64) | RSS before MiB | "
+              "GPTQ peak over it MiB | GPTQ s |\n|---|---|---:|---:|---:|---:|---:|\n");
+  std::fflush(stdout);
+  pid_t child = fork();
+  if (child == 0) {
+    const std::string samples = std::to_string(args.samples);
+    execl("/proc/self/exe", argv[0], "--gptq-memory", args.stages.c_str(), "--samples",
+          samples.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
 int Run(const Args& args) {
@@ -155,6 +320,12 @@ int main(int argc, char** argv) {
       args.models = absl::StrSplit(argv[++i], ',');
     } else if (a == "--quick") {
       args.quick = true;
+    } else if (a == "--stages" && i + 1 < argc) {
+      args.stages = argv[++i];
+    } else if (a == "--gptq-memory" && i + 1 < argc) {
+      args.gptq_memory = argv[++i];
+    } else if (a == "--probes" && i + 1 < argc) {
+      args.probes = std::atoi(argv[++i]);
     } else {
       std::fprintf(stderr, "usage: bench_quantize [--eval N] [--samples N] [--models cnn,vit] "
                            "[--quick]\n");
@@ -162,7 +333,9 @@ int main(int argc, char** argv) {
     }
   }
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  if (!args.gptq_memory.empty()) return compress::engine::GptqMemory(args);
   const std::string check = compress::engine::VerifyBlasChoice(argv);
   std::printf("%s\n%s\n", check.c_str(), compress::engine::BlasDescription().c_str());
+  if (!args.stages.empty()) return compress::engine::Stages(args, argv);
   return compress::engine::Run(args);
 }

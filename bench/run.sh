@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
 # Usage: bench/run.sh [service] [hessian] [traces] [pytorch] [memory]
+#                     [quantize] [quantize-stages]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
 # holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
@@ -11,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service hessian traces pytorch memory)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service hessian traces pytorch memory quantize quantize-stages)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -84,4 +85,26 @@ if want memory; then
   echo
   "$BUILD_DIR/bench/bench_analyze" memory "$TV_DIR/vit_b_16.pt:3,224,224:8" \
     --probes=2 --threads="$THREADS"
+fi
+
+# QUANTIZE quality on the reference models (bench_quantize): top-1 on the 10k
+# test images at 4/3.5/3/2.5 average bits, RTN and GPTQ, with the uniform and
+# no-Hessian baselines. ~25 minutes on 2 idle cores (first run per model
+# computes the traces).
+if want quantize; then
+  bash scripts/build.sh bench_quantize >/dev/null
+  echo
+  "$BUILD_DIR/bench/bench_quantize" --models cnn,vit --eval 10000
+fi
+
+# Time of each QUANTIZE stage (4 bits, GPTQ) on untrained torchvision models
+# with 8 random calibration inputs, and GPTQ's peak memory on the largest
+# linear layer.
+if want quantize-stages; then
+  bash scripts/build.sh bench_quantize >/dev/null
+  torchvision_models
+  for m in resnet18 vit_b_16; do
+    echo
+    "$BUILD_DIR/bench/bench_quantize" --stages "$TV_DIR/$m.pt:3,224,224" --samples 8 --probes 2
+  done
 fi
