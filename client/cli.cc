@@ -432,11 +432,15 @@ absl::StatusOr<int> Quantize(const Context& ctx) {
     ASSIGN_OR_RETURN(int64_t v, integer("eval-samples"));
     spec->set_eval_samples(v);
   }
-  if (ctx.inv.Has("bits") + ctx.inv.Has("bytes") + ctx.inv.Has("bops") > 1) {
+  // --avg-bits is DESIGN.md's name for --bits.
+  const char* bits_flag = ctx.inv.Has("avg-bits") ? "avg-bits" : "bits";
+  if (ctx.inv.Has("bits") + ctx.inv.Has("avg-bits") + ctx.inv.Has("bytes") +
+          ctx.inv.Has("bops") >
+      1) {
     return UsageError("at most one of --bits, --bytes and --bops");
   }
-  if (ctx.inv.Has("bits")) {
-    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "bits"));
+  if (ctx.inv.Has(bits_flag)) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, bits_flag));
     spec->mutable_budget()->set_average_bits(v);
   } else if (ctx.inv.Has("bytes")) {
     ASSIGN_OR_RETURN(int64_t v, integer("bytes"));
@@ -712,7 +716,7 @@ const std::vector<Entry>& Entries() {
         "[--samples N] [--batch N] [job flags]",
         0,
         0,
-        WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits",
+        WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",
                       "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
                       "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
                       "pin",   "tie",        "sensitivity", "samples",      "batch"}),
@@ -798,6 +802,7 @@ const std::vector<FlagDef>& Flags() {
       {"eval", 0, true, "DATASET_ID", "evaluation data for top-1 accuracy"},
       {"eval-samples", 0, true, "N", "evaluate on the first N examples (default all)"},
       {"bits", 0, true, "AVG", "budget: average weight bits (default 4)"},
+      {"avg-bits", 0, true, "AVG", "same as --bits"},
       {"bytes", 0, true, "N", "budget: bytes of the packed weights file"},
       {"bops", 0, true, "N", "budget: bit-operations (MACs x weight bits x 32)"},
       {"search", 0, true, "S", "exact (default), pareto, bisection (needs --eval), uniform"},

@@ -310,6 +310,9 @@ TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
   EXPECT_EQ(spec2.search(), v1::SEARCH_METHOD_UNIFORM);
   EXPECT_EQ(spec2.tolerance().max_relative_drop(), 0.01);
   EXPECT_FALSE(spec2.quantizer().asymmetric());
+
+  ASSERT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--avg-bits", "3.5"}).code, kExitOk);
+  EXPECT_EQ(server_.jobs().submitted()[2].spec().quantize().budget().average_bits(), 3.5);
 }
 
 TEST_F(CliTest, QuantizeUsageErrors) {
