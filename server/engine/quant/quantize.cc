@@ -388,19 +388,6 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     for (const LayerSensitivity& s : analysis->layers) tpp[s.name] = s.trace_per_param;
     for (Layer& l : layers) l.trace_per_param = tpp[l.name];
   }
-  for (Layer& l : layers) {
-    for (int b : o.candidate_bits) {
-      RETURN_IF_ERROR(CheckCancel(cancel));
-      QuantizerSpec spec = c.spec;
-      spec.bits = b;
-      ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(l.weight.detach(), spec));
-      ASSIGN_OR_RETURN(torch::Tensor w, Dequantize(q));
-      l.error[b] = (w.to(torch::kFloat64) - l.weight.detach().to(w.device(), torch::kFloat64))
-                       .pow(2)
-                       .sum()
-                       .item<double>();
-    }
-  }
   sink->StageEnd("sensitivity");
 
   // ------------------------------------------------------------ search
@@ -435,18 +422,19 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     p.ties = o.ties;
     return p;
   };
+  // ‖Q_b(W) − W‖² of every width the search may pick (the candidates and
+  // any pinned width).
   for (Layer& l : layers) {
     for (int b : widths) {
-      if (l.error.count(b) == 0) {
-        QuantizerSpec spec = c.spec;
-        spec.bits = b;
-        ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(l.weight.detach(), spec));
-        ASSIGN_OR_RETURN(torch::Tensor w, Dequantize(q));
-        l.error[b] = (w.to(torch::kFloat64) - l.weight.detach().to(w.device(), torch::kFloat64))
-                         .pow(2)
-                         .sum()
-                         .item<double>();
-      }
+      RETURN_IF_ERROR(CheckCancel(cancel));
+      QuantizerSpec spec = c.spec;
+      spec.bits = b;
+      ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(l.weight.detach(), spec));
+      ASSIGN_OR_RETURN(torch::Tensor w, Dequantize(q));
+      l.error[b] = (w.to(torch::kFloat64) - l.weight.detach().to(w.device(), torch::kFloat64))
+                       .pow(2)
+                       .sum()
+                       .item<double>();
     }
   }
   SearchProblem problem = make_problem(true);
