@@ -15,6 +15,17 @@ std::string Escape(const std::string& s) {
   return absl::StrReplaceAll(s, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
 }
 
+// The x and y axis titles, then the closing tag.
+void AppendAxisLabelsAndClose(const Axes& axes, int left, int top, int pw, int ph, int h,
+                              std::string* svg) {
+  absl::StrAppendFormat(svg, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                        left + pw / 2, h - 10, Escape(axes.x_label));
+  absl::StrAppendFormat(svg,
+                        "<text x=\"15\" y=\"%d\" transform=\"rotate(-90 15 %d)\" "
+                        "text-anchor=\"middle\">%s</text>\n</svg>\n",
+                        top + ph / 2, top + ph / 2, Escape(axes.y_label));
+}
+
 // Maps values to [0, 1] linearly or by log10.
 struct Scale {
   double lo, hi;
@@ -85,12 +96,7 @@ std::string LinePlotSvg(const std::vector<double>& x, const std::vector<double>&
                         "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" "
                         "points=\"%s\"/>\n",
                         points);
-  absl::StrAppendFormat(&svg, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-                        left + pw / 2, h - 10, Escape(axes.x_label));
-  absl::StrAppendFormat(&svg,
-                        "<text x=\"15\" y=\"%d\" transform=\"rotate(-90 15 %d)\" "
-                        "text-anchor=\"middle\">%s</text>\n</svg>\n",
-                        top + ph / 2, top + ph / 2, Escape(axes.y_label));
+  AppendAxisLabelsAndClose(axes, left, top, pw, ph, h, &svg);
   return svg;
 }
 
@@ -216,12 +222,7 @@ std::string ScatterSvg(const std::vector<Series>& series, const Axes& axes) {
       legend_y += 18;
     }
   }
-  absl::StrAppendFormat(&svg, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-                        left + pw / 2, h - 10, Escape(axes.x_label));
-  absl::StrAppendFormat(&svg,
-                        "<text x=\"15\" y=\"%d\" transform=\"rotate(-90 15 %d)\" "
-                        "text-anchor=\"middle\">%s</text>\n</svg>\n",
-                        top + ph / 2, top + ph / 2, Escape(axes.y_label));
+  AppendAxisLabelsAndClose(axes, left, top, pw, ph, h, &svg);
   return svg;
 }
 
