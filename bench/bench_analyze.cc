@@ -86,6 +86,9 @@ namespace {
 using bench::Clock;
 using bench::Median;
 using bench::MsSince;
+using bench::ParseSpec;
+using bench::ProcStatusKib;
+using bench::Spec;
 
 // --key=value flags after the mode; a bare --key is "1".
 class Flags {
@@ -125,51 +128,10 @@ class Flags {
   std::vector<std::string> positional_;
 };
 
-struct Spec {
-  std::string path;
-  std::vector<int64_t> shape;
-  int64_t batch = 0;
-  std::string name;
-};
-
-// MODEL.pt:C,H,W:BATCH
-std::optional<Spec> ParseSpec(const std::string& arg) {
-  std::vector<std::string> parts;
-  std::stringstream ss(arg);
-  std::string part;
-  while (std::getline(ss, part, ':')) parts.push_back(part);
-  if (parts.size() != 3) return std::nullopt;
-  Spec spec;
-  spec.path = parts[0];
-  std::stringstream dims(parts[1]);
-  std::string d;
-  while (std::getline(dims, d, ',')) spec.shape.push_back(std::stoll(d));
-  spec.batch = std::stoll(parts[2]);
-  size_t slash = spec.path.find_last_of('/');
-  std::string base =
-      slash == std::string::npos ? spec.path : spec.path.substr(slash + 1);
-  size_t dot = base.rfind(".pt");
-  spec.name = dot == std::string::npos ? base : base.substr(0, dot);
-  if (spec.shape.empty() || spec.batch < 1) return std::nullopt;
-  return spec;
-}
-
 std::string Fmt(const char* format, double x) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), format, x);
   return buf;
-}
-
-// A value of /proc/self/status in KiB ("VmHWM", "VmRSS"); -1 if absent.
-int64_t ProcStatusKib(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) {
-      return std::stoll(line.substr(key.size() + 1));
-    }
-  }
-  return -1;
 }
 
 int64_t DtypeBytes(const std::string& dtype) {
@@ -277,7 +239,7 @@ int TracesMain(const Flags& flags) {
                          "[--all-probes=N] [--layer-probes=M] [--threads=T]\n");
     return 2;
   }
-  std::optional<Spec> spec = ParseSpec(flags.positional()[0]);
+  std::optional<Spec> spec = ParseSpec(flags.positional()[0], /*allow_reps=*/false);
   if (!spec) {
     std::fprintf(stderr, "bad model spec %s\n", flags.positional()[0].c_str());
     return 2;
@@ -602,7 +564,7 @@ int MemoryMain(const Flags& flags) {
                          "[--probes=2] [--threads=T] [--methods=...]\n");
     return 2;
   }
-  std::optional<Spec> spec = ParseSpec(flags.positional()[0]);
+  std::optional<Spec> spec = ParseSpec(flags.positional()[0], /*allow_reps=*/false);
   if (!spec) {
     std::fprintf(stderr, "bad model spec %s\n", flags.positional()[0].c_str());
     return 2;

@@ -1,5 +1,6 @@
-// Helpers shared by the Hessian benchmarks (header-only, benchmarks only):
-// timing, medians, and the runtime line every table starts with.
+// Helpers shared by the benchmarks (header-only, benchmarks only): timing,
+// medians, model specs on the command line, /proc/self/status, and the
+// runtime line every table starts with.
 #ifndef COMPRESS_BENCH_BENCH_COMMON_H_
 #define COMPRESS_BENCH_BENCH_COMMON_H_
 
@@ -11,12 +12,56 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace compress::bench {
 
 using Clock = std::chrono::steady_clock;
+
+// A model on the command line: MODEL.pt:C,H,W:BATCH[:REPS].
+struct Spec {
+  std::string path;
+  std::vector<int64_t> shape;
+  int64_t batch = 0;
+  int reps = 0;      // 0: the global default
+  std::string name;  // file name without ".pt"
+};
+
+// Parses MODEL.pt:C,H,W:BATCH, plus :REPS when `allow_reps`.
+inline std::optional<Spec> ParseSpec(const std::string& arg, bool allow_reps) {
+  std::vector<std::string> parts;
+  std::stringstream ss(arg);
+  std::string part;
+  while (std::getline(ss, part, ':')) parts.push_back(part);
+  if (parts.size() < 3 || parts.size() > (allow_reps ? 4u : 3u)) return std::nullopt;
+  Spec spec;
+  spec.path = parts[0];
+  std::stringstream dims(parts[1]);
+  std::string d;
+  while (std::getline(dims, d, ',')) spec.shape.push_back(std::stoll(d));
+  spec.batch = std::stoll(parts[2]);
+  if (parts.size() == 4) spec.reps = std::stoi(parts[3]);
+  size_t slash = spec.path.find_last_of('/');
+  std::string base = slash == std::string::npos ? spec.path : spec.path.substr(slash + 1);
+  size_t dot = base.rfind(".pt");
+  spec.name = dot == std::string::npos ? base : base.substr(0, dot);
+  if (spec.shape.empty() || spec.batch < 1) return std::nullopt;
+  return spec;
+}
+
+// A value of /proc/self/status in KiB ("VmHWM", "VmRSS"); -1 if absent.
+inline int64_t ProcStatusKib(const std::string& key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
+}
 
 inline double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start)

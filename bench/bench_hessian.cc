@@ -46,6 +46,8 @@ namespace compress::engine {
 namespace {
 
 using bench::Clock;
+using bench::ParseSpec;
+using bench::Spec;
 using bench::Median;
 using bench::MsSince;
 
@@ -74,36 +76,6 @@ double RelativeError(const ParamSet& a, const ParamSet& b) {
     ref += bd.pow(2).sum().item<double>();
   }
   return std::sqrt(diff) / std::sqrt(ref);
-}
-
-struct Spec {
-  std::string path;
-  std::vector<int64_t> shape;
-  int64_t batch = 0;
-  int reps = 0;  // 0: the global default
-  std::string name;
-};
-
-std::optional<Spec> ParseSpec(const std::string& arg) {
-  std::vector<std::string> parts;
-  std::stringstream ss(arg);
-  std::string part;
-  while (std::getline(ss, part, ':')) parts.push_back(part);
-  if (parts.size() < 3 || parts.size() > 4) return std::nullopt;
-  Spec spec;
-  spec.path = parts[0];
-  std::stringstream dims(parts[1]);
-  std::string d;
-  while (std::getline(dims, d, ',')) spec.shape.push_back(std::stoll(d));
-  spec.batch = std::stoll(parts[2]);
-  if (parts.size() == 4) spec.reps = std::stoi(parts[3]);
-  size_t slash = spec.path.find_last_of('/');
-  std::string base =
-      slash == std::string::npos ? spec.path : spec.path.substr(slash + 1);
-  size_t dot = base.rfind(".pt");
-  spec.name = dot == std::string::npos ? base : base.substr(0, dot);
-  if (spec.shape.empty() || spec.batch < 1) return std::nullopt;
-  return spec;
 }
 
 struct Method {
@@ -248,7 +220,7 @@ int Main(int argc, char** argv) {
       reps = std::max(1, std::atoi(arg.c_str() + 7));
       continue;
     }
-    std::optional<Spec> spec = ParseSpec(arg);
+    std::optional<Spec> spec = ParseSpec(arg, /*allow_reps=*/true);
     if (!spec) {
       std::fprintf(stderr,
                    "usage: %s [--reps=N] MODEL.pt:C,H,W:BATCH[:REPS] ...\n"

@@ -32,6 +32,7 @@
 #include <torch/serialize.h>
 
 #include "absl/strings/numbers.h"
+#include "bench/bench_common.h"
 #include "absl/strings/str_split.h"
 #include "server/engine/common/runtime.h"
 #include "server/engine/model/model.h"
@@ -90,21 +91,6 @@ const QuantBaseline* Baseline(const QuantizeReport& r, const std::string& name) 
   return nullptr;
 }
 
-// kB of a /proc/self/status field ("VmHWM", "VmRSS").
-int64_t StatusKb(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      std::istringstream fields(line.substr(field.size() + 1));
-      int64_t kb = 0;
-      fields >> kb;
-      return kb;
-    }
-  }
-  return 0;
-}
-
 struct StagesSpec {
   std::string model;
   std::vector<int64_t> shape;  // C,H,W
@@ -150,8 +136,8 @@ int GptqMemory(const Args& args) {
     std::fprintf(stderr, "%s\n", h.status().ToString().c_str());
     return 1;
   }
-  const int64_t before_kb = StatusKb("VmRSS");
-  const int64_t hwm_before_kb = StatusKb("VmHWM");
+  const int64_t before_kb = bench::ProcStatusKib("VmRSS");
+  const int64_t hwm_before_kb = bench::ProcStatusKib("VmHWM");
   QuantizerSpec q;
   q.bits = 4;
   auto start = std::chrono::steady_clock::now();
@@ -160,7 +146,7 @@ int GptqMemory(const Args& args) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!r.ok()) return 1;
-  const int64_t hwm_kb = StatusKb("VmHWM");
+  const int64_t hwm_kb = bench::ProcStatusKib("VmHWM");
   std::printf("| %s | [%lld, %lld] | %.1f | %.1f | %.1f | %.1f | %.2f |\n", largest->name.c_str(),
               static_cast<long long>(largest->weight.size(0)),
               static_cast<long long>(largest->weight.size(1)),
@@ -217,7 +203,7 @@ int Stages(const Args& args, char** argv) {
   std::printf("| total (incl. load, BN folding, packing, saving) | %.1f |\n", total);
   std::printf("\nbytes %lld -> %lld, peak RSS of this process %.0f MiB\n\n",
               static_cast<long long>(r->bytes_before), static_cast<long long>(r->bytes_after),
-              StatusKb("VmHWM") / 1024.0);
+              bench::ProcStatusKib("VmHWM") / 1024.0);
   std::fflush(stdout);
   // GPTQ's memory on the largest linear layer, in a fresh process.
   std::printf("| largest linear layer | weight | weight MiB | H MiB (float64) | RSS before MiB | "
