@@ -2,6 +2,7 @@
 
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
+#include <algorithm>
 #include <exception>
 #include <string>
 #include <utility>
@@ -238,6 +239,32 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
     prepared.batches.push_back(std::move(batch));
   }
   return prepared;
+}
+
+absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
+                                      const torch::Tensor& targets, const std::string& device) {
+  constexpr int64_t kEvalBatch = 256;
+  if (!targets.defined() || at::isFloatingType(targets.scalar_type())) {
+    return absl::InvalidArgumentError("eval_dataset: accuracy needs class targets");
+  }
+  const int64_t n = inputs.size(0);
+  int64_t correct = 0;
+  try {
+    c10::InferenceMode guard;
+    for (int64_t start = 0; start < n; start += kEvalBatch) {
+      const int64_t len = std::min(kEvalBatch, n - start);
+      torch::Tensor x = inputs.narrow(0, start, len);
+      if (!device.empty()) x = x.to(torch::Device(device));
+      torch::Tensor out = module.forward({x}).toTensor();
+      torch::Tensor pred = out.argmax(1).to(torch::kCPU);
+      torch::Tensor y = targets.narrow(0, start, len).to(torch::kCPU).to(torch::kLong);
+      correct += pred.eq(y.reshape(pred.sizes())).sum().item<int64_t>();
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval data do not fit the model: ", e.what_without_backtrace()));
+  }
+  return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;
 }
 
 }  // namespace compress::engine

@@ -30,6 +30,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -86,6 +87,14 @@ absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
 absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
                                           const torch::Tensor& output,
                                           const torch::Tensor& targets);
+
+// Top-1 accuracy in percent of `module` on `inputs` against class indices
+// `targets`, in batches of 256 without autograd; inputs move to `device`
+// ("" = where they are). INVALID_ARGUMENT without class targets or when
+// the data do not fit the model.
+absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
+                                      const torch::Tensor& targets,
+                                      const std::string& device = "");
 
 }  // namespace compress::engine
 

@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
 #include "server/engine/data/dataset.h"
+#include "server/engine/data/loss.h"
 #include "server/engine/hessian/analyze.h"
 #include "server/engine/model/model.h"
 #include "server/engine/model/model_info.h"
@@ -36,7 +37,6 @@ namespace {
 // Frontier points kept in the report (evenly spaced in size, plus the
 // chosen one): a 60-layer model has ~20,000.
 constexpr size_t kMaxReportedFrontier = 200;
-constexpr int64_t kEvalBatch = 256;
 
 absl::Status Invalid(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -129,29 +129,6 @@ std::string KindOf(const torch::jit::Module& root, const std::string& path) {
 int64_t SizeBits(const Layer& l, int bits) {
   if (bits >= 16) return l.numel * 32;  // kept in float32
   return 8 * (PackedBytes(l.numel, bits) + l.scale_count * 5);
-}
-
-absl::StatusOr<double> Accuracy(torch::jit::Module& module, const LoadedDataset& data) {
-  if (!data.targets.defined()) {
-    return absl::InvalidArgumentError("eval_dataset: accuracy needs class targets");
-  }
-  const int64_t n = data.inputs.size(0);
-  int64_t correct = 0;
-  try {
-    c10::InferenceMode guard;
-    for (int64_t start = 0; start < n; start += kEvalBatch) {
-      const int64_t len = std::min(kEvalBatch, n - start);
-      torch::Tensor x = data.inputs.narrow(0, start, len);
-      torch::Tensor out = module.forward({x}).toTensor();
-      torch::Tensor pred = out.argmax(1).to(torch::kCPU);
-      torch::Tensor y = data.targets.narrow(0, start, len).to(torch::kCPU).to(torch::kLong);
-      correct += pred.eq(y.reshape(pred.sizes())).sum().item<int64_t>();
-    }
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("eval data do not fit the model: ", e.what_without_backtrace()));
-  }
-  return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;
 }
 
 // Everything needed to turn a bit assignment into a quantized model.
@@ -517,7 +494,7 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
 
   auto evaluate = [&](const std::map<std::string, int>& bits) -> absl::StatusOr<double> {
     ASSIGN_OR_RETURN(Quantized q, QuantizeModel(c, bits));
-    return Accuracy(q.module, *eval);
+    return TopOneAccuracy(q.module, eval->inputs, eval->targets);
   };
   auto point = [&](const Solution& s) {
     QuantPoint p;
@@ -537,7 +514,7 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     for (const Layer& l : layers) sensitivity.push_back(l.trace_per_param * l.error.at(low));
     ASSIGN_OR_RETURN(std::vector<Solution> chain,
                      SensitivityOrderedConfigs(problem, sensitivity, low, high));
-    ASSIGN_OR_RETURN(double base, Accuracy(original, *eval));
+    ASSIGN_OR_RETURN(double base, TopOneAccuracy(original, eval->inputs, eval->targets));
     report.accuracy_before = base;
     const double min_accuracy = o.tolerance.kind == QuantTolerance::Kind::kMaxDropPoints
                                     ? base - o.tolerance.value
@@ -667,12 +644,12 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     RETURN_IF_ERROR(CheckCancel(cancel));
     sink->StageStart("evaluation", 3, 4);
     if (!report.accuracy_before.has_value()) {
-      ASSIGN_OR_RETURN(double before, Accuracy(original, *eval));
+      ASSIGN_OR_RETURN(double before, TopOneAccuracy(original, eval->inputs, eval->targets));
       report.accuracy_before = before;
     }
     // The saved file, reloaded: what users get is what is reported.
     ASSIGN_OR_RETURN(torch::jit::Module saved, LoadModel(report.model_path, o.device));
-    ASSIGN_OR_RETURN(double after, Accuracy(saved, *eval));
+    ASSIGN_OR_RETURN(double after, TopOneAccuracy(saved, eval->inputs, eval->targets));
     report.accuracy_after = after;
     sink->Progress("evaluation", 1, 3);
   }

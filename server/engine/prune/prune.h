@@ -1,0 +1,192 @@
+// Structural pruning of Vision Transformers: the engine side of a PRUNE job
+// (torch-free header, plain structs).
+//
+// RunPruning loads the model, finds its blocks (vit.h; anything else is
+// FAILED_PRECONDITION), and removes attention heads and MLP neurons in
+// `steps` rounds until the target fraction of FLOPs, parameters or latency
+// is gone:
+//
+//  1. Latency model: each distinct block shape is timed on the job's device
+//     at `latency_batch` over a grid of (heads, MLP width) and interpolated
+//     bilinearly; the rest of the model is the measured whole-model latency
+//     minus its blocks'.
+//  2. Each round scores every unit on the first `saliency_samples`
+//     calibration examples (saliency.h: Taylor/Fisher, Hessian-aware, or
+//     magnitude), normalises scores, costs and latency savings by their means
+//     over the units, and ranks units by
+//        score / cost − latency_weight · latency saved
+//     (cost = the unit's share of the target quantity: MACs, parameters or
+//     predicted latency). Units are removed in that order, globally across
+//     blocks, keeping at least `min_heads` heads and `min_mlp` neurons per
+//     block, until the round's goal (1 − target · round / steps of the
+//     original) is reached.
+//  3. Surgery slices the weights (vit.h), so each round works on a
+//     physically smaller model.
+//  4. Recovery: `recovery_steps` optimizer steps of distillation from the
+//     original model on the calibration data: T²·KL(softmax(t/T) ‖
+//     softmax(s/T)), plus cross-entropy when the data have class labels.
+//
+// model.pt in `output_dir` is the pruned TorchScript model; the report's
+// MACs and parameters are measured on that file (model_info.h), accuracy on
+// the reloaded file.
+//
+//   PruneOptions o;
+//   o.model_path = "models/fmnist_vit.pt";
+//   o.calibration_dataset = "builtin:fashion-mnist/train";
+//   o.target = PruneTargetKind::kFlops;
+//   o.target_fraction = 0.5;
+//   o.output_dir = "/tmp/job";
+//   ASSIGN_OR_RETURN(PruneReport r, RunPruning(o, &sink, &cancel));
+//
+// Errors: NOT_FOUND for a missing model or dataset; INVALID_ARGUMENT for bad
+// options (naming the field) or data that do not fit the model;
+// FAILED_PRECONDITION for a model that is not a ViT; CANCELLED /
+// DEADLINE_EXCEEDED from the token. A target the minimums do not allow is
+// not an error: the report flags it. Thread-safe: calls share nothing.
+#ifndef COMPRESS_ENGINE_PRUNE_PRUNE_H_
+#define COMPRESS_ENGINE_PRUNE_PRUNE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/engine/common/cancel.h"
+#include "server/engine/common/progress.h"
+#include "server/engine/data/dataset_info.h"
+#include "server/engine/data/loss_kind.h"
+
+namespace compress::engine {
+
+enum class SaliencyKind { kTaylor, kHessian, kMagnitude };
+
+// "taylor", "hessian", "magnitude".
+const char* SaliencyKindName(SaliencyKind kind);
+
+enum class PruneTargetKind { kFlops, kParams, kLatency };
+
+// "flops", "params", "latency".
+const char* PruneTargetName(PruneTargetKind kind);
+
+struct PruneOptions {
+  // TorchScript file; required.
+  std::string model_path;
+  // Calibration data (file or builtin id); required. The first
+  // `num_samples` examples (0 = all; default 256) in batches of
+  // `batch_size` (default 64); saliency uses the first `saliency_samples`
+  // of them (default 512), recovery all of them.
+  std::string calibration_dataset;
+  int64_t num_samples = 256;
+  int64_t batch_size = 64;
+  int64_t saliency_samples = 512;
+  // Evaluation data; "" = no accuracy. After each round the first
+  // `step_eval_samples` (default 1000) are evaluated; before and after the
+  // job the first `eval_samples` (0 = all).
+  std::string eval_dataset;
+  int64_t eval_samples = 0;
+  int64_t step_eval_samples = 1000;
+  std::string idx_dir = kFashionMnistDir;
+  LossKind loss = LossKind::kAuto;
+
+  PruneTargetKind target = PruneTargetKind::kFlops;
+  double target_fraction = 0.5;  // in (0, 1)
+  SaliencyKind saliency = SaliencyKind::kHessian;
+  double latency_weight = 0;
+  int64_t head_group = 1;
+  int64_t mlp_group = 16;
+  int64_t min_heads = 1;
+  int64_t min_mlp = 16;
+  int steps = 4;
+
+  // Recovery per round; 0 steps = none.
+  int recovery_steps = 100;
+  double learning_rate = 1e-4;
+  double temperature = 1;
+  std::string optimizer = "adam";  // "adam" or "sgd" (momentum 0.9)
+
+  // Latency: batch of the timing runs (default 64); false skips every
+  // timing (a kLatency target needs them).
+  int64_t latency_batch = 64;
+  bool measure_latency = true;
+
+  uint64_t seed = 0;
+  std::string device = "cpu";
+  // Existing directory for model.pt; required.
+  std::string output_dir;
+};
+
+struct PrunedBlock {
+  std::string name;  // module path
+  int64_t heads_before = 0, heads_after = 0;
+  int64_t hidden_before = 0, hidden_after = 0;
+  std::vector<int64_t> kept_heads;    // original indices
+  std::vector<int64_t> kept_neurons;  // original indices
+  bool prunable_heads = false;
+};
+
+// One unit as scored in the round that removed it (or the last round).
+struct RankedUnit {
+  int round = 0;
+  std::string block;
+  std::string kind;          // "head" or "mlp"
+  int64_t first = 0;         // original index of the first head/neuron
+  int64_t count = 0;
+  double score = 0;          // the saliency kind's score
+  double taylor = 0, first_order = 0, second_order = 0, magnitude = 0;
+  double cost = 0;           // share of the target quantity it removes
+  double latency_ms = 0;     // predicted latency it saves
+  double rank_key = 0;       // what the ranking sorted by
+  bool removed = false;
+};
+
+struct PruneRound {
+  int round = 0;               // 1-based
+  int64_t units_removed = 0;   // in this round
+  int64_t macs = 0;            // per example, after the round
+  int64_t params = 0;
+  double predicted_latency_ms = 0;
+  double loss_before_recovery = 0;  // calibration loss (saliency examples)
+  double loss_after_recovery = 0;
+  std::optional<double> accuracy_before_recovery;  // step eval slice
+  std::optional<double> accuracy;                  // after recovery
+};
+
+struct PruneReport {
+  std::string style;     // "deit" or "torchvision"
+  std::string saliency;  // SaliencyKindName
+  std::string target;    // PruneTargetName
+  double target_fraction = 0;
+  bool target_met = true;
+  double achieved_fraction = 0;  // of the target quantity
+  std::vector<PrunedBlock> blocks;
+  std::vector<PruneRound> rounds;
+  std::vector<RankedUnit> ranking;  // removed units in removal order, then kept ones
+  // Whole model, per example, measured on the files.
+  int64_t macs_before = 0, macs_after = 0;
+  int64_t params_before = 0, params_after = 0;
+  int64_t bytes_before = 0, bytes_after = 0;  // parameters + buffers
+  // Measured latency of a batch of `latency_batch` (median), and the latency
+  // model's prediction for the pruned model.
+  int64_t latency_batch = 0;
+  std::optional<double> latency_before_ms, latency_after_ms;
+  double predicted_latency_after_ms = 0;
+  std::optional<double> accuracy_before, accuracy_after;
+  int64_t eval_examples = 0;
+  int64_t hvp_count = 0;
+  std::vector<std::string> warnings;
+  std::string runtime;
+  double wall_seconds = 0;
+  std::string model_path;  // model.pt in output_dir
+};
+
+// Runs the pruning described by `options`. `sink` (may be null) gets stages
+// "latency", "round N" (saliency, surgery, recovery; progress in recovery
+// steps), "evaluation" and log lines; a partial result "round" after each
+// round. `cancel` may be null.
+absl::StatusOr<PruneReport> RunPruning(const PruneOptions& options, ProgressSink* sink,
+                                       const CancelToken* cancel);
+
+}  // namespace compress::engine
+
+#endif  // COMPRESS_ENGINE_PRUNE_PRUNE_H_

@@ -1,0 +1,101 @@
+#include "server/engine/prune/recovery.h"
+
+#include <torch/optim.h>
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/engine/data/loss.h"
+#include "server/engine/hessian/param_set.h"
+#include "server/util/status_macros.h"
+
+namespace compress::engine {
+
+absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::Tensor& inputs,
+                                      const torch::Tensor& teacher_logits,
+                                      const torch::Tensor& targets, const RecoveryOptions& o,
+                                      ProgressSink* sink, const std::string& stage,
+                                      const CancelToken* cancel) {
+  RecoveryStats stats;
+  if (o.steps <= 0) return stats;
+  std::vector<torch::Tensor> params;
+  for (const torch::Tensor& p : student.parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  if (o.optimizer == "adam") {
+    optimizer = std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(o.learning_rate));
+  } else if (o.optimizer == "sgd") {
+    optimizer = std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(o.learning_rate).momentum(0.9));
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("recovery.optimizer: \"", o.optimizer, "\" is not adam or sgd"));
+  }
+  const bool labels = targets.defined() && !at::isFloatingType(targets.scalar_type()) &&
+                      targets.dim() == 1;
+  const int64_t n = inputs.size(0);
+  const int64_t batch = std::min(o.batch_size, n);
+  at::Generator gen = MakeGenerator(o.seed);
+  torch::Tensor order;
+  int64_t cursor = n;
+  const int window = std::max(1, o.steps / 10);
+  double first = 0, last = 0;
+  const double t = o.temperature;
+  student.train();
+  try {
+    for (int step = 0; step < o.steps; ++step) {
+      if (cancel != nullptr) {
+        absl::Status s = cancel->Check();
+        if (!s.ok()) {
+          student.eval();
+          return s;
+        }
+      }
+      if (cursor + batch > n) {
+        order = torch::randperm(n, gen, torch::TensorOptions().dtype(torch::kLong));
+        cursor = 0;
+      }
+      const torch::Tensor index = order.narrow(0, cursor, batch).to(inputs.device());
+      cursor += batch;
+      const torch::Tensor x = inputs.index_select(0, index);
+      const torch::Tensor teacher = teacher_logits.index_select(0, index);
+      ASSIGN_OR_RETURN(torch::Tensor s, RunForward(student, x));
+      torch::Tensor loss =
+          torch::kl_div(torch::log_softmax(s / t, 1), torch::log_softmax(teacher / t, 1),
+                        at::Reduction::None, /*log_target=*/true)
+              .sum(1)
+              .mean() *
+          (t * t);
+      if (labels) {
+        loss = loss + torch::cross_entropy_loss(s, targets.index_select(0, index).to(s.device()));
+      }
+      optimizer->zero_grad();
+      loss.backward();
+      optimizer->step();
+      const double value = loss.item<double>();
+      if (step < window) first += value / window;
+      if (step >= o.steps - window) last += value / window;
+      if (sink != nullptr && ((step + 1) % 10 == 0 || step + 1 == o.steps)) {
+        sink->Progress(stage, step + 1, o.steps);
+      }
+    }
+  } catch (const c10::Error& e) {
+    student.eval();
+    return absl::InvalidArgumentError(
+        absl::StrCat("recovery fine-tuning failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // torch::jit::JITException
+    student.eval();
+    return absl::InvalidArgumentError(absl::StrCat("recovery fine-tuning failed: ", e.what()));
+  }
+  student.eval();
+  stats.first_loss = first;
+  stats.last_loss = last;
+  return stats;
+}
+
+}  // namespace compress::engine
