@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <system_error>
 #include <type_traits>
@@ -402,36 +403,50 @@ absl::StatusOr<double> NonNegativeNumber(const Context& ctx, const char* flag) {
   return v;
 }
 
-absl::StatusOr<int> Quantize(const Context& ctx) {
+// --model, --data, --eval, --samples, --batch and --eval-samples, shared by
+// quantize, prune and compress.
+struct CommonJobFlags {
+  std::string model_id;
+  v1::CalibrationData data;
+  std::string eval_dataset_id;
+  std::optional<int64_t> eval_samples;
+};
+
+absl::StatusOr<int64_t> IntegerFlag(const Context& ctx, const char* flag) {
+  absl::StatusOr<int64_t> v = ParseNonNegativeInt(ctx.inv.Get(flag));
+  if (!v.ok()) return UsageError(absl::StrCat("--", flag, ": ", v.status().message()));
+  return v;
+}
+
+absl::StatusOr<CommonJobFlags> ParseCommonJobFlags(const Context& ctx, const char* command) {
   if (!ctx.inv.Has("model") || !ctx.inv.Has("data")) {
-    return UsageError("quantize needs --model ID and --data DATASET_ID");
+    return UsageError(absl::StrCat(command, " needs --model ID and --data DATASET_ID"));
   }
-  v1::SubmitJobRequest request;
-  v1::QuantizeSpec* spec = request.mutable_spec()->mutable_quantize();
-  spec->set_model_id(ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client)));
-  spec->mutable_data()->set_dataset_id(
+  CommonJobFlags f;
+  f.model_id = ExpandIfPrefix<v1::Model>(ctx.inv.Get("model"), ModelLister(ctx.client));
+  f.data.set_dataset_id(
       ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("data"), DatasetLister(ctx.client)));
   if (ctx.inv.Has("eval")) {
-    spec->set_eval_dataset_id(
-        ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("eval"), DatasetLister(ctx.client)));
+    f.eval_dataset_id = ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("eval"), DatasetLister(ctx.client));
   }
-  auto integer = [&](const char* flag) -> absl::StatusOr<int64_t> {
-    absl::StatusOr<int64_t> v = ParseNonNegativeInt(ctx.inv.Get(flag));
-    if (!v.ok()) return UsageError(absl::StrCat("--", flag, ": ", v.status().message()));
-    return v;
-  };
   if (ctx.inv.Has("samples")) {
-    ASSIGN_OR_RETURN(int64_t v, integer("samples"));
-    spec->mutable_data()->set_num_samples(v);
+    ASSIGN_OR_RETURN(int64_t v, IntegerFlag(ctx, "samples"));
+    f.data.set_num_samples(v);
   }
   if (ctx.inv.Has("batch")) {
-    ASSIGN_OR_RETURN(int64_t v, integer("batch"));
-    spec->mutable_data()->set_batch_size(v);
+    ASSIGN_OR_RETURN(int64_t v, IntegerFlag(ctx, "batch"));
+    f.data.set_batch_size(v);
   }
   if (ctx.inv.Has("eval-samples")) {
-    ASSIGN_OR_RETURN(int64_t v, integer("eval-samples"));
-    spec->set_eval_samples(v);
+    ASSIGN_OR_RETURN(int64_t v, IntegerFlag(ctx, "eval-samples"));
+    f.eval_samples = v;
   }
+  return f;
+}
+
+// The quantize flags (budget, search, quantizer, pins, ties, sensitivity).
+absl::Status FillQuantizeSpec(const Context& ctx, v1::QuantizeSpec* spec) {
+  auto integer = [&](const char* flag) { return IntegerFlag(ctx, flag); };
   // --avg-bits is DESIGN.md's name for --bits.
   const char* bits_flag = ctx.inv.Has("avg-bits") ? "avg-bits" : "bits";
   if (ctx.inv.Has("bits") + ctx.inv.Has("avg-bits") + ctx.inv.Has("bytes") +
@@ -528,6 +543,99 @@ absl::StatusOr<int> Quantize(const Context& ctx) {
     spec->set_sensitivity_job_id(
         ExpandIfPrefix<v1::Job>(ctx.inv.Get("sensitivity"), JobLister(ctx.client)));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> Quantize(const Context& ctx) {
+  ASSIGN_OR_RETURN(CommonJobFlags common, ParseCommonJobFlags(ctx, "quantize"));
+  v1::SubmitJobRequest request;
+  v1::QuantizeSpec* spec = request.mutable_spec()->mutable_quantize();
+  spec->set_model_id(common.model_id);
+  *spec->mutable_data() = common.data;
+  spec->set_eval_dataset_id(common.eval_dataset_id);
+  if (common.eval_samples) spec->set_eval_samples(*common.eval_samples);
+  RETURN_IF_ERROR(FillQuantizeSpec(ctx, spec));
+  return SubmitAndMaybeWatch(ctx, std::move(request));
+}
+
+// The prune flags (target, saliency, groups, rounds, recovery).
+absl::Status FillPruneSpec(const Context& ctx, const CommonJobFlags& common, v1::PruneSpec* spec) {
+  spec->set_model_id(common.model_id);
+  *spec->mutable_data() = common.data;
+  spec->set_eval_dataset_id(common.eval_dataset_id);
+  if (common.eval_samples) spec->set_eval_samples(*common.eval_samples);
+  const int targets = ctx.inv.Has("flops") + ctx.inv.Has("params") + ctx.inv.Has("latency");
+  if (targets > 1) return UsageError("at most one of --flops, --params and --latency");
+  if (ctx.inv.Has("params")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "params"));
+    spec->mutable_target()->set_params_fraction(v);
+  } else if (ctx.inv.Has("latency")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "latency"));
+    spec->mutable_target()->set_latency_fraction(v);
+  } else if (ctx.inv.Has("flops")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "flops"));
+    spec->mutable_target()->set_flops_fraction(v);
+  } else {
+    spec->mutable_target()->set_flops_fraction(0.5);
+  }
+  if (ctx.inv.Has("saliency")) {
+    const std::string k = ctx.inv.Get("saliency");
+    if (k == "hessian") {
+      spec->set_saliency(v1::SALIENCY_HESSIAN);
+    } else if (k == "taylor") {
+      spec->set_saliency(v1::SALIENCY_TAYLOR);
+    } else if (k == "magnitude") {
+      spec->set_saliency(v1::SALIENCY_MAGNITUDE);
+    } else {
+      return UsageError("--saliency: hessian, taylor or magnitude");
+    }
+  }
+  if (ctx.inv.Has("latency-weight")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "latency-weight"));
+    spec->set_latency_weight(v);
+  }
+  auto int_flag = [&](const char* flag, auto setter) -> absl::Status {
+    if (!ctx.inv.Has(flag)) return absl::OkStatus();
+    ASSIGN_OR_RETURN(int64_t v, IntegerFlag(ctx, flag));
+    setter(v);
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(int_flag("head-group", [&](int64_t v) { spec->set_head_group(static_cast<int32_t>(v)); }));
+  RETURN_IF_ERROR(int_flag("mlp-group", [&](int64_t v) { spec->set_mlp_group(static_cast<int32_t>(v)); }));
+  RETURN_IF_ERROR(int_flag("rounds", [&](int64_t v) { spec->set_steps(static_cast<int32_t>(v)); }));
+  RETURN_IF_ERROR(int_flag("saliency-samples", [&](int64_t v) { spec->set_saliency_samples(v); }));
+  RETURN_IF_ERROR(int_flag("recovery-steps", [&](int64_t v) {
+    spec->mutable_recovery()->set_steps(static_cast<int32_t>(v));
+  }));
+  if (ctx.inv.Has("lr")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "lr"));
+    spec->mutable_recovery()->set_learning_rate(v);
+  }
+  if (ctx.inv.Has("temperature")) {
+    ASSIGN_OR_RETURN(double v, NonNegativeNumber(ctx, "temperature"));
+    spec->mutable_recovery()->set_temperature(v);
+  }
+  if (ctx.inv.Has("optimizer")) spec->mutable_recovery()->set_optimizer(ctx.inv.Get("optimizer"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> Prune(const Context& ctx) {
+  ASSIGN_OR_RETURN(CommonJobFlags common, ParseCommonJobFlags(ctx, "prune"));
+  v1::SubmitJobRequest request;
+  RETURN_IF_ERROR(FillPruneSpec(ctx, common, request.mutable_spec()->mutable_prune()));
+  return SubmitAndMaybeWatch(ctx, std::move(request));
+}
+
+absl::StatusOr<int> Compress(const Context& ctx) {
+  ASSIGN_OR_RETURN(CommonJobFlags common, ParseCommonJobFlags(ctx, "compress"));
+  v1::SubmitJobRequest request;
+  v1::CompressSpec* spec = request.mutable_spec()->mutable_compress();
+  RETURN_IF_ERROR(FillPruneSpec(ctx, common, spec->mutable_prune()));
+  v1::QuantizeSpec* q = spec->mutable_quantize();
+  *q->mutable_data() = common.data;
+  q->set_eval_dataset_id(common.eval_dataset_id);
+  if (common.eval_samples) q->set_eval_samples(*common.eval_samples);
+  RETURN_IF_ERROR(FillQuantizeSpec(ctx, q));
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
@@ -722,6 +830,34 @@ const std::vector<Entry>& Entries() {
                       "pin",   "tie",        "sensitivity", "samples",      "batch"}),
         "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
        Quantize},
+      {{{"prune"},
+        "",
+        "--model ID --data DATASET_ID [--eval DATASET_ID] [--eval-samples N] "
+        "[--flops F | --params F | --latency F] [--saliency hessian|taylor|magnitude] "
+        "[--latency-weight X] [--head-group N] [--mlp-group N] [--rounds N] "
+        "[--recovery-steps N] [--lr X] [--temperature T] [--optimizer adam|sgd] "
+        "[--saliency-samples N] [--samples N] [--batch N] [job flags]",
+        0,
+        0,
+        WithJobFlags({"model", "data", "eval", "eval-samples", "flops", "params", "latency",
+                      "saliency", "latency-weight", "head-group", "mlp-group", "rounds",
+                      "recovery-steps", "lr", "temperature", "optimizer", "saliency-samples",
+                      "samples", "batch"}),
+        "submit a PRUNE job (ViT heads and MLP neurons by Hessian-aware saliency)"},
+       Prune},
+      {{{"compress"},
+        "",
+        "prune flags and quantize flags (--sensitivity excepted) [job flags]",
+        0,
+        0,
+        WithJobFlags({"model", "data", "eval", "eval-samples", "flops", "params", "latency",
+                      "saliency", "latency-weight", "head-group", "mlp-group", "rounds",
+                      "recovery-steps", "lr", "temperature", "optimizer", "saliency-samples",
+                      "samples", "batch", "bits", "avg-bits", "bytes", "bops", "search",
+                      "max-drop", "max-relative-drop", "gptq", "asymmetric", "granularity",
+                      "group-size", "candidates", "pin", "tie"}),
+        "submit a COMPRESS job (PRUNE, then QUANTIZE the pruned model)"},
+       Compress},
       {{{"job", "submit"},
         "",
         "--spec-json FILE|- [job flags]",
@@ -817,6 +953,19 @@ const std::vector<FlagDef>& Flags() {
        "pin layers to bits (16/32 = float); default first and last at 8; none = no pins"},
       {"tie", 0, true, "A,B;C,D", "layers that share their bits (groups split by ';')"},
       {"sensitivity", 0, true, "JOB", "reuse the traces of a SUCCEEDED ANALYZE job"},
+      {"flops", 0, true, "F", "prune target: fraction of FLOPs to remove (default 0.5)"},
+      {"params", 0, true, "F", "prune target: fraction of parameters to remove"},
+      {"latency", 0, true, "F", "prune target: fraction of measured latency to remove"},
+      {"saliency", 0, true, "K", "hessian (default), taylor or magnitude"},
+      {"latency-weight", 0, true, "X", "weight of the latency saved in the ranking (default 0)"},
+      {"head-group", 0, true, "N", "heads per pruning unit (default 1)"},
+      {"mlp-group", 0, true, "N", "MLP neurons per pruning unit (default 16)"},
+      {"rounds", 0, true, "N", "pruning rounds (default 4)"},
+      {"recovery-steps", 0, true, "N", "distillation steps after each round (default 100)"},
+      {"lr", 0, true, "X", "recovery learning rate (default 1e-4)"},
+      {"temperature", 0, true, "T", "distillation temperature (default 1)"},
+      {"optimizer", 0, true, "O", "recovery optimizer: adam (default) or sgd"},
+      {"saliency-samples", 0, true, "N", "calibration examples scored (default 512)"},
       {"device", 0, true, "DEV", "auto (default), cpu or cuda:N"},
       {"seed", 0, true, "N", "random seed (default: the server picks)"},
       {"request-id", 0, true, "R", "idempotency key for the submission"},
@@ -844,7 +993,7 @@ std::string UsageText() {
     }
   }
   absl::StrAppend(&text,
-                  "\nJob flags (inspect, analyze, quantize, job submit):\n"
+                  "\nJob flags (inspect, analyze, quantize, prune, compress, job submit):\n"
                   "  --device DEV  --seed N  --request-id R  --deadline S  --watch\n"
                   "\nFlags:\n");
   std::vector<std::vector<std::string>> rows;

@@ -326,6 +326,12 @@ std::string FormatJob(const v1::Job& job) {
   if (job.result().has_quantize()) {
     absl::StrAppend(&out, "\n", FormatQuantizeResult(job.result().quantize()));
   }
+  if (job.result().has_prune()) {
+    absl::StrAppend(&out, "\n", FormatPruneResult(job.result().prune()));
+  }
+  if (job.result().has_compress()) {
+    absl::StrAppend(&out, "\n", FormatCompressResult(job.result().compress()));
+  }
   return out;
 }
 
@@ -665,6 +671,94 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
                                 baseline_rows));
   }
   for (const std::string& w : result.warnings()) absl::StrAppend(&out, "warning: ", w, "\n");
+  return out;
+}
+
+std::string FormatPruneResult(const v1::PruneResult& result) {
+  auto accuracy_text = [](bool has, double accuracy) {
+    return has ? absl::StrFormat("%.2f%%", accuracy) : std::string("-");
+  };
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::PrunedBlock& b : result.blocks()) {
+    rows.push_back({b.name(),
+                    absl::StrCat(b.heads_before(), " -> ", b.heads_after(),
+                                 b.prunable_heads() ? "" : " (fixed)"),
+                    absl::StrCat(b.mlp_before(), " -> ", b.mlp_after())});
+  }
+  std::string out = FormatTable({{"BLOCK"}, {"HEADS", true}, {"MLP", true}}, rows);
+
+  std::vector<std::vector<std::string>> round_rows;
+  for (const v1::PruneRound& r : result.rounds()) {
+    round_rows.push_back(
+        {absl::StrCat(r.round()), absl::StrCat(r.units_removed()), WithCommas(r.macs()),
+         absl::StrFormat("%.4f -> %.4f", r.loss_before_recovery(), r.loss_after_recovery()),
+         absl::StrCat(accuracy_text(r.has_accuracy_before_recovery(), r.accuracy_before_recovery()),
+                      " -> ", accuracy_text(r.has_accuracy(), r.accuracy()))});
+  }
+  if (!round_rows.empty()) {
+    absl::StrAppend(&out, "\n",
+                    FormatTable({{"ROUND", true},
+                                 {"UNITS", true},
+                                 {"MACS", true},
+                                 {"LOSS (RECOVERY)", true},
+                                 {"TOP-1 SLICE (RECOVERY)", true}},
+                                round_rows));
+  }
+
+  std::vector<std::pair<std::string, std::string>> pairs;
+  pairs.push_back({"saliency", result.saliency()});
+  pairs.push_back({"target", absl::StrFormat("%.1f%% of %s (achieved %.1f%%%s)",
+                                             100 * result.target_fraction(), result.target(),
+                                             100 * result.achieved_fraction(),
+                                             result.target_met() ? "" : ", NOT MET")});
+  pairs.push_back({"MACs", absl::StrCat(WithCommas(result.macs_before()), " -> ",
+                                        WithCommas(result.macs_after()), " per example")});
+  pairs.push_back({"parameters", absl::StrCat(WithCommas(result.params_before()), " -> ",
+                                              WithCommas(result.params_after()))});
+  if (result.has_latency_before_ms() && result.has_latency_after_ms()) {
+    pairs.push_back(
+        {"latency", absl::StrFormat("%.2f -> %.2f ms at batch %d (%.2fx; predicted %.2f ms)",
+                                    result.latency_before_ms(), result.latency_after_ms(),
+                                    result.latency_batch(),
+                                    result.latency_before_ms() / result.latency_after_ms(),
+                                    result.predicted_latency_after_ms())});
+  }
+  if (result.has_accuracy_before() || result.has_accuracy_after()) {
+    std::string top1 =
+        absl::StrCat(accuracy_text(result.has_accuracy_before(), result.accuracy_before()), " -> ",
+                     accuracy_text(result.has_accuracy_after(), result.accuracy_after()));
+    if (result.has_accuracy_before() && result.has_accuracy_after()) {
+      absl::StrAppend(&top1, absl::StrFormat(" (drop %.2f pp)",
+                                             result.accuracy_before() - result.accuracy_after()));
+    }
+    absl::StrAppend(&top1, " on ", WithCommas(result.eval_examples()), " examples");
+    pairs.push_back({"top-1", top1});
+  }
+  if (result.hvp_count() > 0) pairs.push_back({"HVPs", WithCommas(result.hvp_count())});
+  absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
+  for (const std::string& w : result.warnings()) absl::StrAppend(&out, "warning: ", w, "\n");
+  return out;
+}
+
+std::string FormatCompressResult(const v1::CompressResult& result) {
+  std::string out = absl::StrCat("PRUNE\n", FormatPruneResult(result.prune()), "\nQUANTIZE\n",
+                                 FormatQuantizeResult(result.quantize()));
+  std::vector<std::pair<std::string, std::string>> pairs;
+  std::string size = absl::StrCat(WithCommas(result.bytes_before()), " -> ",
+                                  WithCommas(result.bytes_after()), " bytes");
+  if (result.bytes_after() > 0) {
+    absl::StrAppend(&size, absl::StrFormat(" (%.1fx)", static_cast<double>(result.bytes_before()) /
+                                                           result.bytes_after()));
+  }
+  pairs.push_back({"total size", size});
+  if (result.has_accuracy_before() && result.has_accuracy_after()) {
+    pairs.push_back({"total top-1", absl::StrFormat("%.2f%% -> %.2f%% (drop %.2f pp)",
+                                                    result.accuracy_before(),
+                                                    result.accuracy_after(),
+                                                    result.accuracy_before() -
+                                                        result.accuracy_after())});
+  }
+  absl::StrAppend(&out, "\nCOMPRESS\n", FormatKeyValues(pairs));
   return out;
 }
 

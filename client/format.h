@@ -79,6 +79,13 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result);
 // totals (size and ratio, average bits, accuracy and drop, budget/tolerance
 // flags) and the baselines next to the chosen allocation.
 std::string FormatQuantizeResult(const v1::QuantizeResult& result);
+
+// PRUNE: heads and MLP width per block, the rounds, then totals (MACs,
+// parameters, latency, top-1) and warnings.
+std::string FormatPruneResult(const v1::PruneResult& result);
+
+// COMPRESS: the PRUNE and QUANTIZE parts, then the total size and top-1.
+std::string FormatCompressResult(const v1::CompressResult& result);
 std::string FormatArtifactTable(const std::vector<v1::Artifact>& artifacts);
 
 // --- Watch -----------------------------------------------------------------

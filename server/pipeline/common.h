@@ -7,6 +7,7 @@
 #include <string>
 
 #include "compress/v1/compress.pb.h"
+#include "absl/status/statusor.h"
 #include "google/protobuf/message.h"
 #include "server/engine/data/loss_kind.h"
 
@@ -24,6 +25,16 @@ compress::v1::LossKind LossToProto(engine::LossKind loss);
 // Indented JSON with the .proto field names and every field printed (zeros
 // too), as report.json carries specs and results.
 std::string ProtoJson(const google::protobuf::Message& message);
+
+// "1,234,567".
+std::string WithCommas(int64_t value);
+
+// A fresh directory like $TMPDIR/compressd-<kind>-XXXXXX.
+absl::StatusOr<std::string> MakeTempDir(const std::string& kind);
+
+// The whole file; INTERNAL naming it when it cannot be read (an engine
+// output that should exist).
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
 
 }  // namespace compress::pipeline
 

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/pipeline/analyze.h"
 #include "server/pipeline/inspect.h"
+#include "server/pipeline/prune.h"
 #include "server/pipeline/quantize.h"
 #include "server/pipeline/validate.h"
 
@@ -42,10 +43,7 @@ class DefaultPipeline : public Pipeline {
       // now, not after the job has queued.
       return ToQuantizeOptions(spec.quantize(), 0, "cpu", resources, "").status();
     }
-    // The spec is well-formed, but this server cannot run it yet: refuse it
-    // rather than accept a job that can only fail.
-    return absl::UnimplementedError(absl::StrCat(
-        v1::JobKind_Name(KindOf(spec)), " jobs are not implemented by this server yet"));
+    return absl::OkStatus();
   }
 
   absl::StatusOr<v1::JobResult> Run(JobContext& context) override {
@@ -57,6 +55,10 @@ class DefaultPipeline : public Pipeline {
         return RunAnalyze(spec.analyze(), context);
       case v1::JobSpec::kQuantize:
         return RunQuantize(spec.quantize(), context);
+      case v1::JobSpec::kPrune:
+        return RunPrune(spec.prune(), context);
+      case v1::JobSpec::kCompress:
+        return RunCompress(spec.compress(), context);
       default:
         return absl::UnimplementedError(absl::StrCat(
             v1::JobKind_Name(KindOf(spec)), " jobs are not implemented by this server yet"));

@@ -26,16 +26,6 @@ namespace {
 constexpr double kDefaultAverageBits = 4;
 constexpr int64_t kDefaultGroupSize = 128;
 
-std::string WithCommas(int64_t value) {
-  std::string digits = absl::StrCat(value < 0 ? -value : value);
-  std::string out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return value < 0 ? "-" + out : out;
-}
-
 // Tr(H_ii)/n_i per layer from a finished ANALYZE job of the same model.
 absl::StatusOr<std::map<std::string, double>> TracesFromJob(const std::string& job_id,
                                                             const std::string& model_id,
@@ -94,25 +84,6 @@ std::string GranularityName(v1::Granularity g) {
     default:
       return "per_channel";
   }
-}
-
-absl::StatusOr<std::string> MakeTempDir() {
-  std::error_code ec;
-  std::filesystem::path base = std::filesystem::temp_directory_path(ec);
-  if (ec) base = "/tmp";
-  std::string pattern = (base / "compressd-quantize-XXXXXX").string();
-  if (mkdtemp(pattern.data()) == nullptr) {
-    return absl::InternalError(absl::StrCat("cannot create a directory like ", pattern));
-  }
-  return pattern;
-}
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InternalError(absl::StrCat("engine output ", path, " is missing"));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
 }
 
 // ΣΩ of the chosen allocation (float layers cost nothing).
@@ -361,8 +332,27 @@ std::string QuantizeSummary(const v1::QuantizeResult& r) {
   return summary;
 }
 
+absl::Status AddQuantizeArtifacts(const engine::QuantizeReport& report,
+                                  const v1::QuantizeResult& result, JobContext& context) {
+  struct Output {
+    const char* name;
+    const char* content_type;
+    std::string path;
+  };
+  const Output outputs[] = {
+      {"model.pt", "application/octet-stream", report.model_path},
+      {"weights.safetensors", "application/octet-stream", report.weights_path},
+      {"manifest.json", "application/json", report.manifest_path},
+  };
+  for (const Output& out : outputs) {
+    ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(out.path));
+    RETURN_IF_ERROR(context.AddArtifact(out.name, out.content_type, bytes).status());
+  }
+  return context.AddArtifact("pareto.svg", "image/svg+xml", ParetoSvg(result)).status();
+}
+
 absl::StatusOr<v1::JobResult> RunQuantize(const v1::QuantizeSpec& spec, JobContext& context) {
-  ASSIGN_OR_RETURN(const std::string dir, MakeTempDir());
+  ASSIGN_OR_RETURN(const std::string dir, MakeTempDir("quantize"));
   auto remove_dir = absl::MakeCleanup([&dir] {
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
@@ -378,31 +368,13 @@ absl::StatusOr<v1::JobResult> RunQuantize(const v1::QuantizeSpec& spec, JobConte
   *result.mutable_quantize() = ToQuantizeResult(report);
   const v1::QuantizeResult& r = result.quantize();
   result.set_summary(QuantizeSummary(r));
-
-  struct Output {
-    const char* name;
-    const char* content_type;
-    std::string path;
-  };
-  const Output outputs[] = {
-      {"model.pt", "application/octet-stream",
-       report.model_path.empty() ? dir + "/model.pt" : report.model_path},
-      {"weights.safetensors", "application/octet-stream",
-       report.weights_path.empty() ? dir + "/weights.safetensors" : report.weights_path},
-      {"manifest.json", "application/json",
-       report.manifest_path.empty() ? dir + "/manifest.json" : report.manifest_path},
-  };
-  for (const Output& out : outputs) {
-    ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(out.path));
-    RETURN_IF_ERROR(context.AddArtifact(out.name, out.content_type, bytes).status());
-  }
+  RETURN_IF_ERROR(AddQuantizeArtifacts(report, r, context));
   // report.json: the result plus everything needed to reproduce it.
   const std::string report_json = absl::StrCat(
       "{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"", context.job().seed(),
       "\",\n\"device\": \"", context.device(), "\",\n\"runtime\": \"", report.runtime,
       "\",\n\"spec\": ", ProtoJson(spec), ",\n\"result\": ", ProtoJson(r), "\n}\n");
   RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
-  RETURN_IF_ERROR(context.AddArtifact("pareto.svg", "image/svg+xml", ParetoSvg(r)).status());
   return result;
 }
 

@@ -39,6 +39,11 @@ compress::v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& repo
 // top-1 92.23% → 92.01% (−0.22 pp)".
 std::string QuantizeSummary(const compress::v1::QuantizeResult& result);
 
+// Adds model.pt, weights.safetensors, manifest.json (from the report's
+// paths) and pareto.svg to the job's artifacts.
+absl::Status AddQuantizeArtifacts(const engine::QuantizeReport& report,
+                                  const compress::v1::QuantizeResult& result, JobContext& context);
+
 // Runs the job in a private temporary directory (removed afterwards) and
 // stores the artifacts through the context.
 absl::StatusOr<compress::v1::JobResult> RunQuantize(const compress::v1::QuantizeSpec& spec,

@@ -226,6 +226,18 @@ absl::Status ValidatePruneNumbers(const std::string& f, const v1::PruneSpec& s, 
                            s.recovery().learning_rate()));
   RETURN_IF_ERROR(Positive(f + ".recovery.temperature", s.recovery().has_temperature(),
                            s.recovery().temperature()));
+  if (!s.recovery().optimizer().empty() && s.recovery().optimizer() != "adam" &&
+      s.recovery().optimizer() != "sgd") {
+    return Invalid(f + ".recovery.optimizer",
+                   absl::StrCat("must be \"adam\" or \"sgd\", got \"", s.recovery().optimizer(),
+                                "\""));
+  }
+  RETURN_IF_ERROR(AtLeast(f + ".saliency_samples", s.has_saliency_samples(),
+                          s.saliency_samples(), int64_t{1}));
+  RETURN_IF_ERROR(AtLeast(f + ".eval_samples", s.has_eval_samples(), s.eval_samples(), int64_t{0}));
+  RETURN_IF_ERROR(AtLeast(f + ".latency_batch", s.has_latency_batch(), s.latency_batch(), int64_t{1}));
+  RETURN_IF_ERROR(AtLeast(f + ".min_heads", s.has_min_heads(), s.min_heads(), 1));
+  RETURN_IF_ERROR(AtLeast(f + ".min_mlp", s.has_min_mlp(), s.min_mlp(), 1));
   return absl::OkStatus();
 }
 
@@ -272,7 +284,15 @@ absl::Status ValidateSpec(const v1::JobSpec& spec, Resources& r) {
       return ValidatePruneNumbers("prune", spec.prune(), r);
     case v1::JobSpec::kCompress:
       RETURN_IF_ERROR(ValidatePruneNumbers("compress.prune", spec.compress().prune(), r));
-      return ValidateQuantizeNumbers("compress.quantize", spec.compress().quantize(), r);
+      if (!spec.compress().quantize().sensitivity_job_id().empty()) {
+        return Invalid("compress.quantize.sensitivity_job_id",
+                       "an ANALYZE job's traces describe the unpruned model; COMPRESS computes "
+                       "them on the pruned one (leave it empty)");
+      }
+      if (spec.compress().quantize().has_data()) {
+        RETURN_IF_ERROR(ValidateQuantizeNumbers("compress.quantize", spec.compress().quantize(), r));
+      }
+      return absl::OkStatus();
     default:
       return Invalid("spec", "one of inspect, analyze, quantize, prune, compress is required");
   }

@@ -336,6 +336,64 @@ TEST_F(CliTest, QuantizeUsageErrors) {
   EXPECT_TRUE(server_.jobs().submitted().empty());
 }
 
+TEST_F(CliTest, PruneAndCompressFlagsBuildTheSpecsAndWatchPrintsTheBlocks) {
+  v1::JobResult result;
+  v1::PruneResult* p = result.mutable_prune();
+  p->set_saliency("hessian");
+  p->set_target("flops");
+  p->set_target_fraction(0.5);
+  p->set_achieved_fraction(0.512);
+  p->set_target_met(true);
+  p->set_params_before(139018);
+  p->set_params_after(70154);
+  v1::PrunedBlock* b = p->add_blocks();
+  b->set_name("blocks.0");
+  b->set_heads_before(4);
+  b->set_heads_after(2);
+  b->set_mlp_before(128);
+  b->set_mlp_after(48);
+  b->set_prunable_heads(true);
+  ScriptJob(v1::JOB_STATE_SUCCEEDED, result);
+  Result r = Run({"prune", "--model", "m", "--data", "d", "--eval", "e", "--params", "0.3",
+                  "--saliency", "magnitude", "--latency-weight", "0.5", "--head-group", "2",
+                  "--mlp-group", "8", "--rounds", "3", "--recovery-steps", "50", "--lr", "0.001",
+                  "--temperature", "2", "--optimizer", "sgd", "--saliency-samples", "128",
+                  "--watch"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("blocks.0  4 -> 2  128 -> 48"));
+  EXPECT_THAT(r.out, HasSubstr("parameters: 139,018 -> 70,154"));
+  ASSERT_EQ(server_.jobs().submitted().size(), 1u);
+  const v1::PruneSpec spec = server_.jobs().submitted()[0].spec().prune();
+  EXPECT_EQ(spec.model_id(), "m");
+  EXPECT_EQ(spec.eval_dataset_id(), "e");
+  EXPECT_EQ(spec.target().params_fraction(), 0.3);
+  EXPECT_EQ(spec.saliency(), v1::SALIENCY_MAGNITUDE);
+  EXPECT_EQ(spec.latency_weight(), 0.5);
+  EXPECT_EQ(spec.head_group(), 2);
+  EXPECT_EQ(spec.mlp_group(), 8);
+  EXPECT_EQ(spec.steps(), 3);
+  EXPECT_EQ(spec.recovery().steps(), 50);
+  EXPECT_EQ(spec.recovery().learning_rate(), 0.001);
+  EXPECT_EQ(spec.recovery().temperature(), 2);
+  EXPECT_EQ(spec.recovery().optimizer(), "sgd");
+  EXPECT_EQ(spec.saliency_samples(), 128);
+
+  ASSERT_EQ(Run({"compress", "--model", "m", "--data", "d", "--bits", "4", "--gptq"}).code,
+            kExitOk);
+  const v1::CompressSpec c = server_.jobs().submitted()[1].spec().compress();
+  EXPECT_EQ(c.prune().model_id(), "m");
+  EXPECT_EQ(c.prune().target().flops_fraction(), 0.5);  // the default target
+  EXPECT_EQ(c.quantize().budget().average_bits(), 4);
+  EXPECT_EQ(c.quantize().quantizer().rounding(), v1::ROUNDING_GPTQ);
+  EXPECT_EQ(c.quantize().data().dataset_id(), "d");
+
+  Result both = Run({"prune", "--model", "m", "--data", "d", "--flops", "0.5", "--latency", "0.5"});
+  EXPECT_EQ(both.code, kExitUsage);
+  EXPECT_THAT(both.err, HasSubstr("at most one of --flops, --params and --latency"));
+  EXPECT_EQ(Run({"prune", "--model", "m", "--data", "d", "--saliency", "random"}).code,
+            kExitUsage);
+}
+
 TEST_F(CliTest, WatchOfFailedJobExitsOne) {
   ScriptJob(v1::JOB_STATE_FAILED);
   Result r = Run({"inspect", "--model", "m", "--data", "d", "--watch"});

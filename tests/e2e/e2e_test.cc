@@ -506,11 +506,13 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
   }
   {
     v1::Model vit = MustUploadModel("tiny_vit.pt");
-    Case c{"valid prune, not yet served", {}, grpc::StatusCode::UNIMPLEMENTED, "PRUNE"};
+    Case c{"prune with an unknown optimizer", {}, grpc::StatusCode::INVALID_ARGUMENT,
+           "prune.recovery.optimizer"};
     auto* p = c.req.mutable_spec()->mutable_prune();
     p->set_model_id(vit.id());
     p->mutable_data()->set_dataset_id(data);
     p->mutable_target()->set_flops_fraction(0.5);
+    p->mutable_recovery()->set_optimizer("lbfgs");
     cases.push_back(c);
   }
   for (const Case& c : cases) {
@@ -890,6 +892,132 @@ TEST_F(E2eTest, QuantizeReusesTheTracesOfAnAnalyzeJob) {
     EXPECT_EQ(l.trace_per_param(), traces[l.name()]) << l.name();
   }
   EXPECT_FALSE(r.has_accuracy_after()) << "no eval data, no accuracy";
+}
+
+v1::SubmitJobRequest PruneRequest(const std::string& model_id) {
+  v1::SubmitJobRequest req;
+  req.set_seed(4);
+  auto* p = req.mutable_spec()->mutable_prune();
+  p->set_model_id(model_id);
+  p->mutable_data()->set_dataset_id("builtin:fashion-mnist/train");
+  p->mutable_data()->set_num_samples(128);
+  p->mutable_data()->set_batch_size(32);
+  p->set_saliency_samples(64);
+  p->set_eval_dataset_id("builtin:fashion-mnist/test");
+  p->set_eval_samples(500);
+  p->mutable_target()->set_flops_fraction(0.4);
+  p->set_steps(2);
+  p->mutable_recovery()->set_steps(5);
+  p->set_latency_batch(8);
+  return req;
+}
+
+TEST_F(E2eTest, PruneJobEndToEnd) {
+  v1::Model model = MustUploadModel("tiny_deit.pt");
+  v1::Job job;
+  ASSERT_TRUE(Submit(PruneRequest(model.id()), &job).ok());
+  EXPECT_EQ(job.kind(), v1::JOB_KIND_PRUNE);
+  std::vector<v1::JobEvent> events = WatchAll(job.id(), 0, nullptr, 600);
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  ASSERT_TRUE(done.result().has_prune());
+  const v1::PruneResult& r = done.result().prune();
+  EXPECT_EQ(r.saliency(), "hessian");
+  EXPECT_EQ(r.style(), "deit");
+  EXPECT_TRUE(r.target_met());
+  EXPECT_GE(r.achieved_fraction(), 0.4);
+  EXPECT_EQ(r.rounds_size(), 2);
+  EXPECT_GT(r.hvp_count(), 0);
+  EXPECT_THAT(done.result().summary(), HasSubstr("of flops removed"));
+  int partial_rounds = 0;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_partial_result() && e.partial_result().key() == "round") ++partial_rounds;
+  }
+  EXPECT_EQ(partial_rounds, 2);
+
+  auto artifacts = client_->ListArtifacts(job.id());
+  ASSERT_TRUE(artifacts.ok()) << artifacts.status();
+  std::set<std::string> names;
+  for (const auto& a : *artifacts) names.insert(a.name());
+  for (const char* name : {"model.pt", "report.json", "structure.svg"}) {
+    EXPECT_EQ(names.count(name), 1u) << name;
+  }
+  // The downloaded model has the reported size and accuracy.
+  const std::string model_path = dir_.path() + "/pruned.pt";
+  ASSERT_TRUE(client_->DownloadArtifact(job.id(), "model.pt", model_path).ok());
+  absl::StatusOr<double> top1 =
+      testutil::Top1Accuracy(model_path, "builtin:fashion-mnist/test", 500);
+  ASSERT_TRUE(top1.ok()) << top1.status();
+  EXPECT_NEAR(*top1, r.accuracy_after(), 0.2 + 1e-9);
+  auto uploaded = client_->UploadModel(model_path, "pruned.pt");
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  int64_t params = 0;
+  for (const v1::Layer& l : uploaded->layers()) params += l.numel();
+  EXPECT_EQ(params, r.params_after());
+  std::string report_path = dir_.path() + "/report.json";
+  ASSERT_TRUE(client_->DownloadArtifact(job.id(), "report.json", report_path).ok());
+  nlohmann::json report = nlohmann::json::parse(ReadFile(report_path));
+  EXPECT_EQ(report["seed"], "4");
+  EXPECT_EQ(report["result"]["blocks"].size(), 2u);
+}
+
+TEST_F(E2eTest, CompressJobPrunesThenQuantizes) {
+  v1::Model model = MustUploadModel("tiny_deit.pt");
+  v1::SubmitJobRequest prune = PruneRequest(model.id());
+  v1::SubmitJobRequest req;
+  req.set_seed(4);
+  *req.mutable_spec()->mutable_compress()->mutable_prune() = prune.spec().prune();
+  auto* q = req.mutable_spec()->mutable_compress()->mutable_quantize();
+  q->mutable_budget()->set_average_bits(4);
+  q->set_trace_tolerance(0.3);
+  q->set_trace_max_probes(10);
+  v1::Job job;
+  ASSERT_TRUE(Submit(req, &job).ok());
+  EXPECT_EQ(job.kind(), v1::JOB_KIND_COMPRESS);
+  WatchAll(job.id(), 0, nullptr, 600);
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  ASSERT_TRUE(done.result().has_compress());
+  const v1::CompressResult& c = done.result().compress();
+  EXPECT_GE(c.prune().achieved_fraction(), 0.4);
+  EXPECT_LE(c.quantize().average_bits(), 4 + 1e-9);
+  // The quantized layers are the pruned model's: fc1 of each block has
+  // the pruned width.
+  int64_t fc1 = 0;
+  for (const v1::QuantizedLayer& l : c.quantize().layers()) {
+    if (l.name() == "blocks.0.mlp.fc1") fc1 = l.numel();
+  }
+  EXPECT_EQ(fc1, int64_t{c.prune().blocks(0).mlp_after()} * 32);
+  EXPECT_EQ(c.bytes_before(), c.prune().bytes_before());
+  EXPECT_EQ(c.bytes_after(), c.quantize().bytes_after());
+  // Pruning shrinks the float model; 4-bit codes shrink it again (pins at
+  // 8 bits and float norms/embeddings keep it above a plain 8x).
+  EXPECT_LT(c.quantize().bytes_before(), c.bytes_before());
+  EXPECT_EQ(c.quantize().bytes_before(), c.prune().bytes_after());
+  EXPECT_LT(c.bytes_after(), c.quantize().bytes_before() / 2);
+  ASSERT_TRUE(c.has_accuracy_after());
+  auto artifacts = client_->ListArtifacts(job.id());
+  ASSERT_TRUE(artifacts.ok());
+  std::set<std::string> names;
+  for (const auto& a : *artifacts) names.insert(a.name());
+  for (const char* name : {"model.pt", "pruned.pt", "weights.safetensors", "manifest.json",
+                           "report.json", "structure.svg", "pareto.svg"}) {
+    EXPECT_EQ(names.count(name), 1u) << name;
+  }
+  const std::string model_path = dir_.path() + "/compressed.pt";
+  ASSERT_TRUE(client_->DownloadArtifact(job.id(), "model.pt", model_path).ok());
+  absl::StatusOr<double> top1 =
+      testutil::Top1Accuracy(model_path, "builtin:fashion-mnist/test", 500);
+  ASSERT_TRUE(top1.ok()) << top1.status();
+  EXPECT_NEAR(*top1, c.accuracy_after(), 0.2 + 1e-9);
+}
+
+TEST_F(E2eTest, PruneOfACnnIsFailedPrecondition) {
+  v1::Model model = MustUploadModel("tiny_cnn.pt");
+  v1::Job job;
+  grpc::Status s = Submit(PruneRequest(model.id()), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("not a Vision Transformer"));
 }
 
 class E2eLimitTest : public E2eTest {

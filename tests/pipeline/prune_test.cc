@@ -1,0 +1,140 @@
+// PRUNE outside the engine: how a PruneSpec becomes PruneOptions (defaults
+// and every field), the result proto and summary, and structure.svg.
+#include "server/pipeline/prune.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace compress::pipeline {
+namespace {
+
+namespace v1 = compress::v1;
+using ::testing::HasSubstr;
+
+class PathResources : public Resources {
+ public:
+  absl::StatusOr<v1::Model> GetModel(const std::string&) override { return v1::Model(); }
+  absl::StatusOr<v1::Dataset> GetDataset(const std::string&) override { return v1::Dataset(); }
+  std::string ModelPath(const std::string& id) override { return "/blobs/" + id; }
+  std::string DatasetPath(const std::string& id) override { return "data:" + id; }
+  std::string BuiltinDataDir() override { return "/idx"; }
+  absl::StatusOr<v1::Job> GetJob(const std::string&) override {
+    return absl::NotFoundError("no jobs");
+  }
+};
+
+TEST(ToPruneOptionsTest, DefaultsFillTheGaps) {
+  PathResources r;
+  v1::PruneSpec spec;
+  spec.set_model_id("m");
+  spec.mutable_data()->set_dataset_id("d");
+  spec.mutable_target()->set_flops_fraction(0.5);
+  engine::PruneOptions o = ToPruneOptions(spec, 9, "cpu", r, "/out");
+  EXPECT_EQ(o.model_path, "/blobs/m");
+  EXPECT_EQ(o.calibration_dataset, "data:d");
+  EXPECT_EQ(o.num_samples, 256);
+  EXPECT_EQ(o.batch_size, 64);
+  EXPECT_EQ(o.saliency_samples, 512);
+  EXPECT_EQ(o.eval_dataset, "");
+  EXPECT_EQ(o.target, engine::PruneTargetKind::kFlops);
+  EXPECT_EQ(o.target_fraction, 0.5);
+  EXPECT_EQ(o.saliency, engine::SaliencyKind::kHessian);
+  EXPECT_EQ(o.head_group, 1);
+  EXPECT_EQ(o.mlp_group, 16);
+  EXPECT_EQ(o.min_heads, 1);
+  EXPECT_EQ(o.min_mlp, 16);
+  EXPECT_EQ(o.steps, 4);
+  EXPECT_EQ(o.recovery_steps, 100);
+  EXPECT_EQ(o.learning_rate, 1e-4);
+  EXPECT_EQ(o.temperature, 1);
+  EXPECT_EQ(o.optimizer, "adam");
+  EXPECT_EQ(o.latency_batch, 64);
+  EXPECT_EQ(o.seed, 9u);
+  EXPECT_EQ(o.output_dir, "/out");
+  EXPECT_EQ(o.idx_dir, "/idx");
+}
+
+TEST(ToPruneOptionsTest, EveryFieldIsCarried) {
+  PathResources r;
+  v1::PruneSpec spec;
+  spec.set_model_id("m");
+  spec.mutable_data()->set_dataset_id("d");
+  spec.mutable_data()->set_num_samples(1000);
+  spec.mutable_data()->set_batch_size(50);
+  spec.set_eval_dataset_id("e");
+  spec.set_eval_samples(300);
+  spec.mutable_target()->set_latency_fraction(0.3);
+  spec.set_saliency(v1::SALIENCY_TAYLOR);
+  spec.set_latency_weight(0.25);
+  spec.set_head_group(2);
+  spec.set_mlp_group(8);
+  spec.set_min_heads(2);
+  spec.set_min_mlp(32);
+  spec.set_steps(6);
+  spec.set_saliency_samples(128);
+  spec.set_latency_batch(16);
+  spec.mutable_recovery()->set_steps(0);
+  spec.mutable_recovery()->set_learning_rate(0.01);
+  spec.mutable_recovery()->set_temperature(3);
+  spec.mutable_recovery()->set_optimizer("sgd");
+  engine::PruneOptions o = ToPruneOptions(spec, 1, "cuda:0", r, "/out");
+  EXPECT_EQ(o.num_samples, 1000);
+  EXPECT_EQ(o.batch_size, 50);
+  EXPECT_EQ(o.eval_dataset, "data:e");
+  EXPECT_EQ(o.eval_samples, 300);
+  EXPECT_EQ(o.target, engine::PruneTargetKind::kLatency);
+  EXPECT_EQ(o.target_fraction, 0.3);
+  EXPECT_EQ(o.saliency, engine::SaliencyKind::kTaylor);
+  EXPECT_EQ(o.latency_weight, 0.25);
+  EXPECT_EQ(o.head_group, 2);
+  EXPECT_EQ(o.mlp_group, 8);
+  EXPECT_EQ(o.min_heads, 2);
+  EXPECT_EQ(o.min_mlp, 32);
+  EXPECT_EQ(o.steps, 6);
+  EXPECT_EQ(o.saliency_samples, 128);
+  EXPECT_EQ(o.latency_batch, 16);
+  EXPECT_EQ(o.recovery_steps, 0);  // explicit 0 = no recovery, not the default
+  EXPECT_EQ(o.learning_rate, 0.01);
+  EXPECT_EQ(o.temperature, 3);
+  EXPECT_EQ(o.optimizer, "sgd");
+  EXPECT_EQ(o.device, "cuda:0");
+}
+
+TEST(PruneResultTest, SummaryAndStructureSvg) {
+  engine::PruneReport report;
+  report.saliency = "hessian";
+  report.target = "flops";
+  report.target_fraction = 0.5;
+  report.achieved_fraction = 0.503;
+  report.params_before = 139018;
+  report.params_after = 70154;
+  report.accuracy_before = 89.07;
+  report.accuracy_after = 88.31;
+  report.latency_batch = 64;
+  report.latency_before_ms = 6.0;
+  report.latency_after_ms = 3.0;
+  engine::PrunedBlock b;
+  b.name = "blocks.0";
+  b.heads_before = 4;
+  b.heads_after = 1;
+  b.hidden_before = 128;
+  b.hidden_after = 64;
+  b.kept_heads = {2};
+  report.blocks.push_back(b);
+  v1::PruneResult r = ToPruneResult(report);
+  ASSERT_EQ(r.blocks_size(), 1);
+  EXPECT_EQ(r.blocks(0).kept_heads(0), 2);
+  EXPECT_EQ(r.blocks(0).mlp_after(), 64);
+  EXPECT_EQ(PruneSummary(r),
+            "50.3% of flops removed (hessian saliency), 139,018 → 70,154 parameters, top-1 "
+            "89.07% → 88.31% (−0.76 pp), 2.00x faster at batch 64");
+  const std::string svg = StructureSvg(r);
+  EXPECT_THAT(svg, HasSubstr("<svg"));
+  EXPECT_THAT(svg, HasSubstr("1/4"));
+  EXPECT_THAT(svg, HasSubstr("64/128"));
+}
+
+}  // namespace
+}  // namespace compress::pipeline
