@@ -7,6 +7,7 @@
 //   bench_prune [--saliency hessian,taylor,magnitude] [--recovery 0,300]
 //               [--target 0.5] [--steps 4] [--samples N] [--lr X]
 //               [--saliency-samples N] [--eval N] [--compress] [--model PATH]
+//               [--threads N]
 //
 // COMPRESS_SOURCE_DIR (default .) locates models/.
 #include <chrono>
@@ -37,6 +38,7 @@ struct Args {
   int64_t eval = 10000;
   bool compress = false;
   std::string model;
+  int threads = static_cast<int>(std::thread::hardware_concurrency());
 };
 
 std::string TempDir() {
@@ -79,7 +81,7 @@ int Run(const Args& args) {
               model.c_str(), static_cast<long long>(args.samples),
               static_cast<long long>(args.saliency_samples), 100 * args.target, args.steps,
               args.lr, static_cast<long long>(args.eval),
-              static_cast<int>(std::thread::hardware_concurrency()));
+              args.threads);
   std::printf("| saliency | recovery steps/round | FLOPs removed | params | top-1 before | top-1 "
               "after | drop pp | latency before → after (ms) | speedup | heads per block | MLP "
               "per block | wall s |\n|---|---:|---:|---|---:|---:|---:|---|---:|---|---|---:|\n");
@@ -179,6 +181,8 @@ int main(int argc, char** argv) {
       args.eval = std::atoll(argv[++i]);
     } else if (a == "--model" && value) {
       args.model = argv[++i];
+    } else if (a == "--threads" && value) {
+      args.threads = std::atoi(argv[++i]);
     } else if (a == "--compress") {
       args.compress = true;
     } else {
@@ -188,7 +192,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  compress::engine::ConfigureThreads(static_cast<int>(std::thread::hardware_concurrency()));
+  compress::engine::ConfigureThreads(args.threads);
   const std::string check = compress::engine::VerifyBlasChoice(argv);
   std::printf("%s\n%s\n", check.c_str(), compress::engine::BlasDescription().c_str());
   return compress::engine::Run(args);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
 # Usage: bench/run.sh [service] [hessian] [traces] [pytorch] [memory]
-#                     [quantize] [quantize-stages]
+#                     [quantize] [quantize-stages] [prune]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
 # holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
@@ -12,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service hessian traces pytorch memory quantize quantize-stages)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service hessian traces pytorch memory quantize quantize-stages prune)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -107,4 +107,16 @@ if want quantize-stages; then
     echo
     "$BUILD_DIR/bench/bench_quantize" --stages "$TV_DIR/$m.pt:3,224,224" --samples 8 --probes 2
   done
+fi
+
+# PRUNE quality and latency on the reference ViT (bench_prune): 50% of FLOPs
+# in 4 rounds, Hessian / magnitude / Taylor saliency, without recovery and
+# with 300 distillation steps per round on 4,096 training images; top-1 on
+# the 10k test images; latency at batch 64; then COMPRESS (4-bit GPTQ of the
+# pruned model). BENCH_THREADS threads (the latency column depends on it).
+if want prune; then
+  bash scripts/build.sh bench_prune >/dev/null
+  echo
+  "$BUILD_DIR/bench/bench_prune" --threads "$THREADS" --saliency hessian,magnitude,taylor \
+    --recovery 0,300 --eval 10000 --compress
 fi
