@@ -6,7 +6,7 @@
 //     (kubernetes-models) or prometheus-operator's (ServiceMonitor,
 //     PrometheusRule); an object of any other kind fails;
 //  3. checks the manifests against each other and against the real server:
-//     ConfigMap keys are flags `compressd --helpfull` lists, the addresses'
+//     ConfigMap keys are flags `compressd --help` lists, the addresses'
 //     ports are the container ports, probes hit the health port, selectors
 //     select the pod, mounts cover the configured paths, the grace period
 //     outlasts the drain, alert and dashboard queries use metrics /metrics
@@ -143,12 +143,21 @@ for (const t of TARGETS) {
 
 function serverFlags() {
   if (!compressdBin) return null;
-  const help = execFileSync(compressdBin, ["--helpfull"], {
-    encoding: "utf8", env: { ...process.env, OPENBLAS_CORETYPE: process.env.OPENBLAS_CORETYPE ?? "Haswell" },
-    stdio: ["ignore", "pipe", "pipe"],
-  }).toString();
+  // Abseil prints the help and exits 1.
+  let help;
+  try {
+    help = execFileSync(compressdBin, ["--help"], {
+      encoding: "utf8", env: { ...process.env, OPENBLAS_CORETYPE: process.env.OPENBLAS_CORETYPE ?? "Haswell" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+  } catch (e) {
+    help = `${e.stdout ?? ""}${e.stderr ?? ""}`;
+  }
   const flags = new Set();
   for (const m of help.matchAll(/^\s+--([a-z0-9_]+)\s/gm)) flags.add(m[1]);
+  if (!flags.has("listen") || !flags.has("health_listen")) {
+    throw new Error(`no server flags found in compressd --help:\n${help}`);
+  }
   return flags;
 }
 
@@ -173,7 +182,7 @@ const flags = (() => {
   try {
     return serverFlags();
   } catch (e) {
-    check("compressd --helpfull", () => { throw e; });
+    check("compressd --help", () => { throw e; });
     return null;
   }
 })();
