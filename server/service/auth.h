@@ -1,7 +1,8 @@
 // Authenticator: which tenant a call acts for, from its bearer token.
 //
-// Tokens come from a file of "TOKEN TENANT" lines ('#' starts a comment;
-// tokens at least 16 characters, tenants [A-Za-z0-9._-]+). A call names its
+// Tokens come from a file of "TOKEN TENANT" lines ('#' starts a comment, so
+// tokens cannot contain it; tokens at least 16 characters, tenants
+// [A-Za-z0-9._-]+, at most 128). A call names its
 // token as "authorization: Bearer TOKEN" metadata. The file is re-read when
 // its modification time or size changes (checked at most once a second), so
 // tokens can be added and revoked without a restart; a file that no longer

@@ -445,18 +445,18 @@ absl::StatusOr<v1::Job> MetadataStore::GetJob(const std::string& tenant, const s
 
 absl::StatusOr<v1::Job> MetadataStore::GetJobAnyTenant(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  Stmt st(db_, "SELECT proto FROM jobs WHERE id = ?1");
-  RETURN_IF_ERROR(st.status());
-  st.Bind(1, id);
-  int rc = st.Step();
-  if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
-  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
-  return Parse<v1::Job>(st.Text(0));
+  ASSIGN_OR_RETURN(std::string proto, JobColumnLocked("proto", id));
+  return Parse<v1::Job>(proto);
 }
 
 absl::StatusOr<std::string> MetadataStore::JobTenant(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  Stmt st(db_, "SELECT tenant FROM jobs WHERE id = ?1");
+  return JobColumnLocked("tenant", id);
+}
+
+absl::StatusOr<std::string> MetadataStore::JobColumnLocked(const char* column,
+                                                           const std::string& id) {
+  Stmt st(db_, absl::StrCat("SELECT ", column, " FROM jobs WHERE id = ?1").c_str());
   RETURN_IF_ERROR(st.status());
   st.Bind(1, id);
   int rc = st.Step();

@@ -137,6 +137,9 @@ class MetadataStore {
   explicit MetadataStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Migrate() ABSL_LOCKS_EXCLUDED(mu_);
+  // One column of a job row, whatever its tenant.
+  absl::StatusOr<std::string> JobColumnLocked(const char* column, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Inserts the job for `tenant`, or updates it when `tenant` is null.
   absl::Status PutJobLocked(const std::string* tenant, const compress::v1::Job& job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
