@@ -61,7 +61,8 @@ std::vector<std::string> WithJobFlags(std::vector<std::string> flags) {
 
 const std::vector<std::string>& GlobalFlagNames() {
   static const auto* names =
-      new std::vector<std::string>{"server", "json", "timeout", "token", "help"};
+      new std::vector<std::string>{"server", "json", "timeout", "token", "tls", "ca",
+                                   "cert", "key", "tls-server-name", "help"};
   return *names;
 }
 
@@ -771,8 +772,29 @@ struct Entry {
   Handler handler;
 };
 
+// Probe mode for container HEALTHCHECKs and scripts: exit 0 only when the
+// server (or the named service) answers SERVING.
+absl::StatusOr<int> Health(const Context& ctx) {
+  const std::string service = ctx.inv.args.empty() ? "" : ctx.arg(0);
+  ASSIGN_OR_RETURN(std::string status, ctx.client.CheckHealth(service));
+  if (ctx.json) {
+    ctx.out() << "{\"status\":\"" << status << "\"}\n";
+  } else {
+    ctx.out() << status << "\n";
+  }
+  return status == "SERVING" ? kExitOk : kExitFailure;
+}
+
 const std::vector<Entry>& Entries() {
   static const auto* entries = new std::vector<Entry>{
+      {{{"health"},
+        "[SERVICE]",
+        "",
+        0,
+        1,
+        {},
+        "grpc.health.v1 check; exit 0 only when SERVING (no token needed)"},
+       Health},
       {{{"model", "upload"},
         "FILE",
         "[--name N]",
@@ -918,6 +940,12 @@ const std::vector<FlagDef>& Flags() {
       {"json", 0, false, "", "print responses as JSON, one message per line"},
       {"timeout", 0, true, "SECONDS", "deadline for each RPC (default none)"},
       {"token", 0, true, "TOKEN", "bearer token (env COMPRESS_TOKEN)"},
+      {"tls", 0, false, "", "TLS with the system's CA roots (implied by the next four)"},
+      {"ca", 0, true, "FILE", "TLS: PEM CA that signed the server certificate (env COMPRESS_CA)"},
+      {"cert", 0, true, "FILE", "TLS: PEM client certificate (env COMPRESS_CERT)"},
+      {"key", 0, true, "FILE", "TLS: PEM key of --cert (env COMPRESS_KEY)"},
+      {"tls-server-name", 0, true, "NAME",
+       "TLS: check the server certificate for NAME (env COMPRESS_TLS_SERVER_NAME)"},
       {"help", 'h', false, "", "show this help"},
       // Per command.
       {"name", 0, true, "N", "name to store (default: the file's base name)"},
@@ -980,8 +1008,9 @@ const std::vector<FlagDef>& Flags() {
 
 std::string UsageText() {
   std::string text =
-      "usage: compressctl [--server ADDR] [--json] [--timeout SECONDS] "
-      "[--token TOKEN] COMMAND ...\n\nCommands:\n";
+      "usage: compressctl [--server ADDR] [--json] [--timeout SECONDS] [--token TOKEN]\n"
+      "                   [--tls] [--ca FILE] [--cert FILE --key FILE] [--tls-server-name NAME]\n"
+      "                   COMMAND ...\n\nCommands:\n";
   // Synopses longer than the column get a line of their own.
   constexpr size_t kColumn = 36;
   for (const CommandDef& c : Commands()) {
@@ -1064,6 +1093,11 @@ int RunCli(const std::vector<std::string>& args, const CliEnvironment& env) {
   Client::Options options;
   options.address = inv->Get("server", env.server.empty() ? kDefaultServer : env.server);
   options.token = inv->Get("token", env.token);
+  options.tls = inv->Has("tls");
+  options.ca_file = inv->Get("ca", env.ca);
+  options.cert_file = inv->Get("cert", env.cert);
+  options.key_file = inv->Get("key", env.key);
+  options.tls_server_name = inv->Get("tls-server-name", env.tls_server_name);
   if (inv->Has("timeout")) {
     absl::StatusOr<double> seconds = ParseSeconds(inv->Get("timeout"));
     if (!seconds.ok()) {

@@ -25,6 +25,10 @@ inline constexpr int kExitUsage = 2;
 struct CliEnvironment {
   std::string server;            // $COMPRESS_SERVER; "" = localhost:50051
   std::string token;             // $COMPRESS_TOKEN; "" = none
+  std::string ca;                // $COMPRESS_CA; "" = system roots (with --tls)
+  std::string cert;              // $COMPRESS_CERT; "" = no client certificate
+  std::string key;               // $COMPRESS_KEY
+  std::string tls_server_name;   // $COMPRESS_TLS_SERVER_NAME; "" = the host
   bool stdout_is_tty = false;    // draw the watch progress bar in place
   std::istream* in = &std::cin;  // for "--spec-json -"
   std::ostream* out = &std::cout;

@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <set>
 #include <system_error>
 #include <utility>
@@ -86,19 +88,45 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, const Options& options)
       models_(v1::ModelService::NewStub(channel_)),
       datasets_(v1::DatasetService::NewStub(channel_)),
       jobs_(v1::JobService::NewStub(channel_)),
-      artifacts_(v1::ArtifactService::NewStub(channel_)) {}
+      artifacts_(v1::ArtifactService::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+namespace {
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& what, const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(what, " ", path, ": cannot read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const Options& options) {
   if (options.address.empty()) {
     return absl::InvalidArgumentError("server address is empty");
   }
-  if (!options.ca_file.empty() || !options.cert_file.empty() ||
-      !options.key_file.empty()) {
-    return absl::UnimplementedError("TLS is not supported by this client yet");
+  const bool tls = options.tls || !options.ca_file.empty() || !options.cert_file.empty() ||
+                   !options.key_file.empty() || !options.tls_server_name.empty();
+  if (!tls) {
+    return CreateWithChannel(
+        grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials()), options);
   }
-  auto channel =
-      grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials());
-  return CreateWithChannel(std::move(channel), options);
+  if (options.cert_file.empty() != options.key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both --cert and --key");
+  }
+  grpc::SslCredentialsOptions ssl;
+  ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile("--ca", options.ca_file));
+  ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPemFile("--cert", options.cert_file));
+  ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPemFile("--key", options.key_file));
+  grpc::ChannelArguments args;
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  return CreateWithChannel(
+      grpc::CreateCustomChannel(options.address, grpc::SslCredentials(ssl), args), options);
 }
 
 std::unique_ptr<Client> Client::CreateWithChannel(
@@ -114,6 +142,18 @@ void Client::Prepare(grpc::ClientContext* context) const {
     context->AddMetadata("authorization",
                          absl::StrCat("Bearer ", options_.token));
   }
+}
+
+absl::StatusOr<std::string> Client::CheckHealth(const std::string& service) const {
+  grpc::ClientContext context;
+  if (options_.timeout > absl::ZeroDuration()) {
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  }
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(health_->Check(&context, request, &response)));
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
 }
 
 void Client::Backoff(int attempt) const {

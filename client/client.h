@@ -39,6 +39,7 @@
 #include "absl/time/time.h"
 #include "compress/v1/compress.grpc.pb.h"
 #include "compress/v1/compress.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace compress::client {
 
@@ -65,12 +66,17 @@ class Client {
   struct Options {
     // Server address, host:port. Default "localhost:50051".
     std::string address = "localhost:50051";
-    // TLS (reserved): PEM file paths for the CA, client certificate and key.
-    // Not supported yet; Create() answers UNIMPLEMENTED when any is set rather
-    // than silently falling back to plaintext. Default empty.
+    // TLS: on when `tls` is true or any of the files is set. ca_file: PEM
+    // CA bundle that signed the server's certificate (empty = the system
+    // roots). cert_file + key_file: a client certificate, for servers that
+    // verify clients (they go together). tls_server_name: the name the
+    // server certificate is checked against instead of the address's host
+    // (e.g. through a port-forward). Defaults: plaintext, all empty.
+    bool tls = false;
     std::string ca_file;
     std::string cert_file;
     std::string key_file;
+    std::string tls_server_name;
     // Bearer token sent as "authorization: Bearer <token>" on every call when
     // non-empty. Default empty (no metadata).
     std::string token;
@@ -89,8 +95,9 @@ class Client {
   // Called once per event, in sequence order, each sequence exactly once.
   using EventCallback = std::function<void(const v1::JobEvent&)>;
 
-  // Opens a channel to options.address (plaintext). Fails only on bad
-  // options; connection problems surface on the first call.
+  // Opens a channel to options.address (plaintext or TLS). Fails only on bad
+  // options or unreadable TLS files; connection problems surface on the
+  // first call.
   static absl::StatusOr<std::unique_ptr<Client>> Create(const Options& options);
   // Uses an existing channel (tests, in-process servers). Transport fields of
   // `options` (address, TLS files) are ignored.
@@ -154,6 +161,10 @@ class Client {
       const std::string& job_id, const std::string& name,
       const std::string& out_path) const;
 
+  // grpc.health.v1 Check of `service` ("" = the whole server): the status
+  // name, e.g. "SERVING" or "NOT_SERVING". Sends no token: health is open.
+  absl::StatusOr<std::string> CheckHealth(const std::string& service) const;
+
   const Options& options() const { return options_; }
 
  private:
@@ -180,6 +191,7 @@ class Client {
   std::unique_ptr<v1::DatasetService::Stub> datasets_;
   std::unique_ptr<v1::JobService::Stub> jobs_;
   std::unique_ptr<v1::ArtifactService::Stub> artifacts_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
 }  // namespace compress::client

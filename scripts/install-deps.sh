@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs the dependencies of compressd from Debian 12 packages.
 #   scripts/install-deps.sh            build + test + runtime (developers, CI)
-#   scripts/install-deps.sh --runtime  shared libraries only (container image)
+#   scripts/install-deps.sh --runtime  shared libraries only (container image);
+#       add --no-libtorch for the CUDA image, which brings its own LibTorch
+#   scripts/install-deps.sh --cuda-toolkit  Debian's CUDA toolkit (non-free),
+#       to compile against a CUDA LibTorch (Dockerfile, LIBTORCH=cuda)
 # Idempotent: safe to run again; installs only what is missing. This is the
-# only place that lists packages (README, .ci/run and the Dockerfile call it).
+# only place that lists packages (README, .ci/run and the Dockerfile call it);
+# the npm packages that validate deploy/ are pinned in
+# deploy/validate/package-lock.json and installed from here with `npm ci`.
 set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
@@ -12,7 +18,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
-  libssl-dev zlib1g-dev
+  libssl-dev zlib1g-dev openssl
 )
 
 RUNTIME_PACKAGES=(
@@ -20,12 +26,44 @@ RUNTIME_PACKAGES=(
   libprometheus-cpp-core1.0 libsqlite3-0 libssl3 zlib1g libopenblas0-pthread
   dataset-fashion-mnist ca-certificates
 )
+# Debian 12 non-free: CUDA 11.8 headers and libraries for CMake's CUDA checks.
+CUDA_TOOLKIT_PACKAGES=(nvidia-cuda-toolkit)
+
 if [ "${1:-}" = "--runtime" ]; then
   PACKAGES=("${RUNTIME_PACKAGES[@]}")
+  if [ "${2:-}" = "--no-libtorch" ]; then
+    PACKAGES=("${PACKAGES[@]/libtorch1.13}")
+  fi
+elif [ "${1:-}" = "--cuda-toolkit" ]; then
+  PACKAGES=("${CUDA_TOOLKIT_PACKAGES[@]}")
+  if [ -f /etc/apt/sources.list.d/debian.sources ] &&
+     ! grep -q non-free /etc/apt/sources.list.d/debian.sources; then
+    sed -i 's/^Components: main$/Components: main contrib non-free non-free-firmware/' \
+      /etc/apt/sources.list.d/debian.sources
+  fi
+elif ! command -v npm >/dev/null 2>&1; then
+  # Node.js validates deploy/ (tests/deploy). A machine that already has a
+  # Node.js with npm keeps it: NodeSource's nodejs, for one, conflicts with
+  # Debian's npm package.
+  PACKAGES+=(nodejs npm)
 fi
+
+# npm ci of deploy/validate, skipped while node_modules matches the lock.
+install_node_modules() {
+  local dir="$ROOT/deploy/validate"
+  [ -z "${1:-}" ] && [ -f "$dir/package-lock.json" ] || return 0
+  local stamp="$dir/node_modules/.installed-from-lock"
+  local want
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  echo "install-deps: npm ci in deploy/validate"
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
+  [ -n "$p" ] || continue
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
@@ -33,6 +71,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
+  install_node_modules "${1:-}"
   exit 0
 fi
 
@@ -46,3 +85,4 @@ if [ "${1:-}" = "--runtime" ]; then
   $SUDO apt-get clean
   $SUDO rm -rf /var/lib/apt/lists/*
 fi
+install_node_modules "${1:-}"

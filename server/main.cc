@@ -24,6 +24,17 @@ const compress::service::ServerOptions kDefaults;
 ABSL_FLAG(std::string, listen, kDefaults.listen, "gRPC listen address (host:port; port 0 picks one)");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
           "Prometheus metrics HTTP address (host:port); empty disables it");
+ABSL_FLAG(std::string, health_listen, kDefaults.health_listen,
+          "plaintext gRPC address serving only grpc.health.v1, for probes that speak no TLS "
+          "(kubelet); empty disables it");
+ABSL_FLAG(std::string, tls_cert, kDefaults.tls_cert,
+          "PEM certificate chain of the gRPC server; with --tls_key turns TLS on");
+ABSL_FLAG(std::string, tls_key, kDefaults.tls_key, "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, kDefaults.tls_client_ca,
+          "PEM CA bundle; when set, clients must present a certificate it signed");
+ABSL_FLAG(std::string, token_file, kDefaults.token_file,
+          "file of \"TOKEN TENANT\" lines (re-read when it changes); empty = single tenant, "
+          "no tokens");
 ABSL_FLAG(std::string, data_dir, kDefaults.data_dir,
           "directory for blobs and the SQLite metadata database");
 ABSL_FLAG(int, cpu_workers, kDefaults.cpu_workers, "jobs that run at once on the CPU");
@@ -92,6 +103,11 @@ int main(int argc, char** argv) {
   compress::service::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
   options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
@@ -111,6 +127,16 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     fprintf(stderr, "compressd: cannot start: %s\n", server.status().ToString().c_str());
     return 1;
+  }
+  fprintf(stderr, "compressd: gRPC %s%s; %s; health-only plaintext port %s\n",
+          options.tls_cert.empty() ? "plaintext" : "over TLS",
+          options.tls_client_ca.empty() ? "" : " (client certificates required)",
+          options.token_file.empty() ? "single tenant, no tokens"
+                                     : ("bearer tokens from " + options.token_file).c_str(),
+          (*server)->health_port() == 0 ? "off"
+                                        : std::to_string((*server)->health_port()).c_str());
+  if (!options.token_file.empty() && options.tls_cert.empty()) {
+    fprintf(stderr, "compressd: WARNING: bearer tokens without TLS travel in cleartext\n");
   }
   // One line on stdout that scripts and tests can wait for.
   printf("compressd listening on port %d, metrics on port %d, data in %s\n", (*server)->port(),

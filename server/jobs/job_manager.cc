@@ -52,14 +52,16 @@ bool IsTerminal(v1::JobState state) {
 
 class JobManager::Context : public pipeline::JobContext, public engine::ProgressSink {
  public:
-  Context(JobManager* manager, v1::Job job, std::shared_ptr<engine::CancelToken> token)
-      : manager_(manager), job_(std::move(job)), token_(std::move(token)) {}
+  Context(JobManager* manager, v1::Job job, std::shared_ptr<engine::CancelToken> token,
+          std::unique_ptr<pipeline::Resources> resources)
+      : manager_(manager), job_(std::move(job)), token_(std::move(token)),
+        resources_(std::move(resources)) {}
 
   const v1::Job& job() const override { return job_; }
   const std::string& device() const override { return job_.assigned_device(); }
   engine::ProgressSink& progress() override { return *this; }
   const engine::CancelToken& cancel() const override { return *token_; }
-  pipeline::Resources& resources() override { return *manager_->resources_; }
+  pipeline::Resources& resources() override { return *resources_; }
 
   absl::StatusOr<v1::Artifact> AddArtifact(const std::string& name,
                                            const std::string& content_type,
@@ -146,7 +148,7 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
       absl::MutexLock lock(&manager_->mu_);
       // The manager's copy of the job row is authoritative; re-read it so the
       // row written with the event carries the latest progress and sequence.
-      auto job = manager_->metadata_->GetJob(job_.id());
+      auto job = manager_->metadata_->GetJobAnyTenant(job_.id());
       if (!job.ok()) return job.status();
       if (event.has_progress()) *job->mutable_progress() = event.progress();
       s = manager_->AppendLocked(*job, std::move(event));
@@ -158,6 +160,7 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
   JobManager* const manager_;
   const v1::Job job_;
   const std::shared_ptr<engine::CancelToken> token_;
+  const std::unique_ptr<pipeline::Resources> resources_;  // the job's tenant's
   absl::Mutex mu_;
   absl::Time stage_start_ ABSL_GUARDED_BY(mu_) = absl::Now();
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
@@ -167,24 +170,25 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
 
 JobManager::JobManager(const JobManagerOptions& options, store::MetadataStore* metadata,
                        store::BlobStore* blobs, pipeline::Pipeline* pipeline,
-                       pipeline::Resources* resources, JobObserver* observer)
+                       ResourcesFactory resources, JobObserver* observer)
     : options_(options),
       metadata_(metadata),
       blobs_(blobs),
       pipeline_(pipeline),
-      resources_(resources),
+      resources_(std::move(resources)),
       observer_(observer) {}
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
     const JobManagerOptions& options, store::MetadataStore* metadata, store::BlobStore* blobs,
-    pipeline::Pipeline* pipeline, pipeline::Resources* resources, JobObserver* observer) {
+    pipeline::Pipeline* pipeline, ResourcesFactory resources, JobObserver* observer) {
   if (options.cpu_workers < 0) return absl::InvalidArgumentError("cpu_workers must be >= 0");
   if (options.cpu_workers == 0 && options.cuda_devices.empty()) {
     return absl::InvalidArgumentError("no worker slots: cpu_workers is 0 and no CUDA device");
   }
   if (options.max_queued <= 0) return absl::InvalidArgumentError("max_queued must be > 0");
+  if (!resources) return absl::InvalidArgumentError("resources: a factory is required");
   std::unique_ptr<JobManager> m(
-      new JobManager(options, metadata, blobs, pipeline, resources, observer));
+      new JobManager(options, metadata, blobs, pipeline, std::move(resources), observer));
   absl::MutexLock lock(&m->mu_);
   for (const std::string& d : options.cuda_devices) m->slots_.push_back({d});
   for (int i = 0; i < options.cpu_workers; ++i) m->slots_.push_back({"cpu"});
@@ -261,7 +265,8 @@ void JobManager::Drain(absl::Duration grace) {
   for (std::thread& t : workers) t.join();
 }
 
-absl::StatusOr<v1::Job> JobManager::Submit(const SubmitRequest& request) {
+absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
+                                           const SubmitRequest& request) {
   v1::JobKind kind = pipeline::KindOf(request.spec);
   if (kind == v1::JOB_KIND_UNSPECIFIED) {
     return absl::InvalidArgumentError("spec: one of inspect, analyze, quantize, prune, compress is required");
@@ -286,7 +291,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const SubmitRequest& request) {
                                                    absl::ToInt64Seconds(options_.max_deadline)));
   }
   if (!request.request_id.empty()) {
-    auto existing = metadata_->GetJobByRequestId(request.request_id);
+    auto existing = metadata_->GetJobByRequestId(tenant, request.request_id);
     if (existing.ok()) {
       bool same = google::protobuf::util::MessageDifferencer::Equals(existing->spec(), request.spec) &&
                   existing->device() == device &&
@@ -300,7 +305,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const SubmitRequest& request) {
     }
     if (!absl::IsNotFound(existing.status())) return existing.status();
   }
-  RETURN_IF_ERROR(pipeline_->Validate(request.spec, *resources_));
+  RETURN_IF_ERROR(pipeline_->Validate(request.spec, *resources_(tenant)));
 
   v1::Job job;
   job.set_id(NewJobId());
@@ -324,10 +329,10 @@ absl::StatusOr<v1::Job> JobManager::Submit(const SubmitRequest& request) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "queue is full (", options_.max_queued, " jobs); retry later"));
     }
-    absl::Status s = metadata_->InsertJob(job);
+    absl::Status s = metadata_->InsertJob(tenant, job);
     if (absl::IsAlreadyExists(s) && !request.request_id.empty()) {
       // Lost a race with the same request id: answer like the first one.
-      auto existing = metadata_->GetJobByRequestId(request.request_id);
+      auto existing = metadata_->GetJobByRequestId(tenant, request.request_id);
       if (existing.ok()) return existing;
     }
     RETURN_IF_ERROR(s);
@@ -340,21 +345,22 @@ absl::StatusOr<v1::Job> JobManager::Submit(const SubmitRequest& request) {
   return job;
 }
 
-absl::StatusOr<v1::Job> JobManager::Get(const std::string& job_id) {
-  return metadata_->GetJob(job_id);
+absl::StatusOr<v1::Job> JobManager::Get(const std::string& tenant, const std::string& job_id) {
+  return metadata_->GetJob(tenant, job_id);
 }
 
-absl::StatusOr<store::Page<v1::Job>> JobManager::List(const store::JobFilter& filter,
+absl::StatusOr<store::Page<v1::Job>> JobManager::List(const std::string& tenant,
+                                                      const store::JobFilter& filter,
                                                       int page_size,
                                                       const std::string& page_token) {
-  return metadata_->ListJobs(filter, page_size, page_token);
+  return metadata_->ListJobs(tenant, filter, page_size, page_token);
 }
 
-absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& job_id) {
+absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& tenant, const std::string& job_id) {
   v1::Job job;
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(job, metadata_->GetJob(job_id));
+    ASSIGN_OR_RETURN(job, metadata_->GetJob(tenant, job_id));
     if (IsTerminal(job.state())) {
       return absl::FailedPreconditionError(absl::StrCat(
           "job ", job_id, " already finished: ", v1::JobState_Name(job.state())));
@@ -378,8 +384,10 @@ absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& job_id) {
   return job;
 }
 
-absl::StatusOr<std::vector<v1::JobEvent>> JobManager::Events(const std::string& job_id,
+absl::StatusOr<std::vector<v1::JobEvent>> JobManager::Events(const std::string& tenant,
+                                                            const std::string& job_id,
                                                             int64_t after_sequence, int limit) {
+  RETURN_IF_ERROR(metadata_->GetJob(tenant, job_id).status());
   return metadata_->ListEvents(job_id, after_sequence, limit);
 }
 
@@ -480,7 +488,7 @@ void JobManager::RunJob(int slot, v1::Job job) {
     // server rather than start it (Drain would not interrupt it).
     if (stopping_) return;
     // Re-read: the queued copy may be stale (recovery appended events).
-    auto fresh = metadata_->GetJob(job.id());
+    auto fresh = metadata_->GetJobAnyTenant(job.id());
     if (fresh.ok()) job = *std::move(fresh);
     if (job.state() != v1::JOB_STATE_QUEUED) return;  // cancelled meanwhile
     job.set_attempts(job.attempts() + 1);
@@ -495,14 +503,20 @@ void JobManager::RunJob(int slot, v1::Job job) {
   }
   Notify(job.id());
 
-  Context context(this, job, token);
+  // The job sees only its own tenant's models, datasets and jobs.
+  absl::StatusOr<std::string> tenant = metadata_->JobTenant(job.id());
   absl::StatusOr<v1::JobResult> result;
-  try {
-    result = pipeline_->Run(context);
-  } catch (const std::exception& e) {
-    result = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
-  } catch (...) {
-    result = absl::InternalError("unexpected exception");
+  if (!tenant.ok()) {
+    result = tenant.status();
+  } else {
+    Context context(this, job, token, resources_(*tenant));
+    try {
+      result = pipeline_->Run(context);
+    } catch (const std::exception& e) {
+      result = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
+    } catch (...) {
+      result = absl::InternalError("unexpected exception");
+    }
   }
 
   v1::JobKind kind = job.kind();
@@ -511,7 +525,7 @@ void JobManager::RunJob(int slot, v1::Job job) {
     absl::MutexLock lock(&mu_);
     bool interrupted = running_[job.id()].interrupted;
     running_.erase(job.id());
-    auto fresh = metadata_->GetJob(job.id());
+    auto fresh = metadata_->GetJobAnyTenant(job.id());
     if (fresh.ok()) job = *std::move(fresh);
     if (interrupted && !result.ok()) {
       // Shutdown, not the user's cancel: leave it for the next server.

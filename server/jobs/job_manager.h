@@ -8,6 +8,10 @@
 // bound to one device slot each (N CPU slots, one per CUDA device); a job asks
 // for "auto", "cpu" or "cuda:N".
 //
+// Tenants: every job belongs to the tenant that submitted it. The calls that
+// serve RPCs take the caller's tenant and answer NOT_FOUND for another
+// tenant's job; a running job's pipeline sees only its tenant's resources.
+//
 // Thread-safe. Model work never runs under the lock. Listeners registered with
 // Subscribe() are called on the appending thread, without the lock held, after
 // the event is durable; they must be quick (they typically wake a gRPC
@@ -58,6 +62,10 @@ class JobObserver {
   virtual void OnWorkers(int busy, int total) = 0;
 };
 
+// The pipeline's view of one tenant's models, datasets and jobs.
+using ResourcesFactory =
+    std::function<std::unique_ptr<pipeline::Resources>(const std::string& tenant)>;
+
 struct SubmitRequest {
   std::string request_id;  // idempotency key; empty = none
   compress::v1::JobSpec spec;
@@ -68,12 +76,12 @@ struct SubmitRequest {
 
 class JobManager {
  public:
-  // `metadata`, `blobs`, `pipeline`, `resources` and `observer` must outlive
-  // the manager; `observer` may be null.
+  // `metadata`, `blobs`, `pipeline` and `observer` must outlive the manager;
+  // `observer` may be null. `resources` is called once per submit and run.
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(
       const JobManagerOptions& options, store::MetadataStore* metadata,
-      store::BlobStore* blobs, pipeline::Pipeline* pipeline,
-      pipeline::Resources* resources, JobObserver* observer);
+      store::BlobStore* blobs, pipeline::Pipeline* pipeline, ResourcesFactory resources,
+      JobObserver* observer);
   ~JobManager();
   JobManager(const JobManager&) = delete;
   JobManager& operator=(const JobManager&) = delete;
@@ -86,21 +94,24 @@ class JobManager {
   // back to QUEUED and resumes when a server starts again. Joins the workers.
   void Drain(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Validates and enqueues. Same request_id with the same spec: the existing
-  // job; with another spec: ALREADY_EXISTS.
-  absl::StatusOr<compress::v1::Job> Submit(const SubmitRequest& request)
-      ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<compress::v1::Job> Get(const std::string& job_id);
-  absl::StatusOr<store::Page<compress::v1::Job>> List(const store::JobFilter& filter,
+  // Validates and enqueues a job owned by `tenant`. Same request_id (of the
+  // same tenant) with the same spec: the existing job; with another spec:
+  // ALREADY_EXISTS.
+  absl::StatusOr<compress::v1::Job> Submit(const std::string& tenant,
+                                           const SubmitRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<compress::v1::Job> Get(const std::string& tenant, const std::string& job_id);
+  absl::StatusOr<store::Page<compress::v1::Job>> List(const std::string& tenant,
+                                                       const store::JobFilter& filter,
                                                        int page_size,
                                                        const std::string& page_token);
   // QUEUED: cancelled at once. RUNNING: the token is cancelled and the job
   // ends CANCELLED at its next check. Finished: FAILED_PRECONDITION.
-  absl::StatusOr<compress::v1::Job> Cancel(const std::string& job_id)
+  absl::StatusOr<compress::v1::Job> Cancel(const std::string& tenant, const std::string& job_id)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Events after `after_sequence`, ascending, at most `limit`.
-  absl::StatusOr<std::vector<compress::v1::JobEvent>> Events(const std::string& job_id,
+  absl::StatusOr<std::vector<compress::v1::JobEvent>> Events(const std::string& tenant,
+                                                             const std::string& job_id,
                                                              int64_t after_sequence,
                                                              int limit = 256);
   // Calls `listener` after each new event of `job_id`. Returns a handle for
@@ -124,7 +135,7 @@ class JobManager {
 
   JobManager(const JobManagerOptions& options, store::MetadataStore* metadata,
              store::BlobStore* blobs, pipeline::Pipeline* pipeline,
-             pipeline::Resources* resources, JobObserver* observer);
+             ResourcesFactory resources, JobObserver* observer);
 
   // Recovery and worker start; jobs that ran out of attempts go to given_up.
   absl::Status StartLocked(std::vector<compress::v1::Job>& given_up) ABSL_LOCKS_EXCLUDED(mu_);
@@ -143,7 +154,7 @@ class JobManager {
   store::MetadataStore* const metadata_;
   store::BlobStore* const blobs_;
   pipeline::Pipeline* const pipeline_;
-  pipeline::Resources* const resources_;
+  const ResourcesFactory resources_;
   JobObserver* const observer_;
 
   mutable absl::Mutex mu_;

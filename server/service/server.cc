@@ -1,6 +1,8 @@
 #include "server/service/server.h"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +10,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/service/auth.h"
 #include "server/service/metrics_http.h"
 #include "server/engine/common/runtime.h"
 #include "server/jobs/job_manager.h"
@@ -24,36 +27,75 @@ namespace v1 = compress::v1;
 
 namespace {
 
-// The pipeline's view of models, datasets and stored jobs.
+// The pipeline's view of one tenant's models, datasets and stored jobs.
 class CatalogResources : public pipeline::Resources {
  public:
-  CatalogResources(store::Catalog* catalog, store::MetadataStore* metadata)
-      : catalog_(catalog), metadata_(metadata) {}
+  CatalogResources(store::Catalog* catalog, store::MetadataStore* metadata, std::string tenant)
+      : catalog_(catalog), metadata_(metadata), tenant_(std::move(tenant)) {}
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override {
-    return catalog_->GetModel(id);
+    return catalog_->GetModel(tenant_, id);
   }
   absl::StatusOr<v1::Dataset> GetDataset(const std::string& id) override {
-    return catalog_->GetDataset(id);
+    return catalog_->GetDataset(tenant_, id);
   }
   std::string ModelPath(const std::string& id) override { return catalog_->ModelPath(id); }
   std::string DatasetPath(const std::string& id) override { return catalog_->DatasetPath(id); }
   std::string BuiltinDataDir() override { return catalog_->fashion_mnist_dir(); }
-  absl::StatusOr<v1::Job> GetJob(const std::string& id) override { return metadata_->GetJob(id); }
+  absl::StatusOr<v1::Job> GetJob(const std::string& id) override {
+    return metadata_->GetJob(tenant_, id);
+  }
 
  private:
   store::Catalog* catalog_;
   store::MetadataStore* metadata_;
+  const std::string tenant_;
 };
+
+absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::FailedPreconditionError(absl::StrCat(flag, " ", path, ": cannot read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::FailedPreconditionError(absl::StrCat(flag, " ", path, ": not a PEM file"));
+  }
+  return text.str();
+}
+
+// TLS when a certificate is configured: the server's key pair, and with a
+// client CA, clients must present a certificate it signed.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const ServerOptions& options) {
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (options.tls_cert.empty()) {
+    if (!options.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.private_key, ReadPem("--tls_key", options.tls_key));
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadPem("--tls_cert", options.tls_cert));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!options.tls_client_ca.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem("--tls_client_ca", options.tls_client_ca));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
 
 }  // namespace
 
 struct Server::Impl {
   ServerOptions options;
   Metrics metrics;
+  std::unique_ptr<Authenticator> auth;
   std::unique_ptr<store::BlobStore> blobs;
   std::unique_ptr<store::MetadataStore> metadata;
   std::unique_ptr<store::Catalog> catalog;
-  std::unique_ptr<CatalogResources> resources;
   std::unique_ptr<pipeline::Pipeline> pipeline;
   std::unique_ptr<jobs::JobManager> jobs;
   std::unique_ptr<ThreadPool> blocking;
@@ -62,6 +104,8 @@ struct Server::Impl {
   std::unique_ptr<JobServiceImpl> job_service;
   std::unique_ptr<ArtifactServiceImpl> artifact_service;
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<grpc::Server> health_server;  // plaintext, health only
+  int health_port = 0;
   std::unique_ptr<MetricsHttpServer> metrics_http;
   int port = 0;
   absl::Mutex drain_mu;
@@ -77,6 +121,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   engine::ConfigureThreads(options.intra_op_threads);
+  // Credentials and tokens first: a bad file fails before anything starts.
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   MakeCredentials(options));
+  ASSIGN_OR_RETURN(impl->auth, Authenticator::Create(options.token_file));
 
   std::error_code ec;
   std::filesystem::create_directories(options.data_dir, ec);
@@ -93,7 +141,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   catalog_options.fashion_mnist_dir = options.fashion_mnist_dir;
   ASSIGN_OR_RETURN(impl->catalog, store::Catalog::Create(catalog_options, impl->blobs.get(),
                                                          impl->metadata.get()));
-  impl->resources = std::make_unique<CatalogResources>(impl->catalog.get(), impl->metadata.get());
   impl->pipeline = pipeline::NewDefaultPipeline();
 
   jobs::JobManagerOptions job_options;
@@ -106,23 +153,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   job_options.max_queued = options.max_queued;
   job_options.default_deadline = options.default_deadline;
   job_options.max_attempts = options.max_attempts;
+  jobs::ResourcesFactory resources = [catalog = impl->catalog.get(),
+                                      metadata = impl->metadata.get()](const std::string& tenant) {
+    return std::make_unique<CatalogResources>(catalog, metadata, tenant);
+  };
   ASSIGN_OR_RETURN(impl->jobs, jobs::JobManager::Create(job_options, impl->metadata.get(),
                                                         impl->blobs.get(), impl->pipeline.get(),
-                                                        impl->resources.get(), &impl->metrics));
+                                                        std::move(resources), &impl->metrics));
 
   impl->blocking = std::make_unique<ThreadPool>(std::max(1, options.blocking_threads));
-  impl->model_service = std::make_unique<ModelServiceImpl>(impl->catalog.get(),
+  Authenticator* auth = impl->auth.get();
+  impl->model_service = std::make_unique<ModelServiceImpl>(auth, impl->catalog.get(),
                                                            impl->blocking.get(), &impl->metrics);
   impl->dataset_service = std::make_unique<DatasetServiceImpl>(
-      impl->catalog.get(), impl->blocking.get(), &impl->metrics);
-  impl->job_service = std::make_unique<JobServiceImpl>(impl->jobs.get());
+      auth, impl->catalog.get(), impl->blocking.get(), &impl->metrics);
+  impl->job_service = std::make_unique<JobServiceImpl>(auth, impl->jobs.get());
   impl->artifact_service = std::make_unique<ArtifactServiceImpl>(
-      impl->metadata.get(), impl->blobs.get(), &impl->metrics);
+      auth, impl->metadata.get(), impl->blobs.get(), &impl->metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen, credentials, &impl->port);
   builder.SetMaxReceiveMessageSize(4 << 20);  // 1 MiB chunks plus headroom
   builder.RegisterService(impl->model_service.get());
   builder.RegisterService(impl->dataset_service.get());
@@ -138,10 +190,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   grpc::HealthCheckServiceInterface* health = impl->grpc_server->GetHealthCheckService();
   health->SetServingStatus(false);
 
+  if (!options.health_listen.empty()) {
+    // Its own server, so that the plaintext port carries nothing but health.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                                    &impl->health_port);
+    impl->health_server = health_builder.BuildAndStart();
+    if (impl->health_server == nullptr || impl->health_port == 0) {
+      impl->grpc_server->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("--health_listen: cannot listen on ", options.health_listen));
+    }
+    impl->health_server->GetHealthCheckService()->SetServingStatus(false);
+  }
+
   if (!options.metrics_listen.empty()) {
     auto http = MetricsHttpServer::Create(options.metrics_listen, impl->metrics.registry());
     if (!http.ok()) {
       impl->grpc_server->Shutdown();
+      if (impl->health_server != nullptr) impl->health_server->Shutdown();
       return absl::Status(http.status().code(),
                           absl::StrCat("--metrics_listen: ", http.status().message()));
     }
@@ -151,13 +218,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   absl::Status started = impl->jobs->Start();
   if (!started.ok()) {
     impl->grpc_server->Shutdown();
+    if (impl->health_server != nullptr) impl->health_server->Shutdown();
     return started;
   }
   health->SetServingStatus(true);
+  if (impl->health_server != nullptr) {
+    impl->health_server->GetHealthCheckService()->SetServingStatus(true);
+  }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 int Server::port() const { return impl_->port; }
+
+int Server::health_port() const { return impl_->health_port; }
 
 int Server::metrics_port() const {
   return impl_->metrics_http == nullptr ? 0 : impl_->metrics_http->port();
@@ -170,10 +243,16 @@ void Server::Drain(absl::Duration grace) {
     impl_->drained = true;
   }
   impl_->grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  if (impl_->health_server != nullptr) {
+    impl_->health_server->GetHealthCheckService()->SetServingStatus(false);
+  }
   impl_->jobs->Drain(grace);
   // Streams (watchers) are ended by the deadline; a few seconds lets
   // in-flight unary calls finish.
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (impl_->health_server != nullptr) {
+    impl_->health_server->Shutdown(std::chrono::system_clock::now());
+  }
   impl_->blocking.reset();  // finishes queued upload validations
   if (impl_->metrics_http != nullptr) impl_->metrics_http->Stop();
   impl_->drain_done.Notify();

@@ -25,6 +25,16 @@ namespace compress::service {
 struct ServerOptions {
   std::string listen = "0.0.0.0:50051";   // gRPC address; port 0 = pick one
   std::string metrics_listen = "0.0.0.0:9464";  // Prometheus; "" = off
+  // Plaintext gRPC port that serves grpc.health.v1 only (kubelet probes
+  // speak no TLS); "" = off, health is then on `listen` only.
+  std::string health_listen;
+  // TLS: PEM server certificate chain and key; both empty = plaintext.
+  std::string tls_cert;
+  std::string tls_key;
+  // PEM CA bundle; set = clients must present a certificate it signed.
+  std::string tls_client_ca;
+  // "TOKEN TENANT" lines (see auth.h); "" = single tenant, no tokens.
+  std::string token_file;
   std::string data_dir = "./compressd-data";     // blobs/ and compressd.db
   int cpu_workers = 1;              // concurrent jobs on the CPU
   bool use_cuda = true;             // one worker slot per visible CUDA device
@@ -48,6 +58,7 @@ class Server {
 
   int port() const;          // bound gRPC port
   int metrics_port() const;  // bound metrics port, 0 when off
+  int health_port() const;   // bound plaintext health port, 0 when off
   // Health NOT_SERVING, refuse new jobs, let running jobs finish for up to
   // `grace` (then re-queue them for the next start), stop gRPC. Idempotent.
   void Drain(absl::Duration grace);

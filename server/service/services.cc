@@ -20,15 +20,22 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context, const absl
   return reactor;
 }
 
+
 // Receives one upload (header, then chunks) into the catalog. The final
 // check loads the model or dataset, so it runs on the blocking pool.
 template <typename Resource>
 class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
  public:
-  UploadReactor(store::Catalog* catalog, store::ResourceKind kind, Resource* response,
-                ThreadPool* blocking, Metrics* metrics)
+  UploadReactor(absl::StatusOr<std::string> tenant, store::Catalog* catalog,
+                store::ResourceKind kind, Resource* response, ThreadPool* blocking,
+                Metrics* metrics)
       : catalog_(catalog), kind_(kind), response_(response), blocking_(blocking),
         metrics_(metrics) {
+    if (!tenant.ok()) {
+      Finish(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    tenant_ = *std::move(tenant);
     StartRead(&request_);
   }
 
@@ -60,7 +67,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
       if (!request_.has_header()) {
         s = absl::InvalidArgumentError("header: the first message must be the upload header");
       } else {
-        auto up = catalog_->BeginUpload(kind_, request_.header());
+        auto up = catalog_->BeginUpload(tenant_, kind_, request_.header());
         s = up.status();
         if (up.ok()) upload_ = *std::move(up);
       }
@@ -91,6 +98,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
   Resource* response_;
   ThreadPool* blocking_;
   Metrics* metrics_;
+  std::string tenant_;
   v1::UploadRequest request_;
   std::unique_ptr<store::Catalog::Upload> upload_;
 };
@@ -109,14 +117,16 @@ void FillPage(store::Page<Item> page, Response* response,
 
 grpc::ServerReadReactor<v1::UploadRequest>* ModelServiceImpl::UploadModel(
     grpc::CallbackServerContext* context, v1::Model* response) {
-  return new UploadReactor<v1::Model>(catalog_, store::ResourceKind::kModel, response, blocking_,
-                                      metrics_);
+  return new UploadReactor<v1::Model>(auth_->TenantOf(*context), catalog_,
+                                      store::ResourceKind::kModel, response, blocking_, metrics_);
 }
 
 grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(grpc::CallbackServerContext* context,
                                                      const v1::GetModelRequest* request,
                                                      v1::Model* response) {
-  auto m = catalog_->GetModel(request->model_id());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto m = catalog_->GetModel(*tenant, request->model_id());
   if (m.ok()) *response = *std::move(m);
   return Reply(context, m.status());
 }
@@ -124,7 +134,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(grpc::CallbackServerContext* context,
                                                        const v1::ListModelsRequest* request,
                                                        v1::ListModelsResponse* response) {
-  auto page = catalog_->ListModels(request->page_size(), request->page_token());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto page = catalog_->ListModels(*tenant, request->page_size(), request->page_token());
   if (page.ok()) FillPage(*std::move(page), response, response->mutable_models());
   return Reply(context, page.status());
 }
@@ -132,7 +144,9 @@ grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* ModelServiceImpl::DeleteModel(grpc::CallbackServerContext* context,
                                                         const v1::DeleteModelRequest* request,
                                                         v1::DeleteModelResponse* response) {
-  return Reply(context, catalog_->DeleteModel(request->model_id()));
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  return Reply(context, catalog_->DeleteModel(*tenant, request->model_id()));
 }
 
 // ---------------------------------------------------------------------------
@@ -140,14 +154,17 @@ grpc::ServerUnaryReactor* ModelServiceImpl::DeleteModel(grpc::CallbackServerCont
 
 grpc::ServerReadReactor<v1::UploadRequest>* DatasetServiceImpl::UploadDataset(
     grpc::CallbackServerContext* context, v1::Dataset* response) {
-  return new UploadReactor<v1::Dataset>(catalog_, store::ResourceKind::kDataset, response,
-                                        blocking_, metrics_);
+  return new UploadReactor<v1::Dataset>(auth_->TenantOf(*context), catalog_,
+                                        store::ResourceKind::kDataset, response, blocking_,
+                                        metrics_);
 }
 
 grpc::ServerUnaryReactor* DatasetServiceImpl::GetDataset(grpc::CallbackServerContext* context,
                                                          const v1::GetDatasetRequest* request,
                                                          v1::Dataset* response) {
-  auto d = catalog_->GetDataset(request->dataset_id());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto d = catalog_->GetDataset(*tenant, request->dataset_id());
   if (d.ok()) *response = *std::move(d);
   return Reply(context, d.status());
 }
@@ -155,7 +172,9 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::GetDataset(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* DatasetServiceImpl::ListDatasets(
     grpc::CallbackServerContext* context, const v1::ListDatasetsRequest* request,
     v1::ListDatasetsResponse* response) {
-  auto page = catalog_->ListDatasets(request->page_size(), request->page_token());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto page = catalog_->ListDatasets(*tenant, request->page_size(), request->page_token());
   if (page.ok()) FillPage(*std::move(page), response, response->mutable_datasets());
   return Reply(context, page.status());
 }
@@ -163,7 +182,9 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::ListDatasets(
 grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteDataset(
     grpc::CallbackServerContext* context, const v1::DeleteDatasetRequest* request,
     v1::DeleteDatasetResponse* response) {
-  return Reply(context, catalog_->DeleteDataset(request->dataset_id()));
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  return Reply(context, catalog_->DeleteDataset(*tenant, request->dataset_id()));
 }
 
 // ---------------------------------------------------------------------------
@@ -172,13 +193,15 @@ grpc::ServerUnaryReactor* DatasetServiceImpl::DeleteDataset(
 grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext* context,
                                                     const v1::SubmitJobRequest* request,
                                                     v1::Job* response) {
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
   jobs::SubmitRequest submit;
   submit.request_id = request->request_id();
   submit.spec = request->spec();
   submit.device = request->device();
   submit.seed = request->seed();
   submit.deadline_seconds = request->deadline_seconds();
-  auto job = jobs_->Submit(submit);
+  auto job = jobs_->Submit(*tenant, submit);
   if (job.ok()) *response = *std::move(job);
   return Reply(context, job.status());
 }
@@ -186,7 +209,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* context,
                                                  const v1::GetJobRequest* request,
                                                  v1::Job* response) {
-  auto job = jobs_->Get(request->job_id());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto job = jobs_->Get(*tenant, request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Reply(context, job.status());
 }
@@ -194,10 +219,12 @@ grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* context,
                                                    const v1::ListJobsRequest* request,
                                                    v1::ListJobsResponse* response) {
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
   store::JobFilter filter;
   filter.state = request->state();
   filter.kind = request->kind();
-  auto page = jobs_->List(filter, request->page_size(), request->page_token());
+  auto page = jobs_->List(*tenant, filter, request->page_size(), request->page_token());
   if (page.ok()) FillPage(*std::move(page), response, response->mutable_jobs());
   return Reply(context, page.status());
 }
@@ -205,7 +232,9 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* context,
                                                     const v1::CancelJobRequest* request,
                                                     v1::Job* response) {
-  auto job = jobs_->Cancel(request->job_id());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto job = jobs_->Cancel(*tenant, request->job_id());
   if (job.ok()) *response = *std::move(job);
   return Reply(context, job.status());
 }
@@ -222,8 +251,13 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
       : jobs_(jobs), job_id_(std::move(job_id)), last_sent_(after_sequence) {}
 
   // Second phase of construction: subscribing can call back at once.
-  void Begin() {
-    auto job = jobs_->Get(job_id_);
+  void Begin(absl::StatusOr<std::string> tenant) {
+    if (!tenant.ok()) {
+      FinishOnce(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    tenant_ = *std::move(tenant);
+    auto job = jobs_->Get(tenant_, job_id_);
     if (!job.ok()) {
       FinishOnce(ToGrpcStatus(job.status()));
       return;
@@ -270,7 +304,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
       return;
     }
     if (pending_.empty()) {
-      auto events = jobs_->Events(job_id_, last_sent_, 64);
+      auto events = jobs_->Events(tenant_, job_id_, last_sent_, 64);
       if (!events.ok()) {
         FinishLocked(ToGrpcStatus(events.status()));
         return;
@@ -279,7 +313,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
       if (pending_.empty()) {
         // Nothing new. A job that already ended (and whose terminal event the
         // client had before reconnecting) ends the stream here.
-        auto job = jobs_->Get(job_id_);
+        auto job = jobs_->Get(tenant_, job_id_);
         if (job.ok() && jobs::IsTerminal(job->state()) && job->last_sequence() <= last_sent_) {
           FinishLocked(grpc::Status::OK);
         }
@@ -304,6 +338,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   jobs::JobManager* const jobs_;
   const std::string job_id_;
+  std::string tenant_;  // set by Begin, before any callback
   uint64_t handle_ = 0;
   bool subscribed_ = false;
   absl::Mutex mu_;
@@ -318,9 +353,19 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 // Streams one artifact: metadata first, then 1 MiB chunks from `offset`.
 class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
  public:
-  DownloadReactor(store::MetadataStore* metadata, store::BlobStore* blobs, Metrics* metrics,
+  DownloadReactor(absl::StatusOr<std::string> tenant, store::MetadataStore* metadata,
+                  store::BlobStore* blobs, Metrics* metrics,
                   const v1::DownloadArtifactRequest& request)
       : metrics_(metrics) {
+    if (!tenant.ok()) {
+      Finish(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    // Another tenant's job answers like a missing one.
+    if (auto job = metadata->GetJob(*tenant, request.job_id()); !job.ok()) {
+      Finish(ToGrpcStatus(job.status()));
+      return;
+    }
     auto artifact = metadata->GetArtifact(request.job_id(), request.name());
     if (!artifact.ok()) {
       Finish(ToGrpcStatus(artifact.status()));
@@ -375,7 +420,7 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
 grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::WatchJob(
     grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
   auto* reactor = new WatchReactor(jobs_, request->job_id(), request->after_sequence());
-  reactor->Begin();
+  reactor->Begin(auth_->TenantOf(*context));
   return reactor;
 }
 
@@ -385,7 +430,9 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::WatchJob(
 grpc::ServerUnaryReactor* ArtifactServiceImpl::ListArtifacts(
     grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
     v1::ListArtifactsResponse* response) {
-  auto job = metadata_->GetJob(request->job_id());
+  absl::StatusOr<std::string> tenant = auth_->TenantOf(*context);
+  if (!tenant.ok()) return Reply(context, tenant.status());
+  auto job = metadata_->GetJob(*tenant, request->job_id());
   if (!job.ok()) return Reply(context, job.status());
   auto artifacts = metadata_->ListArtifacts(request->job_id());
   if (artifacts.ok()) {
@@ -396,7 +443,7 @@ grpc::ServerUnaryReactor* ArtifactServiceImpl::ListArtifacts(
 
 grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* ArtifactServiceImpl::DownloadArtifact(
     grpc::CallbackServerContext* context, const v1::DownloadArtifactRequest* request) {
-  return new DownloadReactor(metadata_, blobs_, metrics_, *request);
+  return new DownloadReactor(auth_->TenantOf(*context), metadata_, blobs_, metrics_, *request);
 }
 
 }  // namespace compress::service

@@ -2,6 +2,8 @@
 // metrics. No business logic lives here: it is in store::Catalog and
 // jobs::JobManager, which are tested without gRPC.
 //
+// Every handler first asks the Authenticator for the caller's tenant
+// (UNAUTHENTICATED ends the call there) and acts for that tenant only.
 // All handlers use the callback API. Work that can block (model validation
 // after an upload) runs on the `blocking` pool, never on a reactor thread.
 #ifndef COMPRESS_SERVICE_SERVICES_H_
@@ -9,6 +11,7 @@
 
 #include "compress/v1/compress.grpc.pb.h"
 #include "server/jobs/job_manager.h"
+#include "server/service/auth.h"
 #include "server/service/metrics.h"
 #include "server/store/catalog.h"
 #include "server/util/thread_pool.h"
@@ -17,8 +20,9 @@ namespace compress::service {
 
 class ModelServiceImpl final : public compress::v1::ModelService::CallbackService {
  public:
-  ModelServiceImpl(store::Catalog* catalog, ThreadPool* blocking, Metrics* metrics)
-      : catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
+  ModelServiceImpl(Authenticator* auth, store::Catalog* catalog, ThreadPool* blocking,
+                   Metrics* metrics)
+      : auth_(auth), catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
 
   grpc::ServerReadReactor<compress::v1::UploadRequest>* UploadModel(
       grpc::CallbackServerContext* context, compress::v1::Model* response) override;
@@ -33,6 +37,7 @@ class ModelServiceImpl final : public compress::v1::ModelService::CallbackServic
                                         compress::v1::DeleteModelResponse* response) override;
 
  private:
+  Authenticator* auth_;
   store::Catalog* catalog_;
   ThreadPool* blocking_;
   Metrics* metrics_;
@@ -40,8 +45,9 @@ class ModelServiceImpl final : public compress::v1::ModelService::CallbackServic
 
 class DatasetServiceImpl final : public compress::v1::DatasetService::CallbackService {
  public:
-  DatasetServiceImpl(store::Catalog* catalog, ThreadPool* blocking, Metrics* metrics)
-      : catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
+  DatasetServiceImpl(Authenticator* auth, store::Catalog* catalog, ThreadPool* blocking,
+                     Metrics* metrics)
+      : auth_(auth), catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
 
   grpc::ServerReadReactor<compress::v1::UploadRequest>* UploadDataset(
       grpc::CallbackServerContext* context, compress::v1::Dataset* response) override;
@@ -56,6 +62,7 @@ class DatasetServiceImpl final : public compress::v1::DatasetService::CallbackSe
                                           compress::v1::DeleteDatasetResponse* response) override;
 
  private:
+  Authenticator* auth_;
   store::Catalog* catalog_;
   ThreadPool* blocking_;
   Metrics* metrics_;
@@ -63,7 +70,7 @@ class DatasetServiceImpl final : public compress::v1::DatasetService::CallbackSe
 
 class JobServiceImpl final : public compress::v1::JobService::CallbackService {
  public:
-  explicit JobServiceImpl(jobs::JobManager* jobs) : jobs_(jobs) {}
+  JobServiceImpl(Authenticator* auth, jobs::JobManager* jobs) : auth_(auth), jobs_(jobs) {}
 
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context,
                                       const compress::v1::SubmitJobRequest* request,
@@ -82,13 +89,15 @@ class JobServiceImpl final : public compress::v1::JobService::CallbackService {
       const compress::v1::WatchJobRequest* request) override;
 
  private:
+  Authenticator* auth_;
   jobs::JobManager* jobs_;
 };
 
 class ArtifactServiceImpl final : public compress::v1::ArtifactService::CallbackService {
  public:
-  ArtifactServiceImpl(store::MetadataStore* metadata, store::BlobStore* blobs, Metrics* metrics)
-      : metadata_(metadata), blobs_(blobs), metrics_(metrics) {}
+  ArtifactServiceImpl(Authenticator* auth, store::MetadataStore* metadata,
+                      store::BlobStore* blobs, Metrics* metrics)
+      : auth_(auth), metadata_(metadata), blobs_(blobs), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* ListArtifacts(grpc::CallbackServerContext* context,
                                           const compress::v1::ListArtifactsRequest* request,
@@ -98,6 +107,7 @@ class ArtifactServiceImpl final : public compress::v1::ArtifactService::Callback
       const compress::v1::DownloadArtifactRequest* request) override;
 
  private:
+  Authenticator* auth_;
   store::MetadataStore* metadata_;
   store::BlobStore* blobs_;
   Metrics* metrics_;

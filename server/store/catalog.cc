@@ -59,7 +59,7 @@ absl::Status Catalog::RegisterBuiltins() {
   }
   for (const char* split : {"train", "test"}) {
     std::string id = absl::StrCat("builtin:fashion-mnist/", split);
-    if (metadata_->GetDataset(id).ok()) continue;
+    if (metadata_->GetDataset(kPublicTenant, id).ok()) continue;
     ASSIGN_OR_RETURN(engine::DatasetSummary summary,
                      engine::DescribeBuiltinDataset(id, options_.fashion_mnist_dir));
     v1::Dataset d;
@@ -68,7 +68,7 @@ absl::Status Catalog::RegisterBuiltins() {
     d.set_builtin(true);
     *d.mutable_create_time() = Now();
     FillDataset(summary, &d);
-    RETURN_IF_ERROR(metadata_->PutDataset(d).status());
+    RETURN_IF_ERROR(metadata_->PutDataset(kPublicTenant, d).status());
   }
   return absl::OkStatus();
 }
@@ -83,7 +83,7 @@ absl::Status Catalog::Upload::Append(absl::string_view chunk) {
 }
 
 absl::StatusOr<std::unique_ptr<Catalog::Upload>> Catalog::BeginUpload(
-    ResourceKind kind, const v1::UploadHeader& header) {
+    const std::string& tenant, ResourceKind kind, const v1::UploadHeader& header) {
   if (header.size_bytes() <= 0) {
     return absl::InvalidArgumentError("header.size_bytes: must be positive");
   }
@@ -99,7 +99,7 @@ absl::StatusOr<std::unique_ptr<Catalog::Upload>> Catalog::BeginUpload(
                      " limit of ", limit));
   }
   ASSIGN_OR_RETURN(auto writer, blobs_->NewWriter());
-  return std::unique_ptr<Upload>(new Upload(kind, header, std::move(writer)));
+  return std::unique_ptr<Upload>(new Upload(tenant, kind, header, std::move(writer)));
 }
 
 absl::StatusOr<std::string> Catalog::CommitUpload(Upload& upload) {
@@ -119,7 +119,8 @@ void Catalog::DropBlobIfUnreferenced(const std::string& sha256) {
 absl::StatusOr<v1::Model> Catalog::FinishModelUpload(std::unique_ptr<Upload> upload) {
   if (upload->kind() != ResourceKind::kModel) return absl::InternalError("not a model upload");
   ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
-  if (auto existing = metadata_->GetModel(sha); existing.ok()) return existing;
+  const std::string& tenant = upload->tenant_;
+  if (auto existing = metadata_->GetModel(tenant, sha); existing.ok()) return existing;
   auto summary = engine::DescribeModelFile(blobs_->PathFor(sha));
   if (!summary.ok()) {
     DropBlobIfUnreferenced(sha);
@@ -146,13 +147,14 @@ absl::StatusOr<v1::Model> Catalog::FinishModelUpload(std::unique_ptr<Upload> upl
       pi->set_dtype(p.dtype);
     }
   }
-  return metadata_->PutModel(m);
+  return metadata_->PutModel(tenant, m);
 }
 
 absl::StatusOr<v1::Dataset> Catalog::FinishDatasetUpload(std::unique_ptr<Upload> upload) {
   if (upload->kind() != ResourceKind::kDataset) return absl::InternalError("not a dataset upload");
   ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
-  if (auto existing = metadata_->GetDataset(sha); existing.ok()) return existing;
+  const std::string& tenant = upload->tenant_;
+  if (auto existing = metadata_->GetDataset(tenant, sha); existing.ok()) return existing;
   auto summary = engine::DescribeDatasetFile(blobs_->PathFor(sha));
   if (!summary.ok()) {
     DropBlobIfUnreferenced(sha);
@@ -165,48 +167,51 @@ absl::StatusOr<v1::Dataset> Catalog::FinishDatasetUpload(std::unique_ptr<Upload>
   d.set_size_bytes(upload->header_.size_bytes());
   *d.mutable_create_time() = Now();
   FillDataset(*summary, &d);
-  return metadata_->PutDataset(d);
+  return metadata_->PutDataset(tenant, d);
 }
 
-absl::StatusOr<v1::Model> Catalog::GetModel(const std::string& id) {
-  return metadata_->GetModel(id);
+absl::StatusOr<v1::Model> Catalog::GetModel(const std::string& tenant, const std::string& id) {
+  return metadata_->GetModel(tenant, id);
 }
 
-absl::StatusOr<Page<v1::Model>> Catalog::ListModels(int page_size, const std::string& token) {
-  return metadata_->ListModels(page_size, token);
+absl::StatusOr<Page<v1::Model>> Catalog::ListModels(const std::string& tenant, int page_size,
+                                                    const std::string& token) {
+  return metadata_->ListModels(tenant, page_size, token);
 }
 
-absl::Status Catalog::DeleteModel(const std::string& id) {
-  RETURN_IF_ERROR(metadata_->GetModel(id).status());
-  ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(id));
+absl::Status Catalog::DeleteModel(const std::string& tenant, const std::string& id) {
+  RETURN_IF_ERROR(metadata_->GetModel(tenant, id).status());
+  ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(tenant, id));
   if (in_use) {
     return absl::FailedPreconditionError(
         absl::StrCat("model ", id, " is used by a queued or running job"));
   }
-  RETURN_IF_ERROR(metadata_->DeleteModel(id));
+  RETURN_IF_ERROR(metadata_->DeleteModel(tenant, id));
   DropBlobIfUnreferenced(id);
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::Dataset> Catalog::GetDataset(const std::string& id) {
-  return metadata_->GetDataset(id);
+absl::StatusOr<v1::Dataset> Catalog::GetDataset(const std::string& tenant,
+                                                const std::string& id) {
+  return metadata_->GetDataset(tenant, id);
 }
 
-absl::StatusOr<Page<v1::Dataset>> Catalog::ListDatasets(int page_size, const std::string& token) {
-  return metadata_->ListDatasets(page_size, token);
+absl::StatusOr<Page<v1::Dataset>> Catalog::ListDatasets(const std::string& tenant, int page_size,
+                                                        const std::string& token) {
+  return metadata_->ListDatasets(tenant, page_size, token);
 }
 
-absl::Status Catalog::DeleteDataset(const std::string& id) {
+absl::Status Catalog::DeleteDataset(const std::string& tenant, const std::string& id) {
   if (engine::IsBuiltinDataset(id)) {
     return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is builtin"));
   }
-  RETURN_IF_ERROR(metadata_->GetDataset(id).status());
-  ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(id));
+  RETURN_IF_ERROR(metadata_->GetDataset(tenant, id).status());
+  ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(tenant, id));
   if (in_use) {
     return absl::FailedPreconditionError(
         absl::StrCat("dataset ", id, " is used by a queued or running job"));
   }
-  RETURN_IF_ERROR(metadata_->DeleteDataset(id));
+  RETURN_IF_ERROR(metadata_->DeleteDataset(tenant, id));
   DropBlobIfUnreferenced(id);
   return absl::OkStatus();
 }

@@ -4,10 +4,12 @@
 // uploads with the engine (a model must load as TorchScript, a dataset must
 // have "inputs"). An upload is visible only after its bytes, digest and
 // content are verified; a failed upload leaves nothing behind.
+// Every call names the tenant it acts for (see MetadataStore): a tenant
+// sees and deletes only its own models and datasets, plus the builtins.
 // Thread-safe. Finish*Upload blocks (it loads the model): call it off
 // gRPC reactor threads.
 //
-//   ASSIGN_OR_RETURN(auto up, catalog->BeginUpload(ResourceKind::kModel, header));
+//   ASSIGN_OR_RETURN(auto up, catalog->BeginUpload(tenant, ResourceKind::kModel, header));
 //   for (chunk : chunks) RETURN_IF_ERROR(up->Append(chunk));
 //   ASSIGN_OR_RETURN(v1::Model m, catalog->FinishModelUpload(std::move(up)));
 #ifndef COMPRESS_STORE_CATALOG_H_
@@ -45,9 +47,11 @@ class Catalog {
 
    private:
     friend class Catalog;
-    Upload(ResourceKind kind, compress::v1::UploadHeader header,
+    Upload(std::string tenant, ResourceKind kind, compress::v1::UploadHeader header,
            std::unique_ptr<BlobStore::Writer> writer)
-        : kind_(kind), header_(std::move(header)), writer_(std::move(writer)) {}
+        : tenant_(std::move(tenant)), kind_(kind), header_(std::move(header)),
+          writer_(std::move(writer)) {}
+    std::string tenant_;  // the uploader, who will own the resource
     ResourceKind kind_;
     compress::v1::UploadHeader header_;
     std::unique_ptr<BlobStore::Writer> writer_;
@@ -62,22 +66,27 @@ class Catalog {
 
   // Validates the header: INVALID_ARGUMENT for a bad digest or size,
   // RESOURCE_EXHAUSTED when the declared size is over the limit.
-  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(ResourceKind kind,
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& tenant,
+                                                       ResourceKind kind,
                                                        const compress::v1::UploadHeader& header);
   // Checks size and digest, then the content; stores the resource. Same bytes
-  // uploaded twice return the existing resource.
+  // uploaded twice by one tenant return the existing resource.
   absl::StatusOr<compress::v1::Model> FinishModelUpload(std::unique_ptr<Upload> upload);
   absl::StatusOr<compress::v1::Dataset> FinishDatasetUpload(std::unique_ptr<Upload> upload);
 
-  absl::StatusOr<compress::v1::Model> GetModel(const std::string& id);
-  absl::StatusOr<Page<compress::v1::Model>> ListModels(int page_size, const std::string& token);
-  // FAILED_PRECONDITION while a queued or running job uses it.
-  absl::Status DeleteModel(const std::string& id);
+  absl::StatusOr<compress::v1::Model> GetModel(const std::string& tenant, const std::string& id);
+  absl::StatusOr<Page<compress::v1::Model>> ListModels(const std::string& tenant, int page_size,
+                                                       const std::string& token);
+  // FAILED_PRECONDITION while a queued or running job of the tenant uses it.
+  // The bytes go when no tenant has the model any more.
+  absl::Status DeleteModel(const std::string& tenant, const std::string& id);
 
-  absl::StatusOr<compress::v1::Dataset> GetDataset(const std::string& id);
-  absl::StatusOr<Page<compress::v1::Dataset>> ListDatasets(int page_size,
+  absl::StatusOr<compress::v1::Dataset> GetDataset(const std::string& tenant,
+                                                   const std::string& id);
+  absl::StatusOr<Page<compress::v1::Dataset>> ListDatasets(const std::string& tenant,
+                                                           int page_size,
                                                            const std::string& token);
-  absl::Status DeleteDataset(const std::string& id);
+  absl::Status DeleteDataset(const std::string& tenant, const std::string& id);
 
   // Where the engine reads the bytes: a blob path, or for builtin datasets
   // the builtin id (the engine resolves it).

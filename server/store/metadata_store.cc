@@ -39,6 +39,38 @@ constexpr const char* kMigrations[] = {
       proto BLOB NOT NULL, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
     CREATE INDEX artifacts_sha ON artifacts(sha256);
     )sql",
+    // Tenants: every model, dataset and job row gets an owner. Rows written
+    // before tenants existed belong to the single-tenant "default" tenant,
+    // builtin datasets to everyone (''). Request ids become unique per tenant.
+    R"sql(
+    CREATE TABLE models_v2 (
+      tenant TEXT NOT NULL, id TEXT NOT NULL, created_ns INTEGER NOT NULL,
+      proto BLOB NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+    INSERT INTO models_v2 SELECT 'default', id, created_ns, proto FROM models;
+    DROP TABLE models;
+    ALTER TABLE models_v2 RENAME TO models;
+    CREATE INDEX models_id ON models(id);
+    CREATE TABLE datasets_v2 (
+      tenant TEXT NOT NULL, id TEXT NOT NULL, created_ns INTEGER NOT NULL,
+      proto BLOB NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+    INSERT INTO datasets_v2
+      SELECT CASE WHEN id LIKE 'builtin:%' THEN '' ELSE 'default' END, id, created_ns, proto
+      FROM datasets;
+    DROP TABLE datasets;
+    ALTER TABLE datasets_v2 RENAME TO datasets;
+    CREATE INDEX datasets_id ON datasets(id);
+    CREATE TABLE jobs_v2 (
+      id TEXT PRIMARY KEY, tenant TEXT NOT NULL, request_id TEXT, state INTEGER NOT NULL,
+      kind INTEGER NOT NULL, created_ns INTEGER NOT NULL, model_id TEXT,
+      dataset_ids TEXT, proto BLOB NOT NULL, UNIQUE (tenant, request_id));
+    INSERT INTO jobs_v2
+      SELECT id, 'default', request_id, state, kind, created_ns, model_id, dataset_ids, proto
+      FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v2 RENAME TO jobs;
+    CREATE INDEX jobs_state ON jobs(state, created_ns);
+    CREATE INDEX jobs_tenant ON jobs(tenant, created_ns);
+    )sql",
 };
 
 int64_t ToNanos(const google::protobuf::Timestamp& t) {
@@ -132,19 +164,27 @@ int ClampPageSize(int page_size) {
   return std::min(page_size, kMaxPageSize);
 }
 
-// Lists rows of a (id, created_ns, proto) table newest first.
+// Which rows a tenant sees: its own, and with `with_public` the public ones.
+struct Visibility {
+  std::string tenant;
+  bool with_public = false;
+  std::string other() const { return with_public ? kPublicTenant : tenant; }
+};
+
+// Lists a tenant's rows of a (tenant, id, created_ns, proto) table newest first.
 template <typename T>
-absl::StatusOr<Page<T>> ListTable(sqlite3* db, const std::string& table,
+absl::StatusOr<Page<T>> ListTable(sqlite3* db, const std::string& table, const Visibility& v,
                                   const std::string& extra_where, int page_size,
                                   const std::string& token) {
   ASSIGN_OR_RETURN(Cursor cursor, DecodeToken(token));
   int n = ClampPageSize(page_size);
   std::string sql = absl::StrCat("SELECT proto, created_ns, id FROM ", table,
-                                 " WHERE (created_ns, id) < (?1, ?2)", extra_where,
-                                 " ORDER BY created_ns DESC, id DESC LIMIT ?3");
+                                 " WHERE (created_ns, id) < (?1, ?2) AND tenant IN (?4, ?5)",
+                                 extra_where, " ORDER BY created_ns DESC, id DESC LIMIT ?3");
   Stmt st(db, sql.c_str());
   RETURN_IF_ERROR(st.status());
   st.Bind(1, cursor.created_ns).Bind(2, cursor.id).Bind(3, static_cast<int64_t>(n + 1));
+  st.Bind(4, v.tenant).Bind(5, v.other());
   Page<T> page;
   int rc;
   int64_t last_ns = 0;
@@ -165,13 +205,15 @@ absl::StatusOr<Page<T>> ListTable(sqlite3* db, const std::string& table,
   return page;
 }
 
+// Another tenant's row answers exactly like a missing one: NOT_FOUND.
 template <typename T>
 absl::StatusOr<T> GetById(sqlite3* db, const std::string& table, const std::string& what,
-                          const std::string& id) {
-  std::string sql = absl::StrCat("SELECT proto FROM ", table, " WHERE id = ?1");
+                          const Visibility& v, const std::string& id) {
+  std::string sql =
+      absl::StrCat("SELECT proto FROM ", table, " WHERE id = ?1 AND tenant IN (?2, ?3) LIMIT 1");
   Stmt st(db, sql.c_str());
   RETURN_IF_ERROR(st.status());
-  st.Bind(1, id);
+  st.Bind(1, id).Bind(2, v.tenant).Bind(3, v.other());
   int rc = st.Step();
   if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
   if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
@@ -179,11 +221,11 @@ absl::StatusOr<T> GetById(sqlite3* db, const std::string& table, const std::stri
 }
 
 absl::Status DeleteById(sqlite3* db, const std::string& table, const std::string& what,
-                        const std::string& id) {
-  std::string sql = absl::StrCat("DELETE FROM ", table, " WHERE id = ?1");
+                        const std::string& tenant, const std::string& id) {
+  std::string sql = absl::StrCat("DELETE FROM ", table, " WHERE id = ?1 AND tenant = ?2");
   Stmt st(db, sql.c_str());
   RETURN_IF_ERROR(st.status());
-  st.Bind(1, id);
+  st.Bind(1, id).Bind(2, tenant);
   RETURN_IF_ERROR(st.Run());
   if (sqlite3_changes(db) == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
   return absl::OkStatus();
@@ -270,10 +312,15 @@ absl::Status MetadataStore::Exec(const char* sql) {
 
 absl::Status MetadataStore::Migrate() {
   absl::MutexLock lock(&mu_);
-  Stmt version_stmt(db_, "PRAGMA user_version");
-  RETURN_IF_ERROR(version_stmt.status());
-  if (version_stmt.Step() != SQLITE_ROW) return absl::InternalError("cannot read user_version");
-  int64_t version = version_stmt.Int(0);
+  int64_t version;
+  {
+    // Finalized before migrating: an open statement would lock the tables
+    // a migration drops.
+    Stmt version_stmt(db_, "PRAGMA user_version");
+    RETURN_IF_ERROR(version_stmt.status());
+    if (version_stmt.Step() != SQLITE_ROW) return absl::InternalError("cannot read user_version");
+    version = version_stmt.Int(0);
+  }
   constexpr int64_t kLatest = sizeof(kMigrations) / sizeof(kMigrations[0]);
   if (version > kLatest) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -293,61 +340,71 @@ absl::Status MetadataStore::Migrate() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::Model> MetadataStore::PutModel(const v1::Model& model) {
+absl::StatusOr<v1::Model> MetadataStore::PutModel(const std::string& tenant,
+                                                   const v1::Model& model) {
   absl::MutexLock lock(&mu_);
-  Stmt st(db_, "INSERT OR IGNORE INTO models (id, created_ns, proto) VALUES (?1, ?2, ?3)");
+  Stmt st(db_,
+          "INSERT OR IGNORE INTO models (tenant, id, created_ns, proto) VALUES (?1, ?2, ?3, ?4)");
   RETURN_IF_ERROR(st.status());
-  st.Bind(1, model.id()).Bind(2, ToNanos(model.create_time())).BindBlob(3, model.SerializeAsString());
+  st.Bind(1, tenant).Bind(2, model.id()).Bind(3, ToNanos(model.create_time()));
+  st.BindBlob(4, model.SerializeAsString());
   RETURN_IF_ERROR(st.Run());
-  return GetById<v1::Model>(db_, "models", "model", model.id());
+  return GetById<v1::Model>(db_, "models", "model", {tenant}, model.id());
 }
 
-absl::StatusOr<v1::Model> MetadataStore::GetModel(const std::string& id) {
+absl::StatusOr<v1::Model> MetadataStore::GetModel(const std::string& tenant,
+                                                   const std::string& id) {
   absl::MutexLock lock(&mu_);
-  return GetById<v1::Model>(db_, "models", "model", id);
+  return GetById<v1::Model>(db_, "models", "model", {tenant}, id);
 }
 
-absl::StatusOr<Page<v1::Model>> MetadataStore::ListModels(int page_size, const std::string& token) {
+absl::StatusOr<Page<v1::Model>> MetadataStore::ListModels(const std::string& tenant,
+                                                          int page_size,
+                                                          const std::string& token) {
   absl::MutexLock lock(&mu_);
-  return ListTable<v1::Model>(db_, "models", "", page_size, token);
+  return ListTable<v1::Model>(db_, "models", {tenant}, "", page_size, token);
 }
 
-absl::Status MetadataStore::DeleteModel(const std::string& id) {
+absl::Status MetadataStore::DeleteModel(const std::string& tenant, const std::string& id) {
   absl::MutexLock lock(&mu_);
-  return DeleteById(db_, "models", "model", id);
+  return DeleteById(db_, "models", "model", tenant, id);
 }
 
-absl::StatusOr<v1::Dataset> MetadataStore::PutDataset(const v1::Dataset& dataset) {
+absl::StatusOr<v1::Dataset> MetadataStore::PutDataset(const std::string& tenant,
+                                                       const v1::Dataset& dataset) {
   absl::MutexLock lock(&mu_);
-  Stmt st(db_, "INSERT OR IGNORE INTO datasets (id, created_ns, proto) VALUES (?1, ?2, ?3)");
+  Stmt st(db_,
+          "INSERT OR IGNORE INTO datasets (tenant, id, created_ns, proto) VALUES (?1, ?2, ?3, ?4)");
   RETURN_IF_ERROR(st.status());
-  st.Bind(1, dataset.id())
-      .Bind(2, ToNanos(dataset.create_time()))
-      .BindBlob(3, dataset.SerializeAsString());
+  st.Bind(1, tenant).Bind(2, dataset.id()).Bind(3, ToNanos(dataset.create_time()));
+  st.BindBlob(4, dataset.SerializeAsString());
   RETURN_IF_ERROR(st.Run());
-  return GetById<v1::Dataset>(db_, "datasets", "dataset", dataset.id());
+  return GetById<v1::Dataset>(db_, "datasets", "dataset", {tenant}, dataset.id());
 }
 
-absl::StatusOr<v1::Dataset> MetadataStore::GetDataset(const std::string& id) {
+absl::StatusOr<v1::Dataset> MetadataStore::GetDataset(const std::string& tenant,
+                                                       const std::string& id) {
   absl::MutexLock lock(&mu_);
-  return GetById<v1::Dataset>(db_, "datasets", "dataset", id);
+  return GetById<v1::Dataset>(db_, "datasets", "dataset", {tenant, true}, id);
 }
 
-absl::StatusOr<Page<v1::Dataset>> MetadataStore::ListDatasets(int page_size,
-                                                               const std::string& token) {
+absl::StatusOr<Page<v1::Dataset>> MetadataStore::ListDatasets(const std::string& tenant,
+                                                              int page_size,
+                                                              const std::string& token) {
   absl::MutexLock lock(&mu_);
-  return ListTable<v1::Dataset>(db_, "datasets", "", page_size, token);
+  return ListTable<v1::Dataset>(db_, "datasets", {tenant, true}, "", page_size, token);
 }
 
-absl::Status MetadataStore::DeleteDataset(const std::string& id) {
+absl::Status MetadataStore::DeleteDataset(const std::string& tenant, const std::string& id) {
   absl::MutexLock lock(&mu_);
-  return DeleteById(db_, "datasets", "dataset", id);
+  return DeleteById(db_, "datasets", "dataset", tenant, id);
 }
 
-absl::Status MetadataStore::PutJobLocked(const v1::Job& job, bool insert) {
+absl::Status MetadataStore::PutJobLocked(const std::string* tenant, const v1::Job& job) {
+  const bool insert = tenant != nullptr;
   const char* sql =
-      insert ? "INSERT INTO jobs (id, request_id, state, kind, created_ns, dataset_ids, proto) "
-               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+      insert ? "INSERT INTO jobs (id, request_id, state, kind, created_ns, dataset_ids, proto, "
+               "tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
              : "UPDATE jobs SET state = ?3, proto = ?7 WHERE id = ?1";
   Stmt st(db_, sql);
   RETURN_IF_ERROR(st.status());
@@ -360,7 +417,8 @@ absl::Status MetadataStore::PutJobLocked(const v1::Job& job, bool insert) {
     }
     st.Bind(4, static_cast<int64_t>(job.kind()))
         .Bind(5, ToNanos(job.create_time()))
-        .Bind(6, ReferencedIds(job.spec()));
+        .Bind(6, ReferencedIds(job.spec()))
+        .Bind(8, *tenant);
   }
   st.Bind(3, static_cast<int64_t>(job.state())).BindBlob(7, job.SerializeAsString());
   RETURN_IF_ERROR(st.Run());
@@ -370,33 +428,57 @@ absl::Status MetadataStore::PutJobLocked(const v1::Job& job, bool insert) {
   return absl::OkStatus();
 }
 
-absl::Status MetadataStore::InsertJob(const v1::Job& job) {
+absl::Status MetadataStore::InsertJob(const std::string& tenant, const v1::Job& job) {
   absl::MutexLock lock(&mu_);
-  return PutJobLocked(job, /*insert=*/true);
+  return PutJobLocked(&tenant, job);
 }
 
 absl::Status MetadataStore::UpdateJob(const v1::Job& job) {
   absl::MutexLock lock(&mu_);
-  return PutJobLocked(job, /*insert=*/false);
+  return PutJobLocked(nullptr, job);
 }
 
-absl::StatusOr<v1::Job> MetadataStore::GetJob(const std::string& id) {
+absl::StatusOr<v1::Job> MetadataStore::GetJob(const std::string& tenant, const std::string& id) {
   absl::MutexLock lock(&mu_);
-  return GetById<v1::Job>(db_, "jobs", "job", id);
+  return GetById<v1::Job>(db_, "jobs", "job", {tenant}, id);
 }
 
-absl::StatusOr<v1::Job> MetadataStore::GetJobByRequestId(const std::string& request_id) {
+absl::StatusOr<v1::Job> MetadataStore::GetJobAnyTenant(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  Stmt st(db_, "SELECT proto FROM jobs WHERE request_id = ?1");
+  ASSIGN_OR_RETURN(std::string proto, JobColumnLocked("proto", id));
+  return Parse<v1::Job>(proto);
+}
+
+absl::StatusOr<std::string> MetadataStore::JobTenant(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return JobColumnLocked("tenant", id);
+}
+
+absl::StatusOr<std::string> MetadataStore::JobColumnLocked(const char* column,
+                                                           const std::string& id) {
+  Stmt st(db_, absl::StrCat("SELECT ", column, " FROM jobs WHERE id = ?1").c_str());
   RETURN_IF_ERROR(st.status());
-  st.Bind(1, request_id);
+  st.Bind(1, id);
+  int rc = st.Step();
+  if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return st.Text(0);
+}
+
+absl::StatusOr<v1::Job> MetadataStore::GetJobByRequestId(const std::string& tenant,
+                                                         const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT proto FROM jobs WHERE request_id = ?1 AND tenant = ?2");
+  RETURN_IF_ERROR(st.status());
+  st.Bind(1, request_id).Bind(2, tenant);
   int rc = st.Step();
   if (rc == SQLITE_DONE) return absl::NotFoundError("no job with that request id");
   if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
   return Parse<v1::Job>(st.Text(0));
 }
 
-absl::StatusOr<Page<v1::Job>> MetadataStore::ListJobs(const JobFilter& filter, int page_size,
+absl::StatusOr<Page<v1::Job>> MetadataStore::ListJobs(const std::string& tenant,
+                                                      const JobFilter& filter, int page_size,
                                                       const std::string& token) {
   std::string where;
   // Enum values are integers from a closed proto enum: safe to inline.
@@ -407,7 +489,7 @@ absl::StatusOr<Page<v1::Job>> MetadataStore::ListJobs(const JobFilter& filter, i
     absl::StrAppend(&where, " AND kind = ", static_cast<int>(filter.kind));
   }
   absl::MutexLock lock(&mu_);
-  return ListTable<v1::Job>(db_, "jobs", where, page_size, token);
+  return ListTable<v1::Job>(db_, "jobs", {tenant}, where, page_size, token);
 }
 
 absl::StatusOr<std::vector<v1::Job>> MetadataStore::JobsInState(v1::JobState state) {
@@ -425,14 +507,17 @@ absl::StatusOr<std::vector<v1::Job>> MetadataStore::JobsInState(v1::JobState sta
   return jobs;
 }
 
-absl::StatusOr<bool> MetadataStore::IsReferencedByActiveJob(const std::string& id) {
+absl::StatusOr<bool> MetadataStore::IsReferencedByActiveJob(const std::string& tenant,
+                                                            const std::string& id) {
   absl::MutexLock lock(&mu_);
   Stmt st(db_,
-          "SELECT 1 FROM jobs WHERE state IN (?1, ?2) AND instr(dataset_ids, ?3) > 0 LIMIT 1");
+          "SELECT 1 FROM jobs WHERE state IN (?1, ?2) AND instr(dataset_ids, ?3) > 0 "
+          "AND tenant = ?4 LIMIT 1");
   RETURN_IF_ERROR(st.status());
   st.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED))
       .Bind(2, static_cast<int64_t>(v1::JOB_STATE_RUNNING))
-      .Bind(3, absl::StrCat(" ", id, " "));
+      .Bind(3, absl::StrCat(" ", id, " "))
+      .Bind(4, tenant);
   int rc = st.Step();
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
     return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
@@ -456,7 +541,7 @@ absl::Status MetadataStore::AppendEvent(const v1::JobEvent& event, const v1::Job
     RETURN_IF_ERROR(st.status());
     st.Bind(1, event.job_id()).Bind(2, event.sequence()).BindBlob(3, event.SerializeAsString());
     RETURN_IF_ERROR(st.Run());
-    if (job != nullptr) RETURN_IF_ERROR(PutJobLocked(*job, /*insert=*/false));
+    if (job != nullptr) RETURN_IF_ERROR(PutJobLocked(nullptr, *job));
     return absl::OkStatus();
   }();
   if (!s.ok()) {

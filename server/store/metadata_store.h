@@ -6,6 +6,13 @@
 // behind a mutex (SQLite serialises writers anyway).
 //
 // Paging: lists are newest first; a page token is opaque to clients.
+//
+// Tenants: every model, dataset and job row has an owning tenant, and the
+// lookups that serve RPCs take the caller's tenant: another tenant's row is
+// NOT_FOUND, exactly like a missing one. The same bytes uploaded by two
+// tenants are two rows (each with its own name and time) over one blob.
+// Builtin datasets belong to kPublicTenant, which every tenant sees. Events
+// and artifacts hang off a job: check the job's tenant first.
 #ifndef COMPRESS_STORE_METADATA_STORE_H_
 #define COMPRESS_STORE_METADATA_STORE_H_
 
@@ -22,6 +29,12 @@
 struct sqlite3;
 
 namespace compress::store {
+
+// The tenant of single-tenant servers (no token file), and the owner of
+// every row written before tenants existed.
+inline constexpr char kDefaultTenant[] = "default";
+// Owner of rows every tenant sees (the builtin datasets).
+inline constexpr char kPublicTenant[] = "";
 
 template <typename T>
 struct Page {
@@ -43,40 +56,60 @@ class MetadataStore {
   MetadataStore(const MetadataStore&) = delete;
   MetadataStore& operator=(const MetadataStore&) = delete;
 
-  // Models. PutModel keeps an existing row with the same id (dedup) and
-  // returns the stored one.
-  absl::StatusOr<compress::v1::Model> PutModel(const compress::v1::Model& model)
+  // Models of one tenant. PutModel keeps an existing row with the same
+  // tenant and id (dedup) and returns the stored one.
+  absl::StatusOr<compress::v1::Model> PutModel(const std::string& tenant,
+                                               const compress::v1::Model& model)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<compress::v1::Model> GetModel(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<Page<compress::v1::Model>> ListModels(int page_size, const std::string& token)
+  absl::StatusOr<compress::v1::Model> GetModel(const std::string& tenant, const std::string& id)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status DeleteModel(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Page<compress::v1::Model>> ListModels(const std::string& tenant, int page_size,
+                                                       const std::string& token)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status DeleteModel(const std::string& tenant, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Datasets, same rules.
-  absl::StatusOr<compress::v1::Dataset> PutDataset(const compress::v1::Dataset& dataset)
+  // Datasets, same rules; Get and List include the public (builtin) ones.
+  absl::StatusOr<compress::v1::Dataset> PutDataset(const std::string& tenant,
+                                                   const compress::v1::Dataset& dataset)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<compress::v1::Dataset> GetDataset(const std::string& id)
+  absl::StatusOr<compress::v1::Dataset> GetDataset(const std::string& tenant,
+                                                   const std::string& id)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<Page<compress::v1::Dataset>> ListDatasets(int page_size,
+  absl::StatusOr<Page<compress::v1::Dataset>> ListDatasets(const std::string& tenant,
+                                                           int page_size,
                                                            const std::string& token)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status DeleteDataset(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-
-  // Jobs. InsertJob fails with ALREADY_EXISTS on a duplicate id or request id.
-  absl::Status InsertJob(const compress::v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status UpdateJob(const compress::v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<compress::v1::Job> GetJob(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-  // NOT_FOUND when no job has this request id.
-  absl::StatusOr<compress::v1::Job> GetJobByRequestId(const std::string& request_id)
+  absl::Status DeleteDataset(const std::string& tenant, const std::string& id)
       ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<Page<compress::v1::Job>> ListJobs(const JobFilter& filter, int page_size,
+
+  // Jobs. Ids are unique across tenants; request ids within a tenant.
+  // InsertJob fails with ALREADY_EXISTS on a duplicate id or request id.
+  absl::Status InsertJob(const std::string& tenant, const compress::v1::Job& job)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status UpdateJob(const compress::v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<compress::v1::Job> GetJob(const std::string& tenant, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The job whoever owns it: for the job layer (recovery, running jobs),
+  // never for answering a caller.
+  absl::StatusOr<compress::v1::Job> GetJobAnyTenant(const std::string& id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::string> JobTenant(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // NOT_FOUND when no job of the tenant has this request id.
+  absl::StatusOr<compress::v1::Job> GetJobByRequestId(const std::string& tenant,
+                                                      const std::string& request_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Page<compress::v1::Job>> ListJobs(const std::string& tenant,
+                                                   const JobFilter& filter, int page_size,
                                                    const std::string& token)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Jobs in `state`, oldest first (restart recovery).
+  // Jobs in `state` of every tenant, oldest first (restart recovery).
   absl::StatusOr<std::vector<compress::v1::Job>> JobsInState(compress::v1::JobState state)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // True when any non-terminal job references the model or dataset id.
-  absl::StatusOr<bool> IsReferencedByActiveJob(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // True when a non-terminal job of the tenant references the model or
+  // dataset id.
+  absl::StatusOr<bool> IsReferencedByActiveJob(const std::string& tenant, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Events. AppendEvent requires event.sequence() == last + 1 for the job
   // (ALREADY_EXISTS otherwise) and, in the same transaction, stores `job`
@@ -96,14 +129,19 @@ class MetadataStore {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<compress::v1::Artifact>> ListArtifacts(const std::string& job_id)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // True when any artifact, model or dataset refers to the blob digest.
+  // True when any artifact, model or dataset of any tenant refers to the
+  // blob digest.
   absl::StatusOr<bool> IsBlobReferenced(const std::string& sha256) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   explicit MetadataStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Migrate() ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status PutJobLocked(const compress::v1::Job& job, bool insert)
+  // One column of a job row, whatever its tenant.
+  absl::StatusOr<std::string> JobColumnLocked(const char* column, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Inserts the job for `tenant`, or updates it when `tenant` is null.
+  absl::Status PutJobLocked(const std::string* tenant, const compress::v1::Job& job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;

@@ -147,11 +147,21 @@ TEST_F(ClientTest, ListModelsFollowsPages) {
   EXPECT_EQ(server_.models().list_calls(), 3);  // pages of 2
 }
 
-TEST_F(ClientTest, TlsOptionsAreRejectedNotIgnored) {
+// TLS options are used, never silently dropped: a file that cannot be read
+// or a certificate without its key is an error before any call.
+// tests/e2e/tls_auth_test.cc covers TLS against a real server.
+TEST_F(ClientTest, BadTlsOptionsAreErrors) {
   Client::Options options;
-  options.ca_file = "/etc/ssl/ca.pem";
-  EXPECT_EQ(Client::Create(options).status().code(),
-            absl::StatusCode::kUnimplemented);
+  options.ca_file = "/nonexistent/ca.pem";
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Create(options);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), ::testing::HasSubstr("/nonexistent/ca.pem"));
+  options.ca_file = "";
+  options.cert_file = "/nonexistent/client.pem";
+  EXPECT_EQ(Client::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.cert_file = "";
+  options.tls = true;  // system roots
+  EXPECT_TRUE(Client::Create(options).ok());
 }
 
 // --- WatchJob ----------------------------------------------------------------

@@ -2,10 +2,6 @@
 // stubs and the client library. Expected numbers come from
 // tests/fixtures/expected.json, computed independently in Python from each
 // model's own parameters (tests/fixtures/make_fixtures.py).
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -32,6 +28,7 @@ namespace {
 
 namespace v1 = compress::v1;
 using ::compress::testutil::FixturePath;
+using ::compress::testutil::HttpGet;
 using ::compress::testutil::ReadFile;
 using ::compress::testutil::ScopedTempDir;
 using ::compress::testutil::WriteFile;
@@ -141,26 +138,6 @@ class E2eTest : public ::testing::Test {
     v1::Job job;
     EXPECT_TRUE(jobs_->GetJob(&ctx, req, &job).ok());
     return job;
-  }
-
-  std::string HttpGet(int port, const std::string& path) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      close(fd);
-      return "";
-    }
-    std::string req = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: x\r\n\r\n");
-    send(fd, req.data(), req.size(), 0);
-    std::string out;
-    char buf[4096];
-    ssize_t n;
-    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-    close(fd);
-    return out;
   }
 
   std::vector<std::string> FilesUnder(const std::string& sub) {

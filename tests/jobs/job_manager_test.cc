@@ -32,6 +32,8 @@ using ::compress::testutil::ScopedTempDir;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
 
+const std::string kTenant = store::kDefaultTenant;
+
 constexpr char kReport[] = R"({"ok": true, "layers": 2})";
 
 // Behaviour on demand, chosen by the spec's inspect.model_id:
@@ -127,6 +129,10 @@ class FakeResources : public pipeline::Resources {
   }
 };
 
+ResourcesFactory FakeResourcesFactory() {
+  return [](const std::string& tenant) { return std::make_unique<FakeResources>(); };
+}
+
 class FakeObserver : public JobObserver {
  public:
   void OnSubmitted(v1::JobKind kind) override {
@@ -211,7 +217,7 @@ class JobManagerTest : public ::testing::Test {
   // A new manager over the current stores, started.
   void StartManager() {
     auto manager = JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_,
-                                      &resources_, &observer_);
+                                      FakeResourcesFactory(), &observer_);
     ASSERT_TRUE(manager.ok()) << manager.status();
     manager_ = std::move(*manager);
     absl::Status s = manager_->Start();
@@ -219,13 +225,13 @@ class JobManagerTest : public ::testing::Test {
   }
 
   v1::Job Submit(const SubmitRequest& request) {
-    auto job = manager_->Submit(request);
+    auto job = manager_->Submit(kTenant, request);
     EXPECT_TRUE(job.ok()) << job.status();
     return job.ok() ? *job : v1::Job();
   }
 
   v1::JobState StateOf(const std::string& id) {
-    auto job = metadata_->GetJob(id);
+    auto job = metadata_->GetJobAnyTenant(id);
     return job.ok() ? job->state() : v1::JOB_STATE_UNSPECIFIED;
   }
   // Waits for the job to reach `state`; returns the job row.
@@ -233,7 +239,7 @@ class JobManagerTest : public ::testing::Test {
     bool reached = WaitUntil([&] { return StateOf(id) == state; });
     EXPECT_TRUE(reached) << "job " << id << " is " << v1::JobState_Name(StateOf(id)) << ", wanted "
                          << v1::JobState_Name(state);
-    auto job = metadata_->GetJob(id);
+    auto job = metadata_->GetJobAnyTenant(id);
     return job.ok() ? *job : v1::Job();
   }
 
@@ -250,7 +256,7 @@ class JobManagerTest : public ::testing::Test {
       EXPECT_EQ(events[i].sequence(), static_cast<int64_t>(i + 1)) << id;
       EXPECT_EQ(events[i].job_id(), id);
     }
-    EXPECT_EQ(metadata_->GetJob(id)->last_sequence(), static_cast<int64_t>(events.size()));
+    EXPECT_EQ(metadata_->GetJobAnyTenant(id)->last_sequence(), static_cast<int64_t>(events.size()));
   }
 
   // State transitions in event order, e.g. {QUEUED, RUNNING, SUCCEEDED}.
@@ -278,7 +284,7 @@ class JobManagerTest : public ::testing::Test {
     job.mutable_create_time()->set_seconds(1700000000);
     job.set_attempts(attempts);
     if (attempts > 0) job.set_assigned_device("cpu");
-    EXPECT_TRUE(metadata_->InsertJob(job).ok());
+    EXPECT_TRUE(metadata_->InsertJob(kTenant, job).ok());
     std::vector<v1::JobState> path = {v1::JOB_STATE_QUEUED};
     if (state == v1::JOB_STATE_RUNNING) path.push_back(v1::JOB_STATE_RUNNING);
     for (v1::JobState to : path) {
@@ -299,7 +305,6 @@ class JobManagerTest : public ::testing::Test {
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<store::MetadataStore> metadata_;
   FakePipeline pipeline_;
-  FakeResources resources_;
   FakeObserver observer_;
   std::unique_ptr<JobManager> manager_;  // last: destroyed first
 };
@@ -309,19 +314,19 @@ class JobManagerTest : public ::testing::Test {
 TEST_F(JobManagerTest, CreateValidatesOptions) {
   JobManagerOptions bad = options_;
   bad.cpu_workers = -1;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   bad = options_;
   bad.cpu_workers = 0;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   bad = options_;
   bad.max_queued = 0;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
@@ -329,38 +334,38 @@ TEST_F(JobManagerTest, CreateValidatesOptions) {
 
 TEST_F(JobManagerTest, SubmitBeforeStartIsUnavailable) {
   auto manager =
-      JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_, &resources_, nullptr);
+      JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr);
   ASSERT_TRUE(manager.ok());
   EXPECT_FALSE((*manager)->accepting());
-  EXPECT_EQ((*manager)->Submit(Request("ok")).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*manager)->Submit(kTenant, Request("ok")).status().code(), absl::StatusCode::kUnavailable);
 }
 
 TEST_F(JobManagerTest, SubmitValidates) {
   StartManager();
   EXPECT_TRUE(manager_->accepting());
   // Through Pipeline::Validate.
-  auto unknown = manager_->Submit(Request("missing-model"));
+  auto unknown = manager_->Submit(kTenant, Request("missing-model"));
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("model_id"));
   SubmitRequest analyze;
   analyze.spec.mutable_analyze()->set_model_id("ok");
-  EXPECT_EQ(manager_->Submit(analyze).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(manager_->Submit(kTenant, analyze).status().code(), absl::StatusCode::kUnimplemented);
   // By the manager itself.
-  EXPECT_EQ(manager_->Submit(SubmitRequest()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->Submit(kTenant, SubmitRequest()).status().code(), absl::StatusCode::kInvalidArgument);
   SubmitRequest r = Request("ok");
   r.device = "cuda:7";
-  auto no_device = manager_->Submit(r);
+  auto no_device = manager_->Submit(kTenant, r);
   EXPECT_EQ(no_device.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(no_device.status().message()), HasSubstr("device"));
   r = Request("ok");
   r.deadline_seconds = -1;
-  EXPECT_EQ(manager_->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->Submit(kTenant, r).status().code(), absl::StatusCode::kInvalidArgument);
   r.deadline_seconds = absl::ToInt64Seconds(options_.max_deadline) + 1;
-  auto too_long = manager_->Submit(r);
+  auto too_long = manager_->Submit(kTenant, r);
   EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(too_long.status().message()), HasSubstr("deadline_seconds"));
   // Nothing was stored for the refused ones.
-  auto list = manager_->List({}, 100, "");
+  auto list = manager_->List(kTenant, {}, 100, "");
   ASSERT_TRUE(list.ok());
   EXPECT_TRUE(list->items.empty());
   EXPECT_EQ(observer_.submitted(), 0);
@@ -431,11 +436,11 @@ TEST_F(JobManagerTest, OkJobSucceedsWithEventsAndArtifact) {
   EXPECT_EQ(ReadFile(blobs_->PathFor(a.sha256())), kReport);
 
   // Events() pages through the same log.
-  auto tail = manager_->Events(job.id(), 2, 3);
+  auto tail = manager_->Events(kTenant, job.id(), 2, 3);
   ASSERT_TRUE(tail.ok());
   ASSERT_THAT(*tail, SizeIs(3));
   EXPECT_EQ((*tail)[0].sequence(), 3);
-  EXPECT_EQ(manager_->Get(job.id())->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(manager_->Get(kTenant, job.id())->state(), v1::JOB_STATE_SUCCEEDED);
 
   EXPECT_EQ(observer_.submitted(), 1);
   EXPECT_TRUE(WaitUntil([&] { return observer_.finished(v1::JOB_STATE_SUCCEEDED) == 1; }));
@@ -451,7 +456,7 @@ TEST_F(JobManagerTest, ServerPicksASeed) {
   EXPECT_NE(a.id(), b.id());
   WaitForState(a.id(), v1::JOB_STATE_SUCCEEDED);
   WaitForState(b.id(), v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(metadata_->GetJob(a.id())->seed(), a.seed());
+  EXPECT_EQ(metadata_->GetJobAnyTenant(a.id())->seed(), a.seed());
 }
 
 TEST_F(JobManagerTest, PipelineErrorFailsTheJob) {
@@ -505,7 +510,7 @@ TEST_F(JobManagerTest, ManyJobsOnTwoWorkersHaveGaplessLogs) {
   std::vector<std::string> listed;
   std::string token;
   do {
-    auto page = manager_->List({}, 7, token);
+    auto page = manager_->List(kTenant, {}, 7, token);
     ASSERT_TRUE(page.ok());
     for (const auto& j : page->items) listed.push_back(j.id());
     token = page->next_page_token;
@@ -513,7 +518,7 @@ TEST_F(JobManagerTest, ManyJobsOnTwoWorkersHaveGaplessLogs) {
   EXPECT_THAT(listed, ::testing::UnorderedElementsAreArray(ids));
   store::JobFilter failed;
   failed.state = v1::JOB_STATE_FAILED;
-  EXPECT_THAT(manager_->List(failed, 100, "")->items, SizeIs(5));
+  EXPECT_THAT(manager_->List(kTenant, failed, 100, "")->items, SizeIs(5));
 }
 
 TEST_F(JobManagerTest, DeviceSlots) {
@@ -550,17 +555,17 @@ TEST_F(JobManagerTest, RequestIdIsIdempotent) {
   EXPECT_EQ(Submit(same_seed).id(), first.id());
 
   // Same key, another spec / device / seed.
-  auto other_spec = manager_->Submit(Request("fail", "req-1"));
+  auto other_spec = manager_->Submit(kTenant, Request("fail", "req-1"));
   EXPECT_EQ(other_spec.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(std::string(other_spec.status().message()), HasSubstr(first.id()));
   SubmitRequest other_device = Request("ok", "req-1");
   other_device.device = "cpu";
-  EXPECT_EQ(manager_->Submit(other_device).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(manager_->Submit(kTenant, other_device).status().code(), absl::StatusCode::kAlreadyExists);
   SubmitRequest other_seed = Request("ok", "req-1");
   other_seed.seed = first.seed() + 1;
-  EXPECT_EQ(manager_->Submit(other_seed).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(manager_->Submit(kTenant, other_seed).status().code(), absl::StatusCode::kAlreadyExists);
 
-  EXPECT_THAT(manager_->List({}, 100, "")->items, SizeIs(1));
+  EXPECT_THAT(manager_->List(kTenant, {}, 100, "")->items, SizeIs(1));
   EXPECT_EQ(pipeline_.Runs(first.id()), 1);
   EXPECT_EQ(observer_.submitted(), 1);
 }
@@ -572,7 +577,7 @@ TEST_F(JobManagerTest, ConcurrentSubmitsWithOneRequestIdMakeOneJob) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      auto job = manager_->Submit(Request("ok", "req-race"));
+      auto job = manager_->Submit(kTenant, Request("ok", "req-race"));
       if (job.ok()) ids[t] = job->id();
     });
   }
@@ -580,7 +585,7 @@ TEST_F(JobManagerTest, ConcurrentSubmitsWithOneRequestIdMakeOneJob) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(ids[t], ids[0]) << t;
   ASSERT_FALSE(ids[0].empty());
   WaitForState(ids[0], v1::JOB_STATE_SUCCEEDED);
-  EXPECT_THAT(manager_->List({}, 100, "")->items, SizeIs(1));
+  EXPECT_THAT(manager_->List(kTenant, {}, 100, "")->items, SizeIs(1));
   EXPECT_EQ(pipeline_.Runs(ids[0]), 1);
 }
 
@@ -593,12 +598,12 @@ TEST_F(JobManagerTest, QueueBoundAndCancel) {
   WaitForState(running.id(), v1::JOB_STATE_RUNNING);
   v1::Job q1 = Submit(Request("slow"));
   v1::Job q2 = Submit(Request("slow"));
-  auto full = manager_->Submit(Request("ok"));
+  auto full = manager_->Submit(kTenant, Request("ok"));
   EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_GE(observer_.max_queue_depth(), 2);
 
   // Queued: cancelled at once.
-  auto c1 = manager_->Cancel(q1.id());
+  auto c1 = manager_->Cancel(kTenant, q1.id());
   ASSERT_TRUE(c1.ok()) << c1.status();
   EXPECT_EQ(c1->state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(c1->error().code(), static_cast<int>(absl::StatusCode::kCancelled));
@@ -611,7 +616,7 @@ TEST_F(JobManagerTest, QueueBoundAndCancel) {
   v1::Job q3 = Submit(Request("slow"));
 
   // Running: ends CANCELLED at the next check.
-  auto c0 = manager_->Cancel(running.id());
+  auto c0 = manager_->Cancel(kTenant, running.id());
   ASSERT_TRUE(c0.ok()) << c0.status();
   v1::Job cancelled = WaitForState(running.id(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(cancelled.error().code(), static_cast<int>(absl::StatusCode::kCancelled));
@@ -621,12 +626,12 @@ TEST_F(JobManagerTest, QueueBoundAndCancel) {
   ExpectGapless(running.id());
 
   // Finished: refused. Unknown: not found.
-  EXPECT_EQ(manager_->Cancel(running.id()).status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(manager_->Cancel(q1.id()).status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(manager_->Cancel("job-nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->Cancel(kTenant, running.id()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager_->Cancel(kTenant, q1.id()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager_->Cancel(kTenant, "job-nope").status().code(), absl::StatusCode::kNotFound);
 
   // The rest.
-  for (const v1::Job& j : {q2, q3}) ASSERT_TRUE(manager_->Cancel(j.id()).ok());
+  for (const v1::Job& j : {q2, q3}) ASSERT_TRUE(manager_->Cancel(kTenant, j.id()).ok());
   WaitForState(q2.id(), v1::JOB_STATE_CANCELLED);
   WaitForState(q3.id(), v1::JOB_STATE_CANCELLED);
   EXPECT_TRUE(WaitUntil([&] { return observer_.finished(v1::JOB_STATE_CANCELLED) == 4; }));
@@ -641,7 +646,7 @@ TEST_F(JobManagerTest, CancelRightAfterSubmitAlwaysCancels) {
   for (int i = 0; i < 60; ++i) {
     v1::Job job = Submit(Request("slow"));
     if (i % 3 == 1) absl::SleepFor(absl::Microseconds(50 * i));
-    auto c = manager_->Cancel(job.id());
+    auto c = manager_->Cancel(kTenant, job.id());
     ASSERT_TRUE(c.ok()) << c.status();
     ids.push_back(job.id());
   }
@@ -679,7 +684,7 @@ TEST_F(JobManagerTest, SubscribersHearDurableEvents) {
   int64_t max_seen = 0;
   uint64_t handle = manager_->Subscribe(job.id(), [&] {
     // Called after the event is durable: it must already be readable.
-    auto events = manager_->Events(job.id(), 0, 1000);
+    auto events = manager_->Events(kTenant, job.id(), 0, 1000);
     absl::MutexLock lock(&mu);
     ++calls;
     if (events.ok() && !events->empty()) {
@@ -692,7 +697,7 @@ TEST_F(JobManagerTest, SubscribersHearDurableEvents) {
     ++other_calls;
   });
   WaitForState(job.id(), v1::JOB_STATE_RUNNING);
-  ASSERT_TRUE(manager_->Cancel(job.id()).ok());
+  ASSERT_TRUE(manager_->Cancel(kTenant, job.id()).ok());
   v1::Job done = WaitForState(job.id(), v1::JOB_STATE_CANCELLED);
   EXPECT_TRUE(WaitUntil([&] {
     absl::MutexLock lock(&mu);
@@ -717,7 +722,7 @@ TEST_F(JobManagerTest, UnsubscribedListenerIsNotCalledAgain) {
   EXPECT_TRUE(WaitUntil([&] { return calls.load() >= 1; }));
   manager_->Unsubscribe(job.id(), handle);
   int after = calls.load();
-  ASSERT_TRUE(manager_->Cancel(job.id()).ok());
+  ASSERT_TRUE(manager_->Cancel(kTenant, job.id()).ok());
   WaitForState(job.id(), v1::JOB_STATE_CANCELLED);
   // Let the worker finish its Notify for the CANCELLED event: the next job
   // only starts after it.
@@ -779,7 +784,7 @@ TEST_F(JobManagerTest, RepeatedCrashesEndInFailure) {
   ASSERT_TRUE(WaitUntil([&] { return pipeline_.Runs("job-x") == 1; }));
   manager_->Drain(absl::ZeroDuration());
   manager_.reset();
-  v1::Job job = *metadata_->GetJob("job-x");
+  v1::Job job = *metadata_->GetJobAnyTenant("job-x");
   ASSERT_EQ(job.state(), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(job.attempts(), 2);
   v1::JobEvent e;
@@ -805,7 +810,7 @@ TEST_F(JobManagerTest, DrainInterruptsAndANewManagerResumes) {
   WaitForState(job.id(), v1::JOB_STATE_RUNNING);
   manager_->Drain(absl::Milliseconds(50));
   EXPECT_FALSE(manager_->accepting());
-  EXPECT_EQ(manager_->Submit(Request("ok")).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(manager_->Submit(kTenant, Request("ok")).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(StateOf(job.id()), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(StateOf(queued.id()), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(pipeline_.Runs(queued.id()), 0);

@@ -31,6 +31,8 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
+const std::string kTenant = kDefaultTenant;
+
 constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
 
 const nlohmann::json& Expected() {
@@ -84,7 +86,7 @@ class CatalogTest : public ::testing::Test {
                                                           const v1::UploadHeader& header,
                                                           const std::string& bytes,
                                                           size_t chunk = 1000) {
-    auto up = catalog_->BeginUpload(kind, header);
+    auto up = catalog_->BeginUpload(kTenant, kind, header);
     if (!up.ok()) return up.status();
     for (size_t p = 0; p < bytes.size(); p += chunk) {
       absl::Status s = (*up)->Append(absl::string_view(bytes).substr(p, chunk));
@@ -117,7 +119,7 @@ class CatalogTest : public ::testing::Test {
     job.set_state(state);
     job.mutable_spec()->mutable_inspect()->set_model_id(model_id);
     job.mutable_spec()->mutable_inspect()->set_dataset_id(dataset_id);
-    EXPECT_TRUE(metadata_->InsertJob(job).ok());
+    EXPECT_TRUE(metadata_->InsertJob(kTenant, job).ok());
     return job;
   }
 
@@ -152,7 +154,7 @@ TEST_F(CatalogTest, BeginUploadValidatesHeader) {
     v1::UploadHeader h;
     h.set_size_bytes(c.size);
     h.set_sha256(c.sha);
-    auto up = catalog_->BeginUpload(ResourceKind::kModel, h);
+    auto up = catalog_->BeginUpload(kTenant, ResourceKind::kModel, h);
     EXPECT_EQ(up.status().code(), c.code) << c.size << " " << c.sha;
     EXPECT_THAT(std::string(up.status().message()), HasSubstr(c.field));
   }
@@ -162,18 +164,18 @@ TEST_F(CatalogTest, BeginUploadValidatesHeader) {
   v1::UploadHeader at_limit;
   at_limit.set_size_bytes(1 << 20);
   at_limit.set_sha256(sha);
-  EXPECT_TRUE(catalog_->BeginUpload(ResourceKind::kModel, at_limit).ok());
+  EXPECT_TRUE(catalog_->BeginUpload(kTenant, ResourceKind::kModel, at_limit).ok());
   at_limit.set_size_bytes((1 << 20) + 1);
-  EXPECT_TRUE(catalog_->BeginUpload(ResourceKind::kDataset, at_limit).ok());
+  EXPECT_TRUE(catalog_->BeginUpload(kTenant, ResourceKind::kDataset, at_limit).ok());
   at_limit.set_size_bytes((2 << 20) + 1);
-  EXPECT_EQ(catalog_->BeginUpload(ResourceKind::kDataset, at_limit).status().code(),
+  EXPECT_EQ(catalog_->BeginUpload(kTenant, ResourceKind::kDataset, at_limit).status().code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(TmpFiles(), IsEmpty());  // abandoned uploads leave no temp files
 }
 
 TEST_F(CatalogTest, AppendBeyondDeclaredSizeIsInvalidArgument) {
   std::string bytes(100, 'a');
-  auto up = catalog_->BeginUpload(ResourceKind::kModel, Header(bytes));
+  auto up = catalog_->BeginUpload(kTenant, ResourceKind::kModel, Header(bytes));
   ASSERT_TRUE(up.ok());
   ASSERT_TRUE((*up)->Append(bytes.substr(0, 60)).ok());
   ASSERT_TRUE((*up)->Append(bytes.substr(60, 40)).ok());
@@ -186,7 +188,7 @@ TEST_F(CatalogTest, AppendBeyondDeclaredSizeIsInvalidArgument) {
   ExpectNothingLeft();
 
   // One oversized chunk is refused whole.
-  auto up2 = catalog_->BeginUpload(ResourceKind::kDataset, Header(bytes));
+  auto up2 = catalog_->BeginUpload(kTenant, ResourceKind::kDataset, Header(bytes));
   ASSERT_TRUE(up2.ok());
   EXPECT_EQ((*up2)->Append(bytes + "c").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*up2)->received(), 0);
@@ -230,10 +232,10 @@ TEST_F(CatalogTest, ModelUploadDescribesTheModel) {
   EXPECT_EQ(ReadFile(catalog_->ModelPath(model->id())), bytes);
   EXPECT_THAT(BlobFiles(), SizeIs(1));
   EXPECT_THAT(TmpFiles(), IsEmpty());
-  auto got = catalog_->GetModel(model->id());
+  auto got = catalog_->GetModel(kTenant, model->id());
   ASSERT_TRUE(got.ok());
   EXPECT_TRUE(MessageDifferencer::Equals(*got, *model));
-  auto list = catalog_->ListModels(10, "");
+  auto list = catalog_->ListModels(kTenant, 10, "");
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->items.size(), 1u);
   EXPECT_EQ(list->items[0].id(), model->id());
@@ -252,7 +254,7 @@ TEST_F(CatalogTest, SameModelBytesTwiceIsOneModel) {
   EXPECT_TRUE(MessageDifferencer::Equals(*second, *first));
   EXPECT_THAT(BlobFiles(), SizeIs(1));
   EXPECT_THAT(TmpFiles(), IsEmpty());
-  EXPECT_EQ(catalog_->ListModels(10, "")->items.size(), 1u);
+  EXPECT_EQ(catalog_->ListModels(kTenant, 10, "")->items.size(), 1u);
 }
 
 TEST_F(CatalogTest, ConcurrentUploadsOfTheSameModel) {
@@ -268,7 +270,7 @@ TEST_F(CatalogTest, ConcurrentUploadsOfTheSameModel) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->id(), Sha256Hex(bytes));
   }
-  EXPECT_EQ(catalog_->ListModels(10, "")->items.size(), 1u);
+  EXPECT_EQ(catalog_->ListModels(kTenant, 10, "")->items.size(), 1u);
   EXPECT_THAT(BlobFiles(), SizeIs(1));
   EXPECT_THAT(TmpFiles(), IsEmpty());
 }
@@ -281,7 +283,7 @@ TEST_F(CatalogTest, StreamEndedEarlyLeavesNothing) {
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(model.status().message()), HasSubstr("stream ended early"));
   ExpectNothingLeft();
-  EXPECT_EQ(catalog_->GetModel(Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog_->GetModel(kTenant, Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(CatalogTest, DigestMismatchLeavesNothing) {
@@ -295,8 +297,8 @@ TEST_F(CatalogTest, DigestMismatchLeavesNothing) {
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(model.status().message()), HasSubstr("sha256"));
   ExpectNothingLeft();
-  EXPECT_EQ(catalog_->GetModel(Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(catalog_->GetModel(Sha256Hex(tampered)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog_->GetModel(kTenant, Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog_->GetModel(kTenant, Sha256Hex(tampered)).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(CatalogTest, NotTorchScriptLeavesNothing) {
@@ -309,9 +311,9 @@ TEST_F(CatalogTest, NotTorchScriptLeavesNothing) {
     EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(std::string(model.status().message()), HasSubstr("TorchScript"));
     ExpectNothingLeft();
-    EXPECT_EQ(catalog_->GetModel(Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(catalog_->GetModel(kTenant, Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
   }
-  EXPECT_THAT(catalog_->ListModels(10, "")->items, IsEmpty());
+  EXPECT_THAT(catalog_->ListModels(kTenant, 10, "")->items, IsEmpty());
 }
 
 TEST_F(CatalogTest, FailedModelUploadKeepsBlobOfADatasetWithTheSameBytes) {
@@ -336,24 +338,24 @@ TEST_F(CatalogTest, DeleteModel) {
   const std::string bytes = ReadFile(FixturePath("tiny_mlp.pt"));
   auto model = UploadModel(bytes, "m.pt");
   ASSERT_TRUE(model.ok());
-  EXPECT_EQ(catalog_->DeleteModel("no-such-model").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog_->DeleteModel(kTenant, "no-such-model").code(), absl::StatusCode::kNotFound);
 
   v1::Job job = InsertJobUsing("job-1", model->id(), "", v1::JOB_STATE_QUEUED);
-  absl::Status s = catalog_->DeleteModel(model->id());
+  absl::Status s = catalog_->DeleteModel(kTenant, model->id());
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   job.set_state(v1::JOB_STATE_RUNNING);
   ASSERT_TRUE(metadata_->UpdateJob(job).ok());
-  EXPECT_EQ(catalog_->DeleteModel(model->id()).code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(catalog_->GetModel(model->id()).ok());
+  EXPECT_EQ(catalog_->DeleteModel(kTenant, model->id()).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(catalog_->GetModel(kTenant, model->id()).ok());
   EXPECT_TRUE(blobs_->Contains(model->id()));
 
   job.set_state(v1::JOB_STATE_SUCCEEDED);
   ASSERT_TRUE(metadata_->UpdateJob(job).ok());
-  EXPECT_TRUE(catalog_->DeleteModel(model->id()).ok());
-  EXPECT_EQ(catalog_->GetModel(model->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(catalog_->DeleteModel(kTenant, model->id()).ok());
+  EXPECT_EQ(catalog_->GetModel(kTenant, model->id()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(blobs_->Contains(model->id()));
   ExpectNothingLeft();
-  EXPECT_EQ(catalog_->DeleteModel(model->id()).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog_->DeleteModel(kTenant, model->id()).code(), absl::StatusCode::kNotFound);
 
   // Uploading again after a delete works.
   auto again = UploadModel(bytes, "m.pt");
@@ -370,8 +372,8 @@ TEST_F(CatalogTest, DeleteModelKeepsBlobStillUsedByAnArtifact) {
   a.set_name("model.pt");
   a.set_sha256(model->id());
   ASSERT_TRUE(metadata_->PutArtifact(a).ok());
-  EXPECT_TRUE(catalog_->DeleteModel(model->id()).ok());
-  EXPECT_EQ(catalog_->GetModel(model->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(catalog_->DeleteModel(kTenant, model->id()).ok());
+  EXPECT_EQ(catalog_->GetModel(kTenant, model->id()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(blobs_->Contains(model->id()));
 }
 
@@ -426,7 +428,7 @@ TEST_F(CatalogTest, InvalidDatasetsLeaveNothing) {
     auto dataset = UploadDataset(bytes, name);
     EXPECT_EQ(dataset.status().code(), absl::StatusCode::kInvalidArgument);
     ExpectNothingLeft();
-    EXPECT_EQ(catalog_->GetDataset(Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(catalog_->GetDataset(kTenant, Sha256Hex(bytes)).status().code(), absl::StatusCode::kNotFound);
   }
 }
 
@@ -435,14 +437,14 @@ TEST_F(CatalogTest, DeleteDatasetRefusedWhileAJobUsesIt) {
   auto dataset = UploadDataset(bytes, "d");
   ASSERT_TRUE(dataset.ok());
   v1::Job job = InsertJobUsing("job-1", "some-model", dataset->id(), v1::JOB_STATE_QUEUED);
-  EXPECT_EQ(catalog_->DeleteDataset(dataset->id()).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(catalog_->DeleteDataset(kTenant, dataset->id()).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(blobs_->Contains(dataset->id()));
   job.set_state(v1::JOB_STATE_FAILED);
   ASSERT_TRUE(metadata_->UpdateJob(job).ok());
-  EXPECT_TRUE(catalog_->DeleteDataset(dataset->id()).ok());
-  EXPECT_EQ(catalog_->GetDataset(dataset->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(catalog_->DeleteDataset(kTenant, dataset->id()).ok());
+  EXPECT_EQ(catalog_->GetDataset(kTenant, dataset->id()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(blobs_->Contains(dataset->id()));
-  EXPECT_EQ(catalog_->DeleteDataset(dataset->id()).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog_->DeleteDataset(kTenant, dataset->id()).code(), absl::StatusCode::kNotFound);
 }
 
 // --- Builtin datasets -----------------------------------------------------
@@ -457,7 +459,7 @@ TEST_F(CatalogTest, BuiltinFashionMnistRegistered) {
        {Split{"train", "train-labels-idx1-ubyte.gz"}, Split{"test", "t10k-labels-idx1-ubyte.gz"}}) {
     SCOPED_TRACE(split.name);
     std::string id = absl::StrCat("builtin:fashion-mnist/", split.name);
-    auto d = catalog_->GetDataset(id);
+    auto d = catalog_->GetDataset(kTenant, id);
     ASSERT_TRUE(d.ok()) << d.status();
     EXPECT_TRUE(d->builtin());
     EXPECT_EQ(d->format(), v1::DATASET_FORMAT_IDX);
@@ -470,16 +472,16 @@ TEST_F(CatalogTest, BuiltinFashionMnistRegistered) {
     EXPECT_THAT(d->target_shape(), IsEmpty());
     EXPECT_EQ(catalog_->DatasetPath(id), id);
 
-    EXPECT_EQ(catalog_->DeleteDataset(id).code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_TRUE(catalog_->GetDataset(id).ok());
+    EXPECT_EQ(catalog_->DeleteDataset(kTenant, id).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(catalog_->GetDataset(kTenant, id).ok());
   }
-  EXPECT_EQ(catalog_->ListDatasets(10, "")->items.size(), 2u);
+  EXPECT_EQ(catalog_->ListDatasets(kTenant, 10, "")->items.size(), 2u);
   EXPECT_EQ(catalog_->fashion_mnist_dir(), kFashionMnistDir);
 
   // A second Create on the same store does not duplicate them.
   auto again = Catalog::Create(options_, blobs_.get(), metadata_.get());
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ((*again)->ListDatasets(10, "")->items.size(), 2u);
+  EXPECT_EQ((*again)->ListDatasets(kTenant, 10, "")->items.size(), 2u);
 }
 
 TEST_F(CatalogTest, NoBuiltinsWithoutDirectory) {
@@ -490,7 +492,7 @@ TEST_F(CatalogTest, NoBuiltinsWithoutDirectory) {
     options.fashion_mnist_dir = dir;
     auto catalog = Catalog::Create(options, blobs_.get(), metadata->get());
     ASSERT_TRUE(catalog.ok()) << catalog.status();
-    EXPECT_THAT((*catalog)->ListDatasets(10, "")->items, IsEmpty());
+    EXPECT_THAT((*catalog)->ListDatasets(kTenant, 10, "")->items, IsEmpty());
   }
 }
 

@@ -26,6 +26,9 @@ using ::compress::testutil::ScopedTempDir;
 using ::google::protobuf::util::MessageDifferencer;
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+const std::string kTenant = kDefaultTenant;
 
 google::protobuf::Timestamp Ts(int64_t seconds, int32_t nanos = 0) {
   google::protobuf::Timestamp t;
@@ -96,41 +99,41 @@ class MetadataStoreTest : public ::testing::Test {
 
 TEST_F(MetadataStoreTest, ModelRoundTripAndDedup) {
   v1::Model m = MakeModel("abc123", 1700000000, "first.pt");
-  auto put = store_->PutModel(m);
+  auto put = store_->PutModel(kTenant, m);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_TRUE(MessageDifferencer::Equals(*put, m));
-  auto got = store_->GetModel("abc123");
+  auto got = store_->GetModel(kTenant, "abc123");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(MessageDifferencer::Equals(*got, m)) << got->DebugString();
 
   // Same id again keeps the first row.
-  auto again = store_->PutModel(MakeModel("abc123", 1800000000, "second.pt"));
+  auto again = store_->PutModel(kTenant, MakeModel("abc123", 1800000000, "second.pt"));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->name(), "first.pt");
   EXPECT_EQ(again->create_time().seconds(), 1700000000);
-  EXPECT_EQ(store_->ListModels(10, "")->items.size(), 1u);
+  EXPECT_EQ(store_->ListModels(kTenant, 10, "")->items.size(), 1u);
 
-  EXPECT_EQ(store_->GetModel("nope").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(store_->DeleteModel("abc123").ok());
-  EXPECT_EQ(store_->GetModel("abc123").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store_->DeleteModel("abc123").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetModel(kTenant, "nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->DeleteModel(kTenant, "abc123").ok());
+  EXPECT_EQ(store_->GetModel(kTenant, "abc123").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteModel(kTenant, "abc123").code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(MetadataStoreTest, DatasetRoundTripAndDedup) {
   v1::Dataset d = MakeDataset("ds1", 100);
-  ASSERT_TRUE(store_->PutDataset(d).ok());
-  auto got = store_->GetDataset("ds1");
+  ASSERT_TRUE(store_->PutDataset(kTenant, d).ok());
+  auto got = store_->GetDataset(kTenant, "ds1");
   ASSERT_TRUE(got.ok());
   EXPECT_TRUE(MessageDifferencer::Equals(*got, d));
   v1::Dataset other = MakeDataset("ds1", 200);
   other.set_name("other");
-  EXPECT_EQ(store_->PutDataset(other)->name(), "d");
-  EXPECT_EQ(store_->GetDataset("x").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(store_->DeleteDataset("ds1").ok());
-  EXPECT_EQ(store_->DeleteDataset("ds1").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->PutDataset(kTenant, other)->name(), "d");
+  EXPECT_EQ(store_->GetDataset(kTenant, "x").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->DeleteDataset(kTenant, "ds1").ok());
+  EXPECT_EQ(store_->DeleteDataset(kTenant, "ds1").code(), absl::StatusCode::kNotFound);
   // Models and datasets are separate tables.
-  ASSERT_TRUE(store_->PutModel(MakeModel("shared-id", 1)).ok());
-  EXPECT_EQ(store_->GetDataset("shared-id").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store_->PutModel(kTenant, MakeModel("shared-id", 1)).ok());
+  EXPECT_EQ(store_->GetDataset(kTenant, "shared-id").status().code(), absl::StatusCode::kNotFound);
 }
 
 // Expected newest-first order, computed independently of SQLite.
@@ -148,7 +151,7 @@ TEST_F(MetadataStoreTest, ModelPagingWalksAllNewestFirst) {
     // id breaks ties.
     std::string id = Sha256Hex(absl::StrCat("model-", i));
     int64_t seconds = 1000 + i / 3;
-    ASSERT_TRUE(store_->PutModel(MakeModel(id, seconds)).ok());
+    ASSERT_TRUE(store_->PutModel(kTenant, MakeModel(id, seconds)).ok());
     rows.emplace_back(seconds * 1000000000LL, id);
   }
   std::vector<std::string> expected = NewestFirst(rows);
@@ -157,7 +160,7 @@ TEST_F(MetadataStoreTest, ModelPagingWalksAllNewestFirst) {
   std::vector<size_t> page_sizes;
   std::string token;
   do {
-    auto page = store_->ListModels(50, token);
+    auto page = store_->ListModels(kTenant, 50, token);
     ASSERT_TRUE(page.ok()) << page.status();
     page_sizes.push_back(page->items.size());
     for (const v1::Model& m : page->items) seen.push_back(m.id());
@@ -173,14 +176,14 @@ TEST_F(MetadataStoreTest, PagingExactMultipleHasNoEmptyTrailingPage) {
   std::vector<std::tuple<int64_t, std::string>> rows;
   for (int i = 0; i < 120; ++i) {
     std::string id = absl::StrCat("ds-", i);
-    ASSERT_TRUE(store_->PutDataset(MakeDataset(id, 5000 - i)).ok());
+    ASSERT_TRUE(store_->PutDataset(kTenant, MakeDataset(id, 5000 - i)).ok());
     rows.emplace_back((5000 - i) * 1000000000LL, id);
   }
   std::vector<std::string> seen;
   std::vector<size_t> page_sizes;
   std::string token;
   do {
-    auto page = store_->ListDatasets(40, token);
+    auto page = store_->ListDatasets(kTenant, 40, token);
     ASSERT_TRUE(page.ok()) << page.status();
     page_sizes.push_back(page->items.size());
     for (const v1::Dataset& d : page->items) seen.push_back(d.id());
@@ -193,19 +196,19 @@ TEST_F(MetadataStoreTest, PagingExactMultipleHasNoEmptyTrailingPage) {
 
 TEST_F(MetadataStoreTest, PageSizeDefaultsAndCap) {
   for (int i = 0; i < 1005; ++i) {
-    ASSERT_TRUE(store_->PutDataset(MakeDataset(absl::StrCat("d", i), i)).ok());
+    ASSERT_TRUE(store_->PutDataset(kTenant, MakeDataset(absl::StrCat("d", i), i)).ok());
   }
-  auto def = store_->ListDatasets(0, "");
+  auto def = store_->ListDatasets(kTenant, 0, "");
   ASSERT_TRUE(def.ok());
   EXPECT_EQ(def->items.size(), 50u);  // default
   EXPECT_FALSE(def->next_page_token.empty());
-  auto negative = store_->ListDatasets(-3, "");
+  auto negative = store_->ListDatasets(kTenant, -3, "");
   ASSERT_TRUE(negative.ok());
   EXPECT_EQ(negative->items.size(), 50u);
-  auto big = store_->ListDatasets(100000, "");
+  auto big = store_->ListDatasets(kTenant, 100000, "");
   ASSERT_TRUE(big.ok());
   EXPECT_EQ(big->items.size(), 1000u);  // cap
-  auto rest = store_->ListDatasets(100000, big->next_page_token);
+  auto rest = store_->ListDatasets(kTenant, 100000, big->next_page_token);
   ASSERT_TRUE(rest.ok());
   EXPECT_EQ(rest->items.size(), 5u);
   EXPECT_TRUE(rest->next_page_token.empty());
@@ -214,16 +217,16 @@ TEST_F(MetadataStoreTest, PageSizeDefaultsAndCap) {
 
 TEST_F(MetadataStoreTest, PagingIsStableWhenNewerRowsArrive) {
   for (int i = 0; i < 10; ++i)
-    ASSERT_TRUE(store_->PutModel(MakeModel(absl::StrCat("m", i), i)).ok());
-  auto first = store_->ListModels(4, "");
+    ASSERT_TRUE(store_->PutModel(kTenant, MakeModel(absl::StrCat("m", i), i)).ok());
+  auto first = store_->ListModels(kTenant, 4, "");
   ASSERT_TRUE(first.ok());
   // A newer upload between pages must not shift the walk.
-  ASSERT_TRUE(store_->PutModel(MakeModel("newest", 100)).ok());
+  ASSERT_TRUE(store_->PutModel(kTenant, MakeModel("newest", 100)).ok());
   std::vector<std::string> seen;
   for (const auto& m : first->items) seen.push_back(m.id());
   std::string token = first->next_page_token;
   while (!token.empty()) {
-    auto page = store_->ListModels(4, token);
+    auto page = store_->ListModels(kTenant, 4, token);
     ASSERT_TRUE(page.ok());
     for (const auto& m : page->items) seen.push_back(m.id());
     token = page->next_page_token;
@@ -232,47 +235,47 @@ TEST_F(MetadataStoreTest, PagingIsStableWhenNewerRowsArrive) {
 }
 
 TEST_F(MetadataStoreTest, BadPageTokenIsInvalidArgument) {
-  ASSERT_TRUE(store_->PutModel(MakeModel("m", 1)).ok());
+  ASSERT_TRUE(store_->PutModel(kTenant, MakeModel("m", 1)).ok());
   for (const std::string& token :
        {std::string("not base64 !!"), absl::WebSafeBase64Escape("no colon"),
         absl::WebSafeBase64Escape("abc:id")}) {
-    EXPECT_EQ(store_->ListModels(10, token).status().code(), absl::StatusCode::kInvalidArgument)
+    EXPECT_EQ(store_->ListModels(kTenant, 10, token).status().code(), absl::StatusCode::kInvalidArgument)
         << token;
-    EXPECT_EQ(store_->ListDatasets(10, token).status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(store_->ListJobs({}, 10, token).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store_->ListDatasets(kTenant, 10, token).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store_->ListJobs(kTenant, {}, 10, token).status().code(), absl::StatusCode::kInvalidArgument);
   }
 }
 
 TEST_F(MetadataStoreTest, JobsInsertGetAndUniqueness) {
   v1::Job a = MakeInspectJob("job-a", 10, v1::JOB_STATE_QUEUED);
   a.set_request_id("req-1");
-  ASSERT_TRUE(store_->InsertJob(a).ok());
-  auto got = store_->GetJob("job-a");
+  ASSERT_TRUE(store_->InsertJob(kTenant, a).ok());
+  auto got = store_->GetJob(kTenant, "job-a");
   ASSERT_TRUE(got.ok());
   EXPECT_TRUE(MessageDifferencer::Equals(*got, a));
-  auto by_req = store_->GetJobByRequestId("req-1");
+  auto by_req = store_->GetJobByRequestId(kTenant, "req-1");
   ASSERT_TRUE(by_req.ok());
   EXPECT_EQ(by_req->id(), "job-a");
-  EXPECT_EQ(store_->GetJobByRequestId("req-2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetJobByRequestId(kTenant, "req-2").status().code(), absl::StatusCode::kNotFound);
 
   // Duplicate id, duplicate request id.
-  EXPECT_EQ(store_->InsertJob(MakeInspectJob("job-a", 11, v1::JOB_STATE_QUEUED)).code(),
+  EXPECT_EQ(store_->InsertJob(kTenant, MakeInspectJob("job-a", 11, v1::JOB_STATE_QUEUED)).code(),
             absl::StatusCode::kAlreadyExists);
   v1::Job b = MakeInspectJob("job-b", 11, v1::JOB_STATE_QUEUED);
   b.set_request_id("req-1");
-  EXPECT_EQ(store_->InsertJob(b).code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(store_->GetJob("job-b").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->InsertJob(kTenant, b).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(store_->GetJob(kTenant, "job-b").status().code(), absl::StatusCode::kNotFound);
   // Jobs without a request id do not collide with each other.
   b.clear_request_id();
-  EXPECT_TRUE(store_->InsertJob(b).ok());
-  EXPECT_TRUE(store_->InsertJob(MakeInspectJob("job-c", 12, v1::JOB_STATE_QUEUED)).ok());
-  EXPECT_EQ(store_->GetJobByRequestId("").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->InsertJob(kTenant, b).ok());
+  EXPECT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("job-c", 12, v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_EQ(store_->GetJobByRequestId(kTenant, "").status().code(), absl::StatusCode::kNotFound);
 
   // Update.
   a.set_state(v1::JOB_STATE_SUCCEEDED);
   a.mutable_result()->set_summary("done");
   ASSERT_TRUE(store_->UpdateJob(a).ok());
-  EXPECT_EQ(store_->GetJob("job-a")->result().summary(), "done");
+  EXPECT_EQ(store_->GetJob(kTenant, "job-a")->result().summary(), "done");
   EXPECT_EQ(store_->UpdateJob(MakeInspectJob("ghost", 1, v1::JOB_STATE_QUEUED)).code(),
             absl::StatusCode::kNotFound);
 }
@@ -288,7 +291,7 @@ TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
       j.set_kind(v1::JOB_KIND_ANALYZE);
       j.mutable_spec()->mutable_analyze()->set_model_id("model-a");
     }
-    ASSERT_TRUE(store_->InsertJob(j).ok());
+    ASSERT_TRUE(store_->InsertJob(kTenant, j).ok());
     int64_t ns = (100 + i / 4) * 1000000000LL;
     all_rows.emplace_back(ns, id);
     if (state == v1::JOB_STATE_QUEUED) queued_rows.emplace_back(ns, id);
@@ -298,7 +301,7 @@ TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
     std::string token;
     int pages = 0;
     do {
-      auto page = store_->ListJobs(filter, page_size, token);
+      auto page = store_->ListJobs(kTenant, filter, page_size, token);
       EXPECT_TRUE(page.ok()) << page.status();
       if (!page.ok()) break;
       for (const auto& j : page->items) ids.push_back(j.id());
@@ -320,10 +323,10 @@ TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
 }
 
 TEST_F(MetadataStoreTest, JobsInStateOldestFirst) {
-  ASSERT_TRUE(store_->InsertJob(MakeInspectJob("j3", 30, v1::JOB_STATE_RUNNING)).ok());
-  ASSERT_TRUE(store_->InsertJob(MakeInspectJob("j1", 10, v1::JOB_STATE_RUNNING)).ok());
-  ASSERT_TRUE(store_->InsertJob(MakeInspectJob("j2", 20, v1::JOB_STATE_QUEUED)).ok());
-  ASSERT_TRUE(store_->InsertJob(MakeInspectJob("j0", 5, v1::JOB_STATE_FAILED)).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j3", 30, v1::JOB_STATE_RUNNING)).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j1", 10, v1::JOB_STATE_RUNNING)).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j2", 20, v1::JOB_STATE_QUEUED)).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j0", 5, v1::JOB_STATE_FAILED)).ok());
   auto running = store_->JobsInState(v1::JOB_STATE_RUNNING);
   ASSERT_TRUE(running.ok());
   std::vector<std::string> ids;
@@ -334,14 +337,14 @@ TEST_F(MetadataStoreTest, JobsInStateOldestFirst) {
 
 TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
   ASSERT_TRUE(
-      store_->InsertJob(MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED, "model-a", "data-b")).ok());
+      store_->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED, "model-a", "data-b")).ok());
   v1::Job analyze;
   analyze.set_id("j2");
   analyze.set_kind(v1::JOB_KIND_ANALYZE);
   analyze.set_state(v1::JOB_STATE_RUNNING);
   analyze.mutable_spec()->mutable_analyze()->set_model_id("model-c");
   analyze.mutable_spec()->mutable_analyze()->mutable_data()->set_dataset_id("data-d");
-  ASSERT_TRUE(store_->InsertJob(analyze).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, analyze).ok());
   v1::Job compress_job;
   compress_job.set_id("j3");
   compress_job.set_kind(v1::JOB_KIND_COMPRESS);
@@ -349,31 +352,31 @@ TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
   compress_job.mutable_spec()->mutable_compress()->mutable_prune()->set_model_id("model-e");
   compress_job.mutable_spec()->mutable_compress()->mutable_quantize()->set_eval_dataset_id(
       "data-f");
-  ASSERT_TRUE(store_->InsertJob(compress_job).ok());
-  ASSERT_TRUE(store_->InsertJob(MakeInspectJob("j4", 1, v1::JOB_STATE_SUCCEEDED, "model-z")).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, compress_job).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j4", 1, v1::JOB_STATE_SUCCEEDED, "model-z")).ok());
 
   for (const char* id : {"model-a", "data-b", "model-c", "data-d", "model-e", "data-f"}) {
-    auto r = store_->IsReferencedByActiveJob(id);
+    auto r = store_->IsReferencedByActiveJob(kTenant, id);
     ASSERT_TRUE(r.ok());
     EXPECT_TRUE(*r) << id;
   }
   // Finished jobs and partial ids do not count.
   for (const char* id : {"model-z", "model", "a", "odel-a", "model-a-2", "j1"}) {
-    auto r = store_->IsReferencedByActiveJob(id);
+    auto r = store_->IsReferencedByActiveJob(kTenant, id);
     ASSERT_TRUE(r.ok());
     EXPECT_FALSE(*r) << "'" << id << "'";
   }
   // Once j1 ends, its ids are free.
-  v1::Job j1 = *store_->GetJob("j1");
+  v1::Job j1 = *store_->GetJob(kTenant, "j1");
   j1.set_state(v1::JOB_STATE_CANCELLED);
   ASSERT_TRUE(store_->UpdateJob(j1).ok());
-  EXPECT_FALSE(*store_->IsReferencedByActiveJob("model-a"));
-  EXPECT_FALSE(*store_->IsReferencedByActiveJob("data-b"));
+  EXPECT_FALSE(*store_->IsReferencedByActiveJob(kTenant, "model-a"));
+  EXPECT_FALSE(*store_->IsReferencedByActiveJob(kTenant, "data-b"));
 }
 
 TEST_F(MetadataStoreTest, AppendEventRequiresNextSequence) {
   v1::Job job = MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED);
-  ASSERT_TRUE(store_->InsertJob(job).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, job).ok());
   EXPECT_EQ(store_->AppendEvent(LogEvent("j", 0, "zero")).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(store_->AppendEvent(LogEvent("j", 2, "gap")).code(), absl::StatusCode::kAlreadyExists);
   for (int seq = 1; seq <= 5; ++seq) {
@@ -402,7 +405,7 @@ TEST_F(MetadataStoreTest, AppendEventRequiresNextSequence) {
 
 TEST_F(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
   v1::Job job = MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED);
-  ASSERT_TRUE(store_->InsertJob(job).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, job).ok());
   job.set_state(v1::JOB_STATE_RUNNING);
   job.set_last_sequence(1);
   v1::JobEvent e;
@@ -411,8 +414,8 @@ TEST_F(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
   e.mutable_state_change()->set_from(v1::JOB_STATE_QUEUED);
   e.mutable_state_change()->set_to(v1::JOB_STATE_RUNNING);
   ASSERT_TRUE(store_->AppendEvent(e, &job).ok());
-  EXPECT_EQ(store_->GetJob("j")->state(), v1::JOB_STATE_RUNNING);
-  EXPECT_EQ(store_->GetJob("j")->last_sequence(), 1);
+  EXPECT_EQ(store_->GetJob(kTenant, "j")->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(store_->GetJob(kTenant, "j")->last_sequence(), 1);
   EXPECT_THAT(*store_->JobsInState(v1::JOB_STATE_QUEUED), IsEmpty());
 
   // A rejected event leaves the job row alone.
@@ -420,7 +423,7 @@ TEST_F(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
   bad.set_state(v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(store_->AppendEvent(LogEvent("j", 3, "gap"), &bad).code(),
             absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(store_->GetJob("j")->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(store_->GetJob(kTenant, "j")->state(), v1::JOB_STATE_RUNNING);
 
   // A job row that cannot be written rolls the event back.
   v1::Job ghost = MakeInspectJob("ghost", 1, v1::JOB_STATE_RUNNING);
@@ -436,7 +439,7 @@ TEST_F(MetadataStoreTest, ConcurrentAppendsStayGapless) {
   constexpr int kEvents = 50;
   for (int t = 0; t < kThreads; ++t) {
     ASSERT_TRUE(
-        store_->InsertJob(MakeInspectJob(absl::StrCat("j", t), t, v1::JOB_STATE_QUEUED)).ok());
+        store_->InsertJob(kTenant, MakeInspectJob(absl::StrCat("j", t), t, v1::JOB_STATE_QUEUED)).ok());
   }
   std::vector<std::thread> threads;
   std::vector<int> failures(kThreads, 0);
@@ -444,7 +447,7 @@ TEST_F(MetadataStoreTest, ConcurrentAppendsStayGapless) {
     threads.emplace_back([&, t] {
       std::string id = absl::StrCat("j", t);
       for (int seq = 1; seq <= kEvents; ++seq) {
-        v1::Job job = *store_->GetJob(id);
+        v1::Job job = *store_->GetJob(kTenant, id);
         job.set_last_sequence(seq);
         if (!store_->AppendEvent(LogEvent(id, seq, "x"), &job).ok()) ++failures[t];
       }
@@ -458,7 +461,7 @@ TEST_F(MetadataStoreTest, ConcurrentAppendsStayGapless) {
     ASSERT_TRUE(events.ok());
     ASSERT_EQ(events->size(), static_cast<size_t>(kEvents));
     for (int i = 0; i < kEvents; ++i) EXPECT_EQ((*events)[i].sequence(), i + 1);
-    EXPECT_EQ(store_->GetJob(id)->last_sequence(), kEvents);
+    EXPECT_EQ(store_->GetJob(kTenant, id)->last_sequence(), kEvents);
   }
 }
 
@@ -495,8 +498,8 @@ TEST_F(MetadataStoreTest, Artifacts) {
   EXPECT_FALSE(*store_->IsBlobReferenced(Sha256Hex("abc")));  // replaced
   EXPECT_TRUE(*store_->IsBlobReferenced(Sha256Hex("abd")));
   EXPECT_TRUE(*store_->IsBlobReferenced(Sha256Hex("model")));
-  ASSERT_TRUE(store_->PutModel(MakeModel(Sha256Hex("m"), 1)).ok());
-  ASSERT_TRUE(store_->PutDataset(MakeDataset(Sha256Hex("d"), 1)).ok());
+  ASSERT_TRUE(store_->PutModel(kTenant, MakeModel(Sha256Hex("m"), 1)).ok());
+  ASSERT_TRUE(store_->PutDataset(kTenant, MakeDataset(Sha256Hex("d"), 1)).ok());
   EXPECT_TRUE(*store_->IsBlobReferenced(Sha256Hex("m")));
   EXPECT_TRUE(*store_->IsBlobReferenced(Sha256Hex("d")));
   EXPECT_FALSE(*store_->IsBlobReferenced(Sha256Hex("nothing")));
@@ -531,19 +534,50 @@ class MetadataStoreFileTest : public ::testing::Test {
   std::string path_;
 };
 
+TEST_F(MetadataStoreTest, TenantsSeeOnlyTheirOwnRows) {
+  ASSERT_TRUE(store_->PutModel("alpha", MakeModel("m", 1, "alpha.pt")).ok());
+  ASSERT_TRUE(store_->PutModel("beta", MakeModel("m", 2, "beta.pt")).ok());
+  EXPECT_EQ(store_->GetModel("alpha", "m")->name(), "alpha.pt");
+  EXPECT_EQ(store_->GetModel("beta", "m")->name(), "beta.pt");
+  EXPECT_THAT(store_->ListModels("alpha", 10, "")->items, SizeIs(1));
+  EXPECT_THAT(store_->ListModels("gamma", 10, "")->items, IsEmpty());
+  ASSERT_TRUE(store_->DeleteModel("beta", "m").ok());
+  EXPECT_TRUE(store_->GetModel("alpha", "m").ok());
+  EXPECT_TRUE(*store_->IsBlobReferenced("m"));
+  EXPECT_EQ(store_->DeleteModel("beta", "m").code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(store_->PutDataset(kPublicTenant, MakeDataset("builtin:x", 1)).ok());
+  ASSERT_TRUE(store_->PutDataset("alpha", MakeDataset("d", 2)).ok());
+  EXPECT_THAT(store_->ListDatasets("alpha", 10, "")->items, SizeIs(2));
+  EXPECT_THAT(store_->ListDatasets("beta", 10, "")->items, SizeIs(1));
+  EXPECT_EQ(store_->DeleteDataset("beta", "builtin:x").code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(
+      store_->InsertJob("alpha", MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED, "m")).ok());
+  // Another tenant's job answers exactly like a missing one.
+  EXPECT_EQ(store_->GetJob("beta", "j").status(), absl::NotFoundError("job j not found"));
+  EXPECT_EQ(store_->GetJob("beta", "nope").status(), absl::NotFoundError("job nope not found"));
+  EXPECT_TRUE(store_->GetJob("alpha", "j").ok());
+  EXPECT_TRUE(store_->GetJobAnyTenant("j").ok());
+  EXPECT_EQ(*store_->JobTenant("j"), "alpha");
+  EXPECT_THAT(store_->ListJobs("beta", {}, 10, "")->items, IsEmpty());
+  EXPECT_TRUE(*store_->IsReferencedByActiveJob("alpha", "m"));
+  EXPECT_FALSE(*store_->IsReferencedByActiveJob("beta", "m"));
+}
+
 TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
   {
     auto store = MetadataStore::Create(path_);
     ASSERT_TRUE(store.ok()) << store.status();
-    ASSERT_TRUE((*store)->PutModel(MakeModel("m1", 1)).ok());
-    ASSERT_TRUE((*store)->InsertJob(MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED)).ok());
+    ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
+    ASSERT_TRUE((*store)->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED)).ok());
     ASSERT_TRUE((*store)->AppendEvent(LogEvent("j1", 1, "hello")).ok());
     EXPECT_EQ(RawQuery("PRAGMA journal_mode"), "wal;");
   }
   auto store = MetadataStore::Create(path_);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ((*store)->GetModel("m1")->id(), "m1");
-  EXPECT_EQ((*store)->GetJob("j1")->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ((*store)->GetModel(kTenant, "m1")->id(), "m1");
+  EXPECT_EQ((*store)->GetJob(kTenant, "j1")->state(), v1::JOB_STATE_QUEUED);
   auto events = (*store)->ListEvents("j1", 0, 10);
   ASSERT_TRUE(events.ok());
   ASSERT_EQ(events->size(), 1u);
@@ -556,23 +590,84 @@ TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
 
 TEST_F(MetadataStoreFileTest, RefusesNewerSchema) {
   { ASSERT_TRUE(MetadataStore::Create(path_).ok()); }
-  EXPECT_EQ(RawQuery("PRAGMA user_version"), "1;");
+  EXPECT_EQ(RawQuery("PRAGMA user_version"), "2;");
   RawQuery("PRAGMA user_version = 99");
   auto store = MetadataStore::Create(path_);
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
+}
+
+std::string SqlBlob(const google::protobuf::Message& m) {
+  return absl::StrCat("x'", absl::BytesToHexString(m.SerializeAsString()), "'");
+}
+
+TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
+  // A data directory written by a server without tenants: schema version 1,
+  // as shipped.
+  v1::Job job = MakeInspectJob("j1", 10, v1::JOB_STATE_QUEUED, "m1");
+  job.set_request_id("r1");
+  v1::Dataset builtin = MakeDataset("builtin:fashion-mnist/test", 1);
+  RawQuery(absl::StrCat(R"sql(
+    CREATE TABLE models (
+      id TEXT PRIMARY KEY, created_ns INTEGER NOT NULL, proto BLOB NOT NULL);
+    CREATE TABLE datasets (
+      id TEXT PRIMARY KEY, created_ns INTEGER NOT NULL, proto BLOB NOT NULL);
+    CREATE TABLE jobs (
+      id TEXT PRIMARY KEY, request_id TEXT UNIQUE, state INTEGER NOT NULL,
+      kind INTEGER NOT NULL, created_ns INTEGER NOT NULL, model_id TEXT,
+      dataset_ids TEXT, proto BLOB NOT NULL);
+    CREATE INDEX jobs_state ON jobs(state, created_ns);
+    CREATE TABLE events (
+      job_id TEXT NOT NULL, seq INTEGER NOT NULL, proto BLOB NOT NULL,
+      PRIMARY KEY (job_id, seq)) WITHOUT ROWID;
+    CREATE TABLE artifacts (
+      job_id TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,
+      proto BLOB NOT NULL, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
+    CREATE INDEX artifacts_sha ON artifacts(sha256);
+    PRAGMA user_version = 1;)sql",
+      "INSERT INTO models VALUES ('m1', 5, ", SqlBlob(MakeModel("m1", 5)), ");",
+      "INSERT INTO datasets VALUES ('d1', 6, ", SqlBlob(MakeDataset("d1", 6)), ");",
+      "INSERT INTO datasets VALUES ('builtin:fashion-mnist/test', 1, ", SqlBlob(builtin), ");",
+      "INSERT INTO jobs VALUES ('j1', 'r1', ", static_cast<int>(v1::JOB_STATE_QUEUED), ", ",
+      static_cast<int>(v1::JOB_KIND_INSPECT), ", 10, NULL, ' m1 ', ", SqlBlob(job), ");",
+      "INSERT INTO events VALUES ('j1', 1, ", SqlBlob(LogEvent("j1", 1, "old")), ");"));
+
+  auto store = MetadataStore::Create(path_);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(RawQuery("PRAGMA user_version"), "2;");
+  MetadataStore& s = **store;
+  // Everything belongs to the single-tenant "default" tenant...
+  EXPECT_EQ(s.GetModel(kDefaultTenant, "m1")->name(), "m");
+  EXPECT_TRUE(s.GetDataset(kDefaultTenant, "d1").ok());
+  EXPECT_EQ(s.GetJob(kDefaultTenant, "j1")->request_id(), "r1");
+  EXPECT_EQ(s.GetJobByRequestId(kDefaultTenant, "r1")->id(), "j1");
+  EXPECT_EQ(*s.JobTenant("j1"), kDefaultTenant);
+  EXPECT_THAT(*s.ListEvents("j1", 0, 10), SizeIs(1));
+  EXPECT_THAT(*s.JobsInState(v1::JOB_STATE_QUEUED), SizeIs(1));
+  EXPECT_TRUE(*s.IsReferencedByActiveJob(kDefaultTenant, "m1"));
+  // ... except the builtin datasets, which every tenant sees.
+  EXPECT_TRUE(s.GetDataset("alpha", "builtin:fashion-mnist/test").ok());
+  EXPECT_EQ(s.GetModel("alpha", "m1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s.GetDataset("alpha", "d1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s.GetJob("alpha", "j1").status().code(), absl::StatusCode::kNotFound);
+  // Request ids are now unique per tenant.
+  v1::Job other = MakeInspectJob("j2", 11, v1::JOB_STATE_QUEUED);
+  other.set_request_id("r1");
+  EXPECT_TRUE(s.InsertJob("alpha", other).ok());
+  other.set_id("j3");
+  EXPECT_EQ(s.InsertJob("alpha", other).code(), absl::StatusCode::kAlreadyExists);
 }
 
 TEST_F(MetadataStoreFileTest, CorruptRowIsDataLoss) {
   {
     auto store = MetadataStore::Create(path_);
     ASSERT_TRUE(store.ok());
-    ASSERT_TRUE((*store)->PutModel(MakeModel("m1", 1)).ok());
+    ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
   }
   RawQuery("UPDATE models SET proto = x'ffffffff' WHERE id = 'm1'");
   auto store = MetadataStore::Create(path_);
   ASSERT_TRUE(store.ok());
-  EXPECT_EQ((*store)->GetModel("m1").status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ((*store)->ListModels(10, "").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ((*store)->GetModel(kTenant, "m1").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ((*store)->ListModels(kTenant, 10, "").status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(MetadataStoreFileTest, UnopenablePathIsAnError) {
