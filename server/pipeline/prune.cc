@@ -253,7 +253,11 @@ absl::StatusOr<v1::JobResult> RunCompress(const v1::CompressSpec& spec, JobConte
   auto remove_quant = absl::MakeCleanup([&quant_dir] { RemoveDir(quant_dir); });
   v1::QuantizeSpec qspec = spec.quantize();
   qspec.set_model_id(spec.prune().model_id());
-  if (qspec.eval_dataset_id().empty()) qspec.set_eval_dataset_id(spec.prune().eval_dataset_id());
+  if (qspec.eval_dataset_id().empty()) {
+    // The prune stage's evaluation, so that before and after compare.
+    qspec.set_eval_dataset_id(spec.prune().eval_dataset_id());
+    if (spec.prune().has_eval_samples()) qspec.set_eval_samples(spec.prune().eval_samples());
+  }
   if (!qspec.has_data()) *qspec.mutable_data() = spec.prune().data();
   ASSIGN_OR_RETURN(engine::QuantizeOptions qo,
                    ToQuantizeOptions(qspec, context.job().seed(), context.device(),

@@ -24,7 +24,8 @@
 //     physically smaller model.
 //  4. Recovery: `recovery_steps` optimizer steps of distillation from the
 //     original model on the calibration data: T²·KL(softmax(t/T) ‖
-//     softmax(s/T)), plus cross-entropy when the data have class labels.
+//     softmax(s/T)), plus cross-entropy when the data have class labels;
+//     the learning rate decays on a cosine to 0 within each round.
 //
 // model.pt in `output_dir` is the pruned TorchScript model; the report's
 // MACs and parameters are measured on that file (model_info.h), accuracy on

@@ -3,6 +3,7 @@
 #include <torch/optim.h>
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <memory>
 #include <vector>
@@ -73,6 +74,12 @@ absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::
           (t * t);
       if (labels) {
         loss = loss + torch::cross_entropy_loss(s, targets.index_select(0, index).to(s.device()));
+      }
+      // Cosine decay from the learning rate to 0 over the steps.
+      const double lr =
+          o.learning_rate * 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / o.steps));
+      for (torch::optim::OptimizerParamGroup& g : optimizer->param_groups()) {
+        g.options().set_lr(lr);
       }
       optimizer->zero_grad();
       loss.backward();

@@ -4,7 +4,8 @@
 // Loss per batch: T²·KL(softmax(t/T) ‖ softmax(s/T)) with t the teacher's
 // and s the student's logits, plus cross-entropy against the labels when
 // `targets` holds class indices. Batches are drawn without replacement in
-// a seeded random order (a new permutation per epoch).
+// a seeded random order (a new permutation per epoch); the learning rate
+// decays from `learning_rate` to 0 on a cosine over the steps.
 #ifndef COMPRESS_ENGINE_PRUNE_RECOVERY_H_
 #define COMPRESS_ENGINE_PRUNE_RECOVERY_H_
 
