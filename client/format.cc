@@ -562,6 +562,36 @@ void EventPrinter::Finish() {
   }
 }
 
+namespace {
+
+// "92.23% -> 92.07% (drop 0.16 pp) on 10,000 examples" for a result with
+// optional accuracy_before/after and eval_examples.
+template <typename Result>
+std::string Top1Text(const Result& r) {
+  auto text = [](bool has, double accuracy) {
+    return has ? absl::StrFormat("%.2f%%", accuracy) : std::string("-");
+  };
+  std::string top1 = absl::StrCat(text(r.has_accuracy_before(), r.accuracy_before()), " -> ",
+                                  text(r.has_accuracy_after(), r.accuracy_after()));
+  if (r.has_accuracy_before() && r.has_accuracy_after()) {
+    absl::StrAppend(&top1,
+                    absl::StrFormat(" (drop %.2f pp)", r.accuracy_before() - r.accuracy_after()));
+  }
+  absl::StrAppend(&top1, " on ", WithCommas(r.eval_examples()), " examples");
+  return top1;
+}
+
+// "138,896 -> 25,674 bytes (5.4x)".
+std::string SizeText(int64_t before, int64_t after) {
+  std::string size = absl::StrCat(WithCommas(before), " -> ", WithCommas(after), " bytes");
+  if (after > 0) {
+    absl::StrAppend(&size, absl::StrFormat(" (%.1fx)", static_cast<double>(before) / after));
+  }
+  return size;
+}
+
+}  // namespace
+
 std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   constexpr int kFloat = 32;
   auto bits_text = [](int bits) {
@@ -616,26 +646,13 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   }
 
   std::vector<std::pair<std::string, std::string>> pairs;
-  std::string size = absl::StrCat(WithCommas(result.bytes_before()), " -> ",
-                                  WithCommas(result.bytes_after()), " bytes");
-  if (result.bytes_after() > 0) {
-    absl::StrAppend(&size, absl::StrFormat(" (%.1fx)", static_cast<double>(result.bytes_before()) /
-                                                           result.bytes_after()));
-  }
+  const std::string size = SizeText(result.bytes_before(), result.bytes_after());
   pairs.push_back({"size", size});
   pairs.push_back(
       {"average bits", absl::StrFormat("%.2f (search %s%s)", result.average_bits(), result.search(),
                                        result.search_exact() ? "" : ", coarsened")});
   if (result.has_accuracy_before() || result.has_accuracy_after()) {
-    std::string top1 =
-        absl::StrCat(accuracy_text(result.has_accuracy_before(), result.accuracy_before()), " -> ",
-                     accuracy_text(result.has_accuracy_after(), result.accuracy_after()));
-    if (result.has_accuracy_before() && result.has_accuracy_after()) {
-      absl::StrAppend(&top1, absl::StrFormat(" (drop %.2f pp)",
-                                             result.accuracy_before() - result.accuracy_after()));
-    }
-    absl::StrAppend(&top1, " on ", WithCommas(result.eval_examples()), " examples");
-    pairs.push_back({"top-1", top1});
+    pairs.push_back({"top-1", Top1Text(result)});
   }
   pairs.push_back({"budget met", result.budget_met() ? "yes" : "NO"});
   if (result.search() == "bisection") {
@@ -724,15 +741,7 @@ std::string FormatPruneResult(const v1::PruneResult& result) {
                                     result.predicted_latency_after_ms())});
   }
   if (result.has_accuracy_before() || result.has_accuracy_after()) {
-    std::string top1 =
-        absl::StrCat(accuracy_text(result.has_accuracy_before(), result.accuracy_before()), " -> ",
-                     accuracy_text(result.has_accuracy_after(), result.accuracy_after()));
-    if (result.has_accuracy_before() && result.has_accuracy_after()) {
-      absl::StrAppend(&top1, absl::StrFormat(" (drop %.2f pp)",
-                                             result.accuracy_before() - result.accuracy_after()));
-    }
-    absl::StrAppend(&top1, " on ", WithCommas(result.eval_examples()), " examples");
-    pairs.push_back({"top-1", top1});
+    pairs.push_back({"top-1", Top1Text(result)});
   }
   if (result.hvp_count() > 0) pairs.push_back({"HVPs", WithCommas(result.hvp_count())});
   absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
@@ -744,12 +753,7 @@ std::string FormatCompressResult(const v1::CompressResult& result) {
   std::string out = absl::StrCat("PRUNE\n", FormatPruneResult(result.prune()), "\nQUANTIZE\n",
                                  FormatQuantizeResult(result.quantize()));
   std::vector<std::pair<std::string, std::string>> pairs;
-  std::string size = absl::StrCat(WithCommas(result.bytes_before()), " -> ",
-                                  WithCommas(result.bytes_after()), " bytes");
-  if (result.bytes_after() > 0) {
-    absl::StrAppend(&size, absl::StrFormat(" (%.1fx)", static_cast<double>(result.bytes_before()) /
-                                                           result.bytes_after()));
-  }
+  const std::string size = SizeText(result.bytes_before(), result.bytes_after());
   pairs.push_back({"total size", size});
   if (result.has_accuracy_before() && result.has_accuracy_after()) {
     pairs.push_back({"total top-1", absl::StrFormat("%.2f%% -> %.2f%% (drop %.2f pp)",
