@@ -116,6 +116,32 @@ class ExactHvp : public HvpOperator {
     return result;
   }
 
+  // Only the tensor's own gradient is differentiated, and only with respect
+  // to the tensor: autograd then skips the layers before it and every other
+  // gradient's double backward (which ApplyImpl runs with zero cotangents).
+  absl::StatusOr<torch::Tensor> ApplyToTensorImpl(int tensor, const torch::Tensor& v) override {
+    torch::Tensor result = torch::zeros_like(params_.tensors[tensor]);
+    for (size_t b = 0; b < batches_.batches.size(); ++b) {
+      const bool cached = b < cache_.size();
+      std::vector<torch::Tensor> fresh;
+      if (!cached || cache_[b].empty()) {
+        ASSIGN_OR_RETURN(fresh, FirstOrder(batches_.batches[b], b));
+        if (cached) cache_[b] = fresh;
+      }
+      const torch::Tensor& g = (cached ? cache_[b] : fresh)[tensor];
+      if (!g.defined() || !g.requires_grad()) continue;  // linear in it: H_kk = 0
+      try {
+        std::vector<torch::Tensor> hv = grad({g}, {params_.tensors[tensor]}, {v},
+                                             /*retain_graph=*/cached,
+                                             /*create_graph=*/false, /*allow_unused=*/true);
+        if (hv[0].defined()) result.add_(hv[0].detach(), weight(b));
+      } catch (const c10::Error& e) {
+        return AutogradError(e, absl::StrCat("exact HVP (double backward) on batch ", b));
+      }
+    }
+    return result;
+  }
+
  private:
   absl::StatusOr<std::vector<torch::Tensor>> FirstOrder(const Batch& batch, size_t b) {
     ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, batch));
@@ -528,6 +554,26 @@ absl::StatusOr<ParamSet> HvpOperator::Apply(const ParamSet& v) {
   torch::AutoGradMode grad_mode(true);
   ++num_applications_;
   return ApplyImpl(v);
+}
+
+absl::StatusOr<torch::Tensor> HvpOperator::ApplyToTensor(int tensor, const torch::Tensor& v) {
+  if (tensor < 0 || tensor >= static_cast<int>(params_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("no parameter tensor ", tensor));
+  }
+  if (v.sizes() != params_.tensors[tensor].sizes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the vector's shape does not match ", params_.layout->names[tensor]));
+  }
+  torch::AutoGradMode grad_mode(true);
+  ++num_applications_;
+  return ApplyToTensorImpl(tensor, v.to(params_.tensors[tensor].options()));
+}
+
+absl::StatusOr<torch::Tensor> HvpOperator::ApplyToTensorImpl(int tensor, const torch::Tensor& v) {
+  ParamSet full = ZerosLike(params_);
+  full.tensors[tensor] = v;
+  ASSIGN_OR_RETURN(ParamSet hv, ApplyImpl(full));
+  return hv.tensors[tensor];
 }
 
 absl::StatusOr<double> FiniteDifferenceSelfCheck(HvpOperator& op, at::Generator& gen, int probes) {

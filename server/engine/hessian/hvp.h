@@ -105,6 +105,16 @@ class HvpOperator {
   // not fit the model; INTERNAL for other torch errors.
   absl::StatusOr<ParamSet> Apply(const ParamSet& v);
 
+  // H_kk v_k: the product with a vector that is `v` in parameter tensor
+  // `tensor` (k, an index into layout().names; `v` of its shape) and zero
+  // elsewhere, read back in the same tensor. Equals Apply's result in that
+  // slot; the exact operator differentiates only with respect to that
+  // tensor (a double backward through the part of the graph that depends
+  // on it: cheaper for later layers), the others compute the full product.
+  // Counts as one product. Errors as Apply; INVALID_ARGUMENT for a bad
+  // index or shape.
+  absl::StatusOr<torch::Tensor> ApplyToTensor(int tensor, const torch::Tensor& v);
+
   virtual HvpMethod method() const = 0;
   // Products computed so far (each Apply counts one, whatever the batches).
   int64_t num_applications() const { return num_applications_; }
@@ -116,6 +126,8 @@ class HvpOperator {
  protected:
   HvpOperator(ParamSet params, PreparedBatches batches);
   virtual absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) = 0;
+  // Default: ApplyImpl with zeros outside `tensor`.
+  virtual absl::StatusOr<torch::Tensor> ApplyToTensorImpl(int tensor, const torch::Tensor& v);
   // n_b / N for batch b.
   double weight(size_t b) const;
 
