@@ -1,6 +1,7 @@
 // RunQuantization (the QUANTIZE facade) end to end on the shipped CNN: the
 // saved model, the packed file and the report are checked against each
 // other and against computations made here from the files alone.
+#include <torch/nn/functional/loss.h>
 #include <torch/script.h>
 
 #include <cmath>
@@ -14,8 +15,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/engine/data/dataset.h"
+#include "server/engine/quant/bn_fold.h"
+#include "server/engine/quant/calibration.h"
+#include "server/engine/quant/gptq.h"
 #include "server/engine/quant/packing.h"
 #include "server/engine/quant/quantize.h"
+#include "server/engine/quant/quantizer.h"
 #include "tests/engine/test_util.h"
 
 namespace compress::engine {
@@ -143,6 +148,142 @@ TEST(RunQuantizationTest, FourBitsSavedModelPackedFileAndReportAgree) {
   EXPECT_EQ(chosen, 1);
 }
 
+// Mean cross-entropy of `m` (float64) on `data` with fc.weight shifted by
+// step·δ.
+double ClassifierLoss(torch::jit::Module& m, const torch::Tensor& inputs,
+                      const torch::Tensor& targets, const torch::Tensor& delta, double step) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor w;
+  for (const auto& p : m.named_parameters(true)) {
+    if (p.name == "fc.weight") w = p.value;
+  }
+  const torch::Tensor saved = w.clone();
+  w.add_(delta.to(torch::kFloat64), step);
+  torch::Tensor logits = m.forward({inputs.to(torch::kFloat64)}).toTensor();
+  const double loss =
+      torch::nn::functional::cross_entropy(logits, targets.to(torch::kLong)).item<double>();
+  w.copy_(saved);
+  return loss;
+}
+
+// ½ δᵀHδ of the classifier weight on `inputs`, from the second difference
+// of the loss: fc is the last layer, so the loss is smooth in its weight
+// and the difference is exact up to O(t²).
+double ClassifierQuadratic(torch::jit::Module& m, const torch::Tensor& inputs,
+                           const torch::Tensor& targets, const torch::Tensor& delta) {
+  constexpr double kStep = 1e-3;
+  const double zero = ClassifierLoss(m, inputs, targets, delta, 0);
+  return 0.5 *
+         (ClassifierLoss(m, inputs, targets, delta, kStep) +
+          ClassifierLoss(m, inputs, targets, delta, -kStep) - 2 * zero) /
+         (kStep * kStep);
+}
+
+torch::Tensor Weight(const torch::jit::Module& m, const std::string& name) {
+  for (const auto& p : m.named_parameters(true)) {
+    if (p.name == name) return p.value.detach();
+  }
+  ADD_FAILURE() << "no parameter " << name;
+  return torch::Tensor();
+}
+
+TEST(RunQuantizationTest, QuadraticOmegaIsTheSecondOrderLossChangeOfTheRounding) {
+  QuantizeOptions o = CnnOptions();
+  o.omega = QuantOmega::kQuadratic;
+  o.budget = QuantBudget::AverageBits(3);
+  o.eval_dataset.clear();
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->omega, "quadratic");
+  EXPECT_EQ(r->perturbation, "rtn");
+  EXPECT_EQ(r->hvp_method, "exact");
+  EXPECT_EQ(r->hvp_count, 6 * 4);  // one product per layer and width
+
+  const QuantizedLayerReport& fc = r->layers.back();
+  ASSERT_EQ(fc.name, "fc");
+  torch::jit::Module m = torch::jit::load(o.model_path);
+  m.eval();
+  m.to(torch::kFloat64);
+  absl::StatusOr<LoadedDataset> data = LoadDataset(o.calibration_dataset, o.num_samples);
+  ASSERT_TRUE(data.ok()) << data.status();
+  const torch::Tensor w = Weight(m, "fc.weight").to(torch::kFloat32);
+  for (int b : {2, 3, 4, 8}) {
+    SCOPED_TRACE(b);
+    QuantizerSpec spec;
+    spec.bits = b;
+    absl::StatusOr<QuantizedTensor> q = Quantize(w, spec);
+    ASSERT_TRUE(q.ok()) << q.status();
+    torch::Tensor delta = Dequantize(*q)->to(torch::kFloat64) - w.to(torch::kFloat64);
+    EXPECT_NEAR(fc.squared_error.at(b), delta.pow(2).sum().item<double>(),
+                1e-6 * fc.squared_error.at(b));
+    const double quadratic = ClassifierQuadratic(m, data->inputs, data->targets, delta);
+    std::cout << "fc, " << b << " bits: Ω " << fc.omega.at(b) << ", ½ second difference "
+              << quadratic << "\n";
+    EXPECT_NEAR(fc.omega.at(b), quadratic, 1e-3 * quadratic);
+  }
+}
+
+// With GPTQ, each half of the calibration data rounds (GPTQ on its inputs
+// to the float model) and the other half prices the result; Ω and ‖δ‖² are
+// the means over the two halves. Recomputed here for the classifier.
+TEST(RunQuantizationTest, GptqOmegaPricesEachHalfsRoundingOnTheOtherHalf) {
+  QuantizeOptions o = CnnOptions();  // 64 examples: halves of 32
+  o.omega = QuantOmega::kQuadratic;
+  o.gptq = true;
+  o.budget = QuantBudget::AverageBits(4);
+  o.eval_dataset.clear();
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->perturbation, "gptq");
+  EXPECT_EQ(r->hvp_count, 2 * 6 * 4);  // each δ priced on one half
+  const QuantizedLayerReport& fc = r->layers.back();
+  ASSERT_EQ(fc.name, "fc");
+
+  absl::StatusOr<LoadedDataset> data = LoadDataset(o.calibration_dataset, o.num_samples);
+  ASSERT_TRUE(data.ok()) << data.status();
+  const torch::Tensor x[2] = {data->inputs.narrow(0, 0, 32), data->inputs.narrow(0, 32, 32)};
+  const torch::Tensor y[2] = {data->targets.narrow(0, 0, 32), data->targets.narrow(0, 32, 32)};
+  absl::StatusOr<torch::jit::Module> folded = FoldBatchNorm(torch::jit::load(o.model_path));
+  ASSERT_TRUE(folded.ok()) << folded.status();
+  torch::Tensor inputs_h[2];
+  for (int h = 0; h < 2; ++h) {
+    absl::StatusOr<LayerHessian> collected = CollectLayerHessian(*folded, "fc", {x[h]});
+    ASSERT_TRUE(collected.ok()) << collected.status();
+    inputs_h[h] = collected->hessian;
+  }
+  torch::jit::Module m64 = torch::jit::load(o.model_path);
+  m64.eval();
+  m64.to(torch::kFloat64);
+  const torch::Tensor w = Weight(*folded, "fc.weight");
+  for (int b : {2, 4}) {
+    SCOPED_TRACE(b);
+    QuantizerSpec spec;
+    spec.bits = b;
+    double squared = 0, omega = 0;
+    for (int h = 0; h < 2; ++h) {
+      absl::StatusOr<GptqResult> g = GptqQuantize(w, inputs_h[h], spec, GptqOptions{});
+      ASSERT_TRUE(g.ok()) << g.status();
+      const torch::Tensor delta = g->dequantized.to(torch::kFloat64) - w.to(torch::kFloat64);
+      squared += 0.5 * delta.pow(2).sum().item<double>();
+      const double other = ClassifierQuadratic(m64, x[1 - h], y[1 - h], delta);
+      omega += 0.5 * other;
+      // Why: on its own half GPTQ's δ looks cheaper (fc has 1,568 inputs
+      // and 32 rows here, so GPTQ fits them).
+      const double own = ClassifierQuadratic(m64, x[h], y[h], delta);
+      EXPECT_LT(own, other) << "half " << h;
+    }
+    std::cout << "fc, " << b << " bits: Ω " << fc.omega.at(b) << " (here " << omega << "), ‖δ‖² "
+              << fc.squared_error.at(b) << " (here " << squared << ")\n";
+    EXPECT_NEAR(fc.squared_error.at(b), squared, 1e-6 * squared);
+    EXPECT_NEAR(fc.omega.at(b), omega, 1e-3 * omega);
+  }
+  // Not round-to-nearest's δ.
+  QuantizerSpec spec;
+  spec.bits = 4;
+  const double rtn = (*Dequantize(*Quantize(w, spec)) - w).to(torch::kFloat64).pow(2).sum().item<double>();
+  EXPECT_GT(std::abs(fc.squared_error.at(4) - rtn), 1e-3 * rtn);
+}
+
 TEST(RunQuantizationTest, BisectionMeetsTheToleranceWithFewMeasurements) {
   QuantizeOptions o = CnnOptions();
   o.search = QuantSearch::kBisection;
@@ -155,6 +296,7 @@ TEST(RunQuantizationTest, BisectionMeetsTheToleranceWithFewMeasurements) {
   absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->sensitivity_source, "report");
+  EXPECT_EQ(r->omega, "trace");  // a report holds traces only
   EXPECT_EQ(r->hvp_count, 0);
   // Bisection keeps the default pins.
   EXPECT_EQ(r->layers.front().bits, 8);
@@ -194,6 +336,13 @@ TEST(RunQuantizationTest, BadOptionsNameTheField) {
   s = RunQuantization(o, nullptr, nullptr).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("no.such.layer"));
+
+  o = CnnOptions();
+  o.trace_per_param = {{"conv1", 1.0}};
+  o.omega = QuantOmega::kQuadratic;
+  s = RunQuantization(o, nullptr, nullptr).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("omega"));
 
   o = CnnOptions();
   o.trace_per_param = {{"conv1", 1.0}};

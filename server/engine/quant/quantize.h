@@ -4,11 +4,15 @@
 // RunQuantization loads the model, folds BatchNorm into the preceding convs,
 // and treats every Conv2d/Linear weight as a quantizable layer. Then:
 //
-//  1. Sensitivity: Ω_i(b) = Tr(H_ii)/n_i · ‖Q_b(W_i) − W_i‖² for every
-//     candidate b, with Tr(H_ii)/n_i from `trace_per_param` (an ANALYZE
-//     report) or, when that is empty, from Hutchinson traces computed here on
-//     the folded model and the calibration data (RunAnalysis, traces only).
-//     ‖Q_b(W) − W‖² uses the job's quantizer with round-to-nearest.
+//  1. Sensitivity: for every layer i and width b the perturbation
+//     δ_i(b) = Q_b(W_i) − W_i that rounding makes (QuantPerturbation:
+//     round-to-nearest, or with GPTQ rounding GPTQ of that layer alone on
+//     the float model's inputs), and its price Ω_i(b) (QuantOmega):
+//     kQuadratic ½ δᵀ H_ii δ, one Hessian-vector product per (layer,
+//     width) on the folded model and the calibration data
+//     (hessian/perturbation.h); or kTrace Tr(H_ii)/n_i · ‖δ‖² (HAWQ-V2)
+//     with Tr(H_ii)/n_i from `trace_per_param` (an ANALYZE report) or from
+//     Hutchinson traces computed here (RunAnalysis, traces only).
 //  2. Search (search/bit_allocation.h): per layer the candidate bits plus
 //     float; sizes in bits as packed on disk (codes plus a float32 scale and
 //     a uint8 zero point per channel or group); layer pins and ties.
@@ -20,9 +24,9 @@
 //     layer the highest single width that fits the budget.
 //  3. Rounding: round-to-nearest, or GPTQ layer by layer on the calibration
 //     data (gptq_model.h).
-//  4. Baselines at the same budget: uniform bits, and the same search with
-//     Ω replaced by ‖Q_b(W) − W‖² alone (no Hessian), each rounded the same
-//     way and evaluated when eval data are given.
+//  4. Baselines at the same size: uniform bits, and the same search with
+//     Ω replaced by ‖δ(b)‖² alone (no Hessian; the same δ as Ω's), each
+//     rounded the same way and evaluated when eval data are given.
 //  5. Outputs written to `output_dir`: model.pt (TorchScript, the folded
 //     model with the dequantized weights in place: exactly what was
 //     evaluated), weights.safetensors + manifest.json (packed codes,
@@ -73,6 +77,25 @@ enum class QuantSearch {
 // "exact", "pareto", "bisection", "uniform".
 const char* QuantSearchName(QuantSearch search);
 
+// How Ω_i(b), the cost the search minimises, prices the perturbation
+// δ_i(b) = Q_b(W_i) − W_i that rounding layer i to b bits makes.
+enum class QuantOmega {
+  kTrace,      // Tr(H_ii)/n_i · ‖δ‖² (HAWQ-V2): H_ii as its mean eigenvalue
+  kQuadratic,  // ½ δᵀ H_ii δ: one Hessian-vector product per (layer, width)
+};
+
+// "trace", "quadratic".
+const char* QuantOmegaName(QuantOmega omega);
+
+// The Ω of a job that computes its own sensitivity.
+inline constexpr QuantOmega kDefaultQuantOmega = QuantOmega::kQuadratic;
+
+// Which perturbation δ_i(b) Ω and the no-Hessian baseline price.
+enum class QuantPerturbation {
+  kRounding,  // the job's rounding: RTN, or GPTQ on the float model's inputs
+  kNearest,   // round-to-nearest whatever the rounding
+};
+
 struct QuantBudget {
   enum class Kind { kAverageBits, kModelBytes, kBops, kNone };
   static QuantBudget AverageBits(double bits) { return {Kind::kAverageBits, bits}; }
@@ -121,6 +144,12 @@ struct QuantizeOptions {
   // defaults 0.05 and 200 (TraceOptions).
   double trace_tolerance = 0.05;
   int trace_max_probes = 200;
+  // Unset: kTrace when trace_per_param is given (an ANALYZE report holds
+  // traces only), else kDefaultQuantOmega. kQuadratic together with
+  // trace_per_param is INVALID_ARGUMENT.
+  std::optional<QuantOmega> omega;
+  // Default kRounding.
+  QuantPerturbation perturbation = QuantPerturbation::kRounding;
 
   // Quantizer: symmetric (default) or asymmetric; "per_tensor",
   // "per_channel" (default) or "group" with group_size 32, 64 or 128
@@ -165,8 +194,10 @@ struct QuantizedLayerReport {
   int64_t macs = 0;         // per example, from one forward pass
   int bits = kFloatBits;    // chosen
   bool pinned = false;
-  double trace_per_param = 0;
+  double trace_per_param = 0;   // kTrace only
   std::map<int, double> omega;  // Ω(b) for every candidate b
+  // ‖δ(b)‖² for every candidate b: the no-Hessian baseline's cost.
+  std::map<int, double> squared_error;
   int64_t bytes_before = 0;     // float32 weight
   int64_t bytes_after = 0;      // packed codes + scales + zero points
   std::string rounding;         // "rtn", "gptq", or "float"
@@ -191,7 +222,7 @@ struct QuantBaseline {
   std::map<std::string, int> bits;
   double average_bits = 0;
   int64_t weight_bytes = 0;  // predicted
-  double cost = 0;           // ΣΩ with the Hessian traces
+  double cost = 0;           // ΣΩ (the job's Ω)
   std::optional<double> accuracy;
 };
 
@@ -224,7 +255,11 @@ struct QuantizeReport {
   // Things the caller should show (dropped default pins, ...).
   std::vector<std::string> warnings;
   std::string sensitivity_source;  // "report" or "computed"
+  std::string omega;               // QuantOmegaName
+  std::string perturbation;        // δ: "rtn" or "gptq"
   int64_t hvp_count = 0;           // when computed here
+  // The HVP method of kQuadratic/kTaylor ("exact" unless it fell back).
+  std::string hvp_method;
   std::string runtime;
   double wall_seconds = 0;
   // Paths of the artifacts in output_dir.
