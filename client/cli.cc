@@ -540,6 +540,16 @@ absl::Status FillQuantizeSpec(const Context& ctx, v1::QuantizeSpec* spec) {
       for (const std::string& layer : SplitList(tie, ",")) t->add_layers(layer);
     }
   }
+  if (ctx.inv.Has("omega")) {
+    const std::string omega = ctx.inv.Get("omega");
+    if (omega == "trace") {
+      spec->set_omega(v1::OMEGA_TRACE);
+    } else if (omega == "quadratic") {
+      spec->set_omega(v1::OMEGA_QUADRATIC);
+    } else {
+      return UsageError("--omega: trace or quadratic");
+    }
+  }
   if (ctx.inv.Has("sensitivity")) {
     spec->set_sensitivity_job_id(
         ExpandIfPrefix<v1::Job>(ctx.inv.Get("sensitivity"), JobLister(ctx.client)));
@@ -842,14 +852,15 @@ const std::vector<Entry>& Entries() {
         "[--bits AVG | --bytes N | --bops N] [--search exact|pareto|bisection|uniform] "
         "[--max-drop PP | --max-relative-drop F] [--gptq] [--asymmetric] "
         "[--granularity tensor|channel|group] [--group-size N] [--candidates 2,3,4,8] "
-        "[--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--sensitivity ANALYZE_JOB_ID] "
-        "[--samples N] [--batch N] [job flags]",
+        "[--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
+        "[--sensitivity ANALYZE_JOB_ID] [--samples N] [--batch N] [job flags]",
         0,
         0,
         WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",
                       "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
                       "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
-                      "pin",   "tie",        "sensitivity", "samples",      "batch"}),
+                      "pin",   "tie",        "sensitivity", "samples",      "batch",
+                      "omega"}),
         "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
        Quantize},
       {{{"prune"},
@@ -980,6 +991,9 @@ const std::vector<FlagDef>& Flags() {
       {"pin", 0, true, "L=B,...",
        "pin layers to bits (16/32 = float); default first and last at 8; none = no pins"},
       {"tie", 0, true, "A,B;C,D", "layers that share their bits (groups split by ';')"},
+      {"omega", 0, true, "O",
+       "sensitivity: quadratic (default; ½δᵀHδ, an HVP per layer and width) or trace "
+       "(HAWQ-V2; the default with --sensitivity)"},
       {"sensitivity", 0, true, "JOB", "reuse the traces of a SUCCEEDED ANALYZE job"},
       {"flops", 0, true, "F", "prune target: fraction of FLOPs to remove (default 0.5)"},
       {"params", 0, true, "F", "prune target: fraction of parameters to remove"},

@@ -659,6 +659,10 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
     pairs.push_back({"tolerance met", result.tolerance_met() ? "yes" : "NO"});
   }
   std::string source = result.sensitivity_source();
+  if (!result.omega().empty()) {
+    absl::StrAppend(&source, ", ", result.omega(), " Ω of the ", result.perturbation(),
+                    " rounding error");
+  }
   if (result.hvp_count() > 0)
     absl::StrAppend(&source, " (", WithCommas(result.hvp_count()), " HVPs)");
   pairs.push_back({"sensitivity", source});

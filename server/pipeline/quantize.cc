@@ -127,8 +127,10 @@ std::string ParetoSvg(const v1::QuantizeResult& r) {
     series.push_back(measured);
   } else {
     axes.title = "Mixed-precision frontier: size vs. Hessian-weighted error";
-    axes.y_label = "sum of Omega (log scale)";
-    axes.log_y = true;
+    // ½ δᵀHδ can be negative where H is indefinite: then a linear axis.
+    axes.log_y = std::all_of(r.frontier().begin(), r.frontier().end(),
+                             [](const v1::QuantPoint& p) { return p.cost() > 0; });
+    axes.y_label = axes.log_y ? "sum of Omega (log scale)" : "sum of Omega";
     Series frontier;
     frontier.name = "frontier";
     frontier.line = true;
@@ -185,6 +187,16 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   if (!spec.sensitivity_job_id().empty()) {
     ASSIGN_OR_RETURN(o.trace_per_param,
                      TracesFromJob(spec.sensitivity_job_id(), spec.model_id(), resources));
+  }
+  switch (spec.omega()) {
+    case v1::OMEGA_TRACE:
+      o.omega = engine::QuantOmega::kTrace;
+      break;
+    case v1::OMEGA_QUADRATIC:
+      o.omega = engine::QuantOmega::kQuadratic;
+      break;
+    default:
+      break;  // the engine's default for where the sensitivity comes from
   }
   if (spec.has_trace_tolerance()) o.trace_tolerance = spec.trace_tolerance();
   if (spec.has_trace_max_probes()) o.trace_max_probes = spec.trace_max_probes();
@@ -268,6 +280,7 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
     p->set_note(l.note);
     p->set_gptq_error(l.gptq_error);
     p->set_rtn_error(l.rtn_error);
+    for (const auto& [bits, e] : l.squared_error) (*p->mutable_squared_error())[bits] = e;
   }
   r.set_search(report.search);
   r.set_search_exact(report.search_exact);
@@ -305,6 +318,9 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
   }
   r.set_sensitivity_source(report.sensitivity_source);
   r.set_hvp_count(report.hvp_count);
+  r.set_omega(report.omega);
+  r.set_perturbation(report.perturbation);
+  r.set_hvp_method(report.hvp_method);
   r.set_runtime(report.runtime);
   r.set_wall_seconds(report.wall_seconds);
   for (const auto& [layer, bits] : report.pins) (*r.mutable_pins())[layer] = bits;

@@ -138,6 +138,13 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
       }
     }
   }
+  if (s.omega() == v1::OMEGA_QUADRATIC && !s.sensitivity_job_id().empty()) {
+    return Invalid(f + ".omega",
+                   "OMEGA_QUADRATIC is computed in the job; sensitivity_job_id gives traces only");
+  }
+  if (!v1::Omega_IsValid(s.omega())) {
+    return Invalid(f + ".omega", absl::StrCat("unknown value ", s.omega()));
+  }
   RETURN_IF_ERROR(AtLeast(f + ".eval_samples", s.has_eval_samples(), s.eval_samples(), int64_t{0}));
   RETURN_IF_ERROR(Fraction(f + ".trace_tolerance", s.has_trace_tolerance(), s.trace_tolerance()));
   RETURN_IF_ERROR(

@@ -260,6 +260,8 @@ TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
                   "features.0=8,fc=32",
                   "--tie",
                   "a,b;c,d,e",
+                  "--omega",
+                  "trace",
                   "--sensitivity",
                   "job-1",
                   "--samples",
@@ -298,6 +300,7 @@ TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
   EXPECT_THAT(spec.ties(0).layers(), ElementsAre("a", "b"));
   EXPECT_THAT(spec.ties(1).layers(), ElementsAre("c", "d", "e"));
   EXPECT_EQ(spec.sensitivity_job_id(), "job-1");
+  EXPECT_EQ(spec.omega(), v1::OMEGA_TRACE);
 
   ASSERT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--bytes", "4096", "--pin", "none",
                  "--search", "uniform", "--max-relative-drop", "0.01"})
@@ -310,9 +313,14 @@ TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
   EXPECT_EQ(spec2.search(), v1::SEARCH_METHOD_UNIFORM);
   EXPECT_EQ(spec2.tolerance().max_relative_drop(), 0.01);
   EXPECT_FALSE(spec2.quantizer().asymmetric());
+  EXPECT_EQ(spec2.omega(), v1::OMEGA_UNSPECIFIED);  // the server's default
 
-  ASSERT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--avg-bits", "3.5"}).code, kExitOk);
+  ASSERT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--avg-bits", "3.5", "--omega",
+                 "quadratic"})
+                .code,
+            kExitOk);
   EXPECT_EQ(server_.jobs().submitted()[2].spec().quantize().budget().average_bits(), 3.5);
+  EXPECT_EQ(server_.jobs().submitted()[2].spec().quantize().omega(), v1::OMEGA_QUADRATIC);
 }
 
 TEST_F(CliTest, QuantizeUsageErrors) {
@@ -327,6 +335,9 @@ TEST_F(CliTest, QuantizeUsageErrors) {
   EXPECT_EQ(pin.code, kExitUsage);
   EXPECT_THAT(pin.err, HasSubstr("LAYER=BITS"));
   EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--bits", "four"}).code, kExitUsage);
+  Result omega = Run({"quantize", "--model", "m", "--data", "d", "--omega", "hessian"});
+  EXPECT_EQ(omega.code, kExitUsage);
+  EXPECT_THAT(omega.err, HasSubstr("--omega: trace or quadratic"));
   EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--granularity", "row"}).code,
             kExitUsage);
   EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--max-drop", "1",

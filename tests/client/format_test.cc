@@ -297,6 +297,14 @@ TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
               HasSubstr("LAYER  KIND    PARAMS    BITS   OMEGA      WEIGHT BYTES  ROUNDING\n"));
   EXPECT_THAT(text, HasSubstr("tolerance met: NO\n"));
   EXPECT_THAT(text, Not(HasSubstr("ALLOCATION")));
+
+  // Which Ω priced which rounding error.
+  r.set_omega("quadratic");
+  r.set_perturbation("gptq");
+  r.set_hvp_count(24);
+  EXPECT_THAT(FormatQuantizeResult(r),
+              HasSubstr("sensitivity:   computed, quadratic Ω of the gptq rounding error (24 "
+                        "HVPs)\n"));
 }
 
 TEST(ToJsonTest, UsesProtoFieldNames) {

@@ -111,6 +111,7 @@ TEST(ToQuantizeOptionsTest, FillsDefaults) {
   EXPECT_TRUE(o->trace_per_param.empty());
   EXPECT_EQ(o->trace_tolerance, 0.05);
   EXPECT_EQ(o->trace_max_probes, 200);
+  EXPECT_FALSE(o->omega.has_value()) << "the engine's default";
   EXPECT_TRUE(o->symmetric);
   EXPECT_EQ(o->granularity, "per_channel");
   EXPECT_EQ(o->group_size, 128);
@@ -140,6 +141,7 @@ TEST(ToQuantizeOptionsTest, MapsEveryField) {
   spec.set_loss(v1::LOSS_KIND_PSEUDO_LABEL);
   spec.set_trace_tolerance(0.1);
   spec.set_trace_max_probes(50);
+  spec.set_omega(v1::OMEGA_QUADRATIC);
   v1::QuantizerSettings* q = spec.mutable_quantizer();
   q->set_asymmetric(true);
   q->set_granularity(v1::GRANULARITY_GROUP);
@@ -174,6 +176,7 @@ TEST(ToQuantizeOptionsTest, MapsEveryField) {
   EXPECT_EQ(o->loss, engine::LossKind::kPseudoLabel);
   EXPECT_EQ(o->trace_tolerance, 0.1);
   EXPECT_EQ(o->trace_max_probes, 50);
+  EXPECT_EQ(o->omega, engine::QuantOmega::kQuadratic);
   EXPECT_FALSE(o->symmetric);
   EXPECT_EQ(o->granularity, "group");
   EXPECT_EQ(o->group_size, 64);
@@ -242,9 +245,11 @@ TEST(ToQuantizeOptionsTest, TracesComeFromTheAnalyzeJob) {
   resources.AddAnalyzeJob("analyze-ok", kModel);
   v1::QuantizeSpec spec = MinimalSpec();
   spec.set_sensitivity_job_id("analyze-ok");
+  spec.set_omega(v1::OMEGA_TRACE);
   auto o = ToQuantizeOptions(spec, 0, "cpu", resources, "");
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_THAT(o->trace_per_param, UnorderedElementsAre(Pair("conv", 2.5), Pair("fc", 0.125)));
+  EXPECT_EQ(o->omega, engine::QuantOmega::kTrace);
 }
 
 TEST(ToQuantizeOptionsTest, UnusableSensitivityJobsAreRefused) {
@@ -381,6 +386,12 @@ TEST_F(QuantizeValidateTest, EachBadFieldIsNamed) {
        [](auto* s) { s->mutable_quantizer()->set_gptq_block_size(0); }},
       {"quantize.sensitivity_job_id", [](auto* s) { s->set_sensitivity_job_id("nope"); },
        absl::StatusCode::kNotFound},
+      {"quantize.omega",
+       [](auto* s) {
+         s->set_sensitivity_job_id("analyze-ok");
+         s->set_omega(v1::OMEGA_QUADRATIC);
+       }},
+      {"quantize.omega", [](auto* s) { s->set_omega(static_cast<v1::Omega>(9)); }},
   };
   for (const Case& c : cases) {
     v1::QuantizeSpec spec = MinimalSpec();
@@ -426,6 +437,7 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   layer.note = "n";
   layer.gptq_error = 0.1;
   layer.rtn_error = 0.2;
+  layer.squared_error = {{2, 8.0}, {4, 0.5}};
   report.layers.push_back(layer);
   report.search = "pareto";
   report.search_exact = false;
@@ -443,6 +455,9 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   report.baselines.push_back({"uniform", {{"conv", 4}}, 4, 290, 0.25, std::nullopt});
   report.sensitivity_source = "report";
   report.hvp_count = 0;
+  report.omega = "trace";
+  report.perturbation = "gptq";
+  report.hvp_method = "";
   report.runtime = "LibTorch";
   report.wall_seconds = 1.5;
 
@@ -463,6 +478,7 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   EXPECT_EQ(l.note(), "n");
   EXPECT_EQ(l.gptq_error(), 0.1);
   EXPECT_EQ(l.rtn_error(), 0.2);
+  EXPECT_THAT(l.squared_error(), UnorderedElementsAre(Pair(2, 8.0), Pair(4, 0.5)));
   EXPECT_EQ(r.search(), "pareto");
   EXPECT_FALSE(r.search_exact());
   EXPECT_FALSE(r.budget_met());
@@ -485,6 +501,8 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   EXPECT_THAT(r.baselines(0).bits(), UnorderedElementsAre(Pair("conv", 4)));
   EXPECT_FALSE(r.baselines(0).has_accuracy());
   EXPECT_EQ(r.sensitivity_source(), "report");
+  EXPECT_EQ(r.omega(), "trace");
+  EXPECT_EQ(r.perturbation(), "gptq");
   EXPECT_EQ(r.runtime(), "LibTorch");
   EXPECT_EQ(r.wall_seconds(), 1.5);
 }
