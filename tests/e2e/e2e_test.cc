@@ -782,7 +782,12 @@ TEST_F(E2eTest, QuantizeJobEndToEnd) {
   EXPECT_GT(r.bytes_after(), 0);
   EXPECT_LT(r.bytes_after(), r.bytes_before() / 5);
   EXPECT_EQ(r.sensitivity_source(), "computed");
-  EXPECT_GT(r.hvp_count(), 0);
+  // The default Ω: ½δᵀHδ of the round-to-nearest error, one HVP per layer
+  // and candidate width (6 layers, {2, 3, 4, 8}).
+  EXPECT_EQ(r.omega(), "quadratic");
+  EXPECT_EQ(r.perturbation(), "rtn");
+  EXPECT_EQ(r.hvp_method(), "exact");
+  EXPECT_EQ(r.hvp_count(), 6 * 4);
   ASSERT_GT(r.layers_size(), 0);
   int64_t numel = 0;
   double bits = 0;
@@ -803,6 +808,7 @@ TEST_F(E2eTest, QuantizeJobEndToEnd) {
   nlohmann::json report = nlohmann::json::parse(ReadFile(report_path));
   EXPECT_EQ(report["seed"], "3");
   EXPECT_EQ(report["result"]["layers"].size(), static_cast<size_t>(r.layers_size()));
+  EXPECT_EQ(report["result"]["omega"], "quadratic");
 
   // The downloaded model loads in stock LibTorch and scores what the job
   // reported on the same 1,000 test images. (One image of slack: the engine
@@ -853,6 +859,14 @@ TEST_F(E2eTest, QuantizeReusesTheTracesOfAnAnalyzeJob) {
   EXPECT_THAT(s.error_message(), HasSubstr("quantize.sensitivity_job_id"));
   EXPECT_THAT(s.error_message(), HasSubstr("ANALYZE"));
 
+  // The quadratic Ω needs more than traces: refused at submit.
+  v1::SubmitJobRequest quadratic = QuantizeRequest(model->id());
+  quadratic.mutable_spec()->mutable_quantize()->set_sensitivity_job_id(analyze_job.id());
+  quadratic.mutable_spec()->mutable_quantize()->set_omega(v1::OMEGA_QUADRATIC);
+  s = Submit(quadratic, &refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("quantize.omega"));
+
   v1::SubmitJobRequest req = QuantizeRequest(model->id());
   req.mutable_spec()->mutable_quantize()->set_sensitivity_job_id(analyze_job.id());
   v1::Job job;
@@ -862,6 +876,7 @@ TEST_F(E2eTest, QuantizeReusesTheTracesOfAnAnalyzeJob) {
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
   const v1::QuantizeResult& r = done.result().quantize();
   EXPECT_EQ(r.sensitivity_source(), "report");
+  EXPECT_EQ(r.omega(), "trace");
   EXPECT_EQ(r.hvp_count(), 0) << "no Hessian work when the traces are given";
   ASSERT_GT(r.layers_size(), 0);
   for (const v1::QuantizedLayer& l : r.layers()) {
