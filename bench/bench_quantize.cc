@@ -72,7 +72,7 @@ struct Args {
   std::vector<double> budgets;        // default {4, 3.5, 3, 2.5} ({4, 3} with --quick)
   std::vector<std::string> roundings = {"rtn", "gptq"};
   std::string omega;                  // "" = the job's default
-  std::string perturbation = "rounding";
+  std::string perturbation;           // "" = the job's default for the Ω
   int64_t trace_samples = 0;          // kTrace: calibration images of the traces; 0 = --samples
   double trace_tolerance = 0.05;
   int trace_max_probes = 200;
@@ -474,8 +474,8 @@ int Run(const Args& args) {
     base.seed = args.seed;
     base.trace_tolerance = args.trace_tolerance;
     base.trace_max_probes = args.trace_max_probes;
-    base.perturbation = args.perturbation == "nearest" ? QuantPerturbation::kNearest
-                                                       : QuantPerturbation::kRounding;
+    if (args.perturbation == "nearest") base.perturbation = QuantPerturbation::kNearest;
+    if (args.perturbation == "rounding") base.perturbation = QuantPerturbation::kRounding;
     const bool trace = omega == QuantOmega::kTrace;
     // Traces once, then reused by every run (Ω = trace · ‖δ‖² needs
     // nothing else); the other Ω depend on the rounding's δ and are

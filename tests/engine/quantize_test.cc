@@ -284,6 +284,31 @@ TEST(RunQuantizationTest, GptqOmegaPricesEachHalfsRoundingOnTheOtherHalf) {
   EXPECT_GT(std::abs(fc.squared_error.at(4) - rtn), 1e-3 * rtn);
 }
 
+// HAWQ-V2's trace Ω keeps its definition under GPTQ rounding: the RTN
+// error, which an isotropic H can price (GPTQ's δ is larger in norm while
+// changing the outputs less).
+TEST(RunQuantizationTest, TraceOmegaPricesTheRoundToNearestErrorUnderGptq) {
+  QuantizeOptions o = CnnOptions();
+  o.gptq = true;
+  o.eval_dataset.clear();
+  for (const char* name : {"conv1", "block.conv1", "block.conv2", "conv2", "conv3", "fc"}) {
+    o.trace_per_param[name] = 2.0;
+  }
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->omega, "trace");
+  EXPECT_EQ(r->perturbation, "rtn");
+  const QuantizedLayerReport& fc = r->layers.back();
+  QuantizerSpec spec;
+  spec.bits = 3;
+  torch::jit::Module m = torch::jit::load(o.model_path);
+  const torch::Tensor w = Weight(m, "fc.weight");
+  const double rtn =
+      (*Dequantize(*Quantize(w, spec)) - w).to(torch::kFloat64).pow(2).sum().item<double>();
+  EXPECT_NEAR(fc.squared_error.at(3), rtn, 1e-9 * rtn);
+  EXPECT_NEAR(fc.omega.at(3), 2.0 * rtn, 1e-9 * rtn);
+}
+
 TEST(RunQuantizationTest, BisectionMeetsTheToleranceWithFewMeasurements) {
   QuantizeOptions o = CnnOptions();
   o.search = QuantSearch::kBisection;

@@ -361,7 +361,9 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
   sink->StageStart("sensitivity", 0, 4);
   const QuantOmega omega =
       o.omega.value_or(o.trace_per_param.empty() ? kDefaultQuantOmega : QuantOmega::kTrace);
-  const bool gptq_delta = o.gptq && o.perturbation == QuantPerturbation::kRounding;
+  const QuantPerturbation perturbation = o.perturbation.value_or(
+      omega == QuantOmega::kTrace ? QuantPerturbation::kNearest : QuantPerturbation::kRounding);
+  const bool gptq_delta = o.gptq && perturbation == QuantPerturbation::kRounding;
   report.omega = QuantOmegaName(omega);
   report.perturbation = gptq_delta ? "gptq" : "rtn";
   report.sensitivity_source = o.trace_per_param.empty() ? "computed" : "report";

@@ -6,8 +6,10 @@
 //
 //  1. Sensitivity: for every layer i and width b the perturbation
 //     δ_i(b) = Q_b(W_i) − W_i that rounding makes (QuantPerturbation:
-//     round-to-nearest, or with GPTQ rounding GPTQ of that layer alone on
-//     the float model's inputs), and its price Ω_i(b) (QuantOmega):
+//     round-to-nearest, or with GPTQ rounding and quadratic Ω GPTQ of that
+//     layer alone on the float model's inputs, each half of the
+//     calibration data rounding and the other half pricing), and its price
+//     Ω_i(b) (QuantOmega):
 //     kQuadratic ½ δᵀ H_ii δ, one Hessian-vector product per (layer,
 //     width) on the folded model and the calibration data
 //     (hessian/perturbation.h); or kTrace Tr(H_ii)/n_i · ‖δ‖² (HAWQ-V2)
@@ -93,7 +95,7 @@ inline constexpr QuantOmega kDefaultQuantOmega = QuantOmega::kQuadratic;
 // Which perturbation δ_i(b) Ω and the no-Hessian baseline price.
 enum class QuantPerturbation {
   kRounding,  // the job's rounding: RTN, or GPTQ on the float model's inputs
-  kNearest,   // round-to-nearest whatever the rounding
+  kNearest,   // round-to-nearest whatever the rounding (HAWQ-V2's ‖Q_b(W) − W‖²)
 };
 
 struct QuantBudget {
@@ -148,8 +150,10 @@ struct QuantizeOptions {
   // traces only), else kDefaultQuantOmega. kQuadratic together with
   // trace_per_param is INVALID_ARGUMENT.
   std::optional<QuantOmega> omega;
-  // Default kRounding.
-  QuantPerturbation perturbation = QuantPerturbation::kRounding;
+  // Unset: kRounding for kQuadratic (½δᵀHδ sees where GPTQ puts its
+  // error), kNearest for kTrace (an isotropic H cannot: GPTQ's δ has the
+  // larger norm although it changes the outputs less).
+  std::optional<QuantPerturbation> perturbation;
 
   // Quantizer: symmetric (default) or asymmetric; "per_tensor",
   // "per_channel" (default) or "group" with group_size 32, 64 or 128
