@@ -130,6 +130,17 @@ const QuantBaseline* Baseline(const QuantizeReport& r, const std::string& name) 
   return nullptr;
 }
 
+// "57 / 43 (p 0.19)": eval examples only the chosen allocation / only the
+// baseline gets right, and McNemar's exact p-value.
+std::string Paired(const QuantBaseline* b) {
+  if (b == nullptr || !b->p_value.has_value()) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%lld / %lld (p %.2g)",
+                static_cast<long long>(b->chosen_only_correct),
+                static_cast<long long>(b->baseline_only_correct), *b->p_value);
+  return buf;
+}
+
 struct StagesSpec {
   std::string model;
   std::vector<int64_t> shape;  // C,H,W
@@ -506,8 +517,9 @@ int Run(const Args& args) {
                 static_cast<long long>(args.eval));
     std::printf(
         "| budget | rounding | Ω (δ) | avg bits | file bytes (predicted) | top-1 | drop pp | uniform "
-        "(bits, top-1) | no-Hessian top-1 | Hessian − no-Hessian pp | sensitivity s | seconds "
-        "|\n|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n");
+        "(bits, top-1) | no-Hessian top-1 | Hessian − no-Hessian pp | only Hessian / only "
+        "no-Hessian right (p) | sensitivity s | seconds "
+        "|\n|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
     std::vector<double> budgets = !args.budgets.empty() ? args.budgets
                                   : args.quick          ? std::vector<double>{4, 3}
                                                         : std::vector<double>{4, 3.5, 3, 2.5};
@@ -534,13 +546,13 @@ int Run(const Args& args) {
                                 : std::nan("");
         std::printf(
             "| %.1f bits | %s | %s (%s) | %.2f | %lld (%lld) | %s | %.2f | %.2f, %s | %s | %+.2f | "
-            "%.1f | %.0f |\n",
+            "%s | %.1f | %.0f |\n",
             bits, gptq ? "GPTQ" : "RTN", r->omega.c_str(), r->perturbation.c_str(),
             r->average_bits, static_cast<long long>(r->bytes_after),
             static_cast<long long>(r->predicted_bytes), Acc(r->accuracy_after).c_str(),
             *r->accuracy_before - *r->accuracy_after, uniform ? uniform->average_bits : 0,
             uniform ? Acc(uniform->accuracy).c_str() : "-",
-            plain ? Acc(plain->accuracy).c_str() : "-", gain,
+            plain ? Acc(plain->accuracy).c_str() : "-", gain, Paired(plain).c_str(),
             trace ? trace_seconds : timer.seconds["sensitivity"], seconds);
         std::fflush(stdout);
         if (args.verbose) {

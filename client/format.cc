@@ -677,19 +677,32 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
     std::vector<std::vector<std::string>> baseline_rows = {
         {"chosen", absl::StrFormat("%.2f", result.average_bits()),
          WithCommas(result.predicted_bytes()), absl::StrFormat("%.3g", chosen_cost),
-         accuracy_text(result.has_accuracy_after(), result.accuracy_after())}};
+         accuracy_text(result.has_accuracy_after(), result.accuracy_after()), "-"}};
     for (const v1::QuantBaseline& b : result.baselines()) {
+      // Examples only the chosen allocation / only this one gets right.
+      const std::string paired =
+          b.has_p_value() ? absl::StrFormat("%d / %d (p %.2g)", b.chosen_only_correct(),
+                                            b.baseline_only_correct(), b.p_value())
+                          : std::string("-");
       baseline_rows.push_back({b.name(), absl::StrFormat("%.2f", b.average_bits()),
                                WithCommas(b.weight_bytes()), absl::StrFormat("%.3g", b.cost()),
-                               accuracy_text(b.has_accuracy(), b.accuracy())});
+                               accuracy_text(b.has_accuracy(), b.accuracy()), paired});
     }
     absl::StrAppend(&out, "\n",
                     FormatTable({{"ALLOCATION"},
                                  {"AVG BITS", true},
                                  {"BYTES", true},
                                  {"SUM OMEGA", true},
-                                 {"TOP-1", true}},
+                                 {"TOP-1", true},
+                                 {"PAIRED", true}},
                                 baseline_rows));
+    bool paired = false;
+    for (const v1::QuantBaseline& b : result.baselines()) paired = paired || b.has_p_value();
+    if (paired) {
+      absl::StrAppend(&out,
+                      "paired: eval examples only the chosen allocation / only that one gets "
+                      "right; p: McNemar's exact test\n");
+    }
   }
   for (const std::string& w : result.warnings()) absl::StrAppend(&out, "warning: ", w, "\n");
   return out;

@@ -315,6 +315,9 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
     p->set_weight_bytes(b.weight_bytes);
     p->set_cost(b.cost);
     if (b.accuracy) p->set_accuracy(*b.accuracy);
+    p->set_chosen_only_correct(b.chosen_only_correct);
+    p->set_baseline_only_correct(b.baseline_only_correct);
+    if (b.p_value) p->set_p_value(*b.p_value);
   }
   r.set_sensitivity_source(report.sensitivity_source);
   r.set_hvp_count(report.hvp_count);

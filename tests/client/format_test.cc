@@ -262,6 +262,9 @@ TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
   uniform->set_weight_bytes(10000);
   uniform->set_cost(1.25);
   uniform->set_accuracy(90.5);
+  uniform->set_chosen_only_correct(57);
+  uniform->set_baseline_only_correct(43);
+  uniform->set_p_value(0.19334790449564246);  // McNemarExactP(57, 43)
   v1::QuantBaseline* no_hessian = r.add_baselines();
   no_hessian->set_name("no_hessian");
   no_hessian->set_average_bits(5.5);
@@ -281,10 +284,12 @@ TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
             "budget met:   yes\n"
             "sensitivity:  computed (1,200 HVPs)\n"
             "\n"
-            "ALLOCATION  AVG BITS   BYTES  SUM OMEGA   TOP-1\n"
-            "chosen          5.85  15,900     0.0251  92.01%\n"
-            "uniform         4.00  10,000       1.25  90.50%\n"
-            "no_hessian      5.50  15,000        0.5       -\n");
+            "ALLOCATION  AVG BITS   BYTES  SUM OMEGA   TOP-1            PAIRED\n"
+            "chosen          5.85  15,900     0.0251  92.01%                 -\n"
+            "uniform         4.00  10,000       1.25  90.50%  57 / 43 (p 0.19)\n"
+            "no_hessian      5.50  15,000        0.5       -                 -\n"
+            "paired: eval examples only the chosen allocation / only that one gets right; "
+            "p: McNemar's exact test\n");
 
   // Round-to-nearest everywhere: no GPTQ column; bisection shows the
   // tolerance flag.

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/engine/common/stats.h"
 #include "server/engine/data/dataset.h"
 #include "server/engine/quant/bn_fold.h"
 #include "server/engine/quant/calibration.h"
@@ -134,7 +135,18 @@ TEST(RunQuantizationTest, FourBitsSavedModelPackedFileAndReportAgree) {
     SCOPED_TRACE(b.name);
     EXPECT_LE(b.weight_bytes, r->predicted_bytes);
     ASSERT_TRUE(b.accuracy.has_value());
+    // The paired counts are the examples on which the two disagree: their
+    // difference is the accuracy difference, example for example.
+    EXPECT_NEAR(*r->accuracy_after - *b.accuracy,
+                100.0 * static_cast<double>(b.chosen_only_correct - b.baseline_only_correct) /
+                    static_cast<double>(kEval),
+                1e-9);
+    EXPECT_LE(b.chosen_only_correct + b.baseline_only_correct, kEval);
+    ASSERT_TRUE(b.p_value.has_value());
+    EXPECT_DOUBLE_EQ(*b.p_value, McNemarExactP(b.chosen_only_correct, b.baseline_only_correct));
   }
+  // Uniform 4 bits and the chosen mix round differently: some examples move.
+  EXPECT_GT(r->baselines[0].chosen_only_correct + r->baselines[0].baseline_only_correct, 0);
   double chosen_cost = 0;
   for (const QuantizedLayerReport& l : r->layers) {
     chosen_cost += l.bits < 16 ? l.omega.at(l.bits) : 0;

@@ -452,7 +452,8 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   report.eval_examples = 100;
   report.frontier.push_back({290, 4, 0.25, std::nullopt, true});
   report.measured.push_back({100, 2, 1.0, 80.0, false});
-  report.baselines.push_back({"uniform", {{"conv", 4}}, 4, 290, 0.25, std::nullopt});
+  report.baselines.push_back({"uniform", {{"conv", 4}}, 4, 290, 0.25, std::nullopt, 0, 0, std::nullopt});
+  report.baselines.push_back({"no_hessian", {{"conv", 3}}, 3, 250, 0.5, 90.1, 12, 5, 0.14});
   report.sensitivity_source = "report";
   report.hvp_count = 0;
   report.omega = "trace";
@@ -496,10 +497,16 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   EXPECT_FALSE(r.frontier(0).has_accuracy());
   ASSERT_EQ(r.measured_size(), 1);
   EXPECT_EQ(r.measured(0).accuracy(), 80.0);
-  ASSERT_EQ(r.baselines_size(), 1);
+  ASSERT_EQ(r.baselines_size(), 2);
   EXPECT_EQ(r.baselines(0).name(), "uniform");
   EXPECT_THAT(r.baselines(0).bits(), UnorderedElementsAre(Pair("conv", 4)));
   EXPECT_FALSE(r.baselines(0).has_accuracy());
+  EXPECT_FALSE(r.baselines(0).has_p_value());
+  EXPECT_EQ(r.baselines(1).name(), "no_hessian");
+  EXPECT_DOUBLE_EQ(r.baselines(1).accuracy(), 90.1);
+  EXPECT_EQ(r.baselines(1).chosen_only_correct(), 12);
+  EXPECT_EQ(r.baselines(1).baseline_only_correct(), 5);
+  EXPECT_DOUBLE_EQ(r.baselines(1).p_value(), 0.14);
   EXPECT_EQ(r.sensitivity_source(), "report");
   EXPECT_EQ(r.omega(), "trace");
   EXPECT_EQ(r.perturbation(), "gptq");

@@ -6,6 +6,7 @@
 #include <exception>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -241,14 +242,16 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
   return prepared;
 }
 
-absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
-                                      const torch::Tensor& targets, const std::string& device) {
+absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
+                                            const torch::Tensor& inputs,
+                                            const torch::Tensor& targets,
+                                            const std::string& device) {
   constexpr int64_t kEvalBatch = 256;
   if (!targets.defined() || at::isFloatingType(targets.scalar_type())) {
     return absl::InvalidArgumentError("eval_dataset: accuracy needs class targets");
   }
   const int64_t n = inputs.size(0);
-  int64_t correct = 0;
+  std::vector<torch::Tensor> correct;
   try {
     c10::InferenceMode guard;
     for (int64_t start = 0; start < n; start += kEvalBatch) {
@@ -258,13 +261,22 @@ absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::T
       torch::Tensor out = module.forward({x}).toTensor();
       torch::Tensor pred = out.argmax(1).to(torch::kCPU);
       torch::Tensor y = targets.narrow(0, start, len).to(torch::kCPU).to(torch::kLong);
-      correct += pred.eq(y.reshape(pred.sizes())).sum().item<int64_t>();
+      correct.push_back(pred.eq(y.reshape(pred.sizes())));
     }
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("eval data do not fit the model: ", e.what_without_backtrace()));
   }
-  return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;
+  if (correct.empty()) return torch::zeros({0}, torch::kBool);
+  return torch::cat(correct);
+}
+
+absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
+                                      const torch::Tensor& targets, const std::string& device) {
+  ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(module, inputs, targets, device));
+  const int64_t n = correct.numel();
+  return n > 0 ? 100.0 * static_cast<double>(correct.sum().item<int64_t>()) / static_cast<double>(n)
+               : 0.0;
 }
 
 }  // namespace compress::engine

@@ -96,6 +96,15 @@ absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::T
                                       const torch::Tensor& targets,
                                       const std::string& device = "");
 
+// Per example, whether `module`'s top-1 prediction is right: a kBool tensor
+// [N] on the CPU (its mean is TopOneAccuracy / 100). For paired comparisons
+// of two models on the same examples (common/stats.h). Errors as
+// TopOneAccuracy.
+absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
+                                            const torch::Tensor& inputs,
+                                            const torch::Tensor& targets,
+                                            const std::string& device = "");
+
 }  // namespace compress::engine
 
 #endif  // COMPRESS_ENGINE_DATA_LOSS_H_

@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
+#include "server/engine/common/stats.h"
 #include "server/engine/data/dataset.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/hessian/analyze.h"
@@ -216,6 +217,13 @@ std::map<std::string, int> ByName(const std::vector<Layer>& layers, const Soluti
 
 int64_t PredictedBytes(const Solution& s, int64_t fixed_bytes) {
   return s.size_bits / 8 + fixed_bytes;
+}
+
+// 100 × the fraction of true entries of a kBool tensor (0 when empty).
+double PercentTrue(const torch::Tensor& mask) {
+  const int64_t n = mask.numel();
+  return n > 0 ? 100.0 * static_cast<double>(mask.sum().item<int64_t>()) / static_cast<double>(n)
+               : 0.0;
 }
 
 double AverageBits(const std::vector<Layer>& layers, const Solution& s) {
@@ -772,6 +780,7 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
   }
 
   // ------------------------------------------------------------ evaluation
+  torch::Tensor chosen_correct;  // per eval example, for the paired tests
   if (eval.has_value()) {
     RETURN_IF_ERROR(CheckCancel(cancel));
     sink->StageStart("evaluation", 3, 4);
@@ -781,8 +790,8 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     }
     // The saved file, reloaded: what users get is what is reported.
     ASSIGN_OR_RETURN(torch::jit::Module saved, LoadModel(report.model_path, o.device));
-    ASSIGN_OR_RETURN(double after, TopOneAccuracy(saved, eval->inputs, eval->targets));
-    report.accuracy_after = after;
+    ASSIGN_OR_RETURN(chosen_correct, TopOneCorrect(saved, eval->inputs, eval->targets));
+    report.accuracy_after = PercentTrue(chosen_correct);
     sink->Progress("evaluation", 1, 3);
   }
 
@@ -806,8 +815,13 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
       ASSIGN_OR_RETURN(Solution with_hessian, EvaluateAssignment(problem, solution->bits));
       b.cost = with_hessian.cost;
       if (eval.has_value()) {
-        ASSIGN_OR_RETURN(double acc, evaluate(b.bits));
-        b.accuracy = acc;
+        ASSIGN_OR_RETURN(Quantized q, QuantizeModel(c, b.bits));
+        ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(q.module, eval->inputs,
+                                                              eval->targets));
+        b.accuracy = PercentTrue(correct);
+        b.chosen_only_correct = (chosen_correct & ~correct).sum().item<int64_t>();
+        b.baseline_only_correct = (correct & ~chosen_correct).sum().item<int64_t>();
+        b.p_value = McNemarExactP(b.chosen_only_correct, b.baseline_only_correct);
         sink->Progress("evaluation", ++index, 3);
       }
       report.baselines.push_back(std::move(b));

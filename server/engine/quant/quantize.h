@@ -228,6 +228,13 @@ struct QuantBaseline {
   int64_t weight_bytes = 0;  // predicted
   double cost = 0;           // ΣΩ (the job's Ω)
   std::optional<double> accuracy;
+  // With eval data, paired with the chosen allocation on the same examples:
+  // how many only the chosen one / only this baseline gets right, and
+  // McNemar's exact two-sided p-value of that split (common/stats.h): small
+  // means the accuracy difference is unlikely to be chance.
+  int64_t chosen_only_correct = 0;
+  int64_t baseline_only_correct = 0;
+  std::optional<double> p_value;
 };
 
 struct QuantizeReport {
