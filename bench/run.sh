@@ -89,8 +89,8 @@ fi
 
 # QUANTIZE quality on the reference models (bench_quantize): top-1 on the 10k
 # test images at 4/3.5/3/2.5 average bits, RTN and GPTQ, with the uniform and
-# no-Hessian baselines. ~25 minutes on 2 idle cores (first run per model
-# computes the traces).
+# no-Hessian baselines and their paired McNemar test. ~7 minutes on 2 idle
+# cores.
 if want quantize; then
   bash scripts/build.sh bench_quantize >/dev/null
   echo
