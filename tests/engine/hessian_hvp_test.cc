@@ -27,18 +27,11 @@ using ::compress::engine::testing::FullHessian;
 using ::compress::engine::testing::LoadF64;
 using ::compress::engine::testing::MakeCdistModel;
 using ::compress::engine::testing::MakeLinearModel;
+using ::compress::engine::testing::Prepare;
 using ::compress::engine::testing::RandomClassification;
 using ::compress::engine::testing::RelativeError;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-PreparedBatches Prepare(torch::jit::Module& m, const torch::Tensor& inputs,
-                        const torch::Tensor& targets, int64_t batch_size,
-                        LossKind loss = LossKind::kAuto) {
-  absl::StatusOr<PreparedBatches> p = PrepareBatches(m, inputs, targets, batch_size, loss);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return *p;
-}
 
 std::unique_ptr<HvpOperator> MakeOp(
     torch::jit::Module m, PreparedBatches p, HvpMethod method,

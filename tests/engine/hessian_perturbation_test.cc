@@ -31,17 +31,10 @@ using ::compress::engine::testing::FullHessian;
 using ::compress::engine::testing::LoadF64;
 using ::compress::engine::testing::MakeCdistModel;
 using ::compress::engine::testing::MakeLinearModel;
+using ::compress::engine::testing::Prepare;
 using ::compress::engine::testing::RandomClassification;
 using ::compress::engine::testing::RelativeError;
 using ::testing::HasSubstr;
-
-PreparedBatches Prepare(torch::jit::Module& m, const torch::Tensor& inputs,
-                        const torch::Tensor& targets, int64_t batch_size) {
-  absl::StatusOr<PreparedBatches> p =
-      PrepareBatches(m, inputs, targets, batch_size, LossKind::kAuto);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return *p;
-}
 
 std::unique_ptr<PerturbationModel> MakeModel(const torch::jit::Module& m, PreparedBatches p,
                                              const std::vector<std::string>& weights,

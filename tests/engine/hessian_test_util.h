@@ -65,6 +65,15 @@ def forward(self, x):
   return m;
 }
 
+// PrepareBatches, failing the test on an error.
+inline PreparedBatches Prepare(torch::jit::Module& m, const torch::Tensor& inputs,
+                               const torch::Tensor& targets, int64_t batch_size,
+                               LossKind loss = LossKind::kAuto) {
+  absl::StatusOr<PreparedBatches> p = PrepareBatches(m, inputs, targets, batch_size, loss);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return *p;
+}
+
 // The Hessian of the prepared mean loss (weights n_b / N), [P, P] float64.
 inline torch::Tensor FullHessian(torch::jit::Module& module,
                                  const PreparedBatches& prepared) {

@@ -274,8 +274,12 @@ absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
 absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
                                       const torch::Tensor& targets, const std::string& device) {
   ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(module, inputs, targets, device));
-  const int64_t n = correct.numel();
-  return n > 0 ? 100.0 * static_cast<double>(correct.sum().item<int64_t>()) / static_cast<double>(n)
+  return PercentTrue(correct);
+}
+
+double PercentTrue(const torch::Tensor& mask) {
+  const int64_t n = mask.numel();
+  return n > 0 ? 100.0 * static_cast<double>(mask.sum().item<int64_t>()) / static_cast<double>(n)
                : 0.0;
 }
 

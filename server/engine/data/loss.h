@@ -105,6 +105,10 @@ absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
                                             const torch::Tensor& targets,
                                             const std::string& device = "");
 
+// 100 × the fraction of true entries of a kBool tensor (0 when empty): the
+// top-1 accuracy of a TopOneCorrect mask.
+double PercentTrue(const torch::Tensor& mask);
+
 }  // namespace compress::engine
 
 #endif  // COMPRESS_ENGINE_DATA_LOSS_H_

@@ -7,7 +7,6 @@
 #include <exception>
 #include <limits>
 #include <regex>
-#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/cord.h"
@@ -88,12 +87,7 @@ class ExactHvp : public HvpOperator {
     ParamSet result = ZerosLike(params_);
     for (size_t b = 0; b < batches_.batches.size(); ++b) {
       const bool cached = b < cache_.size();
-      std::vector<torch::Tensor> fresh;
-      if (!cached || cache_[b].empty()) {
-        ASSIGN_OR_RETURN(fresh, FirstOrder(batches_.batches[b], b));
-        if (cached) cache_[b] = fresh;
-      }
-      const std::vector<torch::Tensor>& g = cached ? cache_[b] : fresh;
+      ASSIGN_OR_RETURN(const std::vector<torch::Tensor> g, Gradients(b));
       try {
         // Hv = J_gᵀ v: v as the grad_outputs of the gradients that carry
         // history, with no graph built for Σ g·v (the way PyTorch users
@@ -123,12 +117,8 @@ class ExactHvp : public HvpOperator {
     torch::Tensor result = torch::zeros_like(params_.tensors[tensor]);
     for (size_t b = 0; b < batches_.batches.size(); ++b) {
       const bool cached = b < cache_.size();
-      std::vector<torch::Tensor> fresh;
-      if (!cached || cache_[b].empty()) {
-        ASSIGN_OR_RETURN(fresh, FirstOrder(batches_.batches[b], b));
-        if (cached) cache_[b] = fresh;
-      }
-      const torch::Tensor& g = (cached ? cache_[b] : fresh)[tensor];
+      ASSIGN_OR_RETURN(const std::vector<torch::Tensor> gradients, Gradients(b));
+      const torch::Tensor& g = gradients[tensor];
       if (!g.defined() || !g.requires_grad()) continue;  // linear in it: H_kk = 0
       try {
         std::vector<torch::Tensor> hv = grad({g}, {params_.tensors[tensor]}, {v},
@@ -143,6 +133,16 @@ class ExactHvp : public HvpOperator {
   }
 
  private:
+  // Batch b's gradients with their graphs: from the cache for a cached
+  // batch (computed on first use), else computed now and freed by the
+  // caller's double backward.
+  absl::StatusOr<std::vector<torch::Tensor>> Gradients(size_t b) {
+    if (b < cache_.size() && !cache_[b].empty()) return cache_[b];
+    ASSIGN_OR_RETURN(std::vector<torch::Tensor> g, FirstOrder(batches_.batches[b], b));
+    if (b < cache_.size()) cache_[b] = g;
+    return g;
+  }
+
   absl::StatusOr<std::vector<torch::Tensor>> FirstOrder(const Batch& batch, size_t b) {
     ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, batch));
     try {
@@ -221,29 +221,11 @@ class FisherDiagonalHvp : public HvpOperator {
 
 // ---------------------------------------------------------------------------
 
-// A deep copy of `module` whose parameters are fresh leaf tensors (tied
-// parameters stay tied), so perturbing them never touches the caller's model.
+// A copy of `module` to perturb without touching the caller's model; its
+// parameters require grad as the originals do.
 absl::StatusOr<torch::jit::Module> PrivateCopy(const torch::jit::Module& module) {
-  try {
-    torch::jit::Module copy = module.clone();
-    std::unordered_map<const void*, torch::Tensor> replaced;
-    for (const auto& item : copy.named_modules()) {
-      torch::jit::Module sub = item.value;
-      for (const auto& param : sub.named_parameters(/*recurse=*/false)) {
-        const void* key = param.value.unsafeGetTensorImpl();
-        auto it = replaced.find(key);
-        if (it == replaced.end()) {
-          torch::Tensor fresh =
-              param.value.detach().clone().requires_grad_(param.value.requires_grad());
-          it = replaced.emplace(key, fresh).first;
-        }
-        sub.register_parameter(param.name, it->second, /*is_buffer=*/false);
-      }
-    }
-    return copy;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
-  }
+  return CopyWithFreshParameters(
+      module, [](const std::string&, const torch::Tensor& p) { return p.requires_grad(); });
 }
 
 class FiniteDifferenceHvp : public HvpOperator {

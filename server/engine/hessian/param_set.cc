@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -75,6 +76,33 @@ absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
   }
   params.layout = std::move(layout);
   return params;
+}
+
+absl::StatusOr<torch::jit::Module> CopyWithFreshParameters(
+    const torch::jit::Module& module,
+    const std::function<bool(const std::string& name, const torch::Tensor& original)>&
+        requires_grad) {
+  try {
+    torch::jit::Module copy = module.clone();
+    std::unordered_map<const void*, torch::Tensor> replaced;
+    for (const auto& item : copy.named_modules()) {
+      torch::jit::Module sub = item.value;
+      for (const auto& param : sub.named_parameters(/*recurse=*/false)) {
+        const std::string name =
+            item.name.empty() ? param.name : absl::StrCat(item.name, ".", param.name);
+        const void* key = param.value.unsafeGetTensorImpl();
+        auto it = replaced.find(key);
+        if (it == replaced.end()) {
+          it = replaced.emplace(key, param.value.detach().clone()).first;
+        }
+        if (requires_grad(name, param.value)) it->second.requires_grad_(true);
+        sub.register_parameter(param.name, it->second, /*is_buffer=*/false);
+      }
+    }
+    return copy;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
+  }
 }
 
 at::Generator MakeGenerator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }

@@ -26,6 +26,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -81,6 +82,16 @@ std::vector<ParamBlock> BlocksOf(const ParamLayout& layout);
 // weights) appears once, under its first name. The returned tensors are the
 // module's own (not copies). FAILED_PRECONDITION when there are none.
 absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module);
+
+// A deep copy of `module` whose parameters are fresh leaf tensors (tied
+// parameters stay tied), so changing them never touches the caller's model.
+// Each requires grad when `requires_grad(name, original)` says so (names
+// as in named_parameters: "blocks.0.attn.qkv.weight"); the callback must
+// only say yes to floating tensors. INTERNAL when LibTorch cannot copy.
+absl::StatusOr<torch::jit::Module> CopyWithFreshParameters(
+    const torch::jit::Module& module,
+    const std::function<bool(const std::string& name, const torch::Tensor& original)>&
+        requires_grad);
 
 // A seeded CPU generator: the same seed gives the same probes on any device.
 at::Generator MakeGenerator(uint64_t seed);

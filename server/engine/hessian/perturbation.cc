@@ -3,7 +3,6 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <set>
-#include <unordered_map>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -24,39 +23,28 @@ absl::StatusOr<torch::jit::Module> CopyDifferentiating(const torch::jit::Module&
                                                        const std::set<std::string>& weights) {
   std::set<std::string> missing = weights;
   try {
-    torch::jit::Module copy = module.clone();
-    std::unordered_map<const void*, torch::Tensor> replaced;
-    for (const auto& item : copy.named_modules()) {
-      torch::jit::Module sub = item.value;
-      for (const auto& param : sub.named_parameters(/*recurse=*/false)) {
-        const std::string name =
-            item.name.empty() ? param.name : absl::StrCat(item.name, ".", param.name);
-        const bool wanted = weights.count(name) > 0;
-        missing.erase(name);
-        const void* key = param.value.unsafeGetTensorImpl();
-        auto it = replaced.find(key);
-        if (it == replaced.end()) {
-          torch::Tensor fresh = param.value.detach().clone();
-          it = replaced.emplace(key, fresh).first;
-        }
-        if (wanted) {
-          if (!at::isFloatingType(it->second.scalar_type())) {
-            return absl::InvalidArgumentError(absl::StrCat(name, " is not a floating tensor"));
-          }
-          it->second.requires_grad_(true);
-        }
-        sub.register_parameter(param.name, it->second, /*is_buffer=*/false);
+    for (const auto& param : module.named_parameters(/*recurse=*/true)) {
+      if (weights.count(param.name) == 0) continue;
+      missing.erase(param.name);
+      if (!at::isFloatingType(param.value.scalar_type())) {
+        return absl::InvalidArgumentError(absl::StrCat(param.name, " is not a floating tensor"));
       }
     }
-    copy.eval();
-    if (!missing.empty()) {
-      return absl::NotFoundError(
-          absl::StrCat("the model has no parameter \"", *missing.begin(), "\""));
-    }
-    return copy;
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("cannot list the model's parameters: ", e.what_without_backtrace()));
   }
+  if (!missing.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("the model has no parameter \"", *missing.begin(), "\""));
+  }
+  ASSIGN_OR_RETURN(torch::jit::Module copy,
+                   CopyWithFreshParameters(module, [&](const std::string& name,
+                                                       const torch::Tensor&) {
+                     return weights.count(name) > 0;
+                   }));
+  copy.eval();
+  return copy;
 }
 
 }  // namespace

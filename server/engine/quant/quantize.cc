@@ -219,13 +219,6 @@ int64_t PredictedBytes(const Solution& s, int64_t fixed_bytes) {
   return s.size_bits / 8 + fixed_bytes;
 }
 
-// 100 × the fraction of true entries of a kBool tensor (0 when empty).
-double PercentTrue(const torch::Tensor& mask) {
-  const int64_t n = mask.numel();
-  return n > 0 ? 100.0 * static_cast<double>(mask.sum().item<int64_t>()) / static_cast<double>(n)
-               : 0.0;
-}
-
 double AverageBits(const std::vector<Layer>& layers, const Solution& s) {
   double weighted = 0, numel = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
