@@ -40,7 +40,8 @@ ABSL_FLAG(std::string, data_dir, kDefaults.data_dir,
 ABSL_FLAG(int, cpu_workers, kDefaults.cpu_workers, "jobs that run at once on the CPU");
 ABSL_FLAG(bool, use_cuda, kDefaults.use_cuda, "add one worker slot per visible CUDA device");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads,
-          "LibTorch intra-op threads; 0 = all cores");
+          "LibTorch intra-op threads per job; 0 = the available cores (affinity mask, cgroup "
+          "CPU quota) split between --cpu_workers");
 ABSL_FLAG(int, max_queued, kDefaults.max_queued,
           "queued jobs accepted before SubmitJob answers RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_model_bytes, kDefaults.max_model_bytes,
@@ -135,6 +136,8 @@ int main(int argc, char** argv) {
                                      : ("bearer tokens from " + options.token_file).c_str(),
           (*server)->health_port() == 0 ? "off"
                                         : std::to_string((*server)->health_port()).c_str());
+  fprintf(stderr, "compressd: %d CPU job slot(s) x %d LibTorch thread(s); %d core(s) available\n",
+          options.cpu_workers, (*server)->intra_op_threads(), compress::engine::AvailableCores());
   if (!options.token_file.empty() && options.tls_cert.empty()) {
     fprintf(stderr, "compressd: WARNING: bearer tokens without TLS travel in cleartext\n");
   }

@@ -106,6 +106,7 @@ struct Server::Impl {
   std::unique_ptr<grpc::Server> grpc_server;
   std::unique_ptr<grpc::Server> health_server;  // plaintext, health only
   int health_port = 0;
+  int intra_op_threads = 1;
   std::unique_ptr<MetricsHttpServer> metrics_http;
   int port = 0;
   absl::Mutex drain_mu;
@@ -120,7 +121,7 @@ Server::~Server() { Drain(absl::ZeroDuration()); }
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  engine::ConfigureThreads(options.intra_op_threads);
+  impl->intra_op_threads = engine::ConfigureThreads(options.intra_op_threads, options.cpu_workers);
   // Credentials and tokens first: a bad file fails before anything starts.
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                    MakeCredentials(options));
@@ -231,6 +232,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
 int Server::port() const { return impl_->port; }
 
 int Server::health_port() const { return impl_->health_port; }
+int Server::intra_op_threads() const { return impl_->intra_op_threads; }
 
 int Server::metrics_port() const {
   return impl_->metrics_http == nullptr ? 0 : impl_->metrics_http->port();

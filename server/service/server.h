@@ -38,7 +38,8 @@ struct ServerOptions {
   std::string data_dir = "./compressd-data";     // blobs/ and compressd.db
   int cpu_workers = 1;              // concurrent jobs on the CPU
   bool use_cuda = true;             // one worker slot per visible CUDA device
-  int intra_op_threads = 0;         // LibTorch threads; 0 = all cores
+  int intra_op_threads = 0;         // LibTorch threads per job; 0 = the available
+                                    // cores split between the CPU workers
   int max_queued = 1000;            // queued jobs before RESOURCE_EXHAUSTED
   int64_t max_model_bytes = int64_t{2} << 30;    // upload limit, bytes
   int64_t max_dataset_bytes = int64_t{4} << 30;  // upload limit, bytes
@@ -59,6 +60,7 @@ class Server {
   int port() const;          // bound gRPC port
   int metrics_port() const;  // bound metrics port, 0 when off
   int health_port() const;   // bound plaintext health port, 0 when off
+  int intra_op_threads() const;  // LibTorch threads per job, as configured
   // Health NOT_SERVING, refuse new jobs, let running jobs finish for up to
   // `grace` (then re-queue them for the next start), stop gRPC. Idempotent.
   void Drain(absl::Duration grace);

@@ -1,8 +1,12 @@
 #include "server/engine/common/runtime.h"
 
+#include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <fstream>
 #include <cstdlib>
 #include <thread>
 
@@ -12,9 +16,11 @@
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 
 namespace compress::engine {
 namespace {
@@ -83,10 +89,44 @@ std::string BlasDescription() {
                       at::get_num_threads(), " threads)");
 }
 
-void ConfigureThreads(int intra_op_threads) {
+std::optional<int> CoresFromCpuQuota(absl::string_view quota_period) {
+  std::vector<absl::string_view> parts =
+      absl::StrSplit(absl::StripAsciiWhitespace(quota_period), ' ', absl::SkipEmpty());
+  int64_t quota = 0, period = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &quota) ||
+      !absl::SimpleAtoi(parts[1], &period) || quota <= 0 || period <= 0) {
+    return std::nullopt;  // "max" (v2) or -1 (v1): no quota
+  }
+  return static_cast<int>((quota + period - 1) / period);
+}
+
+int AvailableCores() {
+  int cores = static_cast<int>(std::thread::hardware_concurrency());
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
+  auto read = [](const char* path) {
+    std::ifstream in(path);
+    std::string text;
+    std::getline(in, text);
+    return text;
+  };
+  std::optional<int> quota = CoresFromCpuQuota(read("/sys/fs/cgroup/cpu.max"));
+  if (!quota.has_value()) {
+    quota = CoresFromCpuQuota(absl::StrCat(read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), " ",
+                                           read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")));
+  }
+  if (quota.has_value() && *quota < cores) cores = *quota;
+  return std::max(cores, 1);
+}
+
+int DefaultIntraOpThreads(int cores, int cpu_workers) {
+  return std::max(1, std::max(cores, 1) / std::max(cpu_workers, 1));
+}
+
+int ConfigureThreads(int intra_op_threads, int cpu_workers) {
   if (intra_op_threads <= 0) {
-    intra_op_threads = static_cast<int>(std::thread::hardware_concurrency());
-    if (intra_op_threads <= 0) intra_op_threads = 1;
+    intra_op_threads = DefaultIntraOpThreads(AvailableCores(), cpu_workers);
   }
   at::set_num_threads(intra_op_threads);
   // Inter-op parallelism would oversubscribe the cores the worker pool
@@ -100,6 +140,7 @@ void ConfigureThreads(int intra_op_threads) {
       // Already started by an earlier torch call; harmless.
     }
   }
+  return intra_op_threads;
 }
 
 std::vector<std::string> AvailableDevices() {
