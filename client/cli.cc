@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/format.h"
+#include "server/engine/common/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::client {
@@ -848,12 +849,15 @@ const std::vector<Entry>& Entries() {
        Analyze},
       {{{"quantize"},
         "",
-        "--model ID --data DATASET_ID [--eval DATASET_ID] [--eval-samples N] "
-        "[--bits AVG | --bytes N | --bops N] [--search exact|pareto|bisection|uniform] "
-        "[--max-drop PP | --max-relative-drop F] [--gptq] [--asymmetric] "
-        "[--granularity tensor|channel|group] [--group-size N] [--candidates 2,3,4,8] "
-        "[--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
-        "[--sensitivity ANALYZE_JOB_ID] [--samples N] [--batch N] [job flags]",
+        absl::StrCat("--model ID --data DATASET_ID [--eval DATASET_ID] [--eval-samples N] "
+                     "[--bits AVG | --bytes N | --bops N] "
+                     "[--search exact|pareto|bisection|uniform] "
+                     "[--max-drop PP | --max-relative-drop F] [--gptq] [--asymmetric] "
+                     "[--granularity tensor|channel|group] [--group-size ",
+                     absl::StrJoin(engine::defaults::kGroupSizes, "|"), "] [--candidates ",
+                     absl::StrJoin(engine::defaults::kCandidateBits, ","),
+                     "] [--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
+                     "[--sensitivity ANALYZE_JOB_ID] [--samples N] [--batch N] [job flags]"),
         0,
         0,
         WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",

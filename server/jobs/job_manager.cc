@@ -169,26 +169,27 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
 // ---------------------------------------------------------------------------
 
 JobManager::JobManager(const JobManagerOptions& options, store::MetadataStore* metadata,
-                       store::BlobStore* blobs, pipeline::Pipeline* pipeline,
+                       store::BlobStore* blobs, const pipeline::JobKindRegistry* kinds,
                        ResourcesFactory resources, JobObserver* observer)
     : options_(options),
       metadata_(metadata),
       blobs_(blobs),
-      pipeline_(pipeline),
+      kinds_(kinds),
       resources_(std::move(resources)),
       observer_(observer) {}
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
     const JobManagerOptions& options, store::MetadataStore* metadata, store::BlobStore* blobs,
-    pipeline::Pipeline* pipeline, ResourcesFactory resources, JobObserver* observer) {
+    const pipeline::JobKindRegistry* kinds, ResourcesFactory resources, JobObserver* observer) {
   if (options.cpu_workers < 0) return absl::InvalidArgumentError("cpu_workers must be >= 0");
   if (options.cpu_workers == 0 && options.cuda_devices.empty()) {
     return absl::InvalidArgumentError("no worker slots: cpu_workers is 0 and no CUDA device");
   }
   if (options.max_queued <= 0) return absl::InvalidArgumentError("max_queued must be > 0");
   if (!resources) return absl::InvalidArgumentError("resources: a factory is required");
+  if (kinds == nullptr) return absl::InvalidArgumentError("kinds: a registry is required");
   std::unique_ptr<JobManager> m(
-      new JobManager(options, metadata, blobs, pipeline, std::move(resources), observer));
+      new JobManager(options, metadata, blobs, kinds, std::move(resources), observer));
   absl::MutexLock lock(&m->mu_);
   for (const std::string& d : options.cuda_devices) m->slots_.push_back({d});
   for (int i = 0; i < options.cpu_workers; ++i) m->slots_.push_back({"cpu"});
@@ -267,10 +268,8 @@ void JobManager::Drain(absl::Duration grace) {
 
 absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
                                            const SubmitRequest& request) {
-  v1::JobKind kind = pipeline::KindOf(request.spec);
-  if (kind == v1::JOB_KIND_UNSPECIFIED) {
-    return absl::InvalidArgumentError("spec: one of inspect, analyze, quantize, prune, compress is required");
-  }
+  ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler, kinds_->Resolve(request.spec));
+  const v1::JobKind kind = handler->kind();
   std::string device = request.device.empty() ? "auto" : request.device;
   if (device != "auto") {
     bool known = false;
@@ -305,7 +304,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
     }
     if (!absl::IsNotFound(existing.status())) return existing.status();
   }
-  RETURN_IF_ERROR(pipeline_->Validate(request.spec, *resources_(tenant)));
+  RETURN_IF_ERROR(handler->Validate(request.spec, *resources_(tenant)));
 
   v1::Job job;
   job.set_id(NewJobId());
@@ -329,7 +328,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
       return absl::ResourceExhaustedError(absl::StrCat(
           "queue is full (", options_.max_queued, " jobs); retry later"));
     }
-    absl::Status s = metadata_->InsertJob(tenant, job);
+    absl::Status s = metadata_->InsertJob(tenant, job, handler->ReferencedIds(request.spec));
     if (absl::IsAlreadyExists(s) && !request.request_id.empty()) {
       // Lost a race with the same request id: answer like the first one.
       auto existing = metadata_->GetJobByRequestId(tenant, request.request_id);
@@ -479,6 +478,14 @@ void JobManager::WorkerLoop(int slot) {
   }
 }
 
+absl::StatusOr<v1::JobResult> JobManager::RunHandler(pipeline::JobContext& context) {
+  ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler,
+                   kinds_->Resolve(context.job().spec()));
+  ASSIGN_OR_RETURN(v1::JobResult result, handler->Run(context));
+  if (result.summary().empty()) result.set_summary(handler->Summary(result));
+  return result;
+}
+
 void JobManager::RunJob(int slot, v1::Job job) {
   auto token = std::make_shared<engine::CancelToken>();
   absl::Time start = absl::Now();
@@ -511,7 +518,7 @@ void JobManager::RunJob(int slot, v1::Job job) {
   } else {
     Context context(this, job, token, resources_(*tenant));
     try {
-      result = pipeline_->Run(context);
+      result = RunHandler(context);
     } catch (const std::exception& e) {
       result = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
     } catch (...) {

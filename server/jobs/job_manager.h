@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "compress/v1/compress.pb.h"
 #include "server/engine/common/cancel.h"
+#include "server/pipeline/job_kind.h"
 #include "server/pipeline/pipeline.h"
 #include "server/store/blob_store.h"
 #include "server/store/metadata_store.h"
@@ -76,11 +77,11 @@ struct SubmitRequest {
 
 class JobManager {
  public:
-  // `metadata`, `blobs`, `pipeline` and `observer` must outlive the manager;
+  // `metadata`, `blobs`, `kinds` and `observer` must outlive the manager;
   // `observer` may be null. `resources` is called once per submit and run.
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(
       const JobManagerOptions& options, store::MetadataStore* metadata,
-      store::BlobStore* blobs, pipeline::Pipeline* pipeline, ResourcesFactory resources,
+      store::BlobStore* blobs, const pipeline::JobKindRegistry* kinds, ResourcesFactory resources,
       JobObserver* observer);
   ~JobManager();
   JobManager(const JobManager&) = delete;
@@ -134,13 +135,17 @@ class JobManager {
   class Context;
 
   JobManager(const JobManagerOptions& options, store::MetadataStore* metadata,
-             store::BlobStore* blobs, pipeline::Pipeline* pipeline,
+             store::BlobStore* blobs, const pipeline::JobKindRegistry* kinds,
              ResourcesFactory resources, JobObserver* observer);
 
   // Recovery and worker start; jobs that ran out of attempts go to given_up.
   absl::Status StartLocked(std::vector<compress::v1::Job>& given_up) ABSL_LOCKS_EXCLUDED(mu_);
   void WorkerLoop(int slot) ABSL_LOCKS_EXCLUDED(mu_);
   void RunJob(int slot, compress::v1::Job job) ABSL_LOCKS_EXCLUDED(mu_);
+  // The job's kind handler runs it; a result without a summary gets the
+  // handler's.
+  absl::StatusOr<compress::v1::JobResult> RunHandler(pipeline::JobContext& context)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Appends an event (sequence assigned here) and persists `job` with it.
   absl::Status AppendLocked(compress::v1::Job& job, compress::v1::JobEvent event)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -153,7 +158,7 @@ class JobManager {
   const JobManagerOptions options_;
   store::MetadataStore* const metadata_;
   store::BlobStore* const blobs_;
-  pipeline::Pipeline* const pipeline_;
+  const pipeline::JobKindRegistry* const kinds_;
   const ResourcesFactory resources_;
   JobObserver* const observer_;
 

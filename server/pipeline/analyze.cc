@@ -5,9 +5,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/engine/common/defaults.h"
 #include "server/engine/quant/weight_error.h"
 #include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
+#include "server/pipeline/validate.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
@@ -15,8 +17,9 @@ namespace v1 = compress::v1;
 
 namespace {
 
-constexpr int kMinOmegaBits = 2;
-constexpr int kMaxOmegaBits = 8;
+// Ω(b) for every quantized width.
+constexpr int kMinOmegaBits = engine::defaults::kMinBits;
+constexpr int kMaxOmegaBits = engine::defaults::kMaxBits;
 
 v1::HvpMethod ToProto(engine::HvpMethod m) {
   switch (m) {
@@ -57,7 +60,54 @@ std::string SensitivityCsv(const v1::AnalyzeResult& r) {
   return csv;
 }
 
+engine::HvpMethod FromProto(v1::HvpMethod m) {
+  for (engine::HvpMethod e : {engine::HvpMethod::kExact, engine::HvpMethod::kFiniteDifference,
+                              engine::HvpMethod::kGaussNewton, engine::HvpMethod::kFisherDiagonal}) {
+    if (ToProto(e) == m) return e;
+  }
+  return engine::HvpMethod::kExact;
+}
+
+class AnalyzeKind final : public JobKindHandler {
+ public:
+  v1::JobKind kind() const override { return v1::JOB_KIND_ANALYZE; }
+  absl::Status Validate(const v1::JobSpec& spec, Resources& resources) const override {
+    RETURN_IF_ERROR(ValidateAnalyzeSpec(spec.analyze(), resources));
+    // Options the engine cannot honour yet are refused at submit.
+    return ToAnalyzeOptions(spec.analyze(), 0, "cpu", resources).status();
+  }
+  std::vector<std::string> ReferencedIds(const v1::JobSpec& spec) const override {
+    return UniqueIds({spec.analyze().model_id(), spec.analyze().data().dataset_id()});
+  }
+  absl::StatusOr<v1::JobResult> Run(JobContext& context) const override {
+    return RunAnalyze(context.job().spec().analyze(), context);
+  }
+  std::string Summary(const v1::JobResult& result) const override {
+    return AnalyzeSummary(result.analyze());
+  }
+};
+
 }  // namespace
+
+std::string AnalyzeSummary(const v1::AnalyzeResult& r) {
+  std::string summary =
+      absl::StrFormat("%d layers, %d HVPs (%s), %.1f s", r.layers_size(), r.hvp_count(),
+                      engine::HvpMethodName(FromProto(r.hvp_method())), r.wall_seconds());
+  // Traces ran: every layer has probes (at least min_probes >= 2), or the
+  // Fisher fallback filled the totals.
+  if (r.total_trace() != 0 || (r.layers_size() > 0 && r.layers(0).trace_probes() > 0)) {
+    absl::StrAppendFormat(&summary, ", total trace %.4g ± %.2g", r.total_trace(),
+                          r.total_trace_std_error());
+  }
+  if (r.eigenvalues_size() > 0) {
+    absl::StrAppendFormat(&summary, ", top eigenvalue %.4g", r.eigenvalues(0));
+  }
+  if (r.fell_back()) absl::StrAppend(&summary, " (fell back: ", r.fallback_reason(), ")");
+  for (const std::string& w : r.warnings()) absl::StrAppend(&summary, "; warning: ", w);
+  return summary;
+}
+
+std::unique_ptr<JobKindHandler> NewAnalyzeKind() { return std::make_unique<AnalyzeKind>(); }
 
 absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& spec, uint64_t seed,
                                                         const std::string& device,
@@ -196,27 +246,14 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   r->set_density_window(report.density_window);
   for (const std::string& w : report.warnings) r->add_warnings(w);
 
-  std::string summary =
-      absl::StrFormat("%d layers, %d HVPs (%s), %.1f s", r->layers_size(), r->hvp_count(),
-                      engine::HvpMethodName(report.hvp_method), report.wall_seconds);
-  if (options.traces_enabled) {
-    absl::StrAppendFormat(&summary, ", total trace %.4g ± %.2g", r->total_trace(),
-                          r->total_trace_std_error());
-  }
-  if (!report.eigenvalues.empty()) {
-    absl::StrAppendFormat(&summary, ", top eigenvalue %.4g", report.eigenvalues[0]);
-  }
-  if (report.fell_back) absl::StrAppend(&summary, " (fell back: ", report.fallback_reason, ")");
-  for (const std::string& w : report.warnings) absl::StrAppend(&summary, "; warning: ", w);
-  result.set_summary(summary);
+  result.set_summary(AnalyzeSummary(*r));
 
   // report.json: the result plus everything needed to reproduce it.
-  std::string report_json =
-      absl::StrCat("{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"",
-                   context.job().seed(), "\",\n\"device\": \"", context.device(),
-                   "\",\n\"runtime\": \"", report.runtime, "\",\n\"dtype\": \"", report.dtype,
-                   "\",\n\"spec\": ", ProtoJson(spec), ",\n\"result\": ", ProtoJson(*r), "\n}\n");
-  RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
+  RETURN_IF_ERROR(context
+                      .AddArtifact("report.json", "application/json",
+                                   ReportJson(context, report.runtime, spec, *r,
+                                              {{"dtype", report.dtype}}))
+                      .status());
   RETURN_IF_ERROR(context.AddArtifact("sensitivity.csv", "text/csv", SensitivityCsv(*r)).status());
 
   std::vector<std::string> labels;

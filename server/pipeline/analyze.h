@@ -7,9 +7,12 @@
 #ifndef COMPRESS_PIPELINE_ANALYZE_H_
 #define COMPRESS_PIPELINE_ANALYZE_H_
 
+#include <memory>
+
 #include "absl/status/statusor.h"
 #include "compress/v1/compress.pb.h"
 #include "server/engine/hessian/analyze.h"
+#include "server/pipeline/job_kind.h"
 #include "server/pipeline/pipeline.h"
 
 namespace compress::pipeline {
@@ -18,6 +21,12 @@ namespace compress::pipeline {
 absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const compress::v1::AnalyzeSpec& spec,
                                                         uint64_t seed, const std::string& device,
                                                         Resources& resources);
+
+// One line, e.g. "12 layers, 240 HVPs (exact), 3.1 s, total trace 41.2 ± 0.9".
+std::string AnalyzeSummary(const compress::v1::AnalyzeResult& result);
+
+// The ANALYZE job kind (registry.h).
+std::unique_ptr<JobKindHandler> NewAnalyzeKind();
 
 absl::StatusOr<compress::v1::JobResult> RunAnalyze(const compress::v1::AnalyzeSpec& spec,
                                                    JobContext& context);

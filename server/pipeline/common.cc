@@ -2,13 +2,16 @@
 
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
 
 namespace compress::pipeline {
 namespace v1 = compress::v1;
@@ -49,6 +52,27 @@ std::string ProtoJson(const google::protobuf::Message& message) {
   return json;
 }
 
+std::string ReportJson(const JobContext& context, const std::string& runtime,
+                       const google::protobuf::Message& spec,
+                       const google::protobuf::Message& result,
+                       const std::vector<std::pair<std::string, std::string>>& extra) {
+  // ordered_json keeps the fields in the order a reader expects.
+  nlohmann::ordered_json report;
+  report["job_id"] = context.job().id();
+  // A string: a uint64 seed does not survive JSON readers that use doubles.
+  report["seed"] = absl::StrCat(context.job().seed());
+  report["device"] = context.device();
+  report["runtime"] = runtime;
+  for (const auto& [key, value] : extra) report[key] = value;
+  auto json_of = [](const google::protobuf::Message& m) {
+    auto j = nlohmann::ordered_json::parse(ProtoJson(m), nullptr, /*allow_exceptions=*/false);
+    return j.is_discarded() ? nlohmann::ordered_json() : j;
+  };
+  report["spec"] = json_of(spec);
+  report["result"] = json_of(result);
+  return report.dump(2) + "\n";
+}
+
 std::string WithCommas(int64_t value) {
   std::string digits = absl::StrCat(value < 0 ? -value : value);
   std::string out;
@@ -57,6 +81,15 @@ std::string WithCommas(int64_t value) {
     out += digits[i];
   }
   return value < 0 ? "-" + out : out;
+}
+
+std::string SignedPp(double difference) {
+  return absl::StrFormat("%s%.2f pp", difference < 0 ? "−" : "+", std::abs(difference));
+}
+
+void RemoveTree(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 absl::StatusOr<std::string> MakeTempDir(const std::string& kind) {

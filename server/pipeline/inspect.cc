@@ -6,10 +6,40 @@
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/engine/model/model_info.h"
+#include "server/pipeline/validate.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
 namespace v1 = compress::v1;
+
+namespace {
+
+class InspectKind final : public JobKindHandler {
+ public:
+  v1::JobKind kind() const override { return v1::JOB_KIND_INSPECT; }
+  absl::Status Validate(const v1::JobSpec& spec, Resources& resources) const override {
+    return ValidateInspectSpec(spec.inspect(), resources);
+  }
+  std::vector<std::string> ReferencedIds(const v1::JobSpec& spec) const override {
+    return UniqueIds({spec.inspect().model_id(), spec.inspect().dataset_id()});
+  }
+  absl::StatusOr<v1::JobResult> Run(JobContext& context) const override {
+    return RunInspect(context.job().spec().inspect(), context);
+  }
+  std::string Summary(const v1::JobResult& result) const override {
+    return InspectSummary(result.inspect());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<JobKindHandler> NewInspectKind() { return std::make_unique<InspectKind>(); }
+
+std::string InspectSummary(const v1::InspectResult& r) {
+  return absl::StrCat(r.num_parameters(), " parameters, ", r.model_bytes(), " bytes, ",
+                      r.total_macs(), " MACs per forward pass, output [",
+                      absl::StrJoin(r.output_shape(), ", "), "]");
+}
 
 absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext& context) {
   engine::ProgressSink& progress = context.progress();
@@ -50,10 +80,7 @@ absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext
     for (int64_t d : c.output_shape) l->add_output_shape(d);
     l->set_calls(c.calls);
   }
-  result.set_summary(absl::StrCat(ins.summary.num_parameters, " parameters, ",
-                                  ins.summary.model_bytes, " bytes, ", ins.total_macs,
-                                  " MACs per forward pass, output [",
-                                  absl::StrJoin(ins.output_shape, ", "), "]"));
+  result.set_summary(InspectSummary(*r));
 
   std::string json;
   google::protobuf::util::JsonPrintOptions json_options;

@@ -1,13 +1,13 @@
-// Pipeline: what each job kind does, composed from the engine.
+// What a running job sees of the server: Resources (models, datasets and
+// jobs of its tenant) and JobContext (progress, cancel token, artifacts).
 //
-// The job layer owns scheduling, persistence and events; it hands a pipeline
-// a JobContext (progress, cancel token, artifact sink, resource lookup) and
-// gets back a JobResult or an error status. The pipeline never sees gRPC or
-// storage; the interfaces below are implemented by the job layer.
+// The job layer owns scheduling, persistence and events; it hands a job
+// kind's handler (job_kind.h) a JobContext and gets back a JobResult or an
+// error status. The pipeline never sees gRPC or storage; these interfaces
+// are implemented by the job layer. Torch-free (target compress_pipeline_api).
 #ifndef COMPRESS_PIPELINE_PIPELINE_H_
 #define COMPRESS_PIPELINE_PIPELINE_H_
 
-#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -51,24 +51,6 @@ class JobContext {
                                                              const std::string& content_type,
                                                              absl::string_view bytes) = 0;
 };
-
-class Pipeline {
- public:
-  virtual ~Pipeline() = default;
-  // Checks a spec before the job is accepted: INVALID_ARGUMENT for bad
-  // numbers (naming the field), NOT_FOUND for unknown ids,
-  // FAILED_PRECONDITION for a model the kind cannot handle, UNIMPLEMENTED for
-  // kinds this server does not run yet.
-  virtual absl::Status Validate(const compress::v1::JobSpec& spec, Resources& resources) = 0;
-  // Runs the job to completion, or returns the error that ends it.
-  virtual absl::StatusOr<compress::v1::JobResult> Run(JobContext& context) = 0;
-};
-
-// The production pipeline: dispatches on the spec's kind.
-std::unique_ptr<Pipeline> NewDefaultPipeline();
-
-// Kind of a spec (JOB_KIND_UNSPECIFIED when the oneof is empty).
-compress::v1::JobKind KindOf(const compress::v1::JobSpec& spec);
 
 }  // namespace compress::pipeline
 

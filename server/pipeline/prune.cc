@@ -1,18 +1,17 @@
+#include "server/engine/common/defaults.h"
 #include "server/pipeline/prune.h"
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/pipeline/common.h"
-#include "server/pipeline/quantize.h"
 #include "server/pipeline/svg.h"
+#include "server/pipeline/validate.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
@@ -20,8 +19,6 @@ namespace v1 = compress::v1;
 
 namespace {
 
-constexpr int kDefaultRecoverySteps = 100;
-constexpr double kDefaultLearningRate = 1e-4;
 
 engine::SaliencyKind SaliencyFromProto(v1::Saliency s) {
   switch (s) {
@@ -34,29 +31,33 @@ engine::SaliencyKind SaliencyFromProto(v1::Saliency s) {
   }
 }
 
-// "−0.76 pp" / "+0.10 pp" (U+2212 lines up with "+").
-std::string Drop(double before, double after) {
-  const double d = after - before;
-  return absl::StrFormat("%s%.2f pp", d < 0 ? "−" : "+", std::abs(d));
+class PruneKind final : public JobKindHandler {
+ public:
+  v1::JobKind kind() const override { return v1::JOB_KIND_PRUNE; }
+  absl::Status Validate(const v1::JobSpec& spec, Resources& resources) const override {
+    return ValidatePruneSpec("prune", spec.prune(), resources);
+  }
+  std::vector<std::string> ReferencedIds(const v1::JobSpec& spec) const override {
+    return PruneReferencedIds(spec.prune());
+  }
+  absl::StatusOr<v1::JobResult> Run(JobContext& context) const override {
+    return RunPrune(context.job().spec().prune(), context);
+  }
+  std::string Summary(const v1::JobResult& result) const override {
+    return PruneSummary(result.prune());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<JobKindHandler> NewPruneKind() { return std::make_unique<PruneKind>(); }
+
+std::vector<std::string> PruneReferencedIds(const v1::PruneSpec& spec) {
+  return UniqueIds({spec.model_id(), spec.data().dataset_id(), spec.eval_dataset_id()});
 }
 
-void RemoveDir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
-}
-
-std::string ReportJson(JobContext& context, const std::string& runtime,
-                       const google::protobuf::Message& spec,
-                       const google::protobuf::Message& result) {
-  return absl::StrCat("{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"",
-                      context.job().seed(), "\",\n\"device\": \"", context.device(),
-                      "\",\n\"runtime\": \"", runtime, "\",\n\"spec\": ", ProtoJson(spec),
-                      ",\n\"result\": ", ProtoJson(result), "\n}\n");
-}
-
-// Prunes into `dir` and adds structure.svg; model.pt stays in `dir`.
-absl::StatusOr<engine::PruneReport> Prune(const v1::PruneSpec& spec, JobContext& context,
-                                          const std::string& dir) {
+absl::StatusOr<engine::PruneReport> PruneInto(const v1::PruneSpec& spec, JobContext& context,
+                                              const std::string& dir) {
   engine::PruneOptions options = ToPruneOptions(spec, context.job().seed(), context.device(),
                                                 context.resources(), dir);
   ASSIGN_OR_RETURN(engine::PruneReport report,
@@ -64,8 +65,6 @@ absl::StatusOr<engine::PruneReport> Prune(const v1::PruneSpec& spec, JobContext&
   RETURN_IF_ERROR(context.cancel().Check());
   return report;
 }
-
-}  // namespace
 
 engine::PruneOptions ToPruneOptions(const v1::PruneSpec& spec, uint64_t seed,
                                     const std::string& device, Resources& resources,
@@ -102,8 +101,8 @@ engine::PruneOptions ToPruneOptions(const v1::PruneSpec& spec, uint64_t seed,
   if (spec.has_min_mlp()) o.min_mlp = spec.min_mlp();
   if (spec.has_steps()) o.steps = spec.steps();
   const v1::RecoveryOptions& r = spec.recovery();
-  o.recovery_steps = r.has_steps() ? r.steps() : kDefaultRecoverySteps;
-  o.learning_rate = r.has_learning_rate() ? r.learning_rate() : kDefaultLearningRate;
+  o.recovery_steps = r.has_steps() ? r.steps() : engine::defaults::kRecoverySteps;
+  o.learning_rate = r.has_learning_rate() ? r.learning_rate() : engine::defaults::kRecoveryLearningRate;
   if (r.has_temperature()) o.temperature = r.temperature();
   if (!r.optimizer().empty()) o.optimizer = r.optimizer();
   if (spec.has_latency_batch()) o.latency_batch = spec.latency_batch();
@@ -187,7 +186,7 @@ std::string PruneSummary(const v1::PruneResult& r) {
                                   WithCommas(r.params_before()), WithCommas(r.params_after()));
   if (r.has_accuracy_before() && r.has_accuracy_after()) {
     absl::StrAppendFormat(&s, ", top-1 %.2f%% → %.2f%% (%s)", r.accuracy_before(),
-                          r.accuracy_after(), Drop(r.accuracy_before(), r.accuracy_after()));
+                          r.accuracy_after(), SignedPp(r.accuracy_after() - r.accuracy_before()));
   }
   if (r.has_latency_before_ms() && r.has_latency_after_ms() && r.latency_after_ms() > 0) {
     absl::StrAppendFormat(&s, ", %.2fx faster at batch %d", r.latency_before_ms() / r.latency_after_ms(),
@@ -227,8 +226,8 @@ std::string StructureSvg(const v1::PruneResult& r) {
 
 absl::StatusOr<v1::JobResult> RunPrune(const v1::PruneSpec& spec, JobContext& context) {
   ASSIGN_OR_RETURN(const std::string dir, MakeTempDir("prune"));
-  auto remove_dir = absl::MakeCleanup([&dir] { RemoveDir(dir); });
-  ASSIGN_OR_RETURN(engine::PruneReport report, Prune(spec, context, dir));
+  auto remove_dir = absl::MakeCleanup([&dir] { RemoveTree(dir); });
+  ASSIGN_OR_RETURN(engine::PruneReport report, PruneInto(spec, context, dir));
   v1::JobResult result;
   *result.mutable_prune() = ToPruneResult(report);
   const v1::PruneResult& r = result.prune();
@@ -241,60 +240,6 @@ absl::StatusOr<v1::JobResult> RunPrune(const v1::PruneSpec& spec, JobContext& co
                       .status());
   RETURN_IF_ERROR(
       context.AddArtifact("structure.svg", "image/svg+xml", StructureSvg(r)).status());
-  return result;
-}
-
-absl::StatusOr<v1::JobResult> RunCompress(const v1::CompressSpec& spec, JobContext& context) {
-  ASSIGN_OR_RETURN(const std::string prune_dir, MakeTempDir("compress"));
-  auto remove_prune = absl::MakeCleanup([&prune_dir] { RemoveDir(prune_dir); });
-  ASSIGN_OR_RETURN(engine::PruneReport pruned, Prune(spec.prune(), context, prune_dir));
-
-  ASSIGN_OR_RETURN(const std::string quant_dir, MakeTempDir("compress"));
-  auto remove_quant = absl::MakeCleanup([&quant_dir] { RemoveDir(quant_dir); });
-  v1::QuantizeSpec qspec = spec.quantize();
-  qspec.set_model_id(spec.prune().model_id());
-  if (qspec.eval_dataset_id().empty()) {
-    // The prune stage's evaluation, so that before and after compare.
-    qspec.set_eval_dataset_id(spec.prune().eval_dataset_id());
-    if (spec.prune().has_eval_samples()) qspec.set_eval_samples(spec.prune().eval_samples());
-  }
-  if (!qspec.has_data()) *qspec.mutable_data() = spec.prune().data();
-  ASSIGN_OR_RETURN(engine::QuantizeOptions qo,
-                   ToQuantizeOptions(qspec, context.job().seed(), context.device(),
-                                     context.resources(), quant_dir));
-  qo.model_path = pruned.model_path;
-  ASSIGN_OR_RETURN(engine::QuantizeReport quantized,
-                   engine::RunQuantization(qo, &context.progress(), &context.cancel()));
-  RETURN_IF_ERROR(context.cancel().Check());
-
-  v1::JobResult result;
-  v1::CompressResult* c = result.mutable_compress();
-  *c->mutable_prune() = ToPruneResult(pruned);
-  *c->mutable_quantize() = ToQuantizeResult(quantized);
-  c->set_bytes_before(pruned.bytes_before);
-  c->set_bytes_after(quantized.bytes_after);
-  if (pruned.accuracy_before) c->set_accuracy_before(*pruned.accuracy_before);
-  if (quantized.accuracy_after) c->set_accuracy_after(*quantized.accuracy_after);
-  std::string summary = absl::StrFormat(
-      "%.1f%% of %s removed, %.2f average bits, %s → %s bytes (%.1fx)",
-      100 * pruned.achieved_fraction, pruned.target, quantized.average_bits,
-      WithCommas(c->bytes_before()), WithCommas(c->bytes_after()),
-      c->bytes_after() > 0 ? static_cast<double>(c->bytes_before()) / c->bytes_after() : 0.0);
-  if (c->has_accuracy_before() && c->has_accuracy_after()) {
-    absl::StrAppendFormat(&summary, ", top-1 %.2f%% → %.2f%% (%s)", c->accuracy_before(),
-                          c->accuracy_after(), Drop(c->accuracy_before(), c->accuracy_after()));
-  }
-  result.set_summary(summary);
-
-  RETURN_IF_ERROR(AddQuantizeArtifacts(quantized, c->quantize(), context));
-  ASSIGN_OR_RETURN(const std::string model, ReadWholeFile(pruned.model_path));
-  RETURN_IF_ERROR(context.AddArtifact("pruned.pt", "application/octet-stream", model).status());
-  RETURN_IF_ERROR(context
-                      .AddArtifact("report.json", "application/json",
-                                   ReportJson(context, quantized.runtime, spec, *c))
-                      .status());
-  RETURN_IF_ERROR(
-      context.AddArtifact("structure.svg", "image/svg+xml", StructureSvg(c->prune())).status());
   return result;
 }
 

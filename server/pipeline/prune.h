@@ -1,19 +1,19 @@
-// PRUNE and COMPRESS jobs: ViT structural pruning (engine::RunPruning), and
-// pruning followed by QUANTIZE of the pruned model in one job.
-// Artifacts: PRUNE: model.pt (the pruned TorchScript model), report.json,
-// structure.svg (heads and MLP width kept per block). COMPRESS: model.pt
-// (pruned and quantized: what was evaluated), pruned.pt (pruned, float),
-// weights.safetensors + manifest.json, report.json (both stages),
-// structure.svg and pareto.svg.
+// PRUNE job: ViT structural pruning (engine::RunPruning); COMPRESS
+// (compress.h) uses its stage too.
+// Artifacts: model.pt (the pruned TorchScript model), report.json,
+// structure.svg (heads and MLP width kept per block).
 #ifndef COMPRESS_PIPELINE_PRUNE_H_
 #define COMPRESS_PIPELINE_PRUNE_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "compress/v1/compress.pb.h"
 #include "server/engine/prune/prune.h"
+#include "server/pipeline/job_kind.h"
 #include "server/pipeline/pipeline.h"
 
 namespace compress::pipeline {
@@ -36,11 +36,19 @@ std::string PruneSummary(const compress::v1::PruneResult& result);
 // Heads and MLP width per block, before and after.
 std::string StructureSvg(const compress::v1::PruneResult& result);
 
+// The PRUNE job kind (registry.h).
+std::unique_ptr<JobKindHandler> NewPruneKind();
+
+// Model and dataset ids a PruneSpec reads.
+std::vector<std::string> PruneReferencedIds(const compress::v1::PruneSpec& spec);
+
+// Prunes into `dir` (model.pt stays there); the prune stage of PRUNE and
+// COMPRESS.
+absl::StatusOr<engine::PruneReport> PruneInto(const compress::v1::PruneSpec& spec,
+                                              JobContext& context, const std::string& dir);
+
 absl::StatusOr<compress::v1::JobResult> RunPrune(const compress::v1::PruneSpec& spec,
                                                  JobContext& context);
-absl::StatusOr<compress::v1::JobResult> RunCompress(const compress::v1::CompressSpec& spec,
-                                                    JobContext& context);
-
 }  // namespace compress::pipeline
 
 #endif  // COMPRESS_PIPELINE_PRUNE_H_

@@ -14,17 +14,16 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/engine/common/defaults.h"
 #include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
+#include "server/pipeline/validate.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
 namespace v1 = compress::v1;
 
 namespace {
-
-constexpr double kDefaultAverageBits = 4;
-constexpr int64_t kDefaultGroupSize = 128;
 
 // Tr(H_ii)/n_i per layer from a finished ANALYZE job of the same model.
 absl::StatusOr<std::map<std::string, double>> TracesFromJob(const std::string& job_id,
@@ -204,7 +203,7 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   const v1::QuantizerSettings& q = spec.quantizer();
   o.symmetric = !q.asymmetric();
   o.granularity = GranularityName(q.granularity());
-  o.group_size = q.has_group_size() ? q.group_size() : kDefaultGroupSize;
+  o.group_size = q.has_group_size() ? q.group_size() : engine::defaults::kGroupSize;
   o.gptq = q.rounding() == v1::ROUNDING_GPTQ;
   if (q.has_gptq_damping()) o.gptq_damping = q.gptq_damping();
   if (q.has_gptq_block_size()) o.gptq_block_size = q.gptq_block_size();
@@ -226,7 +225,7 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
         o.budget.kind = engine::QuantBudget::Kind::kNone;
         o.budget.value = 0;
       } else {
-        o.budget = engine::QuantBudget::AverageBits(kDefaultAverageBits);
+        o.budget = engine::QuantBudget::AverageBits(engine::defaults::kAverageBits);
       }
   }
   switch (spec.tolerance().limit_case()) {
@@ -370,6 +369,34 @@ absl::Status AddQuantizeArtifacts(const engine::QuantizeReport& report,
   return context.AddArtifact("pareto.svg", "image/svg+xml", ParetoSvg(result)).status();
 }
 
+namespace {
+
+class QuantizeKind final : public JobKindHandler {
+ public:
+  v1::JobKind kind() const override { return v1::JOB_KIND_QUANTIZE; }
+  absl::Status Validate(const v1::JobSpec& spec, Resources& resources) const override {
+    RETURN_IF_ERROR(CheckModel("quantize.model_id", spec.quantize().model_id(), resources));
+    RETURN_IF_ERROR(ValidateQuantizeSpec("quantize", spec.quantize(), resources));
+    // Resolves sensitivity_job_id: an unknown or unusable job is refused
+    // now, not after the job has queued.
+    return ToQuantizeOptions(spec.quantize(), 0, "cpu", resources, "").status();
+  }
+  std::vector<std::string> ReferencedIds(const v1::JobSpec& spec) const override {
+    const v1::QuantizeSpec& q = spec.quantize();
+    return UniqueIds({q.model_id(), q.data().dataset_id(), q.eval_dataset_id()});
+  }
+  absl::StatusOr<v1::JobResult> Run(JobContext& context) const override {
+    return RunQuantize(context.job().spec().quantize(), context);
+  }
+  std::string Summary(const v1::JobResult& result) const override {
+    return QuantizeSummary(result.quantize());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<JobKindHandler> NewQuantizeKind() { return std::make_unique<QuantizeKind>(); }
+
 absl::StatusOr<v1::JobResult> RunQuantize(const v1::QuantizeSpec& spec, JobContext& context) {
   ASSIGN_OR_RETURN(const std::string dir, MakeTempDir("quantize"));
   auto remove_dir = absl::MakeCleanup([&dir] {
@@ -389,11 +416,10 @@ absl::StatusOr<v1::JobResult> RunQuantize(const v1::QuantizeSpec& spec, JobConte
   result.set_summary(QuantizeSummary(r));
   RETURN_IF_ERROR(AddQuantizeArtifacts(report, r, context));
   // report.json: the result plus everything needed to reproduce it.
-  const std::string report_json = absl::StrCat(
-      "{\n\"job_id\": \"", context.job().id(), "\",\n\"seed\": \"", context.job().seed(),
-      "\",\n\"device\": \"", context.device(), "\",\n\"runtime\": \"", report.runtime,
-      "\",\n\"spec\": ", ProtoJson(spec), ",\n\"result\": ", ProtoJson(r), "\n}\n");
-  RETURN_IF_ERROR(context.AddArtifact("report.json", "application/json", report_json).status());
+  RETURN_IF_ERROR(context
+                      .AddArtifact("report.json", "application/json",
+                                   ReportJson(context, report.runtime, spec, r))
+                      .status());
   return result;
 }
 

@@ -9,12 +9,14 @@
 #ifndef COMPRESS_PIPELINE_QUANTIZE_H_
 #define COMPRESS_PIPELINE_QUANTIZE_H_
 
+#include <memory>
 #include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "compress/v1/compress.pb.h"
 #include "server/engine/quant/quantize.h"
+#include "server/pipeline/job_kind.h"
 #include "server/pipeline/pipeline.h"
 
 namespace compress::pipeline {
@@ -43,6 +45,9 @@ std::string QuantizeSummary(const compress::v1::QuantizeResult& result);
 // paths) and pareto.svg to the job's artifacts.
 absl::Status AddQuantizeArtifacts(const engine::QuantizeReport& report,
                                   const compress::v1::QuantizeResult& result, JobContext& context);
+
+// The QUANTIZE job kind (registry.h).
+std::unique_ptr<JobKindHandler> NewQuantizeKind();
 
 // Runs the job in a private temporary directory (removed afterwards) and
 // stores the artifacts through the context.

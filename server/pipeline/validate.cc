@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/engine/common/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
@@ -14,23 +15,6 @@ namespace {
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
-
-absl::Status CheckModel(const std::string& field, const std::string& id, Resources& r,
-                        v1::Model* out = nullptr) {
-  if (id.empty()) return Invalid(field, "required");
-  auto model = r.GetModel(id);
-  if (model.ok()) {
-    if (out != nullptr) *out = *std::move(model);
-    return absl::OkStatus();
-  }
-  if (absl::IsNotFound(model.status()) && r.GetDataset(id).ok()) {
-    return Invalid(field, absl::StrCat(id, " is a dataset, not a model"));
-  }
-  if (absl::IsNotFound(model.status())) {
-    return absl::NotFoundError(absl::StrCat(field, ": model ", id, " not found"));
-  }
-  return model.status();
 }
 
 absl::Status CheckDataset(const std::string& field, const std::string& id, Resources& r) {
@@ -71,9 +55,27 @@ absl::Status Positive(const std::string& field, bool has, double value) {
   return absl::OkStatus();
 }
 
-bool ValidBits(int bits) { return (bits >= 2 && bits <= 8) || bits == 16 || bits == 32; }
 
-absl::Status ValidateAnalyze(const v1::AnalyzeSpec& s, Resources& r) {
+}  // namespace
+
+absl::Status CheckModel(const std::string& field, const std::string& id, Resources& r,
+                        v1::Model* out) {
+  if (id.empty()) return Invalid(field, "required");
+  auto model = r.GetModel(id);
+  if (model.ok()) {
+    if (out != nullptr) *out = *std::move(model);
+    return absl::OkStatus();
+  }
+  if (absl::IsNotFound(model.status()) && r.GetDataset(id).ok()) {
+    return Invalid(field, absl::StrCat(id, " is a dataset, not a model"));
+  }
+  if (absl::IsNotFound(model.status())) {
+    return absl::NotFoundError(absl::StrCat(field, ": model ", id, " not found"));
+  }
+  return model.status();
+}
+
+absl::Status ValidateAnalyzeSpec(const v1::AnalyzeSpec& s, Resources& r) {
   const std::string f = "analyze";
   RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r));
   RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
@@ -101,7 +103,7 @@ absl::Status ValidateAnalyze(const v1::AnalyzeSpec& s, Resources& r) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpec& s,
+absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& s,
                                      Resources& r) {
   RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
   if (!s.eval_dataset_id().empty()) {
@@ -109,9 +111,11 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
   }
   for (int i = 0; i < s.candidate_bits_size(); ++i) {
     const int bits = s.candidate_bits(i);
-    if (bits < 2 || bits > 8) {
+    if (!engine::defaults::IsQuantizedBits(bits)) {
       return Invalid(absl::StrCat(f, ".candidate_bits[", i, "]"),
-                     absl::StrCat("must be 2..8 (float is always a candidate), got ", bits));
+                     absl::StrCat("must be ", engine::defaults::kMinBits, "..",
+                                  engine::defaults::kMaxBits,
+                                  " (float is always a candidate), got ", bits));
     }
   }
   std::set<std::string> pinned;
@@ -121,9 +125,11 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
     if (!pinned.insert(s.pins(i).layer()).second) {
       return Invalid(field + ".layer", absl::StrCat(s.pins(i).layer(), " is pinned twice"));
     }
-    if (!ValidBits(s.pins(i).bits())) {
+    if (!engine::defaults::IsPinBits(s.pins(i).bits())) {
       return Invalid(field + ".bits",
-                     absl::StrCat("must be 2..8, 16 or 32 (float), got ", s.pins(i).bits()));
+                     absl::StrCat("must be ", engine::defaults::kMinBits, "..",
+                                  engine::defaults::kMaxBits, ", 16 or 32 (float), got ",
+                                  s.pins(i).bits()));
     }
   }
   for (int i = 0; i < s.ties_size(); ++i) {
@@ -151,9 +157,10 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
       AtLeast(f + ".trace_max_probes", s.has_trace_max_probes(), s.trace_max_probes(), 1));
   const auto& q = s.quantizer();
   if (q.granularity() == v1::GRANULARITY_GROUP || q.has_group_size()) {
-    int g = q.has_group_size() ? q.group_size() : 128;
-    if (g != 32 && g != 64 && g != 128) {
-      return Invalid(f + ".quantizer.group_size", absl::StrCat("must be 32, 64 or 128, got ", g));
+    const int64_t g = q.has_group_size() ? q.group_size() : engine::defaults::kGroupSize;
+    if (!engine::defaults::IsGroupSize(g)) {
+      return Invalid(f + ".quantizer.group_size",
+                     absl::StrCat("must be ", engine::defaults::GroupSizesText(), ", got ", g));
     }
   }
   if (q.has_gptq_damping() && !(q.gptq_damping() > 0 && q.gptq_damping() < 1)) {
@@ -195,7 +202,7 @@ absl::Status ValidateQuantizeNumbers(const std::string& f, const v1::QuantizeSpe
   return absl::OkStatus();
 }
 
-absl::Status ValidatePruneNumbers(const std::string& f, const v1::PruneSpec& s, Resources& r) {
+absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Resources& r) {
   v1::Model model;
   RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r, &model));
   if (!LooksLikeViT(model)) {
@@ -248,8 +255,6 @@ absl::Status ValidatePruneNumbers(const std::string& f, const v1::PruneSpec& s, 
   return absl::OkStatus();
 }
 
-}  // namespace
-
 bool LooksLikeViT(const v1::Model& model) {
   for (const v1::Layer& l : model.layers()) {
     if (absl::EndsWith(l.name(), "attn.qkv") || absl::StrContains(l.name(), "self_attention")) {
@@ -259,50 +264,25 @@ bool LooksLikeViT(const v1::Model& model) {
   return false;
 }
 
-absl::Status ValidateSpec(const v1::JobSpec& spec, Resources& r) {
-  switch (spec.spec_case()) {
-    case v1::JobSpec::kInspect: {
-      const v1::InspectSpec& s = spec.inspect();
-      RETURN_IF_ERROR(CheckModel("inspect.model_id", s.model_id(), r));
-      if (s.input_shape_size() == 0) {
-        if (s.dataset_id().empty()) {
-          return Invalid("inspect.input_shape", "required when inspect.dataset_id is empty");
-        }
-        return CheckDataset("inspect.dataset_id", s.dataset_id(), r);
-      }
-      if (s.input_shape_size() > 8) return Invalid("inspect.input_shape", "at most 8 dimensions");
-      int64_t numel = 1;
-      for (int i = 0; i < s.input_shape_size(); ++i) {
-        if (s.input_shape(i) <= 0) {
-          return Invalid(absl::StrCat("inspect.input_shape[", i, "]"),
-                         absl::StrCat("must be > 0, got ", s.input_shape(i)));
-        }
-        numel *= s.input_shape(i);
-        if (numel > (int64_t{1} << 31)) return Invalid("inspect.input_shape", "input too large");
-      }
-      return absl::OkStatus();
+absl::Status ValidateInspectSpec(const v1::InspectSpec& s, Resources& r) {
+  RETURN_IF_ERROR(CheckModel("inspect.model_id", s.model_id(), r));
+  if (s.input_shape_size() == 0) {
+    if (s.dataset_id().empty()) {
+      return Invalid("inspect.input_shape", "required when inspect.dataset_id is empty");
     }
-    case v1::JobSpec::kAnalyze:
-      return ValidateAnalyze(spec.analyze(), r);
-    case v1::JobSpec::kQuantize:
-      RETURN_IF_ERROR(CheckModel("quantize.model_id", spec.quantize().model_id(), r));
-      return ValidateQuantizeNumbers("quantize", spec.quantize(), r);
-    case v1::JobSpec::kPrune:
-      return ValidatePruneNumbers("prune", spec.prune(), r);
-    case v1::JobSpec::kCompress:
-      RETURN_IF_ERROR(ValidatePruneNumbers("compress.prune", spec.compress().prune(), r));
-      if (!spec.compress().quantize().sensitivity_job_id().empty()) {
-        return Invalid("compress.quantize.sensitivity_job_id",
-                       "an ANALYZE job's traces describe the unpruned model; COMPRESS computes "
-                       "them on the pruned one (leave it empty)");
-      }
-      if (spec.compress().quantize().has_data()) {
-        RETURN_IF_ERROR(ValidateQuantizeNumbers("compress.quantize", spec.compress().quantize(), r));
-      }
-      return absl::OkStatus();
-    default:
-      return Invalid("spec", "one of inspect, analyze, quantize, prune, compress is required");
+    return CheckDataset("inspect.dataset_id", s.dataset_id(), r);
   }
+  if (s.input_shape_size() > 8) return Invalid("inspect.input_shape", "at most 8 dimensions");
+  int64_t numel = 1;
+  for (int i = 0; i < s.input_shape_size(); ++i) {
+    if (s.input_shape(i) <= 0) {
+      return Invalid(absl::StrCat("inspect.input_shape[", i, "]"),
+                     absl::StrCat("must be > 0, got ", s.input_shape(i)));
+    }
+    numel *= s.input_shape(i);
+    if (numel > (int64_t{1} << 31)) return Invalid("inspect.input_shape", "input too large");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace compress::pipeline

@@ -10,7 +10,20 @@
 
 namespace compress::pipeline {
 
-absl::Status ValidateSpec(const compress::v1::JobSpec& spec, Resources& resources);
+// Each checks one kind's spec; `field` is the spec's path in the JobSpec
+// ("quantize", or "compress.quantize" inside a COMPRESS spec).
+absl::Status ValidateInspectSpec(const compress::v1::InspectSpec& spec, Resources& resources);
+absl::Status ValidateAnalyzeSpec(const compress::v1::AnalyzeSpec& spec, Resources& resources);
+// Everything but model_id (COMPRESS quantizes the model its prune stage makes).
+absl::Status ValidateQuantizeSpec(const std::string& field, const compress::v1::QuantizeSpec& spec,
+                                  Resources& resources);
+absl::Status ValidatePruneSpec(const std::string& field, const compress::v1::PruneSpec& spec,
+                               Resources& resources);
+// INVALID_ARGUMENT "field: required" for an empty id, NOT_FOUND for an
+// unknown one, INVALID_ARGUMENT when the id names a dataset instead.
+// The model is copied to `out` when it is not null.
+absl::Status CheckModel(const std::string& field, const std::string& id, Resources& resources,
+                        compress::v1::Model* out = nullptr);
 
 // True when the model has DeiT/timm-style (attn.qkv) or torchvision
 // (self_attention) attention blocks.

@@ -15,10 +15,11 @@
 #include "server/engine/common/runtime.h"
 #include "server/jobs/job_manager.h"
 #include "server/pipeline/pipeline.h"
+#include "server/pipeline/registry.h"
 #include "server/service/metrics.h"
 #include "server/service/services.h"
 #include "server/store/blob_store.h"
-#include "server/store/catalog.h"
+#include "server/catalog/catalog.h"
 #include "server/store/metadata_store.h"
 #include "server/util/status_macros.h"
 
@@ -30,7 +31,7 @@ namespace {
 // The pipeline's view of one tenant's models, datasets and stored jobs.
 class CatalogResources : public pipeline::Resources {
  public:
-  CatalogResources(store::Catalog* catalog, store::MetadataStore* metadata, std::string tenant)
+  CatalogResources(catalog::Catalog* catalog, store::MetadataStore* metadata, std::string tenant)
       : catalog_(catalog), metadata_(metadata), tenant_(std::move(tenant)) {}
   absl::StatusOr<v1::Model> GetModel(const std::string& id) override {
     return catalog_->GetModel(tenant_, id);
@@ -46,7 +47,7 @@ class CatalogResources : public pipeline::Resources {
   }
 
  private:
-  store::Catalog* catalog_;
+  catalog::Catalog* catalog_;
   store::MetadataStore* metadata_;
   const std::string tenant_;
 };
@@ -95,8 +96,8 @@ struct Server::Impl {
   std::unique_ptr<Authenticator> auth;
   std::unique_ptr<store::BlobStore> blobs;
   std::unique_ptr<store::MetadataStore> metadata;
-  std::unique_ptr<store::Catalog> catalog;
-  std::unique_ptr<pipeline::Pipeline> pipeline;
+  std::unique_ptr<catalog::Catalog> catalog;
+  std::unique_ptr<pipeline::JobKindRegistry> kinds;
   std::unique_ptr<jobs::JobManager> jobs;
   std::unique_ptr<ThreadPool> blocking;
   std::unique_ptr<ModelServiceImpl> model_service;
@@ -136,13 +137,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ASSIGN_OR_RETURN(impl->blobs, store::BlobStore::Create(options.data_dir));
   ASSIGN_OR_RETURN(impl->metadata,
                    store::MetadataStore::Create(options.data_dir + "/compressd.db"));
-  store::CatalogOptions catalog_options;
+  catalog::CatalogOptions catalog_options;
   catalog_options.max_model_bytes = options.max_model_bytes;
   catalog_options.max_dataset_bytes = options.max_dataset_bytes;
   catalog_options.fashion_mnist_dir = options.fashion_mnist_dir;
-  ASSIGN_OR_RETURN(impl->catalog, store::Catalog::Create(catalog_options, impl->blobs.get(),
+  ASSIGN_OR_RETURN(impl->catalog, catalog::Catalog::Create(catalog_options, impl->blobs.get(),
                                                          impl->metadata.get()));
-  impl->pipeline = pipeline::NewDefaultPipeline();
+  ASSIGN_OR_RETURN(impl->kinds, pipeline::NewDefaultRegistry());
 
   jobs::JobManagerOptions job_options;
   job_options.cpu_workers = options.cpu_workers;
@@ -159,7 +160,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return std::make_unique<CatalogResources>(catalog, metadata, tenant);
   };
   ASSIGN_OR_RETURN(impl->jobs, jobs::JobManager::Create(job_options, impl->metadata.get(),
-                                                        impl->blobs.get(), impl->pipeline.get(),
+                                                        impl->blobs.get(), impl->kinds.get(),
                                                         std::move(resources), &impl->metrics));
 
   impl->blocking = std::make_unique<ThreadPool>(std::max(1, options.blocking_threads));

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/engine/common/defaults.h"
 
 namespace compress::service {
 
@@ -45,7 +46,7 @@ struct ServerOptions {
   int64_t max_dataset_bytes = int64_t{4} << 30;  // upload limit, bytes
   absl::Duration default_deadline = absl::Hours(24);  // job run time limit
   int max_attempts = 3;             // restarts a job survives
-  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+  std::string fashion_mnist_dir = engine::defaults::kFashionMnistDir;
   int blocking_threads = 4;         // threads for upload validation
   bool reflection = true;           // gRPC server reflection
 };

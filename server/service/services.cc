@@ -26,8 +26,8 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context, const absl
 template <typename Resource>
 class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
  public:
-  UploadReactor(absl::StatusOr<std::string> tenant, store::Catalog* catalog,
-                store::ResourceKind kind, Resource* response, ThreadPool* blocking,
+  UploadReactor(absl::StatusOr<std::string> tenant, catalog::Catalog* catalog,
+                catalog::ResourceKind kind, Resource* response, ThreadPool* blocking,
                 Metrics* metrics)
       : catalog_(catalog), kind_(kind), response_(response), blocking_(blocking),
         metrics_(metrics) {
@@ -78,7 +78,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
           absl::StrCat("chunk: ", request_.chunk().size(), " bytes is over the 1 MiB limit"));
     } else {
       s = upload_->Append(request_.chunk());
-      metrics_->AddUploadedBytes(kind_ == store::ResourceKind::kModel ? "model" : "dataset",
+      metrics_->AddUploadedBytes(kind_ == catalog::ResourceKind::kModel ? "model" : "dataset",
                                  static_cast<int64_t>(request_.chunk().size()));
     }
     if (!s.ok()) {
@@ -93,14 +93,14 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
   void OnDone() override { delete this; }
 
  private:
-  store::Catalog* catalog_;
-  store::ResourceKind kind_;
+  catalog::Catalog* catalog_;
+  catalog::ResourceKind kind_;
   Resource* response_;
   ThreadPool* blocking_;
   Metrics* metrics_;
   std::string tenant_;
   v1::UploadRequest request_;
-  std::unique_ptr<store::Catalog::Upload> upload_;
+  std::unique_ptr<catalog::Catalog::Upload> upload_;
 };
 
 template <typename Item, typename Response>
@@ -118,7 +118,7 @@ void FillPage(store::Page<Item> page, Response* response,
 grpc::ServerReadReactor<v1::UploadRequest>* ModelServiceImpl::UploadModel(
     grpc::CallbackServerContext* context, v1::Model* response) {
   return new UploadReactor<v1::Model>(auth_->TenantOf(*context), catalog_,
-                                      store::ResourceKind::kModel, response, blocking_, metrics_);
+                                      catalog::ResourceKind::kModel, response, blocking_, metrics_);
 }
 
 grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(grpc::CallbackServerContext* context,
@@ -155,7 +155,7 @@ grpc::ServerUnaryReactor* ModelServiceImpl::DeleteModel(grpc::CallbackServerCont
 grpc::ServerReadReactor<v1::UploadRequest>* DatasetServiceImpl::UploadDataset(
     grpc::CallbackServerContext* context, v1::Dataset* response) {
   return new UploadReactor<v1::Dataset>(auth_->TenantOf(*context), catalog_,
-                                        store::ResourceKind::kDataset, response, blocking_,
+                                        catalog::ResourceKind::kDataset, response, blocking_,
                                         metrics_);
 }
 

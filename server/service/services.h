@@ -1,5 +1,5 @@
 // gRPC adapters for compress.v1: proto <-> domain calls, ToGrpcStatus,
-// metrics. No business logic lives here: it is in store::Catalog and
+// metrics. No business logic lives here: it is in catalog::Catalog and
 // jobs::JobManager, which are tested without gRPC.
 //
 // Every handler first asks the Authenticator for the caller's tenant
@@ -13,14 +13,14 @@
 #include "server/jobs/job_manager.h"
 #include "server/service/auth.h"
 #include "server/service/metrics.h"
-#include "server/store/catalog.h"
+#include "server/catalog/catalog.h"
 #include "server/util/thread_pool.h"
 
 namespace compress::service {
 
 class ModelServiceImpl final : public compress::v1::ModelService::CallbackService {
  public:
-  ModelServiceImpl(Authenticator* auth, store::Catalog* catalog, ThreadPool* blocking,
+  ModelServiceImpl(Authenticator* auth, catalog::Catalog* catalog, ThreadPool* blocking,
                    Metrics* metrics)
       : auth_(auth), catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
 
@@ -38,14 +38,14 @@ class ModelServiceImpl final : public compress::v1::ModelService::CallbackServic
 
  private:
   Authenticator* auth_;
-  store::Catalog* catalog_;
+  catalog::Catalog* catalog_;
   ThreadPool* blocking_;
   Metrics* metrics_;
 };
 
 class DatasetServiceImpl final : public compress::v1::DatasetService::CallbackService {
  public:
-  DatasetServiceImpl(Authenticator* auth, store::Catalog* catalog, ThreadPool* blocking,
+  DatasetServiceImpl(Authenticator* auth, catalog::Catalog* catalog, ThreadPool* blocking,
                      Metrics* metrics)
       : auth_(auth), catalog_(catalog), blocking_(blocking), metrics_(metrics) {}
 
@@ -63,7 +63,7 @@ class DatasetServiceImpl final : public compress::v1::DatasetService::CallbackSe
 
  private:
   Authenticator* auth_;
-  store::Catalog* catalog_;
+  catalog::Catalog* catalog_;
   ThreadPool* blocking_;
   Metrics* metrics_;
 };

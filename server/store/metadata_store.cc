@@ -7,7 +7,6 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/util/status_macros.h"
 
@@ -70,6 +69,22 @@ constexpr const char* kMigrations[] = {
     ALTER TABLE jobs_v2 RENAME TO jobs;
     CREATE INDEX jobs_state ON jobs(state, created_ns);
     CREATE INDEX jobs_tenant ON jobs(tenant, created_ns);
+    )sql",
+    // The models and datasets a job reads, as rows the job layer hands over
+    // (the store does not read specs). Backfilled from the space-separated
+    // jobs.dataset_ids of earlier versions, which is no longer written.
+    R"sql(
+    CREATE TABLE job_refs (
+      job_id TEXT NOT NULL, tenant TEXT NOT NULL, ref_id TEXT NOT NULL,
+      PRIMARY KEY (job_id, ref_id)) WITHOUT ROWID;
+    CREATE INDEX job_refs_ref ON job_refs(tenant, ref_id);
+    WITH RECURSIVE split(job_id, tenant, rest, ref_id) AS (
+      SELECT id, tenant, trim(COALESCE(dataset_ids, '')) || ' ', '' FROM jobs
+      UNION ALL
+      SELECT job_id, tenant, substr(rest, instr(rest, ' ') + 1),
+             substr(rest, 1, instr(rest, ' ') - 1)
+      FROM split WHERE rest <> '')
+    INSERT OR IGNORE INTO job_refs SELECT job_id, tenant, ref_id FROM split WHERE ref_id <> '';
     )sql",
 };
 
@@ -231,44 +246,6 @@ absl::Status DeleteById(sqlite3* db, const std::string& table, const std::string
   return absl::OkStatus();
 }
 
-// Model and dataset ids a job spec reads, space separated, for reference checks.
-std::string ReferencedIds(const v1::JobSpec& spec) {
-  std::vector<std::string> ids;
-  auto add = [&](const std::string& s) {
-    if (!s.empty()) ids.push_back(s);
-  };
-  switch (spec.spec_case()) {
-    case v1::JobSpec::kInspect:
-      add(spec.inspect().model_id());
-      add(spec.inspect().dataset_id());
-      break;
-    case v1::JobSpec::kAnalyze:
-      add(spec.analyze().model_id());
-      add(spec.analyze().data().dataset_id());
-      break;
-    case v1::JobSpec::kQuantize:
-      add(spec.quantize().model_id());
-      add(spec.quantize().data().dataset_id());
-      add(spec.quantize().eval_dataset_id());
-      break;
-    case v1::JobSpec::kPrune:
-      add(spec.prune().model_id());
-      add(spec.prune().data().dataset_id());
-      add(spec.prune().eval_dataset_id());
-      break;
-    case v1::JobSpec::kCompress:
-      add(spec.compress().prune().model_id());
-      add(spec.compress().prune().data().dataset_id());
-      add(spec.compress().prune().eval_dataset_id());
-      add(spec.compress().quantize().data().dataset_id());
-      add(spec.compress().quantize().eval_dataset_id());
-      break;
-    default:
-      break;
-  }
-  return absl::StrCat(" ", absl::StrJoin(ids, " "), " ");
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetadataStore>> MetadataStore::Create(const std::string& path) {
@@ -403,8 +380,8 @@ absl::Status MetadataStore::DeleteDataset(const std::string& tenant, const std::
 absl::Status MetadataStore::PutJobLocked(const std::string* tenant, const v1::Job& job) {
   const bool insert = tenant != nullptr;
   const char* sql =
-      insert ? "INSERT INTO jobs (id, request_id, state, kind, created_ns, dataset_ids, proto, "
-               "tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+      insert ? "INSERT INTO jobs (id, request_id, state, kind, created_ns, proto, tenant) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?7, ?8)"
              : "UPDATE jobs SET state = ?3, proto = ?7 WHERE id = ?1";
   Stmt st(db_, sql);
   RETURN_IF_ERROR(st.status());
@@ -417,7 +394,6 @@ absl::Status MetadataStore::PutJobLocked(const std::string* tenant, const v1::Jo
     }
     st.Bind(4, static_cast<int64_t>(job.kind()))
         .Bind(5, ToNanos(job.create_time()))
-        .Bind(6, ReferencedIds(job.spec()))
         .Bind(8, *tenant);
   }
   st.Bind(3, static_cast<int64_t>(job.state())).BindBlob(7, job.SerializeAsString());
@@ -428,9 +404,25 @@ absl::Status MetadataStore::PutJobLocked(const std::string* tenant, const v1::Jo
   return absl::OkStatus();
 }
 
-absl::Status MetadataStore::InsertJob(const std::string& tenant, const v1::Job& job) {
+absl::Status MetadataStore::InsertJob(const std::string& tenant, const v1::Job& job,
+                                      const std::vector<std::string>& referenced_ids) {
   absl::MutexLock lock(&mu_);
-  return PutJobLocked(&tenant, job);
+  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::Status s = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    RETURN_IF_ERROR(PutJobLocked(&tenant, job));
+    for (const std::string& id : referenced_ids) {
+      Stmt st(db_, "INSERT OR IGNORE INTO job_refs (job_id, tenant, ref_id) VALUES (?1, ?2, ?3)");
+      RETURN_IF_ERROR(st.status());
+      st.Bind(1, job.id()).Bind(2, tenant).Bind(3, id);
+      RETURN_IF_ERROR(st.Run());
+    }
+    return absl::OkStatus();
+  }();
+  if (!s.ok()) {
+    Exec("ROLLBACK").IgnoreError();
+    return s;
+  }
+  return Exec("COMMIT");
 }
 
 absl::Status MetadataStore::UpdateJob(const v1::Job& job) {
@@ -511,12 +503,12 @@ absl::StatusOr<bool> MetadataStore::IsReferencedByActiveJob(const std::string& t
                                                             const std::string& id) {
   absl::MutexLock lock(&mu_);
   Stmt st(db_,
-          "SELECT 1 FROM jobs WHERE state IN (?1, ?2) AND instr(dataset_ids, ?3) > 0 "
-          "AND tenant = ?4 LIMIT 1");
+          "SELECT 1 FROM job_refs r JOIN jobs j ON j.id = r.job_id "
+          "WHERE r.tenant = ?4 AND r.ref_id = ?3 AND j.state IN (?1, ?2) LIMIT 1");
   RETURN_IF_ERROR(st.status());
   st.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED))
       .Bind(2, static_cast<int64_t>(v1::JOB_STATE_RUNNING))
-      .Bind(3, absl::StrCat(" ", id, " "))
+      .Bind(3, id)
       .Bind(4, tenant);
   int rc = st.Step();
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {

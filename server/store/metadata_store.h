@@ -85,7 +85,10 @@ class MetadataStore {
 
   // Jobs. Ids are unique across tenants; request ids within a tenant.
   // InsertJob fails with ALREADY_EXISTS on a duplicate id or request id.
-  absl::Status InsertJob(const std::string& tenant, const compress::v1::Job& job)
+  // `referenced_ids` are the models and datasets the job reads (its kind's
+  // handler lists them): IsReferencedByActiveJob answers from them.
+  absl::Status InsertJob(const std::string& tenant, const compress::v1::Job& job,
+                         const std::vector<std::string>& referenced_ids)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status UpdateJob(const compress::v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<compress::v1::Job> GetJob(const std::string& tenant, const std::string& id)

@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "proto/compress/v1/job_kinds.h"
 #include "server/util/sha256.h"
 
 namespace compress::client::testing {
@@ -52,24 +53,6 @@ grpc::Status ReadUpload(grpc::ServerReader<v1::UploadRequest>* reader,
 grpc::Status NotFound(const std::string& what) {
   return grpc::Status(grpc::StatusCode::NOT_FOUND,
                       absl::StrCat(what, " not found"));
-}
-
-v1::JobKind KindOf(const v1::JobSpec& spec) {
-  switch (spec.spec_case()) {
-    case v1::JobSpec::kInspect:
-      return v1::JOB_KIND_INSPECT;
-    case v1::JobSpec::kAnalyze:
-      return v1::JOB_KIND_ANALYZE;
-    case v1::JobSpec::kQuantize:
-      return v1::JOB_KIND_QUANTIZE;
-    case v1::JobSpec::kPrune:
-      return v1::JOB_KIND_PRUNE;
-    case v1::JobSpec::kCompress:
-      return v1::JOB_KIND_COMPRESS;
-    case v1::JobSpec::SPEC_NOT_SET:
-      break;
-  }
-  return v1::JOB_KIND_UNSPECIFIED;
 }
 
 }  // namespace
@@ -227,7 +210,7 @@ grpc::Status FakeJobService::SubmitJob(grpc::ServerContext* context,
   submitted_.push_back(*request);
   v1::Job job;
   job.set_id(Sha256Hex(absl::StrCat("job", submitted_.size())));
-  job.set_kind(KindOf(request->spec()));
+  job.set_kind(v1::KindOf(request->spec()));
   job.set_state(v1::JOB_STATE_QUEUED);
   *job.mutable_spec() = request->spec();
   job.set_device(request->device());

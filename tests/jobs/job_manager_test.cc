@@ -42,16 +42,25 @@ constexpr char kReport[] = R"({"ok": true, "layers": 2})";
 //           ReleaseSlow(), then succeeds)
 //   fail  - INTERNAL
 //   throw - throws std::runtime_error
-class FakePipeline : public pipeline::Pipeline {
+// Registered as the only kind (INSPECT), so other kinds are UNIMPLEMENTED.
+class FakeKind : public pipeline::JobKindHandler {
  public:
-  absl::Status Validate(const v1::JobSpec& spec, pipeline::Resources& resources) override {
-    if (!spec.has_inspect()) return absl::UnimplementedError("fake runs inspect only");
+  v1::JobKind kind() const override { return v1::JOB_KIND_INSPECT; }
+
+  absl::Status Validate(const v1::JobSpec& spec, pipeline::Resources& resources) const override {
     const std::string& id = spec.inspect().model_id();
     if (id == "ok" || id == "slow" || id == "fail" || id == "throw") return absl::OkStatus();
     return absl::NotFoundError(absl::StrCat("spec.inspect.model_id: model ", id, " not found"));
   }
 
-  absl::StatusOr<v1::JobResult> Run(pipeline::JobContext& context) override {
+  std::vector<std::string> ReferencedIds(const v1::JobSpec& spec) const override {
+    return {spec.inspect().model_id()};
+  }
+
+  // "ok" jobs leave their summary to this.
+  std::string Summary(const v1::JobResult& result) const override { return "ok done"; }
+
+  absl::StatusOr<v1::JobResult> Run(pipeline::JobContext& context) const override {
     const std::string id = context.job().spec().inspect().model_id();
     {
       absl::MutexLock lock(&mu_);
@@ -68,7 +77,6 @@ class FakePipeline : public pipeline::Pipeline {
       context.progress().StageEnd("work");
       auto artifact = context.AddArtifact("report.json", "application/json", kReport);
       if (!artifact.ok()) return artifact.status();
-      result.set_summary("ok done");
       return result;
     }
     if (id == "slow") {
@@ -107,10 +115,10 @@ class FakePipeline : public pipeline::Pipeline {
 
  private:
   std::atomic<bool> release_slow_{false};
-  absl::Mutex mu_;
-  std::map<std::string, int> runs_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> devices_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, int> attempts_seen_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex mu_;
+  mutable std::map<std::string, int> runs_ ABSL_GUARDED_BY(mu_);
+  mutable std::map<std::string, std::string> devices_ ABSL_GUARDED_BY(mu_);
+  mutable std::map<std::string, int> attempts_seen_ ABSL_GUARDED_BY(mu_);
 };
 
 class FakeResources : public pipeline::Resources {
@@ -198,6 +206,9 @@ SubmitRequest Request(const std::string& model_id, const std::string& request_id
 class JobManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    auto fake = std::make_unique<FakeKind>();
+    fake_ = fake.get();
+    ASSERT_TRUE(kinds_.Register(std::move(fake)).ok());
     ASSERT_TRUE(dir_.ok());
     auto blobs = store::BlobStore::Create(dir_.path() + "/data");
     ASSERT_TRUE(blobs.ok()) << blobs.status();
@@ -216,7 +227,7 @@ class JobManagerTest : public ::testing::Test {
 
   // A new manager over the current stores, started.
   void StartManager() {
-    auto manager = JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_,
+    auto manager = JobManager::Create(options_, metadata_.get(), blobs_.get(), &kinds_,
                                       FakeResourcesFactory(), &observer_);
     ASSERT_TRUE(manager.ok()) << manager.status();
     manager_ = std::move(*manager);
@@ -284,7 +295,7 @@ class JobManagerTest : public ::testing::Test {
     job.mutable_create_time()->set_seconds(1700000000);
     job.set_attempts(attempts);
     if (attempts > 0) job.set_assigned_device("cpu");
-    EXPECT_TRUE(metadata_->InsertJob(kTenant, job).ok());
+    EXPECT_TRUE(metadata_->InsertJob(kTenant, job, {}).ok());
     std::vector<v1::JobState> path = {v1::JOB_STATE_QUEUED};
     if (state == v1::JOB_STATE_RUNNING) path.push_back(v1::JOB_STATE_RUNNING);
     for (v1::JobState to : path) {
@@ -304,7 +315,9 @@ class JobManagerTest : public ::testing::Test {
   JobManagerOptions options_;
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<store::MetadataStore> metadata_;
-  FakePipeline pipeline_;
+  // The registry owns the fake; fake_ stays valid as long as kinds_.
+  FakeKind* fake_ = nullptr;
+  pipeline::JobKindRegistry kinds_;
   FakeObserver observer_;
   std::unique_ptr<JobManager> manager_;  // last: destroyed first
 };
@@ -314,19 +327,19 @@ class JobManagerTest : public ::testing::Test {
 TEST_F(JobManagerTest, CreateValidatesOptions) {
   JobManagerOptions bad = options_;
   bad.cpu_workers = -1;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &kinds_, FakeResourcesFactory(), nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   bad = options_;
   bad.cpu_workers = 0;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &kinds_, FakeResourcesFactory(), nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   bad = options_;
   bad.max_queued = 0;
-  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr)
+  EXPECT_EQ(JobManager::Create(bad, metadata_.get(), blobs_.get(), &kinds_, FakeResourcesFactory(), nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
@@ -334,7 +347,7 @@ TEST_F(JobManagerTest, CreateValidatesOptions) {
 
 TEST_F(JobManagerTest, SubmitBeforeStartIsUnavailable) {
   auto manager =
-      JobManager::Create(options_, metadata_.get(), blobs_.get(), &pipeline_, FakeResourcesFactory(), nullptr);
+      JobManager::Create(options_, metadata_.get(), blobs_.get(), &kinds_, FakeResourcesFactory(), nullptr);
   ASSERT_TRUE(manager.ok());
   EXPECT_FALSE((*manager)->accepting());
   EXPECT_EQ((*manager)->Submit(kTenant, Request("ok")).status().code(), absl::StatusCode::kUnavailable);
@@ -343,7 +356,7 @@ TEST_F(JobManagerTest, SubmitBeforeStartIsUnavailable) {
 TEST_F(JobManagerTest, SubmitValidates) {
   StartManager();
   EXPECT_TRUE(manager_->accepting());
-  // Through Pipeline::Validate.
+  // Through the kind handler's Validate.
   auto unknown = manager_->Submit(kTenant, Request("missing-model"));
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("model_id"));
@@ -388,13 +401,13 @@ TEST_F(JobManagerTest, OkJobSucceedsWithEventsAndArtifact) {
   EXPECT_EQ(job.result().summary(), "ok done");
   EXPECT_EQ(job.attempts(), 1);
   EXPECT_EQ(job.assigned_device(), "cpu");
-  EXPECT_EQ(pipeline_.Device(job.id()), "cpu");
+  EXPECT_EQ(fake_->Device(job.id()), "cpu");
   EXPECT_EQ(job.error().code(), 0);
   EXPECT_GT(job.start_time().seconds(), 0);
   EXPECT_GE(job.end_time().seconds(), job.start_time().seconds());
   EXPECT_EQ(job.progress().done(), 5);
   EXPECT_EQ(job.progress().total(), 5);
-  EXPECT_EQ(pipeline_.Runs(job.id()), 1);
+  EXPECT_EQ(fake_->Runs(job.id()), 1);
 
   ExpectGapless(job.id());
   EXPECT_EQ(Transitions(job.id()),
@@ -497,7 +510,7 @@ TEST_F(JobManagerTest, ManyJobsOnTwoWorkersHaveGaplessLogs) {
     ExpectGapless(ids[i]);
     EXPECT_EQ(Transitions(ids[i]),
               (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, want}));
-    EXPECT_EQ(pipeline_.Runs(ids[i]), 1);
+    EXPECT_EQ(fake_->Runs(ids[i]), 1);
   }
   EXPECT_TRUE(WaitUntil([&] {
     return observer_.finished(v1::JOB_STATE_SUCCEEDED) == 15 &&
@@ -530,7 +543,7 @@ TEST_F(JobManagerTest, DeviceSlots) {
   v1::Job a = WaitForState(Submit(on_cuda).id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(a.device(), "cuda:0");
   EXPECT_EQ(a.assigned_device(), "cuda:0");
-  EXPECT_EQ(pipeline_.Device(a.id()), "cuda:0");
+  EXPECT_EQ(fake_->Device(a.id()), "cuda:0");
   SubmitRequest on_cpu = Request("ok");
   on_cpu.device = "cpu";
   v1::Job b = WaitForState(Submit(on_cpu).id(), v1::JOB_STATE_SUCCEEDED);
@@ -566,7 +579,7 @@ TEST_F(JobManagerTest, RequestIdIsIdempotent) {
   EXPECT_EQ(manager_->Submit(kTenant, other_seed).status().code(), absl::StatusCode::kAlreadyExists);
 
   EXPECT_THAT(manager_->List(kTenant, {}, 100, "")->items, SizeIs(1));
-  EXPECT_EQ(pipeline_.Runs(first.id()), 1);
+  EXPECT_EQ(fake_->Runs(first.id()), 1);
   EXPECT_EQ(observer_.submitted(), 1);
 }
 
@@ -586,10 +599,23 @@ TEST_F(JobManagerTest, ConcurrentSubmitsWithOneRequestIdMakeOneJob) {
   ASSERT_FALSE(ids[0].empty());
   WaitForState(ids[0], v1::JOB_STATE_SUCCEEDED);
   EXPECT_THAT(manager_->List(kTenant, {}, 100, "")->items, SizeIs(1));
-  EXPECT_EQ(pipeline_.Runs(ids[0]), 1);
+  EXPECT_EQ(fake_->Runs(ids[0]), 1);
 }
 
 // --- Queue bound and cancellation ------------------------------------------
+
+TEST_F(JobManagerTest, ReferencedIdsHoldWhileTheJobIsActive) {
+  StartManager();
+  // The handler names the ids; the store keeps them as rows with the job.
+  v1::Job job = Submit(Request("slow"));
+  WaitForState(job.id(), v1::JOB_STATE_RUNNING);
+  EXPECT_TRUE(*metadata_->IsReferencedByActiveJob(kTenant, "slow"));
+  EXPECT_FALSE(*metadata_->IsReferencedByActiveJob(kTenant, "ok"));
+  EXPECT_FALSE(*metadata_->IsReferencedByActiveJob("alpha", "slow"));
+  ASSERT_TRUE(manager_->Cancel(kTenant, job.id()).ok());
+  WaitForState(job.id(), v1::JOB_STATE_CANCELLED);
+  EXPECT_FALSE(*metadata_->IsReferencedByActiveJob(kTenant, "slow"));
+}
 
 TEST_F(JobManagerTest, QueueBoundAndCancel) {
   options_.max_queued = 2;
@@ -608,7 +634,7 @@ TEST_F(JobManagerTest, QueueBoundAndCancel) {
   EXPECT_EQ(c1->state(), v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(c1->error().code(), static_cast<int>(absl::StatusCode::kCancelled));
   EXPECT_EQ(StateOf(q1.id()), v1::JOB_STATE_CANCELLED);
-  EXPECT_EQ(pipeline_.Runs(q1.id()), 0);
+  EXPECT_EQ(fake_->Runs(q1.id()), 0);
   ExpectGapless(q1.id());
   EXPECT_EQ(Transitions(q1.id()),
             (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_CANCELLED}));
@@ -653,7 +679,7 @@ TEST_F(JobManagerTest, CancelRightAfterSubmitAlwaysCancels) {
   for (const std::string& id : ids) {
     v1::Job job = WaitForState(id, v1::JOB_STATE_CANCELLED);
     ExpectGapless(id);
-    EXPECT_LE(pipeline_.Runs(id), 1);
+    EXPECT_LE(fake_->Runs(id), 1);
   }
 }
 
@@ -738,8 +764,8 @@ TEST_F(JobManagerTest, StartRequeuesAJobLeftRunning) {
   StartManager();
   v1::Job job = WaitForState("job-crashed", v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(job.attempts(), 2);
-  EXPECT_EQ(pipeline_.AttemptSeen("job-crashed"), 2);
-  EXPECT_EQ(pipeline_.Runs("job-crashed"), 1);
+  EXPECT_EQ(fake_->AttemptSeen("job-crashed"), 2);
+  EXPECT_EQ(fake_->Runs("job-crashed"), 1);
   ExpectGapless("job-crashed");
   std::vector<v1::JobEvent> events = AllEvents("job-crashed");
   ASSERT_GE(events.size(), 4u);
@@ -764,7 +790,7 @@ TEST_F(JobManagerTest, StartFailsAJobOutOfAttempts) {
   v1::Job job = WaitForState("job-doomed", v1::JOB_STATE_FAILED);
   EXPECT_EQ(job.error().code(), static_cast<int>(absl::StatusCode::kAborted));
   EXPECT_EQ(job.attempts(), 3);
-  EXPECT_EQ(pipeline_.Runs("job-doomed"), 0);
+  EXPECT_EQ(fake_->Runs("job-doomed"), 0);
   ExpectGapless("job-doomed");
   bool error_logged = false;
   for (const v1::JobEvent& e : AllEvents("job-doomed")) {
@@ -781,7 +807,7 @@ TEST_F(JobManagerTest, RepeatedCrashesEndInFailure) {
   // Attempt 2 starts, then the "process dies": simulate by writing the row
   // back to RUNNING while the manager is gone.
   StartManager();
-  ASSERT_TRUE(WaitUntil([&] { return pipeline_.Runs("job-x") == 1; }));
+  ASSERT_TRUE(WaitUntil([&] { return fake_->Runs("job-x") == 1; }));
   manager_->Drain(absl::ZeroDuration());
   manager_.reset();
   v1::Job job = *metadata_->GetJobAnyTenant("job-x");
@@ -799,7 +825,7 @@ TEST_F(JobManagerTest, RepeatedCrashesEndInFailure) {
   StartManager();
   v1::Job failed = WaitForState("job-x", v1::JOB_STATE_FAILED);
   EXPECT_EQ(failed.error().code(), static_cast<int>(absl::StatusCode::kAborted));
-  EXPECT_EQ(pipeline_.Runs("job-x"), 1);
+  EXPECT_EQ(fake_->Runs("job-x"), 1);
   ExpectGapless("job-x");
 }
 
@@ -813,7 +839,7 @@ TEST_F(JobManagerTest, DrainInterruptsAndANewManagerResumes) {
   EXPECT_EQ(manager_->Submit(kTenant, Request("ok")).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(StateOf(job.id()), v1::JOB_STATE_QUEUED);
   EXPECT_EQ(StateOf(queued.id()), v1::JOB_STATE_QUEUED);
-  EXPECT_EQ(pipeline_.Runs(queued.id()), 0);
+  EXPECT_EQ(fake_->Runs(queued.id()), 0);
   bool warned = false;
   for (const v1::JobEvent& e : AllEvents(job.id())) {
     warned = warned || (e.has_log() && e.log().level() == "WARNING" &&
@@ -826,12 +852,12 @@ TEST_F(JobManagerTest, DrainInterruptsAndANewManagerResumes) {
   manager_.reset();
   metadata_.reset();
   OpenMetadata();
-  pipeline_.ReleaseSlow();
+  fake_->ReleaseSlow();
   StartManager();
   v1::Job resumed = WaitForState(job.id(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(resumed.attempts(), 2);
   EXPECT_EQ(resumed.result().summary(), "slow released");
-  EXPECT_EQ(pipeline_.Runs(job.id()), 2);
+  EXPECT_EQ(fake_->Runs(job.id()), 2);
   EXPECT_EQ(
       Transitions(job.id()),
       (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
@@ -848,12 +874,12 @@ TEST_F(JobManagerTest, DrainLetsAJobFinishWithinGrace) {
   WaitForState(job.id(), v1::JOB_STATE_RUNNING);
   std::thread release([&] {
     absl::SleepFor(absl::Milliseconds(100));
-    pipeline_.ReleaseSlow();
+    fake_->ReleaseSlow();
   });
   manager_->Drain(absl::Seconds(20));
   release.join();
   EXPECT_EQ(StateOf(job.id()), v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(pipeline_.Runs(job.id()), 1);
+  EXPECT_EQ(fake_->Runs(job.id()), 1);
 }
 
 TEST_F(JobManagerTest, DrainRightAfterSubmitDoesNotWaitForTheJob) {

@@ -283,17 +283,17 @@ TEST(ToQuantizeOptionsTest, UnusableSensitivityJobsAreRefused) {
   }
 }
 
-// Through the production pipeline's Validate, as SubmitJob calls it.
+// Through the QUANTIZE kind's Validate, as SubmitJob calls it.
 class QuantizeValidateTest : public ::testing::Test {
  protected:
   absl::Status Validate(const v1::QuantizeSpec& spec) {
     v1::JobSpec job_spec;
     *job_spec.mutable_quantize() = spec;
-    return pipeline_->Validate(job_spec, resources_);
+    return kind_->Validate(job_spec, resources_);
   }
 
   FakeResources resources_;
-  std::unique_ptr<Pipeline> pipeline_ = NewDefaultPipeline();
+  std::unique_ptr<JobKindHandler> kind_ = NewQuantizeKind();
 };
 
 TEST_F(QuantizeValidateTest, ValidSpecsAreAccepted) {

@@ -249,7 +249,7 @@ TEST_F(MetadataStoreTest, BadPageTokenIsInvalidArgument) {
 TEST_F(MetadataStoreTest, JobsInsertGetAndUniqueness) {
   v1::Job a = MakeInspectJob("job-a", 10, v1::JOB_STATE_QUEUED);
   a.set_request_id("req-1");
-  ASSERT_TRUE(store_->InsertJob(kTenant, a).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, a, {}).ok());
   auto got = store_->GetJob(kTenant, "job-a");
   ASSERT_TRUE(got.ok());
   EXPECT_TRUE(MessageDifferencer::Equals(*got, a));
@@ -259,16 +259,16 @@ TEST_F(MetadataStoreTest, JobsInsertGetAndUniqueness) {
   EXPECT_EQ(store_->GetJobByRequestId(kTenant, "req-2").status().code(), absl::StatusCode::kNotFound);
 
   // Duplicate id, duplicate request id.
-  EXPECT_EQ(store_->InsertJob(kTenant, MakeInspectJob("job-a", 11, v1::JOB_STATE_QUEUED)).code(),
+  EXPECT_EQ(store_->InsertJob(kTenant, MakeInspectJob("job-a", 11, v1::JOB_STATE_QUEUED), {}).code(),
             absl::StatusCode::kAlreadyExists);
   v1::Job b = MakeInspectJob("job-b", 11, v1::JOB_STATE_QUEUED);
   b.set_request_id("req-1");
-  EXPECT_EQ(store_->InsertJob(kTenant, b).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(store_->InsertJob(kTenant, b, {}).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(store_->GetJob(kTenant, "job-b").status().code(), absl::StatusCode::kNotFound);
   // Jobs without a request id do not collide with each other.
   b.clear_request_id();
-  EXPECT_TRUE(store_->InsertJob(kTenant, b).ok());
-  EXPECT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("job-c", 12, v1::JOB_STATE_QUEUED)).ok());
+  EXPECT_TRUE(store_->InsertJob(kTenant, b, {}).ok());
+  EXPECT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("job-c", 12, v1::JOB_STATE_QUEUED), {}).ok());
   EXPECT_EQ(store_->GetJobByRequestId(kTenant, "").status().code(), absl::StatusCode::kNotFound);
 
   // Update.
@@ -291,7 +291,7 @@ TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
       j.set_kind(v1::JOB_KIND_ANALYZE);
       j.mutable_spec()->mutable_analyze()->set_model_id("model-a");
     }
-    ASSERT_TRUE(store_->InsertJob(kTenant, j).ok());
+    ASSERT_TRUE(store_->InsertJob(kTenant, j, {}).ok());
     int64_t ns = (100 + i / 4) * 1000000000LL;
     all_rows.emplace_back(ns, id);
     if (state == v1::JOB_STATE_QUEUED) queued_rows.emplace_back(ns, id);
@@ -323,10 +323,10 @@ TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
 }
 
 TEST_F(MetadataStoreTest, JobsInStateOldestFirst) {
-  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j3", 30, v1::JOB_STATE_RUNNING)).ok());
-  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j1", 10, v1::JOB_STATE_RUNNING)).ok());
-  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j2", 20, v1::JOB_STATE_QUEUED)).ok());
-  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j0", 5, v1::JOB_STATE_FAILED)).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j3", 30, v1::JOB_STATE_RUNNING), {}).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j1", 10, v1::JOB_STATE_RUNNING), {}).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j2", 20, v1::JOB_STATE_QUEUED), {}).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j0", 5, v1::JOB_STATE_FAILED), {}).ok());
   auto running = store_->JobsInState(v1::JOB_STATE_RUNNING);
   ASSERT_TRUE(running.ok());
   std::vector<std::string> ids;
@@ -336,24 +336,20 @@ TEST_F(MetadataStoreTest, JobsInStateOldestFirst) {
 }
 
 TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
+  // The store keeps the ids it is given; it does not read specs.
+  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED),
+                                {"model-a", "data-b"})
+                  .ok());
+  v1::Job analyze = MakeInspectJob("j2", 2, v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(store_->InsertJob(kTenant, analyze, {"model-c", "data-d"}).ok());
   ASSERT_TRUE(
-      store_->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED, "model-a", "data-b")).ok());
-  v1::Job analyze;
-  analyze.set_id("j2");
-  analyze.set_kind(v1::JOB_KIND_ANALYZE);
-  analyze.set_state(v1::JOB_STATE_RUNNING);
-  analyze.mutable_spec()->mutable_analyze()->set_model_id("model-c");
-  analyze.mutable_spec()->mutable_analyze()->mutable_data()->set_dataset_id("data-d");
-  ASSERT_TRUE(store_->InsertJob(kTenant, analyze).ok());
-  v1::Job compress_job;
-  compress_job.set_id("j3");
-  compress_job.set_kind(v1::JOB_KIND_COMPRESS);
-  compress_job.set_state(v1::JOB_STATE_QUEUED);
-  compress_job.mutable_spec()->mutable_compress()->mutable_prune()->set_model_id("model-e");
-  compress_job.mutable_spec()->mutable_compress()->mutable_quantize()->set_eval_dataset_id(
-      "data-f");
-  ASSERT_TRUE(store_->InsertJob(kTenant, compress_job).ok());
-  ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j4", 1, v1::JOB_STATE_SUCCEEDED, "model-z")).ok());
+      store_->InsertJob(kTenant, MakeInspectJob("j3", 3, v1::JOB_STATE_QUEUED), {"model-e", "data-f"})
+          .ok());
+  ASSERT_TRUE(
+      store_->InsertJob(kTenant, MakeInspectJob("j4", 1, v1::JOB_STATE_SUCCEEDED), {"model-z"}).ok());
+  // Another tenant's active job does not hold this tenant's ids.
+  ASSERT_TRUE(
+      store_->InsertJob("alpha", MakeInspectJob("j5", 1, v1::JOB_STATE_QUEUED), {"model-y"}).ok());
 
   for (const char* id : {"model-a", "data-b", "model-c", "data-d", "model-e", "data-f"}) {
     auto r = store_->IsReferencedByActiveJob(kTenant, id);
@@ -361,7 +357,7 @@ TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
     EXPECT_TRUE(*r) << id;
   }
   // Finished jobs and partial ids do not count.
-  for (const char* id : {"model-z", "model", "a", "odel-a", "model-a-2", "j1"}) {
+  for (const char* id : {"model-z", "model", "a", "odel-a", "model-a-2", "j1", "model-y"}) {
     auto r = store_->IsReferencedByActiveJob(kTenant, id);
     ASSERT_TRUE(r.ok());
     EXPECT_FALSE(*r) << "'" << id << "'";
@@ -376,7 +372,7 @@ TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
 
 TEST_F(MetadataStoreTest, AppendEventRequiresNextSequence) {
   v1::Job job = MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED);
-  ASSERT_TRUE(store_->InsertJob(kTenant, job).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, job, {}).ok());
   EXPECT_EQ(store_->AppendEvent(LogEvent("j", 0, "zero")).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(store_->AppendEvent(LogEvent("j", 2, "gap")).code(), absl::StatusCode::kAlreadyExists);
   for (int seq = 1; seq <= 5; ++seq) {
@@ -405,7 +401,7 @@ TEST_F(MetadataStoreTest, AppendEventRequiresNextSequence) {
 
 TEST_F(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
   v1::Job job = MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED);
-  ASSERT_TRUE(store_->InsertJob(kTenant, job).ok());
+  ASSERT_TRUE(store_->InsertJob(kTenant, job, {}).ok());
   job.set_state(v1::JOB_STATE_RUNNING);
   job.set_last_sequence(1);
   v1::JobEvent e;
@@ -439,7 +435,7 @@ TEST_F(MetadataStoreTest, ConcurrentAppendsStayGapless) {
   constexpr int kEvents = 50;
   for (int t = 0; t < kThreads; ++t) {
     ASSERT_TRUE(
-        store_->InsertJob(kTenant, MakeInspectJob(absl::StrCat("j", t), t, v1::JOB_STATE_QUEUED)).ok());
+        store_->InsertJob(kTenant, MakeInspectJob(absl::StrCat("j", t), t, v1::JOB_STATE_QUEUED), {}).ok());
   }
   std::vector<std::thread> threads;
   std::vector<int> failures(kThreads, 0);
@@ -553,7 +549,7 @@ TEST_F(MetadataStoreTest, TenantsSeeOnlyTheirOwnRows) {
   EXPECT_EQ(store_->DeleteDataset("beta", "builtin:x").code(), absl::StatusCode::kNotFound);
 
   ASSERT_TRUE(
-      store_->InsertJob("alpha", MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED, "m")).ok());
+      store_->InsertJob("alpha", MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED, "m"), {"m"}).ok());
   // Another tenant's job answers exactly like a missing one.
   EXPECT_EQ(store_->GetJob("beta", "j").status(), absl::NotFoundError("job j not found"));
   EXPECT_EQ(store_->GetJob("beta", "nope").status(), absl::NotFoundError("job nope not found"));
@@ -570,7 +566,7 @@ TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
     auto store = MetadataStore::Create(path_);
     ASSERT_TRUE(store.ok()) << store.status();
     ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
-    ASSERT_TRUE((*store)->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED)).ok());
+    ASSERT_TRUE((*store)->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED), {}).ok());
     ASSERT_TRUE((*store)->AppendEvent(LogEvent("j1", 1, "hello")).ok());
     EXPECT_EQ(RawQuery("PRAGMA journal_mode"), "wal;");
   }
@@ -590,7 +586,7 @@ TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
 
 TEST_F(MetadataStoreFileTest, RefusesNewerSchema) {
   { ASSERT_TRUE(MetadataStore::Create(path_).ok()); }
-  EXPECT_EQ(RawQuery("PRAGMA user_version"), "2;");
+  EXPECT_EQ(RawQuery("PRAGMA user_version"), "3;");
   RawQuery("PRAGMA user_version = 99");
   auto store = MetadataStore::Create(path_);
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
@@ -628,12 +624,12 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
       "INSERT INTO datasets VALUES ('d1', 6, ", SqlBlob(MakeDataset("d1", 6)), ");",
       "INSERT INTO datasets VALUES ('builtin:fashion-mnist/test', 1, ", SqlBlob(builtin), ");",
       "INSERT INTO jobs VALUES ('j1', 'r1', ", static_cast<int>(v1::JOB_STATE_QUEUED), ", ",
-      static_cast<int>(v1::JOB_KIND_INSPECT), ", 10, NULL, ' m1 ', ", SqlBlob(job), ");",
+      static_cast<int>(v1::JOB_KIND_INSPECT), ", 10, NULL, ' m1 d1 ', ", SqlBlob(job), ");",
       "INSERT INTO events VALUES ('j1', 1, ", SqlBlob(LogEvent("j1", 1, "old")), ");"));
 
   auto store = MetadataStore::Create(path_);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ(RawQuery("PRAGMA user_version"), "2;");
+  EXPECT_EQ(RawQuery("PRAGMA user_version"), "3;");
   MetadataStore& s = **store;
   // Everything belongs to the single-tenant "default" tenant...
   EXPECT_EQ(s.GetModel(kDefaultTenant, "m1")->name(), "m");
@@ -643,7 +639,11 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
   EXPECT_EQ(*s.JobTenant("j1"), kDefaultTenant);
   EXPECT_THAT(*s.ListEvents("j1", 0, 10), SizeIs(1));
   EXPECT_THAT(*s.JobsInState(v1::JOB_STATE_QUEUED), SizeIs(1));
+  // The space-separated ids of old rows became job_refs rows.
   EXPECT_TRUE(*s.IsReferencedByActiveJob(kDefaultTenant, "m1"));
+  EXPECT_TRUE(*s.IsReferencedByActiveJob(kDefaultTenant, "d1"));
+  EXPECT_FALSE(*s.IsReferencedByActiveJob(kDefaultTenant, "m"));
+  EXPECT_EQ(RawQuery("SELECT ref_id FROM job_refs ORDER BY ref_id"), "d1;m1;");
   // ... except the builtin datasets, which every tenant sees.
   EXPECT_TRUE(s.GetDataset("alpha", "builtin:fashion-mnist/test").ok());
   EXPECT_EQ(s.GetModel("alpha", "m1").status().code(), absl::StatusCode::kNotFound);
@@ -652,9 +652,9 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
   // Request ids are now unique per tenant.
   v1::Job other = MakeInspectJob("j2", 11, v1::JOB_STATE_QUEUED);
   other.set_request_id("r1");
-  EXPECT_TRUE(s.InsertJob("alpha", other).ok());
+  EXPECT_TRUE(s.InsertJob("alpha", other, {}).ok());
   other.set_id("j3");
-  EXPECT_EQ(s.InsertJob("alpha", other).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(s.InsertJob("alpha", other, {}).code(), absl::StatusCode::kAlreadyExists);
 }
 
 TEST_F(MetadataStoreFileTest, CorruptRowIsDataLoss) {

@@ -40,6 +40,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/common/defaults.h"
 #include "server/engine/common/progress.h"
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/data/loss_kind.h"
@@ -72,9 +73,9 @@ struct AnalyzeOptions {
   // Where builtin datasets' IDX files are; default the Debian package's.
   std::string idx_dir = kFashionMnistDir;
   // Calibration examples, the first ones of the dataset; 0 = all. Default 256.
-  int64_t num_samples = 256;
+  int64_t num_samples = defaults::kCalibrationSamples;
   // Examples per forward pass; default 64.
-  int64_t batch_size = 64;
+  int64_t batch_size = defaults::kCalibrationBatch;
   // Default kAuto: cross-entropy with labels, else pseudo-labels; MSE for
   // floating targets.
   LossKind loss = LossKind::kAuto;

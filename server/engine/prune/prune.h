@@ -54,6 +54,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/common/defaults.h"
 #include "server/engine/common/progress.h"
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/data/loss_kind.h"
@@ -78,8 +79,8 @@ struct PruneOptions {
   // `batch_size` (default 64); saliency uses the first `saliency_samples`
   // of them (default 512), recovery all of them.
   std::string calibration_dataset;
-  int64_t num_samples = 256;
-  int64_t batch_size = 64;
+  int64_t num_samples = defaults::kCalibrationSamples;
+  int64_t batch_size = defaults::kCalibrationBatch;
   int64_t saliency_samples = 512;
   // Evaluation data; "" = no accuracy. After each round the first
   // `step_eval_samples` (default 1000) are evaluated; before and after the
@@ -101,8 +102,8 @@ struct PruneOptions {
   int steps = 4;
 
   // Recovery per round; 0 steps = none.
-  int recovery_steps = 100;
-  double learning_rate = 1e-4;
+  int recovery_steps = defaults::kRecoverySteps;
+  double learning_rate = defaults::kRecoveryLearningRate;
   double temperature = 1;
   std::string optimizer = "adam";  // "adam" or "sgd" (momentum 0.9)
 

@@ -16,13 +16,14 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/common/defaults.h"
 #include "server/engine/common/progress.h"
 
 namespace compress::engine {
 
 struct RecoveryOptions {
-  int steps = 100;
-  double learning_rate = 1e-4;
+  int steps = defaults::kRecoverySteps;
+  double learning_rate = defaults::kRecoveryLearningRate;
   double temperature = 1;
   std::string optimizer = "adam";  // "adam" or "sgd" (momentum 0.9)
   int64_t batch_size = 64;

@@ -60,6 +60,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/common/defaults.h"
 #include "server/engine/common/progress.h"
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/data/loss_kind.h"
@@ -126,8 +127,8 @@ struct QuantizeOptions {
   // `num_samples` examples (0 = all; default 256) in batches of
   // `batch_size` (default 64).
   std::string calibration_dataset;
-  int64_t num_samples = 256;
-  int64_t batch_size = 64;
+  int64_t num_samples = defaults::kCalibrationSamples;
+  int64_t batch_size = defaults::kCalibrationBatch;
   // Evaluation data for accuracy (top-1 over all examples, or the first
   // `eval_samples` when > 0); "" = no accuracy is measured (kBisection
   // needs it).
@@ -160,7 +161,7 @@ struct QuantizeOptions {
   // (default 128).
   bool symmetric = true;
   std::string granularity = "per_channel";
-  int64_t group_size = 128;
+  int64_t group_size = defaults::kGroupSize;
   // Rounding: false = round to nearest (default), true = GPTQ.
   bool gptq = false;
   // GPTQ: damping as a fraction of mean diag(H) (default 0.01), columns per
@@ -175,7 +176,8 @@ struct QuantizeOptions {
   QuantTolerance tolerance;
   // Candidate widths per layer, each 2..8; float is always a candidate.
   // Default {2, 3, 4, 8}.
-  std::vector<int> candidate_bits = {2, 3, 4, 8};
+  std::vector<int> candidate_bits = {defaults::kCandidateBits.begin(),
+                                     defaults::kCandidateBits.end()};
   // Layer -> bits (2..8 or kFloatBits). Unset (nullopt): the first and the
   // last quantizable layer at 8 bits, dropped with a warning when they alone
   // exceed the budget. An empty map pins nothing.

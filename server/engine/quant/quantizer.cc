@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/engine/common/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -60,13 +61,13 @@ absl::StatusOr<QuantGranularity> ParseGranularity(const std::string& name) {
 }
 
 absl::Status ValidateSpec(const QuantizerSpec& spec) {
-  if (spec.bits < 2 || spec.bits > 8) {
-    return absl::InvalidArgumentError(absl::StrCat("bits ", spec.bits, " not in 2..8"));
+  if (!defaults::IsQuantizedBits(spec.bits)) {
+    return absl::InvalidArgumentError(absl::StrCat("bits ", spec.bits, " not in ",
+                                                   defaults::kMinBits, "..", defaults::kMaxBits));
   }
-  if (spec.granularity == QuantGranularity::kGroup && spec.group_size != 32 &&
-      spec.group_size != 64 && spec.group_size != 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("group_size ", spec.group_size, " is not 32, 64 or 128"));
+  if (spec.granularity == QuantGranularity::kGroup && !defaults::IsGroupSize(spec.group_size)) {
+    return absl::InvalidArgumentError(absl::StrCat("group_size ", spec.group_size, " is not ",
+                                                   defaults::GroupSizesText()));
   }
   return absl::OkStatus();
 }

@@ -48,6 +48,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/engine/common/defaults.h"
 
 namespace compress::engine {
 
@@ -66,7 +67,7 @@ struct QuantizerSpec {
   QuantGranularity granularity = QuantGranularity::kPerChannel;
   // Columns per group for kGroup: 32, 64 or 128 (default 128); ignored
   // otherwise.
-  int64_t group_size = 128;
+  int64_t group_size = defaults::kGroupSize;
   // Axis whose entries are the rows (channels); default 0, the output
   // channel of Linear/Conv weights. Negative counts from the end.
   int64_t channel_axis = 0;

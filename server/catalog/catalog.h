@@ -1,4 +1,6 @@
 // Catalog: models and datasets — upload, validation, lookup, deletion.
+// Sits above the store (bytes and rows) and uses the engine to validate
+// uploads; the store itself never links LibTorch.
 //
 // Composes the BlobStore (bytes) and MetadataStore (rows) and validates
 // uploads with the engine (a model must load as TorchScript, a dataset must
@@ -12,8 +14,8 @@
 //   ASSIGN_OR_RETURN(auto up, catalog->BeginUpload(tenant, ResourceKind::kModel, header));
 //   for (chunk : chunks) RETURN_IF_ERROR(up->Append(chunk));
 //   ASSIGN_OR_RETURN(v1::Model m, catalog->FinishModelUpload(std::move(up)));
-#ifndef COMPRESS_STORE_CATALOG_H_
-#define COMPRESS_STORE_CATALOG_H_
+#ifndef COMPRESS_CATALOG_CATALOG_H_
+#define COMPRESS_CATALOG_CATALOG_H_
 
 #include <cstdint>
 #include <memory>
@@ -21,10 +23,11 @@
 
 #include "absl/status/statusor.h"
 #include "compress/v1/compress.pb.h"
+#include "server/engine/common/defaults.h"
 #include "server/store/blob_store.h"
 #include "server/store/metadata_store.h"
 
-namespace compress::store {
+namespace compress::catalog {
 
 enum class ResourceKind { kModel, kDataset };
 
@@ -32,7 +35,7 @@ struct CatalogOptions {
   int64_t max_model_bytes = int64_t{2} << 30;    // default 2 GiB
   int64_t max_dataset_bytes = int64_t{4} << 30;  // default 4 GiB
   // Directory of the Fashion-MNIST IDX files; empty = no builtin datasets.
-  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+  std::string fashion_mnist_dir = engine::defaults::kFashionMnistDir;
 };
 
 class Catalog {
@@ -48,19 +51,19 @@ class Catalog {
    private:
     friend class Catalog;
     Upload(std::string tenant, ResourceKind kind, compress::v1::UploadHeader header,
-           std::unique_ptr<BlobStore::Writer> writer)
+           std::unique_ptr<store::BlobStore::Writer> writer)
         : tenant_(std::move(tenant)), kind_(kind), header_(std::move(header)),
           writer_(std::move(writer)) {}
     std::string tenant_;  // the uploader, who will own the resource
     ResourceKind kind_;
     compress::v1::UploadHeader header_;
-    std::unique_ptr<BlobStore::Writer> writer_;
+    std::unique_ptr<store::BlobStore::Writer> writer_;
   };
 
   // Registers the builtin datasets found under options.fashion_mnist_dir.
   static absl::StatusOr<std::unique_ptr<Catalog>> Create(const CatalogOptions& options,
-                                                         BlobStore* blobs,
-                                                         MetadataStore* metadata);
+                                                         store::BlobStore* blobs,
+                                                         store::MetadataStore* metadata);
   Catalog(const Catalog&) = delete;
   Catalog& operator=(const Catalog&) = delete;
 
@@ -75,7 +78,7 @@ class Catalog {
   absl::StatusOr<compress::v1::Dataset> FinishDatasetUpload(std::unique_ptr<Upload> upload);
 
   absl::StatusOr<compress::v1::Model> GetModel(const std::string& tenant, const std::string& id);
-  absl::StatusOr<Page<compress::v1::Model>> ListModels(const std::string& tenant, int page_size,
+  absl::StatusOr<store::Page<compress::v1::Model>> ListModels(const std::string& tenant, int page_size,
                                                        const std::string& token);
   // FAILED_PRECONDITION while a queued or running job of the tenant uses it.
   // The bytes go when no tenant has the model any more.
@@ -83,7 +86,7 @@ class Catalog {
 
   absl::StatusOr<compress::v1::Dataset> GetDataset(const std::string& tenant,
                                                    const std::string& id);
-  absl::StatusOr<Page<compress::v1::Dataset>> ListDatasets(const std::string& tenant,
+  absl::StatusOr<store::Page<compress::v1::Dataset>> ListDatasets(const std::string& tenant,
                                                            int page_size,
                                                            const std::string& token);
   absl::Status DeleteDataset(const std::string& tenant, const std::string& id);
@@ -95,7 +98,7 @@ class Catalog {
   const std::string& fashion_mnist_dir() const { return options_.fashion_mnist_dir; }
 
  private:
-  Catalog(const CatalogOptions& options, BlobStore* blobs, MetadataStore* metadata)
+  Catalog(const CatalogOptions& options, store::BlobStore* blobs, store::MetadataStore* metadata)
       : options_(options), blobs_(blobs), metadata_(metadata) {}
   absl::Status RegisterBuiltins();
   // Verifies size + digest and commits the bytes; returns the digest.
@@ -104,10 +107,10 @@ class Catalog {
   void DropBlobIfUnreferenced(const std::string& sha256);
 
   const CatalogOptions options_;
-  BlobStore* const blobs_;
-  MetadataStore* const metadata_;
+  store::BlobStore* const blobs_;
+  store::MetadataStore* const metadata_;
 };
 
-}  // namespace compress::store
+}  // namespace compress::catalog
 
-#endif  // COMPRESS_STORE_CATALOG_H_
+#endif  // COMPRESS_CATALOG_CATALOG_H_

@@ -1,4 +1,4 @@
-#include "server/store/catalog.h"
+#include "server/catalog/catalog.h"
 
 #include <filesystem>
 
@@ -9,8 +9,12 @@
 #include "server/engine/model/model_info.h"
 #include "server/util/status_macros.h"
 
-namespace compress::store {
+namespace compress::catalog {
 namespace v1 = compress::v1;
+using store::BlobStore;
+using store::MetadataStore;
+using store::Page;
+using store::kPublicTenant;
 
 namespace {
 
@@ -221,4 +225,4 @@ std::string Catalog::DatasetPath(const std::string& id) const {
   return blobs_->PathFor(id);
 }
 
-}  // namespace compress::store
+}  // namespace compress::catalog

@@ -1,4 +1,4 @@
-#include "server/store/catalog.h"
+#include "server/catalog/catalog.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -16,8 +16,12 @@
 #include "server/util/sha256.h"
 #include "tests/test_util.h"
 
-namespace compress::store {
+namespace compress::catalog {
 namespace {
+
+using store::BlobStore;
+using store::kDefaultTenant;
+using store::MetadataStore;
 
 namespace v1 = compress::v1;
 using ::compress::testutil::FilesUnder;
@@ -110,7 +114,8 @@ class CatalogTest : public ::testing::Test {
     EXPECT_THAT(BlobFiles(), IsEmpty());
     EXPECT_THAT(TmpFiles(), IsEmpty());
   }
-  // Puts a job referencing `id` into the store directly.
+  // Puts a job referencing the ids into the store directly (as JobManager
+  // does with the ids its kind handler lists).
   v1::Job InsertJobUsing(const std::string& job_id, const std::string& model_id,
                          const std::string& dataset_id, v1::JobState state) {
     v1::Job job;
@@ -119,7 +124,11 @@ class CatalogTest : public ::testing::Test {
     job.set_state(state);
     job.mutable_spec()->mutable_inspect()->set_model_id(model_id);
     job.mutable_spec()->mutable_inspect()->set_dataset_id(dataset_id);
-    EXPECT_TRUE(metadata_->InsertJob(kTenant, job).ok());
+    std::vector<std::string> ids;
+    for (const std::string& id : {model_id, dataset_id}) {
+      if (!id.empty()) ids.push_back(id);
+    }
+    EXPECT_TRUE(metadata_->InsertJob(kTenant, job, ids).ok());
     return job;
   }
 
@@ -497,4 +506,4 @@ TEST_F(CatalogTest, NoBuiltinsWithoutDirectory) {
 }
 
 }  // namespace
-}  // namespace compress::store
+}  // namespace compress::catalog
