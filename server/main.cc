@@ -1,8 +1,12 @@
 // compressd: the compression service. Every flag can also be set through the
 // environment as COMPRESSD_<FLAG IN UPPER CASE> (the command line wins).
+#include <unistd.h>
+
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <thread>
 
@@ -16,6 +20,7 @@
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
 #include "server/service/server.h"
+#include "server/worker/child_main.h"
 
 namespace {
 const compress::service::ServerOptions kDefaults;
@@ -57,6 +62,19 @@ ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
 ABSL_FLAG(std::string, fashion_mnist_dir, kDefaults.fashion_mnist_dir,
           "IDX files for the builtin:fashion-mnist datasets");
 ABSL_FLAG(bool, reflection, kDefaults.reflection, "enable gRPC server reflection");
+ABSL_FLAG(std::string, role, "all",
+          "all: the API, the queue and the worker processes in one node (SQLite + local "
+          "files); child: run one task from stdin (started by the server, not by hand)");
+ABSL_FLAG(int64_t, worker_memory_limit, -1,
+          "address-space limit of each process that runs model work, bytes; -1 = 80% of the "
+          "machine's memory split between --cpu_workers, 0 = none");
+ABSL_FLAG(absl::Duration, worker_cpu_limit, absl::InfiniteDuration(),
+          "CPU time limit of each process that runs model work (e.g. 2h); inf = none");
+ABSL_FLAG(absl::Duration, worker_grace, kDefaults.worker_grace,
+          "after SIGTERM (cancel, deadline, shutdown), how long a worker process may take "
+          "before SIGKILL");
+ABSL_FLAG(absl::Duration, validate_deadline, kDefaults.validate_deadline,
+          "how long loading an uploaded model to validate it may take");
 
 namespace {
 
@@ -73,6 +91,19 @@ void ApplyEnvironment() {
       std::exit(2);
     }
   }
+}
+
+// The running binary, which the server starts again as --role=child.
+std::string SelfExecutable() {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string() : self.string();
+}
+
+// 80% of physical memory split between the CPU job slots.
+int64_t DefaultWorkerMemory(int cpu_workers) {
+  const int64_t physical = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  return physical / 5 * 4 / std::max(1, cpu_workers);
 }
 
 }  // namespace
@@ -93,6 +124,15 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage_config);
   ApplyEnvironment();
   absl::ParseCommandLine(argc, argv);
+  const std::string role = absl::GetFlag(FLAGS_role);
+  if (role == "child") return compress::worker::RunChildMain();
+  if (role != "all") {
+    fprintf(stderr,
+            "compressd: --role=%s: only --role=all (and the internal child) exist in this "
+            "build; api and worker roles need the PostgreSQL queue\n",
+            role.c_str());
+    return 2;
+  }
 
   // Block SIGTERM/SIGINT in every thread; one thread waits for them.
   sigset_t signals;
@@ -120,6 +160,16 @@ int main(int argc, char** argv) {
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.fashion_mnist_dir = absl::GetFlag(FLAGS_fashion_mnist_dir);
   options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.worker_executable = SelfExecutable();
+  if (options.worker_executable.empty()) {
+    fprintf(stderr, "compressd: cannot find its own executable in /proc/self/exe\n");
+    return 1;
+  }
+  const int64_t memory = absl::GetFlag(FLAGS_worker_memory_limit);
+  options.worker_memory_bytes = memory < 0 ? DefaultWorkerMemory(options.cpu_workers) : memory;
+  options.worker_cpu_time = absl::GetFlag(FLAGS_worker_cpu_limit);
+  options.worker_grace = absl::GetFlag(FLAGS_worker_grace);
+  options.validate_deadline = absl::GetFlag(FLAGS_validate_deadline);
 
   const std::string blas = compress::engine::VerifyBlasChoice(argv);
   if (!blas.empty()) fprintf(stderr, "compressd: %s\n", blas.c_str());
@@ -138,6 +188,11 @@ int main(int argc, char** argv) {
                                         : std::to_string((*server)->health_port()).c_str());
   fprintf(stderr, "compressd: %d CPU job slot(s) x %d LibTorch thread(s); %d core(s) available\n",
           options.cpu_workers, (*server)->intra_op_threads(), compress::engine::AvailableCores());
+  fprintf(stderr, "compressd: model work in child processes (%s), memory limit %s each\n",
+          options.worker_executable.c_str(),
+          options.worker_memory_bytes > 0
+              ? absl::StrCat(options.worker_memory_bytes >> 20, " MiB").c_str()
+              : "none");
   if (!options.token_file.empty() && options.tls_cert.empty()) {
     fprintf(stderr, "compressd: WARNING: bearer tokens without TLS travel in cleartext\n");
   }

@@ -5,8 +5,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/engine/data/dataset_info.h"
-#include "server/engine/model/model_info.h"
 #include "server/util/status_macros.h"
 
 namespace compress::catalog {
@@ -18,6 +16,8 @@ using store::kPublicTenant;
 
 namespace {
 
+bool IsBuiltinDataset(const std::string& id) { return absl::StartsWith(id, "builtin:"); }
+
 google::protobuf::Timestamp Now() {
   absl::Time now = absl::Now();
   google::protobuf::Timestamp t;
@@ -26,32 +26,13 @@ google::protobuf::Timestamp Now() {
   return t;
 }
 
-void FillDataset(const engine::DatasetSummary& s, v1::Dataset* d) {
-  switch (s.format) {
-    case engine::DatasetFileFormat::kSafetensors:
-      d->set_format(v1::DATASET_FORMAT_SAFETENSORS);
-      break;
-    case engine::DatasetFileFormat::kTorchSave:
-      d->set_format(v1::DATASET_FORMAT_TORCH_SAVE);
-      break;
-    case engine::DatasetFileFormat::kIdx:
-      d->set_format(v1::DATASET_FORMAT_IDX);
-      break;
-  }
-  d->set_num_examples(s.num_examples);
-  for (int64_t v : s.input_shape) d->add_input_shape(v);
-  d->set_input_dtype(s.input_dtype);
-  d->set_has_targets(s.has_targets);
-  for (int64_t v : s.target_shape) d->add_target_shape(v);
-  d->set_target_dtype(s.target_dtype);
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Catalog>> Catalog::Create(const CatalogOptions& options,
-                                                         BlobStore* blobs,
-                                                         MetadataStore* metadata) {
-  std::unique_ptr<Catalog> catalog(new Catalog(options, blobs, metadata));
+                                                         BlobStore* blobs, MetadataStore* metadata,
+                                                         ContentDescriber* describer) {
+  if (describer == nullptr) return absl::InvalidArgumentError("catalog: a describer is required");
+  std::unique_ptr<Catalog> catalog(new Catalog(options, blobs, metadata, describer));
   RETURN_IF_ERROR(catalog->RegisterBuiltins());
   return catalog;
 }
@@ -64,14 +45,12 @@ absl::Status Catalog::RegisterBuiltins() {
   for (const char* split : {"train", "test"}) {
     std::string id = absl::StrCat("builtin:fashion-mnist/", split);
     if (metadata_->GetDataset(kPublicTenant, id).ok()) continue;
-    ASSIGN_OR_RETURN(engine::DatasetSummary summary,
-                     engine::DescribeBuiltinDataset(id, options_.fashion_mnist_dir));
-    v1::Dataset d;
+    ASSIGN_OR_RETURN(v1::Dataset d,
+                     describer_->DescribeBuiltinDataset(id, options_.fashion_mnist_dir));
     d.set_id(id);
     d.set_name(absl::StrCat("Fashion-MNIST ", split));
     d.set_builtin(true);
     *d.mutable_create_time() = Now();
-    FillDataset(summary, &d);
     RETURN_IF_ERROR(metadata_->PutDataset(kPublicTenant, d).status());
   }
   return absl::OkStatus();
@@ -125,32 +104,21 @@ absl::StatusOr<v1::Model> Catalog::FinishModelUpload(std::unique_ptr<Upload> upl
   ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
   const std::string& tenant = upload->tenant_;
   if (auto existing = metadata_->GetModel(tenant, sha); existing.ok()) return existing;
-  auto summary = engine::DescribeModelFile(blobs_->PathFor(sha));
-  if (!summary.ok()) {
+  absl::StatusOr<v1::Model> described = describer_->DescribeModel(blobs_->PathFor(sha));
+  if (!described.ok()) {
     DropBlobIfUnreferenced(sha);
-    return absl::InvalidArgumentError(
-        absl::StrCat("model bytes: not a loadable TorchScript model: ", summary.status().message()));
+    // The describer's INVALID_ARGUMENT says what is wrong with the bytes;
+    // anything else (no worker could start, say) is not the uploader's fault.
+    if (!absl::IsInvalidArgument(described.status())) return described.status();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model bytes: not a loadable TorchScript model: ", described.status().message()));
   }
-  v1::Model m;
+  v1::Model m = *std::move(described);
   m.set_id(sha);
   m.set_name(upload->header_.name());
   m.set_size_bytes(upload->header_.size_bytes());
   m.set_format(v1::MODEL_FORMAT_TORCHSCRIPT);
   *m.mutable_create_time() = Now();
-  m.set_num_parameters(summary->num_parameters);
-  for (const engine::LayerInfo& layer : summary->layers) {
-    v1::Layer* l = m.add_layers();
-    l->set_name(layer.name);
-    l->set_kind(layer.kind);
-    l->set_numel(layer.numel);
-    for (const engine::ParameterInfo& p : layer.parameters) {
-      v1::ParameterInfo* pi = l->add_parameters();
-      pi->set_name(p.name);
-      for (int64_t d : p.shape) pi->add_shape(d);
-      pi->set_numel(p.numel);
-      pi->set_dtype(p.dtype);
-    }
-  }
   return metadata_->PutModel(tenant, m);
 }
 
@@ -159,18 +127,18 @@ absl::StatusOr<v1::Dataset> Catalog::FinishDatasetUpload(std::unique_ptr<Upload>
   ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
   const std::string& tenant = upload->tenant_;
   if (auto existing = metadata_->GetDataset(tenant, sha); existing.ok()) return existing;
-  auto summary = engine::DescribeDatasetFile(blobs_->PathFor(sha));
-  if (!summary.ok()) {
+  absl::StatusOr<v1::Dataset> described = describer_->DescribeDataset(blobs_->PathFor(sha));
+  if (!described.ok()) {
     DropBlobIfUnreferenced(sha);
+    if (!absl::IsInvalidArgument(described.status())) return described.status();
     return absl::InvalidArgumentError(
-        absl::StrCat("dataset bytes: ", summary.status().message()));
+        absl::StrCat("dataset bytes: ", described.status().message()));
   }
-  v1::Dataset d;
+  v1::Dataset d = *std::move(described);
   d.set_id(sha);
   d.set_name(upload->header_.name());
   d.set_size_bytes(upload->header_.size_bytes());
   *d.mutable_create_time() = Now();
-  FillDataset(*summary, &d);
   return metadata_->PutDataset(tenant, d);
 }
 
@@ -206,7 +174,7 @@ absl::StatusOr<Page<v1::Dataset>> Catalog::ListDatasets(const std::string& tenan
 }
 
 absl::Status Catalog::DeleteDataset(const std::string& tenant, const std::string& id) {
-  if (engine::IsBuiltinDataset(id)) {
+  if (IsBuiltinDataset(id)) {
     return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is builtin"));
   }
   RETURN_IF_ERROR(metadata_->GetDataset(tenant, id).status());
@@ -221,7 +189,7 @@ absl::Status Catalog::DeleteDataset(const std::string& tenant, const std::string
 }
 
 std::string Catalog::DatasetPath(const std::string& id) const {
-  if (engine::IsBuiltinDataset(id)) return id;
+  if (IsBuiltinDataset(id)) return id;
   return blobs_->PathFor(id);
 }
 

@@ -31,6 +31,24 @@ namespace compress::catalog {
 
 enum class ResourceKind { kModel, kDataset };
 
+// Reads what an uploaded file holds. Loading a model runs its code, so the
+// server's describer runs in a child process (server/worker/); tests may use
+// the in-process EngineDescriber (engine_describer.h). INVALID_ARGUMENT means
+// the bytes are bad; other codes are the server's trouble.
+class ContentDescriber {
+ public:
+  virtual ~ContentDescriber() = default;
+  // A Model with num_parameters and layers filled (id, name, size, times are
+  // the catalog's).
+  virtual absl::StatusOr<compress::v1::Model> DescribeModel(const std::string& path) = 0;
+  // A Dataset with format, examples, shapes and dtypes filled.
+  virtual absl::StatusOr<compress::v1::Dataset> DescribeDataset(const std::string& path) = 0;
+  // The same for a builtin dataset id ("builtin:fashion-mnist/train") read
+  // from `dir`.
+  virtual absl::StatusOr<compress::v1::Dataset> DescribeBuiltinDataset(const std::string& id,
+                                                                       const std::string& dir) = 0;
+};
+
 struct CatalogOptions {
   int64_t max_model_bytes = int64_t{2} << 30;    // default 2 GiB
   int64_t max_dataset_bytes = int64_t{4} << 30;  // default 4 GiB
@@ -61,9 +79,11 @@ class Catalog {
   };
 
   // Registers the builtin datasets found under options.fashion_mnist_dir.
+  // `blobs`, `metadata` and `describer` must outlive the catalog.
   static absl::StatusOr<std::unique_ptr<Catalog>> Create(const CatalogOptions& options,
                                                          store::BlobStore* blobs,
-                                                         store::MetadataStore* metadata);
+                                                         store::MetadataStore* metadata,
+                                                         ContentDescriber* describer);
   Catalog(const Catalog&) = delete;
   Catalog& operator=(const Catalog&) = delete;
 
@@ -98,8 +118,9 @@ class Catalog {
   const std::string& fashion_mnist_dir() const { return options_.fashion_mnist_dir; }
 
  private:
-  Catalog(const CatalogOptions& options, store::BlobStore* blobs, store::MetadataStore* metadata)
-      : options_(options), blobs_(blobs), metadata_(metadata) {}
+  Catalog(const CatalogOptions& options, store::BlobStore* blobs, store::MetadataStore* metadata,
+          ContentDescriber* describer)
+      : options_(options), blobs_(blobs), metadata_(metadata), describer_(describer) {}
   absl::Status RegisterBuiltins();
   // Verifies size + digest and commits the bytes; returns the digest.
   absl::StatusOr<std::string> CommitUpload(Upload& upload);
@@ -109,6 +130,7 @@ class Catalog {
   const CatalogOptions options_;
   store::BlobStore* const blobs_;
   store::MetadataStore* const metadata_;
+  ContentDescriber* const describer_;
 };
 
 }  // namespace compress::catalog

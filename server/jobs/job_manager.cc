@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -31,6 +32,14 @@ std::string NewJobId() {
   // Time prefix keeps ids roughly sortable by submission.
   return absl::StrFormat("job-%010x%016x", absl::ToUnixSeconds(absl::Now()),
                          absl::Uniform<uint64_t>(*gen));
+}
+
+// The runner's description of a worker process that died, if it did.
+std::optional<std::string> CrashOf(const absl::StatusOr<v1::JobResult>& result) {
+  if (result.ok()) return std::nullopt;
+  auto crash = result.status().GetPayload(kWorkerCrashPayload);
+  if (!crash) return std::nullopt;
+  return std::string(*crash);
 }
 
 v1::ErrorStatus ToErrorStatus(const absl::Status& s) {
@@ -175,6 +184,7 @@ JobManager::JobManager(const JobManagerOptions& options, store::MetadataStore* m
       metadata_(metadata),
       blobs_(blobs),
       kinds_(kinds),
+      runner_(options.runner != nullptr ? options.runner : &in_process_),
       resources_(std::move(resources)),
       observer_(observer) {}
 
@@ -481,7 +491,7 @@ void JobManager::WorkerLoop(int slot) {
 absl::StatusOr<v1::JobResult> JobManager::RunHandler(pipeline::JobContext& context) {
   ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler,
                    kinds_->Resolve(context.job().spec()));
-  ASSIGN_OR_RETURN(v1::JobResult result, handler->Run(context));
+  ASSIGN_OR_RETURN(v1::JobResult result, runner_->Run(*handler, context));
   if (result.summary().empty()) result.set_summary(handler->Summary(result));
   return result;
 }
@@ -542,15 +552,31 @@ void JobManager::RunJob(int slot, v1::Job job) {
       AppendLocked(job, std::move(log)).IgnoreError();
       ChangeStateLocked(job, v1::JOB_STATE_QUEUED).IgnoreError();
       final_state = v1::JOB_STATE_QUEUED;
+    } else if (const auto crash = CrashOf(result); crash && !stopping_ &&
+                                                  job.attempts() < options_.max_attempts) {
+      // The process that ran the model died: this attempt counts, the next
+      // one runs in a fresh process.
+      v1::JobEvent log;
+      log.mutable_log()->set_level("WARNING");
+      log.mutable_log()->set_message(absl::StrCat("attempt ", job.attempts(), " of ",
+                                                  options_.max_attempts, ": ", *crash,
+                                                  "; re-queued"));
+      AppendLocked(job, std::move(log)).IgnoreError();
+      if (ChangeStateLocked(job, v1::JOB_STATE_QUEUED).ok()) queue_.push_back(job);
+      final_state = v1::JOB_STATE_QUEUED;
     } else {
       *job.mutable_end_time() = ToProto(absl::Now());
       if (result.ok()) {
         *job.mutable_result() = *result;
         final_state = v1::JOB_STATE_SUCCEEDED;
       } else {
-        *job.mutable_error() = ToErrorStatus(result.status());
-        final_state = absl::IsCancelled(result.status()) ? v1::JOB_STATE_CANCELLED
-                                                        : v1::JOB_STATE_FAILED;
+        absl::Status error = result.status();
+        if (const auto crash = CrashOf(result); crash && job.attempts() > 1) {
+          error = absl::Status(error.code(), absl::StrCat(error.message(), " (on each of ",
+                                                         job.attempts(), " attempts)"));
+        }
+        *job.mutable_error() = ToErrorStatus(error);
+        final_state = absl::IsCancelled(error) ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED;
       }
       // Metrics first: whoever sees the terminal event also sees it counted.
       if (observer_ != nullptr) {

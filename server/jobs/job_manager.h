@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "compress/v1/compress.pb.h"
 #include "server/engine/common/cancel.h"
+#include "server/jobs/job_runner.h"
 #include "server/pipeline/job_kind.h"
 #include "server/pipeline/pipeline.h"
 #include "server/store/blob_store.h"
@@ -50,6 +51,10 @@ struct JobManagerOptions {
   int max_attempts = 3;             // restarts a job survives before FAILED
   // Minimum spacing of progress events per job (others are coalesced).
   absl::Duration progress_interval = absl::Milliseconds(200);
+  // Where kind handlers run (must outlive the manager); default null = on
+  // the worker thread (InProcessRunner). A runner's crash payload
+  // (kWorkerCrashPayload) re-queues the job up to max_attempts.
+  JobRunner* runner = nullptr;
 };
 
 // Receives job-level metrics (the service maps them to Prometheus).
@@ -159,6 +164,8 @@ class JobManager {
   store::MetadataStore* const metadata_;
   store::BlobStore* const blobs_;
   const pipeline::JobKindRegistry* const kinds_;
+  InProcessRunner in_process_;
+  JobRunner* const runner_;
   const ResourcesFactory resources_;
   JobObserver* const observer_;
 

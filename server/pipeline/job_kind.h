@@ -53,7 +53,10 @@ class JobKindHandler {
   virtual absl::Status Validate(const compress::v1::JobSpec& spec,
                                 Resources& resources) const = 0;
 
-  // The model and dataset ids the spec reads (no duplicates, no empties).
+  // The ids of the models, datasets and jobs the spec reads (no duplicates,
+  // no empties): stored with the job (a model or dataset in use cannot be
+  // deleted) and, for a job that runs in a worker process, the snapshot of
+  // resources that process gets.
   virtual std::vector<std::string> ReferencedIds(const compress::v1::JobSpec& spec) const = 0;
 
   // Runs the job to completion, or returns the error that ends it. Reports

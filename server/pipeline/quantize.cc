@@ -383,7 +383,8 @@ class QuantizeKind final : public JobKindHandler {
   }
   std::vector<std::string> ReferencedIds(const v1::JobSpec& spec) const override {
     const v1::QuantizeSpec& q = spec.quantize();
-    return UniqueIds({q.model_id(), q.data().dataset_id(), q.eval_dataset_id()});
+    return UniqueIds(
+        {q.model_id(), q.data().dataset_id(), q.eval_dataset_id(), q.sensitivity_job_id()});
   }
   absl::StatusOr<v1::JobResult> Run(JobContext& context) const override {
     return RunQuantize(context.job().spec().quantize(), context);

@@ -16,10 +16,12 @@
 #include "server/jobs/job_manager.h"
 #include "server/pipeline/pipeline.h"
 #include "server/pipeline/registry.h"
+#include "server/worker/child_runner.h"
 #include "server/service/metrics.h"
 #include "server/service/services.h"
 #include "server/store/blob_store.h"
 #include "server/catalog/catalog.h"
+#include "server/catalog/engine_describer.h"
 #include "server/store/metadata_store.h"
 #include "server/util/status_macros.h"
 
@@ -96,6 +98,8 @@ struct Server::Impl {
   std::unique_ptr<Authenticator> auth;
   std::unique_ptr<store::BlobStore> blobs;
   std::unique_ptr<store::MetadataStore> metadata;
+  std::unique_ptr<catalog::ContentDescriber> describer;
+  std::unique_ptr<jobs::JobRunner> runner;
   std::unique_ptr<catalog::Catalog> catalog;
   std::unique_ptr<pipeline::JobKindRegistry> kinds;
   std::unique_ptr<jobs::JobManager> jobs;
@@ -114,6 +118,29 @@ struct Server::Impl {
   bool drained ABSL_GUARDED_BY(drain_mu) = false;
   absl::Notification drain_done;
 };
+
+// Model work (upload validation, every job) in child processes when
+// options.worker_executable is set; in this process otherwise (tests).
+absl::Status Server::SetUpWorkers(const ServerOptions& options, Impl& impl) {
+  if (options.worker_executable.empty()) {
+    impl.describer = std::make_unique<catalog::EngineDescriber>();
+    impl.runner = std::make_unique<jobs::InProcessRunner>();
+    return absl::OkStatus();
+  }
+  worker::WorkerOptions w;
+  w.executable = options.worker_executable;
+  w.work_root = options.data_dir + "/work";
+  w.memory_bytes = options.worker_memory_bytes;
+  w.cpu_time = options.worker_cpu_time;
+  w.grace = options.worker_grace;
+  w.describe_deadline = options.validate_deadline;
+  w.threads = impl.intra_op_threads;
+  // Working directories of children a killed server left behind.
+  RETURN_IF_ERROR(worker::CleanWorkRoot(w.work_root));
+  impl.describer = std::make_unique<worker::ChildDescriber>(w);
+  impl.runner = std::make_unique<worker::ChildJobRunner>(w);
+  return absl::OkStatus();
+}
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
@@ -137,12 +164,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   ASSIGN_OR_RETURN(impl->blobs, store::BlobStore::Create(options.data_dir));
   ASSIGN_OR_RETURN(impl->metadata,
                    store::MetadataStore::Create(options.data_dir + "/compressd.db"));
+  RETURN_IF_ERROR(SetUpWorkers(options, *impl));
   catalog::CatalogOptions catalog_options;
   catalog_options.max_model_bytes = options.max_model_bytes;
   catalog_options.max_dataset_bytes = options.max_dataset_bytes;
   catalog_options.fashion_mnist_dir = options.fashion_mnist_dir;
-  ASSIGN_OR_RETURN(impl->catalog, catalog::Catalog::Create(catalog_options, impl->blobs.get(),
-                                                         impl->metadata.get()));
+  ASSIGN_OR_RETURN(impl->catalog,
+                   catalog::Catalog::Create(catalog_options, impl->blobs.get(),
+                                            impl->metadata.get(), impl->describer.get()));
   ASSIGN_OR_RETURN(impl->kinds, pipeline::NewDefaultRegistry());
 
   jobs::JobManagerOptions job_options;
@@ -155,6 +184,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   job_options.max_queued = options.max_queued;
   job_options.default_deadline = options.default_deadline;
   job_options.max_attempts = options.max_attempts;
+  job_options.runner = impl->runner.get();
   jobs::ResourcesFactory resources = [catalog = impl->catalog.get(),
                                       metadata = impl->metadata.get()](const std::string& tenant) {
     return std::make_unique<CatalogResources>(catalog, metadata, tenant);

@@ -48,6 +48,13 @@ struct ServerOptions {
   int max_attempts = 3;             // restarts a job survives
   std::string fashion_mnist_dir = engine::defaults::kFashionMnistDir;
   int blocking_threads = 4;         // threads for upload validation
+  // The compressd binary that runs model work as `--role=child` (upload
+  // validation and every job); "" = in this process, for tests only.
+  std::string worker_executable;
+  int64_t worker_memory_bytes = 0;  // address-space limit per child; 0 = none
+  absl::Duration worker_cpu_time = absl::InfiniteDuration();  // per child; default none
+  absl::Duration worker_grace = absl::Seconds(5);     // SIGTERM -> SIGKILL of a child
+  absl::Duration validate_deadline = absl::Minutes(5);  // loading an uploaded model
   bool reflection = true;           // gRPC server reflection
 };
 
@@ -71,6 +78,7 @@ class Server {
  private:
   struct Impl;
   explicit Server(std::unique_ptr<Impl> impl);
+  static absl::Status SetUpWorkers(const ServerOptions& options, Impl& impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -13,6 +13,7 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/catalog/engine_describer.h"
 #include "server/util/sha256.h"
 #include "tests/test_util.h"
 
@@ -80,7 +81,7 @@ class CatalogTest : public ::testing::Test {
     options_.max_model_bytes = 1 << 20;
     options_.max_dataset_bytes = 2 << 20;
     options_.fashion_mnist_dir = kFashionMnistDir;
-    auto catalog = Catalog::Create(options_, blobs_.get(), metadata_.get());
+    auto catalog = Catalog::Create(options_, blobs_.get(), metadata_.get(), &describer_);
     ASSERT_TRUE(catalog.ok()) << catalog.status();
     catalog_ = std::move(*catalog);
   }
@@ -134,6 +135,7 @@ class CatalogTest : public ::testing::Test {
 
   ScopedTempDir dir_;
   CatalogOptions options_;
+  EngineDescriber describer_;
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<MetadataStore> metadata_;
   std::unique_ptr<Catalog> catalog_;
@@ -488,7 +490,7 @@ TEST_F(CatalogTest, BuiltinFashionMnistRegistered) {
   EXPECT_EQ(catalog_->fashion_mnist_dir(), kFashionMnistDir);
 
   // A second Create on the same store does not duplicate them.
-  auto again = Catalog::Create(options_, blobs_.get(), metadata_.get());
+  auto again = Catalog::Create(options_, blobs_.get(), metadata_.get(), &describer_);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ((*again)->ListDatasets(kTenant, 10, "")->items.size(), 2u);
 }
@@ -499,7 +501,7 @@ TEST_F(CatalogTest, NoBuiltinsWithoutDirectory) {
     ASSERT_TRUE(metadata.ok());
     CatalogOptions options;
     options.fashion_mnist_dir = dir;
-    auto catalog = Catalog::Create(options, blobs_.get(), metadata->get());
+    auto catalog = Catalog::Create(options, blobs_.get(), metadata->get(), &describer_);
     ASSERT_TRUE(catalog.ok()) << catalog.status();
     EXPECT_THAT((*catalog)->ListDatasets(kTenant, 10, "")->items, IsEmpty());
   }

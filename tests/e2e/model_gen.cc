@@ -30,4 +30,29 @@ def forward(self, x):
   m.save(path);
 }
 
+void MakeAllocatingModel(const std::string& path) {
+  torch::jit::Module m("GreedyNet");
+  m.register_parameter("w", torch::ones({4}), false);
+  // 2^34 floats = 64 GiB, far past any worker memory limit.
+  m.define(R"(
+def forward(self, x):
+    big = torch.ones([17179869184])
+    return x * 0 + big.sum() + self.w.sum()
+)");
+  m.save(path);
+}
+
+void MakeLoopingModel(const std::string& path) {
+  torch::jit::Module m("LoopNet");
+  m.register_parameter("w", torch::ones({4}), false);
+  m.define(R"(
+def forward(self, x):
+    y = x
+    while bool(y.numel() > 0):
+        y = y + 0
+    return y * self.w.sum()
+)");
+  m.save(path);
+}
+
 }  // namespace compress::testutil

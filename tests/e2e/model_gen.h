@@ -14,6 +14,11 @@ void MakeSlowModel(const std::string& path, int64_t dim, int64_t iterations);
 // forward(x) = x @ w with w: [rows, cols] of random floats (rows*cols*4 bytes).
 void MakeBigModel(const std::string& path, int64_t rows, int64_t cols);
 
+// Hostile models (tests/e2e/sandbox_test.cc). Both load fine; their forward
+// allocates 64 GiB, or never returns.
+void MakeAllocatingModel(const std::string& path);
+void MakeLoopingModel(const std::string& path);
+
 }  // namespace compress::testutil
 
 #endif  // COMPRESS_TESTS_E2E_MODEL_GEN_H_

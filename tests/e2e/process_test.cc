@@ -18,73 +18,17 @@
 #include "gtest/gtest.h"
 #include "server/util/sha256.h"
 #include "tests/e2e/model_gen.h"
+#include "tests/e2e/server_process.h"
 #include "tests/test_util.h"
-
-extern char** environ;
 
 namespace compress {
 namespace {
 
 namespace v1 = compress::v1;
-using ::compress::testutil::BinaryDir;
+using ::compress::testutil::Connect;
+using ::compress::testutil::ServerProcess;
 using ::compress::testutil::ScopedTempDir;
 using ::compress::testutil::WaitFor;
-
-// A compressd child process.
-class ServerProcess {
- public:
-  explicit ServerProcess(const std::string& data_dir) {
-    int fds[2];
-    EXPECT_EQ(pipe(fds), 0);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    std::string binary = BinaryDir() + "/server/compressd";
-    std::vector<std::string> args = {binary, "--listen=127.0.0.1:0", "--metrics_listen=",
-                                     "--data_dir=" + data_dir, "--drain_grace=1s"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ), 0)
-        << binary;
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    // The first stdout line says the server is SERVING and on which port.
-    FILE* out = fdopen(fds[0], "r");
-    char line[512] = {0};
-    if (fgets(line, sizeof(line), out) != nullptr) {
-      std::vector<std::string> words = absl::StrSplit(line, ' ');
-      if (words.size() > 4) port_ = std::atoi(words[4].c_str());
-    }
-    fclose(out);
-    EXPECT_GT(port_, 0) << "compressd did not start: " << line;
-  }
-  ~ServerProcess() { Kill(SIGKILL); }
-
-  void Kill(int sig) {
-    if (pid_ <= 0) return;
-    kill(pid_, sig);
-    int status;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
-
-std::unique_ptr<client::Client> Connect(const ServerProcess& server) {
-  client::Client::Options options;
-  options.address = server.address();
-  options.max_reconnects = 2;
-  options.initial_backoff = absl::Milliseconds(50);
-  auto c = client::Client::Create(options);
-  EXPECT_TRUE(c.ok()) << c.status();
-  return *std::move(c);
-}
 
 v1::SubmitJobRequest Inspect(const std::string& model_id, std::vector<int64_t> shape) {
   v1::SubmitJobRequest req;

@@ -106,8 +106,8 @@ TEST(RegistryTest, ReferencedIdsOfEveryKind) {
   q->set_model_id("m3");
   q->mutable_data()->set_dataset_id("d3");
   q->set_eval_dataset_id("e3");
-  q->set_sensitivity_job_id("job-1");  // a job, not a model or dataset
-  EXPECT_THAT(Ids(*registry, spec), ElementsAre("d3", "e3", "m3"));
+  q->set_sensitivity_job_id("job-1");  // the ANALYZE job whose traces it reads
+  EXPECT_THAT(Ids(*registry, spec), ElementsAre("d3", "e3", "job-1", "m3"));
 
   v1::PruneSpec* p = spec.mutable_prune();
   p->set_model_id("m4");

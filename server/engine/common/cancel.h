@@ -29,6 +29,10 @@ class CancelToken {
     deadline_ns_.store(absl::ToUnixNanos(deadline), std::memory_order_relaxed);
   }
 
+  absl::Time deadline() const {
+    return absl::FromUnixNanos(deadline_ns_.load(std::memory_order_relaxed));
+  }
+
   // CANCELLED after Cancel(), DEADLINE_EXCEEDED past the deadline, else OK.
   absl::Status Check() const {
     if (cancelled()) return absl::CancelledError("job cancelled");
