@@ -248,7 +248,10 @@ namespace {
 class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
  public:
   WatchReactor(jobs::JobManager* jobs, std::string job_id, int64_t after_sequence)
-      : jobs_(jobs), job_id_(std::move(job_id)), last_sent_(after_sequence) {}
+      : jobs_(jobs),
+        job_id_(std::move(job_id)),
+        after_sequence_(after_sequence),
+        last_sent_(after_sequence) {}
 
   // Second phase of construction: subscribing can call back at once.
   void Begin(absl::StatusOr<std::string> tenant) {
@@ -262,7 +265,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
       FinishOnce(ToGrpcStatus(job.status()));
       return;
     }
-    if (last_sent_ < 0) {
+    if (after_sequence_ < 0) {
       FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_sequence: must be >= 0"));
       return;
     }
@@ -338,6 +341,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   jobs::JobManager* const jobs_;
   const std::string job_id_;
+  const int64_t after_sequence_;  // as requested; last_sent_ starts here
   std::string tenant_;  // set by Begin, before any callback
   uint64_t handle_ = 0;
   bool subscribed_ = false;
