@@ -46,7 +46,7 @@ struct ServerOptions {
   absl::Duration default_deadline = absl::Hours(24);  // job run time limit
   int max_attempts = 3;             // restarts a job survives
   std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
-  int blocking_threads = 4;         // threads for upload validation
+  int blocking_threads = 4;         // threads for upload validation and artifact reads
   bool reflection = true;           // gRPC server reflection
 };
 
