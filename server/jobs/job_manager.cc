@@ -215,14 +215,14 @@ bool JobManager::accepting() const {
 
 absl::Status JobManager::Start() {
   std::vector<v1::Job> given_up;
-  absl::Status s = StartLocked(given_up);
+  absl::Status s = RecoverAndStartWorkers(given_up);
   if (observer_ != nullptr) {
     for (const v1::Job& job : given_up) observer_->OnFinished(job.kind(), job.state(), 0);
   }
   return s;
 }
 
-absl::Status JobManager::StartLocked(std::vector<v1::Job>& given_up) {
+absl::Status JobManager::RecoverAndStartWorkers(std::vector<v1::Job>& given_up) {
   absl::MutexLock lock(&mu_);
   if (!workers_.empty()) return absl::FailedPreconditionError("job manager already started");
   // A job RUNNING in the store was interrupted by a crash: run it again.
@@ -474,8 +474,9 @@ void JobManager::WorkerLoop(int slot) {
       };
       mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
-      auto it = std::find_if(queue_.begin(), queue_.end(),
-                             [&](const v1::Job& j) { return SlotAccepts(slot, j.device()); });
+      // A plain loop, not std::find_if, so the analysis sees mu_ held here.
+      auto it = queue_.begin();
+      while (!SlotAccepts(slot, it->device())) ++it;  // `ready` saw a match
       job = std::move(*it);
       queue_.erase(it);
       slots_[slot].busy = true;

@@ -143,8 +143,11 @@ class JobManager {
              store::BlobStore* blobs, const pipeline::JobKindRegistry* kinds,
              ResourcesFactory resources, JobObserver* observer);
 
-  // Recovery and worker start; jobs that ran out of attempts go to given_up.
-  absl::Status StartLocked(std::vector<compress::v1::Job>& given_up) ABSL_LOCKS_EXCLUDED(mu_);
+  // Start()'s work, under mu_ (taken here): recovery, then the workers. Jobs
+  // that ran out of attempts go to given_up, so that Start() can tell the
+  // observer without the lock.
+  absl::Status RecoverAndStartWorkers(std::vector<compress::v1::Job>& given_up)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void WorkerLoop(int slot) ABSL_LOCKS_EXCLUDED(mu_);
   void RunJob(int slot, compress::v1::Job job) ABSL_LOCKS_EXCLUDED(mu_);
   // The job's kind handler runs it; a result without a summary gets the

@@ -201,7 +201,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
       auth, impl->catalog.get(), impl->blocking.get(), &impl->metrics);
   impl->job_service = std::make_unique<JobServiceImpl>(auth, impl->jobs.get());
   impl->artifact_service = std::make_unique<ArtifactServiceImpl>(
-      auth, impl->metadata.get(), impl->blobs.get(), &impl->metrics);
+      auth, impl->metadata.get(), impl->blobs.get(), impl->blocking.get(), &impl->metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -286,7 +286,7 @@ void Server::Drain(absl::Duration grace) {
   if (impl_->health_server != nullptr) {
     impl_->health_server->Shutdown(std::chrono::system_clock::now());
   }
-  impl_->blocking.reset();  // finishes queued upload validations
+  impl_->blocking.reset();  // finishes queued upload validations and artifact reads
   if (impl_->metrics_http != nullptr) impl_->metrics_http->Stop();
   impl_->drain_done.Notify();
 }

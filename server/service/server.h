@@ -47,7 +47,7 @@ struct ServerOptions {
   absl::Duration default_deadline = absl::Hours(24);  // job run time limit
   int max_attempts = 3;             // restarts a job survives
   std::string fashion_mnist_dir = engine::defaults::kFashionMnistDir;
-  int blocking_threads = 4;         // threads for upload validation
+  int blocking_threads = 4;         // threads for upload validation and artifact reads
   // The compressd binary that runs model work as `--role=child` (upload
   // validation and every job); "" = in this process, for tests only.
   std::string worker_executable;

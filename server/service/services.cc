@@ -248,7 +248,10 @@ namespace {
 class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
  public:
   WatchReactor(jobs::JobManager* jobs, std::string job_id, int64_t after_sequence)
-      : jobs_(jobs), job_id_(std::move(job_id)), last_sent_(after_sequence) {}
+      : jobs_(jobs),
+        job_id_(std::move(job_id)),
+        after_sequence_(after_sequence),
+        last_sent_(after_sequence) {}
 
   // Second phase of construction: subscribing can call back at once.
   void Begin(absl::StatusOr<std::string> tenant) {
@@ -262,7 +265,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
       FinishOnce(ToGrpcStatus(job.status()));
       return;
     }
-    if (last_sent_ < 0) {
+    if (after_sequence_ < 0) {
       FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_sequence: must be >= 0"));
       return;
     }
@@ -338,6 +341,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   jobs::JobManager* const jobs_;
   const std::string job_id_;
+  const int64_t after_sequence_;  // as requested; last_sent_ starts here
   std::string tenant_;  // set by Begin, before any callback
   uint64_t handle_ = 0;
   bool subscribed_ = false;
@@ -351,12 +355,17 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 };
 
 // Streams one artifact: metadata first, then 1 MiB chunks from `offset`.
+// The lookups run on the reactor thread, like every handler's; opening and
+// reading the blob run on the blocking pool. One step is in flight at a time
+// (a pool task or a write) and each pool task ends in StartWrite or Finish,
+// touching nothing after it, so OnDone (which deletes this) never runs while
+// a task still uses the reactor.
 class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
  public:
   DownloadReactor(absl::StatusOr<std::string> tenant, store::MetadataStore* metadata,
-                  store::BlobStore* blobs, Metrics* metrics,
+                  store::BlobStore* blobs, ThreadPool* blocking, Metrics* metrics,
                   const v1::DownloadArtifactRequest& request)
-      : metrics_(metrics) {
+      : blocking_(blocking), metrics_(metrics) {
     if (!tenant.ok()) {
       Finish(ToGrpcStatus(tenant.status()));
       return;
@@ -376,14 +385,10 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
                           absl::StrCat("offset: must be in [0, ", artifact->size_bytes(), "]")));
       return;
     }
-    file_ = fopen(blobs->PathFor(artifact->sha256()).c_str(), "rb");
-    if (file_ == nullptr || fseeko(file_, request.offset(), SEEK_SET) != 0) {
-      Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
-                          absl::StrCat("artifact ", request.name(), ": blob missing")));
-      return;
-    }
-    *response_.mutable_artifact() = *artifact;
-    StartWrite(&response_);
+    std::string path = blobs->PathFor(artifact->sha256());
+    *response_.mutable_artifact() = *std::move(artifact);
+    blocking_->Schedule([this, path = std::move(path), offset = request.offset(),
+                         name = request.name()] { Open(path, offset, name); });
   }
   ~DownloadReactor() override {
     if (file_ != nullptr) fclose(file_);
@@ -394,6 +399,25 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed by the client"));
       return;
     }
+    blocking_->Schedule([this] { ReadChunk(); });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // On the blocking pool: opens the blob at the offset, then sends the metadata.
+  void Open(const std::string& path, int64_t offset, const std::string& name) {
+    file_ = fopen(path.c_str(), "rb");
+    if (file_ == nullptr || fseeko(file_, offset, SEEK_SET) != 0) {
+      Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
+                          absl::StrCat("artifact ", name, ": blob missing")));
+      return;
+    }
+    StartWrite(&response_);
+  }
+
+  // On the blocking pool: sends the next chunk, or ends the stream at EOF.
+  void ReadChunk() {
     std::string* chunk = response_.mutable_chunk();
     chunk->resize(kMaxChunk);
     size_t n = fread(chunk->data(), 1, kMaxChunk, file_);
@@ -407,10 +431,9 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
     StartWrite(&response_);
   }
 
-  void OnDone() override { delete this; }
-
- private:
-  Metrics* metrics_;
+  ThreadPool* const blocking_;
+  Metrics* const metrics_;
+  // Used by one step at a time (see the class comment); no lock needed.
   FILE* file_ = nullptr;
   v1::DownloadArtifactResponse response_;
 };
@@ -443,7 +466,8 @@ grpc::ServerUnaryReactor* ArtifactServiceImpl::ListArtifacts(
 
 grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* ArtifactServiceImpl::DownloadArtifact(
     grpc::CallbackServerContext* context, const v1::DownloadArtifactRequest* request) {
-  return new DownloadReactor(auth_->TenantOf(*context), metadata_, blobs_, metrics_, *request);
+  return new DownloadReactor(auth_->TenantOf(*context), metadata_, blobs_, blocking_, metrics_,
+                             *request);
 }
 
 }  // namespace compress::service

@@ -5,7 +5,8 @@
 // Every handler first asks the Authenticator for the caller's tenant
 // (UNAUTHENTICATED ends the call there) and acts for that tenant only.
 // All handlers use the callback API. Work that can block (model validation
-// after an upload) runs on the `blocking` pool, never on a reactor thread.
+// after an upload, reading an artifact's bytes) runs on the `blocking` pool,
+// never on a reactor thread.
 #ifndef COMPRESS_SERVICE_SERVICES_H_
 #define COMPRESS_SERVICE_SERVICES_H_
 
@@ -95,9 +96,9 @@ class JobServiceImpl final : public compress::v1::JobService::CallbackService {
 
 class ArtifactServiceImpl final : public compress::v1::ArtifactService::CallbackService {
  public:
-  ArtifactServiceImpl(Authenticator* auth, store::MetadataStore* metadata,
-                      store::BlobStore* blobs, Metrics* metrics)
-      : auth_(auth), metadata_(metadata), blobs_(blobs), metrics_(metrics) {}
+  ArtifactServiceImpl(Authenticator* auth, store::MetadataStore* metadata, store::BlobStore* blobs,
+                      ThreadPool* blocking, Metrics* metrics)
+      : auth_(auth), metadata_(metadata), blobs_(blobs), blocking_(blocking), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* ListArtifacts(grpc::CallbackServerContext* context,
                                           const compress::v1::ListArtifactsRequest* request,
@@ -110,6 +111,7 @@ class ArtifactServiceImpl final : public compress::v1::ArtifactService::Callback
   Authenticator* auth_;
   store::MetadataStore* metadata_;
   store::BlobStore* blobs_;
+  ThreadPool* blocking_;
   Metrics* metrics_;
 };
 

@@ -520,7 +520,7 @@ absl::StatusOr<bool> MetadataStore::IsReferencedByActiveJob(const std::string& t
 absl::Status MetadataStore::AppendEvent(const v1::JobEvent& event, const v1::Job* job) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  absl::Status s = [&]() -> absl::Status {
+  absl::Status s = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     Stmt last(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1");
     RETURN_IF_ERROR(last.status());
     last.Bind(1, event.job_id());
