@@ -398,15 +398,11 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
 
 std::string FormatInspectResult(const v1::InspectResult& result) {
   std::vector<std::vector<std::string>> rows;
-  int64_t layer_params = 0;
-  int64_t layer_macs = 0;
   for (const v1::LayerInspection& layer : result.layers()) {
     std::string kind = layer.kind();
     if (layer.calls() > 1) absl::StrAppend(&kind, " x", layer.calls());
     rows.push_back({layer.name().empty() ? "(root)" : layer.name(), kind, WithCommas(layer.numel()),
                     WithCommas(layer.macs()), FormatShape(layer.output_shape())});
-    layer_params += layer.numel();
-    layer_macs += layer.macs();
   }
   rows.push_back({"total", "", WithCommas(result.num_parameters()), WithCommas(result.total_macs()),
                   FormatShape(result.output_shape())});
