@@ -7,8 +7,9 @@
 #       to compile against a CUDA LibTorch (Dockerfile, LIBTORCH=cuda)
 # Idempotent: safe to run again; installs only what is missing. This is the
 # only place that lists packages (README, .ci/run and the Dockerfile call it);
-# the npm packages that validate deploy/ are pinned in
-# deploy/validate/package-lock.json and installed from here with `npm ci`.
+# the npm packages that validate deploy/ (deploy/validate) and the S3 server
+# the blob-store tests start (tests/store/s3rver) are pinned in each folder's
+# package-lock.json and installed from here with `npm ci`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -18,7 +19,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
-  libssl-dev zlib1g-dev openssl clang
+  libssl-dev zlib1g-dev openssl clang libcurl4-openssl-dev
 )
 
 RUNTIME_PACKAGES=(
@@ -42,23 +43,27 @@ elif [ "${1:-}" = "--cuda-toolkit" ]; then
       /etc/apt/sources.list.d/debian.sources
   fi
 elif ! command -v npm >/dev/null 2>&1; then
-  # Node.js validates deploy/ (tests/deploy). A machine that already has a
-  # Node.js with npm keeps it: NodeSource's nodejs, for one, conflicts with
-  # Debian's npm package.
+  # Node.js validates deploy/ (tests/deploy) and runs s3rver (tests/store).
+  # A machine that already has a Node.js with npm keeps it: NodeSource's
+  # nodejs, for one, conflicts with Debian's npm package.
   PACKAGES+=(nodejs npm)
 fi
 
-# npm ci of deploy/validate, skipped while node_modules matches the lock.
+# npm ci in each Node.js folder, skipped while its node_modules matches its
+# lock: deploy/validate (manifest checks) and tests/store/s3rver (the
+# S3-compatible server of the blob-store tests).
 install_node_modules() {
-  local dir="$ROOT/deploy/validate"
-  [ -z "${1:-}" ] && [ -f "$dir/package-lock.json" ] || return 0
-  local stamp="$dir/node_modules/.installed-from-lock"
-  local want
-  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
-  echo "install-deps: npm ci in deploy/validate"
-  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
-  echo "$want" > "$stamp"
+  [ -z "${1:-}" ] || return 0
+  local dir stamp want
+  for dir in "$ROOT/deploy/validate" "$ROOT/tests/store/s3rver"; do
+    [ -f "$dir/package-lock.json" ] || continue
+    stamp="$dir/node_modules/.installed-from-lock"
+    want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then continue; fi
+    echo "install-deps: npm ci in ${dir#"$ROOT"/}"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+    echo "$want" > "$stamp"
+  done
 }
 
 missing=()
