@@ -90,7 +90,7 @@ v1::JobEvent LogEvent(const std::string& job_id, int64_t seq, const std::string&
 class MetadataStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto store = MetadataStore::Create(":memory:");
+    auto store = OpenMetadataStore(":memory:");
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
   }
@@ -563,14 +563,14 @@ TEST_F(MetadataStoreTest, TenantsSeeOnlyTheirOwnRows) {
 
 TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
   {
-    auto store = MetadataStore::Create(path_);
+    auto store = OpenMetadataStore(path_);
     ASSERT_TRUE(store.ok()) << store.status();
     ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
     ASSERT_TRUE((*store)->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED), {}).ok());
     ASSERT_TRUE((*store)->AppendEvent(LogEvent("j1", 1, "hello")).ok());
     EXPECT_EQ(RawQuery("PRAGMA journal_mode"), "wal;");
   }
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ((*store)->GetModel(kTenant, "m1")->id(), "m1");
   EXPECT_EQ((*store)->GetJob(kTenant, "j1")->state(), v1::JOB_STATE_QUEUED);
@@ -585,10 +585,10 @@ TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
 }
 
 TEST_F(MetadataStoreFileTest, RefusesNewerSchema) {
-  { ASSERT_TRUE(MetadataStore::Create(path_).ok()); }
+  { ASSERT_TRUE(OpenMetadataStore(path_).ok()); }
   EXPECT_EQ(RawQuery("PRAGMA user_version"), "3;");
   RawQuery("PRAGMA user_version = 99");
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
 }
 
@@ -627,7 +627,7 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
       static_cast<int>(v1::JOB_KIND_INSPECT), ", 10, NULL, ' m1 d1 ', ", SqlBlob(job), ");",
       "INSERT INTO events VALUES ('j1', 1, ", SqlBlob(LogEvent("j1", 1, "old")), ");"));
 
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ(RawQuery("PRAGMA user_version"), "3;");
   MetadataStore& s = **store;
@@ -659,19 +659,19 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
 
 TEST_F(MetadataStoreFileTest, CorruptRowIsDataLoss) {
   {
-    auto store = MetadataStore::Create(path_);
+    auto store = OpenMetadataStore(path_);
     ASSERT_TRUE(store.ok());
     ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
   }
   RawQuery("UPDATE models SET proto = x'ffffffff' WHERE id = 'm1'");
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   ASSERT_TRUE(store.ok());
   EXPECT_EQ((*store)->GetModel(kTenant, "m1").status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ((*store)->ListModels(kTenant, 10, "").status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(MetadataStoreFileTest, UnopenablePathIsAnError) {
-  auto store = MetadataStore::Create(dir_.path() + "/missing/dir/meta.db");
+  auto store = OpenMetadataStore(dir_.path() + "/missing/dir/meta.db");
   EXPECT_FALSE(store.ok());
 }
 
