@@ -1,8 +1,10 @@
 // MetadataStore: models, datasets, jobs, events and artifacts as rows.
 //
-// An interface, so that more than one database can stand behind it; today
-// SqliteMetadataStore (one SQLite file, WAL). OpenMetadataStore opens one
-// from the --database string.
+// An interface with two backends behind one contract (tests/store runs the
+// same suite against both):
+//   SqliteMetadataStore  one SQLite file (WAL); the single-node default.
+//   PgMetadataStore      PostgreSQL 15, shared by several replicas.
+// OpenMetadataStore picks one from the --database string.
 //
 // Rows keep the resource as a serialized compress.v1 message plus the columns
 // that queries filter or order by. Every write is one transaction, so a crash
@@ -19,8 +21,9 @@
 // and artifacts hang off a job: check the job's tenant first.
 //
 // Errors: NOT_FOUND, ALREADY_EXISTS and INVALID_ARGUMENT (a page token) as
-// documented per method; DATA_LOSS for a row that does not parse; INTERNAL
-// otherwise.
+// documented per method; DATA_LOSS for a row that does not parse;
+// UNAVAILABLE when the database cannot be reached (PostgreSQL), ABORTED when
+// a transaction lost a conflict after its retries; INTERNAL otherwise.
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<MetadataStore> store,
 //                    OpenMetadataStore("/var/lib/compressd/compressd.db"));
@@ -34,6 +37,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "compress/v1/compress.pb.h"
 
 namespace compress::store {
@@ -111,6 +115,8 @@ class MetadataStore {
   // Events. AppendEvent requires event.sequence() == last + 1 for the job
   // (ALREADY_EXISTS otherwise) and, in the same transaction, stores `job`
   // when given (its last_sequence/progress/state move with the event).
+  // Appends to one job are serialised: of two concurrent appends with the
+  // same sequence exactly one succeeds.
   virtual absl::Status AppendEvent(const compress::v1::JobEvent& event,
                                    const compress::v1::Job* job = nullptr) = 0;
   // Events with sequence > after_sequence, ascending, at most `limit`.
@@ -134,10 +140,25 @@ class MetadataStore {
   MetadataStore& operator=(const MetadataStore&) = delete;
 };
 
-// Opens the store named by `database`, a SQLite file created if missing
-// (":memory:" for tests), and brings its schema up to date. A schema newer
-// than this binary knows is FAILED_PRECONDITION.
-absl::StatusOr<std::unique_ptr<MetadataStore>> OpenMetadataStore(const std::string& database);
+// Connection settings of the PostgreSQL backend (SQLite ignores them).
+struct MetadataStoreOptions {
+  // Most connections the store opens at once. Default 8.
+  int max_connections = 8;
+  // How long a call waits for a free connection before RESOURCE_EXHAUSTED.
+  // Default 10 s.
+  absl::Duration acquire_timeout = absl::Seconds(10);
+};
+
+// Opens the store named by `database` and brings its schema up to date:
+//   "postgresql://user@host:5432/db?sslmode=..."  (or "postgres://") a
+//       PostgreSQL database, which must exist; see PgMetadataStore.
+//   anything else: a SQLite file, created if missing (":memory:" for tests).
+// A schema newer than this binary knows is FAILED_PRECONDITION.
+absl::StatusOr<std::unique_ptr<MetadataStore>> OpenMetadataStore(
+    const std::string& database, const MetadataStoreOptions& options = {});
+
+// True when `database` names a PostgreSQL database rather than a file.
+bool IsPostgresUrl(const std::string& database);
 
 }  // namespace compress::store
 
