@@ -20,11 +20,12 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
   libssl-dev zlib1g-dev openssl clang libcurl4-openssl-dev
+  libpq-dev postgresql
 )
 
 RUNTIME_PACKAGES=(
   libtorch1.13 libgrpc++1.51 libprotobuf32 libabsl20220623
-  libprometheus-cpp-core1.0 libsqlite3-0 libssl3 zlib1g libopenblas0-pthread
+  libprometheus-cpp-core1.0 libsqlite3-0 libpq5 libssl3 zlib1g libopenblas0-pthread
   dataset-fashion-mnist ca-certificates
 )
 # Debian 12 non-free: CUDA 11.8 headers and libraries for CMake's CUDA checks.

@@ -163,7 +163,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
   ASSIGN_OR_RETURN(impl->blobs, store::BlobStore::Create(options.data_dir));
   ASSIGN_OR_RETURN(impl->metadata,
-                   store::MetadataStore::Create(options.data_dir + "/compressd.db"));
+                   store::OpenMetadataStore(options.data_dir + "/compressd.db"));
   RETURN_IF_ERROR(SetUpWorkers(options, *impl));
   catalog::CatalogOptions catalog_options;
   catalog_options.max_model_bytes = options.max_model_bytes;

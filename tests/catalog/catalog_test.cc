@@ -23,6 +23,7 @@ namespace {
 using store::BlobStore;
 using store::kDefaultTenant;
 using store::MetadataStore;
+using store::OpenMetadataStore;
 
 namespace v1 = compress::v1;
 using ::compress::testutil::FilesUnder;
@@ -75,7 +76,7 @@ class CatalogTest : public ::testing::Test {
     auto blobs = BlobStore::Create(dir_.path() + "/data");
     ASSERT_TRUE(blobs.ok()) << blobs.status();
     blobs_ = std::move(*blobs);
-    auto metadata = MetadataStore::Create(dir_.path() + "/meta.db");
+    auto metadata = OpenMetadataStore(dir_.path() + "/meta.db");
     ASSERT_TRUE(metadata.ok()) << metadata.status();
     metadata_ = std::move(*metadata);
     options_.max_model_bytes = 1 << 20;
@@ -497,7 +498,7 @@ TEST_F(CatalogTest, BuiltinFashionMnistRegistered) {
 
 TEST_F(CatalogTest, NoBuiltinsWithoutDirectory) {
   for (const std::string& dir : {std::string(), dir_.path() + "/no-such-dir"}) {
-    auto metadata = MetadataStore::Create(":memory:");
+    auto metadata = OpenMetadataStore(":memory:");
     ASSERT_TRUE(metadata.ok());
     CatalogOptions options;
     options.fashion_mnist_dir = dir;

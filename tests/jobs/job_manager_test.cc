@@ -220,7 +220,7 @@ class JobManagerTest : public ::testing::Test {
   void TearDown() override { manager_.reset(); }
 
   void OpenMetadata() {
-    auto metadata = store::MetadataStore::Create(dir_.path() + "/meta.db");
+    auto metadata = store::OpenMetadataStore(dir_.path() + "/meta.db");
     ASSERT_TRUE(metadata.ok()) << metadata.status();
     metadata_ = std::move(*metadata);
   }

@@ -16,6 +16,7 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "server/util/sha256.h"
+#include "tests/pg_test_util.h"
 #include "tests/test_util.h"
 
 namespace compress::store {
@@ -87,17 +88,40 @@ v1::JobEvent LogEvent(const std::string& job_id, int64_t seq, const std::string&
   return e;
 }
 
-class MetadataStoreTest : public ::testing::Test {
+// The contract of MetadataStore, run against each backend: an in-memory
+// SQLite database, and a fresh database on the test binary's PostgreSQL.
+enum class Backend { kSqlite, kPostgres };
+
+std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
+  return info.param == Backend::kSqlite ? "sqlite" : "postgresql";
+}
+
+void PrintTo(Backend backend, std::ostream* os) {
+  *os << (backend == Backend::kSqlite ? "sqlite" : "postgresql");
+}
+
+class MetadataStoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
-    auto store = MetadataStore::Create(":memory:");
+    std::string database = ":memory:";
+    if (GetParam() == Backend::kPostgres) {
+      auto pg = testutil::TestPostgres::Get();
+      ASSERT_TRUE(pg.ok()) << pg.status();
+      auto url = (*pg)->NewDatabase();
+      ASSERT_TRUE(url.ok()) << url.status();
+      database = *url;
+    }
+    auto store = OpenMetadataStore(database);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
   }
   std::unique_ptr<MetadataStore> store_;
 };
 
-TEST_F(MetadataStoreTest, ModelRoundTripAndDedup) {
+INSTANTIATE_TEST_SUITE_P(Backends, MetadataStoreTest,
+                         ::testing::Values(Backend::kSqlite, Backend::kPostgres), BackendName);
+
+TEST_P(MetadataStoreTest, ModelRoundTripAndDedup) {
   v1::Model m = MakeModel("abc123", 1700000000, "first.pt");
   auto put = store_->PutModel(kTenant, m);
   ASSERT_TRUE(put.ok()) << put.status();
@@ -119,7 +143,7 @@ TEST_F(MetadataStoreTest, ModelRoundTripAndDedup) {
   EXPECT_EQ(store_->DeleteModel(kTenant, "abc123").code(), absl::StatusCode::kNotFound);
 }
 
-TEST_F(MetadataStoreTest, DatasetRoundTripAndDedup) {
+TEST_P(MetadataStoreTest, DatasetRoundTripAndDedup) {
   v1::Dataset d = MakeDataset("ds1", 100);
   ASSERT_TRUE(store_->PutDataset(kTenant, d).ok());
   auto got = store_->GetDataset(kTenant, "ds1");
@@ -136,7 +160,7 @@ TEST_F(MetadataStoreTest, DatasetRoundTripAndDedup) {
   EXPECT_EQ(store_->GetDataset(kTenant, "shared-id").status().code(), absl::StatusCode::kNotFound);
 }
 
-// Expected newest-first order, computed independently of SQLite.
+// Expected newest-first order, computed independently of the database.
 std::vector<std::string> NewestFirst(std::vector<std::tuple<int64_t, std::string>> rows) {
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a > b; });
   std::vector<std::string> ids;
@@ -144,7 +168,7 @@ std::vector<std::string> NewestFirst(std::vector<std::tuple<int64_t, std::string
   return ids;
 }
 
-TEST_F(MetadataStoreTest, ModelPagingWalksAllNewestFirst) {
+TEST_P(MetadataStoreTest, ModelPagingWalksAllNewestFirst) {
   std::vector<std::tuple<int64_t, std::string>> rows;
   for (int i = 0; i < 120; ++i) {
     // Ids in an order unrelated to time; three rows share each second so the
@@ -172,7 +196,7 @@ TEST_F(MetadataStoreTest, ModelPagingWalksAllNewestFirst) {
   EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 120u);
 }
 
-TEST_F(MetadataStoreTest, PagingExactMultipleHasNoEmptyTrailingPage) {
+TEST_P(MetadataStoreTest, PagingExactMultipleHasNoEmptyTrailingPage) {
   std::vector<std::tuple<int64_t, std::string>> rows;
   for (int i = 0; i < 120; ++i) {
     std::string id = absl::StrCat("ds-", i);
@@ -194,7 +218,7 @@ TEST_F(MetadataStoreTest, PagingExactMultipleHasNoEmptyTrailingPage) {
   EXPECT_EQ(seen, NewestFirst(rows));
 }
 
-TEST_F(MetadataStoreTest, PageSizeDefaultsAndCap) {
+TEST_P(MetadataStoreTest, PageSizeDefaultsAndCap) {
   for (int i = 0; i < 1005; ++i) {
     ASSERT_TRUE(store_->PutDataset(kTenant, MakeDataset(absl::StrCat("d", i), i)).ok());
   }
@@ -215,7 +239,7 @@ TEST_F(MetadataStoreTest, PageSizeDefaultsAndCap) {
   EXPECT_EQ(rest->items.back().id(), "d0");
 }
 
-TEST_F(MetadataStoreTest, PagingIsStableWhenNewerRowsArrive) {
+TEST_P(MetadataStoreTest, PagingIsStableWhenNewerRowsArrive) {
   for (int i = 0; i < 10; ++i)
     ASSERT_TRUE(store_->PutModel(kTenant, MakeModel(absl::StrCat("m", i), i)).ok());
   auto first = store_->ListModels(kTenant, 4, "");
@@ -234,7 +258,7 @@ TEST_F(MetadataStoreTest, PagingIsStableWhenNewerRowsArrive) {
   EXPECT_THAT(seen, ElementsAre("m9", "m8", "m7", "m6", "m5", "m4", "m3", "m2", "m1", "m0"));
 }
 
-TEST_F(MetadataStoreTest, BadPageTokenIsInvalidArgument) {
+TEST_P(MetadataStoreTest, BadPageTokenIsInvalidArgument) {
   ASSERT_TRUE(store_->PutModel(kTenant, MakeModel("m", 1)).ok());
   for (const std::string& token :
        {std::string("not base64 !!"), absl::WebSafeBase64Escape("no colon"),
@@ -246,7 +270,7 @@ TEST_F(MetadataStoreTest, BadPageTokenIsInvalidArgument) {
   }
 }
 
-TEST_F(MetadataStoreTest, JobsInsertGetAndUniqueness) {
+TEST_P(MetadataStoreTest, JobsInsertGetAndUniqueness) {
   v1::Job a = MakeInspectJob("job-a", 10, v1::JOB_STATE_QUEUED);
   a.set_request_id("req-1");
   ASSERT_TRUE(store_->InsertJob(kTenant, a, {}).ok());
@@ -280,7 +304,7 @@ TEST_F(MetadataStoreTest, JobsInsertGetAndUniqueness) {
             absl::StatusCode::kNotFound);
 }
 
-TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
+TEST_P(MetadataStoreTest, ListJobsFiltersAndPages) {
   std::vector<std::tuple<int64_t, std::string>> queued_rows;
   std::vector<std::tuple<int64_t, std::string>> all_rows;
   for (int i = 0; i < 120; ++i) {
@@ -322,7 +346,7 @@ TEST_F(MetadataStoreTest, ListJobsFiltersAndPages) {
   EXPECT_EQ(walk(both, 3).size(), 8u);  // i % 15 == 0
 }
 
-TEST_F(MetadataStoreTest, JobsInStateOldestFirst) {
+TEST_P(MetadataStoreTest, JobsInStateOldestFirst) {
   ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j3", 30, v1::JOB_STATE_RUNNING), {}).ok());
   ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j1", 10, v1::JOB_STATE_RUNNING), {}).ok());
   ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j2", 20, v1::JOB_STATE_QUEUED), {}).ok());
@@ -335,7 +359,7 @@ TEST_F(MetadataStoreTest, JobsInStateOldestFirst) {
   EXPECT_THAT(*store_->JobsInState(v1::JOB_STATE_CANCELLED), IsEmpty());
 }
 
-TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
+TEST_P(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
   // The store keeps the ids it is given; it does not read specs.
   ASSERT_TRUE(store_->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED),
                                 {"model-a", "data-b"})
@@ -370,7 +394,7 @@ TEST_F(MetadataStoreTest, ReferencedByActiveJobMatchesWholeIds) {
   EXPECT_FALSE(*store_->IsReferencedByActiveJob(kTenant, "data-b"));
 }
 
-TEST_F(MetadataStoreTest, AppendEventRequiresNextSequence) {
+TEST_P(MetadataStoreTest, AppendEventRequiresNextSequence) {
   v1::Job job = MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED);
   ASSERT_TRUE(store_->InsertJob(kTenant, job, {}).ok());
   EXPECT_EQ(store_->AppendEvent(LogEvent("j", 0, "zero")).code(), absl::StatusCode::kAlreadyExists);
@@ -399,7 +423,7 @@ TEST_F(MetadataStoreTest, AppendEventRequiresNextSequence) {
   EXPECT_THAT(*store_->ListEvents("nobody", 0, 10), IsEmpty());
 }
 
-TEST_F(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
+TEST_P(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
   v1::Job job = MakeInspectJob("j", 1, v1::JOB_STATE_QUEUED);
   ASSERT_TRUE(store_->InsertJob(kTenant, job, {}).ok());
   job.set_state(v1::JOB_STATE_RUNNING);
@@ -430,7 +454,7 @@ TEST_F(MetadataStoreTest, AppendEventStoresJobInSameTransaction) {
   EXPECT_TRUE(store_->AppendEvent(LogEvent("ghost", 1, "x")).ok());
 }
 
-TEST_F(MetadataStoreTest, ConcurrentAppendsStayGapless) {
+TEST_P(MetadataStoreTest, ConcurrentAppendsStayGapless) {
   constexpr int kThreads = 4;
   constexpr int kEvents = 50;
   for (int t = 0; t < kThreads; ++t) {
@@ -461,7 +485,7 @@ TEST_F(MetadataStoreTest, ConcurrentAppendsStayGapless) {
   }
 }
 
-TEST_F(MetadataStoreTest, Artifacts) {
+TEST_P(MetadataStoreTest, Artifacts) {
   v1::Artifact a;
   a.set_job_id("j");
   a.set_name("report.json");
@@ -501,7 +525,7 @@ TEST_F(MetadataStoreTest, Artifacts) {
   EXPECT_FALSE(*store_->IsBlobReferenced(Sha256Hex("nothing")));
 }
 
-// --- On-disk behaviour ---------------------------------------------------
+// --- SQLite file behaviour (WAL, user_version migrations) --------------
 
 class MetadataStoreFileTest : public ::testing::Test {
  protected:
@@ -530,7 +554,7 @@ class MetadataStoreFileTest : public ::testing::Test {
   std::string path_;
 };
 
-TEST_F(MetadataStoreTest, TenantsSeeOnlyTheirOwnRows) {
+TEST_P(MetadataStoreTest, TenantsSeeOnlyTheirOwnRows) {
   ASSERT_TRUE(store_->PutModel("alpha", MakeModel("m", 1, "alpha.pt")).ok());
   ASSERT_TRUE(store_->PutModel("beta", MakeModel("m", 2, "beta.pt")).ok());
   EXPECT_EQ(store_->GetModel("alpha", "m")->name(), "alpha.pt");
@@ -563,14 +587,14 @@ TEST_F(MetadataStoreTest, TenantsSeeOnlyTheirOwnRows) {
 
 TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
   {
-    auto store = MetadataStore::Create(path_);
+    auto store = OpenMetadataStore(path_);
     ASSERT_TRUE(store.ok()) << store.status();
     ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
     ASSERT_TRUE((*store)->InsertJob(kTenant, MakeInspectJob("j1", 1, v1::JOB_STATE_QUEUED), {}).ok());
     ASSERT_TRUE((*store)->AppendEvent(LogEvent("j1", 1, "hello")).ok());
     EXPECT_EQ(RawQuery("PRAGMA journal_mode"), "wal;");
   }
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ((*store)->GetModel(kTenant, "m1")->id(), "m1");
   EXPECT_EQ((*store)->GetJob(kTenant, "j1")->state(), v1::JOB_STATE_QUEUED);
@@ -585,10 +609,10 @@ TEST_F(MetadataStoreFileTest, SurvivesReopenAndUsesWal) {
 }
 
 TEST_F(MetadataStoreFileTest, RefusesNewerSchema) {
-  { ASSERT_TRUE(MetadataStore::Create(path_).ok()); }
+  { ASSERT_TRUE(OpenMetadataStore(path_).ok()); }
   EXPECT_EQ(RawQuery("PRAGMA user_version"), "3;");
   RawQuery("PRAGMA user_version = 99");
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
 }
 
@@ -627,7 +651,7 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
       static_cast<int>(v1::JOB_KIND_INSPECT), ", 10, NULL, ' m1 d1 ', ", SqlBlob(job), ");",
       "INSERT INTO events VALUES ('j1', 1, ", SqlBlob(LogEvent("j1", 1, "old")), ");"));
 
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ(RawQuery("PRAGMA user_version"), "3;");
   MetadataStore& s = **store;
@@ -659,19 +683,19 @@ TEST_F(MetadataStoreFileTest, DatabaseFromBeforeTenantsKeepsEverything) {
 
 TEST_F(MetadataStoreFileTest, CorruptRowIsDataLoss) {
   {
-    auto store = MetadataStore::Create(path_);
+    auto store = OpenMetadataStore(path_);
     ASSERT_TRUE(store.ok());
     ASSERT_TRUE((*store)->PutModel(kTenant, MakeModel("m1", 1)).ok());
   }
   RawQuery("UPDATE models SET proto = x'ffffffff' WHERE id = 'm1'");
-  auto store = MetadataStore::Create(path_);
+  auto store = OpenMetadataStore(path_);
   ASSERT_TRUE(store.ok());
   EXPECT_EQ((*store)->GetModel(kTenant, "m1").status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ((*store)->ListModels(kTenant, 10, "").status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(MetadataStoreFileTest, UnopenablePathIsAnError) {
-  auto store = MetadataStore::Create(dir_.path() + "/missing/dir/meta.db");
+  auto store = OpenMetadataStore(dir_.path() + "/missing/dir/meta.db");
   EXPECT_FALSE(store.ok());
 }
 
