@@ -245,9 +245,10 @@ absl::StatusOr<in::ChildEvent::Done> Describe(const WorkerOptions& options,
     case sandbox::ChildExit::Reason::kCpuLimit:
     case sandbox::ChildExit::Reason::kExited:
     case sandbox::ChildExit::Reason::kProtocol:
-      return absl::InvalidArgumentError(
-          absl::StrCat("the ", std::string(what) == "model" ? "TorchScript loader" : "dataset reader",
-                       " crashed on this file: the process ", exit.Describe()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", std::string(what) == "model" ? "TorchScript loader" : "dataset reader",
+          " crashed on this ", std::string(what) == "model" ? "archive" : "file", ": ",
+          exit.Describe()));
     case sandbox::ChildExit::Reason::kCancelled:
       break;
   }

@@ -487,6 +487,61 @@ TEST_F(JobManagerTest, PipelineErrorFailsTheJob) {
   EXPECT_TRUE(WaitUntil([&] { return observer_.finished(v1::JOB_STATE_FAILED) == 1; }));
 }
 
+// A runner whose process dies on the first `crashes` attempts (as a
+// ChildJobRunner reports it: a status with kWorkerCrashPayload), then runs
+// the handler.
+class CrashingRunner : public JobRunner {
+ public:
+  explicit CrashingRunner(int crashes) : crashes_(crashes) {}
+  absl::StatusOr<v1::JobResult> Run(const pipeline::JobKindHandler& handler,
+                                    pipeline::JobContext& context) override {
+    if (calls_.fetch_add(1) < crashes_) {
+      absl::Status s = absl::InternalError(
+          "the worker process running the model killed by signal 11 (SIGSEGV)");
+      s.SetPayload(kWorkerCrashPayload, absl::Cord("killed by signal 11 (SIGSEGV)"));
+      return s;
+    }
+    return handler.Run(context);
+  }
+  int calls() const { return calls_.load(); }
+
+ private:
+  const int crashes_;
+  std::atomic<int> calls_{0};
+};
+
+TEST_F(JobManagerTest, ACrashedAttemptIsRetriedInAFreshRun) {
+  CrashingRunner runner(1);
+  options_.runner = &runner;
+  options_.max_attempts = 3;
+  StartManager();
+  v1::Job job = WaitForState(Submit(Request("ok")).id(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(job.attempts(), 2);
+  EXPECT_EQ(runner.calls(), 2);
+  bool logged = false;
+  for (const v1::JobEvent& e : AllEvents(job.id())) {
+    logged |= e.has_log() && absl::StrContains(e.log().message(),
+                                               "attempt 1 of 3: killed by signal 11 (SIGSEGV); "
+                                               "re-queued");
+  }
+  EXPECT_TRUE(logged);
+  ExpectGapless(job.id());
+}
+
+TEST_F(JobManagerTest, AJobThatCrashesEveryAttemptFailsNamingTheSignal) {
+  CrashingRunner runner(100);
+  options_.runner = &runner;
+  options_.max_attempts = 3;
+  StartManager();
+  v1::Job job = WaitForState(Submit(Request("ok")).id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.attempts(), 3);
+  EXPECT_EQ(runner.calls(), 3);  // not re-run forever
+  EXPECT_EQ(job.error().code(), static_cast<int>(absl::StatusCode::kInternal));
+  EXPECT_THAT(job.error().message(), HasSubstr("SIGSEGV"));
+  EXPECT_THAT(job.error().message(), HasSubstr("on each of 3 attempts"));
+  ExpectGapless(job.id());
+}
+
 TEST_F(JobManagerTest, ExceptionFailsTheJobAndTheWorkerLivesOn) {
   StartManager();
   v1::Job job = WaitForState(Submit(Request("throw")).id(), v1::JOB_STATE_FAILED);
