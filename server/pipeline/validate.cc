@@ -80,7 +80,8 @@ absl::Status ValidateAnalyzeSpec(const v1::AnalyzeSpec& s, Resources& r) {
   RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r));
   RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
   const auto& t = s.traces();
-  RETURN_IF_ERROR(AtLeast(f + ".traces.max_probes", t.has_max_probes(), t.max_probes(), 1));
+  // A standard error needs two probes; the engine refuses fewer at run time.
+  RETURN_IF_ERROR(AtLeast(f + ".traces.max_probes", t.has_max_probes(), t.max_probes(), 2));
   RETURN_IF_ERROR(AtLeast(f + ".traces.min_probes", t.has_min_probes(), t.min_probes(), 2));
   if (t.has_min_probes() && t.has_max_probes() && t.min_probes() > t.max_probes()) {
     return Invalid(f + ".traces.min_probes", "must not exceed max_probes");

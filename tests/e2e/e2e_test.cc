@@ -2,6 +2,7 @@
 // stubs and the client library. Expected numbers come from
 // tests/fixtures/expected.json, computed independently in Python from each
 // model's own parameters (tests/fixtures/make_fixtures.py).
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -627,16 +628,105 @@ TEST_F(E2eTest, HealthAndMetrics) {
   EXPECT_THAT(HttpGet(server_->metrics_port(), "/nope"), HasSubstr("404"));
 }
 
+// Drain, as on SIGTERM, while a job runs: health turns NOT_SERVING, a new
+// job is refused with UNAVAILABLE and creates nothing, while the running
+// job is still served (watch, cancel) and Drain waits for it; once it has
+// ended, gRPC stops. The running job is an analysis that never converges
+// (10^6 probes to a tolerance of 1e-9), so it ends only when cancelled: no
+// step of the test depends on how fast anything runs.
 TEST_F(E2eTest, DrainRefusesNewJobsAndHealthTurnsNotServing) {
-  server_->Drain(absl::Seconds(5));
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  auto data = client_->UploadDataset(FixturePath("tiny.safetensors"), "tiny");
+  ASSERT_TRUE(data.ok()) << data.status();
+  v1::SubmitJobRequest endless;
+  auto* a = endless.mutable_spec()->mutable_analyze();
+  a->set_model_id(cnn.id());
+  a->mutable_data()->set_dataset_id(data->id());
+  a->mutable_traces()->set_enabled(true);
+  a->mutable_traces()->set_tolerance(1e-9);
+  a->mutable_traces()->set_max_probes(1000000);
+  v1::Job running;
+  ASSERT_TRUE(Submit(endless, &running).ok());
+
+  grpc::ClientContext watch_ctx;
+  watch_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::WatchJobRequest watch_req;
+  watch_req.set_job_id(running.id());
+  auto watch = jobs_->WatchJob(&watch_ctx, watch_req);
+  v1::JobEvent event;
+  bool started = false;
+  while (!started && watch->Read(&event)) {
+    started = event.has_state_change() && event.state_change().to() == v1::JOB_STATE_RUNNING;
+  }
+  ASSERT_TRUE(started);
+
   auto health = grpc::health::v1::Health::NewStub(channel_);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::health::v1::HealthCheckRequest hreq;
-  grpc::health::v1::HealthCheckResponse hresp;
-  grpc::Status s = health->Check(&ctx, hreq, &hresp);
-  // Either NOT_SERVING or, once shut down, no answer at all: never SERVING.
-  EXPECT_TRUE(!s.ok() || hresp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  auto health_check = [&](grpc::health::v1::HealthCheckResponse::ServingStatus* status) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status s = health->Check(&ctx, req, &resp);
+    *status = resp.status();
+    return s;
+  };
+  grpc::health::v1::HealthCheckResponse::ServingStatus status;
+  ASSERT_TRUE(health_check(&status).ok());
+  ASSERT_EQ(status, grpc::health::v1::HealthCheckResponse::SERVING);
+
+  std::atomic<bool> drained{false};
+  std::thread drain([&] {
+    server_->Drain(absl::Minutes(2));
+    drained = true;
+  });
+  ASSERT_TRUE(testutil::WaitFor([&] {
+    return health_check(&status).ok() &&
+           status == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+  }));
+
+  // Health turns NOT_SERVING just before the job manager stops accepting, so
+  // a submit may still slip in between; count any that do.
+  v1::SubmitJobRequest quick = InspectRequest(cnn.id(), {1, 1, 8, 8});
+  grpc::Status refused;
+  int slipped_in = 0;
+  ASSERT_TRUE(testutil::WaitFor([&] {
+    v1::Job job;
+    refused = Submit(quick, &job);
+    slipped_in += refused.ok() ? 1 : 0;
+    return !refused.ok();
+  }));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_THAT(refused.error_message(), HasSubstr("draining"));
+  {
+    grpc::ClientContext ctx;
+    v1::ListJobsRequest req;
+    v1::ListJobsResponse resp;
+    ASSERT_TRUE(jobs_->ListJobs(&ctx, req, &resp).ok()) << "reads are still served";
+    EXPECT_EQ(resp.jobs_size(), 1 + slipped_in) << "a refused submit creates no job";
+  }
+
+  // Drain is waiting for the running job, which the user may still cancel.
+  EXPECT_EQ(GetJob(running.id()).state(), v1::JOB_STATE_RUNNING);
+  EXPECT_FALSE(drained);
+  {
+    grpc::ClientContext ctx;
+    v1::CancelJobRequest req;
+    req.set_job_id(running.id());
+    v1::Job out;
+    ASSERT_TRUE(jobs_->CancelJob(&ctx, req, &out).ok());
+  }
+  v1::JobState last = v1::JOB_STATE_RUNNING;
+  while (watch->Read(&event)) {
+    if (event.has_state_change()) last = event.state_change().to();
+  }
+  EXPECT_TRUE(watch->Finish().ok());
+  EXPECT_EQ(last, v1::JOB_STATE_CANCELLED);
+
+  drain.join();
+  EXPECT_TRUE(drained);
+  server_->Wait();  // returns at once: Drain has completed
+  // gRPC has stopped: nothing answers, not even health.
+  EXPECT_EQ(health_check(&status).error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(E2eTest, AnalyzeReportsPerLayerSensitivityDeterministically) {

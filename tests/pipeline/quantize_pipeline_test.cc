@@ -3,8 +3,6 @@
 // refused at submit and with which code and field, and the result summary.
 #include "server/pipeline/quantize.h"
 
-#include <cmath>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -14,7 +12,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/pipeline/pipeline.h"
-#include "server/pipeline/svg.h"
 
 namespace compress::pipeline {
 namespace {
@@ -514,68 +511,5 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   EXPECT_EQ(r.wall_seconds(), 1.5);
 }
 
-TEST(ScatterSvgTest, DrawsEverySeriesWithALegend) {
-  Series frontier;
-  frontier.name = "frontier";
-  frontier.x = {100, 200, 400};
-  frontier.y = {10, 1, 0.01};
-  frontier.line = true;
-  Series chosen;
-  chosen.name = "chosen <4 bits>";
-  chosen.x = {200};
-  chosen.y = {1};
-  chosen.labels = {"4.00 bits"};
-  chosen.radius = 7;
-  Axes axes;
-  axes.title = "t";
-  axes.log_y = true;
-  const std::string svg = ScatterSvg({frontier, chosen}, axes);
-  EXPECT_THAT(svg, HasSubstr("<polyline"));
-  EXPECT_THAT(svg, HasSubstr("chosen &lt;4 bits&gt;"));
-  EXPECT_THAT(svg, HasSubstr("4.00 bits"));
-  EXPECT_THAT(svg, HasSubstr("1e-2"));  // log ticks span the data's decades
-  EXPECT_THAT(svg, HasSubstr("1e1"));
-  EXPECT_EQ(svg.rfind("</svg>\n"), svg.size() - 7);
-}
-
 }  // namespace
-}  // namespace compress::pipeline
-namespace compress::pipeline {
-TEST(ScratchSvg, Write) {
-  Series f;
-  f.name = "frontier";
-  f.line = true;
-  f.radius = 2;
-  for (int i = 0; i < 30; ++i) {
-    f.x.push_back(8000 + i * 1500);
-    f.y.push_back(std::pow(10.0, 1 - i * 0.15));
-  }
-  Series c;
-  c.name = "chosen";
-  c.color = "#d62728";
-  c.radius = 7;
-  c.x = {8000 + 10 * 1500};
-  c.y = {std::pow(10.0, 1 - 10 * 0.15)};
-  c.labels = {"4.00 bits"};
-  Series u;
-  u.name = "uniform";
-  u.color = "#2ca02c";
-  u.radius = 5;
-  u.x = {24000};
-  u.y = {0.5};
-  u.labels = {"4.00 bits"};
-  Series n;
-  n.name = "no_hessian";
-  n.color = "#9467bd";
-  n.radius = 5;
-  n.x = {23000};
-  n.y = {0.2};
-  n.labels = {"3.98 bits"};
-  Axes a;
-  a.title = "Mixed-precision frontier: size vs. Hessian-weighted error";
-  a.y_label = "sum of Omega (log scale)";
-  a.x_label = "predicted weights file size (bytes)";
-  a.log_y = true;
-  std::ofstream("/tmp/scratch.svg") << ScatterSvg({f, c, u, n}, a);
-}
 }  // namespace compress::pipeline
