@@ -18,7 +18,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
-  libssl-dev zlib1g-dev openssl
+  libssl-dev zlib1g-dev openssl universal-ctags
 )
 
 RUNTIME_PACKAGES=(
