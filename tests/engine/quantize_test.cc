@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
@@ -321,6 +322,19 @@ TEST(RunQuantizationTest, TraceOmegaPricesTheRoundToNearestErrorUnderGptq) {
   EXPECT_NEAR(fc.omega.at(3), 2.0 * rtn, 1e-9 * rtn);
 }
 
+// The stages a job reports, as "name index/count".
+class StageRecorder : public ProgressSink {
+ public:
+  void StageStart(const std::string& stage, int index, int count) override {
+    stages.push_back(stage + " " + std::to_string(index) + "/" + std::to_string(count));
+  }
+  void StageEnd(const std::string&) override {}
+  void Progress(const std::string&, int64_t, int64_t) override {}
+  void Log(const std::string&, const std::string&) override {}
+  void PartialResult(const std::string&, const std::string&) override {}
+  std::vector<std::string> stages;
+};
+
 TEST(RunQuantizationTest, BisectionMeetsTheToleranceWithFewMeasurements) {
   QuantizeOptions o = CnnOptions();
   o.search = QuantSearch::kBisection;
@@ -330,8 +344,14 @@ TEST(RunQuantizationTest, BisectionMeetsTheToleranceWithFewMeasurements) {
   for (const char* name : {"conv1", "block.conv1", "block.conv2", "conv2", "conv3", "fc"}) {
     o.trace_per_param[name] = 1.0;
   }
-  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  StageRecorder sink;
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, &sink, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
+  // The bisection's measurements are a stage of their own, numbered with
+  // the rest.
+  EXPECT_THAT(sink.stages, ::testing::ElementsAre("sensitivity 0/5", "search 1/5",
+                                                  "evaluation 2/5", "rounding 3/5",
+                                                  "evaluation 4/5"));
   EXPECT_EQ(r->sensitivity_source, "report");
   EXPECT_EQ(r->omega, "trace");  // a report holds traces only
   EXPECT_EQ(r->hvp_count, 0);

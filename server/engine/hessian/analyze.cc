@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
+#include "server/engine/common/stages.h"
 #include "server/engine/data/dataset.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/hessian/estimators.h"
@@ -103,11 +104,132 @@ absl::Status CheckCancel(const CancelToken* cancel) {
   return cancel == nullptr ? absl::OkStatus() : cancel->Check();
 }
 
-// Runs every enabled estimator with `method`, filling `report`'s results.
+// The finite-difference self-check: forward and central differences must
+// agree, else the loss is not smooth at the step size. A failure is an
+// error with the kFdCheckFailed payload when `strict_check` (the caller
+// falls back further), else a warning.
+absl::Status CheckFiniteDifferences(HvpOperator& op, bool strict_check, const AnalyzeOptions& o,
+                                    ProgressSink* sink, AnalyzeReport* report) {
+  at::Generator gen = MakeGenerator(MixSeed(o.seed, kFdCheck));
+  ASSIGN_OR_RETURN(report->finite_difference_check,
+                   FiniteDifferenceSelfCheck(op, gen, kFdCheckProbes));
+  if (report->finite_difference_check <= kFiniteDifferenceCheckTolerance) {
+    return absl::OkStatus();
+  }
+  const std::string why = absl::StrFormat(
+      "finite-difference products failed their self-check: forward and "
+      "central differences differ by %.3g relative (trusted up to %.0e); "
+      "the loss is not smooth at the step size (ReLU-like kinks), so "
+      "these products are not Hessian-vector products",
+      report->finite_difference_check, kFiniteDifferenceCheckTolerance);
+  if (strict_check) {
+    absl::Status status = absl::FailedPreconditionError(why);
+    status.SetPayload(kFdCheckFailed, absl::Cord("1"));
+    return status;
+  }
+  report->warnings.push_back(why);
+  sink->Log("WARNING", why);
+  return absl::OkStatus();
+}
+
+// Stage "traces": Hutchinson traces of every layer.
+absl::Status EstimateTraces(HvpOperator& op, const AnalyzeOptions& o, ProgressSink* sink,
+                            const CancelToken* cancel, AnalyzeReport* report) {
+  at::Generator gen = MakeGenerator(MixSeed(o.seed, kTraces));
+  ASSIGN_OR_RETURN(TraceResult traces, EstimateLayerTraces(op, o.traces, gen, sink, cancel));
+  for (const LayerTrace& t : traces.layers) {
+    LayerSensitivity& layer = report->layers[t.group];
+    layer.trace = t.trace;
+    layer.trace_std_error = t.std_error;
+    layer.trace_probes = t.probes;
+    layer.trace_per_param = t.trace_per_param();
+    layer.trace_converged = t.converged;
+  }
+  report->total_trace = traces.total_trace;
+  report->total_trace_std_error = traces.total_std_error;
+  return absl::OkStatus();
+}
+
+// Stage "eigen": top eigenvalues of the whole model, of each layer, or of
+// each block, as o.eigen_scope says.
+absl::Status EstimateEigenvalues(HvpOperator& op, const AnalyzeOptions& o, ProgressSink* sink,
+                                 const CancelToken* cancel, AnalyzeReport* report) {
+  at::Generator gen = MakeGenerator(MixSeed(o.seed, kEigen));
+  const ParamLayout& layout = op.layout();
+  if (o.eigen_scope == EigenScope::kModel) {
+    ASSIGN_OR_RETURN(EigenResult top, TopEigenvalues(op, o.eigen, kWholeModel, gen, sink, cancel));
+    report->eigenvalues = top.eigenvalues;
+    report->eigen_iterations = top.iterations;
+    report->eigen_converged = top.converged;
+  } else if (o.eigen_scope == EigenScope::kLayer) {
+    const int groups = static_cast<int>(layout.groups.size());
+    for (int g = 0; g < groups; ++g) {
+      ASSIGN_OR_RETURN(EigenResult top, TopEigenvalues(op, o.eigen, g, gen, nullptr, cancel));
+      report->layers[g].top_eigenvalues = top.eigenvalues;
+      sink->Progress("eigen", g + 1, groups);
+    }
+  } else {
+    const std::vector<ParamBlock> blocks = BlocksOf(layout);
+    report->blocks.clear();
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      ASSIGN_OR_RETURN(EigenResult top,
+                       TopEigenvalues(op, o.eigen, blocks[b].groups, gen, nullptr, cancel));
+      BlockSensitivity block;
+      block.name = blocks[b].name;
+      block.numel = blocks[b].numel;
+      for (int g : blocks[b].groups) {
+        block.layers.push_back(layout.groups[g].name);
+      }
+      block.top_eigenvalues = top.eigenvalues;
+      report->blocks.push_back(std::move(block));
+      sink->Progress("eigen", static_cast<int64_t>(b + 1), static_cast<int64_t>(blocks.size()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Stage "density": the spectral density by stochastic Lanczos quadrature.
+absl::Status EstimateDensity(HvpOperator& op, const AnalyzeOptions& o, ProgressSink* sink,
+                             const CancelToken* cancel, AnalyzeReport* report) {
+  at::Generator gen = MakeGenerator(MixSeed(o.seed, kDensity));
+  ASSIGN_OR_RETURN(SpectralDensity d, EstimateSpectralDensity(op, o.density, gen, sink, cancel));
+  report->density_nodes = std::move(d.nodes);
+  report->density_weights = std::move(d.weights);
+  report->density_grid = std::move(d.grid);
+  report->density_values = std::move(d.density);
+  report->density_window = d.window;
+  if (d.window > 0) {
+    report->warnings.push_back(absl::StrCat(
+        "the Lanczos vectors do not fit in density.max_memory_bytes (", o.density.max_memory_bytes,
+        "); each was re-orthogonalised against "
+        "the last ",
+        d.window,
+        " only, so outlier eigenvalues may repeat as "
+        "ghost nodes"));
+  }
+  return absl::OkStatus();
+}
+
+// Stage "qbert": Q-BERT's per-layer scores over data subsets (operators of
+// its own; their products are added to `hvps`).
+absl::Status EstimateQBert(torch::jit::Module& module, const PreparedBatches& prepared,
+                           const HvpOptions& hvp, const AnalyzeOptions& o, ProgressSink* sink,
+                           const CancelToken* cancel, AnalyzeReport* report, int64_t* hvps) {
+  at::Generator gen = MakeGenerator(MixSeed(o.seed, kQBert));
+  ASSIGN_OR_RETURN(QBertResult q,
+                   QBertScores(module, prepared, hvp, o.qbert_subsets, o.eigen, gen, sink, cancel));
+  *hvps += q.hvps;
+  for (const QBertLayerScore& s : q.layers) {
+    report->layers[s.group].qbert_eigenvalues = s.top_eigenvalues;
+    report->layers[s.group].qbert_score = s.score;
+  }
+  return absl::OkStatus();
+}
+
+// Runs every enabled estimator with `method`, filling `report`'s results,
+// as stages "traces", "eigen", "density", "qbert" (those enabled).
 // `hvps` accumulates the products used, also when it fails. With finite
-// differences the self-check runs first; when it fails, `strict_check`
-// makes that an error (with the kFdCheckFailed payload: the caller falls
-// back further), else a warning.
+// differences the self-check runs first (CheckFiniteDifferences).
 absl::Status RunEstimators(torch::jit::Module& module, const PreparedBatches& prepared,
                            HvpMethod method, bool strict_check, const AnalyzeOptions& o,
                            ProgressSink* sink, const CancelToken* cancel, AnalyzeReport* report,
@@ -125,27 +247,9 @@ absl::Status RunEstimators(torch::jit::Module& module, const PreparedBatches& pr
   ASSIGN_OR_RETURN(std::unique_ptr<HvpOperator> op,
                    CreateHvpOperator(module, prepared, hvp, cancel));
   if (method == HvpMethod::kFiniteDifference) {
-    at::Generator gen = MakeGenerator(MixSeed(o.seed, kFdCheck));
-    ASSIGN_OR_RETURN(report->finite_difference_check,
-                     FiniteDifferenceSelfCheck(*op, gen, kFdCheckProbes));
-    if (report->finite_difference_check > kFiniteDifferenceCheckTolerance) {
-      const std::string why = absl::StrFormat(
-          "finite-difference products failed their self-check: forward and "
-          "central differences differ by %.3g relative (trusted up to %.0e); "
-          "the loss is not smooth at the step size (ReLU-like kinks), so "
-          "these products are not Hessian-vector products",
-          report->finite_difference_check, kFiniteDifferenceCheckTolerance);
-      if (strict_check) {
-        absl::Status status = absl::FailedPreconditionError(why);
-        status.SetPayload(kFdCheckFailed, absl::Cord("1"));
-        return status;
-      }
-      report->warnings.push_back(why);
-      sink->Log("WARNING", why);
-    }
+    RETURN_IF_ERROR(CheckFiniteDifferences(*op, strict_check, o, sink, report));
   }
   const ParamLayout& layout = op->layout();
-  const int groups = static_cast<int>(layout.groups.size());
   report->layers.clear();
   for (const ParamGroup& g : layout.groups) {
     LayerSensitivity layer;
@@ -156,108 +260,22 @@ absl::Status RunEstimators(torch::jit::Module& module, const PreparedBatches& pr
   }
   report->num_parameters = layout.numel;
 
-  std::vector<std::string> stages;
-  if (o.traces_enabled) stages.push_back("traces");
-  if (o.eigen_enabled) stages.push_back("eigen");
-  if (o.density_enabled) stages.push_back("density");
-  if (o.qbert_enabled) stages.push_back("qbert");
-  const int count = static_cast<int>(stages.size());
-  int index = 0;
-  // Counts this operator's products whichever way the stage ends.
+  // Counts this operator's products whichever way the stages end.
   struct Count {
     const HvpOperator* op;
     int64_t* hvps;
     ~Count() { *hvps += op->num_applications(); }
   } counted{op.get(), hvps};
-
-  if (o.traces_enabled) {
-    RETURN_IF_ERROR(CheckCancel(cancel));
-    sink->StageStart("traces", index++, count);
-    at::Generator gen = MakeGenerator(MixSeed(o.seed, kTraces));
-    ASSIGN_OR_RETURN(TraceResult traces, EstimateLayerTraces(*op, o.traces, gen, sink, cancel));
-    for (const LayerTrace& t : traces.layers) {
-      LayerSensitivity& layer = report->layers[t.group];
-      layer.trace = t.trace;
-      layer.trace_std_error = t.std_error;
-      layer.trace_probes = t.probes;
-      layer.trace_per_param = t.trace_per_param();
-      layer.trace_converged = t.converged;
-    }
-    report->total_trace = traces.total_trace;
-    report->total_trace_std_error = traces.total_std_error;
-    sink->StageEnd("traces");
-  }
-  if (o.eigen_enabled) {
-    RETURN_IF_ERROR(CheckCancel(cancel));
-    sink->StageStart("eigen", index++, count);
-    at::Generator gen = MakeGenerator(MixSeed(o.seed, kEigen));
-    if (o.eigen_scope == EigenScope::kModel) {
-      ASSIGN_OR_RETURN(EigenResult top,
-                       TopEigenvalues(*op, o.eigen, kWholeModel, gen, sink, cancel));
-      report->eigenvalues = top.eigenvalues;
-      report->eigen_iterations = top.iterations;
-      report->eigen_converged = top.converged;
-    } else if (o.eigen_scope == EigenScope::kLayer) {
-      for (int g = 0; g < groups; ++g) {
-        ASSIGN_OR_RETURN(EigenResult top, TopEigenvalues(*op, o.eigen, g, gen, nullptr, cancel));
-        report->layers[g].top_eigenvalues = top.eigenvalues;
-        sink->Progress("eigen", g + 1, groups);
-      }
-    } else {
-      const std::vector<ParamBlock> blocks = BlocksOf(layout);
-      report->blocks.clear();
-      for (size_t b = 0; b < blocks.size(); ++b) {
-        ASSIGN_OR_RETURN(EigenResult top,
-                         TopEigenvalues(*op, o.eigen, blocks[b].groups, gen, nullptr, cancel));
-        BlockSensitivity block;
-        block.name = blocks[b].name;
-        block.numel = blocks[b].numel;
-        for (int g : blocks[b].groups) {
-          block.layers.push_back(layout.groups[g].name);
-        }
-        block.top_eigenvalues = top.eigenvalues;
-        report->blocks.push_back(std::move(block));
-        sink->Progress("eigen", static_cast<int64_t>(b + 1), static_cast<int64_t>(blocks.size()));
-      }
-    }
-    sink->StageEnd("eigen");
-  }
-  if (o.density_enabled) {
-    RETURN_IF_ERROR(CheckCancel(cancel));
-    sink->StageStart("density", index++, count);
-    at::Generator gen = MakeGenerator(MixSeed(o.seed, kDensity));
-    ASSIGN_OR_RETURN(SpectralDensity d, EstimateSpectralDensity(*op, o.density, gen, sink, cancel));
-    report->density_nodes = std::move(d.nodes);
-    report->density_weights = std::move(d.weights);
-    report->density_grid = std::move(d.grid);
-    report->density_values = std::move(d.density);
-    report->density_window = d.window;
-    if (d.window > 0) {
-      report->warnings.push_back(
-          absl::StrCat("the Lanczos vectors do not fit in density.max_memory_bytes (",
-                       o.density.max_memory_bytes,
-                       "); each was re-orthogonalised against "
-                       "the last ",
-                       d.window,
-                       " only, so outlier eigenvalues may repeat as "
-                       "ghost nodes"));
-    }
-    sink->StageEnd("density");
-  }
-  if (o.qbert_enabled) {
-    RETURN_IF_ERROR(CheckCancel(cancel));
-    sink->StageStart("qbert", index++, count);
-    at::Generator gen = MakeGenerator(MixSeed(o.seed, kQBert));
-    ASSIGN_OR_RETURN(QBertResult q, QBertScores(module, prepared, hvp, o.qbert_subsets, o.eigen,
-                                                gen, sink, cancel));
-    *hvps += q.hvps;
-    for (const QBertLayerScore& s : q.layers) {
-      report->layers[s.group].qbert_eigenvalues = s.top_eigenvalues;
-      report->layers[s.group].qbert_score = s.score;
-    }
-    sink->StageEnd("qbert");
-  }
-  return absl::OkStatus();
+  StageList stages;
+  stages.AddIf(o.traces_enabled, "traces",
+               [&] { return EstimateTraces(*op, o, sink, cancel, report); });
+  stages.AddIf(o.eigen_enabled, "eigen",
+               [&] { return EstimateEigenvalues(*op, o, sink, cancel, report); });
+  stages.AddIf(o.density_enabled, "density",
+               [&] { return EstimateDensity(*op, o, sink, cancel, report); });
+  stages.AddIf(o.qbert_enabled, "qbert",
+               [&] { return EstimateQBert(module, prepared, hvp, o, sink, cancel, report, hvps); });
+  return stages.Run(sink, cancel);
 }
 
 }  // namespace

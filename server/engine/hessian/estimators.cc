@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <functional>
+#include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -169,10 +171,12 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& 
   return TopEigenvalues(op, options, groups, gen, sink, cancel);
 }
 
-absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& options,
-                                           const std::vector<int>& groups, at::Generator& gen,
-                                           ProgressSink* sink, const CancelToken* cancel) {
-  const ParamLayout& layout = op.layout();
+namespace {
+
+// The dimension of the space the eigenvectors live in (the whole model or
+// the `groups`), after checking the options and the groups.
+absl::StatusOr<int64_t> EigenDimension(const ParamLayout& layout, const EigenOptions& options,
+                                       const std::vector<int>& groups) {
   if (options.k < 1 || !(options.tolerance > 0) || options.max_iterations < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "eigenvalue options out of range: k ", options.k, " (>= 1), tolerance ", options.tolerance,
@@ -187,86 +191,89 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& 
     seen[g] = true;
     dim += layout.groups[g].numel;
   }
-  const int k = static_cast<int>(std::min<int64_t>(options.k, dim));
-  auto restrict = [&groups](ParamSet* v) {
-    if (groups.size() == 1) {
-      RestrictToGroup(groups[0], v);
-    } else if (!groups.empty()) {
-      RestrictToGroups(groups, v);
-    }
-  };
+  return dim;
+}
 
-  EigenResult result;
-  std::vector<ParamSet> products;  // H u_i of each vector found (no deflation)
-  const int64_t total_work = static_cast<int64_t>(k) * options.max_iterations;
-  int64_t done = 0;
-  for (int i = 0; i < k; ++i) {
-    ParamSet v = GaussianLike(op.parameters(), gen);
-    restrict(&v);
-    Orthogonalize(result.eigenvectors, &v);
-    double norm = Norm(v);
-    if (norm == 0) break;
-    Scale(1 / norm, &v);
+// Whether the Rayleigh quotient has settled at iteration `iter`, given the
+// previous one and `change`, the previous iteration's |λ_t − λ_{t−1}|
+// (updated here). It converges geometrically (ratio q ≈ (λ_next/λ)²), so
+// what is left to move after a change d is about d·q/(1−q); stopping on d
+// alone can leave several times the tolerance when the gap is small.
+// d/(1−q) also covers the slower tail when more than one eigenvalue is
+// close.
+bool Settled(int iter, double lambda, double previous, double tolerance, double* change) {
+  if (iter <= 1) return false;
+  const double d = std::abs(lambda - previous);
+  const double q = *change > 0 ? std::min(d / *change, 0.999) : (d == 0 ? 0 : 0.999);
+  const double bound = tolerance * std::abs(lambda);
+  *change = d;
+  return (iter > 2 || d == 0) && d / (1 - q) <= bound;
+}
 
-    double lambda = 0;
-    double change = 0;  // |λ_t − λ_{t−1}| of the previous iteration
-    bool converged = false;
-    int iter = 0;
-    ParamSet hv_of_v;
-    while (iter < options.max_iterations) {
-      RETURN_IF_ERROR(CheckCancel(cancel));
-      ASSIGN_OR_RETURN(ParamSet hv, op.Apply(v));
-      ++iter;
-      if (sink != nullptr) sink->Progress("eigen", ++done, total_work);
-      restrict(&hv);
-      hv_of_v = Clone(hv);
-      // v is orthogonal to the vectors found, so this is the Rayleigh
-      // quotient of the deflated operator as well.
-      const double previous = lambda;
-      lambda = Dot(v, hv);
-      Orthogonalize(result.eigenvectors, &hv);
-      norm = Norm(hv);
-      if (norm == 0) {  // v lies in the null space (of the deflated H)
-        converged = true;
-        break;
-      }
-      if (iter > 1) {
-        // The Rayleigh quotient converges geometrically (ratio q ≈
-        // (λ_next/λ)²), so what is left to move after a change d is about
-        // d·q/(1−q); stopping on d alone can leave several times the
-        // tolerance when the gap is small. d/(1−q) also covers the slower
-        // tail when more than one eigenvalue is close.
-        const double d = std::abs(lambda - previous);
-        const double q = change > 0 ? std::min(d / change, 0.999) : (d == 0 ? 0 : 0.999);
-        const double bound = options.tolerance * std::abs(lambda);
-        change = d;
-        if ((iter > 2 || d == 0) && d / (1 - q) <= bound) {
-          converged = true;
-          break;
-        }
-      }
-      Scale(1 / norm, &hv);
-      v = std::move(hv);
+// One eigenpair found by power iteration.
+struct PowerIteration {
+  double lambda = 0;
+  int iterations = 0;
+  bool converged = false;
+  ParamSet v;   // the unit eigenvector estimate
+  ParamSet hv;  // H v, restricted, before deflation
+};
+
+// Power iteration from a random start on H restricted by `restrict` and
+// deflated against `found` (orthonormal); `applied` after each product.
+// nullopt when the start lies in the span of `found`.
+absl::StatusOr<std::optional<PowerIteration>> PowerIterate(
+    HvpOperator& op, const EigenOptions& options, const std::function<void(ParamSet*)>& restrict,
+    const std::vector<ParamSet>& found, at::Generator& gen, const std::function<void()>& applied,
+    const CancelToken* cancel) {
+  ParamSet v = GaussianLike(op.parameters(), gen);
+  restrict(&v);
+  Orthogonalize(found, &v);
+  double norm = Norm(v);
+  if (norm == 0) return std::optional<PowerIteration>();
+  Scale(1 / norm, &v);
+
+  PowerIteration result;
+  double change = 0;  // |λ_t − λ_{t−1}| of the previous iteration
+  while (result.iterations < options.max_iterations) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    ASSIGN_OR_RETURN(ParamSet hv, op.Apply(v));
+    ++result.iterations;
+    applied();
+    restrict(&hv);
+    result.hv = Clone(hv);
+    // v is orthogonal to the vectors found, so this is the Rayleigh
+    // quotient of the deflated operator as well.
+    const double previous = result.lambda;
+    result.lambda = Dot(v, hv);
+    Orthogonalize(found, &hv);
+    norm = Norm(hv);
+    if (norm == 0) {  // v lies in the null space (of the deflated H)
+      result.converged = true;
+      break;
     }
-    done = static_cast<int64_t>(i + 1) * options.max_iterations;
-    result.eigenvalues.push_back(lambda);
-    result.iterations.push_back(iter);
-    result.converged.push_back(converged);
-    result.eigenvectors.push_back(std::move(v));
-    products.push_back(std::move(hv_of_v));
+    if (Settled(result.iterations, result.lambda, previous, options.tolerance, &change)) {
+      result.converged = true;
+      break;
+    }
+    Scale(1 / norm, &hv);
+    v = std::move(hv);
   }
-  if (result.eigenvectors.size() < 2) return result;
+  result.v = std::move(v);
+  return std::optional<PowerIteration>(std::move(result));
+}
 
-  // Rayleigh-Ritz on the span of the vectors found, with the products
-  // already computed (no extra HVP). Deflating against an eigenvector known
-  // only to the tolerance leaks |λ_1|·(its error)² into the later
-  // eigenvalues; that error lies mostly along the next eigenvectors found,
-  // which this step rotates back out.
-  const int64_t n = static_cast<int64_t>(result.eigenvectors.size());
+// Rayleigh-Ritz on the span of the vectors found, with the products
+// already computed (no extra HVP). Deflating against an eigenvector known
+// only to the tolerance leaks |λ_1|·(its error)² into the later
+// eigenvalues; that error lies mostly along the next eigenvectors found,
+// which this step rotates back out. Reorders by decreasing |λ|.
+absl::Status RayleighRitz(const std::vector<ParamSet>& products, EigenResult* result) {
+  const int64_t n = static_cast<int64_t>(result->eigenvectors.size());
   torch::Tensor m = torch::zeros({n, n}, torch::kFloat64);
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t c = 0; c < n; ++c) {
-      m[r][c] = Dot(result.eigenvectors[r], products[c]);
+      m[r][c] = Dot(result->eigenvectors[r], products[c]);
     }
   }
   m = (m + m.t()) / 2;  // finite differences are not exactly symmetric
@@ -284,16 +291,55 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& 
   });
   std::vector<ParamSet> rotated;
   for (int64_t j : order) {
-    ParamSet u = ZerosLike(result.eigenvectors[0]);
+    ParamSet u = ZerosLike(result->eigenvectors[0]);
     for (int64_t r = 0; r < n; ++r) {
-      Axpy(q[r][j].item<double>(), result.eigenvectors[r], &u);
+      Axpy(q[r][j].item<double>(), result->eigenvectors[r], &u);
     }
     rotated.push_back(std::move(u));
   }
   for (int64_t j = 0; j < n; ++j) {
-    result.eigenvalues[j] = values[order[j]].item<double>();
+    result->eigenvalues[j] = values[order[j]].item<double>();
   }
-  result.eigenvectors = std::move(rotated);
+  result->eigenvectors = std::move(rotated);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& options,
+                                           const std::vector<int>& groups, at::Generator& gen,
+                                           ProgressSink* sink, const CancelToken* cancel) {
+  ASSIGN_OR_RETURN(const int64_t dim, EigenDimension(op.layout(), options, groups));
+  const int k = static_cast<int>(std::min<int64_t>(options.k, dim));
+  auto restrict = [&groups](ParamSet* v) {
+    if (groups.size() == 1) {
+      RestrictToGroup(groups[0], v);
+    } else if (!groups.empty()) {
+      RestrictToGroups(groups, v);
+    }
+  };
+
+  EigenResult result;
+  std::vector<ParamSet> products;  // H u_i of each vector found (no deflation)
+  const int64_t total_work = static_cast<int64_t>(k) * options.max_iterations;
+  int64_t done = 0;
+  auto applied = [&] {
+    if (sink != nullptr) sink->Progress("eigen", ++done, total_work);
+  };
+  for (int i = 0; i < k; ++i) {
+    ASSIGN_OR_RETURN(
+        std::optional<PowerIteration> found,
+        PowerIterate(op, options, restrict, result.eigenvectors, gen, applied, cancel));
+    if (!found.has_value()) break;
+    done = static_cast<int64_t>(i + 1) * options.max_iterations;
+    result.eigenvalues.push_back(found->lambda);
+    result.iterations.push_back(found->iterations);
+    result.converged.push_back(found->converged);
+    result.eigenvectors.push_back(std::move(found->v));
+    products.push_back(std::move(found->hv));
+  }
+  if (result.eigenvectors.size() < 2) return result;
+  RETURN_IF_ERROR(RayleighRitz(products, &result));
   return result;
 }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/engine/common/runtime.h"
+#include "server/engine/common/stages.h"
 #include "server/engine/data/dataset.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/model/model.h"
@@ -146,6 +148,409 @@ absl::StatusOr<torch::Tensor> Logits(torch::jit::Module& module, const torch::Te
   return torch::cat(out, 0);
 }
 
+absl::StatusOr<LoadedDataset> LoadData(const PruneOptions& o, const std::string& id, int64_t n) {
+  return IsBuiltinDataset(id) ? LoadBuiltinDataset(id, n, o.idx_dir) : LoadDataset(id, n);
+}
+
+// What RunPruning's stages share. Not movable: `metric` points into it.
+struct PruneState {
+  PruneState() = default;
+  PruneState(const PruneState&) = delete;
+  PruneState& operator=(const PruneState&) = delete;
+
+  // Read before the stages.
+  torch::jit::Module module;   // pruned in place, round by round
+  torch::jit::Module teacher;  // the original: distillation, shapes before
+  LoadedDataset calibration;   // on the device
+  InspectOptions inspect;      // one example
+  VitStructure vit;            // of `module`; each round's surgery updates it
+  Metric metric;               // its vit is `vit`; its tables are `tables`
+  torch::Tensor teacher_logits;
+  PreparedBatches saliency_batches;  // labels from the original when the data have none
+  torch::Tensor latency_input;
+  std::vector<BlockState> blocks;  // original indices still in each block
+
+  // Filled by the stages.
+  std::optional<LoadedDataset> eval;
+  std::vector<LatencyTable> tables;  // one per distinct block shape
+  double m0 = 0;                     // the target quantity before pruning
+  std::vector<RankedUnit> kept_last_round;
+  bool stopped = false;      // a round reached the minimums without the goal
+  torch::jit::Module saved;  // model.pt, reloaded
+};
+
+// Loads the model twice (student and teacher) and the calibration data,
+// finds the ViT structure and the target quantity's fixed part, and
+// computes the teacher's logits and the saliency batches. Sets the report's
+// style and sizes before.
+absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneState* s,
+                     PruneReport* report) {
+  ASSIGN_OR_RETURN(s->module, LoadModel(o.model_path, o.device));
+  ASSIGN_OR_RETURN(s->teacher, LoadModel(o.model_path, o.device));
+  ASSIGN_OR_RETURN(s->calibration, LoadData(o, o.calibration_dataset, o.num_samples));
+  LoadedDataset& calibration = s->calibration;
+  const torch::Device device(o.device);
+  const torch::Tensor first_param = *s->module.parameters().begin();
+  calibration.inputs = at::isFloatingType(calibration.inputs.scalar_type())
+                           ? calibration.inputs.to(device, first_param.scalar_type())
+                           : calibration.inputs.to(device);
+  if (calibration.targets.defined()) calibration.targets = calibration.targets.to(device);
+  std::vector<int64_t> input_shape = calibration.inputs.sizes().vec();
+  input_shape[0] = 1;
+
+  ASSIGN_OR_RETURN(s->vit, DiscoverVit(s->module, input_shape));
+  report->style = s->vit.style;
+  s->inspect.input_shape = input_shape;
+  s->inspect.device = o.device;
+  ASSIGN_OR_RETURN(Inspection before, InspectModelFile(o.model_path, s->inspect, cancel));
+  report->macs_before = before.total_macs;
+  report->params_before = before.summary.num_parameters;
+  report->bytes_before = before.summary.model_bytes;
+
+  Metric& metric = s->metric;
+  metric.kind = o.target;
+  metric.vit = &s->vit;
+  metric.fixed_macs = before.total_macs;
+  metric.fixed_params = before.summary.num_parameters;
+  for (const VitBlock& b : s->vit.blocks) {
+    metric.fixed_macs -= BlockMacs(s->vit, b.heads, b.hidden);
+    metric.fixed_params -= BlockParams(s->vit, b.heads, b.hidden);
+  }
+
+  ASSIGN_OR_RETURN(s->teacher_logits, Logits(s->teacher, calibration.inputs, o.batch_size));
+  const int64_t saliency_n = std::min(o.saliency_samples, calibration.inputs.size(0));
+  ASSIGN_OR_RETURN(
+      s->saliency_batches,
+      PrepareBatches(s->teacher, calibration.inputs.narrow(0, 0, saliency_n),
+                     calibration.targets.defined() ? calibration.targets.narrow(0, 0, saliency_n)
+                                                   : torch::Tensor(),
+                     o.batch_size, o.loss));
+  s->latency_input = Rows(calibration.inputs, o.latency_batch);
+  s->blocks.resize(s->vit.blocks.size());
+  for (size_t b = 0; b < s->vit.blocks.size(); ++b) {
+    for (int64_t h = 0; h < s->vit.blocks[b].heads; ++h) s->blocks[b].heads.push_back(h);
+    for (int64_t n = 0; n < s->vit.blocks[b].hidden; ++n) s->blocks[b].neurons.push_back(n);
+  }
+  return absl::OkStatus();
+}
+
+// Stage "evaluation" (first): loads the eval data and measures the original.
+absl::Status EvaluateOriginal(const PruneOptions& o, PruneState* s, PruneReport* report) {
+  ASSIGN_OR_RETURN(s->eval, LoadData(o, o.eval_dataset, o.eval_samples));
+  report->eval_examples = s->eval->inputs.size(0);
+  ASSIGN_OR_RETURN(report->accuracy_before,
+                   TopOneAccuracy(s->teacher, s->eval->inputs, s->eval->targets, o.device));
+  return absl::OkStatus();
+}
+
+// Stage "latency": one latency table per distinct block shape, and the
+// measured latency of the whole model; the rest of the model's latency is
+// what the blocks do not explain.
+absl::Status MeasureLatency(const PruneOptions& o, ProgressSink* sink, const CancelToken* cancel,
+                            PruneState* s, PruneReport* report) {
+  const VitStructure& vit = s->vit;
+  Metric& metric = s->metric;
+  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, size_t> table_of_shape;
+  s->tables.reserve(vit.blocks.size());  // metric.tables point into it
+  for (size_t b = 0; b < vit.blocks.size(); ++b) {
+    const VitBlock& blk = vit.blocks[b];
+    auto key = std::make_tuple(blk.heads, blk.head_dim, blk.hidden, blk.prunable_heads);
+    if (!table_of_shape.count(key)) {
+      ASSIGN_OR_RETURN(LatencyTable t,
+                       MeasureBlockLatency(s->module, vit, static_cast<int>(b), o.latency_batch,
+                                           std::min(o.min_mlp, blk.hidden), cancel));
+      table_of_shape[key] = s->tables.size();
+      s->tables.push_back(std::move(t));
+    }
+    sink->Progress("latency", static_cast<int64_t>(b + 1), static_cast<int64_t>(vit.blocks.size()));
+  }
+  for (const VitBlock& blk : vit.blocks) {
+    metric.tables.push_back(&s->tables[table_of_shape[std::make_tuple(
+        blk.heads, blk.head_dim, blk.hidden, blk.prunable_heads)]]);
+  }
+  ASSIGN_OR_RETURN(double ms, MeasureLatencyMs(s->module, s->latency_input));
+  report->latency_before_ms = ms;
+  report->latency_batch = o.latency_batch;
+  metric.fixed_ms = ms;
+  for (size_t b = 0; b < vit.blocks.size(); ++b) {
+    metric.fixed_ms -= metric.tables[b]->Predict(vit.blocks[b].heads, vit.blocks[b].hidden);
+  }
+  if (metric.fixed_ms < 0) {
+    report->warnings.push_back(absl::StrFormat(
+        "the blocks timed alone took longer than the whole model (%.2f ms over); the latency "
+        "model treats the rest of the model as free",
+        -metric.fixed_ms));
+    metric.fixed_ms = 0;
+  }
+  return absl::OkStatus();
+}
+
+// One round's units, scored and ranked.
+struct Ranking {
+  std::vector<PruneUnit> units;
+  std::vector<UnitSaliency> saliency;
+  std::vector<double> costs;     // of the target quantity, each unit's share
+  std::vector<double> saved_ms;  // predicted latency each unit saves
+  std::vector<double> key;       // what the ranking sorts by
+  std::vector<size_t> order;     // units, lowest key first
+};
+
+// Saliency per unit of cost (both scaled by their mean magnitude), minus
+// the latency weight times the (scaled) latency a unit saves.
+absl::StatusOr<Ranking> RankUnits(const PruneOptions& o, const CancelToken* cancel, PruneState* s,
+                                  int64_t* hvp_count) {
+  Ranking r;
+  r.units = UnitsOf(s->vit, o.head_group, o.mlp_group);
+  ASSIGN_OR_RETURN(r.saliency, ComputeSaliency(s->module, s->vit, r.units, s->saliency_batches,
+                                               o.saliency, cancel, hvp_count));
+  const Metric& metric = s->metric;
+  const auto shape = ShapeOf(s->vit);
+  std::vector<double> scores;
+  for (size_t u = 0; u < r.units.size(); ++u) {
+    const PruneUnit& unit = r.units[u];
+    const auto [h, m] = shape[unit.block];
+    const int64_t h2 = unit.head ? h - unit.count : h;
+    const int64_t m2 = unit.head ? m : m - unit.count;
+    scores.push_back(r.saliency[u].score);
+    r.costs.push_back(metric.Block(unit.block, h, m) - metric.Block(unit.block, h2, m2));
+    r.saved_ms.push_back(metric.tables.empty() ? 0
+                                               : metric.tables[unit.block]->Predict(h, m) -
+                                                     metric.tables[unit.block]->Predict(h2, m2));
+  }
+  const double ms_scale = MeanAbs(scores), mc_scale = MeanAbs(r.costs),
+               ml_scale = MeanAbs(r.saved_ms);
+  r.key.resize(r.units.size());
+  for (size_t u = 0; u < r.units.size(); ++u) {
+    r.key[u] = (scores[u] / ms_scale) / std::max(r.costs[u] / mc_scale, 1e-6) -
+               o.latency_weight * r.saved_ms[u] / ml_scale;
+  }
+  r.order.resize(r.units.size());
+  std::iota(r.order.begin(), r.order.end(), 0);
+  std::stable_sort(r.order.begin(), r.order.end(),
+                   [&](size_t a, size_t b) { return r.key[a] < r.key[b]; });
+  return r;
+}
+
+// Removes units in rank order until the target quantity is at most `goal`,
+// skipping those that would break a block's minimum; which units went.
+std::vector<bool> RemoveInRankOrder(const PruneOptions& o, const Metric& metric, const Ranking& r,
+                                    std::vector<std::pair<int64_t, int64_t>> shape, double goal) {
+  std::vector<bool> removed(r.units.size(), false);
+  for (size_t u : r.order) {
+    if (metric.Total(shape) <= goal) break;
+    const PruneUnit& unit = r.units[u];
+    auto& [h, m] = shape[unit.block];
+    if (unit.head ? h - unit.count < o.min_heads : m - unit.count < o.min_mlp) continue;
+    (unit.head ? h : m) -= unit.count;
+    removed[u] = true;
+  }
+  return removed;
+}
+
+RankedUnit Describe(const Ranking& r, size_t u, bool removed, int round, const VitStructure& vit,
+                    const std::vector<BlockState>& blocks) {
+  const PruneUnit& unit = r.units[u];
+  RankedUnit d;
+  d.round = round;
+  d.block = vit.blocks[unit.block].path;
+  d.kind = unit.head ? "head" : "mlp";
+  d.first =
+      unit.head ? blocks[unit.block].heads[unit.first] : blocks[unit.block].neurons[unit.first];
+  d.count = unit.count;
+  d.score = r.saliency[u].score;
+  d.taylor = r.saliency[u].taylor;
+  d.first_order = r.saliency[u].first_order;
+  d.second_order = r.saliency[u].second_order;
+  d.magnitude = r.saliency[u].magnitude;
+  d.cost = r.costs[u];
+  d.latency_ms = r.saved_ms[u];
+  d.rank_key = r.key[u];
+  d.removed = removed;
+  return d;
+}
+
+// Cuts the removed units out of `module` (updating `vit`) and keeps track
+// of which original heads and neurons remain in each block.
+absl::Status Cut(const Ranking& r, const std::vector<bool>& removed, torch::jit::Module& module,
+                 VitStructure* vit, std::vector<BlockState>* blocks) {
+  VitPlan plan;
+  std::vector<BlockState> next(blocks->size());
+  for (size_t b = 0; b < vit->blocks.size(); ++b) {
+    std::vector<bool> drop_head(vit->blocks[b].heads, false);
+    std::vector<bool> drop_neuron(vit->blocks[b].hidden, false);
+    for (size_t u = 0; u < r.units.size(); ++u) {
+      if (!removed[u] || r.units[u].block != static_cast<int>(b)) continue;
+      for (int64_t i = r.units[u].first; i < r.units[u].first + r.units[u].count; ++i) {
+        (r.units[u].head ? drop_head : drop_neuron)[i] = true;
+      }
+    }
+    BlockPlan p;
+    for (int64_t h = 0; h < vit->blocks[b].heads; ++h) {
+      if (drop_head[h]) continue;
+      p.heads.push_back(h);
+      next[b].heads.push_back((*blocks)[b].heads[h]);
+    }
+    for (int64_t n = 0; n < vit->blocks[b].hidden; ++n) {
+      if (drop_neuron[n]) continue;
+      p.neurons.push_back(n);
+      next[b].neurons.push_back((*blocks)[b].neurons[n]);
+    }
+    plan.blocks.push_back(std::move(p));
+  }
+  ASSIGN_OR_RETURN(*vit, ApplyPlan(module, *vit, plan));
+  *blocks = std::move(next);
+  return absl::OkStatus();
+}
+
+// Top-1 on the first step_eval_samples eval examples; none without eval
+// data.
+absl::StatusOr<std::optional<double>> StepAccuracy(const PruneOptions& o,
+                                                   const std::optional<LoadedDataset>& eval,
+                                                   torch::jit::Module& module) {
+  if (!eval.has_value()) return std::optional<double>();
+  const int64_t n = std::min(o.step_eval_samples, eval->inputs.size(0));
+  ASSIGN_OR_RETURN(double acc, TopOneAccuracy(module, eval->inputs.narrow(0, 0, n),
+                                              eval->targets.narrow(0, 0, n), o.device));
+  return std::optional<double>(acc);
+}
+
+// The pruned model's sizes, then its loss and accuracy before and after
+// the recovery fine-tuning (progress in recovery steps under `stage`).
+absl::Status MeasureAndRecover(const PruneOptions& o, int round, const std::string& stage,
+                               ProgressSink* sink, const CancelToken* cancel, PruneState* s,
+                               PruneRound* r) {
+  const auto after = ShapeOf(s->vit);
+  r->macs = s->metric.fixed_macs;
+  r->params = s->metric.fixed_params;
+  for (const auto& [h, m] : after) {
+    r->macs += BlockMacs(s->vit, h, m);
+    r->params += BlockParams(s->vit, h, m);
+  }
+  r->predicted_latency_ms = PredictedMs(s->metric.tables, s->metric.fixed_ms, after);
+  ASSIGN_OR_RETURN(r->loss_before_recovery, MeanLoss(s->module, s->saliency_batches));
+  ASSIGN_OR_RETURN(r->accuracy_before_recovery, StepAccuracy(o, s->eval, s->module));
+  if (o.recovery_steps == 0) {
+    r->loss_after_recovery = r->loss_before_recovery;
+    r->accuracy = r->accuracy_before_recovery;
+    return absl::OkStatus();
+  }
+  RecoveryOptions recovery;
+  recovery.steps = o.recovery_steps;
+  recovery.learning_rate = o.learning_rate;
+  recovery.temperature = o.temperature;
+  recovery.optimizer = o.optimizer;
+  recovery.batch_size = o.batch_size;
+  recovery.seed = o.seed + static_cast<uint64_t>(round);
+  ASSIGN_OR_RETURN(RecoveryStats stats,
+                   Recover(s->module, s->calibration.inputs, s->teacher_logits,
+                           s->calibration.targets, recovery, sink, stage, cancel));
+  (void)stats;
+  ASSIGN_OR_RETURN(r->loss_after_recovery, MeanLoss(s->module, s->saliency_batches));
+  ASSIGN_OR_RETURN(r->accuracy, StepAccuracy(o, s->eval, s->module));
+  return absl::OkStatus();
+}
+
+// The partial result "round" and the log line of a finished round.
+void ReportRound(const PruneRound& r, int64_t step_examples, ProgressSink* sink) {
+  std::string json = absl::StrFormat(
+      "{\"round\": %d, \"units_removed\": %d, \"macs\": %d, \"params\": %d, "
+      "\"loss_before_recovery\": %.6g, \"loss_after_recovery\": %.6g",
+      r.round, r.units_removed, r.macs, r.params, r.loss_before_recovery, r.loss_after_recovery);
+  if (r.accuracy) absl::StrAppendFormat(&json, ", \"accuracy\": %.4f", *r.accuracy);
+  json += "}";
+  sink->PartialResult("round", json);
+  sink->Log("INFO", absl::StrFormat("round %d: removed %d units, %d MACs per example%s", r.round,
+                                    r.units_removed, r.macs,
+                                    r.accuracy ? absl::StrFormat(", top-1 %.2f%% on %d examples",
+                                                                 *r.accuracy, step_examples)
+                                               : ""));
+}
+
+// Stage "round N": rank, remove down to this round's share of the target,
+// cut, recover. Sets `stopped` when the minimums stop it short of its goal.
+absl::Status PruneOneRound(const PruneOptions& o, int round, const std::string& stage,
+                           ProgressSink* sink, const CancelToken* cancel, PruneState* s,
+                           PruneReport* report) {
+  const double goal = s->m0 * (1 - o.target_fraction * round / o.steps);
+  ASSIGN_OR_RETURN(Ranking ranking, RankUnits(o, cancel, s, &report->hvp_count));
+  const std::vector<bool> removed = RemoveInRankOrder(o, s->metric, ranking, ShapeOf(s->vit), goal);
+  s->kept_last_round.clear();
+  for (size_t u : ranking.order) {
+    RankedUnit d = Describe(ranking, u, removed[u], round, s->vit, s->blocks);
+    (removed[u] ? report->ranking : s->kept_last_round).push_back(std::move(d));
+  }
+  RETURN_IF_ERROR(Cut(ranking, removed, s->module, &s->vit, &s->blocks));
+
+  PruneRound r;
+  r.round = round;
+  r.units_removed = std::count(removed.begin(), removed.end(), true);
+  RETURN_IF_ERROR(MeasureAndRecover(o, round, stage, sink, cancel, s, &r));
+  ReportRound(r, std::min(o.step_eval_samples, report->eval_examples), sink);
+  report->rounds.push_back(r);
+  s->stopped = r.units_removed == 0 && s->metric.Total(ShapeOf(s->vit)) > goal;
+  return absl::OkStatus();
+}
+
+// Saves model.pt, reloads it, and measures the file: MACs, parameters,
+// bytes, and latency (measured and predicted).
+absl::Status SaveAndMeasure(const PruneOptions& o, const CancelToken* cancel, PruneState* s,
+                            PruneReport* report) {
+  report->model_path = (std::filesystem::path(o.output_dir) / "model.pt").string();
+  try {
+    s->module.save(report->model_path);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("cannot save ", report->model_path, ": ", e.what_without_backtrace()));
+  }
+  ASSIGN_OR_RETURN(s->saved, LoadModel(report->model_path, o.device));
+  ASSIGN_OR_RETURN(Inspection pruned, InspectModelFile(report->model_path, s->inspect, cancel));
+  report->macs_after = pruned.total_macs;
+  report->params_after = pruned.summary.num_parameters;
+  report->bytes_after = pruned.summary.model_bytes;
+  report->predicted_latency_after_ms =
+      PredictedMs(s->metric.tables, s->metric.fixed_ms, ShapeOf(s->vit));
+  if (o.measure_latency) {
+    ASSIGN_OR_RETURN(double ms, MeasureLatencyMs(s->saved, s->latency_input));
+    report->latency_after_ms = ms;
+  }
+  return absl::OkStatus();
+}
+
+// The target reached, and per block the shapes before and after and the
+// original heads and neurons kept.
+absl::Status Summarize(const PruneOptions& o, PruneState* s, PruneReport* report) {
+  report->ranking.insert(report->ranking.end(), s->kept_last_round.begin(),
+                         s->kept_last_round.end());
+  const double m_after = s->metric.Total(ShapeOf(s->vit));
+  report->achieved_fraction = 1 - m_after / s->m0;
+  report->target_met = report->achieved_fraction >= o.target_fraction - 1e-9;
+  if (!report->target_met) {
+    report->warnings.push_back(absl::StrFormat(
+        "target not met: %.1f%% of %s removed, %.1f%% asked; the minimums per block (%d heads, "
+        "%d MLP neurons) stop further pruning",
+        100 * report->achieved_fraction, report->target, 100 * o.target_fraction, o.min_heads,
+        o.min_mlp));
+  }
+  const VitStructure& vit = s->vit;
+  for (size_t b = 0; b < vit.blocks.size(); ++b) {
+    PrunedBlock pb;
+    pb.name = vit.blocks[b].path;
+    pb.heads_after = vit.blocks[b].heads;
+    pb.hidden_after = vit.blocks[b].hidden;
+    pb.kept_heads = s->blocks[b].heads;
+    pb.kept_neurons = s->blocks[b].neurons;
+    pb.prunable_heads = vit.blocks[b].prunable_heads;
+    report->blocks.push_back(std::move(pb));
+  }
+  // Shapes before, from the original structure.
+  ASSIGN_OR_RETURN(VitStructure v0, DiscoverVit(s->teacher, s->inspect.input_shape));
+  for (size_t b = 0; b < v0.blocks.size() && b < report->blocks.size(); ++b) {
+    report->blocks[b].heads_before = v0.blocks[b].heads;
+    report->blocks[b].hidden_before = v0.blocks[b].hidden;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 const char* PruneTargetName(PruneTargetKind kind) {
@@ -165,334 +570,40 @@ absl::StatusOr<PruneReport> RunPruning(const PruneOptions& o, ProgressSink* sink
   const auto wall_start = std::chrono::steady_clock::now();
   NullProgressSink null_sink;
   if (sink == nullptr) sink = &null_sink;
-  auto check = [cancel]() { return cancel == nullptr ? absl::OkStatus() : cancel->Check(); };
   RETURN_IF_ERROR(Validate(o));
   PruneReport report;
   report.saliency = SaliencyKindName(o.saliency);
   report.target = PruneTargetName(o.target);
   report.target_fraction = o.target_fraction;
   report.runtime = RuntimeDescription();
+  PruneState s;
+  RETURN_IF_ERROR(Prepare(o, cancel, &s, &report));
 
-  ASSIGN_OR_RETURN(torch::jit::Module module, LoadModel(o.model_path, o.device));
-  ASSIGN_OR_RETURN(torch::jit::Module teacher, LoadModel(o.model_path, o.device));
-  auto load = [&o](const std::string& id, int64_t n) {
-    return IsBuiltinDataset(id) ? LoadBuiltinDataset(id, n, o.idx_dir) : LoadDataset(id, n);
-  };
-  ASSIGN_OR_RETURN(LoadedDataset calibration, load(o.calibration_dataset, o.num_samples));
-  const torch::Device device(o.device);
-  const torch::Tensor first_param = *module.parameters().begin();
-  calibration.inputs = at::isFloatingType(calibration.inputs.scalar_type())
-                           ? calibration.inputs.to(device, first_param.scalar_type())
-                           : calibration.inputs.to(device);
-  if (calibration.targets.defined()) calibration.targets = calibration.targets.to(device);
-  std::vector<int64_t> input_shape = calibration.inputs.sizes().vec();
-  input_shape[0] = 1;
-
-  ASSIGN_OR_RETURN(VitStructure vit, DiscoverVit(module, input_shape));
-  report.style = vit.style;
-  InspectOptions inspect;
-  inspect.input_shape = input_shape;
-  inspect.device = o.device;
-  ASSIGN_OR_RETURN(Inspection before, InspectModelFile(o.model_path, inspect, cancel));
-  report.macs_before = before.total_macs;
-  report.params_before = before.summary.num_parameters;
-  report.bytes_before = before.summary.model_bytes;
-
-  Metric metric;
-  metric.kind = o.target;
-  metric.vit = &vit;
-  metric.fixed_macs = before.total_macs;
-  metric.fixed_params = before.summary.num_parameters;
-  for (const VitBlock& b : vit.blocks) {
-    metric.fixed_macs -= BlockMacs(vit, b.heads, b.hidden);
-    metric.fixed_params -= BlockParams(vit, b.heads, b.hidden);
-  }
-
-  // Teacher logits for recovery; calibration batches (labels fixed by the
-  // original model when the data have none) for saliency.
-  ASSIGN_OR_RETURN(torch::Tensor teacher_logits,
-                   Logits(teacher, calibration.inputs, o.batch_size));
-  const int64_t saliency_n = std::min(o.saliency_samples, calibration.inputs.size(0));
-  ASSIGN_OR_RETURN(
-      PreparedBatches saliency_batches,
-      PrepareBatches(teacher, calibration.inputs.narrow(0, 0, saliency_n),
-                     calibration.targets.defined() ? calibration.targets.narrow(0, 0, saliency_n)
-                                                   : torch::Tensor(),
-                     o.batch_size, o.loss));
-
-  std::optional<LoadedDataset> eval;
-  if (!o.eval_dataset.empty()) {
-    sink->StageStart("evaluation", 0, 1);
-    ASSIGN_OR_RETURN(LoadedDataset e, load(o.eval_dataset, o.eval_samples));
-    eval = std::move(e);
-    report.eval_examples = eval->inputs.size(0);
-    ASSIGN_OR_RETURN(double acc, TopOneAccuracy(teacher, eval->inputs, eval->targets, o.device));
-    report.accuracy_before = acc;
-    sink->StageEnd("evaluation");
-  }
-  auto step_accuracy = [&](torch::jit::Module& m) -> absl::StatusOr<std::optional<double>> {
-    if (!eval.has_value()) return std::optional<double>();
-    const int64_t n = std::min(o.step_eval_samples, eval->inputs.size(0));
-    ASSIGN_OR_RETURN(double acc, TopOneAccuracy(m, eval->inputs.narrow(0, 0, n),
-                                                eval->targets.narrow(0, 0, n), o.device));
-    return std::optional<double>(acc);
-  };
-
-  // Latency tables, one per distinct block shape.
-  std::vector<LatencyTable> tables;
-  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, size_t> table_of_shape;
-  torch::Tensor latency_input = Rows(calibration.inputs, o.latency_batch);
-  if (o.measure_latency) {
-    sink->StageStart("latency", 0, 1);
-    tables.reserve(vit.blocks.size());
-    for (size_t b = 0; b < vit.blocks.size(); ++b) {
-      const VitBlock& blk = vit.blocks[b];
-      auto key = std::make_tuple(blk.heads, blk.head_dim, blk.hidden, blk.prunable_heads);
-      if (!table_of_shape.count(key)) {
-        ASSIGN_OR_RETURN(LatencyTable t,
-                         MeasureBlockLatency(module, vit, static_cast<int>(b), o.latency_batch,
-                                             std::min(o.min_mlp, blk.hidden), cancel));
-        table_of_shape[key] = tables.size();
-        tables.push_back(std::move(t));
-      }
-      sink->Progress("latency", static_cast<int64_t>(b + 1),
-                     static_cast<int64_t>(vit.blocks.size()));
-    }
-    for (const VitBlock& blk : vit.blocks) {
-      metric.tables.push_back(
-          &tables[table_of_shape[std::make_tuple(blk.heads, blk.head_dim, blk.hidden,
-                                                 blk.prunable_heads)]]);
-    }
-    ASSIGN_OR_RETURN(double ms, MeasureLatencyMs(module, latency_input));
-    report.latency_before_ms = ms;
-    report.latency_batch = o.latency_batch;
-    metric.fixed_ms = ms;
-    for (size_t b = 0; b < vit.blocks.size(); ++b) {
-      metric.fixed_ms -= metric.tables[b]->Predict(vit.blocks[b].heads, vit.blocks[b].hidden);
-    }
-    if (metric.fixed_ms < 0) {
-      report.warnings.push_back(absl::StrFormat(
-          "the blocks timed alone took longer than the whole model (%.2f ms over); the latency "
-          "model treats the rest of the model as free",
-          -metric.fixed_ms));
-      metric.fixed_ms = 0;
-    }
-    sink->StageEnd("latency");
-  }
-
-  std::vector<BlockState> state(vit.blocks.size());
-  for (size_t b = 0; b < vit.blocks.size(); ++b) {
-    for (int64_t h = 0; h < vit.blocks[b].heads; ++h) state[b].heads.push_back(h);
-    for (int64_t n = 0; n < vit.blocks[b].hidden; ++n) state[b].neurons.push_back(n);
-  }
-  const double m0 = metric.Total(ShapeOf(vit));
-  RecoveryOptions recovery;
-  recovery.steps = o.recovery_steps;
-  recovery.learning_rate = o.learning_rate;
-  recovery.temperature = o.temperature;
-  recovery.optimizer = o.optimizer;
-  recovery.batch_size = o.batch_size;
-
-  std::vector<RankedUnit> kept_last_round;
+  const bool eval = !o.eval_dataset.empty();
+  StageList stages;
+  stages.AddIf(eval, "evaluation", [&] { return EvaluateOriginal(o, &s, &report); });
+  stages.AddIf(o.measure_latency, "latency",
+               [&] { return MeasureLatency(o, sink, cancel, &s, &report); });
+  // The target quantity before pruning (with a latency target, it needs the
+  // timings).
+  stages.AddStep("goal", [&] {
+    s.m0 = s.metric.Total(ShapeOf(s.vit));
+    return absl::OkStatus();
+  });
   for (int round = 1; round <= o.steps; ++round) {
-    RETURN_IF_ERROR(check());
     const std::string stage = absl::StrCat("round ", round);
-    sink->StageStart(stage, round - 1, o.steps);
-    const double goal = m0 * (1 - o.target_fraction * round / o.steps);
-    const std::vector<PruneUnit> units = UnitsOf(vit, o.head_group, o.mlp_group);
-    ASSIGN_OR_RETURN(std::vector<UnitSaliency> sal,
-                     ComputeSaliency(module, vit, units, saliency_batches, o.saliency, cancel,
-                                     &report.hvp_count));
-    const auto shape = ShapeOf(vit);
-    std::vector<double> scores, costs, saved_ms;
-    for (size_t u = 0; u < units.size(); ++u) {
-      const PruneUnit& unit = units[u];
-      const auto [h, m] = shape[unit.block];
-      const int64_t h2 = unit.head ? h - unit.count : h;
-      const int64_t m2 = unit.head ? m : m - unit.count;
-      scores.push_back(sal[u].score);
-      costs.push_back(metric.Block(unit.block, h, m) - metric.Block(unit.block, h2, m2));
-      saved_ms.push_back(metric.tables.empty() ? 0
-                                               : metric.tables[unit.block]->Predict(h, m) -
-                                                     metric.tables[unit.block]->Predict(h2, m2));
-    }
-    const double ms_scale = MeanAbs(scores), mc_scale = MeanAbs(costs), ml_scale = MeanAbs(saved_ms);
-    std::vector<double> key(units.size());
-    for (size_t u = 0; u < units.size(); ++u) {
-      key[u] = (scores[u] / ms_scale) / std::max(costs[u] / mc_scale, 1e-6) -
-               o.latency_weight * saved_ms[u] / ml_scale;
-    }
-    std::vector<size_t> order(units.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] < key[b]; });
-
-    // Greedy removal in rank order.
-    auto current = shape;
-    std::vector<bool> removed(units.size(), false);
-    int64_t removed_count = 0;
-    for (size_t u : order) {
-      if (metric.Total(current) <= goal) break;
-      const PruneUnit& unit = units[u];
-      auto& [h, m] = current[unit.block];
-      if (unit.head ? h - unit.count < o.min_heads : m - unit.count < o.min_mlp) continue;
-      (unit.head ? h : m) -= unit.count;
-      removed[u] = true;
-      ++removed_count;
-    }
-    auto describe = [&](size_t u) {
-      const PruneUnit& unit = units[u];
-      RankedUnit r;
-      r.round = round;
-      r.block = vit.blocks[unit.block].path;
-      r.kind = unit.head ? "head" : "mlp";
-      r.first = unit.head ? state[unit.block].heads[unit.first]
-                          : state[unit.block].neurons[unit.first];
-      r.count = unit.count;
-      r.score = sal[u].score;
-      r.taylor = sal[u].taylor;
-      r.first_order = sal[u].first_order;
-      r.second_order = sal[u].second_order;
-      r.magnitude = sal[u].magnitude;
-      r.cost = costs[u];
-      r.latency_ms = saved_ms[u];
-      r.rank_key = key[u];
-      r.removed = removed[u];
-      return r;
-    };
-    kept_last_round.clear();
-    for (size_t u : order) {
-      if (removed[u]) {
-        report.ranking.push_back(describe(u));
-      } else {
-        kept_last_round.push_back(describe(u));
-      }
-    }
-
-    // Surgery.
-    VitPlan plan;
-    std::vector<BlockState> next(state.size());
-    for (size_t b = 0; b < vit.blocks.size(); ++b) {
-      std::vector<bool> drop_head(vit.blocks[b].heads, false), drop_neuron(vit.blocks[b].hidden, false);
-      for (size_t u = 0; u < units.size(); ++u) {
-        if (!removed[u] || units[u].block != static_cast<int>(b)) continue;
-        for (int64_t i = units[u].first; i < units[u].first + units[u].count; ++i) {
-          (units[u].head ? drop_head : drop_neuron)[i] = true;
-        }
-      }
-      BlockPlan p;
-      for (int64_t h = 0; h < vit.blocks[b].heads; ++h) {
-        if (drop_head[h]) continue;
-        p.heads.push_back(h);
-        next[b].heads.push_back(state[b].heads[h]);
-      }
-      for (int64_t n = 0; n < vit.blocks[b].hidden; ++n) {
-        if (drop_neuron[n]) continue;
-        p.neurons.push_back(n);
-        next[b].neurons.push_back(state[b].neurons[n]);
-      }
-      plan.blocks.push_back(std::move(p));
-    }
-    ASSIGN_OR_RETURN(vit, ApplyPlan(module, vit, plan));
-    state = std::move(next);
-
-    PruneRound r;
-    r.round = round;
-    r.units_removed = removed_count;
-    const auto after = ShapeOf(vit);
-    r.macs = metric.fixed_macs;
-    r.params = metric.fixed_params;
-    for (const auto& [h, m] : after) {
-      r.macs += BlockMacs(vit, h, m);
-      r.params += BlockParams(vit, h, m);
-    }
-    r.predicted_latency_ms = PredictedMs(metric.tables, metric.fixed_ms, after);
-    ASSIGN_OR_RETURN(r.loss_before_recovery, MeanLoss(module, saliency_batches));
-    ASSIGN_OR_RETURN(r.accuracy_before_recovery, step_accuracy(module));
-    if (o.recovery_steps > 0) {
-      recovery.seed = o.seed + static_cast<uint64_t>(round);
-      ASSIGN_OR_RETURN(RecoveryStats stats,
-                       Recover(module, calibration.inputs, teacher_logits, calibration.targets,
-                               recovery, sink, stage, cancel));
-      (void)stats;
-      ASSIGN_OR_RETURN(r.loss_after_recovery, MeanLoss(module, saliency_batches));
-      ASSIGN_OR_RETURN(r.accuracy, step_accuracy(module));
-    } else {
-      r.loss_after_recovery = r.loss_before_recovery;
-      r.accuracy = r.accuracy_before_recovery;
-    }
-    std::string json = absl::StrFormat(
-        "{\"round\": %d, \"units_removed\": %d, \"macs\": %d, \"params\": %d, "
-        "\"loss_before_recovery\": %.6g, \"loss_after_recovery\": %.6g",
-        round, removed_count, r.macs, r.params, r.loss_before_recovery, r.loss_after_recovery);
-    if (r.accuracy) absl::StrAppendFormat(&json, ", \"accuracy\": %.4f", *r.accuracy);
-    json += "}";
-    sink->PartialResult("round", json);
-    sink->Log("INFO", absl::StrFormat("round %d: removed %d units, %d MACs per example%s", round,
-                                      removed_count, r.macs,
-                                      r.accuracy ? absl::StrFormat(", top-1 %.2f%% on %d examples",
-                                                                   *r.accuracy,
-                                                                   std::min(o.step_eval_samples,
-                                                                            report.eval_examples))
-                                                 : ""));
-    report.rounds.push_back(r);
-    sink->StageEnd(stage);
-    if (removed_count == 0 && metric.Total(after) > goal) break;  // minimums reached
+    stages.AddWhen(
+        [&s] { return !s.stopped; }, stage,
+        [&, round, stage] { return PruneOneRound(o, round, stage, sink, cancel, &s, &report); });
   }
-  report.ranking.insert(report.ranking.end(), kept_last_round.begin(), kept_last_round.end());
-
-  // Save, reload, measure.
-  report.model_path = (std::filesystem::path(o.output_dir) / "model.pt").string();
-  try {
-    module.save(report.model_path);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot save ", report.model_path, ": ",
-                                            e.what_without_backtrace()));
-  }
-  ASSIGN_OR_RETURN(torch::jit::Module saved, LoadModel(report.model_path, o.device));
-  ASSIGN_OR_RETURN(Inspection pruned, InspectModelFile(report.model_path, inspect, cancel));
-  report.macs_after = pruned.total_macs;
-  report.params_after = pruned.summary.num_parameters;
-  report.bytes_after = pruned.summary.model_bytes;
-  report.predicted_latency_after_ms = PredictedMs(metric.tables, metric.fixed_ms, ShapeOf(vit));
-  if (o.measure_latency) {
-    ASSIGN_OR_RETURN(double ms, MeasureLatencyMs(saved, latency_input));
-    report.latency_after_ms = ms;
-  }
-  if (eval.has_value()) {
-    sink->StageStart("evaluation", 0, 1);
-    ASSIGN_OR_RETURN(double acc, TopOneAccuracy(saved, eval->inputs, eval->targets, o.device));
-    report.accuracy_after = acc;
-    sink->StageEnd("evaluation");
-  }
-  const double m_after = metric.Total(ShapeOf(vit));
-  report.achieved_fraction = 1 - m_after / m0;
-  report.target_met = report.achieved_fraction >= o.target_fraction - 1e-9;
-  if (!report.target_met) {
-    report.warnings.push_back(absl::StrFormat(
-        "target not met: %.1f%% of %s removed, %.1f%% asked; the minimums per block (%d heads, "
-        "%d MLP neurons) stop further pruning",
-        100 * report.achieved_fraction, report.target, 100 * o.target_fraction, o.min_heads,
-        o.min_mlp));
-  }
-  for (size_t b = 0; b < vit.blocks.size(); ++b) {
-    PrunedBlock pb;
-    pb.name = vit.blocks[b].path;
-    pb.heads_after = vit.blocks[b].heads;
-    pb.hidden_after = vit.blocks[b].hidden;
-    pb.kept_heads = state[b].heads;
-    pb.kept_neurons = state[b].neurons;
-    pb.prunable_heads = vit.blocks[b].prunable_heads;
-    report.blocks.push_back(std::move(pb));
-  }
-  {
-    // Shapes before, from the original structure.
-    torch::jit::Module original = teacher;
-    ASSIGN_OR_RETURN(VitStructure v0, DiscoverVit(original, input_shape));
-    for (size_t b = 0; b < v0.blocks.size() && b < report.blocks.size(); ++b) {
-      report.blocks[b].heads_before = v0.blocks[b].heads;
-      report.blocks[b].hidden_before = v0.blocks[b].hidden;
-    }
-  }
+  stages.AddStep("save", [&] { return SaveAndMeasure(o, cancel, &s, &report); });
+  stages.AddIf(eval, "evaluation", [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(report.accuracy_after,
+                     TopOneAccuracy(s.saved, s.eval->inputs, s.eval->targets, o.device));
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(stages.Run(sink, cancel));
+  RETURN_IF_ERROR(Summarize(o, &s, &report));
   report.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
   return report;

@@ -182,10 +182,17 @@ struct PruneReport {
   std::string model_path;  // model.pt in output_dir
 };
 
-// Runs the pruning described by `options`. `sink` (may be null) gets stages
-// "latency", "round N" (saliency, surgery, recovery; progress in recovery
-// steps), "evaluation" and log lines; a partial result "round" after each
-// round. `cancel` may be null.
+// Runs the pruning described by `options`. `sink` (may be null) gets log
+// lines, a partial result "round" after each round, and the stages that
+// run, numbered among themselves (common/stages.h): with eval data
+// "evaluation" (the original model), with measure_latency "latency" (one
+// unit per block), "round 1" .. "round <steps>" (saliency, surgery,
+// recovery; progress in recovery steps), and with eval data "evaluation"
+// (the saved model). E.g. 2 steps: evaluation 0/5, latency 1/5, round 1 2/5,
+// round 2 3/5, evaluation 4/5. A round that reaches the per-block minimums
+// short of its goal ends the rounds: the stages after it are renumbered
+// (round 1 2/5 stops, evaluation 3/4). Errors from a stage name it.
+// `cancel` may be null.
 absl::StatusOr<PruneReport> RunPruning(const PruneOptions& options, ProgressSink* sink,
                                        const CancelToken* cancel);
 

@@ -121,8 +121,10 @@ absl::StatusOr<ReconstructionError> OutputError(const torch::Tensor& weight,
   }
 }
 
-absl::StatusOr<GptqResult> GptqQuantize(const torch::Tensor& weight, const torch::Tensor& hessian,
-                                        const QuantizerSpec& spec, const GptqOptions& options) {
+namespace {
+
+absl::Status ValidateGptqInputs(const torch::Tensor& weight, const torch::Tensor& hessian,
+                                const QuantizerSpec& spec, const GptqOptions& options) {
   RETURN_IF_ERROR(ValidateSpec(spec));
   if (spec.channel_axis != 0) {
     return absl::InvalidArgumentError("GPTQ needs channel_axis 0");
@@ -134,14 +136,146 @@ absl::StatusOr<GptqResult> GptqQuantize(const torch::Tensor& weight, const torch
     return absl::InvalidArgumentError(
         "GPTQ needs a non-empty floating weight with at least 2 dimensions");
   }
-  const std::vector<int64_t> shape(weight.sizes().begin(), weight.sizes().end());
-  const int64_t rows = shape[0];
-  const int64_t cols = weight.numel() / rows;
+  const int64_t cols = weight.numel() / weight.size(0);
   if (!hessian.defined() || hessian.dim() != 2 || hessian.size(0) != cols ||
       hessian.size(1) != cols) {
     return absl::InvalidArgumentError(absl::StrCat(
         "H must be [", cols, ", ", cols, "] for a weight of shape ", c10::str(weight.sizes())));
   }
+  return absl::OkStatus();
+}
+
+// The column sweep's state: the weight as it receives the error feedback,
+// the factor that spreads it, and the codes and group parameters so far.
+// Columns are in visiting order (act-order permutes them).
+struct Sweep {
+  const QuantizerSpec* spec = nullptr;
+  int64_t rows = 0, cols = 0;
+  torch::Tensor w;  // [rows, cols] float64
+  torch::Tensor u;  // upper Cholesky factor of (damped H)⁻¹
+  torch::Tensor perm, inv_perm;
+  std::vector<int64_t> perm_v, inv_v;
+  // Per-tensor or per-channel: each column's scale and zero point.
+  torch::Tensor col_scale, col_zero;
+  // Groups: computed when the sweep reaches a group's first column.
+  torch::Tensor group_scale, group_zero;
+  std::vector<bool> group_done;
+  torch::Tensor codes;  // [rows, cols] float64
+};
+
+// Fills the sweep's w, u and permutation from the weight and H: dead
+// columns (zero diagonal: inputs that are always 0) get weight 0 and a unit
+// diagonal; act-order visits columns by decreasing diagonal; the damping
+// adds `damp_percent` of the mean diagonal. FAILED_PRECONDITION when a
+// Cholesky factorisation fails.
+absl::Status FactorHessian(const torch::Tensor& weight, const torch::Tensor& hessian,
+                           const GptqOptions& options, Sweep* s, int64_t* dead_columns) {
+  s->w = weight.detach().to(torch::kCPU, torch::kFloat64).reshape({s->rows, s->cols}).clone();
+  torch::Tensor h = hessian.detach().to(torch::kCPU, torch::kFloat64).clone();
+  torch::Tensor dead = h.diagonal() == 0;
+  *dead_columns = dead.sum().item<int64_t>();
+  if (*dead_columns > 0) {
+    h.diagonal().masked_fill_(dead, 1.0);
+    s->w.index_put_({Slice(), dead}, 0.0);
+  }
+  s->perm = torch::arange(s->cols, torch::kLong);
+  if (options.act_order) {
+    s->perm = std::get<1>(torch::sort(h.diagonal(), /*stable=*/true, /*dim=*/0,
+                                      /*descending=*/true));
+    s->w = s->w.index_select(1, s->perm);
+    h = h.index_select(0, s->perm).index_select(1, s->perm);
+  }
+  s->inv_perm = torch::argsort(s->perm);
+  h.diagonal().add_(options.damp_percent * h.diagonal().mean().item<double>());
+
+  torch::Tensor chol;
+  torch::Tensor info;
+  std::tie(chol, info) = torch::linalg_cholesky_ex(h);
+  if (info.item<int64_t>() != 0) {
+    return absl::FailedPreconditionError(
+        "H + damping is not positive definite; raise damp_percent");
+  }
+  std::tie(s->u, info) = torch::linalg_cholesky_ex(torch::cholesky_inverse(chol), /*upper=*/true);
+  if (info.item<int64_t>() != 0) {
+    return absl::FailedPreconditionError(
+        "H⁻¹ is not numerically positive definite; raise damp_percent");
+  }
+  s->perm_v.assign(s->perm.data_ptr<int64_t>(), s->perm.data_ptr<int64_t>() + s->cols);
+  s->inv_v.assign(s->inv_perm.data_ptr<int64_t>(), s->inv_perm.data_ptr<int64_t>() + s->cols);
+  return absl::OkStatus();
+}
+
+// Scale and zero point of group `g` from its current columns: those in
+// the block [i1, i2) from `w1` (feedback applied up to column i1 + i), later
+// ones from w minus the block's pending feedback `err1`.
+void ComputeGroupParams(Sweep* s, int64_t g, const torch::Tensor& w1, const torch::Tensor& err1,
+                        int64_t i1, int64_t i2, int64_t i) {
+  const QuantizerSpec& spec = *s->spec;
+  const int64_t begin = g * spec.group_size;
+  const int64_t n = std::min(spec.group_size, s->cols - begin);
+  torch::Tensor values = torch::empty({s->rows, n}, torch::kFloat64);
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t p = s->inv_v[begin + k];
+    torch::Tensor v;
+    if (p < i2) {
+      v = w1.select(1, p - i1);
+    } else {
+      v = s->w.select(1, p);
+      if (i > 0) {
+        v = v - err1.narrow(1, 0, i).matmul(s->u.index({Slice(i1, i1 + i), p}));
+      }
+    }
+    values.select(1, k).copy_(v);
+  }
+  auto [scale, zero] = RowParams(values, spec);
+  s->group_scale.select(1, g).copy_(scale);
+  s->group_zero.select(1, g).copy_(zero);
+  s->group_done[g] = true;
+}
+
+// Quantizes the columns [i1, i2) one by one, spreading each column's error
+// over the block's later columns, then the block's error over the columns
+// after it.
+void QuantizeBlock(Sweep* s, int64_t i1, int64_t i2) {
+  const QuantizerSpec& spec = *s->spec;
+  const bool grouped = spec.granularity == QuantGranularity::kGroup;
+  const int64_t count = i2 - i1;
+  torch::Tensor w1 = s->w.narrow(1, i1, count).clone();
+  torch::Tensor err1 = torch::zeros({s->rows, count}, torch::kFloat64);
+  torch::Tensor u1 = s->u.index({Slice(i1, i2), Slice(i1, i2)});
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t j = i1 + i;
+    torch::Tensor scale;
+    torch::Tensor zero;
+    if (grouped) {
+      const int64_t g = s->perm_v[j] / spec.group_size;
+      if (!s->group_done[g]) ComputeGroupParams(s, g, w1, err1, i1, i2, i);
+      scale = s->group_scale.select(1, g).to(torch::kFloat64);
+      zero = s->group_zero.select(1, g);
+    } else {
+      scale = s->col_scale.select(1, j);
+      zero = s->col_zero.select(1, j);
+    }
+    torch::Tensor col = w1.select(1, i);
+    torch::Tensor code = QuantizeValues(col, scale, zero, spec);
+    torch::Tensor q = (code - zero) * scale;
+    s->codes.select(1, j).copy_(code);
+    torch::Tensor err = (col - q) / u1.index({i, i});
+    w1.narrow(1, i, count - i).sub_(err.unsqueeze(1) * u1.index({i, Slice(i, count)}).unsqueeze(0));
+    err1.select(1, i).copy_(err);
+  }
+  if (i2 < s->cols) {
+    s->w.narrow(1, i2, s->cols - i2)
+        .sub_(err1.matmul(s->u.index({Slice(i1, i2), Slice(i2, s->cols)})));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<GptqResult> GptqQuantize(const torch::Tensor& weight, const torch::Tensor& hessian,
+                                        const QuantizerSpec& spec, const GptqOptions& options) {
+  RETURN_IF_ERROR(ValidateGptqInputs(weight, hessian, spec, options));
+  const std::vector<int64_t> shape(weight.sizes().begin(), weight.sizes().end());
   const bool grouped = spec.granularity == QuantGranularity::kGroup;
   GptqResult result;
   QuantParams params;
@@ -150,124 +284,34 @@ absl::StatusOr<GptqResult> GptqQuantize(const torch::Tensor& weight, const torch
   }
   try {
     torch::NoGradGuard no_grad;
-    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-    torch::Tensor w =
-        weight.detach().to(torch::kCPU, torch::kFloat64).reshape({rows, cols}).clone();
-    torch::Tensor h = hessian.detach().to(torch::kCPU, torch::kFloat64).clone();
-
-    torch::Tensor dead = h.diagonal() == 0;
-    result.dead_columns = dead.sum().item<int64_t>();
-    if (result.dead_columns > 0) {
-      h.diagonal().masked_fill_(dead, 1.0);
-      w.index_put_({Slice(), dead}, 0.0);
-    }
-    torch::Tensor perm = torch::arange(cols, torch::kLong);
-    if (options.act_order) {
-      perm = std::get<1>(torch::sort(h.diagonal(), /*stable=*/true, /*dim=*/0,
-                                     /*descending=*/true));
-      w = w.index_select(1, perm);
-      h = h.index_select(0, perm).index_select(1, perm);
-    }
-    const torch::Tensor inv_perm = torch::argsort(perm);
-    h.diagonal().add_(options.damp_percent * h.diagonal().mean().item<double>());
-
-    torch::Tensor chol;
-    torch::Tensor info;
-    std::tie(chol, info) = torch::linalg_cholesky_ex(h);
-    if (info.item<int64_t>() != 0) {
-      return absl::FailedPreconditionError(
-          "H + damping is not positive definite; raise damp_percent");
-    }
-    torch::Tensor u;
-    std::tie(u, info) = torch::linalg_cholesky_ex(torch::cholesky_inverse(chol), /*upper=*/true);
-    if (info.item<int64_t>() != 0) {
-      return absl::FailedPreconditionError(
-          "H⁻¹ is not numerically positive definite; raise damp_percent");
-    }
-
-    // Per-column scale and zero point in visiting order (non-group case).
-    torch::Tensor col_scale;
-    torch::Tensor col_zero;
+    Sweep s;
+    s.spec = &spec;
+    s.rows = shape[0];
+    s.cols = weight.numel() / s.rows;
+    RETURN_IF_ERROR(FactorHessian(weight, hessian, options, &s, &result.dead_columns));
     if (!grouped) {
       ASSIGN_OR_RETURN(auto expanded, ExpandParams(params));
-      col_scale = expanded.first.to(torch::kFloat64).index_select(1, perm);
-      col_zero = expanded.second.to(torch::kFloat64).index_select(1, perm);
+      s.col_scale = expanded.first.to(torch::kFloat64).index_select(1, s.perm);
+      s.col_zero = expanded.second.to(torch::kFloat64).index_select(1, s.perm);
     }
-    const int64_t num_groups = grouped ? (cols + spec.group_size - 1) / spec.group_size : 0;
-    torch::Tensor group_scale =
-        torch::zeros({rows, std::max<int64_t>(num_groups, 1)}, torch::kFloat32);
-    torch::Tensor group_zero = torch::zeros_like(group_scale, f64);
-    std::vector<bool> group_done(num_groups, false);
-    const std::vector<int64_t> perm_v(perm.data_ptr<int64_t>(), perm.data_ptr<int64_t>() + cols);
-    const std::vector<int64_t> inv_v(inv_perm.data_ptr<int64_t>(),
-                                     inv_perm.data_ptr<int64_t>() + cols);
-
-    torch::Tensor codes = torch::zeros({rows, cols}, f64);
-    for (int64_t i1 = 0; i1 < cols; i1 += options.block_size) {
-      const int64_t i2 = std::min(i1 + options.block_size, cols);
-      const int64_t count = i2 - i1;
-      torch::Tensor w1 = w.narrow(1, i1, count).clone();
-      torch::Tensor err1 = torch::zeros({rows, count}, f64);
-      torch::Tensor u1 = u.index({Slice(i1, i2), Slice(i1, i2)});
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t j = i1 + i;
-        torch::Tensor scale;
-        torch::Tensor zero;
-        if (grouped) {
-          const int64_t g = perm_v[j] / spec.group_size;
-          if (!group_done[g]) {
-            // The group's current columns: in this block from w1; later
-            // ones from w minus this block's pending feedback.
-            const int64_t begin = g * spec.group_size;
-            const int64_t n = std::min(spec.group_size, cols - begin);
-            torch::Tensor values = torch::empty({rows, n}, f64);
-            for (int64_t k = 0; k < n; ++k) {
-              const int64_t p = inv_v[begin + k];
-              torch::Tensor v;
-              if (p < i2) {
-                v = w1.select(1, p - i1);
-              } else {
-                v = w.select(1, p);
-                if (i > 0) {
-                  v = v - err1.narrow(1, 0, i).matmul(u.index({Slice(i1, i1 + i), p}));
-                }
-              }
-              values.select(1, k).copy_(v);
-            }
-            auto [s, z] = RowParams(values, spec);
-            group_scale.select(1, g).copy_(s);
-            group_zero.select(1, g).copy_(z);
-            group_done[g] = true;
-          }
-          scale = group_scale.select(1, g).to(torch::kFloat64);
-          zero = group_zero.select(1, g);
-        } else {
-          scale = col_scale.select(1, j);
-          zero = col_zero.select(1, j);
-        }
-        torch::Tensor col = w1.select(1, i);
-        torch::Tensor code = QuantizeValues(col, scale, zero, spec);
-        torch::Tensor q = (code - zero) * scale;
-        codes.select(1, j).copy_(code);
-        torch::Tensor err = (col - q) / u1.index({i, i});
-        w1.narrow(1, i, count - i)
-            .sub_(err.unsqueeze(1) * u1.index({i, Slice(i, count)}).unsqueeze(0));
-        err1.select(1, i).copy_(err);
-      }
-      if (i2 < cols) {
-        w.narrow(1, i2, cols - i2).sub_(err1.matmul(u.index({Slice(i1, i2), Slice(i2, cols)})));
-      }
+    const int64_t num_groups = grouped ? (s.cols + spec.group_size - 1) / spec.group_size : 0;
+    s.group_scale = torch::zeros({s.rows, std::max<int64_t>(num_groups, 1)}, torch::kFloat32);
+    s.group_zero = torch::zeros_like(s.group_scale, torch::kFloat64);
+    s.group_done.assign(num_groups, false);
+    s.codes = torch::zeros({s.rows, s.cols}, torch::kFloat64);
+    for (int64_t i1 = 0; i1 < s.cols; i1 += options.block_size) {
+      QuantizeBlock(&s, i1, std::min(i1 + options.block_size, s.cols));
     }
 
     if (grouped) {
       params.spec = spec;
       params.shape = shape;
-      params.scale = group_scale.contiguous();
-      params.zero_point = group_zero.to(torch::kUInt8).contiguous();
+      params.scale = s.group_scale.contiguous();
+      params.zero_point = s.group_zero.to(torch::kUInt8).contiguous();
     }
     result.quantized.params = params;
     result.quantized.codes =
-        codes.index_select(1, inv_perm).to(torch::kUInt8).reshape(shape).contiguous();
+        s.codes.index_select(1, s.inv_perm).to(torch::kUInt8).reshape(shape).contiguous();
   } catch (const std::exception& e) {
     return TorchError("GPTQ failed", e);
   }

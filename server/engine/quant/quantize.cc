@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
+#include "server/engine/common/stages.h"
 #include "server/engine/common/stats.h"
 #include "server/engine/data/dataset.h"
 #include "server/engine/data/loss.h"
@@ -129,8 +131,8 @@ struct Layer {
 // Calibration examples that compute or price a perturbation.
 struct CalibrationFold {
   torch::Tensor inputs, targets;
-  std::vector<torch::Tensor> batches;  // inputs in batches of batch_size
-  double weight = 1;                   // examples / all calibration examples
+  std::vector<torch::Tensor> batches;        // inputs in batches of batch_size
+  double weight = 1;                         // examples / all calibration examples
   std::unique_ptr<PerturbationModel> model;  // kQuadratic
 };
 
@@ -150,13 +152,12 @@ int64_t SizeBits(const Layer& l, int bits) {
 
 // Everything needed to turn a bit assignment into a quantized model.
 struct Context {
-  const QuantizeOptions* options;
-  torch::jit::Module folded;  // float, BatchNorm folded
-  std::vector<Layer> layers;
+  const QuantizeOptions* options = nullptr;
+  torch::jit::Module folded;               // float, BatchNorm folded
   std::vector<torch::Tensor> calibration;  // input batches
   QuantizerSpec spec;                      // bits set per layer
-  ProgressSink* sink;
-  const CancelToken* cancel;
+  ProgressSink* sink = nullptr;
+  const CancelToken* cancel = nullptr;
 };
 
 struct Quantized {
@@ -165,6 +166,14 @@ struct Quantized {
   std::map<std::string, LayerQuantResult> gptq;    // GPTQ only
 };
 
+GptqOptions GptqOptionsOf(const QuantizeOptions& o) {
+  GptqOptions g;
+  g.damp_percent = o.gptq_damping;
+  g.block_size = o.gptq_block_size;
+  g.act_order = o.gptq_act_order;
+  return g;
+}
+
 absl::StatusOr<Quantized> QuantizeModel(const Context& c, const std::map<std::string, int>& bits) {
   std::map<std::string, int> low;
   for (const auto& [name, b] : bits) {
@@ -172,12 +181,9 @@ absl::StatusOr<Quantized> QuantizeModel(const Context& c, const std::map<std::st
   }
   Quantized q;
   if (c.options->gptq) {
-    GptqOptions g;
-    g.damp_percent = c.options->gptq_damping;
-    g.block_size = c.options->gptq_block_size;
-    g.act_order = c.options->gptq_act_order;
-    ASSIGN_OR_RETURN(GptqModelResult r, GptqQuantizeModel(c.folded, c.calibration, low, c.spec, g,
-                                                          c.sink, c.cancel));
+    ASSIGN_OR_RETURN(GptqModelResult r,
+                     GptqQuantizeModel(c.folded, c.calibration, low, c.spec,
+                                       GptqOptionsOf(*c.options), c.sink, c.cancel));
     q.module = r.module;
     for (LayerQuantResult& l : r.layers) {
       q.tensors[l.name] = l.quantized;
@@ -208,6 +214,13 @@ absl::StatusOr<Quantized> QuantizeModel(const Context& c, const std::map<std::st
   return q;
 }
 
+// Top-1 of the model quantized to `bits` on the eval data.
+absl::StatusOr<double> QuantizedAccuracy(const Context& c, const std::map<std::string, int>& bits,
+                                         const LoadedDataset& eval) {
+  ASSIGN_OR_RETURN(Quantized q, QuantizeModel(c, bits));
+  return TopOneAccuracy(q.module, eval.inputs, eval.targets);
+}
+
 // The bits of `solution` by layer name.
 std::map<std::string, int> ByName(const std::vector<Layer>& layers, const Solution& s) {
   std::map<std::string, int> bits;
@@ -226,6 +239,787 @@ double AverageBits(const std::vector<Layer>& layers, const Solution& s) {
     numel += static_cast<double>(layers[i].numel);
   }
   return numel > 0 ? weighted / numel : 0;
+}
+
+QuantPoint PointOf(const std::vector<Layer>& layers, const Solution& s, int64_t fixed_bytes) {
+  QuantPoint p;
+  p.weight_bytes = PredictedBytes(s, fixed_bytes);
+  p.average_bits = AverageBits(layers, s);
+  p.cost = s.cost;
+  return p;
+}
+
+// ---------------------------------------------------------------- before the stages
+
+// Bytes of the parameters and buffers of `model` as stored.
+absl::StatusOr<int64_t> StateBytes(const torch::jit::Module& model) {
+  int64_t bytes = 0;
+  try {
+    for (const auto& p : model.named_parameters(true)) {
+      bytes += p.value.numel() * static_cast<int64_t>(p.value.element_size());
+    }
+    for (const auto& b : model.named_buffers(true)) {
+      bytes += b.value.numel() * static_cast<int64_t>(b.value.element_size());
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(e.what_without_backtrace());
+  }
+  return bytes;
+}
+
+absl::StatusOr<LoadedDataset> LoadData(const QuantizeOptions& o, const std::string& id, int64_t n) {
+  return IsBuiltinDataset(id) ? LoadBuiltinDataset(id, n, o.idx_dir) : LoadDataset(id, n);
+}
+
+// `inputs` in batches of `batch_size` rows (the last one may be shorter).
+std::vector<torch::Tensor> Batches(const torch::Tensor& inputs, int64_t batch_size) {
+  std::vector<torch::Tensor> batches;
+  for (int64_t s = 0; s < inputs.size(0); s += batch_size) {
+    batches.push_back(inputs.narrow(0, s, std::min(batch_size, inputs.size(0) - s)));
+  }
+  return batches;
+}
+
+// The quantizable layers of `folded` with their sizes, scale counts and
+// MACs per example (the file inspected at one example of `input_sizes`).
+absl::StatusOr<std::vector<Layer>> FindLayers(const torch::jit::Module& folded,
+                                              const std::string& model_path,
+                                              const QuantizerSpec& spec,
+                                              std::vector<int64_t> input_sizes,
+                                              const CancelToken* cancel) {
+  ASSIGN_OR_RETURN(std::vector<QuantizableLayer> found, QuantizableLayers(folded));
+  if (found.empty()) {
+    return absl::FailedPreconditionError("the model has no layer with a weight to quantize");
+  }
+  InspectOptions inspect;
+  input_sizes[0] = 1;
+  inspect.input_shape = input_sizes;
+  ASSIGN_OR_RETURN(Inspection inspection, InspectModelFile(model_path, inspect, cancel));
+  std::map<std::string, int64_t> macs;
+  for (const LayerCost& l : inspection.layers) macs[l.name] = l.macs;
+  std::vector<Layer> layers;
+  for (const QuantizableLayer& f : found) {
+    Layer l;
+    l.name = f.name;
+    l.kind = KindOf(folded, f.name);
+    l.param_name = f.name.empty() ? "weight" : absl::StrCat(f.name, ".weight");
+    l.weight = f.weight;
+    l.numel = f.weight.numel();
+    l.macs = macs[f.name];
+    ASSIGN_OR_RETURN(auto matrix, MatrixShape(f.weight.sizes().vec(), spec));
+    const int64_t groups = spec.granularity == QuantGranularity::kGroup
+                               ? (matrix.second + spec.group_size - 1) / spec.group_size
+                               : 1;
+    l.scale_count = spec.granularity == QuantGranularity::kPerTensor ? 1 : matrix.first * groups;
+    layers.push_back(std::move(l));
+  }
+  return layers;
+}
+
+// The caller's pins, or the first and the last layer at 8 bits; 16 bits
+// means float.
+std::map<std::string, int> InitialPins(const QuantizeOptions& o, const std::vector<Layer>& layers) {
+  std::map<std::string, int> pins;
+  if (o.pins.has_value()) {
+    pins = *o.pins;
+  } else {
+    pins[layers.front().name] = 8;
+    pins[layers.back().name] = 8;
+  }
+  for (auto& [layer, bits] : pins) {
+    if (bits == 16) bits = kFloatBits;
+  }
+  return pins;
+}
+
+// Widths the search may pick: the candidates and any pinned width (a pin
+// may ask for any width).
+std::set<int> SearchWidths(const std::vector<int>& candidates,
+                           const std::map<std::string, int>& pins) {
+  std::set<int> widths(candidates.begin(), candidates.end());
+  for (const auto& [layer, bits] : pins) {
+    if (bits < 16) widths.insert(bits);
+  }
+  return widths;
+}
+
+// A job's model, data and layers: what the stages start from.
+struct Prepared {
+  torch::jit::Module original;
+  Context context;  // the folded model, calibration batches, quantizer
+  LoadedDataset calibration;
+  std::optional<LoadedDataset> eval;
+  std::vector<Layer> layers;        // the stages fill their traces, Ω and ‖δ‖²
+  std::map<std::string, int> pins;  // before the search drops any
+  std::set<int> widths;
+};
+
+// Loads and folds the model, loads the data onto the device and finds the
+// quantizable layers. Sets the report's bytes_before and eval_examples.
+absl::StatusOr<Prepared> Prepare(const QuantizeOptions& o, ProgressSink* sink,
+                                 const CancelToken* cancel, QuantizeReport* report) {
+  Prepared p;
+  ASSIGN_OR_RETURN(p.original, LoadModel(o.model_path, o.device));
+  ASSIGN_OR_RETURN(torch::jit::Module folded, FoldBatchNorm(p.original));
+  ASSIGN_OR_RETURN(report->bytes_before, StateBytes(p.original));
+  ASSIGN_OR_RETURN(p.calibration, LoadData(o, o.calibration_dataset, o.num_samples));
+  torch::Device device(o.device);
+  p.calibration.inputs = p.calibration.inputs.to(device);
+  if (p.calibration.targets.defined()) {
+    p.calibration.targets = p.calibration.targets.to(device);
+  }
+  if (!o.eval_dataset.empty()) {
+    ASSIGN_OR_RETURN(LoadedDataset e, LoadData(o, o.eval_dataset, o.eval_samples));
+    e.inputs = e.inputs.to(device);
+    p.eval = std::move(e);
+    report->eval_examples = p.eval->inputs.size(0);
+  }
+
+  Context& c = p.context;
+  c.options = &o;
+  c.folded = folded;
+  c.sink = sink;
+  c.cancel = cancel;
+  c.calibration = Batches(p.calibration.inputs, o.batch_size);
+  ASSIGN_OR_RETURN(c.spec.granularity, ParseGranularity(o.granularity));
+  c.spec.symmetric = o.symmetric;
+  c.spec.group_size = o.group_size;
+  RETURN_IF_ERROR(ValidateSpec(c.spec));
+
+  ASSIGN_OR_RETURN(p.layers, FindLayers(folded, o.model_path, c.spec,
+                                        p.calibration.inputs.sizes().vec(), cancel));
+  p.pins = InitialPins(o, p.layers);
+  p.widths = SearchWidths(o.candidate_bits, p.pins);
+  return p;
+}
+
+// ---------------------------------------------------------------- sensitivity
+
+// Which Ω prices δ, and whether δ is GPTQ's (else round-to-nearest's).
+struct Pricing {
+  QuantOmega omega = kDefaultQuantOmega;
+  bool gptq_delta = false;
+};
+
+Pricing PricingOf(const QuantizeOptions& o) {
+  Pricing p;
+  p.omega = o.omega.value_or(o.trace_per_param.empty() ? kDefaultQuantOmega : QuantOmega::kTrace);
+  const QuantPerturbation perturbation = o.perturbation.value_or(
+      p.omega == QuantOmega::kTrace ? QuantPerturbation::kNearest : QuantPerturbation::kRounding);
+  p.gptq_delta = o.gptq && perturbation == QuantPerturbation::kRounding;
+  return p;
+}
+
+// Tr(H_ii)/n_i of every layer from the caller's ANALYZE report.
+absl::Status TracesFromReport(const std::map<std::string, double>& trace_per_param,
+                              std::vector<Layer>* layers) {
+  for (Layer& l : *layers) {
+    auto it = trace_per_param.find(l.name);
+    if (it == trace_per_param.end()) {
+      return Invalid("trace_per_param",
+                     absl::StrCat("the sensitivity report has no layer \"", l.name, "\""));
+    }
+    l.trace_per_param = it->second;
+  }
+  return absl::OkStatus();
+}
+
+// Hutchinson traces of the folded model (its weights are the ones
+// quantized): RunAnalysis, traces only, on the calibration data.
+absl::StatusOr<AnalyzeReport> AnalyzeFolded(const QuantizeOptions& o, const Context& c) {
+  const std::string folded_path = o.output_dir + "/.folded.pt";
+  try {
+    c.folded.save(folded_path);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("cannot save the folded model: ", e.what_without_backtrace()));
+  }
+  AnalyzeOptions a;
+  a.model_path = folded_path;
+  a.dataset = o.calibration_dataset;
+  a.idx_dir = o.idx_dir;
+  a.num_samples = o.num_samples;
+  a.batch_size = o.batch_size;
+  a.loss = o.loss;
+  a.traces.tolerance = o.trace_tolerance;
+  a.traces.max_probes = o.trace_max_probes;
+  a.traces.min_probes = std::min(a.traces.min_probes, o.trace_max_probes);
+  a.seed = o.seed;
+  a.device = o.device;
+  // Every batch's first-order graph stays cached: each probe is then one
+  // double backward per batch instead of a forward, backward and double
+  // backward (memory: the graphs of num_samples examples).
+  a.max_cached_batches = static_cast<int>(c.calibration.size());
+  SensitivitySink renamed(c.sink);
+  absl::StatusOr<AnalyzeReport> analysis = RunAnalysis(a, &renamed, c.cancel);
+  std::error_code ec;
+  std::filesystem::remove(folded_path, ec);
+  return analysis;
+}
+
+// The calibration data in `count` contiguous folds, each with its batches
+// and, for kQuadratic, a PerturbationModel of the folded model on it.
+absl::StatusOr<std::vector<CalibrationFold>> MakeFolds(const QuantizeOptions& o, const Context& c,
+                                                       const LoadedDataset& calibration,
+                                                       const std::vector<Layer>& layers, int count,
+                                                       QuantOmega omega) {
+  const int64_t examples = calibration.inputs.size(0);
+  torch::jit::Module folded = c.folded;  // PrepareBatches runs it
+  std::vector<CalibrationFold> fold(count);
+  for (int f = 0; f < count; ++f) {
+    const int64_t begin = examples * f / count, end_ = examples * (f + 1) / count;
+    fold[f].inputs = calibration.inputs.narrow(0, begin, end_ - begin);
+    if (calibration.targets.defined()) {
+      fold[f].targets = calibration.targets.narrow(0, begin, end_ - begin);
+    }
+    fold[f].weight = static_cast<double>(end_ - begin) / static_cast<double>(examples);
+    fold[f].batches = Batches(fold[f].inputs, o.batch_size);
+    if (omega == QuantOmega::kTrace) continue;
+    PerturbationModelOptions pm;
+    // Every batch's first-order graph stays cached (as for the traces).
+    pm.hvp.max_cached_batches = static_cast<int>(fold[f].batches.size());
+    pm.seed = o.seed;
+    std::vector<std::string> weights;
+    for (const Layer& l : layers) weights.push_back(l.param_name);
+    ASSIGN_OR_RETURN(PreparedBatches prepared,
+                     PrepareBatches(folded, fold[f].inputs, fold[f].targets, o.batch_size, o.loss));
+    ASSIGN_OR_RETURN(fold[f].model,
+                     PerturbationModel::Create(folded, std::move(prepared), weights, pm, c.cancel));
+  }
+  return fold;
+}
+
+// H of each fold's inputs to layer `name` of the float model (Ω must not
+// depend on the other layers' bits). Empty for a layer GPTQ cannot handle:
+// it is rounded to nearest there too (gptq_model.h).
+absl::StatusOr<std::vector<LayerHessian>> FoldHessians(const Context& c, const std::string& name,
+                                                       const std::vector<CalibrationFold>& folds) {
+  std::vector<LayerHessian> hessians;
+  torch::jit::Module folded = c.folded;
+  for (const CalibrationFold& f : folds) {
+    absl::StatusOr<LayerHessian> h = CollectLayerHessian(folded, name, f.batches, c.cancel);
+    if (h.ok()) {
+      hessians.push_back(std::move(*h));
+    } else if (absl::IsUnimplemented(h.status()) || absl::IsFailedPrecondition(h.status())) {
+      return std::vector<LayerHessian>();
+    } else {
+      return h.status();
+    }
+  }
+  return hessians;
+}
+
+// A rounded weight, and the folds (with their weights) that price its δ.
+struct Rounded {
+  torch::Tensor weight;
+  std::vector<std::pair<int, double>> pricing;
+};
+
+// The roundings of `weight` at `spec` whose δ Ω prices: GPTQ's on each
+// fold's `hessians`, priced on the other fold; or, without them,
+// round-to-nearest's, priced on every fold.
+absl::StatusOr<std::vector<Rounded>> RoundForPricing(const torch::Tensor& weight,
+                                                     const std::vector<LayerHessian>& hessians,
+                                                     const std::vector<CalibrationFold>& folds,
+                                                     const QuantizerSpec& spec,
+                                                     const GptqOptions& gptq) {
+  const int count = static_cast<int>(folds.size());
+  std::vector<Rounded> rounded;
+  if (!hessians.empty()) {
+    for (int f = 0; f < count; ++f) {
+      ASSIGN_OR_RETURN(GptqResult g, GptqQuantize(weight, hessians[f].hessian, spec, gptq));
+      const int other = count == 1 ? f : 1 - f;
+      rounded.push_back({g.dequantized, {{other, folds[other].weight}}});
+    }
+    return rounded;
+  }
+  ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(weight, spec));
+  ASSIGN_OR_RETURN(torch::Tensor nearest, Dequantize(q));
+  std::vector<std::pair<int, double>> all;
+  for (int f = 0; f < count; ++f) all.push_back({f, folds[f].weight});
+  rounded.push_back({nearest, all});
+  return rounded;
+}
+
+// ‖δ(b)‖² and Ω(b) of one layer at one width, summed over `rounded` and
+// their pricing folds with the folds' weights.
+absl::Status PriceWidth(const Layer& l, const torch::Tensor& weight,
+                        const std::vector<Rounded>& rounded,
+                        const std::vector<CalibrationFold>& folds, double* error, double* omega) {
+  *error = 0;
+  *omega = 0;
+  for (const Rounded& r : rounded) {
+    const torch::Tensor delta =
+        r.weight.to(weight.device(), torch::kFloat64) - weight.to(torch::kFloat64);
+    const double norm2 = delta.pow(2).sum().item<double>();
+    for (const auto& [f, w] : r.pricing) {
+      *error += w * norm2;
+      if (folds[f].model == nullptr) {
+        *omega += w * l.trace_per_param * norm2;
+      } else {
+        ASSIGN_OR_RETURN(PerturbationTerms t, folds[f].model->Terms(l.param_name, delta));
+        *omega += w * t.quadratic;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Ω(b) and ‖δ(b)‖² of `l` for every width; one unit of progress per width.
+absl::Status PriceLayer(const Context& c, const Pricing& pricing,
+                        const std::vector<CalibrationFold>& folds, const std::set<int>& widths,
+                        const std::function<void()>& priced, Layer* l) {
+  std::vector<LayerHessian> hessians;
+  if (pricing.gptq_delta) {
+    ASSIGN_OR_RETURN(hessians, FoldHessians(c, l->name, folds));
+  }
+  const GptqOptions gptq = GptqOptionsOf(*c.options);
+  const torch::Tensor weight = l->weight.detach();
+  for (int b : widths) {
+    RETURN_IF_ERROR(CheckCancel(c.cancel));
+    QuantizerSpec spec = c.spec;
+    spec.bits = b;
+    ASSIGN_OR_RETURN(std::vector<Rounded> rounded,
+                     RoundForPricing(weight, hessians, folds, spec, gptq));
+    RETURN_IF_ERROR(PriceWidth(*l, weight, rounded, folds, &l->error[b], &l->omega[b]));
+    priced();
+  }
+  return absl::OkStatus();
+}
+
+// Adds the folds' Hessian-vector products to the report (with a warning
+// when exact products were not available) and frees their cached graphs.
+void ReleaseFolds(ProgressSink* sink, std::vector<CalibrationFold>* folds, QuantizeReport* report) {
+  for (CalibrationFold& f : *folds) {
+    if (f.model == nullptr) continue;
+    report->hvp_count += f.model->hvp_count();
+    report->hvp_method = HvpMethodName(f.model->method());
+    if (!f.model->fallback_reason().empty() && report->warnings.empty()) {
+      const std::string why =
+          absl::StrCat("exact Hessian-vector products are not available for this model (",
+                       f.model->fallback_reason(), ")");
+      report->warnings.push_back(why);
+      sink->Log("WARNING", why);
+    }
+    f.model.reset();
+  }
+}
+
+// Stage "sensitivity": traces when Ω needs them, then δ_i(b) for every layer
+// and width, priced as Ω says, one layer at a time (only one layer's
+// perturbations are alive). Round-to-nearest's δ does not depend on the
+// data: one fold, all of it. GPTQ fits its δ to the inputs it sees, so on
+// those same inputs ½δᵀHδ is biased low (the CNN's classifier has 1,568
+// inputs and 256 calibration rows: GPTQ's 2-bit δ changes the calibration
+// loss by −0.0005 and the test loss by +0.073): two folds, each half's δ
+// priced on the other half.
+absl::Status ComputeSensitivity(const QuantizeOptions& o, const Context& c,
+                                const LoadedDataset& calibration, const std::set<int>& widths,
+                                std::vector<Layer>* layers, QuantizeReport* report) {
+  const Pricing pricing = PricingOf(o);
+  report->omega = QuantOmegaName(pricing.omega);
+  report->perturbation = pricing.gptq_delta ? "gptq" : "rtn";
+  report->sensitivity_source = o.trace_per_param.empty() ? "computed" : "report";
+  if (!o.trace_per_param.empty()) {
+    RETURN_IF_ERROR(TracesFromReport(o.trace_per_param, layers));
+  } else if (pricing.omega == QuantOmega::kTrace) {
+    ASSIGN_OR_RETURN(AnalyzeReport analysis, AnalyzeFolded(o, c));
+    report->hvp_count = analysis.hvp_count;
+    std::map<std::string, double> tpp;
+    for (const LayerSensitivity& s : analysis.layers) tpp[s.name] = s.trace_per_param;
+    for (Layer& l : *layers) l.trace_per_param = tpp[l.name];
+  }
+
+  const int folds = pricing.gptq_delta && calibration.inputs.size(0) >= 2 ? 2 : 1;
+  ASSIGN_OR_RETURN(std::vector<CalibrationFold> fold,
+                   MakeFolds(o, c, calibration, *layers, folds, pricing.omega));
+  const int64_t units = static_cast<int64_t>(layers->size() * widths.size());
+  int64_t done = 0;
+  auto priced = [&] { c.sink->Progress("sensitivity", ++done, units); };
+  for (Layer& l : *layers) RETURN_IF_ERROR(PriceLayer(c, pricing, fold, widths, priced, &l));
+  ReleaseFolds(c.sink, &fold, report);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- search
+
+// Per layer the candidate widths, priced by Ω (`hessian`) or by ‖δ‖² alone
+// (the no-Hessian baseline), plus float.
+SearchProblem MakeProblem(const std::vector<Layer>& layers, const std::set<int>& widths,
+                          const std::map<std::string, int>& pins,
+                          const std::vector<std::vector<std::string>>& ties, bool hessian) {
+  SearchProblem p;
+  for (const Layer& l : layers) {
+    LayerChoices lc;
+    lc.name = l.name;
+    lc.numel = l.numel;
+    for (int b : widths) {
+      const double cost = hessian ? l.omega.at(b) : l.error.at(b);
+      lc.choices.push_back({b, cost, SizeBits(l, b), l.macs * b * 32});
+    }
+    lc.choices.push_back({kFloatBits, 0.0, SizeBits(l, kFloatBits), l.macs * 32 * 32});
+    p.layers.push_back(std::move(lc));
+  }
+  p.pins = pins;
+  p.ties = ties;
+  return p;
+}
+
+// The packed file besides the quantizable layers' weights.
+struct PackedLayout {
+  PackedModel skeleton;     // every other parameter and buffer, in float
+  int64_t fixed_bytes = 0;  // their bytes plus the header
+};
+
+// The header is measured by writing the file once with every layer at 8
+// bits.
+absl::StatusOr<PackedLayout> MeasurePackedLayout(const torch::jit::Module& folded,
+                                                 const std::vector<Layer>& layers,
+                                                 const QuantizerSpec& quantizer,
+                                                 const std::string& output_dir) {
+  PackedLayout layout;
+  PackedModel& skeleton = layout.skeleton;
+  std::set<std::string> weights;
+  for (const Layer& l : layers) weights.insert(l.param_name);
+  for (const auto& p : folded.named_parameters(true)) {
+    if (weights.count(p.name) == 0) skeleton.float_tensors[p.name] = p.value.detach().cpu();
+  }
+  for (const auto& b : folded.named_buffers(true)) {
+    skeleton.float_tensors[b.name] = b.value.detach().cpu();
+  }
+  PackedModel probe = skeleton;
+  int64_t data_bytes = 0;
+  for (const auto& [name, t] : skeleton.float_tensors) {
+    data_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  for (const Layer& l : layers) {
+    QuantizerSpec spec = quantizer;
+    spec.bits = 8;
+    ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(l.weight.detach().cpu(), spec));
+    probe.layers[l.name] = std::move(q);
+    data_bytes += SizeBits(l, 8) / 8;
+  }
+  const std::string path = output_dir + "/.probe.safetensors";
+  ASSIGN_OR_RETURN(PackedFileInfo info, WritePackedModel(probe, path, output_dir + "/.probe.json"));
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  std::filesystem::remove(output_dir + "/.probe.json", ec);
+  layout.fixed_bytes = info.file_bytes - data_bytes;  // header
+  for (const auto& [name, t] : skeleton.float_tensors) {
+    layout.fixed_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  return layout;
+}
+
+// The search's budget; a file size counts the weights only.
+Budget BudgetOf(const QuantBudget& b, int64_t fixed_bytes) {
+  Budget budget;
+  switch (b.kind) {
+    case QuantBudget::Kind::kAverageBits:
+      budget = Budget::AverageBits(b.value);
+      break;
+    case QuantBudget::Kind::kModelBytes:
+      budget =
+          Budget::SizeBits(std::max<int64_t>(0, 8 * (static_cast<int64_t>(b.value) - fixed_bytes)));
+      break;
+    case QuantBudget::Kind::kBops:
+      budget = Budget::Bops(static_cast<int64_t>(b.value));
+      break;
+    case QuantBudget::Kind::kNone:
+      break;
+  }
+  return budget;
+}
+
+// What the search stage hands on to the stages after it.
+struct SearchSetup {
+  std::map<std::string, int> pins;  // in force
+  SearchProblem problem;            // priced by Ω
+  SearchProblem no_hessian;         // priced by ‖δ‖²
+  Budget budget;
+  PackedLayout layout;
+};
+
+// The problem, the packed layout and the budget; the default pins (first
+// and last layer at 8 bits, as HAWQ does) are for small layers: when they
+// alone break the budget (the CNN's classifier holds 46% of its weights)
+// they are dropped, and the report says so.
+absl::StatusOr<SearchSetup> SetUpSearch(const QuantizeOptions& o, const Prepared& p,
+                                        ProgressSink* sink, QuantizeReport* report) {
+  SearchSetup s;
+  s.pins = p.pins;
+  s.problem = MakeProblem(p.layers, p.widths, s.pins, o.ties, true);
+  {
+    absl::Status valid = ValidateProblem(s.problem);
+    if (!valid.ok()) return Invalid("pins/ties", std::string(valid.message()));
+  }
+  ASSIGN_OR_RETURN(s.layout,
+                   MeasurePackedLayout(p.context.folded, p.layers, p.context.spec, o.output_dir));
+  s.budget = BudgetOf(o.budget, s.layout.fixed_bytes);
+  if (!o.pins.has_value() && o.budget.kind != QuantBudget::Kind::kNone &&
+      o.search != QuantSearch::kBisection) {
+    SearchOptions so;
+    ASSIGN_OR_RETURN(Solution pinned, SolveExact(s.problem, s.budget, so));
+    if (!pinned.budget_met) {
+      const std::string why =
+          absl::StrCat("the default pins (", p.layers.front().name, " and ", p.layers.back().name,
+                       " at 8 bits) do not fit the budget; searching without them");
+      report->warnings.push_back(why);
+      sink->Log("WARNING", why);
+      s.pins.clear();
+      s.problem = MakeProblem(p.layers, p.widths, s.pins, o.ties, true);
+    }
+  }
+  s.no_hessian = MakeProblem(p.layers, p.widths, s.pins, o.ties, false);
+  report->pins = s.pins;
+  return s;
+}
+
+// kExact or kPareto: the Pareto frontier (a thinned copy in the report) and
+// the point at the budget.
+absl::StatusOr<Solution> SearchFrontier(const QuantizeOptions& o, const SearchSetup& s,
+                                        const std::vector<Layer>& layers, ProgressSink* sink,
+                                        QuantizeReport* report) {
+  SearchOptions so;
+  ASSIGN_OR_RETURN(Frontier frontier, ParetoFrontier(s.problem, s.budget.resource, so));
+  ASSIGN_OR_RETURN(int64_t limit, ResourceLimit(s.problem, s.budget));
+  std::optional<size_t> at = frontier.PickAtBudget(limit);
+  Solution chosen;
+  if (o.search == QuantSearch::kExact) {
+    ASSIGN_OR_RETURN(chosen, SolveExact(s.problem, s.budget, so));
+  } else if (at.has_value()) {
+    chosen = frontier.SolutionAt(*at);
+  } else {
+    ASSIGN_OR_RETURN(chosen, SolveExact(s.problem, s.budget, so));  // least resource
+  }
+  report->search_exact = frontier.exact() && chosen.exact;
+  const std::vector<FrontierPoint>& points = frontier.points();
+  const size_t step = std::max<size_t>(1, points.size() / kMaxReportedFrontier);
+  for (size_t i = 0; i < points.size(); ++i) {
+    const bool is_chosen = at.has_value() && i == *at;
+    if (i % step != 0 && !is_chosen && i + 1 != points.size()) continue;
+    QuantPoint point = PointOf(layers, frontier.SolutionAt(i), s.layout.fixed_bytes);
+    point.chosen = is_chosen;
+    report->frontier.push_back(point);
+  }
+  sink->Log("INFO", absl::StrFormat("%d-point Pareto frontier of (%s, sensitivity)", points.size(),
+                                    ResourceName(s.budget.resource)));
+  return chosen;
+}
+
+// kBisection's chain and the accuracy it must keep.
+struct BisectionPlan {
+  std::vector<Solution> chain;
+  double min_accuracy = 0;
+};
+
+// The chain from every layer at the lowest candidate to every layer at the
+// highest, raising layers in decreasing order of Ω(low); measures the float
+// model (the report's accuracy_before) for the tolerance.
+absl::StatusOr<BisectionPlan> PlanBisection(const QuantizeOptions& o, const SearchSetup& s,
+                                            const std::vector<Layer>& layers,
+                                            torch::jit::Module original, const LoadedDataset& eval,
+                                            QuantizeReport* report) {
+  const int low = *std::min_element(o.candidate_bits.begin(), o.candidate_bits.end());
+  const int high = *std::max_element(o.candidate_bits.begin(), o.candidate_bits.end());
+  std::vector<double> sensitivity;
+  for (const Layer& l : layers) sensitivity.push_back(l.omega.at(low));
+  BisectionPlan plan;
+  ASSIGN_OR_RETURN(plan.chain, SensitivityOrderedConfigs(s.problem, sensitivity, low, high));
+  ASSIGN_OR_RETURN(double base, TopOneAccuracy(original, eval.inputs, eval.targets));
+  report->accuracy_before = base;
+  plan.min_accuracy = o.tolerance.kind == QuantTolerance::Kind::kMaxDropPoints
+                          ? base - o.tolerance.value
+                          : base * (1 - o.tolerance.value);
+  return plan;
+}
+
+// Stage "search": the configuration for the budget; for kBisection only the
+// plan, which the next stage measures.
+absl::Status Search(const QuantizeOptions& o, const Prepared& p, SearchSetup* setup,
+                    BisectionPlan* plan, Solution* chosen, QuantizeReport* report) {
+  ProgressSink* sink = p.context.sink;
+  ASSIGN_OR_RETURN(*setup, SetUpSearch(o, p, sink, report));
+  switch (o.search) {
+    case QuantSearch::kBisection: {
+      ASSIGN_OR_RETURN(*plan, PlanBisection(o, *setup, p.layers, p.original, *p.eval, report));
+      break;
+    }
+    case QuantSearch::kUniform: {
+      ASSIGN_OR_RETURN(*chosen, UniformForBudget(setup->problem, setup->budget));
+      break;
+    }
+    case QuantSearch::kExact:
+    case QuantSearch::kPareto: {
+      ASSIGN_OR_RETURN(*chosen, SearchFrontier(o, *setup, p.layers, sink, report));
+      break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Stage "evaluation" of kBisection: measures the chain's configurations on
+// the eval data until the smallest one within the tolerance is found.
+absl::StatusOr<Solution> Bisect(const Context& c, const std::vector<Layer>& layers,
+                                const BisectionPlan& plan, const LoadedDataset& eval,
+                                int64_t fixed_bytes, QuantizeReport* report) {
+  int64_t measured = 0;
+  const int64_t expected =
+      2 + static_cast<int64_t>(std::ceil(std::log2(static_cast<double>(plan.chain.size()))));
+  AccuracyFn fn = [&](const Assignment& a) -> absl::StatusOr<double> {
+    RETURN_IF_ERROR(CheckCancel(c.cancel));
+    Solution s;
+    s.bits = a;
+    ASSIGN_OR_RETURN(double acc, QuantizedAccuracy(c, ByName(layers, s), eval));
+    c.sink->Progress("evaluation", ++measured, std::max(expected, measured));
+    c.sink->Log("INFO", absl::StrFormat("measured %.2f%% top-1 at %.2f average bits", acc,
+                                        AverageBits(layers, s)));
+    return acc;
+  };
+  ASSIGN_OR_RETURN(BisectionResult r, AccuracyBisection(plan.chain, fn, plan.min_accuracy));
+  report->tolerance_met = r.met;
+  for (const BisectionPoint& m : r.measured) {
+    QuantPoint p = PointOf(layers, plan.chain[m.index], fixed_bytes);
+    p.accuracy = m.accuracy;
+    p.chosen = m.index == r.index;
+    report->measured.push_back(p);
+  }
+  return r.config;
+}
+
+// The chosen configuration's totals, and the baselines at its size: uniform
+// bits, and the same exact search with ‖δ(b)‖² alone (no Hessian; the same
+// δ as Ω's), without accuracies yet.
+absl::Status RecordChoice(const SearchSetup& s, const std::vector<Layer>& layers,
+                          const Solution& chosen, const CancelToken* cancel,
+                          QuantizeReport* report) {
+  report->budget_met = chosen.budget_met;
+  report->average_bits = AverageBits(layers, chosen);
+  report->bops = chosen.bops;
+  report->predicted_bytes = PredictedBytes(chosen, s.layout.fixed_bytes);
+
+  Budget same = Budget::SizeBits(chosen.size_bits);
+  std::vector<std::pair<std::string, absl::StatusOr<Solution>>> runs;
+  runs.emplace_back("uniform", UniformForBudget(s.problem, same));
+  runs.emplace_back("no_hessian", SolveExact(s.no_hessian, same));
+  for (auto& [name, solution] : runs) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    if (!solution.ok()) return solution.status();
+    QuantBaseline b;
+    b.name = name;
+    b.bits = ByName(layers, *solution);
+    b.average_bits = AverageBits(layers, *solution);
+    b.weight_bytes = PredictedBytes(*solution, s.layout.fixed_bytes);
+    ASSIGN_OR_RETURN(Solution with_hessian, EvaluateAssignment(s.problem, solution->bits));
+    b.cost = with_hessian.cost;
+    report->baselines.push_back(std::move(b));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- rounding
+
+// model.pt (the quantized model as evaluated) and the packed
+// weights.safetensors + manifest.json in `output_dir`.
+absl::Status WriteOutputs(const Quantized& result, const std::vector<Layer>& layers,
+                          const PackedLayout& layout, const std::string& output_dir,
+                          QuantizeReport* report) {
+  report->model_path = output_dir + "/model.pt";
+  report->weights_path = output_dir + "/weights.safetensors";
+  report->manifest_path = output_dir + "/manifest.json";
+  try {
+    result.module.save(report->model_path);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("cannot save the quantized model: ", e.what_without_backtrace()));
+  }
+  PackedModel packed = layout.skeleton;
+  for (const Layer& l : layers) {
+    auto it = result.tensors.find(l.name);
+    if (it != result.tensors.end()) {
+      QuantizedTensor q = it->second;
+      q.codes = q.codes.cpu();
+      q.params.scale = q.params.scale.cpu();
+      q.params.zero_point = q.params.zero_point.cpu();
+      packed.layers[l.name] = std::move(q);
+    } else {
+      packed.float_tensors[l.param_name] = l.weight.detach().cpu();
+    }
+  }
+  ASSIGN_OR_RETURN(PackedFileInfo info,
+                   WritePackedModel(packed, report->weights_path, report->manifest_path));
+  report->bytes_after = info.file_bytes;
+  return absl::OkStatus();
+}
+
+std::vector<QuantizedLayerReport> LayerReports(const std::vector<Layer>& layers,
+                                               const Solution& chosen,
+                                               const std::map<std::string, int>& pins,
+                                               const std::vector<int>& candidate_bits,
+                                               const Quantized& result) {
+  std::vector<QuantizedLayerReport> reports;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& l = layers[i];
+    QuantizedLayerReport lr;
+    lr.name = l.name;
+    lr.kind = l.kind;
+    lr.numel = l.numel;
+    lr.macs = l.macs;
+    lr.bits = chosen.bits[i];
+    lr.pinned = pins.count(l.name) > 0;
+    lr.trace_per_param = l.trace_per_param;
+    for (int b : candidate_bits) {
+      lr.omega[b] = l.omega.at(b);
+      lr.squared_error[b] = l.error.at(b);
+    }
+    lr.bytes_before = l.numel * 4;
+    lr.bytes_after = SizeBits(l, lr.bits) / 8;
+    lr.gptq_error = std::nan("");
+    lr.rtn_error = std::nan("");
+    if (lr.bits >= 16) {
+      lr.rounding = "float";
+    } else if (auto g = result.gptq.find(l.name); g != result.gptq.end()) {
+      lr.rounding = g->second.method;
+      lr.note = g->second.note;
+      lr.gptq_error = g->second.gptq_error;
+      lr.rtn_error = g->second.rtn_error;
+    } else {
+      lr.rounding = "rtn";
+    }
+    reports.push_back(std::move(lr));
+  }
+  return reports;
+}
+
+// ---------------------------------------------------------------- evaluation
+
+// Stage "evaluation": the float model (unless the bisection measured it),
+// the saved file, reloaded (what users get is what is reported), and each
+// baseline paired with it on the same examples.
+absl::Status Evaluate(const QuantizeOptions& o, const Prepared& p, QuantizeReport* report) {
+  const LoadedDataset& eval = *p.eval;
+  ProgressSink* sink = p.context.sink;
+  if (!report->accuracy_before.has_value()) {
+    torch::jit::Module original = p.original;
+    ASSIGN_OR_RETURN(double before, TopOneAccuracy(original, eval.inputs, eval.targets));
+    report->accuracy_before = before;
+  }
+  ASSIGN_OR_RETURN(torch::jit::Module saved, LoadModel(report->model_path, o.device));
+  ASSIGN_OR_RETURN(torch::Tensor chosen_correct, TopOneCorrect(saved, eval.inputs, eval.targets));
+  report->accuracy_after = PercentTrue(chosen_correct);
+  sink->Progress("evaluation", 1, 3);
+  int index = 1;
+  for (QuantBaseline& b : report->baselines) {
+    RETURN_IF_ERROR(CheckCancel(p.context.cancel));
+    ASSIGN_OR_RETURN(Quantized q, QuantizeModel(p.context, b.bits));
+    ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(q.module, eval.inputs, eval.targets));
+    b.accuracy = PercentTrue(correct);
+    b.chosen_only_correct = (chosen_correct & ~correct).sum().item<int64_t>();
+    b.baseline_only_correct = (correct & ~chosen_correct).sum().item<int64_t>();
+    b.p_value = McNemarExactP(b.chosen_only_correct, b.baseline_only_correct);
+    sink->Progress("evaluation", ++index, 3);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -269,558 +1063,40 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
   QuantizeReport report;
   report.search = QuantSearchName(o.search);
   report.runtime = RuntimeDescription();
+  ASSIGN_OR_RETURN(Prepared p, Prepare(o, sink, cancel, &report));
 
-  // ------------------------------------------------------------ model, data
-  ASSIGN_OR_RETURN(torch::jit::Module original, LoadModel(o.model_path, o.device));
-  ASSIGN_OR_RETURN(torch::jit::Module folded, FoldBatchNorm(original));
-  try {
-    for (const auto& p : original.named_parameters(true)) {
-      report.bytes_before += p.value.numel() * static_cast<int64_t>(p.value.element_size());
-    }
-    for (const auto& b : original.named_buffers(true)) {
-      report.bytes_before += b.value.numel() * static_cast<int64_t>(b.value.element_size());
-    }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(e.what_without_backtrace());
-  }
-  auto load = [&o](const std::string& id, int64_t n) {
-    return IsBuiltinDataset(id) ? LoadBuiltinDataset(id, n, o.idx_dir) : LoadDataset(id, n);
-  };
-  ASSIGN_OR_RETURN(LoadedDataset calibration, load(o.calibration_dataset, o.num_samples));
-  torch::Device device(o.device);
-  calibration.inputs = calibration.inputs.to(device);
-  if (calibration.targets.defined()) calibration.targets = calibration.targets.to(device);
-  std::optional<LoadedDataset> eval;
-  if (!o.eval_dataset.empty()) {
-    ASSIGN_OR_RETURN(LoadedDataset e, load(o.eval_dataset, o.eval_samples));
-    e.inputs = e.inputs.to(device);
-    eval = std::move(e);
-    report.eval_examples = eval->inputs.size(0);
-  }
-
-  Context c;
-  c.options = &o;
-  c.folded = folded;
-  c.sink = sink;
-  c.cancel = cancel;
-  for (int64_t s = 0; s < calibration.inputs.size(0); s += o.batch_size) {
-    c.calibration.push_back(
-        calibration.inputs.narrow(0, s, std::min(o.batch_size, calibration.inputs.size(0) - s)));
-  }
-  ASSIGN_OR_RETURN(QuantGranularity granularity, ParseGranularity(o.granularity));
-  c.spec.symmetric = o.symmetric;
-  c.spec.granularity = granularity;
-  c.spec.group_size = o.group_size;
-  RETURN_IF_ERROR(ValidateSpec(c.spec));
-
-  {
-    ASSIGN_OR_RETURN(std::vector<QuantizableLayer> found, QuantizableLayers(folded));
-    if (found.empty()) {
-      return absl::FailedPreconditionError("the model has no layer with a weight to quantize");
-    }
-    InspectOptions inspect;
-    std::vector<int64_t> shape = calibration.inputs.sizes().vec();
-    shape[0] = 1;
-    inspect.input_shape = shape;
-    std::map<std::string, int64_t> macs;
-    absl::StatusOr<Inspection> inspection = InspectModelFile(o.model_path, inspect, cancel);
-    if (!inspection.ok()) return inspection.status();
-    for (const LayerCost& l : inspection->layers) macs[l.name] = l.macs;
-    for (const QuantizableLayer& f : found) {
-      Layer l;
-      l.name = f.name;
-      l.kind = KindOf(folded, f.name);
-      l.param_name = f.name.empty() ? "weight" : absl::StrCat(f.name, ".weight");
-      l.weight = f.weight;
-      l.numel = f.weight.numel();
-      l.macs = macs[f.name];
-      ASSIGN_OR_RETURN(auto matrix, MatrixShape(f.weight.sizes().vec(), c.spec));
-      const int64_t groups = granularity == QuantGranularity::kGroup
-                                 ? (matrix.second + o.group_size - 1) / o.group_size
-                                 : 1;
-      l.scale_count = granularity == QuantGranularity::kPerTensor ? 1 : matrix.first * groups;
-      c.layers.push_back(std::move(l));
-    }
-  }
-  std::vector<Layer>& layers = c.layers;
-
-  // Widths the search may pick: the candidates and any pinned width.
-  std::map<std::string, int> pins;
-  if (o.pins.has_value()) {
-    pins = *o.pins;
-  } else {
-    pins[layers.front().name] = 8;
-    pins[layers.back().name] = 8;
-  }
-  std::set<int> widths(o.candidate_bits.begin(), o.candidate_bits.end());
-  for (auto& [layer, bits] : pins) {
-    if (bits == 16) bits = kFloatBits;
-    if (bits < 16) widths.insert(bits);  // a pin may ask for any width
-  }
-
-  // ------------------------------------------------------------ sensitivity
-  sink->StageStart("sensitivity", 0, 4);
-  const QuantOmega omega =
-      o.omega.value_or(o.trace_per_param.empty() ? kDefaultQuantOmega : QuantOmega::kTrace);
-  const QuantPerturbation perturbation = o.perturbation.value_or(
-      omega == QuantOmega::kTrace ? QuantPerturbation::kNearest : QuantPerturbation::kRounding);
-  const bool gptq_delta = o.gptq && perturbation == QuantPerturbation::kRounding;
-  report.omega = QuantOmegaName(omega);
-  report.perturbation = gptq_delta ? "gptq" : "rtn";
-  report.sensitivity_source = o.trace_per_param.empty() ? "computed" : "report";
-  if (!o.trace_per_param.empty()) {
-    for (Layer& l : layers) {
-      auto it = o.trace_per_param.find(l.name);
-      if (it == o.trace_per_param.end()) {
-        return Invalid("trace_per_param",
-                       absl::StrCat("the sensitivity report has no layer \"", l.name, "\""));
-      }
-      l.trace_per_param = it->second;
-    }
-  } else if (omega == QuantOmega::kTrace) {
-    // Traces of the folded model: its weights are the ones quantized.
-    const std::string folded_path = o.output_dir + "/.folded.pt";
-    try {
-      folded.save(folded_path);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("cannot save the folded model: ", e.what_without_backtrace()));
-    }
-    AnalyzeOptions a;
-    a.model_path = folded_path;
-    a.dataset = o.calibration_dataset;
-    a.idx_dir = o.idx_dir;
-    a.num_samples = o.num_samples;
-    a.batch_size = o.batch_size;
-    a.loss = o.loss;
-    a.traces.tolerance = o.trace_tolerance;
-    a.traces.max_probes = o.trace_max_probes;
-    a.traces.min_probes = std::min(a.traces.min_probes, o.trace_max_probes);
-    a.seed = o.seed;
-    a.device = o.device;
-    // Every batch's first-order graph stays cached: each probe is then one
-    // double backward per batch instead of a forward, backward and double
-    // backward (memory: the graphs of num_samples examples).
-    a.max_cached_batches = static_cast<int>(c.calibration.size());
-    SensitivitySink renamed(sink);
-    absl::StatusOr<AnalyzeReport> analysis = RunAnalysis(a, &renamed, cancel);
-    std::filesystem::remove(folded_path, ec);
-    if (!analysis.ok()) return analysis.status();
-    report.hvp_count = analysis->hvp_count;
-    std::map<std::string, double> tpp;
-    for (const LayerSensitivity& s : analysis->layers) tpp[s.name] = s.trace_per_param;
-    for (Layer& l : layers) l.trace_per_param = tpp[l.name];
-  }
-
-  // δ_i(b) for every layer and width, priced as Ω says, one layer at a time
-  // (only one layer's perturbations are alive). Round-to-nearest's δ does
-  // not depend on the data: one fold, all of it. GPTQ fits its δ to the
-  // inputs it sees, so on those same inputs ½δᵀHδ is biased low (the CNN's
-  // classifier has 1,568 inputs and 256 calibration rows: GPTQ's 2-bit δ
-  // changes the calibration loss by −0.0005 and the test loss by +0.073):
-  // two folds, each half's δ priced on the other half.
-  const int64_t examples = calibration.inputs.size(0);
-  const int folds = gptq_delta && examples >= 2 ? 2 : 1;
-  std::vector<CalibrationFold> fold(folds);
-  for (int f = 0; f < folds; ++f) {
-    const int64_t begin = examples * f / folds, end_ = examples * (f + 1) / folds;
-    fold[f].inputs = calibration.inputs.narrow(0, begin, end_ - begin);
-    if (calibration.targets.defined()) {
-      fold[f].targets = calibration.targets.narrow(0, begin, end_ - begin);
-    }
-    fold[f].weight = static_cast<double>(end_ - begin) / static_cast<double>(examples);
-    for (int64_t s = 0; s < fold[f].inputs.size(0); s += o.batch_size) {
-      fold[f].batches.push_back(
-          fold[f].inputs.narrow(0, s, std::min(o.batch_size, fold[f].inputs.size(0) - s)));
-    }
-    if (omega == QuantOmega::kTrace) continue;
-    PerturbationModelOptions pm;
-    // Every batch's first-order graph stays cached (as for the traces).
-    pm.hvp.max_cached_batches = static_cast<int>(fold[f].batches.size());
-    pm.seed = o.seed;
-    std::vector<std::string> weights;
-    for (const Layer& l : layers) weights.push_back(l.param_name);
-    ASSIGN_OR_RETURN(PreparedBatches prepared, PrepareBatches(folded, fold[f].inputs,
-                                                              fold[f].targets, o.batch_size,
-                                                              o.loss));
-    ASSIGN_OR_RETURN(fold[f].model,
-                     PerturbationModel::Create(folded, std::move(prepared), weights, pm, cancel));
-  }
-  GptqOptions gptq_options;
-  gptq_options.damp_percent = o.gptq_damping;
-  gptq_options.block_size = o.gptq_block_size;
-  gptq_options.act_order = o.gptq_act_order;
-  const int64_t units = static_cast<int64_t>(layers.size() * widths.size());
-  int64_t done = 0;
-  for (Layer& l : layers) {
-    // H of each fold's inputs to the float model (Ω must not depend on the
-    // other layers' bits). Layers GPTQ cannot handle are rounded to nearest
-    // there too (gptq_model.h).
-    std::vector<LayerHessian> inputs;
-    if (gptq_delta) {
-      for (int f = 0; f < folds; ++f) {
-        absl::StatusOr<LayerHessian> h = CollectLayerHessian(folded, l.name, fold[f].batches, cancel);
-        if (h.ok()) {
-          inputs.push_back(std::move(*h));
-        } else if (absl::IsUnimplemented(h.status()) || absl::IsFailedPrecondition(h.status())) {
-          inputs.clear();
-          break;
-        } else {
-          return h.status();
-        }
-      }
-    }
-    const torch::Tensor weight = l.weight.detach();
-    for (int b : widths) {
-      RETURN_IF_ERROR(CheckCancel(cancel));
-      QuantizerSpec spec = c.spec;
-      spec.bits = b;
-      // (δ, the folds that price it, with their weights).
-      std::vector<std::pair<torch::Tensor, std::vector<std::pair<int, double>>>> deltas;
-      if (!inputs.empty()) {
-        for (int f = 0; f < folds; ++f) {
-          ASSIGN_OR_RETURN(GptqResult g, GptqQuantize(weight, inputs[f].hessian, spec, gptq_options));
-          const int other = folds == 1 ? f : 1 - f;
-          deltas.push_back({g.dequantized, {{other, fold[other].weight}}});
-        }
-      } else {
-        ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(weight, spec));
-        ASSIGN_OR_RETURN(torch::Tensor rounded, Dequantize(q));
-        std::vector<std::pair<int, double>> all;
-        for (int f = 0; f < folds; ++f) all.push_back({f, fold[f].weight});
-        deltas.push_back({rounded, all});
-      }
-      l.error[b] = 0;
-      l.omega[b] = 0;
-      for (auto& [rounded, pricing] : deltas) {
-        const torch::Tensor delta =
-            rounded.to(weight.device(), torch::kFloat64) - weight.to(torch::kFloat64);
-        const double norm2 = delta.pow(2).sum().item<double>();
-        for (const auto& [f, w] : pricing) {
-          l.error[b] += w * norm2;
-          if (fold[f].model == nullptr) {
-            l.omega[b] += w * l.trace_per_param * norm2;
-          } else {
-            ASSIGN_OR_RETURN(PerturbationTerms t, fold[f].model->Terms(l.param_name, delta));
-            l.omega[b] += w * t.quadratic;
-          }
-        }
-      }
-      sink->Progress("sensitivity", ++done, units);
-    }
-  }
-  for (CalibrationFold& f : fold) {
-    if (f.model == nullptr) continue;
-    report.hvp_count += f.model->hvp_count();
-    report.hvp_method = HvpMethodName(f.model->method());
-    if (!f.model->fallback_reason().empty() && report.warnings.empty()) {
-      const std::string why =
-          absl::StrCat("exact Hessian-vector products are not available for this model (",
-                       f.model->fallback_reason(), ")");
-      report.warnings.push_back(why);
-      sink->Log("WARNING", why);
-    }
-    f.model.reset();  // frees the cached graphs
-  }
-  sink->StageEnd("sensitivity");
-
-  // ------------------------------------------------------------ search
-  RETURN_IF_ERROR(CheckCancel(cancel));
-  sink->StageStart("search", 1, 4);
-  auto make_problem = [&](bool hessian) {
-    SearchProblem p;
-    for (const Layer& l : layers) {
-      LayerChoices lc;
-      lc.name = l.name;
-      lc.numel = l.numel;
-      for (int b : widths) {
-        const double cost = hessian ? l.omega.at(b) : l.error.at(b);
-        lc.choices.push_back({b, cost, SizeBits(l, b), l.macs * b * 32});
-      }
-      lc.choices.push_back({kFloatBits, 0.0, SizeBits(l, kFloatBits), l.macs * 32 * 32});
-      p.layers.push_back(std::move(lc));
-    }
-    p.pins = pins;
-    p.ties = o.ties;
-    return p;
-  };
-  SearchProblem problem = make_problem(true);
-  {
-    absl::Status valid = ValidateProblem(problem);
-    if (!valid.ok()) return Invalid("pins/ties", std::string(valid.message()));
-  }
-
-  // Bytes of the packed file besides the quantizable layers' weights: every
-  // other parameter and buffer in float, and the header (measured by
-  // writing the file once with every layer at 8 bits).
-  int64_t fixed_bytes = 0;
-  PackedModel skeleton;
-  {
-    std::set<std::string> weights;
-    for (const Layer& l : layers) weights.insert(l.param_name);
-    for (const auto& p : folded.named_parameters(true)) {
-      if (weights.count(p.name) == 0) skeleton.float_tensors[p.name] = p.value.detach().cpu();
-    }
-    for (const auto& b : folded.named_buffers(true)) {
-      skeleton.float_tensors[b.name] = b.value.detach().cpu();
-    }
-    PackedModel probe = skeleton;
-    int64_t data_bytes = 0;
-    for (const auto& [name, t] : skeleton.float_tensors) {
-      data_bytes += t.numel() * static_cast<int64_t>(t.element_size());
-    }
-    for (const Layer& l : layers) {
-      QuantizerSpec spec = c.spec;
-      spec.bits = 8;
-      ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(l.weight.detach().cpu(), spec));
-      probe.layers[l.name] = std::move(q);
-      data_bytes += SizeBits(l, 8) / 8;
-    }
-    const std::string path = o.output_dir + "/.probe.safetensors";
-    ASSIGN_OR_RETURN(PackedFileInfo info,
-                     WritePackedModel(probe, path, o.output_dir + "/.probe.json"));
-    std::filesystem::remove(path, ec);
-    std::filesystem::remove(o.output_dir + "/.probe.json", ec);
-    fixed_bytes = info.file_bytes - data_bytes;  // header
-    for (const auto& [name, t] : skeleton.float_tensors) {
-      fixed_bytes += t.numel() * static_cast<int64_t>(t.element_size());
-    }
-  }
-
-  Budget budget;
-  switch (o.budget.kind) {
-    case QuantBudget::Kind::kAverageBits:
-      budget = Budget::AverageBits(o.budget.value);
-      break;
-    case QuantBudget::Kind::kModelBytes:
-      budget = Budget::SizeBits(
-          std::max<int64_t>(0, 8 * (static_cast<int64_t>(o.budget.value) - fixed_bytes)));
-      break;
-    case QuantBudget::Kind::kBops:
-      budget = Budget::Bops(static_cast<int64_t>(o.budget.value));
-      break;
-    case QuantBudget::Kind::kNone:
-      break;
-  }
-
-  // The default pins (first and last layer at 8 bits, as HAWQ does) are for
-  // small layers; when they alone break the budget (the CNN's classifier
-  // holds 46% of its weights) they are dropped, and the report says so.
-  if (!o.pins.has_value() && o.budget.kind != QuantBudget::Kind::kNone &&
-      o.search != QuantSearch::kBisection) {
-    SearchOptions so;
-    ASSIGN_OR_RETURN(Solution pinned, SolveExact(problem, budget, so));
-    if (!pinned.budget_met) {
-      const std::string why = absl::StrCat(
-          "the default pins (", layers.front().name, " and ", layers.back().name,
-          " at 8 bits) do not fit the budget; searching without them");
-      report.warnings.push_back(why);
-      sink->Log("WARNING", why);
-      pins.clear();
-      problem = make_problem(true);
-    }
-  }
-  report.pins = pins;
-
-  auto evaluate = [&](const std::map<std::string, int>& bits) -> absl::StatusOr<double> {
-    ASSIGN_OR_RETURN(Quantized q, QuantizeModel(c, bits));
-    return TopOneAccuracy(q.module, eval->inputs, eval->targets);
-  };
-  auto point = [&](const Solution& s) {
-    QuantPoint p;
-    p.weight_bytes = PredictedBytes(s, fixed_bytes);
-    p.average_bits = AverageBits(layers, s);
-    p.cost = s.cost;
-    return p;
-  };
-
+  // What each stage hands on to the next ones.
+  SearchSetup setup;
+  BisectionPlan plan;
   Solution chosen;
-  if (o.search == QuantSearch::kBisection) {
-    // The chain from every layer at the lowest candidate to every layer at
-    // the highest, raising layers in decreasing order of Ω(low).
-    const int low = *std::min_element(o.candidate_bits.begin(), o.candidate_bits.end());
-    const int high = *std::max_element(o.candidate_bits.begin(), o.candidate_bits.end());
-    std::vector<double> sensitivity;
-    for (const Layer& l : layers) sensitivity.push_back(l.omega.at(low));
-    ASSIGN_OR_RETURN(std::vector<Solution> chain,
-                     SensitivityOrderedConfigs(problem, sensitivity, low, high));
-    ASSIGN_OR_RETURN(double base, TopOneAccuracy(original, eval->inputs, eval->targets));
-    report.accuracy_before = base;
-    const double min_accuracy = o.tolerance.kind == QuantTolerance::Kind::kMaxDropPoints
-                                    ? base - o.tolerance.value
-                                    : base * (1 - o.tolerance.value);
-    sink->StageEnd("search");
-    sink->StageStart("evaluation", 2, 4);
-    int64_t measured = 0;
-    const int64_t expected =
-        2 + static_cast<int64_t>(std::ceil(std::log2(static_cast<double>(chain.size()))));
-    AccuracyFn fn = [&](const Assignment& a) -> absl::StatusOr<double> {
-      RETURN_IF_ERROR(CheckCancel(cancel));
-      Solution s;
-      s.bits = a;
-      ASSIGN_OR_RETURN(double acc, evaluate(ByName(layers, s)));
-      sink->Progress("evaluation", ++measured, std::max(expected, measured));
-      sink->Log("INFO", absl::StrFormat("measured %.2f%% top-1 at %.2f average bits", acc,
-                                        AverageBits(layers, s)));
-      return acc;
-    };
-    ASSIGN_OR_RETURN(BisectionResult r, AccuracyBisection(chain, fn, min_accuracy));
-    chosen = r.config;
-    report.tolerance_met = r.met;
-    for (const BisectionPoint& m : r.measured) {
-      QuantPoint p = point(chain[m.index]);
-      p.accuracy = m.accuracy;
-      p.chosen = m.index == r.index;
-      report.measured.push_back(p);
-    }
-    sink->StageEnd("evaluation");
-  } else if (o.search == QuantSearch::kUniform) {
-    ASSIGN_OR_RETURN(chosen, UniformForBudget(problem, budget));
-  } else {
-    SearchOptions so;
-    ASSIGN_OR_RETURN(Frontier frontier, ParetoFrontier(problem, budget.resource, so));
-    ASSIGN_OR_RETURN(int64_t limit, ResourceLimit(problem, budget));
-    std::optional<size_t> at = frontier.PickAtBudget(limit);
-    if (o.search == QuantSearch::kExact) {
-      ASSIGN_OR_RETURN(chosen, SolveExact(problem, budget, so));
-    } else if (at.has_value()) {
-      chosen = frontier.SolutionAt(*at);
-    } else {
-      ASSIGN_OR_RETURN(chosen, SolveExact(problem, budget, so));  // least resource
-    }
-    report.search_exact = frontier.exact() && chosen.exact;
-    const std::vector<FrontierPoint>& points = frontier.points();
-    const size_t step = std::max<size_t>(1, points.size() / kMaxReportedFrontier);
-    for (size_t i = 0; i < points.size(); ++i) {
-      const bool is_chosen = at.has_value() && i == *at;
-      if (i % step != 0 && !is_chosen && i + 1 != points.size()) continue;
-      QuantPoint p = point(frontier.SolutionAt(i));
-      p.chosen = is_chosen;
-      report.frontier.push_back(p);
-    }
-    sink->Log("INFO", absl::StrFormat("%d-point Pareto frontier of (%s, sensitivity)",
-                                      points.size(), ResourceName(budget.resource)));
-  }
-  report.budget_met = chosen.budget_met;
-  report.average_bits = AverageBits(layers, chosen);
-  report.bops = chosen.bops;
-  report.predicted_bytes = PredictedBytes(chosen, fixed_bytes);
-  if (o.search != QuantSearch::kBisection) sink->StageEnd("search");
+  Quantized result;
+  const bool bisection = o.search == QuantSearch::kBisection;
+  StageList stages;
+  stages.Add("sensitivity", [&] {
+    return ComputeSensitivity(o, p.context, p.calibration, p.widths, &p.layers, &report);
+  });
+  stages.Add("search", [&]() -> absl::Status {
+    RETURN_IF_ERROR(Search(o, p, &setup, &plan, &chosen, &report));
+    if (bisection) return absl::OkStatus();
+    return RecordChoice(setup, p.layers, chosen, cancel, &report);
+  });
+  stages.AddIf(bisection, "evaluation", [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(chosen,
+                     Bisect(p.context, p.layers, plan, *p.eval, setup.layout.fixed_bytes, &report));
+    return RecordChoice(setup, p.layers, chosen, cancel, &report);
+  });
+  stages.Add("rounding", [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(result, QuantizeModel(p.context, ByName(p.layers, chosen)));
+    return absl::OkStatus();
+  });
+  stages.AddStep("outputs", [&]() -> absl::Status {
+    RETURN_IF_ERROR(WriteOutputs(result, p.layers, setup.layout, o.output_dir, &report));
+    report.layers = LayerReports(p.layers, chosen, setup.pins, o.candidate_bits, result);
+    return absl::OkStatus();
+  });
+  stages.AddIf(p.eval.has_value(), "evaluation", [&] { return Evaluate(o, p, &report); });
+  RETURN_IF_ERROR(stages.Run(sink, cancel));
 
-  // ------------------------------------------------------------ rounding
-  RETURN_IF_ERROR(CheckCancel(cancel));
-  sink->StageStart("rounding", 2, 4);
-  const std::map<std::string, int> bits = ByName(layers, chosen);
-  ASSIGN_OR_RETURN(Quantized result, QuantizeModel(c, bits));
-  sink->StageEnd("rounding");
-
-  // ------------------------------------------------------------ outputs
-  report.model_path = o.output_dir + "/model.pt";
-  report.weights_path = o.output_dir + "/weights.safetensors";
-  report.manifest_path = o.output_dir + "/manifest.json";
-  try {
-    result.module.save(report.model_path);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("cannot save the quantized model: ", e.what_without_backtrace()));
-  }
-  PackedModel packed = skeleton;
-  for (const Layer& l : layers) {
-    auto it = result.tensors.find(l.name);
-    if (it != result.tensors.end()) {
-      QuantizedTensor q = it->second;
-      q.codes = q.codes.cpu();
-      q.params.scale = q.params.scale.cpu();
-      q.params.zero_point = q.params.zero_point.cpu();
-      packed.layers[l.name] = std::move(q);
-    } else {
-      packed.float_tensors[l.param_name] = l.weight.detach().cpu();
-    }
-  }
-  ASSIGN_OR_RETURN(PackedFileInfo info,
-                   WritePackedModel(packed, report.weights_path, report.manifest_path));
-  report.bytes_after = info.file_bytes;
-
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const Layer& l = layers[i];
-    QuantizedLayerReport lr;
-    lr.name = l.name;
-    lr.kind = l.kind;
-    lr.numel = l.numel;
-    lr.macs = l.macs;
-    lr.bits = chosen.bits[i];
-    lr.pinned = pins.count(l.name) > 0;
-    lr.trace_per_param = l.trace_per_param;
-    for (int b : o.candidate_bits) {
-      lr.omega[b] = l.omega.at(b);
-      lr.squared_error[b] = l.error.at(b);
-    }
-    lr.bytes_before = l.numel * 4;
-    lr.bytes_after = SizeBits(l, lr.bits) / 8;
-    lr.gptq_error = std::nan("");
-    lr.rtn_error = std::nan("");
-    if (lr.bits >= 16) {
-      lr.rounding = "float";
-    } else if (auto g = result.gptq.find(l.name); g != result.gptq.end()) {
-      lr.rounding = g->second.method;
-      lr.note = g->second.note;
-      lr.gptq_error = g->second.gptq_error;
-      lr.rtn_error = g->second.rtn_error;
-    } else {
-      lr.rounding = "rtn";
-    }
-    report.layers.push_back(std::move(lr));
-  }
-
-  // ------------------------------------------------------------ evaluation
-  torch::Tensor chosen_correct;  // per eval example, for the paired tests
-  if (eval.has_value()) {
-    RETURN_IF_ERROR(CheckCancel(cancel));
-    sink->StageStart("evaluation", 3, 4);
-    if (!report.accuracy_before.has_value()) {
-      ASSIGN_OR_RETURN(double before, TopOneAccuracy(original, eval->inputs, eval->targets));
-      report.accuracy_before = before;
-    }
-    // The saved file, reloaded: what users get is what is reported.
-    ASSIGN_OR_RETURN(torch::jit::Module saved, LoadModel(report.model_path, o.device));
-    ASSIGN_OR_RETURN(chosen_correct, TopOneCorrect(saved, eval->inputs, eval->targets));
-    report.accuracy_after = PercentTrue(chosen_correct);
-    sink->Progress("evaluation", 1, 3);
-  }
-
-  // ------------------------------------------------------------ baselines
-  // At the chosen configuration's size: uniform bits, and the same exact
-  // search with ‖δ(b)‖² alone (no Hessian; the same δ as Ω's).
-  {
-    Budget same = Budget::SizeBits(chosen.size_bits);
-    std::vector<std::pair<std::string, absl::StatusOr<Solution>>> runs;
-    runs.emplace_back("uniform", UniformForBudget(problem, same));
-    runs.emplace_back("no_hessian", SolveExact(make_problem(false), same));
-    int index = 1;
-    for (auto& [name, solution] : runs) {
-      RETURN_IF_ERROR(CheckCancel(cancel));
-      if (!solution.ok()) return solution.status();
-      QuantBaseline b;
-      b.name = name;
-      b.bits = ByName(layers, *solution);
-      b.average_bits = AverageBits(layers, *solution);
-      b.weight_bytes = PredictedBytes(*solution, fixed_bytes);
-      ASSIGN_OR_RETURN(Solution with_hessian, EvaluateAssignment(problem, solution->bits));
-      b.cost = with_hessian.cost;
-      if (eval.has_value()) {
-        ASSIGN_OR_RETURN(Quantized q, QuantizeModel(c, b.bits));
-        ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(q.module, eval->inputs,
-                                                              eval->targets));
-        b.accuracy = PercentTrue(correct);
-        b.chosen_only_correct = (chosen_correct & ~correct).sum().item<int64_t>();
-        b.baseline_only_correct = (correct & ~chosen_correct).sum().item<int64_t>();
-        b.p_value = McNemarExactP(b.chosen_only_correct, b.baseline_only_correct);
-        sink->Progress("evaluation", ++index, 3);
-      }
-      report.baselines.push_back(std::move(b));
-    }
-    if (eval.has_value()) sink->StageEnd("evaluation");
-  }
   report.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   return report;
 }

@@ -282,9 +282,14 @@ struct QuantizeReport {
 };
 
 // Runs the quantization described by `options`. `sink` (may be null) gets
-// stages "sensitivity", "search", "rounding" (one unit per layer),
-// "evaluation" (one unit per configuration) and log lines. `cancel` may be
-// null.
+// log lines and the stages that run, numbered among themselves
+// (common/stages.h): "sensitivity" (one unit per layer and width),
+// "search", for kBisection "evaluation" (one unit per configuration
+// measured), "rounding" (GPTQ: progress "gptq", one unit per layer), and
+// with eval data "evaluation" (the saved model, then each baseline). E.g.
+// kBisection: sensitivity 0/5, search 1/5, evaluation 2/5, rounding 3/5,
+// evaluation 4/5; kExact without eval data: 0/3, 1/3, 2/3. Errors from a
+// stage name it ("search: pins/ties: ..."). `cancel` may be null.
 absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& options,
                                                ProgressSink* sink,
                                                const CancelToken* cancel);

@@ -69,24 +69,14 @@ absl::Status ValidateLayer(const SearchProblem& problem, int i) {
 // Adds `x` to `sum`; false on overflow.
 bool AddChecked(int64_t& sum, int64_t x) { return !__builtin_add_overflow(sum, x, &sum); }
 
-}  // namespace
+using LayerIndex = absl::flat_hash_map<std::string, int>;
 
-int64_t ResourceOf(const ItemChoice& choice, Resource resource) {
-  switch (resource) {
-    case Resource::kWeightBits:
-      return choice.weight_bits;
-    case Resource::kSizeBits:
-      return choice.size_bits;
-    case Resource::kBops:
-      return choice.bops;
-  }
-  return 0;
-}
-
-absl::StatusOr<std::vector<Item>> BuildItems(const SearchProblem& problem) {
+// Layer name -> index, after checking that names are unique and each layer
+// is valid.
+absl::StatusOr<LayerIndex> IndexLayers(const SearchProblem& problem) {
   const int n = static_cast<int>(problem.layers.size());
   if (n == 0) return absl::InvalidArgumentError("layers is empty");
-  absl::flat_hash_map<std::string, int> index;
+  LayerIndex index;
   for (int i = 0; i < n; ++i) {
     if (!index.emplace(problem.layers[i].name, i).second) {
       return absl::InvalidArgumentError(absl::StrCat(LayerLabel(problem, i),
@@ -95,9 +85,12 @@ absl::StatusOr<std::vector<Item>> BuildItems(const SearchProblem& problem) {
     }
     if (absl::Status s = ValidateLayer(problem, i); !s.ok()) return s;
   }
+  return index;
+}
 
-  // Pins: layer -> bits.
-  std::vector<int> pin(n, 0);
+// The bits each layer is pinned to (0 = not pinned).
+absl::StatusOr<std::vector<int>> PinnedBits(const SearchProblem& problem, const LayerIndex& index) {
+  std::vector<int> pin(problem.layers.size(), 0);
   for (const auto& [name, bits] : problem.pins) {
     auto it = index.find(name);
     if (it == index.end()) {
@@ -111,8 +104,14 @@ absl::StatusOr<std::vector<Item>> BuildItems(const SearchProblem& problem) {
     }
     pin[it->second] = bits;
   }
+  return pin;
+}
 
-  // Ties: union-find, so that groups sharing a layer merge.
+// One item per tie group, by union-find so that groups sharing a layer
+// merge; an untied layer is an item of its own. Ordered by first layer,
+// without choices yet.
+absl::StatusOr<std::vector<Item>> TieGroups(const SearchProblem& problem, const LayerIndex& index) {
+  const int n = static_cast<int>(problem.layers.size());
   std::vector<int> parent(n);
   std::iota(parent.begin(), parent.end(), 0);
   for (size_t g = 0; g < problem.ties.size(); ++g) {
@@ -140,76 +139,127 @@ absl::StatusOr<std::vector<Item>> BuildItems(const SearchProblem& problem) {
     }
     items[item_of_root[root]].layers.push_back(i);
   }
+  return items;
+}
 
-  int64_t max_weight_bits = 0, max_size_bits = 0, max_bops = 0;
-  for (Item& item : items) {
-    auto names = [&] {
-      return absl::StrJoin(item.layers, ", ", [&](std::string* out, int i) {
-        absl::StrAppend(out, "\"", problem.layers[i].name, "\"");
-      });
-    };
-    // The widths every member offers, and the pin if any.
-    std::vector<int> common;
-    for (const BitChoice& c : problem.layers[item.layers[0]].choices) common.push_back(c.bits);
-    int pinned_layer = -1;
-    for (int i : item.layers) {
-      std::vector<int> kept;
-      for (int b : common) {
-        for (const BitChoice& c : problem.layers[i].choices) {
-          if (c.bits == b) kept.push_back(b);
-        }
-      }
-      common = std::move(kept);
-      if (pin[i] == 0) continue;
-      if (pinned_layer >= 0 && pin[pinned_layer] != pin[i]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tied layers are pinned to different widths: ", LayerLabel(problem, pinned_layer),
-            " to ", pin[pinned_layer], " bits and ", LayerLabel(problem, i), " to ", pin[i],
-            " bits (tie group: ", names(), ")"));
-      }
-      pinned_layer = i;
-    }
-    if (common.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tied layers have no bit-width in common: ", names()));
-    }
-    if (pinned_layer >= 0) {
-      const int b = pin[pinned_layer];
-      if (std::find(common.begin(), common.end(), b) == common.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            LayerLabel(problem, pinned_layer), " is pinned to ", b,
-            " bits, which not every layer tied to it offers (tie group: ", names(), ")"));
-      }
-      common = {b};
-      item.pinned = true;
-    }
-    std::sort(common.begin(), common.end());
-    int64_t item_max_weight = 0, item_max_size = 0, item_max_bops = 0;
+// "\"a\", \"b\"": the item's layer names, for errors.
+std::string MemberNames(const SearchProblem& problem, const Item& item) {
+  return absl::StrJoin(item.layers, ", ", [&](std::string* out, int i) {
+    absl::StrAppend(out, "\"", problem.layers[i].name, "\"");
+  });
+}
+
+// The widths every member of `item` offers, ascending; only the pin when a
+// member is pinned (then item->pinned). INVALID_ARGUMENT when the members
+// share no width or their pins disagree.
+absl::StatusOr<std::vector<int>> ItemWidths(const SearchProblem& problem,
+                                            const std::vector<int>& pin, Item* item) {
+  std::vector<int> common;
+  for (const BitChoice& c : problem.layers[item->layers[0]].choices) common.push_back(c.bits);
+  int pinned_layer = -1;
+  for (int i : item->layers) {
+    std::vector<int> kept;
     for (int b : common) {
-      ItemChoice choice;
-      choice.bits = b;
-      for (int i : item.layers) {
-        const LayerChoices& layer = problem.layers[i];
-        for (const BitChoice& c : layer.choices) {
-          if (c.bits != b) continue;
-          choice.cost += c.cost;
-          if (!AddChecked(choice.size_bits, c.size_bits) || !AddChecked(choice.bops, c.bops) ||
-              !AddChecked(choice.weight_bits, layer.numel * b)) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("totals overflow 64 bits at ", LayerLabel(problem, i)));
-          }
+      for (const BitChoice& c : problem.layers[i].choices) {
+        if (c.bits == b) kept.push_back(b);
+      }
+    }
+    common = std::move(kept);
+    if (pin[i] == 0) continue;
+    if (pinned_layer >= 0 && pin[pinned_layer] != pin[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tied layers are pinned to different widths: ", LayerLabel(problem, pinned_layer), " to ",
+          pin[pinned_layer], " bits and ", LayerLabel(problem, i), " to ", pin[i],
+          " bits (tie group: ", MemberNames(problem, *item), ")"));
+    }
+    pinned_layer = i;
+  }
+  if (common.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tied layers have no bit-width in common: ", MemberNames(problem, *item)));
+  }
+  if (pinned_layer >= 0) {
+    const int b = pin[pinned_layer];
+    if (std::find(common.begin(), common.end(), b) == common.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(LayerLabel(problem, pinned_layer), " is pinned to ", b,
+                       " bits, which not every layer tied to it offers (tie group: ",
+                       MemberNames(problem, *item), ")"));
+    }
+    common = {b};
+    item->pinned = true;
+  }
+  std::sort(common.begin(), common.end());
+  return common;
+}
+
+// The largest weight bits, size and BOPs among an item's choices.
+struct ItemMaxima {
+  int64_t weight_bits = 0, size_bits = 0, bops = 0;
+};
+
+// Fills item->choices, one per width: the members' summed cost, sizes and
+// BOPs. INVALID_ARGUMENT when a sum overflows.
+absl::StatusOr<ItemMaxima> AddItemChoices(const SearchProblem& problem,
+                                          const std::vector<int>& widths, Item* item) {
+  ItemMaxima max;
+  for (int b : widths) {
+    ItemChoice choice;
+    choice.bits = b;
+    for (int i : item->layers) {
+      const LayerChoices& layer = problem.layers[i];
+      for (const BitChoice& c : layer.choices) {
+        if (c.bits != b) continue;
+        choice.cost += c.cost;
+        if (!AddChecked(choice.size_bits, c.size_bits) || !AddChecked(choice.bops, c.bops) ||
+            !AddChecked(choice.weight_bits, layer.numel * b)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("totals overflow 64 bits at ", LayerLabel(problem, i)));
         }
       }
-      if (!std::isfinite(choice.cost)) {
-        return absl::InvalidArgumentError(absl::StrCat("summed cost of ", names(), " overflows"));
-      }
-      item_max_weight = std::max(item_max_weight, choice.weight_bits);
-      item_max_size = std::max(item_max_size, choice.size_bits);
-      item_max_bops = std::max(item_max_bops, choice.bops);
-      item.choices.push_back(choice);
     }
-    if (!AddChecked(max_weight_bits, item_max_weight) ||
-        !AddChecked(max_size_bits, item_max_size) || !AddChecked(max_bops, item_max_bops)) {
+    if (!std::isfinite(choice.cost)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("summed cost of ", MemberNames(problem, *item), " overflows"));
+    }
+    max.weight_bits = std::max(max.weight_bits, choice.weight_bits);
+    max.size_bits = std::max(max.size_bits, choice.size_bits);
+    max.bops = std::max(max.bops, choice.bops);
+    item->choices.push_back(choice);
+  }
+  return max;
+}
+
+}  // namespace
+
+int64_t ResourceOf(const ItemChoice& choice, Resource resource) {
+  switch (resource) {
+    case Resource::kWeightBits:
+      return choice.weight_bits;
+    case Resource::kSizeBits:
+      return choice.size_bits;
+    case Resource::kBops:
+      return choice.bops;
+  }
+  return 0;
+}
+
+absl::StatusOr<std::vector<Item>> BuildItems(const SearchProblem& problem) {
+  absl::StatusOr<LayerIndex> index = IndexLayers(problem);
+  if (!index.ok()) return index.status();
+  absl::StatusOr<std::vector<int>> pin = PinnedBits(problem, *index);
+  if (!pin.ok()) return pin.status();
+  absl::StatusOr<std::vector<Item>> items = TieGroups(problem, *index);
+  if (!items.ok()) return items.status();
+  // Every total must fit in 64 bits, even with each item at its largest.
+  ItemMaxima total;
+  for (Item& item : *items) {
+    absl::StatusOr<std::vector<int>> widths = ItemWidths(problem, *pin, &item);
+    if (!widths.ok()) return widths.status();
+    absl::StatusOr<ItemMaxima> max = AddItemChoices(problem, *widths, &item);
+    if (!max.ok()) return max.status();
+    if (!AddChecked(total.weight_bits, max->weight_bits) ||
+        !AddChecked(total.size_bits, max->size_bits) || !AddChecked(total.bops, max->bops)) {
       return absl::InvalidArgumentError("totals overflow 64 bits");
     }
   }
