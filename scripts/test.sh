@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 # Lock annotations first: clang on the torch-free libraries, fails fast.
 bash scripts/thread-safety.sh
+# No function in server/ over 120 lines (issue 12): long ones hide stages.
+bash scripts/function_lengths.sh --max 120 --top 3 server
 bash scripts/build.sh
 cd "${BUILD_DIR:-build}"
 ctest --output-on-failure -j 2
