@@ -163,7 +163,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
   ASSIGN_OR_RETURN(impl->blobs, store::BlobStore::Create(options.data_dir));
   ASSIGN_OR_RETURN(impl->metadata,
-                   store::OpenMetadataStore(options.data_dir + "/compressd.db"));
+                   store::OpenMetadataStore(options.database.empty()
+                                                ? options.data_dir + "/compressd.db"
+                                                : options.database));
   RETURN_IF_ERROR(SetUpWorkers(options, *impl));
   catalog::CatalogOptions catalog_options;
   catalog_options.max_model_bytes = options.max_model_bytes;

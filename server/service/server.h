@@ -37,6 +37,9 @@ struct ServerOptions {
   // "TOKEN TENANT" lines (see auth.h); "" = single tenant, no tokens.
   std::string token_file;
   std::string data_dir = "./compressd-data";     // blobs/ and compressd.db
+  // Metadata: "" = SQLite at <data_dir>/compressd.db; a postgresql:// URL =
+  // PostgreSQL 15 (one replica for now: the queue is still in memory).
+  std::string database;
   int cpu_workers = 1;              // concurrent jobs on the CPU
   bool use_cuda = true;             // one worker slot per visible CUDA device
   int intra_op_threads = 0;         // LibTorch threads per job; 0 = the available
