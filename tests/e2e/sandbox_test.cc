@@ -110,6 +110,25 @@ class SandboxTest : public ::testing::Test {
     EXPECT_EQ(a.layers_size(), b.layers_size());
   }
 
+  // Alpha's model whose forward never returns.
+  std::string UploadLoopingModel() {
+    const std::string loop = dir_.path() + "/loop.pt";
+    testutil::MakeLoopingModel(loop);
+    auto model = alpha_->UploadModel(loop, "loop.pt");
+    EXPECT_TRUE(model.ok()) << model.status();
+    return model.ok() ? model->id() : "";
+  }
+
+  // Alpha's INSPECT of it, once RUNNING.
+  std::string StartLoopingJob() {
+    auto job = alpha_->SubmitJob(Inspect(UploadLoopingModel(), {4}));
+    EXPECT_TRUE(job.ok()) << job.status();
+    if (!job.ok()) return "";
+    EXPECT_TRUE(WaitFor(
+        [&] { return alpha_->GetJob(job->id())->state() == v1::JOB_STATE_RUNNING; }));
+    return job->id();
+  }
+
   // Runs alpha's job on `model` while beta runs its INSPECT; returns alpha's
   // final job.
   v1::Job RunAlongsideBeta(const v1::SubmitJobRequest& alpha_request,
@@ -178,19 +197,13 @@ TEST_F(SandboxTest, AForwardPassPastTheMemoryLimitFailsItsJobOnly) {
 }
 
 TEST_F(SandboxTest, CancelEndsAForwardPassThatNeverReturns) {
-  const std::string loop = dir_.path() + "/loop.pt";
-  testutil::MakeLoopingModel(loop);
-  auto model = alpha_->UploadModel(loop, "loop.pt");
-  ASSERT_TRUE(model.ok()) << model.status();
-  auto job = alpha_->SubmitJob(Inspect(model->id(), {4}));
-  ASSERT_TRUE(job.ok());
-  ASSERT_TRUE(WaitFor([&] { return alpha_->GetJob(job->id())->state() == v1::JOB_STATE_RUNNING; }));
+  const std::string job_id = StartLoopingJob();
   // Beta's job runs in the other slot meanwhile.
   const v1::InspectResult beside = BetaInspect();
   EXPECT_GT(beside.total_macs(), 0);
   const absl::Time cancel = absl::Now();
-  ASSERT_TRUE(alpha_->CancelJob(job->id()).ok());
-  auto state = alpha_->WatchJob(job->id(), 0, [](const v1::JobEvent&) {});
+  ASSERT_TRUE(alpha_->CancelJob(job_id).ok());
+  auto state = alpha_->WatchJob(job_id, 0, [](const v1::JobEvent&) {});
   const absl::Duration took = absl::Now() - cancel;
   EXPECT_EQ(*state, v1::JOB_STATE_CANCELLED);
   EXPECT_LT(took, absl::Seconds(5)) << "cancel took " << took;
@@ -198,11 +211,7 @@ TEST_F(SandboxTest, CancelEndsAForwardPassThatNeverReturns) {
 }
 
 TEST_F(SandboxTest, TheDeadlineEndsAForwardPassThatNeverReturns) {
-  const std::string loop = dir_.path() + "/loop.pt";
-  testutil::MakeLoopingModel(loop);
-  auto model = alpha_->UploadModel(loop, "loop.pt");
-  ASSERT_TRUE(model.ok()) << model.status();
-  v1::SubmitJobRequest request = Inspect(model->id(), {4});
+  v1::SubmitJobRequest request = Inspect(UploadLoopingModel(), {4});
   request.set_deadline_seconds(2);
   auto job = alpha_->SubmitJob(request);
   ASSERT_TRUE(job.ok());
@@ -215,25 +224,19 @@ TEST_F(SandboxTest, TheDeadlineEndsAForwardPassThatNeverReturns) {
 }
 
 TEST_F(SandboxTest, SigtermDrainsWithinTheGraceWhateverTheChildDoes) {
-  const std::string loop = dir_.path() + "/loop.pt";
-  testutil::MakeLoopingModel(loop);
-  auto model = alpha_->UploadModel(loop, "loop.pt");
-  ASSERT_TRUE(model.ok()) << model.status();
-  auto job = alpha_->SubmitJob(Inspect(model->id(), {4}));
-  ASSERT_TRUE(job.ok());
-  ASSERT_TRUE(WaitFor([&] { return alpha_->GetJob(job->id())->state() == v1::JOB_STATE_RUNNING; }));
+  const std::string job_id = StartLoopingJob();
   // --drain_grace=1s, --worker_grace=1s: well under 10 s in all.
   const absl::Duration took = server_->Kill(SIGTERM);
   EXPECT_LT(took, absl::Seconds(10)) << "drain took " << took;
   // The interrupted job was re-queued and runs again after a restart.
   server_ = std::make_unique<ServerProcess>(dir_.path() + "/data", args_);
   alpha_ = Connect(*server_, kAlphaToken);
-  auto after = alpha_->GetJob(job->id());
+  auto after = alpha_->GetJob(job_id);
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_TRUE(after->state() == v1::JOB_STATE_QUEUED || after->state() == v1::JOB_STATE_RUNNING)
       << v1::JobState_Name(after->state());
-  ASSERT_TRUE(alpha_->CancelJob(job->id()).ok());
-  EXPECT_EQ(*alpha_->WatchJob(job->id(), 0, [](const v1::JobEvent&) {}), v1::JOB_STATE_CANCELLED);
+  ASSERT_TRUE(alpha_->CancelJob(job_id).ok());
+  EXPECT_EQ(*alpha_->WatchJob(job_id, 0, [](const v1::JobEvent&) {}), v1::JOB_STATE_CANCELLED);
 }
 
 }  // namespace
