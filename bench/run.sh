@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
-# Usage: bench/run.sh [service] [hessian] [traces] [pytorch] [memory]
+# Usage: bench/run.sh [service] [sandbox] [hessian] [traces] [pytorch] [memory]
 #                     [quantize] [quantize-stages] [prune]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
@@ -12,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service hessian traces pytorch memory quantize quantize-stages prune)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox hessian traces pytorch memory quantize quantize-stages prune)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -31,6 +31,13 @@ torchvision_models() {
     fi
   done
 }
+
+if want sandbox; then
+  bash scripts/build.sh bench_sandbox compressd >/dev/null
+  echo
+  echo "## Model work in child processes"
+  "$BUILD_DIR/bench/bench_sandbox" --compressd="$BUILD_DIR/server/compressd"
+fi
 
 if want service; then
   bash scripts/build.sh bench_service >/dev/null
