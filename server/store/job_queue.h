@@ -81,7 +81,8 @@ class JobQueue {
 
   // Ends the job: stores `job` (state SUCCEEDED, FAILED or CANCELLED) and
   // appends `terminal_event` (a state change to that state) and releases the
-  // lease, fenced like AppendEvent. Returns the event's sequence.
+  // lease, fenced like AppendEvent. Sets job.end_time when unset. Returns the
+  // event's sequence.
   virtual absl::StatusOr<int64_t> Complete(const std::string& job_id, const std::string& owner,
                                            int attempt, compress::v1::Job job,
                                            compress::v1::JobEvent terminal_event) = 0;

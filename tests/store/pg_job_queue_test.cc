@@ -467,7 +467,9 @@ TEST_F(PgJobQueueTest, CancelQueuedAndClaimedJobs) {
   EXPECT_EQ(a.queue->Renew("running", "worker-a", c.attempt, kLease).code(),
             absl::StatusCode::kCancelled);
   ASSERT_TRUE(Finish(*a.queue, c, v1::JOB_STATE_CANCELLED).ok());
-  EXPECT_EQ(Get("running").state(), v1::JOB_STATE_CANCELLED);
+  v1::Job ended = Get("running");
+  EXPECT_EQ(ended.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_TRUE(ended.has_end_time());
   EXPECT_EQ(queue_->RequestCancel(kTenant, "running").status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
@@ -537,6 +539,13 @@ TEST_F(PgJobQueueTest, ListenerGetsNotificationsAndReconnectsAfterTermination) {
   ASSERT_TRUE(sentinel.AwaitAbove(0, absl::Seconds(10)));  // notifications arrive in order
   EXPECT_EQ(one.Get(), before);
   (*listener)->Unsubscribe("job-1", h3);
+}
+
+TEST_F(PgJobQueueTest, ListenerRefusesABadChannelName) {
+  pg::ListenerOptions options;
+  options.conninfo = url_;
+  options.channel = "events; DROP TABLE jobs";
+  EXPECT_EQ(pg::Listener::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(PgJobQueueTest, CreateRefusesAnUnmigratedDatabase) {

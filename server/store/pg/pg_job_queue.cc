@@ -224,6 +224,7 @@ absl::StatusOr<int64_t> PgJobQueue::Complete(const std::string& job_id, const st
     return absl::InvalidArgumentError("terminal_event: must be a state change to job.state");
   }
   job.set_id(job_id);
+  if (!job.has_end_time()) *job.mutable_end_time() = ToProto(absl::Now());
   terminal_event.set_job_id(job_id);
   return pool_->RunTransaction([&](Connection& c) -> absl::StatusOr<int64_t> {
     RETURN_IF_ERROR(LockLeased(c, job_id, owner, attempt).status());
