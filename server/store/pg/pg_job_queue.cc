@@ -124,8 +124,10 @@ absl::StatusOr<v1::Job> LockLeased(Connection& c, const std::string& job_id,
 absl::StatusOr<std::unique_ptr<PgJobQueue>> PgJobQueue::Create(pg::Pool* pool) {
   if (pool == nullptr) return absl::InvalidArgumentError("job queue: a pool is required");
   ASSIGN_OR_RETURN(bool migrated, pool->RunRead([](Connection& c) -> absl::StatusOr<bool> {
-    ASSIGN_OR_RETURN(Result r, c.Exec("SELECT 1 FROM information_schema.columns "
-                                      "WHERE table_name = 'jobs' AND column_name = 'lease_owner'"));
+    ASSIGN_OR_RETURN(Result r,
+                     c.Exec("SELECT 1 FROM information_schema.columns "
+                            "WHERE table_schema = current_schema() AND table_name = 'jobs' "
+                            "AND column_name = 'lease_owner'"));
     return r.rows() > 0;
   }));
   if (!migrated) {
