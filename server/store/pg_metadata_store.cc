@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/store/rows.h"
 #include "server/util/status_macros.h"
@@ -48,6 +49,25 @@ constexpr const char* kMigrations[] = {
       job_id TEXT COLLATE "C" NOT NULL, name TEXT COLLATE "C" NOT NULL,
       sha256 TEXT COLLATE "C" NOT NULL, proto BYTEA NOT NULL, PRIMARY KEY (job_id, name));
     CREATE INDEX artifacts_sha ON artifacts (sha256);
+    )sql",
+    // 2: leases for the shared job queue (pg/pg_job_queue.h). device_kind is
+    // 'any', 'cpu' or 'cuda' (rows from version 1 read as 'any'). Every
+    // event insert NOTIFYs its job id (ids only: payloads are capped at
+    // 8000 bytes); one notification per job and transaction.
+    R"sql(
+    ALTER TABLE jobs ADD COLUMN device_kind TEXT COLLATE "C" NOT NULL DEFAULT 'any',
+      ADD COLUMN lease_owner TEXT COLLATE "C", ADD COLUMN lease_expires_at TIMESTAMPTZ,
+      ADD COLUMN attempt INT NOT NULL DEFAULT 0,
+      ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+    CREATE INDEX jobs_claim ON jobs (state, device_kind, created_ns, id);
+    CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE FUNCTION compress_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM pg_notify('compress_events', NEW.job_id);
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER events_notify AFTER INSERT ON events
+      FOR EACH ROW EXECUTE FUNCTION compress_notify_event();
     )sql",
 };
 constexpr int64_t kLatest = sizeof(kMigrations) / sizeof(kMigrations[0]);
@@ -162,6 +182,12 @@ absl::Status UpdateJobRow(Connection& c, const v1::Job& job) {
 
 }  // namespace
 
+std::string DeviceKind(const std::string& device) {
+  if (device == "cpu") return "cpu";
+  if (device == "cuda" || absl::StartsWith(device, "cuda:")) return "cuda";
+  return "any";
+}
+
 int64_t PgMetadataStore::LatestSchemaVersion() { return kLatest; }
 
 absl::StatusOr<std::unique_ptr<PgMetadataStore>> PgMetadataStore::Create(
@@ -247,10 +273,10 @@ absl::Status PgMetadataStore::InsertJob(const std::string& tenant, const v1::Job
     // A job without a request id stores NULL, which never collides.
     Param request_id = job.request_id().empty() ? Param::Null() : Param(job.request_id());
     RETURN_IF_ERROR(c.Exec("INSERT INTO jobs (id, tenant, request_id, state, kind, created_ns, "
-                           "proto) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                           "proto, device_kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                            {job.id(), tenant, request_id, static_cast<int64_t>(job.state()),
                             static_cast<int64_t>(job.kind()), ToNanos(job.create_time()),
-                            Param::Bytes(job.SerializeAsString())})
+                            Param::Bytes(job.SerializeAsString()), DeviceKind(job.device())})
                         .status());
     for (const std::string& id : referenced_ids) {
       RETURN_IF_ERROR(c.Exec("INSERT INTO job_refs (job_id, tenant, ref_id) VALUES ($1, $2, $3) "

@@ -46,6 +46,10 @@ struct PgMetadataStoreOptions {
   absl::Duration acquire_timeout = absl::Seconds(10);
 };
 
+// The device_kind column of a job that asks for `device`: "cpu", "cuda"
+// (for "cuda" and "cuda:N") or "any" ("auto" and anything else).
+std::string DeviceKind(const std::string& device);
+
 class PgMetadataStore final : public MetadataStore {
  public:
   // The schema version this binary writes (schema_migrations.version).

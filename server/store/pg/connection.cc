@@ -189,6 +189,37 @@ bool Connection::in_transaction() const { return PQtransactionStatus(conn_) != P
 
 int Connection::backend_pid() const { return PQbackendPID(conn_); }
 
+absl::StatusOr<std::vector<Notification>> Connection::AwaitNotifications(
+    absl::Duration timeout) {
+  auto lost = [this] {
+    broken_ = true;
+    return WithSqlState(absl::StatusCode::kUnavailable, kConnectionFailure,
+                        absl::StrCat("postgresql: the listening connection was lost: ",
+                                     OneLine(PQerrorMessage(conn_))));
+  };
+  std::vector<Notification> out;
+  auto drain = [&] {
+    while (PGnotify* n = PQnotifies(conn_)) {
+      out.push_back({n->relname != nullptr ? n->relname : "", n->extra != nullptr ? n->extra : ""});
+      PQfreemem(n);
+    }
+  };
+  if (!ok()) return lost();
+  drain();  // queued by an earlier statement on this connection
+  if (!out.empty()) return out;
+  pollfd fd{PQsocket(conn_), POLLIN, 0};
+  const int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(timeout));
+  const int ready = poll(&fd, 1, static_cast<int>(std::min<int64_t>(ms, 1 << 30)));
+  if (ready < 0) return out;  // EINTR: the caller waits again
+  if (ready > 0) {
+    // The server's goodbye (FATAL, then end of file) makes this fail or
+    // leaves the connection bad.
+    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) return lost();
+  }
+  drain();
+  return out;
+}
+
 absl::Status Connection::ErrorFrom(pg_result* result, absl::string_view what) {
   std::string sqlstate;
   if (result != nullptr) {

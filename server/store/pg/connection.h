@@ -22,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -109,6 +110,12 @@ class Result {
   pg_result* result_;
 };
 
+// A NOTIFY received by a connection that LISTENs.
+struct Notification {
+  std::string channel;
+  std::string payload;
+};
+
 class Connection {
  public:
   // Connects to `conninfo`: a postgresql:// URL or "key=value ..." string
@@ -141,6 +148,12 @@ class Connection {
   bool in_transaction() const;
   // The server process serving this connection (pg_stat_activity.pid).
   int backend_pid() const;
+
+  // For a connection that ran LISTEN (and no statement is running): waits up
+  // to `timeout` for notifications and returns those that arrived, possibly
+  // none. UNAVAILABLE once the connection is lost (pg_terminate_backend, the
+  // server went away); the connection is then broken.
+  absl::StatusOr<std::vector<Notification>> AwaitNotifications(absl::Duration timeout);
 
  private:
   friend class Transaction;  // marks a connection broken after a failed ROLLBACK
