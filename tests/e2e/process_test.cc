@@ -132,12 +132,17 @@ TEST(ProcessTest, KillNineThenRestartLosesNothing) {
 // An INSPECT job is one forward pass, which cannot be interrupted: on SIGTERM
 // the server stops taking jobs and lets it finish before exiting. (Jobs with
 // many steps are interrupted and re-queued: see jobs_job_manager_test.)
-TEST(ProcessTest, SigtermLetsTheRunningStepFinishAndLosesNothing) {
+// The running job's forward pass runs in a worker process that SIGTERM
+// cannot stop mid-step: the drain ends it after --drain_grace plus
+// --worker_grace (bounded, whatever the model does), and the job runs again
+// after the restart as attempt 2.
+TEST(ProcessTest, SigtermDrainsWithinTheGracesAndLosesNothing) {
   ScopedTempDir dir;
   std::string data = dir.path() + "/data";
   std::string slow_path = dir.path() + "/slow.pt";
   testutil::MakeSlowModel(slow_path, 256, 3000);
-  auto server = std::make_unique<ServerProcess>(data);
+  const std::vector<std::string> graces = {"--drain_grace=1s", "--worker_grace=1s"};
+  auto server = std::make_unique<ServerProcess>(data, graces);
   auto client = Connect(*server);
   auto slow = client->UploadModel(slow_path, "slow.pt");
   ASSERT_TRUE(slow.ok());
@@ -146,11 +151,12 @@ TEST(ProcessTest, SigtermLetsTheRunningStepFinishAndLosesNothing) {
   ASSERT_TRUE(WaitUntilRunning(*client, job->id()));
   auto queued = client->SubmitJob(Inspect(slow->id(), {256, 256}));
   ASSERT_TRUE(queued.ok());
-  server->Kill(SIGTERM);
-  server = std::make_unique<ServerProcess>(data);
+  const absl::Duration drain = server->Kill(SIGTERM);
+  EXPECT_LT(drain, absl::Seconds(8)) << "drain took " << drain;
+  server = std::make_unique<ServerProcess>(data, graces);
   client = Connect(*server);
   EXPECT_EQ(*client->WatchJob(job->id(), 0, [](const v1::JobEvent&) {}), v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(client->GetJob(job->id())->attempts(), 1);
+  EXPECT_EQ(client->GetJob(job->id())->attempts(), 2);
   // The queued job was not started by the draining server; the new one runs it.
   EXPECT_EQ(*client->WatchJob(queued->id(), 0, [](const v1::JobEvent&) {}),
             v1::JOB_STATE_SUCCEEDED);

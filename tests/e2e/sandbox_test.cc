@@ -202,7 +202,9 @@ TEST_F(SandboxTest, CancelEndsAForwardPassThatNeverReturns) {
   const v1::InspectResult beside = BetaInspect();
   EXPECT_GT(beside.total_macs(), 0);
   const absl::Time cancel = absl::Now();
-  ASSERT_TRUE(alpha_->CancelJob(job_id).ok());
+  auto cancelled = alpha_->CancelJob(job_id);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status() << "; job "
+                              << alpha_->GetJob(job_id)->DebugString();
   auto state = alpha_->WatchJob(job_id, 0, [](const v1::JobEvent&) {});
   const absl::Duration took = absl::Now() - cancel;
   EXPECT_EQ(*state, v1::JOB_STATE_CANCELLED);
