@@ -13,7 +13,7 @@ BUILD_DIR=${TSA_BUILD_DIR:-build-clang}
 CXX_CLANG=${CXX_CLANG:-clang++}
 JOBS=${JOBS:-$(nproc)}
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
-TARGETS=(compress_util compress_job_kinds compress_sandbox compress_store compress_catalog
+TARGETS=(compress_util compress_job_kinds compress_sandbox compress_store compress_s3 compress_catalog
   compress_pipeline_api compress_jobs compress_client compress_cli compress_server_lib)
 
 if ! command -v "$CXX_CLANG" > /dev/null; then
