@@ -8,9 +8,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
@@ -35,6 +37,33 @@ v1::SubmitJobRequest Inspect(const std::string& model_id, std::vector<int64_t> s
   req.mutable_spec()->mutable_inspect()->set_model_id(model_id);
   for (int64_t d : shape) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
   return req;
+}
+
+// Live (not zombie) processes whose parent is `parent`.
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> children;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    // pid (comm) state ppid ...: comm may hold spaces, so parse after ')'.
+    std::vector<std::string> fields = absl::StrSplit(line.substr(line.rfind(')') + 2), ' ');
+    pid_t ppid = 0;
+    if (fields.size() > 1 && fields[0] != "Z" && absl::SimpleAtoi(fields[1], &ppid) &&
+        ppid == parent) {
+      children.push_back(pid);
+    }
+  }
+  return children;
+}
+
+bool IsAlive(pid_t pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  return line.substr(line.rfind(')') + 2, 1) != "Z";
 }
 
 bool WaitUntilRunning(const client::Client& client, const std::string& job_id) {
@@ -78,7 +107,19 @@ TEST(ProcessTest, KillNineThenRestartLosesNothing) {
   const int64_t seen_sequence = seen->last_sequence();
   ASSERT_EQ(client->GetJob(queued->id())->state(), v1::JOB_STATE_QUEUED);
 
+  // The running job's worker process dies with the server (no orphans).
+  std::vector<pid_t> workers;
+  ASSERT_TRUE(WaitFor([&] {
+    workers = ChildrenOf(server->pid());
+    return !workers.empty();
+  }));
   server->Kill(SIGKILL);
+  EXPECT_TRUE(WaitFor([&] {
+    for (pid_t w : workers) {
+      if (IsAlive(w)) return false;
+    }
+    return true;
+  })) << "a worker process outlived compressd";
   server = std::make_unique<ServerProcess>(data);
   client = Connect(*server);
 
