@@ -42,6 +42,10 @@ ABSL_FLAG(std::string, token_file, kDefaults.token_file,
           "no tokens");
 ABSL_FLAG(std::string, data_dir, kDefaults.data_dir,
           "directory for blobs and the SQLite metadata database");
+ABSL_FLAG(std::string, blob_store, kDefaults.blob_store,
+          "where blobs live: empty = <data_dir>/blobs; s3://bucket/prefix = an S3-compatible "
+          "bucket (endpoint from COMPRESSD_S3_ENDPOINT, credentials from AWS_ACCESS_KEY_ID / "
+          "AWS_SECRET_ACCESS_KEY), cached in <data_dir>/blob-cache");
 ABSL_FLAG(int, cpu_workers, kDefaults.cpu_workers, "jobs that run at once on the CPU");
 ABSL_FLAG(bool, use_cuda, kDefaults.use_cuda, "add one worker slot per visible CUDA device");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads,
@@ -150,6 +154,7 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.blob_store = absl::GetFlag(FLAGS_blob_store);
   options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
   options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);

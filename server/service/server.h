@@ -37,6 +37,10 @@ struct ServerOptions {
   // "TOKEN TENANT" lines (see auth.h); "" = single tenant, no tokens.
   std::string token_file;
   std::string data_dir = "./compressd-data";     // blobs/ and compressd.db
+  // "" = blobs in <data_dir>/blobs; "s3://bucket/prefix" = an S3-compatible
+  // bucket (endpoint and credentials from the environment, see
+  // store/s3/s3_config.h) with a local cache in <data_dir>/blob-cache.
+  std::string blob_store;
   int cpu_workers = 1;              // concurrent jobs on the CPU
   bool use_cuda = true;             // one worker slot per visible CUDA device
   int intra_op_threads = 0;         // LibTorch threads per job; 0 = the available

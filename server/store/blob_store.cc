@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <climits>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/random/random.h"

@@ -113,8 +113,7 @@ ScopedTempDir* BlobStoreTest::s3_dir_ = nullptr;
 s3test::S3rver* BlobStoreTest::s3rver_ = nullptr;
 std::string* const BlobStoreTest::s3_error_ = new std::string();
 
-INSTANTIATE_TEST_SUITE_P(Both, BlobStoreTest, ::testing::Values(Kind::kLocal, Kind::kS3),
-                         KindName);
+INSTANTIATE_TEST_SUITE_P(Both, BlobStoreTest, ::testing::Values(Kind::kLocal, Kind::kS3), KindName);
 
 TEST_P(BlobStoreTest, CreateMakesLayout) {
   EXPECT_TRUE(fs::is_directory(BlobsDir()));
@@ -216,14 +215,15 @@ TEST_P(BlobStoreTest, ConcurrentWriters) {
   auto shared_tag = [race_same_digest](int t) {
     return race_same_digest ? std::string() : absl::StrCat("-", t);
   };
-  const int distinct = race_same_digest ? kPerThread / 2 + kThreads * kPerThread / 2
-                                        : kThreads * kPerThread;
+  const int distinct =
+      race_same_digest ? kPerThread / 2 + kThreads * kPerThread / 2 : kThreads * kPerThread;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
         // Even i: bytes shared by all threads; odd i: bytes of this thread.
-        std::string bytes = i % 2 == 0 ? absl::StrCat("shared-", i, shared_tag(t), std::string(5000, 's'))
-                                       : absl::StrCat("own-", t, "-", i, std::string(3000, 'o'));
+        std::string bytes = i % 2 == 0
+                                ? absl::StrCat("shared-", i, shared_tag(t), std::string(5000, 's'))
+                                : absl::StrCat("own-", t, "-", i, std::string(3000, 'o'));
         auto w = store_->NewWriter();
         if (!w.ok()) {
           ok[t] = false;
@@ -295,8 +295,8 @@ TEST_P(BlobStoreTest, CreateFailsWhenRootIsNotADirectory) {
 }
 
 // Reads what the sink receives.
-absl::StatusOr<std::string> ReadRange(const BlobStore& store, absl::string_view sha,
-                                      int64_t offset, int64_t length) {
+absl::StatusOr<std::string> ReadRange(const BlobStore& store, absl::string_view sha, int64_t offset,
+                                      int64_t length) {
   std::string got;
   absl::Status s = store.Read(sha, offset, length, [&got](absl::string_view bytes) {
     got.append(bytes.data(), bytes.size());
@@ -308,7 +308,8 @@ absl::StatusOr<std::string> ReadRange(const BlobStore& store, absl::string_view 
 
 TEST_P(BlobStoreTest, ReadStreamsWholeBlobAndRanges) {
   std::string data;
-  for (int i = 0; i < 3 * 1000 * 1000; ++i) data.push_back(static_cast<char>((i * 7 + i / 251) % 256));
+  for (int i = 0; i < 3 * 1000 * 1000; ++i)
+    data.push_back(static_cast<char>((i * 7 + i / 251) % 256));
   auto sha = store_->Put(data);
   ASSERT_TRUE(sha.ok()) << sha.status();
   EXPECT_EQ(*ReadRange(*store_, *sha, 0, -1), data);
@@ -320,9 +321,8 @@ TEST_P(BlobStoreTest, ReadStreamsWholeBlobAndRanges) {
   EXPECT_EQ(*ReadRange(*store_, *sha, 17, 0), "");
   EXPECT_EQ(ReadRange(*store_, kAbcSha, 0, -1).status().code(), absl::StatusCode::kNotFound);
   // A sink's error stops the read and is the answer.
-  absl::Status stopped = store_->Read(*sha, 0, -1, [](absl::string_view) {
-    return absl::CancelledError("client went away");
-  });
+  absl::Status stopped = store_->Read(
+      *sha, 0, -1, [](absl::string_view) { return absl::CancelledError("client went away"); });
   EXPECT_EQ(stopped.code(), absl::StatusCode::kCancelled);
 }
 
@@ -376,7 +376,7 @@ TEST_P(S3CacheTest, CorruptedCacheFileIsFetchedAgain) {
   auto sha = store_->Put("twelve bytes");
   ASSERT_TRUE(sha.ok());
   const std::string cached = store_->PathFor(*sha);
-  ASSERT_EQ(ReadFile(cached), "twelve bytes");  // kept from the upload
+  ASSERT_EQ(ReadFile(cached), "twelve bytes");                   // kept from the upload
   { std::ofstream(cached, std::ios::trunc) << "twelve BYTES"; }  // same size, wrong bytes
   auto path = store_->LocalPath(*sha);
   ASSERT_TRUE(path.ok()) << path.status();

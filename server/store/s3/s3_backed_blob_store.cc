@@ -67,8 +67,8 @@ class S3BackedBlobStore::Writer : public BlobStore::Writer {
     std::string sha = hash_.HexDigest();
     if (!expected_sha256.empty() && sha != expected_sha256) {
       Discard();
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sha256 mismatch: declared ", expected_sha256, ", received bytes hash to ", sha));
+      return absl::InvalidArgumentError(absl::StrCat("sha256 mismatch: declared ", expected_sha256,
+                                                     ", received bytes hash to ", sha));
     }
     int rc = fclose(file_);
     file_ = nullptr;
@@ -125,7 +125,8 @@ absl::StatusOr<std::unique_ptr<S3BackedBlobStore>> S3BackedBlobStore::Create(
   // Staged files belong to uploads that died with an earlier process.
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   S3BlobStoreOptions s3_options = options.s3;
   if (s3_options.tmp_dir.empty()) s3_options.tmp_dir = tmp.string();
   auto s3 = S3BlobStore::Create(s3_options);
