@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, data_dir, kDefaults.data_dir,
 ABSL_FLAG(std::string, database, kDefaults.database,
           "metadata database: empty = SQLite in --data_dir; postgresql://user@host/db = "
           "PostgreSQL 15 (password from PGPASSWORD or ~/.pgpass); one replica for now");
+ABSL_FLAG(std::string, blob_store, kDefaults.blob_store,
+          "where blobs live: empty = <data_dir>/blobs; s3://bucket/prefix = an S3-compatible "
+          "bucket (endpoint from COMPRESSD_S3_ENDPOINT, credentials from AWS_ACCESS_KEY_ID / "
+          "AWS_SECRET_ACCESS_KEY), cached in <data_dir>/blob-cache");
 ABSL_FLAG(int, cpu_workers, kDefaults.cpu_workers, "jobs that run at once on the CPU");
 ABSL_FLAG(bool, use_cuda, kDefaults.use_cuda, "add one worker slot per visible CUDA device");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads,
@@ -154,6 +158,7 @@ int main(int argc, char** argv) {
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.database = absl::GetFlag(FLAGS_database);
+  options.blob_store = absl::GetFlag(FLAGS_blob_store);
   options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
   options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);

@@ -1,5 +1,6 @@
 #include "server/catalog/catalog.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "absl/strings/match.h"
@@ -104,7 +105,8 @@ absl::StatusOr<v1::Model> Catalog::FinishModelUpload(std::unique_ptr<Upload> upl
   ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
   const std::string& tenant = upload->tenant_;
   if (auto existing = metadata_->GetModel(tenant, sha); existing.ok()) return existing;
-  absl::StatusOr<v1::Model> described = describer_->DescribeModel(blobs_->PathFor(sha));
+  ASSIGN_OR_RETURN(std::string path, blobs_->LocalPath(sha));
+  absl::StatusOr<v1::Model> described = describer_->DescribeModel(path);
   if (!described.ok()) {
     DropBlobIfUnreferenced(sha);
     // The describer's INVALID_ARGUMENT says what is wrong with the bytes;
@@ -127,7 +129,8 @@ absl::StatusOr<v1::Dataset> Catalog::FinishDatasetUpload(std::unique_ptr<Upload>
   ASSIGN_OR_RETURN(std::string sha, CommitUpload(*upload));
   const std::string& tenant = upload->tenant_;
   if (auto existing = metadata_->GetDataset(tenant, sha); existing.ok()) return existing;
-  absl::StatusOr<v1::Dataset> described = describer_->DescribeDataset(blobs_->PathFor(sha));
+  ASSIGN_OR_RETURN(std::string path, blobs_->LocalPath(sha));
+  absl::StatusOr<v1::Dataset> described = describer_->DescribeDataset(path);
   if (!described.ok()) {
     DropBlobIfUnreferenced(sha);
     if (!absl::IsInvalidArgument(described.status())) return described.status();
@@ -190,7 +193,16 @@ absl::Status Catalog::DeleteDataset(const std::string& tenant, const std::string
 
 std::string Catalog::DatasetPath(const std::string& id) const {
   if (IsBuiltinDataset(id)) return id;
-  return blobs_->PathFor(id);
+  return BlobPath(id);
+}
+
+std::string Catalog::BlobPath(const std::string& sha256) const {
+  absl::StatusOr<std::string> path = blobs_->LocalPath(sha256);
+  if (path.ok()) return *path;
+  // The callers (pipeline::Resources) take a plain path; keep the reason.
+  std::fprintf(stderr, "compressd: blob %s: %s\n", sha256.c_str(),
+               path.status().ToString().c_str());
+  return blobs_->PathFor(sha256);
 }
 
 }  // namespace compress::catalog

@@ -111,9 +111,11 @@ class Catalog {
                                                            const std::string& token);
   absl::Status DeleteDataset(const std::string& tenant, const std::string& id);
 
-  // Where the engine reads the bytes: a blob path, or for builtin datasets
-  // the builtin id (the engine resolves it).
-  std::string ModelPath(const std::string& id) const { return blobs_->PathFor(id); }
+  // Where the engine reads the bytes: a local file (BlobStore::LocalPath,
+  // which for S3 may fetch), or for builtin datasets the builtin id (the
+  // engine resolves it). When the blob cannot be had, the path where it would
+  // be: the engine's open then fails naming it (the reason is logged here).
+  std::string ModelPath(const std::string& id) const { return BlobPath(id); }
   std::string DatasetPath(const std::string& id) const;
   const std::string& fashion_mnist_dir() const { return options_.fashion_mnist_dir; }
 
@@ -122,6 +124,7 @@ class Catalog {
           ContentDescriber* describer)
       : options_(options), blobs_(blobs), metadata_(metadata), describer_(describer) {}
   absl::Status RegisterBuiltins();
+  std::string BlobPath(const std::string& sha256) const;
   // Verifies size + digest and commits the bytes; returns the digest.
   absl::StatusOr<std::string> CommitUpload(Upload& upload);
   // Removes a blob that no row references any more.

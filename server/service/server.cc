@@ -20,6 +20,8 @@
 #include "server/service/metrics.h"
 #include "server/service/services.h"
 #include "server/store/blob_store.h"
+#include "server/store/s3/s3_backed_blob_store.h"
+#include "server/store/s3/s3_config.h"
 #include "server/catalog/catalog.h"
 #include "server/catalog/engine_describer.h"
 #include "server/store/metadata_store.h"
@@ -53,6 +55,21 @@ class CatalogResources : public pipeline::Resources {
   store::MetadataStore* metadata_;
   const std::string tenant_;
 };
+
+absl::StatusOr<std::unique_ptr<store::BlobStore>> OpenBlobStore(const ServerOptions& options) {
+  if (options.blob_store.empty()) return store::BlobStore::Create(options.data_dir);
+  store::S3BackedBlobStoreOptions o;
+  absl::StatusOr<store::S3Config> config = store::S3ConfigFromEnvironment(options.blob_store);
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--blob_store ", options.blob_store, ": ", config.status().message()));
+  }
+  o.s3.client.config = *std::move(config);
+  o.cache_dir = options.data_dir + "/blob-cache";
+  ASSIGN_OR_RETURN(std::unique_ptr<store::S3BackedBlobStore> s3,
+                   store::S3BackedBlobStore::Create(o));
+  return std::unique_ptr<store::BlobStore>(std::move(s3));
+}
 
 absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
   std::ifstream in(path);
@@ -161,7 +178,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::FailedPreconditionError(
         absl::StrCat("--data_dir ", options.data_dir, ": ", ec.message()));
   }
-  ASSIGN_OR_RETURN(impl->blobs, store::BlobStore::Create(options.data_dir));
+  ASSIGN_OR_RETURN(impl->blobs, OpenBlobStore(options));
   ASSIGN_OR_RETURN(impl->metadata,
                    store::OpenMetadataStore(options.database.empty()
                                                 ? options.data_dir + "/compressd.db"

@@ -40,6 +40,10 @@ struct ServerOptions {
   // Metadata: "" = SQLite at <data_dir>/compressd.db; a postgresql:// URL =
   // PostgreSQL 15 (one replica for now: the queue is still in memory).
   std::string database;
+  // "" = blobs in <data_dir>/blobs; "s3://bucket/prefix" = an S3-compatible
+  // bucket (endpoint and credentials from the environment, see
+  // store/s3/s3_config.h) with a local cache in <data_dir>/blob-cache.
+  std::string blob_store;
   int cpu_workers = 1;              // concurrent jobs on the CPU
   bool use_cuda = true;             // one worker slot per visible CUDA device
   int intra_op_threads = 0;         // LibTorch threads per job; 0 = the available

@@ -365,7 +365,7 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
   DownloadReactor(absl::StatusOr<std::string> tenant, store::MetadataStore* metadata,
                   store::BlobStore* blobs, ThreadPool* blocking, Metrics* metrics,
                   const v1::DownloadArtifactRequest& request)
-      : blocking_(blocking), metrics_(metrics) {
+      : blobs_(blobs), blocking_(blocking), metrics_(metrics) {
     if (!tenant.ok()) {
       Finish(ToGrpcStatus(tenant.status()));
       return;
@@ -385,13 +385,11 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
                           absl::StrCat("offset: must be in [0, ", artifact->size_bytes(), "]")));
       return;
     }
-    std::string path = blobs->PathFor(artifact->sha256());
+    sha256_ = artifact->sha256();
+    size_ = artifact->size_bytes();
+    offset_ = request.offset();
     *response_.mutable_artifact() = *std::move(artifact);
-    blocking_->Schedule([this, path = std::move(path), offset = request.offset(),
-                         name = request.name()] { Open(path, offset, name); });
-  }
-  ~DownloadReactor() override {
-    if (file_ != nullptr) fclose(file_);
+    blocking_->Schedule([this, name = request.name()] { Open(name); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -405,36 +403,51 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadArtifactResp
   void OnDone() override { delete this; }
 
  private:
-  // On the blocking pool: opens the blob at the offset, then sends the metadata.
-  void Open(const std::string& path, int64_t offset, const std::string& name) {
-    file_ = fopen(path.c_str(), "rb");
-    if (file_ == nullptr || fseeko(file_, offset, SEEK_SET) != 0) {
+  // On the blocking pool: checks the blob is there, then sends the metadata.
+  void Open(const std::string& name) {
+    absl::Status there = blobs_->Size(sha256_).status();
+    if (absl::IsNotFound(there)) {
       Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
                           absl::StrCat("artifact ", name, ": blob missing")));
       return;
     }
-    StartWrite(&response_);
-  }
-
-  // On the blocking pool: sends the next chunk, or ends the stream at EOF.
-  void ReadChunk() {
-    std::string* chunk = response_.mutable_chunk();
-    chunk->resize(kMaxChunk);
-    size_t n = fread(chunk->data(), 1, kMaxChunk, file_);
-    if (n == 0) {
-      Finish(ferror(file_) ? grpc::Status(grpc::StatusCode::DATA_LOSS, "read error")
-                           : grpc::Status::OK);
+    if (!there.ok()) {
+      Finish(ToGrpcStatus(there));
       return;
     }
-    chunk->resize(n);
-    metrics_->AddDownloadedBytes("artifact", static_cast<int64_t>(n));
     StartWrite(&response_);
   }
 
+  // On the blocking pool: sends the next chunk, or ends the stream at the end.
+  void ReadChunk() {
+    std::string* chunk = response_.mutable_chunk();
+    chunk->clear();
+    absl::Status read = absl::OkStatus();
+    if (offset_ < size_) {
+      read = blobs_->Read(sha256_, offset_, static_cast<int64_t>(kMaxChunk),
+                          [chunk](absl::string_view bytes) {
+                            chunk->append(bytes.data(), bytes.size());
+                            return absl::OkStatus();
+                          });
+    }
+    if (!read.ok() || chunk->empty()) {
+      Finish(read.ok() ? grpc::Status::OK
+                       : grpc::Status(grpc::StatusCode::DATA_LOSS,
+                                      absl::StrCat("read error: ", read.message())));
+      return;
+    }
+    offset_ += static_cast<int64_t>(chunk->size());
+    metrics_->AddDownloadedBytes("artifact", static_cast<int64_t>(chunk->size()));
+    StartWrite(&response_);
+  }
+
+  store::BlobStore* const blobs_;
   ThreadPool* const blocking_;
   Metrics* const metrics_;
   // Used by one step at a time (see the class comment); no lock needed.
-  FILE* file_ = nullptr;
+  std::string sha256_;
+  int64_t size_ = 0;
+  int64_t offset_ = 0;
   v1::DownloadArtifactResponse response_;
 };
 

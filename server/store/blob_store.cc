@@ -4,8 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <filesystem>
 
@@ -33,12 +35,12 @@ absl::Status FsyncDir(const std::string& dir) {
 
 }  // namespace
 
-BlobStore::Writer::Writer(const BlobStore* store, std::string tmp_path, FILE* file)
+LocalBlobStore::Writer::Writer(const LocalBlobStore* store, std::string tmp_path, FILE* file)
     : store_(store), tmp_path_(std::move(tmp_path)), file_(file) {}
 
-BlobStore::Writer::~Writer() { Discard(); }
+LocalBlobStore::Writer::~Writer() { Discard(); }
 
-void BlobStore::Writer::Discard() {
+void LocalBlobStore::Writer::Discard() {
   if (file_ != nullptr) {
     fclose(file_);
     file_ = nullptr;
@@ -49,7 +51,7 @@ void BlobStore::Writer::Discard() {
   }
 }
 
-absl::Status BlobStore::Writer::Append(absl::string_view bytes) {
+absl::Status LocalBlobStore::Writer::Append(absl::string_view bytes) {
   if (file_ == nullptr) return absl::FailedPreconditionError("writer is closed");
   if (!bytes.empty() && fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size()) {
     return ErrnoError("write " + tmp_path_);
@@ -59,7 +61,7 @@ absl::Status BlobStore::Writer::Append(absl::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> BlobStore::Writer::Commit(absl::string_view expected_sha256) {
+absl::StatusOr<std::string> LocalBlobStore::Writer::Commit(absl::string_view expected_sha256) {
   if (file_ == nullptr) return absl::FailedPreconditionError("writer is closed");
   std::string sha = hash_.HexDigest();
   if (!expected_sha256.empty() && sha != expected_sha256) {
@@ -93,25 +95,9 @@ absl::StatusOr<std::string> BlobStore::Writer::Commit(absl::string_view expected
 }
 
 absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Create(const std::string& root) {
-  std::error_code ec;
-  fs::create_directories(fs::path(root) / "blobs", ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", root, ": ", ec.message()));
-  fs::path tmp = fs::path(root) / "tmp";
-  // Temp files belong to uploads that died with an earlier process.
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
-  return std::unique_ptr<BlobStore>(new BlobStore(root));
-}
-
-absl::StatusOr<std::unique_ptr<BlobStore::Writer>> BlobStore::NewWriter() const {
-  static std::atomic<uint64_t> counter{0};
-  absl::BitGen gen;
-  std::string path = absl::StrFormat("%s/tmp/%d-%d-%016x", root_, getpid(),
-                                     counter.fetch_add(1), absl::Uniform<uint64_t>(gen));
-  FILE* f = fopen(path.c_str(), "wbx");
-  if (f == nullptr) return ErrnoError("create " + path);
-  return std::unique_ptr<Writer>(new Writer(this, path, f));
+  auto local = LocalBlobStore::Create(root);
+  if (!local.ok()) return local.status();
+  return std::unique_ptr<BlobStore>(std::move(*local));
 }
 
 absl::StatusOr<std::string> BlobStore::Put(absl::string_view bytes) const {
@@ -122,16 +108,38 @@ absl::StatusOr<std::string> BlobStore::Put(absl::string_view bytes) const {
   return (*writer)->Commit();
 }
 
-std::string BlobStore::PathFor(absl::string_view sha256) const {
+absl::StatusOr<std::unique_ptr<LocalBlobStore>> LocalBlobStore::Create(const std::string& root) {
+  std::error_code ec;
+  fs::create_directories(fs::path(root) / "blobs", ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", root, ": ", ec.message()));
+  fs::path tmp = fs::path(root) / "tmp";
+  // Temp files belong to uploads that died with an earlier process.
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  return std::unique_ptr<LocalBlobStore>(new LocalBlobStore(root));
+}
+
+absl::StatusOr<std::unique_ptr<BlobStore::Writer>> LocalBlobStore::NewWriter() const {
+  static std::atomic<uint64_t> counter{0};
+  absl::BitGen gen;
+  std::string path = absl::StrFormat("%s/tmp/%d-%d-%016x", root_, getpid(),
+                                     counter.fetch_add(1), absl::Uniform<uint64_t>(gen));
+  FILE* f = fopen(path.c_str(), "wbx");
+  if (f == nullptr) return ErrnoError("create " + path);
+  return std::unique_ptr<BlobStore::Writer>(new Writer(this, path, f));
+}
+
+std::string LocalBlobStore::PathFor(absl::string_view sha256) const {
   return absl::StrCat(root_, "/blobs/", sha256.substr(0, 2), "/", sha256);
 }
 
-bool BlobStore::Contains(absl::string_view sha256) const {
+bool LocalBlobStore::Contains(absl::string_view sha256) const {
   struct stat st;
   return stat(PathFor(sha256).c_str(), &st) == 0;
 }
 
-absl::StatusOr<int64_t> BlobStore::Size(absl::string_view sha256) const {
+absl::StatusOr<int64_t> LocalBlobStore::Size(absl::string_view sha256) const {
   struct stat st;
   if (stat(PathFor(sha256).c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
@@ -139,11 +147,42 @@ absl::StatusOr<int64_t> BlobStore::Size(absl::string_view sha256) const {
   return static_cast<int64_t>(st.st_size);
 }
 
-absl::Status BlobStore::Delete(absl::string_view sha256) const {
+absl::Status LocalBlobStore::Delete(absl::string_view sha256) const {
   if (unlink(PathFor(sha256).c_str()) != 0 && errno != ENOENT) {
     return ErrnoError(absl::StrCat("unlink blob ", sha256));
   }
   return absl::OkStatus();
+}
+
+absl::Status LocalBlobStore::Read(absl::string_view sha256, int64_t offset, int64_t length,
+                                  const ByteSink& sink) const {
+  const std::string path = PathFor(sha256);
+  FILE* f = fopen(path.c_str(), "rbe");
+  if (f == nullptr) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
+    return ErrnoError("open " + path);
+  }
+  absl::Status s;
+  if (fseeko(f, offset, SEEK_SET) != 0) s = ErrnoError("seek " + path);
+  std::string buf(1 << 20, '\0');
+  int64_t left = length < 0 ? INT64_MAX : length;
+  while (s.ok() && left > 0) {
+    size_t want = static_cast<size_t>(std::min<int64_t>(left, static_cast<int64_t>(buf.size())));
+    size_t n = fread(buf.data(), 1, want, f);
+    if (n == 0) {
+      if (ferror(f)) s = ErrnoError("read " + path);
+      break;
+    }
+    left -= static_cast<int64_t>(n);
+    s = sink(absl::string_view(buf.data(), n));
+  }
+  fclose(f);
+  return s;
+}
+
+absl::StatusOr<std::string> LocalBlobStore::LocalPath(absl::string_view sha256) const {
+  if (!Contains(sha256)) return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
+  return PathFor(sha256);
 }
 
 }  // namespace compress::store

@@ -31,6 +31,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/util/sha256.h"
+#include "tests/store/blob_s3rver.h"
 #include "tests/store/s3_test_util.h"
 #include "tests/test_util.h"
 
@@ -45,106 +46,7 @@ using ::testing::UnorderedElementsAre;
 constexpr char kBucket[] = "compressd-test";
 constexpr int64_t kMiB = 1 << 20;
 
-// ---- s3rver as a child process ----
-
-std::string FindOnPath(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  for (absl::string_view dir : absl::StrSplit(path == nullptr ? "" : path, ':')) {
-    std::string candidate = absl::StrCat(dir, "/", name);
-    if (!dir.empty() && access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
-}
-
-class S3rver {
- public:
-  // Starts s3rver on 127.0.0.1:0 and returns once it accepts connections;
-  // "" on success, else why not.
-  std::string Start(const std::string& data_dir) {
-    const std::string node = FindOnPath("node");
-    if (node.empty()) {
-      return "node (Node.js) not found on PATH: the S3 tests need it to run s3rver; "
-             "run scripts/install-deps.sh";
-    }
-    const std::string script =
-        testutil::SourceDir() + "/tests/store/s3rver/node_modules/s3rver/bin/s3rver.js";
-    if (access(script.c_str(), R_OK) != 0) {
-      return script + " is missing: run scripts/install-deps.sh (npm ci in tests/store/s3rver)";
-    }
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) return "pipe failed";
-    const pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) return "fork failed";
-    if (pid == 0) {
-      // Dies with the test, however the test ends.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(1);
-      dup2(out[1], STDOUT_FILENO);
-      // s3rver's continuation tokens are DES-encrypted, which Node >= 17
-      // (OpenSSL 3) offers only from the legacy provider.
-      const char* argv[] = {node.c_str(),
-                            "--openssl-legacy-provider",
-                            script.c_str(),
-                            "-d",
-                            data_dir.c_str(),
-                            "-a",
-                            "127.0.0.1",
-                            "-p",
-                            "0",
-                            "--silent",
-                            nullptr};
-      execv(node.c_str(), const_cast<char* const*>(argv));
-      _exit(127);
-    }
-    pid_ = pid;
-    close(out[1]);
-    stdout_ = out[0];
-    // The CLI prints "S3rver listening on 127.0.0.1:<port>" once listening.
-    std::string printed;
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (port_ == 0 && absl::Now() < deadline) {
-      pollfd p{stdout_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char buf[512];
-      ssize_t n = read(stdout_, buf, sizeof(buf));
-      if (n <= 0) return "s3rver exited before listening; printed: " + printed;
-      printed.append(buf, static_cast<size_t>(n));
-      size_t at = printed.find("listening on 127.0.0.1:");
-      size_t eol = at == std::string::npos ? at : printed.find('\n', at);
-      if (eol != std::string::npos) {
-        std::string port = printed.substr(at + 23, eol - at - 23);
-        if (!absl::SimpleAtoi(port, &port_)) return "cannot parse s3rver's port: " + printed;
-      }
-    }
-    if (port_ == 0) return "s3rver did not report listening within 60 s: " + printed;
-    // And it answers: an HTTP request on the port gets a response.
-    bool up = testutil::WaitFor([this] { return !testutil::HttpGet(port_, "/").empty(); },
-                                absl::Seconds(30));
-    return up ? "" : "s3rver does not answer on its port";
-  }
-
-  void Stop() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    int status = 0;
-    bool gone = testutil::WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; },
-                                  absl::Seconds(10));
-    if (!gone) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &status, 0);
-    }
-    pid_ = -1;
-    close(stdout_);
-  }
-
-  int port() const { return port_; }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_ = -1;
-  int port_ = 0;
-};
+using ::compress::s3test::S3rver;
 
 // ---- helpers ----
 

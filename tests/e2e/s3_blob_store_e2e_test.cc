@@ -1,0 +1,87 @@
+// The real compressd with --blob_store=s3://... against s3rver on 127.0.0.1
+// (tests/store/blob_s3rver.h): an upload lands in the bucket, not in
+// <data_dir>/blobs, an INSPECT job runs on the model (its worker child opens
+// the locally cached copy) and its artifact downloads whole from the bucket.
+// Fails, saying what to install, without node or s3rver.
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/store/s3/s3_blob_store.h"
+#include "server/util/sha256.h"
+#include "tests/e2e/server_process.h"
+#include "tests/store/blob_s3rver.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+namespace v1 = compress::v1;
+using ::compress::testutil::Connect;
+using ::compress::testutil::FilesUnder;
+using ::compress::testutil::ReadFile;
+using ::compress::testutil::ScopedTempDir;
+using ::compress::testutil::ServerProcess;
+using ::testing::IsEmpty;
+
+constexpr char kBucket[] = "compressd-e2e";
+
+TEST(S3BlobStoreE2eTest, UploadInspectAndDownloadThroughTheBucket) {
+  ScopedTempDir dir;
+  s3test::S3rver s3rver;
+  const std::string started = s3rver.Start(dir.path() + "/s3rver");
+  ASSERT_TRUE(started.empty()) << started;
+  const std::string endpoint = absl::StrCat("http://127.0.0.1:", s3rver.port());
+
+  store::S3BlobStoreOptions o;
+  o.client.config.endpoint = endpoint;
+  o.client.config.bucket = kBucket;
+  o.client.config.prefix = "prod/";
+  o.client.config.access_key_id = "S3RVER";  // s3rver's one account
+  o.client.config.secret_access_key = "S3RVER";
+  o.tmp_dir = dir.path() + "/s3tmp";
+  auto bucket = store::S3BlobStore::Create(o);
+  ASSERT_TRUE(bucket.ok()) << bucket.status();
+  ASSERT_TRUE((*bucket)->client().CreateBucket().ok());
+
+  // compressd reads these; its worker children do not get them.
+  setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
+  setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
+  setenv("COMPRESSD_S3_ENDPOINT", endpoint.c_str(), 1);
+  const std::string data = dir.path() + "/data";
+  ServerProcess server(data, {absl::StrCat("--blob_store=s3://", kBucket, "/prod")});
+  ASSERT_TRUE(server.running());
+  auto client = Connect(server);
+
+  auto model = client->UploadModel(testutil::FixturePath("tiny_cnn.pt"), "cnn.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE(*(*bucket)->Contains(model->id()));
+  EXPECT_THAT(FilesUnder(data + "/blobs"), IsEmpty());
+
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->mutable_inspect()->set_model_id(model->id());
+  for (int64_t d : {1, 1, 8, 8}) req.mutable_spec()->mutable_inspect()->add_input_shape(d);
+  auto job = client->SubmitJob(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto state = client->WatchJob(job->id(), 0, [](const v1::JobEvent&) {});
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_EQ(*state, v1::JOB_STATE_SUCCEEDED) << client->GetJob(job->id())->DebugString();
+
+  auto artifacts = client->ListArtifacts(job->id());
+  ASSERT_TRUE(artifacts.ok()) << artifacts.status();
+  ASSERT_EQ(artifacts->size(), 1u);
+  const v1::Artifact& a = (*artifacts)[0];
+  EXPECT_TRUE(*(*bucket)->Contains(a.sha256()));
+  const std::string out = dir.path() + "/report";
+  auto downloaded = client->DownloadArtifact(job->id(), a.name(), out);
+  ASSERT_TRUE(downloaded.ok()) << downloaded.status();
+  EXPECT_EQ(Sha256Hex(ReadFile(out)), a.sha256());
+  EXPECT_THAT(FilesUnder(data + "/blobs"), IsEmpty());
+}
+
+}  // namespace
+}  // namespace compress
