@@ -26,7 +26,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/format.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::client {
@@ -854,8 +854,8 @@ const std::vector<Entry>& Entries() {
                      "[--search exact|pareto|bisection|uniform] "
                      "[--max-drop PP | --max-relative-drop F] [--gptq] [--asymmetric] "
                      "[--granularity tensor|channel|group] [--group-size ",
-                     absl::StrJoin(engine::defaults::kGroupSizes, "|"), "] [--candidates ",
-                     absl::StrJoin(engine::defaults::kCandidateBits, ","),
+                     absl::StrJoin(defaults::kGroupSizes, "|"), "] [--candidates ",
+                     absl::StrJoin(defaults::kCandidateBits, ","),
                      "] [--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
                      "[--sensitivity ANALYZE_JOB_ID] [--samples N] [--batch N] [job flags]"),
         0,

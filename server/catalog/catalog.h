@@ -23,7 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "compress/v1/compress.pb.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/store/blob_store.h"
 #include "server/store/metadata_store.h"
 
@@ -53,7 +53,7 @@ struct CatalogOptions {
   int64_t max_model_bytes = int64_t{2} << 30;    // default 2 GiB
   int64_t max_dataset_bytes = int64_t{4} << 30;  // default 4 GiB
   // Directory of the Fashion-MNIST IDX files; empty = no builtin datasets.
-  std::string fashion_mnist_dir = engine::defaults::kFashionMnistDir;
+  std::string fashion_mnist_dir = defaults::kFashionMnistDir;
 };
 
 class Catalog {

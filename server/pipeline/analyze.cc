@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/engine/quant/weight_error.h"
 #include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
@@ -18,8 +18,8 @@ namespace v1 = compress::v1;
 namespace {
 
 // Ω(b) for every quantized width.
-constexpr int kMinOmegaBits = engine::defaults::kMinBits;
-constexpr int kMaxOmegaBits = engine::defaults::kMaxBits;
+constexpr int kMinOmegaBits = defaults::kMinBits;
+constexpr int kMaxOmegaBits = defaults::kMaxBits;
 
 v1::HvpMethod ToProto(engine::HvpMethod m) {
   switch (m) {

@@ -11,15 +11,15 @@
 #include "compress/v1/compress.pb.h"
 #include "absl/status/statusor.h"
 #include "google/protobuf/message.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/engine/data/loss_kind.h"
 #include "server/pipeline/pipeline.h"
 
 namespace compress::pipeline {
 
 // CalibrationData's server defaults (num_samples = 0, batch_size = 0).
-inline constexpr int64_t kDefaultSamples = engine::defaults::kCalibrationSamples;
-inline constexpr int64_t kDefaultBatch = engine::defaults::kCalibrationBatch;
+inline constexpr int64_t kDefaultSamples = defaults::kCalibrationSamples;
+inline constexpr int64_t kDefaultBatch = defaults::kCalibrationBatch;
 
 // LOSS_KIND_UNSPECIFIED -> kAuto.
 engine::LossKind LossFromProto(compress::v1::LossKind loss);

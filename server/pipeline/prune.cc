@@ -1,4 +1,4 @@
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/pipeline/prune.h"
 
 #include <algorithm>
@@ -101,8 +101,8 @@ engine::PruneOptions ToPruneOptions(const v1::PruneSpec& spec, uint64_t seed,
   if (spec.has_min_mlp()) o.min_mlp = spec.min_mlp();
   if (spec.has_steps()) o.steps = spec.steps();
   const v1::RecoveryOptions& r = spec.recovery();
-  o.recovery_steps = r.has_steps() ? r.steps() : engine::defaults::kRecoverySteps;
-  o.learning_rate = r.has_learning_rate() ? r.learning_rate() : engine::defaults::kRecoveryLearningRate;
+  o.recovery_steps = r.has_steps() ? r.steps() : defaults::kRecoverySteps;
+  o.learning_rate = r.has_learning_rate() ? r.learning_rate() : defaults::kRecoveryLearningRate;
   if (r.has_temperature()) o.temperature = r.temperature();
   if (!r.optimizer().empty()) o.optimizer = r.optimizer();
   if (spec.has_latency_batch()) o.latency_batch = spec.latency_batch();

@@ -14,7 +14,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
 #include "server/pipeline/validate.h"
@@ -203,7 +203,7 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   const v1::QuantizerSettings& q = spec.quantizer();
   o.symmetric = !q.asymmetric();
   o.granularity = GranularityName(q.granularity());
-  o.group_size = q.has_group_size() ? q.group_size() : engine::defaults::kGroupSize;
+  o.group_size = q.has_group_size() ? q.group_size() : defaults::kGroupSize;
   o.gptq = q.rounding() == v1::ROUNDING_GPTQ;
   if (q.has_gptq_damping()) o.gptq_damping = q.gptq_damping();
   if (q.has_gptq_block_size()) o.gptq_block_size = q.gptq_block_size();
@@ -225,7 +225,7 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
         o.budget.kind = engine::QuantBudget::Kind::kNone;
         o.budget.value = 0;
       } else {
-        o.budget = engine::QuantBudget::AverageBits(engine::defaults::kAverageBits);
+        o.budget = engine::QuantBudget::AverageBits(defaults::kAverageBits);
       }
   }
   switch (spec.tolerance().limit_case()) {

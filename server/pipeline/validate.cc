@@ -5,7 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
@@ -112,10 +112,10 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
   }
   for (int i = 0; i < s.candidate_bits_size(); ++i) {
     const int bits = s.candidate_bits(i);
-    if (!engine::defaults::IsQuantizedBits(bits)) {
+    if (!defaults::IsQuantizedBits(bits)) {
       return Invalid(absl::StrCat(f, ".candidate_bits[", i, "]"),
-                     absl::StrCat("must be ", engine::defaults::kMinBits, "..",
-                                  engine::defaults::kMaxBits,
+                     absl::StrCat("must be ", defaults::kMinBits, "..",
+                                  defaults::kMaxBits,
                                   " (float is always a candidate), got ", bits));
     }
   }
@@ -126,10 +126,10 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
     if (!pinned.insert(s.pins(i).layer()).second) {
       return Invalid(field + ".layer", absl::StrCat(s.pins(i).layer(), " is pinned twice"));
     }
-    if (!engine::defaults::IsPinBits(s.pins(i).bits())) {
+    if (!defaults::IsPinBits(s.pins(i).bits())) {
       return Invalid(field + ".bits",
-                     absl::StrCat("must be ", engine::defaults::kMinBits, "..",
-                                  engine::defaults::kMaxBits, ", 16 or 32 (float), got ",
+                     absl::StrCat("must be ", defaults::kMinBits, "..",
+                                  defaults::kMaxBits, ", 16 or 32 (float), got ",
                                   s.pins(i).bits()));
     }
   }
@@ -158,10 +158,10 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
       AtLeast(f + ".trace_max_probes", s.has_trace_max_probes(), s.trace_max_probes(), 1));
   const auto& q = s.quantizer();
   if (q.granularity() == v1::GRANULARITY_GROUP || q.has_group_size()) {
-    const int64_t g = q.has_group_size() ? q.group_size() : engine::defaults::kGroupSize;
-    if (!engine::defaults::IsGroupSize(g)) {
+    const int64_t g = q.has_group_size() ? q.group_size() : defaults::kGroupSize;
+    if (!defaults::IsGroupSize(g)) {
       return Invalid(f + ".quantizer.group_size",
-                     absl::StrCat("must be ", engine::defaults::GroupSizesText(), ", got ", g));
+                     absl::StrCat("must be ", defaults::GroupSizesText(), ", got ", g));
     }
   }
   if (q.has_gptq_damping() && !(q.gptq_damping() > 0 && q.gptq_damping() < 1)) {

@@ -19,7 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 
 namespace compress::service {
 
@@ -53,7 +53,7 @@ struct ServerOptions {
   int64_t max_dataset_bytes = int64_t{4} << 30;  // upload limit, bytes
   absl::Duration default_deadline = absl::Hours(24);  // job run time limit
   int max_attempts = 3;             // restarts a job survives
-  std::string fashion_mnist_dir = engine::defaults::kFashionMnistDir;
+  std::string fashion_mnist_dir = defaults::kFashionMnistDir;
   int blocking_threads = 4;         // threads for upload validation and artifact reads
   // The compressd binary that runs model work as `--role=child` (upload
   // validation and every job); "" = in this process, for tests only.

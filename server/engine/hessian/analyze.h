@@ -40,7 +40,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/engine/common/progress.h"
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/data/loss_kind.h"

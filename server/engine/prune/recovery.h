@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/engine/common/progress.h"
 
 namespace compress::engine {

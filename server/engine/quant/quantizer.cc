@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {

@@ -48,7 +48,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "server/engine/common/defaults.h"
+#include "server/util/defaults.h"
 
 namespace compress::engine {
 

@@ -1,15 +1,15 @@
 // Defaults and allowed values that the engine, spec validation
 // (server/pipeline/validate.cc) and compressctl's help all read, so that a
-// change here changes every one of them. Header-only and torch-free: the
-// client includes it without linking the engine.
-#ifndef COMPRESS_ENGINE_COMMON_DEFAULTS_H_
-#define COMPRESS_ENGINE_COMMON_DEFAULTS_H_
+// change here changes every one of them. Header-only, in util (which the
+// client may include; the engine it may not, DESIGN.md §2).
+#ifndef COMPRESS_UTIL_DEFAULTS_H_
+#define COMPRESS_UTIL_DEFAULTS_H_
 
 #include <array>
 #include <cstdint>
 #include <string>
 
-namespace compress::engine::defaults {
+namespace compress::defaults {
 
 // Calibration: the first kCalibrationSamples examples, in batches of
 // kCalibrationBatch (a spec's 0 means these).
@@ -55,6 +55,6 @@ inline constexpr double kRecoveryLearningRate = 1e-4;
 // Debian's dataset-fashion-mnist installs the IDX files here.
 inline constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
 
-}  // namespace compress::engine::defaults
+}  // namespace compress::defaults
 
-#endif  // COMPRESS_ENGINE_COMMON_DEFAULTS_H_
+#endif  // COMPRESS_UTIL_DEFAULTS_H_
