@@ -34,7 +34,7 @@ echo "== compressd on $COMPRESS_SERVER (metrics :$METRICS), data in $WORK/data"
 
 echo "== upload $(basename "$MODEL")"
 MODEL_ID=$("$CTL" --json model upload "$MODEL" | sed -E 's/.*"id":"([0-9a-f]+)".*/\1/')
-"$CTL" model get "$MODEL_ID" | head -20
+"$CTL" model get "$MODEL_ID" | sed -n 1,20p
 echo "== datasets"
 "$CTL" data list
 echo "== inspect on builtin:fashion-mnist/test"
@@ -42,11 +42,11 @@ echo "== inspect on builtin:fashion-mnist/test"
 echo "== analyze: per-layer Hessian sensitivity on 128 Fashion-MNIST training images"
 "$CTL" analyze --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 128 \
   --batch 128 --probes 40 --eigen 1 --density --seed 1 --watch
-ANALYZE_JOB=$("$CTL" --json job list --kind analyze | grep -o '"id":"job-[0-9a-f]*"' | head -1 | cut -d'"' -f4)
+ANALYZE_JOB=$("$CTL" --json job list --kind analyze | grep -o '"id":"job-[0-9a-f]*"' | sed -n 1p | cut -d'"' -f4)
 echo "== quantize: 4 average weight bits, GPTQ, sensitivity from $ANALYZE_JOB, top-1 on the 10k test images"
 "$CTL" quantize --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 256 \
   --eval builtin:fashion-mnist/test --bits 4 --gptq --sensitivity "$ANALYZE_JOB" --seed 1 --watch
-JOB=$("$CTL" --json job list --kind quantize | grep -o '"id":"job-[0-9a-f]*"' | head -1 | cut -d'"' -f4)
+JOB=$("$CTL" --json job list --kind quantize | grep -o '"id":"job-[0-9a-f]*"' | sed -n 1p | cut -d'"' -f4)
 echo "== artifacts of $JOB"
 "$CTL" artifact list "$JOB"
 "$CTL" artifact get "$JOB" -o "$WORK/artifacts"

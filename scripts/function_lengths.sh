@@ -34,7 +34,7 @@ done
 CTAGS=""
 for c in ctags-universal universal-ctags ctags; do
   if command -v "$c" >/dev/null 2>&1 &&
-     "$c" --version 2>/dev/null | grep -q 'Universal Ctags'; then
+     "$c" --version 2>/dev/null | grep 'Universal Ctags' >/dev/null; then
     CTAGS="$c"; break
   fi
 done
@@ -64,7 +64,10 @@ if [ -z "$rows" ]; then
   exit 2
 fi
 
-echo "$rows" | head -n "$top" | awk -F'\t' '{ printf "%5d  %-48s %s\n", $1, $2, $3 }'
+# awk reads all of its input: `head` would close the pipe early and, under
+# pipefail, the SIGPIPE'd echo would fail the script (exit 141).
+printf '%s\n' "$rows" |
+  awk -F'\t' -v top="$top" 'NR <= top { printf "%5d  %-48s %s\n", $1, $2, $3 }'
 
 if [ -n "$max" ]; then
   over="$(echo "$rows" | awk -F'\t' -v max="$max" '$1 > max')"

@@ -70,7 +70,7 @@ install_node_modules() {
 missing=()
 for p in "${PACKAGES[@]}"; do
   [ -n "$p" ] || continue
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null; then
     missing+=("$p")
   fi
 done
