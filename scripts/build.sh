@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures (once) and builds compressd. Usage: scripts/build.sh [TARGET...]
-# With no target, builds everything (server, CLI, tests, benchmarks).
+# With no target, builds the server, CLI and tests; `benchmarks` builds the
+# benchmarks (bench/run.sh builds the ones it runs).
 # BUILD_DIR (default build/) and JOBS (default: number of cores) can be set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
