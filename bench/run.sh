@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
-# Usage: bench/run.sh [service] [sandbox] [hessian] [traces] [pytorch] [memory]
-#                     [quantize] [quantize-stages] [prune]
+# Usage: bench/run.sh [service] [sandbox] [queue] [hessian] [traces] [pytorch]
+#                     [memory] [quantize] [quantize-stages] [prune]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
 # holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
@@ -12,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox hessian traces pytorch memory quantize quantize-stages prune)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages prune)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -44,6 +44,18 @@ if want service; then
   echo
   echo "## Service"
   "$BUILD_DIR/bench/bench_service"
+fi
+
+# The shared job queue on PostgreSQL (bench_queue): jobs/s of a no-op job
+# kind with 1, 2 and 4 worker replicas and the latency of their events to a
+# watcher on the API replica (LISTEN/NOTIFY). Starts a throwaway PostgreSQL 15
+# (tests/pg_test_util.h: Debian's postgresql-15). BENCH_QUEUE_JOBS (default
+# 200) jobs per row; ~15 s on 2 cores.
+if want queue; then
+  bash scripts/build.sh bench_queue >/dev/null
+  echo
+  echo "## Shared job queue (PostgreSQL)"
+  "$BUILD_DIR/bench/bench_queue" --jobs="${BENCH_QUEUE_JOBS:-200}"
 fi
 
 # Hessian-vector products (bench_hessian): cost and accuracy per HVP method on

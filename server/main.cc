@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -20,6 +21,7 @@
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
 #include "server/service/server.h"
+#include "server/store/pg_metadata_store.h"
 #include "server/worker/child_main.h"
 
 namespace {
@@ -69,9 +71,18 @@ ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
 ABSL_FLAG(std::string, fashion_mnist_dir, kDefaults.fashion_mnist_dir,
           "IDX files for the builtin:fashion-mnist datasets");
 ABSL_FLAG(bool, reflection, kDefaults.reflection, "enable gRPC server reflection");
-ABSL_FLAG(std::string, role, "all",
-          "all: the API, the queue and the worker processes in one node (SQLite + local "
-          "files); child: run one task from stdin (started by the server, not by hand)");
+ABSL_FLAG(std::string, role, kDefaults.role,
+          "all: the API and the job slots in one process (SQLite + local files, or "
+          "PostgreSQL); api: the gRPC API only; worker: claims jobs from the shared queue "
+          "(api and worker need --database=postgresql://...); child: internal");
+ABSL_FLAG(std::string, worker_id, kDefaults.worker_id,
+          "lease owner in the shared job queue, unique per process; empty = hostname-pid");
+ABSL_FLAG(absl::Duration, lease, kDefaults.lease,
+          "shared queue: a worker that stops renewing (killed, partitioned) loses its job "
+          "after this; the job then runs again as its next attempt");
+ABSL_FLAG(bool, migrate_on_start, kDefaults.migrate_on_start,
+          "PostgreSQL: bring the schema up to date at start (safe with several replicas); "
+          "false = refuse to start on an old schema (run `compressd migrate`)");
 ABSL_FLAG(int64_t, worker_memory_limit, -1,
           "address-space limit of each process that runs model work, bytes; -1 = 80% of the "
           "machine's memory split between --cpu_workers, 0 = none");
@@ -113,6 +124,28 @@ int64_t DefaultWorkerMemory(int cpu_workers) {
   return physical / 5 * 4 / std::max(1, cpu_workers);
 }
 
+// `compressd migrate`: the PostgreSQL schema up to date, then exit. Safe
+// while replicas run or start (an advisory lock orders migrations).
+int Migrate() {
+  const std::string database = absl::GetFlag(FLAGS_database);
+  if (!compress::store::IsPostgresUrl(database)) {
+    fprintf(stderr, "compressd migrate: --database must be a postgresql:// URL (SQLite "
+                    "migrates itself at start)\n");
+    return 2;
+  }
+  compress::store::PgMetadataStoreOptions options;
+  options.url = database;
+  options.max_connections = 1;
+  auto store = compress::store::PgMetadataStore::Create(options);
+  if (!store.ok()) {
+    fprintf(stderr, "compressd migrate: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  printf("compressd migrate: schema at version %lld\n",
+         static_cast<long long>(compress::store::PgMetadataStore::LatestSchemaVersion()));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -122,7 +155,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Hessian-aware neural network compression service.\n"
       "Every flag may also be set as COMPRESSD_<FLAG> in the environment.\n"
-      "Usage: compressd [--flag=value ...]");
+      "Usage: compressd [--flag=value ...]\n"
+      "       compressd migrate --database=postgresql://...   (schema only, then exit)");
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_helpshort_flags = [](absl::string_view f) {
     return f.find("server/main.cc") != absl::string_view::npos;
@@ -130,14 +164,13 @@ int main(int argc, char** argv) {
   usage_config.contains_help_flags = usage_config.contains_helpshort_flags;
   absl::SetFlagsUsageConfig(usage_config);
   ApplyEnvironment();
-  absl::ParseCommandLine(argc, argv);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   const std::string role = absl::GetFlag(FLAGS_role);
   if (role == "child") return compress::worker::RunChildMain();
-  if (role != "all") {
-    fprintf(stderr,
-            "compressd: --role=%s: only --role=all (and the internal child) exist in this "
-            "build; api and worker roles need the PostgreSQL queue\n",
-            role.c_str());
+  if (args.size() == 2 && std::string(args[1]) == "migrate") return Migrate();
+  if (args.size() > 1) {
+    fprintf(stderr, "compressd: unexpected argument %s (the only command is `migrate`)\n",
+            args[1]);
     return 2;
   }
 
@@ -169,6 +202,10 @@ int main(int argc, char** argv) {
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.fashion_mnist_dir = absl::GetFlag(FLAGS_fashion_mnist_dir);
   options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.role = role;
+  options.worker_id = absl::GetFlag(FLAGS_worker_id);
+  options.lease = absl::GetFlag(FLAGS_lease);
+  options.migrate_on_start = absl::GetFlag(FLAGS_migrate_on_start);
   options.worker_executable = SelfExecutable();
   if (options.worker_executable.empty()) {
     fprintf(stderr, "compressd: cannot find its own executable in /proc/self/exe\n");
@@ -195,8 +232,20 @@ int main(int argc, char** argv) {
                                      : ("bearer tokens from " + options.token_file).c_str(),
           (*server)->health_port() == 0 ? "off"
                                         : std::to_string((*server)->health_port()).c_str());
-  fprintf(stderr, "compressd: %d CPU job slot(s) x %d LibTorch thread(s); %d core(s) available\n",
-          options.cpu_workers, (*server)->intra_op_threads(), compress::engine::AvailableCores());
+  fprintf(stderr, "compressd: role %s%s\n", role.c_str(),
+          compress::store::IsPostgresUrl(options.database)
+              ? absl::StrCat(", shared queue on PostgreSQL, lease ",
+                             absl::FormatDuration(options.lease))
+                    .c_str()
+              : ", in-memory queue on SQLite");
+  if (role == "api") {
+    fprintf(stderr, "compressd: no job slots (--role=api): workers claim the jobs\n");
+  } else {
+    fprintf(stderr,
+            "compressd: %d CPU job slot(s) x %d LibTorch thread(s); %d core(s) available\n",
+            options.cpu_workers, (*server)->intra_op_threads(),
+            compress::engine::AvailableCores());
+  }
   fprintf(stderr, "compressd: model work in child processes (%s), memory limit %s each\n",
           options.worker_executable.c_str(),
           options.worker_memory_bytes > 0

@@ -7,23 +7,21 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "server/jobs/job_manager_internal.h"
 #include "server/util/status_macros.h"
 
 namespace compress::jobs {
 namespace v1 = compress::v1;
+using internal::CrashOf;
+using internal::StateChangeEvent;
+using internal::ToErrorStatus;
+using internal::ToProto;
 
 namespace {
-
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  ts.set_seconds(absl::ToUnixSeconds(t));
-  ts.set_nanos(static_cast<int32_t>(
-      absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(ts.seconds()))));
-  return ts;
-}
 
 std::string NewJobId() {
   static absl::Mutex mu(absl::kConstInit);
@@ -32,21 +30,6 @@ std::string NewJobId() {
   // Time prefix keeps ids roughly sortable by submission.
   return absl::StrFormat("job-%010x%016x", absl::ToUnixSeconds(absl::Now()),
                          absl::Uniform<uint64_t>(*gen));
-}
-
-// The runner's description of a worker process that died, if it did.
-std::optional<std::string> CrashOf(const absl::StatusOr<v1::JobResult>& result) {
-  if (result.ok()) return std::nullopt;
-  auto crash = result.status().GetPayload(kWorkerCrashPayload);
-  if (!crash) return std::nullopt;
-  return std::string(*crash);
-}
-
-v1::ErrorStatus ToErrorStatus(const absl::Status& s) {
-  v1::ErrorStatus e;
-  e.set_code(static_cast<int>(s.code()));
-  e.set_message(std::string(s.message()));
-  return e;
 }
 
 }  // namespace
@@ -61,10 +44,13 @@ bool IsTerminal(v1::JobState state) {
 
 class JobManager::Context : public pipeline::JobContext, public engine::ProgressSink {
  public:
+  // `owner` and `attempt`: the lease of a claimed job (shared queue); an
+  // empty owner = the in-memory queue.
   Context(JobManager* manager, v1::Job job, std::shared_ptr<engine::CancelToken> token,
-          std::unique_ptr<pipeline::Resources> resources)
+          std::unique_ptr<pipeline::Resources> resources, std::string owner, int attempt)
       : manager_(manager), job_(std::move(job)), token_(std::move(token)),
-        resources_(std::move(resources)) {}
+        resources_(std::move(resources)), owner_(std::move(owner)), attempt_(attempt),
+        row_(job_) {}
 
   const v1::Job& job() const override { return job_; }
   const std::string& device() const override { return job_.assigned_device(); }
@@ -83,7 +69,8 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
     a.set_sha256(sha);
     a.set_content_type(content_type);
     *a.mutable_create_time() = ToProto(absl::Now());
-    RETURN_IF_ERROR(manager_->metadata_->PutArtifact(a));
+    // Shared queue: the fenced event write registers it (job_queue.h).
+    if (owner_.empty()) RETURN_IF_ERROR(manager_->metadata_->PutArtifact(a));
     v1::JobEvent e;
     *e.mutable_artifact_ready() = a;
     RETURN_IF_ERROR(Emit(std::move(e)));
@@ -152,6 +139,7 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
 
  private:
   absl::Status Emit(v1::JobEvent event) {
+    if (!owner_.empty()) return EmitFenced(std::move(event));
     absl::Status s;
     {
       absl::MutexLock lock(&manager_->mu_);
@@ -166,11 +154,31 @@ class JobManager::Context : public pipeline::JobContext, public engine::Progress
     return s;
   }
 
+  // Shared queue: written only while this attempt holds the lease. A lost
+  // lease stops the handler; the job is another attempt's now.
+  absl::Status EmitFenced(v1::JobEvent event) {
+    v1::Job row;
+    {
+      absl::MutexLock lock(&mu_);
+      if (event.has_progress()) *row_.mutable_progress() = event.progress();
+      row = row_;
+    }
+    absl::StatusOr<int64_t> seq =
+        manager_->options_.queue->AppendEvent(std::move(event), &row, owner_, attempt_);
+    if (absl::IsFailedPrecondition(seq.status())) manager_->LoseLease(job_.id());
+    if (!seq.ok()) return seq.status();
+    manager_->Notify(job_.id());
+    return absl::OkStatus();
+  }
+
   JobManager* const manager_;
   const v1::Job job_;
   const std::shared_ptr<engine::CancelToken> token_;
   const std::unique_ptr<pipeline::Resources> resources_;  // the job's tenant's
+  const std::string owner_;
+  const int attempt_;
   absl::Mutex mu_;
+  v1::Job row_ ABSL_GUARDED_BY(mu_);  // shared queue: the row written with events
   absl::Time stage_start_ ABSL_GUARDED_BY(mu_) = absl::Now();
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
@@ -192,8 +200,16 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
     const JobManagerOptions& options, store::MetadataStore* metadata, store::BlobStore* blobs,
     const pipeline::JobKindRegistry* kinds, ResourcesFactory resources, JobObserver* observer) {
   if (options.cpu_workers < 0) return absl::InvalidArgumentError("cpu_workers must be >= 0");
-  if (options.cpu_workers == 0 && options.cuda_devices.empty()) {
+  const bool slots = options.cpu_workers > 0 || !options.cuda_devices.empty();
+  if (!slots && options.queue == nullptr) {
     return absl::InvalidArgumentError("no worker slots: cpu_workers is 0 and no CUDA device");
+  }
+  if (slots && options.queue != nullptr && options.worker_id.empty()) {
+    return absl::InvalidArgumentError("worker_id: required to claim from a shared queue");
+  }
+  if (options.queue != nullptr &&
+      (options.lease <= options.renew_interval || options.renew_interval <= absl::ZeroDuration())) {
+    return absl::InvalidArgumentError("renew_interval: must be positive and shorter than lease");
   }
   if (options.max_queued <= 0) return absl::InvalidArgumentError("max_queued must be > 0");
   if (!resources) return absl::InvalidArgumentError("resources: a factory is required");
@@ -224,7 +240,10 @@ absl::Status JobManager::Start() {
 
 absl::Status JobManager::RecoverAndStartWorkers(std::vector<v1::Job>& given_up) {
   absl::MutexLock lock(&mu_);
-  if (!workers_.empty()) return absl::FailedPreconditionError("job manager already started");
+  if (!workers_.empty() || !background_.empty()) {
+    return absl::FailedPreconditionError("job manager already started");
+  }
+  if (shared()) return StartShared();
   // A job RUNNING in the store was interrupted by a crash: run it again.
   ASSIGN_OR_RETURN(std::vector<v1::Job> running, metadata_->JobsInState(v1::JOB_STATE_RUNNING));
   for (v1::Job& job : running) {
@@ -274,6 +293,13 @@ void JobManager::Drain(absl::Duration grace) {
     workers.swap(workers_);
   }
   for (std::thread& t : workers) t.join();
+  std::vector<std::thread> background;
+  {
+    absl::MutexLock lock(&mu_);
+    background_stop_ = true;
+    background.swap(background_);
+  }
+  for (std::thread& t : background) t.join();
 }
 
 absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
@@ -281,7 +307,14 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
   ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler, kinds_->Resolve(request.spec));
   const v1::JobKind kind = handler->kind();
   std::string device = request.device.empty() ? "auto" : request.device;
-  if (device != "auto") {
+  if (shared()) {
+    // Workers of other processes serve it: only the form can be checked.
+    if (device != "auto" && device != "cpu" && device != "cuda" &&
+        !absl::StartsWith(device, "cuda:")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device: \"", device, "\" is not auto, cpu, cuda or cuda:N"));
+    }
+  } else if (device != "auto") {
     bool known = false;
     {
       absl::MutexLock lock(&mu_);
@@ -334,7 +367,11 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
   {
     absl::MutexLock lock(&mu_);
     if (!accepting_) return absl::UnavailableError("server is draining; submit to another replica");
-    if (static_cast<int>(queue_.size()) >= options_.max_queued) {
+    int64_t queued = static_cast<int64_t>(queue_.size());
+    if (shared()) {
+      ASSIGN_OR_RETURN(queued, options_.queue->CountQueued());
+    }
+    if (queued >= options_.max_queued) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "queue is full (", options_.max_queued, " jobs); retry later"));
     }
@@ -346,8 +383,12 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
     }
     RETURN_IF_ERROR(s);
     RETURN_IF_ERROR(ChangeStateLocked(job, v1::JOB_STATE_QUEUED));
-    queue_.push_back(job);
-    ReportGaugesLocked();
+    if (shared()) {
+      ++submitted_;  // wakes this process's idle slots; others poll
+    } else {
+      queue_.push_back(job);
+      ReportGaugesLocked();
+    }
   }
   if (observer_ != nullptr) observer_->OnSubmitted(kind);
   Notify(job.id());
@@ -366,6 +407,7 @@ absl::StatusOr<store::Page<v1::Job>> JobManager::List(const std::string& tenant,
 }
 
 absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& tenant, const std::string& job_id) {
+  if (shared()) return CancelShared(tenant, job_id);
   v1::Job job;
   {
     absl::MutexLock lock(&mu_);
@@ -401,26 +443,47 @@ absl::StatusOr<std::vector<v1::JobEvent>> JobManager::Events(const std::string& 
 }
 
 uint64_t JobManager::Subscribe(const std::string& job_id, std::function<void()> listener) {
+  auto fn = std::make_shared<std::function<void()>>(std::move(listener));
+  // Events of a job that runs in another process arrive through the notifier.
+  uint64_t notifier_handle = 0;
+  if (options_.notifier != nullptr) {
+    notifier_handle = options_.notifier->Subscribe(job_id, [fn] { (*fn)(); });
+  }
   absl::MutexLock lock(&listeners_mu_);
   uint64_t handle = next_listener_++;
-  listeners_[job_id][handle] = std::make_shared<std::function<void()>>(std::move(listener));
+  listeners_[job_id][handle] = Listener{std::move(fn), notifier_handle};
   return handle;
 }
 
 void JobManager::Unsubscribe(const std::string& job_id, uint64_t handle) {
-  // The writer lock waits for Notify calls in flight (they hold a reader lock).
-  absl::MutexLock lock(&listeners_mu_);
-  auto it = listeners_.find(job_id);
-  if (it == listeners_.end()) return;
-  it->second.erase(handle);
-  if (it->second.empty()) listeners_.erase(it);
+  uint64_t notifier_handle = 0;
+  {
+    // The writer lock waits for Notify calls in flight (they hold a reader lock).
+    absl::MutexLock lock(&listeners_mu_);
+    auto it = listeners_.find(job_id);
+    if (it == listeners_.end()) return;
+    auto l = it->second.find(handle);
+    if (l == it->second.end()) return;
+    notifier_handle = l->second.notifier_handle;
+    it->second.erase(l);
+    if (it->second.empty()) listeners_.erase(it);
+  }
+  // Returns once the notifier's calls in flight are done.
+  if (options_.notifier != nullptr) options_.notifier->Unsubscribe(job_id, notifier_handle);
 }
 
 void JobManager::Notify(const std::string& job_id) {
   absl::ReaderMutexLock lock(&listeners_mu_);
   auto it = listeners_.find(job_id);
   if (it == listeners_.end()) return;
-  for (auto& [handle, fn] : it->second) (*fn)();
+  for (auto& [handle, l] : it->second) (*l.fn)();
+}
+
+void JobManager::NotifyAll() {
+  absl::ReaderMutexLock lock(&listeners_mu_);
+  for (auto& [job_id, listeners] : listeners_) {
+    for (auto& [handle, l] : listeners) (*l.fn)();
+  }
 }
 
 absl::Status JobManager::AppendLocked(v1::Job& job, v1::JobEvent event) {
@@ -434,16 +497,9 @@ absl::Status JobManager::AppendLocked(v1::Job& job, v1::JobEvent event) {
 }
 
 absl::Status JobManager::ChangeStateLocked(v1::Job& job, v1::JobState to) {
-  v1::JobEvent e;
-  auto* sc = e.mutable_state_change();
-  sc->set_from(job.state());
-  sc->set_to(to);
-  if (to == v1::JOB_STATE_FAILED || to == v1::JOB_STATE_CANCELLED) *sc->mutable_error() = job.error();
-  sc->set_device(job.assigned_device());
-  sc->set_attempt(job.attempts());
   v1::JobState from = job.state();
   job.set_state(to);
-  absl::Status s = AppendLocked(job, std::move(e));
+  absl::Status s = AppendLocked(job, StateChangeEvent(job, from));
   if (!s.ok()) job.set_state(from);
   return s;
 }
@@ -456,7 +512,8 @@ void JobManager::ReportGaugesLocked() {
   if (observer_ == nullptr) return;
   int busy = 0;
   for (const Slot& s : slots_) busy += s.busy ? 1 : 0;
-  observer_->OnQueueDepth(static_cast<int>(queue_.size()));
+  // Shared queue: the housekeeping loop reports the depth of the shared one.
+  if (!shared()) observer_->OnQueueDepth(static_cast<int>(queue_.size()));
   observer_->OnWorkers(busy, static_cast<int>(slots_.size()));
 }
 
@@ -497,6 +554,21 @@ absl::StatusOr<v1::JobResult> JobManager::RunHandler(pipeline::JobContext& conte
   return result;
 }
 
+absl::StatusOr<v1::JobResult> JobManager::RunInContext(
+    const v1::Job& job, const std::shared_ptr<engine::CancelToken>& token,
+    const std::string& owner, int attempt) {
+  // The job sees only its own tenant's models, datasets and jobs.
+  ASSIGN_OR_RETURN(std::string tenant, metadata_->JobTenant(job.id()));
+  Context context(this, job, token, resources_(tenant), owner, attempt);
+  try {
+    return RunHandler(context);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("unexpected exception");
+  }
+}
+
 void JobManager::RunJob(int slot, v1::Job job) {
   auto token = std::make_shared<engine::CancelToken>();
   absl::Time start = absl::Now();
@@ -517,25 +589,11 @@ void JobManager::RunJob(int slot, v1::Job job) {
                                                          : options_.default_deadline;
     token->SetDeadline(start + deadline);
     if (!ChangeStateLocked(job, v1::JOB_STATE_RUNNING).ok()) return;
-    running_[job.id()] = Running{token, false};
+    running_[job.id()] = Running{token, false, "", 0, false};
   }
   Notify(job.id());
 
-  // The job sees only its own tenant's models, datasets and jobs.
-  absl::StatusOr<std::string> tenant = metadata_->JobTenant(job.id());
-  absl::StatusOr<v1::JobResult> result;
-  if (!tenant.ok()) {
-    result = tenant.status();
-  } else {
-    Context context(this, job, token, resources_(*tenant));
-    try {
-      result = RunHandler(context);
-    } catch (const std::exception& e) {
-      result = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
-    } catch (...) {
-      result = absl::InternalError("unexpected exception");
-    }
-  }
+  absl::StatusOr<v1::JobResult> result = RunInContext(job, token, "", 0);
 
   v1::JobKind kind = job.kind();
   v1::JobState final_state;

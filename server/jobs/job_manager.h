@@ -8,6 +8,21 @@
 // bound to one device slot each (N CPU slots, one per CUDA device); a job asks
 // for "auto", "cpu" or "cuda:N".
 //
+// Two modes:
+//   - In-memory queue (no JobManagerOptions::queue): one process owns every
+//     job (SQLite, `--role=all`), as described above.
+//   - Shared queue (JobManagerOptions::queue, PostgreSQL): any number of
+//     processes submit into and claim from one store/job_queue.h. A worker
+//     slot claims a job under a lease, renews it every renew_interval (and
+//     so learns of a cancel requested on another replica), and every write it
+//     makes about the job is fenced on (job, owner, attempt): a worker whose
+//     lease expired changes nothing. A reaper on every process re-queues
+//     expired leases (a killed worker's job runs again as the next attempt)
+//     up to max_attempts. There is no restart recovery: leases are it. A
+//     manager with no slots (`--role=api`) only submits, cancels and serves
+//     events. Watchers of a job that runs elsewhere are woken by the
+//     EventNotifier (LISTEN/NOTIFY), and polled while it is disconnected.
+//
 // Tenants: every job belongs to the tenant that submitted it. The calls that
 // serve RPCs take the caller's tenant and answer NOT_FOUND for another
 // tenant's job; a running job's pipeline sees only its tenant's resources.
@@ -38,6 +53,8 @@
 #include "server/pipeline/job_kind.h"
 #include "server/pipeline/pipeline.h"
 #include "server/store/blob_store.h"
+#include "server/store/event_notifier.h"
+#include "server/store/job_queue.h"
 #include "server/store/metadata_store.h"
 
 namespace compress::jobs {
@@ -55,6 +72,18 @@ struct JobManagerOptions {
   // the worker thread (InProcessRunner). A runner's crash payload
   // (kWorkerCrashPayload) re-queues the job up to max_attempts.
   JobRunner* runner = nullptr;
+
+  // Shared-queue mode (see the top of this file); null = in-memory queue.
+  // Both must outlive the manager; notifier may be null (watchers poll).
+  store::JobQueue* queue = nullptr;
+  store::EventNotifier* notifier = nullptr;
+  // Lease owner of this process (unique among live processes, e.g.
+  // "host-pid"); slots append "/N". Required with queue and slots.
+  std::string worker_id;
+  absl::Duration lease = absl::Seconds(30);          // a silent worker loses its job after this
+  absl::Duration renew_interval = absl::Seconds(2);  // lease renewal and cancel check
+  absl::Duration poll_interval = absl::Milliseconds(500);  // idle claims; watchers without notifier
+  absl::Duration reap_interval = absl::Seconds(5);   // expired-lease reaper
 };
 
 // Receives job-level metrics (the service maps them to Prometheus).
@@ -136,6 +165,15 @@ class JobManager {
   struct Running {
     std::shared_ptr<engine::CancelToken> token;
     bool interrupted = false;  // by Drain: re-queue, don't cancel
+    // Shared queue only: the lease, and whether it was lost (then the job
+    // belongs to another attempt and nothing more is written).
+    std::string owner;
+    int attempt = 0;
+    bool lost = false;
+  };
+  struct Listener {
+    std::shared_ptr<std::function<void()>> fn;
+    uint64_t notifier_handle = 0;
   };
   class Context;
 
@@ -150,6 +188,30 @@ class JobManager {
       ABSL_LOCKS_EXCLUDED(mu_);
   void WorkerLoop(int slot) ABSL_LOCKS_EXCLUDED(mu_);
   void RunJob(int slot, compress::v1::Job job) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs the handler of a job whose row says RUNNING; never throws.
+  absl::StatusOr<compress::v1::JobResult> RunInContext(
+      const compress::v1::Job& job, const std::shared_ptr<engine::CancelToken>& token,
+      const std::string& owner, int attempt) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Shared-queue mode (job_manager_queue.cc).
+  bool shared() const { return options_.queue != nullptr; }
+  absl::Status StartShared() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClaimLoop(int slot) ABSL_LOCKS_EXCLUDED(mu_);
+  void RunClaimed(int slot, store::ClaimedJob claimed) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends or re-queues a claimed job after its handler returned.
+  void FinishClaimed(compress::v1::Job job, const Running& run,
+                     const absl::StatusOr<compress::v1::JobResult>& result, absl::Time start)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void RenewLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Reaps expired leases, reports the queue depth, polls watchers while the
+  // notifier is down.
+  void HousekeepingLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<compress::v1::Job> CancelShared(const std::string& tenant,
+                                                 const std::string& job_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Marks a running job's lease lost and stops its handler.
+  void LoseLease(const std::string& job_id) ABSL_LOCKS_EXCLUDED(mu_);
+  void NotifyAll() ABSL_LOCKS_EXCLUDED(listeners_mu_);
   // The job's kind handler runs it; a result without a summary gets the
   // handler's.
   absl::StatusOr<compress::v1::JobResult> RunHandler(pipeline::JobContext& context)
@@ -179,11 +241,16 @@ class JobManager {
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Running> running_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_;
+  // Shared queue: bumped by each local Submit, so idle slots claim at once.
+  uint64_t submitted_ ABSL_GUARDED_BY(mu_) = 0;
+  // Shared queue: the renewer and housekeeping threads run until Drain has
+  // joined the workers.
+  bool background_stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> background_;
 
   absl::Mutex listeners_mu_;
   uint64_t next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;
-  std::map<std::string, std::map<uint64_t, std::shared_ptr<std::function<void()>>>> listeners_
-      ABSL_GUARDED_BY(listeners_mu_);
+  std::map<std::string, std::map<uint64_t, Listener>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
 };
 
 // True for SUCCEEDED, FAILED and CANCELLED.

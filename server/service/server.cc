@@ -1,5 +1,9 @@
 #include "server/service/server.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -25,6 +29,9 @@
 #include "server/catalog/catalog.h"
 #include "server/catalog/engine_describer.h"
 #include "server/store/metadata_store.h"
+#include "server/store/pg/listener.h"
+#include "server/store/pg/pg_job_queue.h"
+#include "server/store/pg_metadata_store.h"
 #include "server/util/status_macros.h"
 
 namespace compress::service {
@@ -115,6 +122,9 @@ struct Server::Impl {
   std::unique_ptr<Authenticator> auth;
   std::unique_ptr<store::BlobStore> blobs;
   std::unique_ptr<store::MetadataStore> metadata;
+  // PostgreSQL only: the shared queue and the LISTEN connection (API roles).
+  std::unique_ptr<store::JobQueue> queue;
+  std::unique_ptr<store::pg::Listener> listener;
   std::unique_ptr<catalog::ContentDescriber> describer;
   std::unique_ptr<jobs::JobRunner> runner;
   std::unique_ptr<catalog::Catalog> catalog;
@@ -163,7 +173,148 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() { Drain(absl::ZeroDuration()); }
 
+// Blobs, metadata and, on PostgreSQL, the shared queue and its notifier.
+absl::Status Server::OpenStores(const ServerOptions& options, Impl& impl) {
+  ASSIGN_OR_RETURN(impl.blobs, OpenBlobStore(options));
+  if (!store::IsPostgresUrl(options.database)) {
+    if (options.role != "all") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--role=", options.role, " shares its queue with other replicas: it needs "
+          "--database=postgresql://... (SQLite serves --role=all only)"));
+    }
+    ASSIGN_OR_RETURN(impl.metadata, store::OpenMetadataStore(
+                                        options.database.empty()
+                                            ? options.data_dir + "/compressd.db"
+                                            : options.database));
+    return absl::OkStatus();
+  }
+  if (options.role != "all" && options.blob_store.empty()) {
+    fprintf(stderr,
+            "compressd: WARNING: --role=%s with blobs in %s/blobs: every replica must see "
+            "the same directory (a ReadWriteMany volume), or use --blob_store=s3://...\n",
+            options.role.c_str(), options.data_dir.c_str());
+  }
+  store::PgMetadataStoreOptions pg;
+  pg.url = options.database;
+  pg.migrate = options.migrate_on_start;
+  ASSIGN_OR_RETURN(std::unique_ptr<store::PgMetadataStore> metadata,
+                   store::PgMetadataStore::Create(pg));
+  ASSIGN_OR_RETURN(impl.queue, store::PgJobQueue::Create(&metadata->pool()));
+  if (options.role != "worker") {  // watchers live on API processes
+    store::pg::ListenerOptions listen;
+    listen.conninfo = options.database;
+    ASSIGN_OR_RETURN(impl.listener, store::pg::Listener::Create(listen));
+  }
+  impl.metadata = std::move(metadata);
+  return absl::OkStatus();
+}
+
+absl::Status Server::CreateJobManager(const ServerOptions& options, Impl& impl) {
+  jobs::JobManagerOptions job_options;
+  if (options.role != "api") {
+    job_options.cpu_workers = options.cpu_workers;
+    if (options.use_cuda) {
+      for (const std::string& d : engine::AvailableDevices()) {
+        if (d != "cpu") job_options.cuda_devices.push_back(d);
+      }
+    }
+  } else {
+    job_options.cpu_workers = 0;
+  }
+  job_options.max_queued = options.max_queued;
+  job_options.default_deadline = options.default_deadline;
+  job_options.max_attempts = options.max_attempts;
+  job_options.runner = impl.runner.get();
+  job_options.queue = impl.queue.get();
+  job_options.notifier = impl.listener.get();
+  job_options.worker_id = options.worker_id;
+  if (job_options.worker_id.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    job_options.worker_id = absl::StrCat(host, "-", getpid());
+  }
+  job_options.lease = options.lease;
+  job_options.renew_interval = std::min(absl::Seconds(2), options.lease / 3);
+  job_options.reap_interval = std::min(absl::Seconds(5), options.lease / 2);
+  jobs::ResourcesFactory resources = [catalog = impl.catalog.get(),
+                                      metadata = impl.metadata.get()](const std::string& tenant) {
+    return std::make_unique<CatalogResources>(catalog, metadata, tenant);
+  };
+  ASSIGN_OR_RETURN(impl.jobs, jobs::JobManager::Create(job_options, impl.metadata.get(),
+                                                       impl.blobs.get(), impl.kinds.get(),
+                                                       std::move(resources), &impl.metrics));
+  return absl::OkStatus();
+}
+
+// The gRPC server (the API, or health only on a worker), the plaintext
+// health port and the metrics endpoint.
+absl::Status Server::StartGrpc(const ServerOptions& options,
+                               std::shared_ptr<grpc::ServerCredentials> credentials,
+                               Impl& impl) {
+  impl.blocking = std::make_unique<ThreadPool>(std::max(1, options.blocking_threads));
+  const bool api = options.role != "worker";
+  if (api) {
+    Authenticator* auth = impl.auth.get();
+    impl.model_service = std::make_unique<ModelServiceImpl>(auth, impl.catalog.get(),
+                                                            impl.blocking.get(), &impl.metrics);
+    impl.dataset_service = std::make_unique<DatasetServiceImpl>(
+        auth, impl.catalog.get(), impl.blocking.get(), &impl.metrics);
+    impl.job_service = std::make_unique<JobServiceImpl>(auth, impl.jobs.get());
+    impl.artifact_service = std::make_unique<ArtifactServiceImpl>(
+        auth, impl.metadata.get(), impl.blobs.get(), impl.blocking.get(), &impl.metrics);
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, credentials, &impl.port);
+  builder.SetMaxReceiveMessageSize(4 << 20);  // 1 MiB chunks plus headroom
+  if (api) {
+    builder.RegisterService(impl.model_service.get());
+    builder.RegisterService(impl.dataset_service.get());
+    builder.RegisterService(impl.job_service.get());
+    builder.RegisterService(impl.artifact_service.get());
+  }
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(impl.metrics.InterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(creators));
+  impl.grpc_server = builder.BuildAndStart();
+  if (impl.grpc_server == nullptr || impl.port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  impl.grpc_server->GetHealthCheckService()->SetServingStatus(false);
+
+  if (!options.health_listen.empty()) {
+    // Its own server, so that the plaintext port carries nothing but health.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                                    &impl.health_port);
+    impl.health_server = health_builder.BuildAndStart();
+    if (impl.health_server == nullptr || impl.health_port == 0) {
+      impl.grpc_server->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("--health_listen: cannot listen on ", options.health_listen));
+    }
+    impl.health_server->GetHealthCheckService()->SetServingStatus(false);
+  }
+
+  if (!options.metrics_listen.empty()) {
+    auto http = MetricsHttpServer::Create(options.metrics_listen, impl.metrics.registry());
+    if (!http.ok()) {
+      impl.grpc_server->Shutdown();
+      if (impl.health_server != nullptr) impl.health_server->Shutdown();
+      return absl::Status(http.status().code(),
+                          absl::StrCat("--metrics_listen: ", http.status().message()));
+    }
+    impl.metrics_http = *std::move(http);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
+  if (options.role != "all" && options.role != "api" && options.role != "worker") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--role=", options.role, ": must be all, api or worker"));
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->intra_op_threads = engine::ConfigureThreads(options.intra_op_threads, options.cpu_workers);
@@ -178,11 +329,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     return absl::FailedPreconditionError(
         absl::StrCat("--data_dir ", options.data_dir, ": ", ec.message()));
   }
-  ASSIGN_OR_RETURN(impl->blobs, OpenBlobStore(options));
-  ASSIGN_OR_RETURN(impl->metadata,
-                   store::OpenMetadataStore(options.database.empty()
-                                                ? options.data_dir + "/compressd.db"
-                                                : options.database));
+  RETURN_IF_ERROR(OpenStores(options, *impl));
   RETURN_IF_ERROR(SetUpWorkers(options, *impl));
   catalog::CatalogOptions catalog_options;
   catalog_options.max_model_bytes = options.max_model_bytes;
@@ -192,79 +339,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
                    catalog::Catalog::Create(catalog_options, impl->blobs.get(),
                                             impl->metadata.get(), impl->describer.get()));
   ASSIGN_OR_RETURN(impl->kinds, pipeline::NewDefaultRegistry());
-
-  jobs::JobManagerOptions job_options;
-  job_options.cpu_workers = options.cpu_workers;
-  if (options.use_cuda) {
-    for (const std::string& d : engine::AvailableDevices()) {
-      if (d != "cpu") job_options.cuda_devices.push_back(d);
-    }
-  }
-  job_options.max_queued = options.max_queued;
-  job_options.default_deadline = options.default_deadline;
-  job_options.max_attempts = options.max_attempts;
-  job_options.runner = impl->runner.get();
-  jobs::ResourcesFactory resources = [catalog = impl->catalog.get(),
-                                      metadata = impl->metadata.get()](const std::string& tenant) {
-    return std::make_unique<CatalogResources>(catalog, metadata, tenant);
-  };
-  ASSIGN_OR_RETURN(impl->jobs, jobs::JobManager::Create(job_options, impl->metadata.get(),
-                                                        impl->blobs.get(), impl->kinds.get(),
-                                                        std::move(resources), &impl->metrics));
-
-  impl->blocking = std::make_unique<ThreadPool>(std::max(1, options.blocking_threads));
-  Authenticator* auth = impl->auth.get();
-  impl->model_service = std::make_unique<ModelServiceImpl>(auth, impl->catalog.get(),
-                                                           impl->blocking.get(), &impl->metrics);
-  impl->dataset_service = std::make_unique<DatasetServiceImpl>(
-      auth, impl->catalog.get(), impl->blocking.get(), &impl->metrics);
-  impl->job_service = std::make_unique<JobServiceImpl>(auth, impl->jobs.get());
-  impl->artifact_service = std::make_unique<ArtifactServiceImpl>(
-      auth, impl->metadata.get(), impl->blobs.get(), impl->blocking.get(), &impl->metrics);
-
-  grpc::EnableDefaultHealthCheckService(true);
-  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, credentials, &impl->port);
-  builder.SetMaxReceiveMessageSize(4 << 20);  // 1 MiB chunks plus headroom
-  builder.RegisterService(impl->model_service.get());
-  builder.RegisterService(impl->dataset_service.get());
-  builder.RegisterService(impl->job_service.get());
-  builder.RegisterService(impl->artifact_service.get());
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-  creators.push_back(impl->metrics.InterceptorFactory());
-  builder.experimental().SetInterceptorCreators(std::move(creators));
-  impl->grpc_server = builder.BuildAndStart();
-  if (impl->grpc_server == nullptr || impl->port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
-  }
-  grpc::HealthCheckServiceInterface* health = impl->grpc_server->GetHealthCheckService();
-  health->SetServingStatus(false);
-
-  if (!options.health_listen.empty()) {
-    // Its own server, so that the plaintext port carries nothing but health.
-    grpc::ServerBuilder health_builder;
-    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
-                                    &impl->health_port);
-    impl->health_server = health_builder.BuildAndStart();
-    if (impl->health_server == nullptr || impl->health_port == 0) {
-      impl->grpc_server->Shutdown();
-      return absl::UnavailableError(
-          absl::StrCat("--health_listen: cannot listen on ", options.health_listen));
-    }
-    impl->health_server->GetHealthCheckService()->SetServingStatus(false);
-  }
-
-  if (!options.metrics_listen.empty()) {
-    auto http = MetricsHttpServer::Create(options.metrics_listen, impl->metrics.registry());
-    if (!http.ok()) {
-      impl->grpc_server->Shutdown();
-      if (impl->health_server != nullptr) impl->health_server->Shutdown();
-      return absl::Status(http.status().code(),
-                          absl::StrCat("--metrics_listen: ", http.status().message()));
-    }
-    impl->metrics_http = *std::move(http);
-  }
+  RETURN_IF_ERROR(CreateJobManager(options, *impl));
+  RETURN_IF_ERROR(StartGrpc(options, std::move(credentials), *impl));
 
   absl::Status started = impl->jobs->Start();
   if (!started.ok()) {
@@ -272,7 +348,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     if (impl->health_server != nullptr) impl->health_server->Shutdown();
     return started;
   }
-  health->SetServingStatus(true);
+  impl->grpc_server->GetHealthCheckService()->SetServingStatus(true);
   if (impl->health_server != nullptr) {
     impl->health_server->GetHealthCheckService()->SetServingStatus(true);
   }

@@ -21,6 +21,10 @@
 #include "absl/time/time.h"
 #include "server/util/defaults.h"
 
+namespace grpc {
+class ServerCredentials;
+}  // namespace grpc
+
 namespace compress::service {
 
 struct ServerOptions {
@@ -38,8 +42,20 @@ struct ServerOptions {
   std::string token_file;
   std::string data_dir = "./compressd-data";     // blobs/ and compressd.db
   // Metadata: "" = SQLite at <data_dir>/compressd.db; a postgresql:// URL =
-  // PostgreSQL 15 (one replica for now: the queue is still in memory).
+  // PostgreSQL 15: metadata, the shared job queue (leases) and the event
+  // log, for any number of replicas.
   std::string database;
+  // "all": the API and job slots in one process (the default). "api": the
+  // gRPC API only, no job slots. "worker": claims and runs jobs from the
+  // shared queue; its gRPC port serves health only. api and worker need a
+  // postgresql:// database and a blob store every replica sees.
+  std::string role = "all";
+  // Lease owner of this process in the shared queue; "" = <hostname>-<pid>.
+  std::string worker_id;
+  absl::Duration lease = absl::Seconds(30);  // a silent worker loses its job after this
+  // PostgreSQL: migrate the schema at start (false: refuse to start unless
+  // `compressd migrate` already did).
+  bool migrate_on_start = true;
   // "" = blobs in <data_dir>/blobs; "s3://bucket/prefix" = an S3-compatible
   // bucket (endpoint and credentials from the environment, see
   // store/s3/s3_config.h) with a local cache in <data_dir>/blob-cache.
@@ -86,6 +102,11 @@ class Server {
   struct Impl;
   explicit Server(std::unique_ptr<Impl> impl);
   static absl::Status SetUpWorkers(const ServerOptions& options, Impl& impl);
+  static absl::Status OpenStores(const ServerOptions& options, Impl& impl);
+  static absl::Status CreateJobManager(const ServerOptions& options, Impl& impl);
+  static absl::Status StartGrpc(const ServerOptions& options,
+                                std::shared_ptr<grpc::ServerCredentials> credentials,
+                                Impl& impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -74,7 +74,9 @@ class JobQueue {
   // Appends `event` (job_id, sequence and time are set here; the sequence is
   // returned) while (owner, attempt) holds the lease; FAILED_PRECONDITION
   // otherwise, and nothing is written. With `job`, stores it in the same
-  // transaction (its state must be RUNNING: Complete ends a job).
+  // transaction (its state must be RUNNING: Complete ends a job). An
+  // artifact_ready event also registers its artifact in that transaction,
+  // so a fenced-off worker's artifact is never listed.
   virtual absl::StatusOr<int64_t> AppendEvent(compress::v1::JobEvent event,
                                               const compress::v1::Job* job,
                                               const std::string& owner, int attempt) = 0;
@@ -86,6 +88,17 @@ class JobQueue {
   virtual absl::StatusOr<int64_t> Complete(const std::string& job_id, const std::string& owner,
                                            int attempt, compress::v1::Job job,
                                            compress::v1::JobEvent terminal_event) = 0;
+
+  // Gives the job back before its lease expires (the worker is shutting
+  // down, or the process that ran the model died): appends a WARNING log
+  // `reason`, then the state change to QUEUED, and drops the lease, fenced
+  // like AppendEvent. The attempt stays counted. Returns the last sequence.
+  virtual absl::StatusOr<int64_t> Release(const std::string& job_id, const std::string& owner,
+                                          int attempt, const std::string& reason) = 0;
+
+  // How many jobs are QUEUED (all tenants): the submit limit and the
+  // queue-depth gauge.
+  virtual absl::StatusOr<int64_t> CountQueued() = 0;
 
   // Returns every RUNNING job whose lease expired to QUEUED, with a WARNING
   // log event "lease of <owner> expired during attempt N; re-queued"; a job

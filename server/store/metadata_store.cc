@@ -18,6 +18,7 @@ absl::StatusOr<std::unique_ptr<MetadataStore>> OpenMetadataStore(
     pg_options.url = database;
     pg_options.max_connections = options.max_connections;
     pg_options.acquire_timeout = options.acquire_timeout;
+    pg_options.migrate = options.migrate;
     ASSIGN_OR_RETURN(std::unique_ptr<PgMetadataStore> store, PgMetadataStore::Create(pg_options));
     return std::unique_ptr<MetadataStore>(std::move(store));
   }

@@ -147,6 +147,9 @@ struct MetadataStoreOptions {
   // How long a call waits for a free connection before RESOURCE_EXHAUSTED.
   // Default 10 s.
   absl::Duration acquire_timeout = absl::Seconds(10);
+  // PostgreSQL: migrate the schema at open (false: only check it is current).
+  // SQLite always migrates: one process owns the file.
+  bool migrate = true;
 };
 
 // Opens the store named by `database` and brings its schema up to date:

@@ -198,8 +198,24 @@ absl::StatusOr<std::unique_ptr<PgMetadataStore>> PgMetadataStore::Create(
   pool_options.acquire_timeout = options.acquire_timeout;
   ASSIGN_OR_RETURN(std::unique_ptr<pg::Pool> pool, pg::Pool::Create(pool_options));
   std::unique_ptr<PgMetadataStore> store(new PgMetadataStore(std::move(pool)));
-  RETURN_IF_ERROR(store->Migrate());
+  RETURN_IF_ERROR(options.migrate ? store->Migrate() : store->CheckSchema());
   return store;
+}
+
+absl::Status PgMetadataStore::CheckSchema() {
+  return pool_->RunRead([&](Connection& c) -> absl::Status {
+    ASSIGN_OR_RETURN(Result t, c.Exec("SELECT to_regclass('schema_migrations') IS NOT NULL"));
+    int64_t version = 0;
+    if (t.Int(0, 0) != 0) {
+      ASSIGN_OR_RETURN(Result r, c.Exec("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"));
+      version = r.Int(0, 0);
+    }
+    if (version == kLatest) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database schema version ", version, ", this server needs ", kLatest,
+        version < kLatest ? ": run `compressd migrate` first (or start with --migrate_on_start)"
+                          : ": the database is newer; use a newer compressd"));
+  });
 }
 
 absl::Status PgMetadataStore::Migrate() {

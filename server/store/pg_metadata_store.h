@@ -44,6 +44,9 @@ struct PgMetadataStoreOptions {
   // How long a call waits for a free connection before RESOURCE_EXHAUSTED.
   // Default 10 s.
   absl::Duration acquire_timeout = absl::Seconds(10);
+  // Bring the schema up to date at Create (under the advisory lock); false:
+  // only check that it is (FAILED_PRECONDITION "run compressd migrate").
+  bool migrate = true;
 };
 
 // The device_kind column of a job that asks for `device`: "cpu", "cuda"
@@ -112,6 +115,7 @@ class PgMetadataStore final : public MetadataStore {
  private:
   explicit PgMetadataStore(std::unique_ptr<pg::Pool> pool) : pool_(std::move(pool)) {}
   absl::Status Migrate();
+  absl::Status CheckSchema();
 
   const std::unique_ptr<pg::Pool> pool_;
 };

@@ -1,5 +1,6 @@
 #include "tests/e2e/server_process.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -19,13 +20,18 @@ extern char** environ;
 namespace compress::testutil {
 
 ServerProcess::ServerProcess(const std::string& data_dir,
-                             const std::vector<std::string>& extra_args) {
+                             const std::vector<std::string>& extra_args,
+                             const std::string& stderr_file) {
   int fds[2];
   EXPECT_EQ(pipe(fds), 0);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
   posix_spawn_file_actions_addclose(&actions, fds[0]);
+  if (!stderr_file.empty()) {
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_file.c_str(),
+                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
+  }
   std::string binary = BinaryDir() + "/server/compressd";
   std::vector<std::string> args = {binary, "--listen=127.0.0.1:0", "--metrics_listen=",
                                    "--data_dir=" + data_dir, "--drain_grace=1s"};

@@ -18,8 +18,10 @@ class ServerProcess {
  public:
   // `extra_args` follow the defaults (--listen, --metrics_listen=,
   // --data_dir, --drain_grace=1s) and so override them.
+  // `stderr_file`: where its stderr goes (appended); "" = the test's.
   explicit ServerProcess(const std::string& data_dir,
-                         const std::vector<std::string>& extra_args = {});
+                         const std::vector<std::string>& extra_args = {},
+                         const std::string& stderr_file = "");
   ~ServerProcess();  // SIGKILL
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;

@@ -46,6 +46,8 @@ Listener::~Listener() {
 
 absl::StatusOr<std::unique_ptr<Connection>> Listener::Connect() const {
   ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, Connection::Open(options_.conninfo));
+  // Tells it apart in pg_stat_activity from the pool's connections.
+  RETURN_IF_ERROR(conn->ExecScript("SET application_name = 'compressd-listener'"));
   RETURN_IF_ERROR(conn->ExecScript(absl::StrCat("LISTEN ", options_.channel)));
   return conn;
 }

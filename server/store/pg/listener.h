@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/store/event_notifier.h"
 #include "server/store/pg/connection.h"
 
 namespace compress::store::pg {
@@ -52,25 +53,26 @@ struct ListenerOptions {
   absl::Duration max_backoff = absl::Seconds(5);
 };
 
-class Listener {
+class Listener final : public EventNotifier {
  public:
   // Connects and LISTENs before returning (UNAVAILABLE when the server
   // cannot be reached; INVALID_ARGUMENT for a bad channel name), then
   // starts the thread.
   static absl::StatusOr<std::unique_ptr<Listener>> Create(const ListenerOptions& options);
   // Stops and joins the thread; closes the connection.
-  ~Listener();
+  ~Listener() override;
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
 
   // Calls `callback` for every notification whose payload is `key`, and
   // once after each reconnection. Returns a handle for Unsubscribe.
-  uint64_t Subscribe(const std::string& key, std::function<void()> callback)
+  uint64_t Subscribe(const std::string& key, std::function<void()> callback) override
       ABSL_LOCKS_EXCLUDED(mu_, dispatch_mu_);
-  void Unsubscribe(const std::string& key, uint64_t handle) ABSL_LOCKS_EXCLUDED(mu_, dispatch_mu_);
+  void Unsubscribe(const std::string& key, uint64_t handle) override
+      ABSL_LOCKS_EXCLUDED(mu_, dispatch_mu_);
 
   // True while the LISTEN connection is up; false while reconnecting (poll).
-  bool connected() const ABSL_LOCKS_EXCLUDED(mu_);
+  bool connected() const override ABSL_LOCKS_EXCLUDED(mu_);
   // How many times it connected and LISTENed: 1 after Create, + 1 per
   // reconnection (counted after the reconnection's callbacks ran).
   int64_t connections() const ABSL_LOCKS_EXCLUDED(mu_);

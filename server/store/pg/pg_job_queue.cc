@@ -208,6 +208,17 @@ absl::StatusOr<int64_t> PgJobQueue::AppendEvent(v1::JobEvent event, const v1::Jo
   return pool_->RunTransaction([&](Connection& c) -> absl::StatusOr<int64_t> {
     ASSIGN_OR_RETURN(v1::Job stored, LockLeased(c, event.job_id(), owner, attempt));
     v1::Job row = job != nullptr ? *job : stored;
+    if (event.has_artifact_ready()) {
+      const v1::Artifact& a = event.artifact_ready();
+      if (a.job_id() != event.job_id()) {
+        return absl::InvalidArgumentError("artifact_ready.job_id: must be the event's job");
+      }
+      RETURN_IF_ERROR(c.Exec("INSERT INTO artifacts (job_id, name, sha256, proto) "
+                             "VALUES ($1, $2, $3, $4) ON CONFLICT (job_id, name) DO UPDATE "
+                             "SET sha256 = EXCLUDED.sha256, proto = EXCLUDED.proto",
+                             {a.job_id(), a.name(), a.sha256(), Param::Bytes(a.SerializeAsString())})
+                          .status());
+    }
     ASSIGN_OR_RETURN(int64_t seq, AppendLocked(c, row, event));
     RETURN_IF_ERROR(c.Exec("UPDATE jobs SET proto = $2 WHERE id = $1",
                            {row.id(), Param::Bytes(row.SerializeAsString())})
@@ -238,6 +249,26 @@ absl::StatusOr<int64_t> PgJobQueue::Complete(const std::string& job_id, const st
                {job_id, static_cast<int64_t>(row.state()), Param::Bytes(row.SerializeAsString())})
             .status());
     return seq;
+  });
+}
+
+absl::StatusOr<int64_t> PgJobQueue::Release(const std::string& job_id, const std::string& owner,
+                                            int attempt, const std::string& reason) {
+  return pool_->RunTransaction([&](Connection& c) -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(v1::Job job, LockLeased(c, job_id, owner, attempt));
+    RETURN_IF_ERROR(AppendLocked(c, job, LogEvent("WARNING", reason)).status());
+    job.clear_assigned_device();
+    job.set_state(v1::JOB_STATE_QUEUED);
+    RETURN_IF_ERROR(ChangeState(c, job, v1::JOB_STATE_RUNNING, /*release=*/true));
+    return job.last_sequence();
+  });
+}
+
+absl::StatusOr<int64_t> PgJobQueue::CountQueued() {
+  return pool_->RunRead([](Connection& c) -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(Result r, c.Exec("SELECT count(*) FROM jobs WHERE state = $1",
+                                      {static_cast<int64_t>(v1::JOB_STATE_QUEUED)}));
+    return r.Int(0, 0);
   });
 }
 

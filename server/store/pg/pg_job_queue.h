@@ -53,6 +53,9 @@ class PgJobQueue final : public JobQueue {
   absl::StatusOr<int64_t> Complete(const std::string& job_id, const std::string& owner, int attempt,
                                    compress::v1::Job job,
                                    compress::v1::JobEvent terminal_event) override;
+  absl::StatusOr<int64_t> Release(const std::string& job_id, const std::string& owner,
+                                  int attempt, const std::string& reason) override;
+  absl::StatusOr<int64_t> CountQueued() override;
   absl::StatusOr<int> ReapExpired(int max_attempts) override;
   absl::StatusOr<compress::v1::Job> RequestCancel(const std::string& tenant,
                                                   const std::string& job_id) override;
