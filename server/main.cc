@@ -21,7 +21,10 @@
 #include "absl/time/time.h"
 #include "server/engine/common/runtime.h"
 #include "server/service/server.h"
+#include "server/store/metadata_store.h"
 #include "server/store/pg_metadata_store.h"
+#include "server/store/s3/s3_blob_store.h"
+#include "server/store/s3/s3_config.h"
 #include "server/worker/child_main.h"
 
 namespace {
@@ -80,6 +83,9 @@ ABSL_FLAG(std::string, worker_id, kDefaults.worker_id,
 ABSL_FLAG(absl::Duration, lease, kDefaults.lease,
           "shared queue: a worker that stops renewing (killed, partitioned) loses its job "
           "after this; the job then runs again as its next attempt");
+ABSL_FLAG(absl::Duration, gc_min_age, absl::Hours(24),
+          "`compressd gc`: delete unreferenced blobs only when older than this (must exceed "
+          "the 1 h upload-reuse window, so a blob about to be referenced is never swept)");
 ABSL_FLAG(bool, migrate_on_start, kDefaults.migrate_on_start,
           "PostgreSQL: bring the schema up to date at start (safe with several replicas); "
           "false = refuse to start on an old schema (run `compressd migrate`)");
@@ -146,6 +152,58 @@ int Migrate() {
   return 0;
 }
 
+// `compressd gc`: mark (every digest the metadata refers to) and sweep (the
+// bucket's blobs outside that set and older than --gc_min_age). For the S3
+// store only: a local blob directory loses a blob with its last reference.
+int CollectGarbage() {
+  const std::string url = absl::GetFlag(FLAGS_blob_store);
+  if (url.empty()) {
+    fprintf(stderr, "compressd gc: --blob_store must be s3://... (local blobs are deleted with "
+                    "the model or dataset that was their last reference)\n");
+    return 2;
+  }
+  std::string database = absl::GetFlag(FLAGS_database);
+  if (database.empty()) database = absl::GetFlag(FLAGS_data_dir) + "/compressd.db";
+  compress::store::MetadataStoreOptions mo;
+  mo.migrate = false;
+  auto metadata = compress::store::OpenMetadataStore(database, mo);
+  auto config = compress::store::S3ConfigFromEnvironment(url);
+  if (!metadata.ok() || !config.ok()) {
+    fprintf(stderr, "compressd gc: %s\n",
+            (metadata.ok() ? config.status() : metadata.status()).ToString().c_str());
+    return 1;
+  }
+  compress::store::S3BlobStoreOptions so;
+  so.client.config = *std::move(config);
+  auto bucket = compress::store::S3BlobStore::Create(so);
+  // References first, then the listing: a blob referenced after this read
+  // is young (uploaded or refreshed within the reuse window) and kept.
+  auto referenced = (*metadata)->ReferencedBlobs();
+  if (!bucket.ok() || !referenced.ok()) {
+    fprintf(stderr, "compressd gc: %s\n",
+            (bucket.ok() ? referenced.status() : bucket.status()).ToString().c_str());
+    return 1;
+  }
+  auto report = (*bucket)->CollectGarbage(*referenced, absl::GetFlag(FLAGS_gc_min_age));
+  if (!report.ok()) {
+    fprintf(stderr, "compressd gc: %s\n", report.status().ToString().c_str());
+    return 1;
+  }
+  for (const auto& b : report->deleted) {
+    printf("deleted %s (%lld bytes, last written %s)\n", b.sha256.c_str(),
+           static_cast<long long>(b.size),
+           absl::FormatTime(absl::RFC3339_sec, b.last_modified, absl::UTCTimeZone()).c_str());
+  }
+  printf("compressd gc: deleted %zu blob(s), %lld bytes; kept %lld referenced, %lld younger "
+         "than %s; %lld foreign key(s) untouched\n",
+         report->deleted.size(), static_cast<long long>(report->bytes_deleted),
+         static_cast<long long>(report->kept_referenced),
+         static_cast<long long>(report->kept_young),
+         absl::FormatDuration(absl::GetFlag(FLAGS_gc_min_age)).c_str(),
+         static_cast<long long>(report->foreign_keys));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -156,7 +214,9 @@ int main(int argc, char** argv) {
       "Hessian-aware neural network compression service.\n"
       "Every flag may also be set as COMPRESSD_<FLAG> in the environment.\n"
       "Usage: compressd [--flag=value ...]\n"
-      "       compressd migrate --database=postgresql://...   (schema only, then exit)");
+      "       compressd migrate --database=postgresql://...   (schema only, then exit)\n"
+      "       compressd gc --blob_store=s3://... [--database=...] [--gc_min_age=24h]\n"
+      "         (deletes blobs that no model, dataset or artifact refers to, then exits)");
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_helpshort_flags = [](absl::string_view f) {
     return f.find("server/main.cc") != absl::string_view::npos;
@@ -168,9 +228,9 @@ int main(int argc, char** argv) {
   const std::string role = absl::GetFlag(FLAGS_role);
   if (role == "child") return compress::worker::RunChildMain();
   if (args.size() == 2 && std::string(args[1]) == "migrate") return Migrate();
+  if (args.size() == 2 && std::string(args[1]) == "gc") return CollectGarbage();
   if (args.size() > 1) {
-    fprintf(stderr, "compressd: unexpected argument %s (the only command is `migrate`)\n",
-            args[1]);
+    fprintf(stderr, "compressd: unexpected argument %s (commands: migrate, gc)\n", args[1]);
     return 2;
   }
 

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,9 @@ class MetadataStore {
   // True when any artifact, model or dataset of any tenant refers to the
   // blob digest.
   virtual absl::StatusOr<bool> IsBlobReferenced(const std::string& sha256) = 0;
+  // Every blob digest that any artifact, model or dataset of any tenant
+  // refers to: the mark phase of blob garbage collection (`compressd gc`).
+  virtual absl::StatusOr<std::set<std::string>> ReferencedBlobs() = 0;
 
  protected:
   MetadataStore() = default;

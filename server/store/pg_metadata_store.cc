@@ -463,4 +463,14 @@ absl::StatusOr<bool> PgMetadataStore::IsBlobReferenced(const std::string& sha256
   });
 }
 
+absl::StatusOr<std::set<std::string>> PgMetadataStore::ReferencedBlobs() {
+  return pool_->RunRead([&](Connection& c) -> absl::StatusOr<std::set<std::string>> {
+    ASSIGN_OR_RETURN(Result r, c.Exec("SELECT sha256 FROM artifacts UNION SELECT id FROM models "
+                                      "UNION SELECT id FROM datasets"));
+    std::set<std::string> out;
+    for (int i = 0; i < r.rows(); ++i) out.insert(r.Bytes(i, 0));
+    return out;
+  });
+}
+
 }  // namespace compress::store

@@ -108,6 +108,7 @@ class PgMetadataStore final : public MetadataStore {
   absl::StatusOr<std::vector<compress::v1::Artifact>> ListArtifacts(
       const std::string& job_id) override;
   absl::StatusOr<bool> IsBlobReferenced(const std::string& sha256) override;
+  absl::StatusOr<std::set<std::string>> ReferencedBlobs() override;
 
   // The connections behind the store (tests watch it replace broken ones).
   pg::Pool& pool() { return *pool_; }

@@ -580,4 +580,16 @@ absl::StatusOr<bool> SqliteMetadataStore::IsBlobReferenced(const std::string& sh
   return rc == SQLITE_ROW;
 }
 
+absl::StatusOr<std::set<std::string>> SqliteMetadataStore::ReferencedBlobs() {
+  absl::MutexLock lock(&mu_);
+  Stmt st(db_, "SELECT sha256 FROM artifacts UNION SELECT id FROM models UNION "
+               "SELECT id FROM datasets");
+  RETURN_IF_ERROR(st.status());
+  std::set<std::string> out;
+  int rc;
+  while ((rc = st.Step()) == SQLITE_ROW) out.insert(st.Text(0));
+  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  return out;
+}
+
 }  // namespace compress::store

@@ -90,6 +90,7 @@ class SqliteMetadataStore final : public MetadataStore {
       const std::string& job_id) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<bool> IsBlobReferenced(const std::string& sha256) override
       ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::set<std::string>> ReferencedBlobs() override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   explicit SqliteMetadataStore(sqlite3* db) : db_(db) {}

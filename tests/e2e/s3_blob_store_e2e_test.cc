@@ -3,6 +3,7 @@
 // <data_dir>/blobs, an INSPECT job runs on the model (its worker child opens
 // the locally cached copy) and its artifact downloads whole from the bucket.
 // Fails, saying what to install, without node or s3rver.
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -26,9 +27,22 @@ using ::compress::testutil::FilesUnder;
 using ::compress::testutil::ReadFile;
 using ::compress::testutil::ScopedTempDir;
 using ::compress::testutil::ServerProcess;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
 constexpr char kBucket[] = "compressd-e2e";
+
+// Runs a shell command; returns its stdout.
+std::string RunCommand(const std::string& command) {
+  std::string out;
+  FILE* p = popen(command.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
 
 TEST(S3BlobStoreE2eTest, UploadInspectAndDownloadThroughTheBucket) {
   ScopedTempDir dir;
@@ -81,6 +95,19 @@ TEST(S3BlobStoreE2eTest, UploadInspectAndDownloadThroughTheBucket) {
   ASSERT_TRUE(downloaded.ok()) << downloaded.status();
   EXPECT_EQ(Sha256Hex(ReadFile(out)), a.sha256());
   EXPECT_THAT(FilesUnder(data + "/blobs"), IsEmpty());
+
+  // `compressd gc` marks from the metadata (the model and the artifact) and
+  // sweeps the bucket: a blob nothing refers to, written just now, is kept
+  // as young; a minimum age inside the reuse window is refused.
+  auto orphan = (*bucket)->Put("nobody refers to this");
+  ASSERT_TRUE(orphan.ok()) << orphan.status();
+  const std::string gc = absl::StrCat(testutil::BinaryDir(), "/server/compressd gc --data_dir=",
+                                      data, " --blob_store=s3://", kBucket, "/prod");
+  EXPECT_EQ(RunCommand(gc + " --gc_min_age=25h"),
+            "compressd gc: deleted 0 blob(s), 0 bytes; kept 2 referenced, 1 younger than 25h; "
+            "0 foreign key(s) untouched\n");
+  EXPECT_TRUE(*(*bucket)->Contains(*orphan));
+  EXPECT_THAT(RunCommand(gc + " --gc_min_age=30m 2>&1"), HasSubstr("INVALID_ARGUMENT"));
 }
 
 }  // namespace

@@ -523,6 +523,11 @@ TEST_P(MetadataStoreTest, Artifacts) {
   EXPECT_TRUE(*store_->IsBlobReferenced(Sha256Hex("m")));
   EXPECT_TRUE(*store_->IsBlobReferenced(Sha256Hex("d")));
   EXPECT_FALSE(*store_->IsBlobReferenced(Sha256Hex("nothing")));
+  // The mark phase of garbage collection: exactly those four digests.
+  auto referenced = store_->ReferencedBlobs();
+  ASSERT_TRUE(referenced.ok()) << referenced.status();
+  EXPECT_EQ(*referenced, (std::set<std::string>{Sha256Hex("abd"), Sha256Hex("model"),
+                                                Sha256Hex("m"), Sha256Hex("d")}));
 }
 
 // --- SQLite file behaviour (WAL, user_version migrations) --------------
