@@ -16,14 +16,16 @@ export function find(objs, kind, name) {
 }
 
 // The pod templates of the workloads, with where they come from.
+// (A CronJob's is under spec.jobTemplate.spec.template.)
 export function podTemplates(objs) {
+  const templateOf = (o) => (o.kind === "CronJob" ? o.spec?.jobTemplate?.spec?.template : o.spec?.template);
   return objs
-    .filter((o) => WORKLOAD_KINDS.has(o.kind) && o.spec?.template)
+    .filter((o) => (WORKLOAD_KINDS.has(o.kind) || o.kind === "CronJob") && templateOf(o))
     .map((o) => ({
       owner: o,
       name: `${o.kind}/${o.metadata.name}`,
-      labels: o.spec.template.metadata?.labels ?? {},
-      spec: o.spec.template.spec,
+      labels: templateOf(o).metadata?.labels ?? {},
+      spec: templateOf(o).spec,
     }));
 }
 

@@ -285,7 +285,7 @@ function compressdContainers(objs) {
       if (!isCompressdImage(c.image)) continue;
       const { env, problems: envProblems } = effectiveEnv(objs, c);
       const args = [...(c.command ?? []).slice(1), ...(c.args ?? [])];
-      const role = args[0] === "migrate" ? "migrate" : (env.COMPRESSD_ROLE?.value ?? "all");
+      const role = ["migrate", "gc"].includes(args[0]) ? args[0] : (env.COMPRESSD_ROLE?.value ?? "all");
       const gpus = Number(c.resources?.limits?.["nvidia.com/gpu"] ?? 0);
       out.push({ tpl, c, env, envProblems, role, gpus, where: `${tpl.name} container ${c.name}` });
     }
@@ -371,12 +371,13 @@ for (const t of TARGETS) {
     const p = problems();
     const tpls = podTemplates(objs);
     for (const tpl of tpls) {
-      if (tpl.owner.kind === "Job" && !tpl.owner.spec.selector) continue;  // generated
+      // Jobs (and a CronJob's Jobs) get generated selectors.
+      if ((tpl.owner.kind === "Job" && !tpl.owner.spec.selector) || tpl.owner.kind === "CronJob") continue;
       p.add(labelSelectorMatches(tpl.owner.spec.selector, tpl.labels) &&
             Object.keys(tpl.owner.spec.selector?.matchLabels ?? {}).length > 0,
             `${tpl.name}: its selector misses its own pod template`);
       for (const other of tpls) {
-        if (other === tpl || other.owner.kind === "Job") continue;
+        if (other === tpl || other.owner.kind === "Job" || other.owner.kind === "CronJob") continue;
         p.add(!labelSelectorMatches(tpl.owner.spec.selector, other.labels),
               `${tpl.name}'s selector also matches ${other.name}'s pods: the controllers would fight over them`);
       }
@@ -578,13 +579,27 @@ for (const t of TARGETS) {
           p.add(flags.has(flag), `${where}: ${key}: compressd has no flag --${flag}`);
         }
       }
-      p.add(["all", "api", "worker", "migrate"].includes(role), `${where}: unknown role ${role}`);
+      p.add(["all", "api", "worker", "migrate", "gc"].includes(role), `${where}: unknown role ${role}`);
       const dbUrl = val("COMPRESSD_DATABASE") ?? "";
       if (role === "migrate") {
         p.add(tpl.owner.kind === "Job", `${where}: compressd migrate runs once: a Job, not a ${tpl.owner.kind}`);
         p.add(["OnFailure", "Never"].includes(tpl.spec.restartPolicy), `${where}: a Job's pod needs restartPolicy OnFailure or Never`);
         p.add(env.COMPRESSD_DATABASE?.secret, `${where}: COMPRESSD_DATABASE must come from a Secret`);
         p.add(/^postgres(ql)?:\/\//.test(dbUrl), `${where}: COMPRESSD_DATABASE is not a postgresql:// URL`);
+        continue;
+      }
+      if (role === "gc") {
+        // `compressd gc`: marks from the database, sweeps the S3 bucket.
+        p.add(tpl.owner.kind === "CronJob", `${where}: compressd gc runs on a schedule: a CronJob, not a ${tpl.owner.kind}`);
+        p.add(tpl.owner.spec.concurrencyPolicy === "Forbid", `${where}: two gc runs at once would race: concurrencyPolicy Forbid`);
+        p.add(["OnFailure", "Never"].includes(tpl.spec.restartPolicy), `${where}: a Job's pod needs restartPolicy OnFailure or Never`);
+        p.add(env.COMPRESSD_DATABASE?.secret, `${where}: COMPRESSD_DATABASE must come from a Secret`);
+        p.add(/^postgres(ql)?:\/\//.test(dbUrl), `${where}: COMPRESSD_DATABASE is not a postgresql:// URL`);
+        p.add(/^s3:\/\//.test(val("COMPRESSD_BLOB_STORE") ?? ""), `${where}: gc sweeps an S3 bucket: COMPRESSD_BLOB_STORE must be s3://`);
+        for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]) p.add(env[k]?.secret, `${where}: ${k} must come from a Secret`);
+        const minAge = val("COMPRESSD_GC_MIN_AGE") ?? "24h";
+        const hours = /^(\d+)h$/.exec(minAge);
+        p.add(hours && Number(hours[1]) > 1, `${where}: COMPRESSD_GC_MIN_AGE ${minAge} must be whole hours above the 1 h reuse window`);
         continue;
       }
 
@@ -696,7 +711,7 @@ for (const t of TARGETS) {
       if (x.role === "api" || x.role === "all") {
         p.add(ingress.rules.some((r) => r.from === null && r.ports?.includes(ports.grpc)), `${where}: NetworkPolicy blocks gRPC`);
       }
-      if (x.role === "worker" || x.role === "migrate") {
+      if (x.role === "worker" || x.role === "migrate" || x.role === "gc") {
         const allowed = new Set([ports.metrics, ports.health].filter(Boolean));
         for (const port of open) p.add(allowed.has(port), `${where}: a ${x.role} takes no connections, yet port ${port} is open`);
       }
@@ -812,12 +827,13 @@ for (const t of SCALEOUT) {
 
     // Schema migration as its own step.
     p.add(byRole("migrate").length === 1, "no Job running `compressd migrate`");
+    p.add(byRole("gc").length === 1, "no CronJob running `compressd gc`");
 
     // One database and one blob store for every replica, or they split.
     const shared = (x) => JSON.stringify([x.env.COMPRESSD_DATABASE, envValue(objs, x.env, "COMPRESSD_BLOB_STORE") ?? null]);
-    const stores = new Set([...api, ...workers, ...byRole("migrate")].map((x) => JSON.stringify(x.env.COMPRESSD_DATABASE)));
+    const stores = new Set([...api, ...workers, ...byRole("migrate"), ...byRole("gc")].map((x) => JSON.stringify(x.env.COMPRESSD_DATABASE)));
     p.add(stores.size === 1, `api, workers and migrate use different databases: ${[...stores]}`);
-    const blobStores = new Set([...api, ...workers].map(shared));
+    const blobStores = new Set([...api, ...workers, ...byRole("gc")].map(shared));
     p.add(blobStores.size === 1, `api and workers use different database/blob store pairs: ${[...blobStores]}`);
     p.done();
     return `${api.length} api, ${workers.length} worker Deployments`;
