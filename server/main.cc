@@ -204,6 +204,77 @@ int CollectGarbage() {
   return 0;
 }
 
+// The server's options from the flags (and COMPRESSD_* variables).
+compress::service::ServerOptions ServerOptionsFromFlags() {
+  compress::service::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.database = absl::GetFlag(FLAGS_database);
+  options.blob_store = absl::GetFlag(FLAGS_blob_store);
+  options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
+  options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
+  options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  options.max_queued = absl::GetFlag(FLAGS_max_queued);
+  options.max_model_bytes = absl::GetFlag(FLAGS_max_model_bytes);
+  options.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
+  options.default_deadline = absl::GetFlag(FLAGS_default_deadline);
+  options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  options.fashion_mnist_dir = absl::GetFlag(FLAGS_fashion_mnist_dir);
+  options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.role = absl::GetFlag(FLAGS_role);
+  options.worker_id = absl::GetFlag(FLAGS_worker_id);
+  options.lease = absl::GetFlag(FLAGS_lease);
+  options.migrate_on_start = absl::GetFlag(FLAGS_migrate_on_start);
+  options.worker_executable = SelfExecutable();  // "" is refused by main
+  const int64_t memory = absl::GetFlag(FLAGS_worker_memory_limit);
+  options.worker_memory_bytes = memory < 0 ? DefaultWorkerMemory(options.cpu_workers) : memory;
+  options.worker_cpu_time = absl::GetFlag(FLAGS_worker_cpu_limit);
+  options.worker_grace = absl::GetFlag(FLAGS_worker_grace);
+  options.validate_deadline = absl::GetFlag(FLAGS_validate_deadline);
+  return options;
+}
+
+// What the operator should know once the server is up, on stderr.
+void LogStartup(const compress::service::ServerOptions& options,
+                compress::service::Server& server) {
+  const std::string& role = options.role;
+  fprintf(stderr, "compressd: gRPC %s%s; %s; health-only plaintext port %s\n",
+          options.tls_cert.empty() ? "plaintext" : "over TLS",
+          options.tls_client_ca.empty() ? "" : " (client certificates required)",
+          options.token_file.empty() ? "single tenant, no tokens"
+                                     : ("bearer tokens from " + options.token_file).c_str(),
+          server.health_port() == 0 ? "off"
+                                        : std::to_string(server.health_port()).c_str());
+  fprintf(stderr, "compressd: role %s%s\n", role.c_str(),
+          compress::store::IsPostgresUrl(options.database)
+              ? absl::StrCat(", shared queue on PostgreSQL, lease ",
+                             absl::FormatDuration(options.lease))
+                    .c_str()
+              : ", in-memory queue on SQLite");
+  if (role == "api") {
+    fprintf(stderr, "compressd: no job slots (--role=api): workers claim the jobs\n");
+  } else {
+    fprintf(stderr,
+            "compressd: %d CPU job slot(s) x %d LibTorch thread(s); %d core(s) available\n",
+            options.cpu_workers, server.intra_op_threads(),
+            compress::engine::AvailableCores());
+  }
+  fprintf(stderr, "compressd: model work in child processes (%s), memory limit %s each\n",
+          options.worker_executable.c_str(),
+          options.worker_memory_bytes > 0
+              ? absl::StrCat(options.worker_memory_bytes >> 20, " MiB").c_str()
+              : "none");
+  if (!options.token_file.empty() && options.tls_cert.empty()) {
+    fprintf(stderr, "compressd: WARNING: bearer tokens without TLS travel in cleartext\n");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -241,41 +312,11 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  compress::service::ServerOptions options;
-  options.listen = absl::GetFlag(FLAGS_listen);
-  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  options.health_listen = absl::GetFlag(FLAGS_health_listen);
-  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
-  options.tls_key = absl::GetFlag(FLAGS_tls_key);
-  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  options.token_file = absl::GetFlag(FLAGS_token_file);
-  options.data_dir = absl::GetFlag(FLAGS_data_dir);
-  options.database = absl::GetFlag(FLAGS_database);
-  options.blob_store = absl::GetFlag(FLAGS_blob_store);
-  options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
-  options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
-  options.intra_op_threads = absl::GetFlag(FLAGS_threads);
-  options.max_queued = absl::GetFlag(FLAGS_max_queued);
-  options.max_model_bytes = absl::GetFlag(FLAGS_max_model_bytes);
-  options.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
-  options.default_deadline = absl::GetFlag(FLAGS_default_deadline);
-  options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
-  options.fashion_mnist_dir = absl::GetFlag(FLAGS_fashion_mnist_dir);
-  options.reflection = absl::GetFlag(FLAGS_reflection);
-  options.role = role;
-  options.worker_id = absl::GetFlag(FLAGS_worker_id);
-  options.lease = absl::GetFlag(FLAGS_lease);
-  options.migrate_on_start = absl::GetFlag(FLAGS_migrate_on_start);
-  options.worker_executable = SelfExecutable();
+  compress::service::ServerOptions options = ServerOptionsFromFlags();
   if (options.worker_executable.empty()) {
     fprintf(stderr, "compressd: cannot find its own executable in /proc/self/exe\n");
     return 1;
   }
-  const int64_t memory = absl::GetFlag(FLAGS_worker_memory_limit);
-  options.worker_memory_bytes = memory < 0 ? DefaultWorkerMemory(options.cpu_workers) : memory;
-  options.worker_cpu_time = absl::GetFlag(FLAGS_worker_cpu_limit);
-  options.worker_grace = absl::GetFlag(FLAGS_worker_grace);
-  options.validate_deadline = absl::GetFlag(FLAGS_validate_deadline);
 
   const std::string blas = compress::engine::VerifyBlasChoice(argv);
   if (!blas.empty()) fprintf(stderr, "compressd: %s\n", blas.c_str());
@@ -285,35 +326,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "compressd: cannot start: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  fprintf(stderr, "compressd: gRPC %s%s; %s; health-only plaintext port %s\n",
-          options.tls_cert.empty() ? "plaintext" : "over TLS",
-          options.tls_client_ca.empty() ? "" : " (client certificates required)",
-          options.token_file.empty() ? "single tenant, no tokens"
-                                     : ("bearer tokens from " + options.token_file).c_str(),
-          (*server)->health_port() == 0 ? "off"
-                                        : std::to_string((*server)->health_port()).c_str());
-  fprintf(stderr, "compressd: role %s%s\n", role.c_str(),
-          compress::store::IsPostgresUrl(options.database)
-              ? absl::StrCat(", shared queue on PostgreSQL, lease ",
-                             absl::FormatDuration(options.lease))
-                    .c_str()
-              : ", in-memory queue on SQLite");
-  if (role == "api") {
-    fprintf(stderr, "compressd: no job slots (--role=api): workers claim the jobs\n");
-  } else {
-    fprintf(stderr,
-            "compressd: %d CPU job slot(s) x %d LibTorch thread(s); %d core(s) available\n",
-            options.cpu_workers, (*server)->intra_op_threads(),
-            compress::engine::AvailableCores());
-  }
-  fprintf(stderr, "compressd: model work in child processes (%s), memory limit %s each\n",
-          options.worker_executable.c_str(),
-          options.worker_memory_bytes > 0
-              ? absl::StrCat(options.worker_memory_bytes >> 20, " MiB").c_str()
-              : "none");
-  if (!options.token_file.empty() && options.tls_cert.empty()) {
-    fprintf(stderr, "compressd: WARNING: bearer tokens without TLS travel in cleartext\n");
-  }
+  LogStartup(options, **server);
   // One line on stdout that scripts and tests can wait for.
   printf("compressd listening on port %d, metrics on port %d, data in %s\n", (*server)->port(),
          (*server)->metrics_port(), options.data_dir.c_str());
