@@ -97,6 +97,10 @@ ABSL_FLAG(absl::Duration, worker_cpu_limit, absl::InfiniteDuration(),
 ABSL_FLAG(absl::Duration, worker_grace, kDefaults.worker_grace,
           "after SIGTERM (cancel, deadline, shutdown), how long a worker process may take "
           "before SIGKILL");
+ABSL_FLAG(bool, worker_seccomp, kDefaults.worker_seccomp,
+          "run each process that does model work under a seccomp filter: no network "
+          "sockets (AF_UNIX only), no ptrace, no namespaces or mounts, no module, bpf or "
+          "perf calls (each fails with EPERM)");
 ABSL_FLAG(absl::Duration, validate_deadline, kDefaults.validate_deadline,
           "how long loading an uploaded model to validate it may take");
 
@@ -237,6 +241,7 @@ compress::service::ServerOptions ServerOptionsFromFlags() {
   options.worker_cpu_time = absl::GetFlag(FLAGS_worker_cpu_limit);
   options.worker_grace = absl::GetFlag(FLAGS_worker_grace);
   options.validate_deadline = absl::GetFlag(FLAGS_validate_deadline);
+  options.worker_seccomp = absl::GetFlag(FLAGS_worker_seccomp);
   return options;
 }
 
@@ -265,11 +270,12 @@ void LogStartup(const compress::service::ServerOptions& options,
             options.cpu_workers, server.intra_op_threads(),
             compress::engine::AvailableCores());
   }
-  fprintf(stderr, "compressd: model work in child processes (%s), memory limit %s each\n",
+  fprintf(stderr, "compressd: model work in child processes (%s), memory limit %s each, %s\n",
           options.worker_executable.c_str(),
           options.worker_memory_bytes > 0
               ? absl::StrCat(options.worker_memory_bytes >> 20, " MiB").c_str()
-              : "none");
+              : "none",
+          options.worker_seccomp ? "seccomp filter on" : "no seccomp filter");
   if (!options.token_file.empty() && options.tls_cert.empty()) {
     fprintf(stderr, "compressd: WARNING: bearer tokens without TLS travel in cleartext\n");
   }

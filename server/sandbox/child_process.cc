@@ -14,9 +14,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/sandbox/seccomp.h"
 
 namespace compress::sandbox {
 namespace {
@@ -40,7 +43,7 @@ std::string SignalName(int sig) {
 // Runs in the forked child before exec: only async-signal-safe calls.
 [[noreturn]] void ExecChild(int stdin_fd, int event_fd, const char* workdir,
                             const struct rlimit* as, const struct rlimit* cpu, char* const* argv,
-                            char* const* envp, pid_t parent) {
+                            char* const* envp, const struct sock_fprog* seccomp, pid_t parent) {
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(126);  // the parent died before prctl
@@ -59,6 +62,13 @@ std::string SignalName(int sig) {
   if (as != nullptr && setrlimit(RLIMIT_AS, as) != 0) _exit(126);
   if (cpu != nullptr && setrlimit(RLIMIT_CPU, cpu) != 0) _exit(126);
   if (chdir(workdir) != 0) _exit(126);
+  // Last, so that nothing above runs under it; execve itself is allowed.
+  if (seccomp != nullptr && InstallSeccompProgram(*seccomp) != 0) {
+    static const char kMessage[] = "compress sandbox: could not install the seccomp filter\n";
+    ssize_t ignored = write(2, kMessage, sizeof(kMessage) - 1);
+    (void)ignored;
+    _exit(126);
+  }
   execve(argv[0], argv, envp);
   _exit(127);
 }
@@ -123,6 +133,15 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const ChildOpt
     cpu_limit.rlim_max = cpu_limit.rlim_cur + 5;
     cpu = &cpu_limit;
   }
+  std::vector<sock_filter> seccomp_program;
+  struct sock_fprog seccomp_fprog = {};
+  if (options.seccomp) {
+    absl::StatusOr<std::vector<sock_filter>> program = ChildSeccompProgram();
+    if (!program.ok()) return program.status();
+    seccomp_program = *std::move(program);
+    seccomp_fprog.len = static_cast<unsigned short>(seccomp_program.size());
+    seccomp_fprog.filter = seccomp_program.data();
+  }
 
   int in_pipe[2], event_pipe[2];
   if (pipe2(in_pipe, O_CLOEXEC) != 0) return Errno("pipe");
@@ -138,8 +157,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const ChildOpt
     return Errno("fork");
   }
   if (pid == 0) {
-    ExecChild(in_pipe[0], event_pipe[1], options.workdir.c_str(), as, cpu, argv.data(),
-              envp.data(), parent);
+    ExecChild(in_pipe[0], event_pipe[1], options.workdir.c_str(), as, cpu, argv.data(), envp.data(),
+              options.seccomp ? &seccomp_fprog : nullptr, parent);
   }
   // Also from here, in case the child has not run setpgid yet when we signal.
   setpgid(pid, pid);

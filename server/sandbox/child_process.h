@@ -6,7 +6,8 @@
 // reach it), every file descriptor closed except stdin (the task bytes, then
 // EOF), stdout/stderr (inherited, for logs) and fd 3 (its event stream to
 // the parent), RLIMIT_AS / RLIMIT_CPU / RLIMIT_CORE=0, and PR_SET_PDEATHSIG so
-// that it dies with the parent (a kill -9 of the server leaves no orphans).
+// that it dies with the parent (a kill -9 of the server leaves no orphans),
+// and optionally a seccomp filter (ChildOptions::seccomp).
 // The parent enforces the wall-clock deadline and cancellation: SIGTERM to the
 // child's process group, then SIGKILL after a grace period, so a forward pass
 // that never returns ends all the same.
@@ -57,6 +58,27 @@ struct ChildOptions {
   // Environment variables passed through when the parent has them (on top
   // of PATH, HOME, TMPDIR and LANG, which are always set); see DefaultEnv().
   std::vector<std::string> pass_env;
+  // Installs a seccomp filter (server/sandbox/seccomp.h) in the child right
+  // before execve, after PR_SET_NO_NEW_PRIVS; it holds for the exec'ed
+  // program and everything it starts. A deny-list, everything else allowed
+  // (LibTorch, OpenBLAS, OpenMP and CUDA need a wide set of syscalls). It
+  // denies, for code that exploits the model loader:
+  //  - network exfiltration and lateral movement: socket() of any family but
+  //    AF_UNIX (no TCP/UDP/raw/netlink/packet sockets) fails with EPERM;
+  //  - tampering with other processes: ptrace, process_vm_readv/writev;
+  //  - kernel attack surface and system state: namespaces (unshare, setns,
+  //    clone with CLONE_NEW*; clone3 gets ENOSYS so glibc uses clone), mount
+  //    and friends, chroot, pivot_root, kernel modules, kexec, bpf,
+  //    perf_event_open, keyrings, userfaultfd, io_uring, open_by_handle_at,
+  //    reboot, swap, acct, setting the clock: EPERM;
+  //  - syscalls of a foreign ABI (i386, x32), which would bypass the numbers
+  //    above: the process is killed with SIGSYS.
+  // It does not stop the child from reading (or writing) files its user can,
+  // from using AF_UNIX sockets, or from using CPU and memory within the limits
+  // above: run it as a dedicated user with volume permissions for that.
+  // Spawn fails with FAILED_PRECONDITION on an architecture the filter is not
+  // built for (only x86_64 and aarch64), rather than run without it.
+  bool seccomp = false;
 };
 
 // Names the parent's environment may pass to a child: thread and BLAS

@@ -161,6 +161,7 @@ absl::Status Server::SetUpWorkers(const ServerOptions& options, Impl& impl) {
   w.cpu_time = options.worker_cpu_time;
   w.grace = options.worker_grace;
   w.describe_deadline = options.validate_deadline;
+  w.seccomp = options.worker_seccomp;
   w.threads = impl.intra_op_threads;
   // Working directories of children a killed server left behind.
   RETURN_IF_ERROR(worker::CleanWorkRoot(w.work_root));

@@ -78,6 +78,9 @@ struct ServerOptions {
   absl::Duration worker_cpu_time = absl::InfiniteDuration();  // per child; default none
   absl::Duration worker_grace = absl::Seconds(5);     // SIGTERM -> SIGKILL of a child
   absl::Duration validate_deadline = absl::Minutes(5);  // loading an uploaded model
+  // Each child runs under the seccomp deny-list of sandbox/seccomp.h (no
+  // network sockets, no ptrace, no namespaces, ...).
+  bool worker_seccomp = true;
   bool reflection = true;           // gRPC server reflection
 };
 

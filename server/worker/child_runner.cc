@@ -52,6 +52,7 @@ sandbox::ChildOptions ChildOptionsFor(const WorkerOptions& o, const std::string&
   c.argv = {o.executable, "--role=child"};
   c.workdir = workdir;
   c.memory_bytes = o.memory_bytes;
+  c.seccomp = o.seccomp;
   c.cpu_time = o.cpu_time;
   c.grace = o.grace;
   c.pass_env = sandbox::DefaultPassEnv();

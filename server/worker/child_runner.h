@@ -37,6 +37,9 @@ struct WorkerOptions {
   // Wall-clock limit of an upload's validation (loading the model).
   absl::Duration describe_deadline = absl::Minutes(5);
   int threads = 0;  // LibTorch intra-op threads per child; 0 = its cores
+  // The seccomp deny-list of sandbox/seccomp.h (no network sockets, no
+  // ptrace, no namespaces, ...) on every child.
+  bool seccomp = true;
 };
 
 // Removes working directories left by a server that was killed.

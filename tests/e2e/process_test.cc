@@ -31,6 +31,7 @@ using ::compress::testutil::Connect;
 using ::compress::testutil::ServerProcess;
 using ::compress::testutil::ScopedTempDir;
 using ::compress::testutil::WaitFor;
+using ::testing::HasSubstr;
 
 v1::SubmitJobRequest Inspect(const std::string& model_id, std::vector<int64_t> shape) {
   v1::SubmitJobRequest req;
@@ -113,6 +114,16 @@ TEST(ProcessTest, KillNineThenRestartLosesNothing) {
     workers = ChildrenOf(server->pid());
     return !workers.empty();
   }));
+  // The child runs under the seccomp filter (--worker_seccomp, default on)
+  // once it has exec'ed (right after fork it is still a copy of the server).
+  for (pid_t w : workers) {
+    std::string status;
+    EXPECT_TRUE(WaitFor([&] {
+      status = testutil::ReadFile(absl::StrCat("/proc/", w, "/status"));
+      return absl::StrContains(status, "Seccomp:\t2");
+    }, absl::Seconds(20))) << status;
+    EXPECT_THAT(status, HasSubstr("NoNewPrivs:\t1"));
+  }
   server->Kill(SIGKILL);
   EXPECT_TRUE(WaitFor([&] {
     for (pid_t w : workers) {
