@@ -55,7 +55,7 @@ if want queue; then
   bash scripts/build.sh bench_queue >/dev/null
   echo
   echo "## Shared job queue (PostgreSQL)"
-  "$BUILD_DIR/bench/bench_queue" --jobs="${BENCH_QUEUE_JOBS:-200}"
+  "$BUILD_DIR/bench/bench_queue" --jobs="${BENCH_QUEUE_JOBS:-1000}"
 fi
 
 # Hessian-vector products (bench_hessian): cost and accuracy per HVP method on
