@@ -50,7 +50,7 @@ fi
 # kind with 1, 2 and 4 worker replicas and the latency of their events to a
 # watcher on the API replica (LISTEN/NOTIFY). Starts a throwaway PostgreSQL 15
 # (tests/pg_test_util.h: Debian's postgresql-15). BENCH_QUEUE_JOBS (default
-# 200) jobs per row; ~15 s on 2 cores.
+# 1000) jobs per row; ~20 s on 2 cores.
 if want queue; then
   bash scripts/build.sh bench_queue >/dev/null
   echo
