@@ -54,6 +54,9 @@ ABSL_FLAG(std::string, blob_store, kDefaults.blob_store,
           "where blobs live: empty = <data_dir>/blobs; s3://bucket/prefix = an S3-compatible "
           "bucket (endpoint from COMPRESSD_S3_ENDPOINT, credentials from AWS_ACCESS_KEY_ID / "
           "AWS_SECRET_ACCESS_KEY), cached in <data_dir>/blob-cache");
+ABSL_FLAG(int64_t, blob_cache_bytes, kDefaults.blob_cache_bytes,
+          "with --blob_store=s3://: bound of the local blob cache in bytes (least recently "
+          "used blobs are removed first, never one used in the last 10 minutes); 0 = unbounded");
 ABSL_FLAG(int, cpu_workers, kDefaults.cpu_workers, "jobs that run at once on the CPU");
 ABSL_FLAG(bool, use_cuda, kDefaults.use_cuda, "add one worker slot per visible CUDA device");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads,
@@ -221,6 +224,7 @@ compress::service::ServerOptions ServerOptionsFromFlags() {
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.database = absl::GetFlag(FLAGS_database);
   options.blob_store = absl::GetFlag(FLAGS_blob_store);
+  options.blob_cache_bytes = absl::GetFlag(FLAGS_blob_cache_bytes);
   options.cpu_workers = absl::GetFlag(FLAGS_cpu_workers);
   options.use_cuda = absl::GetFlag(FLAGS_use_cuda);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);

@@ -73,6 +73,7 @@ absl::StatusOr<std::unique_ptr<store::BlobStore>> OpenBlobStore(const ServerOpti
   }
   o.s3.client.config = *std::move(config);
   o.cache_dir = options.data_dir + "/blob-cache";
+  o.cache_max_bytes = options.blob_cache_bytes;
   ASSIGN_OR_RETURN(std::unique_ptr<store::S3BackedBlobStore> s3,
                    store::S3BackedBlobStore::Create(o));
   return std::unique_ptr<store::BlobStore>(std::move(s3));

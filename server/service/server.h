@@ -60,6 +60,9 @@ struct ServerOptions {
   // bucket (endpoint and credentials from the environment, see
   // store/s3/s3_config.h) with a local cache in <data_dir>/blob-cache.
   std::string blob_store;
+  // S3 only: bound of <data_dir>/blob-cache in bytes (least recently used
+  // blobs go first, none used in the last 10 minutes); 0 = unbounded.
+  int64_t blob_cache_bytes = 0;
   int cpu_workers = 1;              // concurrent jobs on the CPU
   bool use_cuda = true;             // one worker slot per visible CUDA device
   int intra_op_threads = 0;         // LibTorch threads per job; 0 = the available

@@ -420,5 +420,55 @@ TEST_P(S3CacheTest, DeleteDropsTheCachedCopy) {
   EXPECT_EQ(store_->LocalPath(*sha).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_P(S3CacheTest, TheCacheKeepsItsBoundDroppingTheLeastRecentlyUsed) {
+  // Three 1000-byte blobs in the bucket; a replica whose cache holds 2500
+  // bytes and may drop anything not used in the last 0 s.
+  std::vector<std::string> shas;
+  for (char c : {'a', 'b', 'c'}) {
+    auto sha = store_->Put(std::string(1000, c));
+    ASSERT_TRUE(sha.ok()) << sha.status();
+    shas.push_back(*sha);
+  }
+  ScopedTempDir other_dir;
+  S3BackedBlobStoreOptions o;
+  o.s3.client = ClientOptions(prefix_);
+  o.cache_dir = other_dir.path() + "/cache";
+  o.cache_max_bytes = 2500;
+  o.cache_min_age = absl::ZeroDuration();
+  auto cache = S3BackedBlobStore::Create(o);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  auto use = [&](int i) {
+    auto path = (*cache)->LocalPath(shas[i]);
+    EXPECT_TRUE(path.ok()) << path.status();
+    absl::SleepFor(absl::Milliseconds(20));  // distinct mtimes
+  };
+  auto cached = [&](int i) { return fs::exists((*cache)->PathFor(shas[i])); };
+  use(0);
+  use(1);
+  use(0);  // 0 is now more recent than 1
+  use(2);  // 3000 bytes: the least recently used (1) goes
+  EXPECT_TRUE(cached(0));
+  EXPECT_FALSE(cached(1));
+  EXPECT_TRUE(cached(2));
+  // It comes back on demand, and pushes out the then least recent (0).
+  use(1);
+  EXPECT_FALSE(cached(0));
+  EXPECT_TRUE(cached(1));
+  EXPECT_TRUE(cached(2));
+  // Nothing is dropped while it is younger than cache_min_age: the bound
+  // waits rather than pull a file from under a child about to open it.
+  S3BackedBlobStoreOptions young = o;
+  young.cache_min_age = absl::Hours(1);
+  auto patient = S3BackedBlobStore::Create(young);
+  ASSERT_TRUE(patient.ok());
+  CacheTrim t = (*patient)->TrimCache();
+  EXPECT_EQ(t.bytes_before, 2000);
+  ASSERT_TRUE((*patient)->LocalPath(shas[0]).ok());
+  t = (*patient)->TrimCache();
+  EXPECT_EQ(t.bytes_before, 3000);
+  EXPECT_EQ(t.removed, 0);
+  EXPECT_EQ(t.bytes_after, 3000);
+}
+
 }  // namespace
 }  // namespace compress::store

@@ -1,12 +1,16 @@
 #include "server/store/s3/s3_backed_blob_store.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <vector>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
@@ -31,6 +35,10 @@ std::string RandomName() {
   absl::BitGen gen;
   return absl::StrFormat("%d-%016x", getpid(), absl::Uniform<uint64_t>(gen));
 }
+
+// The cache's last use of a blob is its mtime (bytes never change: the
+// name is their digest).
+void MarkUsed(const std::string& path) { utimensat(AT_FDCWD, path.c_str(), nullptr, 0); }
 
 absl::Status MakeParentDir(const std::string& path) {
   std::error_code ec;
@@ -88,8 +96,10 @@ class S3BackedBlobStore::Writer : public BlobStore::Writer {
     const std::string cached = store_->PathFor(sha);
     if (MakeParentDir(cached).ok() && rename(tmp_path_.c_str(), cached.c_str()) == 0) {
       tmp_path_.clear();
+      MarkUsed(cached);
     }
     Discard();
+    store_->TrimCache();
     return sha;
   }
 
@@ -132,7 +142,7 @@ absl::StatusOr<std::unique_ptr<S3BackedBlobStore>> S3BackedBlobStore::Create(
   auto s3 = S3BlobStore::Create(s3_options);
   if (!s3.ok()) return s3.status();
   return std::unique_ptr<S3BackedBlobStore>(
-      new S3BackedBlobStore(options.cache_dir, std::move(*s3)));
+      new S3BackedBlobStore(options, std::move(*s3)));
 }
 
 absl::StatusOr<std::unique_ptr<BlobStore::Writer>> S3BackedBlobStore::NewWriter() const {
@@ -177,13 +187,54 @@ absl::StatusOr<std::string> S3BackedBlobStore::LocalPath(absl::string_view sha25
   const std::string path = PathFor(sha256);
   if (access(path.c_str(), R_OK) == 0) {
     absl::StatusOr<std::string> cached = Sha256File(path);
-    if (cached.ok() && *cached == sha256) return path;
+    if (cached.ok() && *cached == sha256) {
+      MarkUsed(path);
+      return path;
+    }
     // A damaged copy: fetch a fresh one over it.
     unlink(path.c_str());
   }
   if (absl::Status s = MakeParentDir(path); !s.ok()) return s;
   if (absl::Status s = s3_->Fetch(sha256, path); !s.ok()) return s;
+  MarkUsed(path);
+  TrimCache();
   return path;
+}
+
+CacheTrim S3BackedBlobStore::TrimCache() const {
+  CacheTrim trim;
+  if (max_bytes_ <= 0) return trim;
+  absl::MutexLock lock(&trim_mu_);
+  struct Entry {
+    fs::file_time_type used;
+    int64_t size;
+    fs::path path;
+  };
+  std::vector<Entry> entries;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(fs::path(cache_dir_) / "blobs", ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    const auto size = it->file_size(ec);
+    const auto used = it->last_write_time(ec);
+    if (ec) continue;  // removed meanwhile
+    entries.push_back({used, static_cast<int64_t>(size), it->path()});
+    trim.bytes_before += static_cast<int64_t>(size);
+  }
+  trim.bytes_after = trim.bytes_before;
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.used < b.used; });
+  const auto now = fs::file_time_type::clock::now();
+  const auto min_age = std::chrono::nanoseconds(absl::ToInt64Nanoseconds(min_age_));
+  for (const Entry& e : entries) {
+    if (trim.bytes_after <= max_bytes_) break;
+    if (now - e.used < min_age) break;  // the rest are younger still
+    if (fs::remove(e.path, ec) && !ec) {
+      trim.bytes_after -= e.size;
+      ++trim.removed;
+    }
+  }
+  return trim;
 }
 
 std::string S3BackedBlobStore::PathFor(absl::string_view sha256) const {

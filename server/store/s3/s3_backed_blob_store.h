@@ -10,8 +10,13 @@
 // <cache_dir>/tmp and, once uploaded, keeps the staged file as the cached
 // copy, so describing a fresh upload needs no download.
 //
-// The cache is never trimmed here: blobs leave it through Delete (or an
-// operator emptying the directory while the server is stopped).
+// The cache is bounded by `cache_max_bytes` (0 = unbounded): every use of a
+// cached blob (LocalPath, an upload kept as the cached copy) marks it used
+// (its mtime), and after each fetch or upload the least recently used blobs
+// go until the cache fits again, but never one used within `cache_min_age`,
+// so a path just handed to a child process stays until the child has opened
+// it (an open file lives on after unlink). The bound can be exceeded
+// meanwhile. Delete also removes the cached copy.
 //
 // Thread-safe, like S3BlobStore.
 //
@@ -22,10 +27,14 @@
 #ifndef COMPRESS_STORE_S3_S3_BACKED_BLOB_STORE_H_
 #define COMPRESS_STORE_S3_S3_BACKED_BLOB_STORE_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/strings/string_view.h"
 #include "server/store/blob_store.h"
 #include "server/store/s3/s3_blob_store.h"
@@ -38,6 +47,18 @@ struct S3BackedBlobStoreOptions {
   // Local cache of fetched and uploaded blobs (created if missing; its tmp/
   // is emptied by Create). Required.
   std::string cache_dir;
+  // Size above which least recently used cached blobs are removed; 0 =
+  // unbounded (the default).
+  int64_t cache_max_bytes = 0;
+  // A blob used more recently than this is never removed by trimming.
+  absl::Duration cache_min_age = absl::Minutes(10);
+};
+
+// What one trim of the cache did.
+struct CacheTrim {
+  int64_t bytes_before = 0;
+  int64_t bytes_after = 0;
+  int removed = 0;
 };
 
 class S3BackedBlobStore : public BlobStore {
@@ -59,13 +80,24 @@ class S3BackedBlobStore : public BlobStore {
 
   S3BlobStore& s3() const { return *s3_; }
 
+  // Removes least recently used blobs older than cache_min_age until the
+  // cache holds at most cache_max_bytes (nothing when that is 0). Runs on
+  // its own after fetches and uploads; public for tests and operators.
+  CacheTrim TrimCache() const ABSL_LOCKS_EXCLUDED(trim_mu_);
+
  private:
   class Writer;
-  S3BackedBlobStore(std::string cache_dir, std::unique_ptr<S3BlobStore> s3)
-      : cache_dir_(std::move(cache_dir)), s3_(std::move(s3)) {}
+  S3BackedBlobStore(const S3BackedBlobStoreOptions& options, std::unique_ptr<S3BlobStore> s3)
+      : cache_dir_(options.cache_dir),
+        max_bytes_(options.cache_max_bytes),
+        min_age_(options.cache_min_age),
+        s3_(std::move(s3)) {}
 
   const std::string cache_dir_;
+  const int64_t max_bytes_;
+  const absl::Duration min_age_;
   const std::unique_ptr<S3BlobStore> s3_;
+  mutable absl::Mutex trim_mu_;  // one trim at a time
 };
 
 }  // namespace compress::store
