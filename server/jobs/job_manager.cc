@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "server/jobs/job_manager_internal.h"
+#include "server/pipeline/spec_values.h"
 #include "server/util/status_macros.h"
 
 namespace compress::jobs {
@@ -347,6 +348,8 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
     }
     if (!absl::IsNotFound(existing.status())) return existing.status();
   }
+  // Every kind: declared enum values and finite numbers only.
+  RETURN_IF_ERROR(pipeline::CheckSpecValues(request.spec));
   RETURN_IF_ERROR(handler->Validate(request.spec, *resources_(tenant)));
 
   v1::Job job;

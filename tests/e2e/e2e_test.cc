@@ -5,6 +5,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
@@ -429,6 +430,25 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
     p->set_model_id(cnn.id());
     p->mutable_data()->set_dataset_id(data);
     p->mutable_target()->set_flops_fraction(0.5);
+    cases.push_back(c);
+  }
+  {
+    Case c{"undeclared enum value", {}, grpc::StatusCode::INVALID_ARGUMENT,
+           "spec.analyze.hvp_method: 99 is not a HvpMethod"};
+    auto* a = c.req.mutable_spec()->mutable_analyze();
+    a->set_model_id(cnn.id());
+    a->mutable_data()->set_dataset_id(data);
+    a->set_hvp_method(static_cast<v1::HvpMethod>(99));
+    cases.push_back(c);
+  }
+  {
+    Case c{"infinite sigma", {}, grpc::StatusCode::INVALID_ARGUMENT,
+           "spec.analyze.density.sigma: must be a finite number, got Infinity"};
+    auto* a = c.req.mutable_spec()->mutable_analyze();
+    a->set_model_id(cnn.id());
+    a->mutable_data()->set_dataset_id(data);
+    a->mutable_density()->set_enabled(true);
+    a->mutable_density()->set_sigma(std::numeric_limits<double>::infinity());
     cases.push_back(c);
   }
   {
