@@ -49,23 +49,10 @@ TEST(S3BlobStoreE2eTest, UploadInspectAndDownloadThroughTheBucket) {
   s3test::S3rver s3rver;
   const std::string started = s3rver.Start(dir.path() + "/s3rver");
   ASSERT_TRUE(started.empty()) << started;
-  const std::string endpoint = absl::StrCat("http://127.0.0.1:", s3rver.port());
-
-  store::S3BlobStoreOptions o;
-  o.client.config.endpoint = endpoint;
-  o.client.config.bucket = kBucket;
-  o.client.config.prefix = "prod/";
-  o.client.config.access_key_id = "S3RVER";  // s3rver's one account
-  o.client.config.secret_access_key = "S3RVER";
-  o.tmp_dir = dir.path() + "/s3tmp";
-  auto bucket = store::S3BlobStore::Create(o);
+  // compressd reads the credentials and endpoint this sets; its worker
+  // children do not get them.
+  auto bucket = s3test::BucketForCompressd(s3rver, kBucket, "prod/", dir.path() + "/s3tmp");
   ASSERT_TRUE(bucket.ok()) << bucket.status();
-  ASSERT_TRUE((*bucket)->client().CreateBucket().ok());
-
-  // compressd reads these; its worker children do not get them.
-  setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
-  setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
-  setenv("COMPRESSD_S3_ENDPOINT", endpoint.c_str(), 1);
   const std::string data = dir.path() + "/data";
   ServerProcess server(data, {absl::StrCat("--blob_store=s3://", kBucket, "/prod")});
   ASSERT_TRUE(server.running());

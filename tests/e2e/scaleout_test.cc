@@ -120,19 +120,8 @@ class ScaleOutTest : public ::testing::Test {
 
     const std::string started = s3rver_.Start(dir_.path() + "/s3rver");
     ASSERT_TRUE(started.empty()) << started;
-    const std::string endpoint = absl::StrCat("http://127.0.0.1:", s3rver_.port());
-    store::S3BlobStoreOptions o;
-    o.client.config.endpoint = endpoint;
-    o.client.config.bucket = kBucket;
-    o.client.config.access_key_id = "S3RVER";
-    o.client.config.secret_access_key = "S3RVER";
-    o.tmp_dir = dir_.path() + "/s3tmp";
-    auto bucket = store::S3BlobStore::Create(o);
+    auto bucket = s3test::BucketForCompressd(s3rver_, kBucket, "", dir_.path() + "/s3tmp");
     ASSERT_TRUE(bucket.ok()) << bucket.status();
-    ASSERT_TRUE((*bucket)->client().CreateBucket().ok());
-    setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
-    setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
-    setenv("COMPRESSD_S3_ENDPOINT", endpoint.c_str(), 1);
 
     // The schema first, as a deployment's migrate Job would; the replicas
     // then only check it.

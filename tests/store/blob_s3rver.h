@@ -12,13 +12,16 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/store/s3/s3_blob_store.h"
 #include "tests/test_util.h"
 
 namespace compress::s3test {
@@ -121,6 +124,30 @@ class S3rver {
   int stdout_ = -1;
   int port_ = 0;
 };
+
+// Makes `bucket` on a started s3rver and sets what a compressd child process
+// of the test reads to reach it (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY:
+// s3rver's one account; COMPRESSD_S3_ENDPOINT). Returns a store on the
+// bucket under `prefix` ("" or ending in '/') for the test's own checks.
+inline absl::StatusOr<std::unique_ptr<store::S3BlobStore>> BucketForCompressd(
+    const S3rver& s3rver, const std::string& bucket, const std::string& prefix,
+    const std::string& tmp_dir) {
+  const std::string endpoint = absl::StrCat("http://127.0.0.1:", s3rver.port());
+  store::S3BlobStoreOptions o;
+  o.client.config.endpoint = endpoint;
+  o.client.config.bucket = bucket;
+  o.client.config.prefix = prefix;
+  o.client.config.access_key_id = "S3RVER";
+  o.client.config.secret_access_key = "S3RVER";
+  o.tmp_dir = tmp_dir;
+  absl::StatusOr<std::unique_ptr<store::S3BlobStore>> store = store::S3BlobStore::Create(o);
+  if (!store.ok()) return store.status();
+  if (absl::Status s = (*store)->client().CreateBucket(); !s.ok()) return s;
+  setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
+  setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
+  setenv("COMPRESSD_S3_ENDPOINT", endpoint.c_str(), 1);
+  return store;
+}
 
 }  // namespace compress::s3test
 
