@@ -861,9 +861,15 @@ TEST_P(JobManagerBothTest, SubscribersHearDurableEvents) {
 
 TEST_P(JobManagerBothTest, UnsubscribedListenerIsNotCalledAgain) {
   StartManager();
+  // The only slot is busy, so the watched job's RUNNING event comes after
+  // the subscription (a slow job writes nothing else): under load the
+  // worker could otherwise start it before Subscribe.
+  v1::Job blocker = Submit(Request("slow"));
+  WaitForState(blocker.id(), v1::JOB_STATE_RUNNING);
   v1::Job job = Submit(Request("slow"));
   std::atomic<int> calls{0};
   uint64_t handle = manager_->Subscribe(job.id(), [&] { calls.fetch_add(1); });
+  ASSERT_TRUE(manager_->Cancel(kTenant, blocker.id()).ok());
   WaitForState(job.id(), v1::JOB_STATE_RUNNING);
   EXPECT_TRUE(WaitUntil([&] { return calls.load() >= 1; }));
   manager_->Unsubscribe(job.id(), handle);
@@ -1066,14 +1072,9 @@ TEST_F(SharedQueueTest, AnApiReplicaSubmitsWatchesAndCancelsWhileAWorkerRuns) {
   JobManager* worker = StartReplica("worker-b", 1);
   ASSERT_NE(worker, nullptr);
 
-  // Events appended by the worker wake a watcher subscribed on the API
-  // replica (LISTEN/NOTIFY), and read back gapless from there.
+  // The worker's events read back gapless through the API replica.
   v1::Job job = Submit(Request("ok"));
-  std::atomic<int> wakeups{0};
-  uint64_t h = manager_->Subscribe(job.id(), [&] { ++wakeups; });
   v1::Job done = WaitForState(job.id(), v1::JOB_STATE_SUCCEEDED);
-  EXPECT_TRUE(WaitUntil([&] { return wakeups.load() >= 3; })) << wakeups.load();
-  manager_->Unsubscribe(job.id(), h);
   EXPECT_EQ(done.assigned_device(), "cpu");
   EXPECT_EQ(done.result().summary(), "ok done");
   auto events = manager_->Events(kTenant, job.id(), 0, 1000);
@@ -1087,12 +1088,19 @@ TEST_F(SharedQueueTest, AnApiReplicaSubmitsWatchesAndCancelsWhileAWorkerRuns) {
   EXPECT_EQ((*artifacts)[0].sha256(), Sha256Hex(kReport));
 
   // A cancel on the API replica reaches the job running on the worker
-  // within a renewal or two.
+  // within a renewal or two, and the worker's CANCELLED event wakes a
+  // watcher on the API replica (LISTEN/NOTIFY: written after the
+  // subscription, so the wake-up is certain).
   v1::Job slow = Submit(Request("slow"));
+  std::atomic<int> wakeups{0};
+  uint64_t h = manager_->Subscribe(slow.id(), [&] { ++wakeups; });
   WaitForState(slow.id(), v1::JOB_STATE_RUNNING);
+  const int before_cancel = wakeups.load();
   absl::Time asked = absl::Now();
   ASSERT_TRUE(manager_->Cancel(kTenant, slow.id()).ok());
   v1::Job cancelled = WaitForState(slow.id(), v1::JOB_STATE_CANCELLED);
+  EXPECT_TRUE(WaitUntil([&] { return wakeups.load() > before_cancel; })) << wakeups.load();
+  manager_->Unsubscribe(slow.id(), h);
   EXPECT_LT(absl::Now() - asked, absl::Seconds(5));
   EXPECT_EQ(cancelled.error().code(), static_cast<int>(absl::StatusCode::kCancelled));
   EXPECT_EQ(Transitions(slow.id()),
