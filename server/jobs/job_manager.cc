@@ -507,6 +507,29 @@ absl::Status JobManager::ChangeStateLocked(v1::Job& job, v1::JobState to) {
   return s;
 }
 
+absl::Status JobManager::StoreStateLocked(v1::Job& job, v1::JobState to) {
+  absl::Duration backoff = options_.end_retry_initial;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status s = ChangeStateLocked(job, to);
+    if (s.ok()) return s;
+    fprintf(stderr, "compressd: job %s: storing state %s failed (try %d): %s\n", job.id().c_str(),
+            v1::JobState_Name(to).c_str(), attempt, s.ToString().c_str());
+    if (stopping_) return s;
+    auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stop), backoff);
+    backoff = std::min(backoff * 2, options_.end_retry_max);
+    // A cancel may have written meanwhile: continue from the stored row.
+    auto fresh = metadata_->GetJobAnyTenant(job.id());
+    if (!fresh.ok()) continue;
+    if (IsTerminal(fresh->state())) {
+      job = *std::move(fresh);
+      return absl::OkStatus();
+    }
+    job.set_state(fresh->state());
+    job.set_last_sequence(fresh->last_sequence());
+  }
+}
+
 bool JobManager::SlotAccepts(int slot, const std::string& requested) const {
   return requested == "auto" || requested == slots_[slot].device;
 }
@@ -611,8 +634,8 @@ void JobManager::RunJob(int slot, v1::Job job) {
       v1::JobEvent log;
       log.mutable_log()->set_level("WARNING");
       log.mutable_log()->set_message("interrupted by server shutdown; re-queued");
-      AppendLocked(job, std::move(log)).IgnoreError();
-      ChangeStateLocked(job, v1::JOB_STATE_QUEUED).IgnoreError();
+      AppendLocked(job, std::move(log)).IgnoreError();  // the state change says enough
+      StoreStateLocked(job, v1::JOB_STATE_QUEUED).IgnoreError();  // logged; RUNNING re-queues
       final_state = v1::JOB_STATE_QUEUED;
     } else if (const auto crash = CrashOf(result); crash && !stopping_ &&
                                                   job.attempts() < options_.max_attempts) {
@@ -624,7 +647,7 @@ void JobManager::RunJob(int slot, v1::Job job) {
                                                   options_.max_attempts, ": ", *crash,
                                                   "; re-queued"));
       AppendLocked(job, std::move(log)).IgnoreError();
-      if (ChangeStateLocked(job, v1::JOB_STATE_QUEUED).ok()) queue_.push_back(job);
+      if (StoreStateLocked(job, v1::JOB_STATE_QUEUED).ok()) queue_.push_back(job);
       final_state = v1::JOB_STATE_QUEUED;
     } else {
       *job.mutable_end_time() = ToProto(absl::Now());
@@ -644,7 +667,8 @@ void JobManager::RunJob(int slot, v1::Job job) {
       if (observer_ != nullptr) {
         observer_->OnFinished(kind, final_state, absl::ToDoubleSeconds(absl::Now() - start));
       }
-      ChangeStateLocked(job, final_state).IgnoreError();
+      // Logged on each failure; a server stopped meanwhile re-runs the job.
+      StoreStateLocked(job, final_state).IgnoreError();
     }
   }
   Notify(job.id());

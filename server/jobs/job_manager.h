@@ -84,6 +84,11 @@ struct JobManagerOptions {
   absl::Duration renew_interval = absl::Seconds(2);  // lease renewal and cancel check
   absl::Duration poll_interval = absl::Milliseconds(500);  // idle claims; watchers without notifier
   absl::Duration reap_interval = absl::Seconds(5);   // expired-lease reaper
+  // Storing a job's end state is retried (each failure logged) from this
+  // delay, doubling up to the max, while the server runs: a full disk
+  // leaves the job RUNNING with its slot busy, never with an idle worker.
+  absl::Duration end_retry_initial = absl::Milliseconds(250);
+  absl::Duration end_retry_max = absl::Seconds(30);
 };
 
 // Receives job-level metrics (the service maps them to Prometheus).
@@ -220,6 +225,12 @@ class JobManager {
   absl::Status AppendLocked(compress::v1::Job& job, compress::v1::JobEvent event)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ChangeStateLocked(compress::v1::Job& job, compress::v1::JobState to)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ChangeStateLocked for a state the job must reach (its end, a re-queue):
+  // retried with backoff until it is stored, another writer ended the job,
+  // or the server stops (then the next start recovers the RUNNING job).
+  // Waits release mu_.
+  absl::Status StoreStateLocked(compress::v1::Job& job, compress::v1::JobState to)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const std::string& job_id) ABSL_LOCKS_EXCLUDED(listeners_mu_);
   void ReportGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

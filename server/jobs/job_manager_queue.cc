@@ -1,5 +1,6 @@
 // JobManager in shared-queue mode: claims, leases, fenced completion, the
 // reaper and cross-process watchers (see job_manager.h).
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 #include <vector>
@@ -153,10 +154,22 @@ void JobManager::FinishClaimed(v1::Job job, const Running& run,
     *job.mutable_error() = ToErrorStatus(error);
     job.set_state(absl::IsCancelled(error) ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
   }
-  absl::StatusOr<int64_t> done = options_.queue->Complete(job.id(), run.owner, run.attempt, job,
-                                                          StateChangeEvent(job, from));
-  if (!done.ok()) {
+  // Retried within half a lease (renewal stopped when the handler returned);
+  // after that the reaper re-runs the job, which then counts as an attempt.
+  const absl::Time give_up = absl::Now() + options_.lease / 2;
+  absl::Duration backoff = options_.end_retry_initial;
+  absl::StatusOr<int64_t> done;
+  while (true) {
+    done = options_.queue->Complete(job.id(), run.owner, run.attempt, job,
+                                    StateChangeEvent(job, from));
+    if (done.ok() || absl::IsFailedPrecondition(done.status())) break;
     LogFailure("completing a job", done.status());
+    if (absl::Now() + backoff > give_up) break;
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, options_.end_retry_max);
+  }
+  if (!done.ok()) {
+    LogFailure("completing a job (left to the lease reaper)", done.status());
   } else if (observer_ != nullptr) {
     observer_->OnFinished(job.kind(), job.state(), absl::ToDoubleSeconds(absl::Now() - start));
   }

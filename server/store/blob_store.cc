@@ -14,22 +14,25 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/store/storage_error.h"
 
 namespace compress::store {
 namespace fs = std::filesystem;
 
 namespace {
 
-absl::Status ErrnoError(const std::string& what) {
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
+// `op` is what a client may read; `path` goes to the log only.
+absl::Status ErrnoError(absl::string_view op, absl::string_view path) {
+  return StorageError(errno, op, path);
 }
 
 absl::Status FsyncDir(const std::string& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return ErrnoError("open " + dir);
+  if (fd < 0) return ErrnoError("open a blob directory", dir);
   int rc = fsync(fd);
+  const int err = errno;
   close(fd);
-  if (rc != 0) return ErrnoError("fsync " + dir);
+  if (rc != 0) return StorageError(err, "sync a blob directory", dir);
   return absl::OkStatus();
 }
 
@@ -54,7 +57,7 @@ void LocalBlobStore::Writer::Discard() {
 absl::Status LocalBlobStore::Writer::Append(absl::string_view bytes) {
   if (file_ == nullptr) return absl::FailedPreconditionError("writer is closed");
   if (!bytes.empty() && fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size()) {
-    return ErrnoError("write " + tmp_path_);
+    return ErrnoError("write a blob", tmp_path_);
   }
   hash_.Update(bytes);
   size_ += static_cast<int64_t>(bytes.size());
@@ -70,7 +73,7 @@ absl::StatusOr<std::string> LocalBlobStore::Writer::Commit(absl::string_view exp
         "sha256 mismatch: declared ", expected_sha256, ", received bytes hash to ", sha));
   }
   if (fflush(file_) != 0 || fsync(fileno(file_)) != 0) {
-    absl::Status s = ErrnoError("fsync " + tmp_path_);
+    absl::Status s = ErrnoError("write a blob", tmp_path_);
     Discard();
     return s;
   }
@@ -81,10 +84,11 @@ absl::StatusOr<std::string> LocalBlobStore::Writer::Commit(absl::string_view exp
   fs::create_directories(fs::path(final_path).parent_path(), ec);
   if (ec) {
     Discard();
-    return absl::InternalError(absl::StrCat("mkdir: ", ec.message()));
+    return StorageError(ec.value(), "create a blob directory",
+                        fs::path(final_path).parent_path().string());
   }
   if (rename(tmp_path_.c_str(), final_path.c_str()) != 0) {
-    absl::Status s = ErrnoError("rename " + tmp_path_);
+    absl::Status s = ErrnoError("store a blob", tmp_path_);
     Discard();
     return s;
   }
@@ -126,7 +130,7 @@ absl::StatusOr<std::unique_ptr<BlobStore::Writer>> LocalBlobStore::NewWriter() c
   std::string path = absl::StrFormat("%s/tmp/%d-%d-%016x", root_, getpid(),
                                      counter.fetch_add(1), absl::Uniform<uint64_t>(gen));
   FILE* f = fopen(path.c_str(), "wbx");
-  if (f == nullptr) return ErrnoError("create " + path);
+  if (f == nullptr) return ErrnoError("create a blob", path);
   return std::unique_ptr<BlobStore::Writer>(new Writer(this, path, f));
 }
 
@@ -149,7 +153,7 @@ absl::StatusOr<int64_t> LocalBlobStore::Size(absl::string_view sha256) const {
 
 absl::Status LocalBlobStore::Delete(absl::string_view sha256) const {
   if (unlink(PathFor(sha256).c_str()) != 0 && errno != ENOENT) {
-    return ErrnoError(absl::StrCat("unlink blob ", sha256));
+    return ErrnoError("delete a blob", sha256);
   }
   return absl::OkStatus();
 }
@@ -160,17 +164,17 @@ absl::Status LocalBlobStore::Read(absl::string_view sha256, int64_t offset, int6
   FILE* f = fopen(path.c_str(), "rbe");
   if (f == nullptr) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
-    return ErrnoError("open " + path);
+    return ErrnoError("read a blob", path);
   }
   absl::Status s;
-  if (fseeko(f, offset, SEEK_SET) != 0) s = ErrnoError("seek " + path);
+  if (fseeko(f, offset, SEEK_SET) != 0) s = ErrnoError("read a blob", path);
   std::string buf(1 << 20, '\0');
   int64_t left = length < 0 ? INT64_MAX : length;
   while (s.ok() && left > 0) {
     size_t want = static_cast<size_t>(std::min<int64_t>(left, static_cast<int64_t>(buf.size())));
     size_t n = fread(buf.data(), 1, want, f);
     if (n == 0) {
-      if (ferror(f)) s = ErrnoError("read " + path);
+      if (ferror(f)) s = ErrnoError("read a blob", path);
       break;
     }
     left -= static_cast<int64_t>(n);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/store/rows.h"
+#include "server/store/storage_error.h"
 #include "server/util/status_macros.h"
 
 namespace compress::store {
@@ -98,7 +99,7 @@ class Stmt {
   ~Stmt() { sqlite3_finalize(stmt_); }
   absl::Status status() const {
     if (rc_ == SQLITE_OK) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
+    return SqliteStorageError(rc_, "read the metadata store", sqlite3_errmsg(db_));
   }
   Stmt& Bind(int i, const std::string& s) {
     sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
@@ -124,7 +125,7 @@ class Stmt {
     if (rc == SQLITE_CONSTRAINT) {
       return absl::AlreadyExistsError(absl::StrCat("constraint: ", sqlite3_errmsg(db_)));
     }
-    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    return Failure();
   }
   std::string Text(int col) const {
     const void* p = sqlite3_column_blob(stmt_, col);
@@ -133,6 +134,10 @@ class Stmt {
   }
   int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
   std::string Error() const { return sqlite3_errmsg(db_); }
+  // The status of the last failed step (see storage_error.h).
+  absl::Status Failure() const {
+    return SqliteStorageError(sqlite3_extended_errcode(db_), "use the metadata store", Error());
+  }
 
  private:
   sqlite3* db_;
@@ -176,7 +181,7 @@ absl::StatusOr<Page<T>> ListTable(sqlite3* db, const std::string& table, const V
     last_id = st.Text(2);
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+    return st.Failure();
   }
   return page;
 }
@@ -192,7 +197,7 @@ absl::StatusOr<T> GetById(sqlite3* db, const std::string& table, const std::stri
   st.Bind(1, id).Bind(2, v.tenant).Bind(3, v.other());
   int rc = st.Step();
   if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
-  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_ROW) return st.Failure();
   return Parse<T>(st.Text(0));
 }
 
@@ -241,10 +246,10 @@ SqliteMetadataStore::~SqliteMetadataStore() {
 
 absl::Status SqliteMetadataStore::Exec(const char* sql) {
   char* err = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+  if (const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err); rc != SQLITE_OK) {
     std::string msg = err ? err : "unknown";
     sqlite3_free(err);
-    return absl::InternalError(absl::StrCat("sqlite: ", msg));
+    return SqliteStorageError(sqlite3_extended_errcode(db_), "use the metadata store", msg);
   }
   return absl::OkStatus();
 }
@@ -416,7 +421,7 @@ absl::StatusOr<std::string> SqliteMetadataStore::JobColumnLocked(const char* col
   st.Bind(1, id);
   int rc = st.Step();
   if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
-  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_ROW) return st.Failure();
   return st.Text(0);
 }
 
@@ -428,7 +433,7 @@ absl::StatusOr<v1::Job> SqliteMetadataStore::GetJobByRequestId(const std::string
   st.Bind(1, request_id).Bind(2, tenant);
   int rc = st.Step();
   if (rc == SQLITE_DONE) return absl::NotFoundError("no job with that request id");
-  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_ROW) return st.Failure();
   return Parse<v1::Job>(st.Text(0));
 }
 
@@ -458,7 +463,7 @@ absl::StatusOr<std::vector<v1::Job>> SqliteMetadataStore::JobsInState(v1::JobSta
     ASSIGN_OR_RETURN(v1::Job job, Parse<v1::Job>(st.Text(0)));
     jobs.push_back(std::move(job));
   }
-  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_DONE) return st.Failure();
   return jobs;
 }
 
@@ -475,7 +480,7 @@ absl::StatusOr<bool> SqliteMetadataStore::IsReferencedByActiveJob(const std::str
       .Bind(4, tenant);
   int rc = st.Step();
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+    return st.Failure();
   }
   return rc == SQLITE_ROW;
 }
@@ -519,7 +524,7 @@ absl::StatusOr<std::vector<v1::JobEvent>> SqliteMetadataStore::ListEvents(const 
     ASSIGN_OR_RETURN(v1::JobEvent e, Parse<v1::JobEvent>(st.Text(0)));
     events.push_back(std::move(e));
   }
-  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_DONE) return st.Failure();
   return events;
 }
 
@@ -545,7 +550,7 @@ absl::StatusOr<v1::Artifact> SqliteMetadataStore::GetArtifact(const std::string&
   if (rc == SQLITE_DONE) {
     return absl::NotFoundError(absl::StrCat("artifact ", name, " of job ", job_id, " not found"));
   }
-  if (rc != SQLITE_ROW) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_ROW) return st.Failure();
   return Parse<v1::Artifact>(st.Text(0));
 }
 
@@ -561,7 +566,7 @@ absl::StatusOr<std::vector<v1::Artifact>> SqliteMetadataStore::ListArtifacts(
     ASSIGN_OR_RETURN(v1::Artifact a, Parse<v1::Artifact>(st.Text(0)));
     out.push_back(std::move(a));
   }
-  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_DONE) return st.Failure();
   return out;
 }
 
@@ -575,7 +580,7 @@ absl::StatusOr<bool> SqliteMetadataStore::IsBlobReferenced(const std::string& sh
   st.Bind(1, sha256);
   int rc = st.Step();
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+    return st.Failure();
   }
   return rc == SQLITE_ROW;
 }
@@ -588,7 +593,7 @@ absl::StatusOr<std::set<std::string>> SqliteMetadataStore::ReferencedBlobs() {
   std::set<std::string> out;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) out.insert(st.Text(0));
-  if (rc != SQLITE_DONE) return absl::InternalError(absl::StrCat("sqlite: ", st.Error()));
+  if (rc != SQLITE_DONE) return st.Failure();
   return out;
 }
 

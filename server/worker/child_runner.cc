@@ -2,8 +2,10 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/statvfs.h>
 
 #include <atomic>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -14,10 +16,12 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "compress/internal/worker.pb.h"
 #include "server/catalog/engine_describer.h"
 #include "server/sandbox/child_process.h"
+#include "server/store/storage_error.h"
 #include "server/util/status_macros.h"
 
 namespace compress::worker {
@@ -27,21 +31,28 @@ namespace v1 = compress::v1;
 namespace in = compress::internal;
 namespace fs = std::filesystem;
 
+// Below this many free bytes, a failed child is taken to have failed for
+// lack of disk (a job writes at least a copy of its model).
+constexpr int64_t kDiskFullBytes = 1 << 20;
+
 absl::StatusOr<std::string> MakeWorkDir(const std::string& root, const std::string& name) {
   static std::atomic<uint64_t> counter{0};
   std::error_code ec;
   fs::create_directories(root, ec);
   const std::string dir = absl::StrCat(root, "/", name, "-", getpid(), "-", ++counter);
   if (!fs::create_directory(dir, ec) || ec) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot create a working directory for a worker process: ", ec.message()));
+    return store::StorageError(ec ? ec.value() : EEXIST,
+                               "create a working directory for a worker process", dir);
   }
   return dir;
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InternalError(absl::StrCat("worker output ", path, " is missing"));
+  if (!in) {
+    return absl::InternalError(
+        absl::StrCat("worker output ", fs::path(path).filename().string(), " is missing"));
+  }
   std::ostringstream out;
   out << in.rdbuf();
   return out.str();
@@ -87,7 +98,39 @@ absl::Status FromExit(const sandbox::ChildExit& exit, const WorkerOptions& o) {
   return s;
 }
 
-// Runs one task in a child; `on_event` sees every event but `done`.
+// Bytes free for unprivileged writes on the filesystem holding `dir`, or -1.
+int64_t FreeBytes(const std::string& dir) {
+  struct statvfs st;
+  if (statvfs(dir.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
+}
+
+// A child's error as the client reads it: never the server path of its
+// working directory, and RESOURCE_EXHAUSTED when it failed because the disk
+// holding that directory filled up (LibTorch's writers say "file write
+// failed", not ENOSPC).
+v1::ErrorStatus PublicError(v1::ErrorStatus e, const std::string& workdir,
+                            const std::string& work_root) {
+  std::string message = absl::StrReplaceAll(e.message(), {{workdir, "<scratch>"}});
+  const auto code = static_cast<absl::StatusCode>(e.code());
+  if (code != absl::StatusCode::kOk && code != absl::StatusCode::kCancelled &&
+      code != absl::StatusCode::kDeadlineExceeded) {
+    const int64_t free_bytes = FreeBytes(work_root);
+    if (free_bytes >= 0 && free_bytes < kDiskFullBytes) {
+      fprintf(stderr, "compressd: storage error: %s has %lld bytes free; a worker process failed: %s\n",
+              work_root.c_str(), static_cast<long long>(free_bytes), e.message().c_str());
+      e.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+      message = absl::StrCat("the server's storage is full: the job's worker process could not "
+                             "write its scratch files (", message, ")");
+    }
+  }
+  e.set_message(message);
+  return e;
+}
+
+// Runs one task in a child; `on_event` sees every event but `done`. An
+// error from `on_event` (storing an artifact on a full disk, say) ends the
+// child and is the result: it is the server's answer, not a crash.
 absl::StatusOr<in::ChildEvent::Done> RunChild(
     const WorkerOptions& options, const std::string& name, const in::ChildTask& task,
     absl::Duration deadline, const std::function<absl::Status(const in::ChildEvent&,
@@ -102,6 +145,7 @@ absl::StatusOr<in::ChildEvent::Done> RunChild(
   child_options.deadline = deadline;
   ASSIGN_OR_RETURN(auto child, sandbox::ChildProcess::Spawn(child_options, task.SerializeAsString()));
   std::optional<in::ChildEvent::Done> done;
+  absl::Status event_error;
   *exit_out = child->Run(
       [&](absl::string_view frame) -> absl::Status {
         in::ChildEvent event;
@@ -112,10 +156,15 @@ absl::StatusOr<in::ChildEvent::Done> RunChild(
           done = event.done();
           return absl::OkStatus();
         }
-        return on_event(event, workdir);
+        event_error = on_event(event, workdir);
+        return event_error;
       },
       check);
+  if (!event_error.ok()) return event_error;
   if (!done) return FromExit(*exit_out, options);
+  if (done->has_error()) {
+    *done->mutable_error() = PublicError(done->error(), workdir, options.work_root);
+  }
   return *std::move(done);
 }
 

@@ -131,8 +131,16 @@ TEST(ProcessTest, KillNineThenRestartLosesNothing) {
     }
     return true;
   })) << "a worker process outlived compressd";
+  // The kill left the job's scratch directory (a copy of the tenant's
+  // inputs may be in it); the next start removes it before any job runs.
+  std::vector<std::filesystem::path> scratch;
+  for (const auto& entry : std::filesystem::directory_iterator(data + "/work")) {
+    scratch.push_back(entry.path());
+  }
+  EXPECT_FALSE(scratch.empty());
   server = std::make_unique<ServerProcess>(data);
   client = Connect(*server);
+  for (const auto& path : scratch) EXPECT_FALSE(std::filesystem::exists(path)) << path;
 
   // Resume the watch where it stopped: no gap, no duplicate, and the job
   // re-runs to success as attempt 2.

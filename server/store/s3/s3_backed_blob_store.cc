@@ -15,6 +15,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/store/storage_error.h"
 #include "server/util/sha256.h"
 
 namespace compress::store {
@@ -22,8 +23,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// `what` (an operation and a path) is logged; the client reads no path.
 absl::Status ErrnoError(const std::string& what) {
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
+  return StorageError(errno, "use the local blob cache", what);
 }
 
 absl::Status CheckSha(absl::string_view sha256) {

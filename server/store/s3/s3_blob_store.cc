@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "server/store/storage_error.h"
 #include "server/util/status_macros.h"
 
 namespace compress::store {
@@ -19,8 +20,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// `what` (an operation and a path) is logged; the client reads no path.
 absl::Status ErrnoError(const std::string& what) {
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
+  return StorageError(errno, "use the local blob cache", what);
 }
 
 absl::Status CheckSha(absl::string_view sha256) {
