@@ -143,6 +143,12 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
                        absl::StrCat("tensor \"", name, "\" has a bad shape"));
       }
       const uint64_t d = dim.get<uint64_t>();
+      // A zero elsewhere keeps the byte count at 0 whatever this is, and
+      // shapes are int64: 2^63 would become negative (safetensors_fuzzer).
+      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        return Invalid(path,
+                       absl::StrCat("tensor \"", name, "\" has a bad shape"));
+      }
       if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / d) {
         return Invalid(path,
                        absl::StrCat("tensor \"", name, "\" is too large"));
