@@ -19,7 +19,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
-  libssl-dev zlib1g-dev openssl clang libcurl4-openssl-dev universal-ctags
+  libssl-dev zlib1g-dev openssl clang libclang-rt-14-dev libcurl4-openssl-dev universal-ctags
   libpq-dev postgresql
 )
 

@@ -1,5 +1,6 @@
 #include "server/engine/data/dataset.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/serialize.h>
 
 #include <cstring>
@@ -103,6 +104,72 @@ absl::StatusOr<LoadedDataset> LoadSafetensors(const std::string& path,
   return data;
 }
 
+// LibTorch's Unpickler allocates (and zero-fills) a string or bytes
+// argument as long as its length prefix says before reading it, so a 1 KB
+// file claiming a 4 GB string costs 4 GB (found by tests/fuzz/
+// dataset_fuzzer). Walks the opcodes of the pickle in `data` (those the
+// Unpickler knows) and refuses any argument that runs past its end.
+// Unknown opcodes end the walk: the Unpickler refuses them itself.
+absl::Status CheckPickleLengths(const char* data, size_t size) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(data);
+  size_t at = 0;
+  auto little_endian = [&](size_t bytes) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < bytes; ++i) v |= uint64_t{p[at + i]} << (8 * i);
+    return v;
+  };
+  auto too_long = [&](uint64_t n, size_t opcode_at) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.pkl: an argument of ", n, " bytes at offset ", opcode_at,
+        " runs past the end of the record (", size, " bytes)"));
+  };
+  while (at < size) {
+    const size_t opcode_at = at;
+    const unsigned char op = p[at++];
+    size_t fixed = 0;       // bytes of a fixed-size argument
+    size_t length_of = 0;   // bytes of a length prefix, then that many bytes
+    int lines = 0;          // newline-terminated arguments
+    switch (op) {
+      case '.':  // STOP
+        return absl::OkStatus();
+      case '(': case '0': case '1': case '2': case 'N': case 'Q': case 'R': case 'a':
+      case 'b': case 'd': case '}': case 'e': case 'l': case ']': case 'o': case 's':
+      case 't': case ')': case 'u': case 0x81: case 0x85: case 0x86: case 0x87:
+      case 0x88: case 0x89: case 0x8f: case 0x90: case 0x91: case 0x92: case 0x93:
+      case 0x94:
+        break;
+      case 'K': case 'h': case 'q': case 0x80: case 0x82: fixed = 1; break;
+      case 'M': case 0x83: fixed = 2; break;
+      case 'J': case 'j': case 'r': case 0x84: fixed = 4; break;
+      case 'G': case 0x95: fixed = 8; break;
+      case 0x8a: case 'U': case 'C': case 0x8c: length_of = 1; break;
+      case 0x8b: case 'T': case 'B': case 'X': length_of = 4; break;
+      case 0x8d: case 0x8e: length_of = 8; break;
+      case 'F': case 'I': case 'L': case 'S': case 'V': case 'P': case 'g': case 'p':
+        lines = 1;
+        break;
+      case 'c': case 'i': lines = 2; break;
+      default:
+        return absl::OkStatus();
+    }
+    if (length_of > 0) {
+      if (size - at < length_of) return too_long(length_of, opcode_at);
+      fixed = length_of;
+      const uint64_t n = little_endian(length_of);
+      if (n > size - at - length_of) return too_long(n, opcode_at);
+      fixed += static_cast<size_t>(n);
+    }
+    if (size - at < fixed) return too_long(fixed, opcode_at);
+    at += fixed;
+    for (int i = 0; i < lines; ++i) {
+      const void* nl = std::memchr(p + at, '\n', size - at);
+      if (nl == nullptr) return too_long(size - at + 1, opcode_at);
+      at = static_cast<size_t>(static_cast<const unsigned char*>(nl) - p) + 1;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadedDataset> LoadTorchSave(const std::string& path,
                                             int64_t max_examples) {
   std::ifstream in(path, std::ios::binary);
@@ -112,6 +179,13 @@ absl::StatusOr<LoadedDataset> LoadTorchSave(const std::string& path,
   LoadedDataset data;
   data.format = DatasetFileFormat::kTorchSave;
   try {
+    {
+      std::ifstream zip(path, std::ios::binary);
+      caffe2::serialize::PyTorchStreamReader reader(&zip);
+      const auto [pickle, pickle_size] = reader.getRecord("data.pkl");
+      RETURN_IF_ERROR(
+          CheckPickleLengths(static_cast<const char*>(pickle.get()), pickle_size));
+    }
     c10::IValue value = torch::pickle_load(bytes);
     if (!value.isGenericDict()) {
       return absl::InvalidArgumentError(

@@ -97,9 +97,17 @@ absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path,
     }
     bytes *= static_cast<uint64_t>(d);
   }
-  array.data.resize(bytes);
-  if (!reader.Read(array.data.data(), bytes)) {
-    return absl::DataLossError(absl::StrCat(path, ": truncated IDX data"));
+  // The dimensions are only the header's claim: read in bounded steps, so a
+  // short file with a huge header fails after the bytes it has instead of
+  // allocating what it claims first (found by tests/fuzz/idx_fuzzer).
+  constexpr uint64_t kStep = uint64_t{1} << 20;
+  while (array.data.size() < bytes) {
+    const size_t at = array.data.size();
+    const uint64_t n = std::min<uint64_t>(kStep, bytes - at);
+    array.data.resize(at + n);
+    if (!reader.Read(array.data.data() + at, n)) {
+      return absl::DataLossError(absl::StrCat(path, ": truncated IDX data"));
+    }
   }
   return array;
 }

@@ -71,21 +71,37 @@ absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   const uint64_t file_size = static_cast<uint64_t>(in.tellg());
   in.seekg(0);
-  char prefix[8];
-  if (file_size < 8 || !in.read(prefix, 8)) {
+  std::string head(8, '\0');
+  if (file_size < 8 || !in.read(head.data(), 8)) {
     return Invalid(path, "shorter than the 8-byte header length");
   }
-  const uint64_t header_size = ReadLittleEndian64(prefix);
+  // Only as many bytes as the length asks for, when that length is sane
+  // (ParseSafetensorsHeader says what is wrong otherwise).
+  const uint64_t header_size = ReadLittleEndian64(head.data());
+  if (header_size <= file_size - 8 && header_size <= kMaxHeaderBytes) {
+    head.resize(8 + header_size);
+    if (!in.read(head.data() + 8, static_cast<std::streamsize>(header_size))) {
+      return Invalid(path, "truncated header");
+    }
+  }
+  return ParseSafetensorsHeader(head, file_size, path);
+}
+
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
+    absl::string_view head, uint64_t file_size, const std::string& path) {
+  if (file_size < 8 || head.size() < 8) {
+    return Invalid(path, "shorter than the 8-byte header length");
+  }
+  const uint64_t header_size = ReadLittleEndian64(head.data());
   if (header_size > file_size - 8 || header_size > kMaxHeaderBytes) {
     return Invalid(path, absl::StrCat("header length ", header_size,
                                       " exceeds the file size ", file_size));
   }
-  std::string text(header_size, '\0');
-  if (!in.read(text.data(), static_cast<std::streamsize>(header_size))) {
-    return Invalid(path, "truncated header");
-  }
-  nlohmann::json json = nlohmann::json::parse(text, nullptr,
-                                              /*allow_exceptions=*/false);
+  if (head.size() - 8 < header_size) return Invalid(path, "truncated header");
+  const char* text = head.data() + 8;
+  nlohmann::json json =
+      nlohmann::json::parse(text, text + header_size, nullptr,
+                            /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     return Invalid(path, "header is not a JSON object");
   }
@@ -127,6 +143,12 @@ absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(
                        absl::StrCat("tensor \"", name, "\" has a bad shape"));
       }
       const uint64_t d = dim.get<uint64_t>();
+      // A zero elsewhere keeps the byte count at 0 whatever this is, and
+      // shapes are int64: 2^63 would become negative (safetensors_fuzzer).
+      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        return Invalid(path,
+                       absl::StrCat("tensor \"", name, "\" has a bad shape"));
+      }
       if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / d) {
         return Invalid(path,
                        absl::StrCat("tensor \"", name, "\" is too large"));

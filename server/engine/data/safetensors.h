@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace compress::engine {
 
@@ -39,6 +40,13 @@ bool LooksLikeSafetensors(const std::string& first_bytes, uint64_t file_size);
 // NOT_FOUND when the file cannot be opened; INVALID_ARGUMENT otherwise.
 absl::StatusOr<SafetensorsHeader> ReadSafetensorsHeader(
     const std::string& path);
+
+// The same checks on bytes in memory: `head` starts with the 8-byte length
+// and holds at least the whole header (the data after it may be cut off);
+// `file_size` is the size of the whole file, against which the data offsets
+// are checked. `name` names the file in errors.
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
+    absl::string_view head, uint64_t file_size, const std::string& name);
 
 // "float32", "int64", ... for a safetensors dtype code; "" if unknown.
 std::string SafetensorsDtypeName(const std::string& code);

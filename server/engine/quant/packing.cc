@@ -7,6 +7,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <tuple>
 #include <utility>
@@ -102,6 +103,64 @@ absl::StatusOr<nlohmann::json> LayerManifest(const std::string& layer, const Qua
 
 absl::Status Invalid(const std::string& path, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat("bad packed model ", path, ": ", why));
+}
+
+// True, with *out set, when `v` is an integer in [lo, hi] (hi >= 0).
+// Checked before converting: nlohmann's get<int>() of a float such as 1e300
+// is undefined behaviour, of a string an exception (both found by
+// tests/fuzz/packed_model_fuzzer).
+bool IntIn(const nlohmann::json& v, int64_t lo, int64_t hi, int64_t* out) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) return false;
+  *out = v.get<int64_t>();
+  return *out >= lo && *out <= hi;
+}
+
+// A layer's QuantParams (all but scale and zero point) from its manifest
+// entry; returns the number of elements of its shape.
+absl::StatusOr<int64_t> ParseLayerManifest(const std::string& layer, const nlohmann::json& j,
+                                           QuantParams* params) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  auto field = [&](const char* key, int64_t lo, int64_t hi) -> absl::StatusOr<int64_t> {
+    int64_t v = 0;
+    if (!j.contains(key) || !IntIn(j[key], lo, hi, &v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", layer, ": ", key, " must be an integer in ", lo, "..", hi));
+    }
+    return v;
+  };
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not an object"));
+  }
+  ASSIGN_OR_RETURN(int64_t bits, field("bits", 0, 64));
+  params->spec.bits = static_cast<int>(bits);
+  if (!j.contains("symmetric") || !j["symmetric"].is_boolean() || !j.contains("granularity") ||
+      !j["granularity"].is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, ": needs symmetric (bool) and granularity (string)"));
+  }
+  params->spec.symmetric = j["symmetric"].get<bool>();
+  ASSIGN_OR_RETURN(params->spec.granularity,
+                   ParseGranularity(j["granularity"].get<std::string>()));
+  if (params->spec.granularity == QuantGranularity::kGroup) {
+    ASSIGN_OR_RETURN(params->spec.group_size, field("group_size", 0, kMax));
+  }
+  ASSIGN_OR_RETURN(params->spec.channel_axis, field("channel_axis", -64, 64));
+  RETURN_IF_ERROR(ValidateSpec(params->spec));
+  if (!j.contains("shape") || !j["shape"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, ": shape must be an array"));
+  }
+  // numel · bits must fit in int64 (PackedBytes).
+  int64_t numel = 1;
+  for (const nlohmann::json& d : j["shape"]) {
+    int64_t n = 0;
+    if (!IntIn(d, 0, kMax, &n) || __builtin_mul_overflow(numel, n, &numel) || numel > kMax / 8) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", layer, ": shape ", j["shape"].dump(), " is not a tensor shape that fits"));
+    }
+    params->shape.push_back(n);
+  }
+  return numel;
 }
 
 }  // namespace
@@ -263,8 +322,10 @@ absl::StatusOr<PackedModel> ReadPackedModel(const std::string& path) {
   }
   nlohmann::json manifest =
       nlohmann::json::parse(meta->second, nullptr, /*allow_exceptions=*/false);
-  if (manifest.is_discarded() || !manifest.is_object() ||
-      manifest.value("format_version", 0) != kFormatVersion || !manifest.contains("layers") ||
+  int64_t version = 0;
+  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("format_version") ||
+      !IntIn(manifest["format_version"], 0, kFormatVersion, &version) ||
+      version != kFormatVersion || !manifest.contains("layers") ||
       !manifest["layers"].is_object() || !manifest.contains("float_tensors") ||
       !manifest["float_tensors"].is_array()) {
     return Invalid(path, "manifest is not format version 1");
@@ -296,21 +357,9 @@ absl::StatusOr<PackedModel> ReadPackedModel(const std::string& path) {
   try {
     for (const auto& [layer, j] : manifest["layers"].items()) {
       QuantParams params;
-      if (!j.is_object() || !j.contains("bits") || !j.contains("shape")) {
-        return Invalid(path, absl::StrCat("layer ", layer, " lacks bits or shape"));
-      }
-      params.spec.bits = j.at("bits").get<int>();
-      params.spec.symmetric = j.at("symmetric").get<bool>();
-      ASSIGN_OR_RETURN(params.spec.granularity,
-                       ParseGranularity(j.at("granularity").get<std::string>()));
-      if (params.spec.granularity == QuantGranularity::kGroup) {
-        params.spec.group_size = j.at("group_size").get<int64_t>();
-      }
-      params.spec.channel_axis = j.at("channel_axis").get<int64_t>();
-      params.shape = j.at("shape").get<std::vector<int64_t>>();
-      RETURN_IF_ERROR(ValidateSpec(params.spec));
-      int64_t numel = 1;
-      for (int64_t d : params.shape) numel *= d;
+      auto numel_or = ParseLayerManifest(layer, j, &params);
+      if (!numel_or.ok()) return Invalid(path, std::string(numel_or.status().message()));
+      const int64_t numel = *numel_or;
       const std::string base = absl::StrCat(layer, ".weight");
       ASSIGN_OR_RETURN(auto packed, bytes_of(base + ".packed", "U8"));
       ASSIGN_OR_RETURN(auto scale, bytes_of(base + ".scale", "F32"));

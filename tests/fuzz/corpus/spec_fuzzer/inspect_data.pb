@@ -1,0 +1,3 @@
+"
+ 
+m1builtin:fashion-mnist/test
