@@ -59,8 +59,7 @@ def forward(self, x):
   m.save(path);
 }
 
-void CopyWithNanParameter(const std::string& from, const std::string& to,
-                          const std::string& name) {
+void CopyWithNanParameter(const std::string& from, const std::string& to, const std::string& name) {
   torch::jit::Module m = torch::jit::load(from);
   torch::NoGradGuard no_grad;
   for (const torch::jit::NameTensor& p : m.named_parameters(/*recurse=*/true)) {

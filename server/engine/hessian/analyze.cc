@@ -235,7 +235,8 @@ absl::Status CheckFiniteResults(const AnalyzeReport& r) {
     const std::string of = absl::StrCat(" of layer ", l.name.empty() ? "(root)" : l.name);
     const std::string after = absl::StrCat(" after ", l.trace_probes, " probes");
     RETURN_IF_ERROR(CheckFiniteValue(l.trace, absl::StrCat("trace", of), after));
-    RETURN_IF_ERROR(CheckFiniteValue(l.trace_std_error, absl::StrCat("trace std error", of), after));
+    RETURN_IF_ERROR(
+        CheckFiniteValue(l.trace_std_error, absl::StrCat("trace std error", of), after));
     for (size_t i = 0; i < l.top_eigenvalues.size(); ++i) {
       RETURN_IF_ERROR(
           CheckFiniteValue(l.top_eigenvalues[i], absl::StrCat("eigenvalue ", i + 1, of)));
@@ -256,11 +257,11 @@ absl::Status CheckFiniteResults(const AnalyzeReport& r) {
   RETURN_IF_ERROR(CheckFiniteValue(r.total_trace, "the total trace"));
   RETURN_IF_ERROR(CheckFiniteValue(r.total_trace_std_error, "the total trace's std error"));
   for (size_t i = 0; i < r.eigenvalues.size(); ++i) {
-    RETURN_IF_ERROR(CheckFiniteValue(
-        r.eigenvalues[i], absl::StrCat("eigenvalue ", i + 1, " of the model"),
-        i < r.eigen_iterations.size()
-            ? absl::StrCat(" after ", r.eigen_iterations[i], " power iterations")
-            : ""));
+    RETURN_IF_ERROR(
+        CheckFiniteValue(r.eigenvalues[i], absl::StrCat("eigenvalue ", i + 1, " of the model"),
+                         i < r.eigen_iterations.size()
+                             ? absl::StrCat(" after ", r.eigen_iterations[i], " power iterations")
+                             : ""));
   }
   for (size_t i = 0; i < r.density_nodes.size(); ++i) {
     RETURN_IF_ERROR(CheckFiniteValue(r.density_nodes[i], absl::StrCat("density node ", i + 1)));
