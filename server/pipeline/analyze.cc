@@ -115,6 +115,8 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
   engine::AnalyzeOptions o;
   o.model_path = resources.ModelPath(spec.model_id());
   o.dataset = resources.DatasetPath(spec.data().dataset_id());
+  o.model_name = ModelName(spec.model_id());
+  o.dataset_name = DatasetName(spec.data().dataset_id());
   o.idx_dir = resources.BuiltinDataDir();
   o.num_samples = spec.data().num_samples() > 0 ? spec.data().num_samples() : kDefaultSamples;
   o.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : kDefaultBatch;

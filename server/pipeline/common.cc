@@ -73,6 +73,10 @@ std::string ReportJson(const JobContext& context, const std::string& runtime,
   return report.dump(2) + "\n";
 }
 
+std::string ModelName(const std::string& id) { return absl::StrCat("model ", id); }
+
+std::string DatasetName(const std::string& id) { return absl::StrCat("dataset ", id); }
+
 std::string WithCommas(int64_t value) {
   std::string digits = absl::StrCat(value < 0 ? -value : value);
   std::string out;

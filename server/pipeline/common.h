@@ -38,6 +38,11 @@ std::string ReportJson(const JobContext& context, const std::string& runtime,
                        const google::protobuf::Message& result,
                        const std::vector<std::pair<std::string, std::string>>& extra = {});
 
+// How engine messages name a model and a dataset: "model <id>", "dataset
+// <id>" (never the server's path of the blob).
+std::string ModelName(const std::string& id);
+std::string DatasetName(const std::string& id);
+
 // "1,234,567".
 std::string WithCommas(int64_t value);
 

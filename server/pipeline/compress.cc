@@ -83,6 +83,7 @@ absl::StatusOr<v1::JobResult> RunCompress(const v1::CompressSpec& spec, JobConte
                    ToQuantizeOptions(qspec, context.job().seed(), context.device(),
                                      context.resources(), quant_dir));
   qo.model_path = pruned.model_path;
+  qo.model_name = absl::StrCat("the pruned ", qo.model_name);
   ASSIGN_OR_RETURN(engine::QuantizeReport quantized,
                    engine::RunQuantization(qo, &context.progress(), &context.cancel()));
   RETURN_IF_ERROR(context.cancel().Check());

@@ -174,10 +174,13 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   engine::QuantizeOptions o;
   o.model_path = resources.ModelPath(spec.model_id());
   o.calibration_dataset = resources.DatasetPath(spec.data().dataset_id());
+  o.model_name = ModelName(spec.model_id());
+  o.calibration_name = DatasetName(spec.data().dataset_id());
   o.num_samples = spec.data().num_samples() > 0 ? spec.data().num_samples() : kDefaultSamples;
   o.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : kDefaultBatch;
   if (!spec.eval_dataset_id().empty()) {
     o.eval_dataset = resources.DatasetPath(spec.eval_dataset_id());
+    o.eval_name = DatasetName(spec.eval_dataset_id());
   }
   o.eval_samples = spec.has_eval_samples() ? spec.eval_samples() : 0;
   o.idx_dir = resources.BuiltinDataDir();

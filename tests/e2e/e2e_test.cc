@@ -3,12 +3,14 @@
 // tests/fixtures/expected.json, computed independently in Python from each
 // model's own parameters (tests/fixtures/make_fixtures.py).
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -22,7 +24,9 @@
 #include "nlohmann/json.hpp"
 #include "server/service/server.h"
 #include "server/util/sha256.h"
+#include "tests/e2e/model_gen.h"
 #include "tests/e2e/torch_eval.h"
+#include "tests/safetensors_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -857,6 +861,59 @@ v1::SubmitJobRequest QuantizeRequest(const std::string& model_id) {
   q->set_search(v1::SEARCH_METHOD_EXACT);
   q->mutable_quantizer()->set_rounding(v1::ROUNDING_NEAREST);
   return req;
+}
+
+// Jobs (and upload checks) run in compressd --role=child processes, as in
+// production: a job's status crosses the process boundary.
+class E2eChildTest : public E2eTest {
+ protected:
+  void SetUp() override {
+    service::ServerOptions options;
+    options.worker_executable = testutil::BinaryDir() + "/server/compressd";
+    StartServer(options);
+  }
+};
+
+// NaN and Inf in a dataset's inputs (ANALYZE) or a model's weights
+// (QUANTIZE) end the job FAILED with FAILED_PRECONDITION naming the dataset
+// or parameter by id, never the server's path (issue 14).
+TEST_F(E2eChildTest, NonFiniteInputsAndWeightsFailNamingWhere) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  std::vector<float> x(6 * 64);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i));
+  x[2 * 64 + 5] = std::nanf("");
+  x[3 * 64] = std::numeric_limits<float>::infinity();
+  const std::string nan_data = dir_.path() + "/nan.safetensors";
+  WriteFile(nan_data, testutil::ClassificationSafetensors({6, 1, 8, 8}, x, {0, 1, 2, 3, 4, 5}));
+  auto data = client_->UploadDataset(nan_data, "nan");
+  ASSERT_TRUE(data.ok()) << data.status();
+  v1::SubmitJobRequest analyze;
+  analyze.mutable_spec()->mutable_analyze()->set_model_id(cnn.id());
+  analyze.mutable_spec()->mutable_analyze()->mutable_data()->set_dataset_id(data->id());
+  v1::Job job;
+  ASSERT_TRUE(Submit(analyze, &job).ok());
+  WatchAll(job.id());
+  v1::Job done = GetJob(job.id());
+  EXPECT_EQ(done.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(done.error().code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_EQ(done.error().message(),
+            absl::StrCat("dataset ", data->id(),
+                         ": inputs hold 2 non-finite values (NaN, +Inf; first at example 2)"));
+  EXPECT_THAT(done.error().message(), ::testing::Not(HasSubstr(dir_.path())));
+
+  const std::string nan_model = dir_.path() + "/nan_cnn.pt";
+  testutil::CopyWithNanParameter(ReferenceModelPath("fmnist_cnn.pt"), nan_model,
+                                 "block.conv1.weight");
+  auto model = client_->UploadModel(nan_model, "nan_cnn.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE(Submit(QuantizeRequest(model->id()), &job).ok());
+  WatchAll(job.id());
+  done = GetJob(job.id());
+  EXPECT_EQ(done.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(done.error().code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_EQ(done.error().message(),
+            absl::StrCat("model ", model->id(),
+                         ": parameter block.conv1.weight holds 1 non-finite value (NaN)"));
 }
 
 // Needs the engine's RunQuantization (server/engine/quant/quantize.cc).

@@ -2,6 +2,8 @@
 
 #include <torch/script.h>
 
+#include <limits>
+
 namespace compress::testutil {
 
 void MakeSlowModel(const std::string& path, int64_t dim, int64_t iterations) {
@@ -55,6 +57,15 @@ def forward(self, x):
     return y * self.w.sum()
 )");
   m.save(path);
+}
+
+void CopyWithNanParameter(const std::string& from, const std::string& to, const std::string& name) {
+  torch::jit::Module m = torch::jit::load(from);
+  torch::NoGradGuard no_grad;
+  for (const torch::jit::NameTensor& p : m.named_parameters(/*recurse=*/true)) {
+    if (p.name == name) p.value.view({-1})[0] = std::numeric_limits<float>::quiet_NaN();
+  }
+  m.save(to);
 }
 
 }  // namespace compress::testutil

@@ -19,6 +19,10 @@ void MakeBigModel(const std::string& path, int64_t rows, int64_t cols);
 void MakeAllocatingModel(const std::string& path);
 void MakeLoopingModel(const std::string& path);
 
+// A copy of the TorchScript model at `from` whose parameter `name`
+// ("conv2.weight") has its first value set to NaN, saved at `to`.
+void CopyWithNanParameter(const std::string& from, const std::string& to, const std::string& name);
+
 }  // namespace compress::testutil
 
 #endif  // COMPRESS_TESTS_E2E_MODEL_GEN_H_

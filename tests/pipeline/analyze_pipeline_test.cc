@@ -94,6 +94,9 @@ TEST_F(AnalyzePipelineTest, OptionsFillTheDocumentedDefaults) {
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->model_path, FixturePath(kCnn));
   EXPECT_EQ(o->dataset, FixturePath(kData));
+  // Engine messages name ids, never the paths above.
+  EXPECT_EQ(o->model_name, "model tiny_cnn.pt");
+  EXPECT_EQ(o->dataset_name, "dataset tiny.safetensors");
   EXPECT_EQ(o->idx_dir, "/usr/share/datasets/fashion-mnist");
   EXPECT_EQ(o->num_samples, 256);
   EXPECT_EQ(o->batch_size, 64);

@@ -34,6 +34,9 @@ TEST(ToPruneOptionsTest, DefaultsFillTheGaps) {
   engine::PruneOptions o = ToPruneOptions(spec, 9, "cpu", r, "/out");
   EXPECT_EQ(o.model_path, "/blobs/m");
   EXPECT_EQ(o.calibration_dataset, "data:d");
+  // Engine messages name ids, never the paths above.
+  EXPECT_EQ(o.model_name, "model m");
+  EXPECT_EQ(o.calibration_name, "dataset d");
   EXPECT_EQ(o.num_samples, 256);
   EXPECT_EQ(o.batch_size, 64);
   EXPECT_EQ(o.saliency_samples, 512);
@@ -83,6 +86,7 @@ TEST(ToPruneOptionsTest, EveryFieldIsCarried) {
   EXPECT_EQ(o.num_samples, 1000);
   EXPECT_EQ(o.batch_size, 50);
   EXPECT_EQ(o.eval_dataset, "data:e");
+  EXPECT_EQ(o.eval_name, "dataset e");
   EXPECT_EQ(o.eval_samples, 300);
   EXPECT_EQ(o.target, engine::PruneTargetKind::kLatency);
   EXPECT_EQ(o.target_fraction, 0.3);

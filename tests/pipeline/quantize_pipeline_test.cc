@@ -99,6 +99,9 @@ TEST(ToQuantizeOptionsTest, FillsDefaults) {
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->model_path, "/blobs/model-1");
   EXPECT_EQ(o->calibration_dataset, "data:builtin:fashion-mnist/train");
+  // Engine messages name ids, never the paths above.
+  EXPECT_EQ(o->model_name, "model model-1");
+  EXPECT_EQ(o->calibration_name, "dataset builtin:fashion-mnist/train");
   EXPECT_EQ(o->num_samples, 256);
   EXPECT_EQ(o->batch_size, 64);
   EXPECT_EQ(o->eval_dataset, "");
@@ -169,6 +172,7 @@ TEST(ToQuantizeOptionsTest, MapsEveryField) {
   EXPECT_EQ(o->num_samples, 128);
   EXPECT_EQ(o->batch_size, 32);
   EXPECT_EQ(o->eval_dataset, "data:builtin:fashion-mnist/test");
+  EXPECT_EQ(o->eval_name, "dataset builtin:fashion-mnist/test");
   EXPECT_EQ(o->eval_samples, 1000);
   EXPECT_EQ(o->loss, engine::LossKind::kPseudoLabel);
   EXPECT_EQ(o->trace_tolerance, 0.1);

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/engine/common/finite.h"
 #include "server/engine/data/idx.h"
 #include "server/engine/data/safetensors.h"
 #include "server/engine/model/model.h"
@@ -241,6 +242,11 @@ TensorDescription DescribeTensor(const torch::Tensor& tensor) {
   description.shape = tensor.sizes().vec();
   description.dtype = DtypeName(tensor.scalar_type());
   return description;
+}
+
+absl::Status CheckFiniteData(const LoadedDataset& data, absl::string_view name) {
+  RETURN_IF_ERROR(CheckFiniteExamples(data.inputs, absl::StrCat(name, ": inputs")));
+  return CheckFiniteExamples(data.targets, absl::StrCat(name, ": targets"));
 }
 
 absl::StatusOr<LoadedDataset> LoadBuiltinDataset(const std::string& id,

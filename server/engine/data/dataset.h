@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "server/engine/data/dataset_info.h"
 
 namespace compress::engine {
@@ -36,6 +37,12 @@ TensorDescription DescribeTensor(const torch::Tensor& tensor);
 // contents. Thread-safe.
 absl::StatusOr<LoadedDataset> LoadDataset(const std::string& path_or_builtin_id,
                                           int64_t max_examples);
+
+// OK when the inputs and the targets hold only finite values; else
+// FAILED_PRECONDITION "<name>: inputs hold 3 non-finite values (NaN; first
+// at example 7)" (or "targets"). Jobs call it on what they loaded, with
+// name "dataset <id>". One isfinite pass per tensor.
+absl::Status CheckFiniteData(const LoadedDataset& data, absl::string_view name);
 
 // As LoadDataset for a builtin id, reading the IDX files from `idx_dir`.
 absl::StatusOr<LoadedDataset> LoadBuiltinDataset(const std::string& id,

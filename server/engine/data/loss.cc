@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/engine/common/finite.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -259,6 +260,8 @@ absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
       torch::Tensor x = inputs.narrow(0, start, len);
       if (!device.empty()) x = x.to(torch::Device(device));
       torch::Tensor out = module.forward({x}).toTensor();
+      // argmax of a NaN row is an arbitrary class: no accuracy to report.
+      RETURN_IF_ERROR(CheckFiniteExamples(out, "the model's outputs on the eval data", start));
       torch::Tensor pred = out.argmax(1).to(torch::kCPU);
       torch::Tensor y = targets.narrow(0, start, len).to(torch::kCPU).to(torch::kLong);
       correct.push_back(pred.eq(y.reshape(pred.sizes())));

@@ -99,7 +99,8 @@ absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::T
 // Per example, whether `module`'s top-1 prediction is right: a kBool tensor
 // [N] on the CPU (its mean is TopOneAccuracy / 100). For paired comparisons
 // of two models on the same examples (common/stats.h). Errors as
-// TopOneAccuracy.
+// TopOneAccuracy, and FAILED_PRECONDITION when the model's outputs hold a
+// NaN or Inf (an argmax of them is no prediction).
 absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
                                             const torch::Tensor& inputs,
                                             const torch::Tensor& targets,

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/engine/common/finite.h"
 #include "server/engine/common/runtime.h"
 #include "server/engine/common/stages.h"
 #include "server/engine/data/dataset.h"
@@ -226,6 +227,53 @@ absl::Status EstimateQBert(torch::jit::Module& module, const PreparedBatches& pr
   return absl::OkStatus();
 }
 
+// Every number the report carries, estimate by estimate: the HVP and loss
+// checks catch most non-finite values first; these catch a sum that
+// overflowed.
+absl::Status CheckFiniteResults(const AnalyzeReport& r) {
+  for (const LayerSensitivity& l : r.layers) {
+    const std::string of = absl::StrCat(" of layer ", l.name.empty() ? "(root)" : l.name);
+    const std::string after = absl::StrCat(" after ", l.trace_probes, " probes");
+    RETURN_IF_ERROR(CheckFiniteValue(l.trace, absl::StrCat("trace", of), after));
+    RETURN_IF_ERROR(
+        CheckFiniteValue(l.trace_std_error, absl::StrCat("trace std error", of), after));
+    for (size_t i = 0; i < l.top_eigenvalues.size(); ++i) {
+      RETURN_IF_ERROR(
+          CheckFiniteValue(l.top_eigenvalues[i], absl::StrCat("eigenvalue ", i + 1, of)));
+    }
+    for (size_t i = 0; i < l.qbert_eigenvalues.size(); ++i) {
+      RETURN_IF_ERROR(CheckFiniteValue(l.qbert_eigenvalues[i],
+                                       absl::StrCat("Q-BERT eigenvalue on subset ", i + 1, of)));
+    }
+    RETURN_IF_ERROR(CheckFiniteValue(l.qbert_score, absl::StrCat("Q-BERT score", of)));
+  }
+  for (const BlockSensitivity& b : r.blocks) {
+    for (size_t i = 0; i < b.top_eigenvalues.size(); ++i) {
+      RETURN_IF_ERROR(CheckFiniteValue(
+          b.top_eigenvalues[i],
+          absl::StrCat("eigenvalue ", i + 1, " of block ", b.name.empty() ? "(root)" : b.name)));
+    }
+  }
+  RETURN_IF_ERROR(CheckFiniteValue(r.total_trace, "the total trace"));
+  RETURN_IF_ERROR(CheckFiniteValue(r.total_trace_std_error, "the total trace's std error"));
+  for (size_t i = 0; i < r.eigenvalues.size(); ++i) {
+    RETURN_IF_ERROR(
+        CheckFiniteValue(r.eigenvalues[i], absl::StrCat("eigenvalue ", i + 1, " of the model"),
+                         i < r.eigen_iterations.size()
+                             ? absl::StrCat(" after ", r.eigen_iterations[i], " power iterations")
+                             : ""));
+  }
+  for (size_t i = 0; i < r.density_nodes.size(); ++i) {
+    RETURN_IF_ERROR(CheckFiniteValue(r.density_nodes[i], absl::StrCat("density node ", i + 1)));
+    RETURN_IF_ERROR(CheckFiniteValue(r.density_weights[i], absl::StrCat("density weight ", i + 1)));
+  }
+  for (size_t i = 0; i < r.density_values.size(); ++i) {
+    RETURN_IF_ERROR(
+        CheckFiniteValue(r.density_values[i], absl::StrCat("density at grid point ", i + 1)));
+  }
+  return absl::OkStatus();
+}
+
 // Runs every enabled estimator with `method`, filling `report`'s results,
 // as stages "traces", "eigen", "density", "qbert" (those enabled).
 // `hvps` accumulates the products used, also when it fails. With finite
@@ -289,6 +337,12 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, Progres
   RETURN_IF_ERROR(CheckCancel(cancel));
 
   ASSIGN_OR_RETURN(torch::jit::Module module, LoadModel(options.model_path, options.device));
+  RETURN_IF_ERROR(CheckFiniteParameters(module, options.model_name));
+  AnalyzeReport report;
+  for (std::string& w : NonFiniteBuffers(module, options.model_name)) {
+    sink->Log("WARNING", w);
+    report.warnings.push_back(std::move(w));
+  }
   PreparedBatches prepared;
   {
     absl::StatusOr<LoadedDataset> data =
@@ -296,11 +350,11 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, Progres
             ? LoadBuiltinDataset(options.dataset, options.num_samples, options.idx_dir)
             : LoadDataset(options.dataset, options.num_samples);
     if (!data.ok()) return data.status();
+    RETURN_IF_ERROR(CheckFiniteData(*data, options.dataset_name));
     ASSIGN_OR_RETURN(prepared, PrepareBatches(module, data->inputs, data->targets,
                                               options.batch_size, options.loss));
   }
 
-  AnalyzeReport report;
   report.loss = prepared.loss;
   report.pseudo_labels = prepared.pseudo_labels;
   report.num_examples = prepared.num_examples;
@@ -345,6 +399,7 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, Progres
     }
   }
   RETURN_IF_ERROR(status);
+  RETURN_IF_ERROR(CheckFiniteResults(report));
   report.hvp_method = method;
   report.hvp_count = hvps;
   report.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);

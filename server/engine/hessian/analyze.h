@@ -26,8 +26,11 @@
 //
 // Errors: NOT_FOUND for a missing model or dataset; INVALID_ARGUMENT for bad
 // options, files, or data that do not fit the model (with torch's message);
-// FAILED_PRECONDITION as above or for a model without trainable
-// parameters; CANCELLED / DEADLINE_EXCEEDED from the token, checked before
+// FAILED_PRECONDITION as above, for a model without trainable parameters,
+// and for a NaN or Inf in the data, a parameter, a batch's loss, a
+// Hessian-vector product or any reported trace, eigenvalue, density node or
+// Q-BERT score, naming where (common/finite.h; non-finite buffers are
+// warnings); CANCELLED / DEADLINE_EXCEEDED from the token, checked before
 // every HVP. Thread-safe: concurrent calls share nothing (each loads its own
 // model); LibTorch's intra-op threads are shared by all.
 #ifndef COMPRESS_ENGINE_HESSIAN_ANALYZE_H_
@@ -70,6 +73,11 @@ struct AnalyzeOptions {
   // Dataset file (safetensors / torch.save dict) or a builtin id
   // ("builtin:fashion-mnist/test"); required.
   std::string dataset;
+  // How messages name the model and the dataset (never by path): the
+  // pipeline passes "model <id>" and "dataset <id>"; default "model" and
+  // "dataset".
+  std::string model_name = "model";
+  std::string dataset_name = "dataset";
   // Where builtin datasets' IDX files are; default the Debian package's.
   std::string idx_dir = kFashionMnistDir;
   // Calibration examples, the first ones of the dataset; 0 = all. Default 256.

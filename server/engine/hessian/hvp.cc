@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "server/engine/common/finite.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -47,15 +48,38 @@ torch::Tensor GraphDot(const std::vector<torch::Tensor>& a, const ParamSet& v) {
   return dot;
 }
 
-// A loss (with its graph) for one batch.
+// A loss (with its graph) for batch `b`; FAILED_PRECONDITION when it is
+// not finite (every product through it would be NaN).
 absl::StatusOr<torch::Tensor> BatchLoss(torch::jit::Module& module, LossKind loss,
-                                        const Batch& batch) {
+                                        const Batch& batch, size_t b) {
   ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, batch.inputs));
   ASSIGN_OR_RETURN(torch::Tensor value, ComputeLoss(loss, out, batch.targets));
   if (!value.requires_grad()) {
     return absl::FailedPreconditionError("the loss does not depend on any trainable parameter");
   }
+  RETURN_IF_ERROR(CheckFiniteValue(value.item<double>(), absl::StrCat("the loss on batch ", b)));
   return value;
+}
+
+// FAILED_PRECONDITION when `hv`, product `n`'s slot for parameter `name`,
+// is not finite.
+absl::Status CheckFiniteProduct(const torch::Tensor& hv, const std::string& name, int64_t n) {
+  const std::string bad = DescribeNonFinite(hv);
+  if (bad.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("Hessian-vector product ", n, " has ", bad, " in parameter ", name));
+}
+
+// As above for every slot (named by `layout`), with one device sync when
+// all are finite.
+absl::Status CheckFiniteProduct(const ParamSet& hv, const ParamLayout& layout, int64_t n) {
+  std::vector<torch::Tensor> finite;
+  for (const torch::Tensor& t : hv.tensors) finite.push_back(torch::isfinite(t).all());
+  if (finite.empty() || torch::stack(finite).all().item<bool>()) return absl::OkStatus();
+  for (size_t i = 0; i < hv.size(); ++i) {
+    RETURN_IF_ERROR(CheckFiniteProduct(hv.tensors[i], layout.names[i], n));
+  }
+  return absl::OkStatus();
 }
 
 double MachineEpsilon(c10::ScalarType type) {
@@ -144,7 +168,7 @@ class ExactHvp : public HvpOperator {
   }
 
   absl::StatusOr<std::vector<torch::Tensor>> FirstOrder(const Batch& batch, size_t b) {
-    ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, batch));
+    ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, batch, b));
     try {
       return grad({loss}, params_.tensors, {}, /*retain_graph=*/true,
                   /*create_graph=*/true, /*allow_unused=*/true);
@@ -199,7 +223,7 @@ class FisherDiagonalHvp : public HvpOperator {
       for (int64_t e = 0; e < batch.size; ++e) {
         if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
         Batch one{batch.inputs.narrow(0, e, 1), batch.targets.narrow(0, e, 1), 1};
-        ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, one));
+        ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, one, b));
         try {
           std::vector<torch::Tensor> g = grad({loss}, params_.tensors, {}, /*retain_graph=*/false,
                                               /*create_graph=*/false, /*allow_unused=*/true);
@@ -349,7 +373,7 @@ class FiniteDifferenceHvp : public HvpOperator {
       if (batches_.loss == LossKind::kMse) {
         batch.targets = batch.targets.to(type);
       }
-      ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(copy_, batches_.loss, batch));
+      ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(copy_, batches_.loss, batch, b));
       try {
         std::vector<torch::Tensor> g = grad({loss}, work_.tensors, {}, /*retain_graph=*/false,
                                             /*create_graph=*/false, /*allow_unused=*/true);
@@ -535,7 +559,9 @@ absl::StatusOr<ParamSet> HvpOperator::Apply(const ParamSet& v) {
   // Hessian work needs autograd even when a caller disabled it.
   torch::AutoGradMode grad_mode(true);
   ++num_applications_;
-  return ApplyImpl(v);
+  ASSIGN_OR_RETURN(ParamSet hv, ApplyImpl(v));
+  RETURN_IF_ERROR(CheckFiniteProduct(hv, *params_.layout, num_applications_));
+  return hv;
 }
 
 absl::StatusOr<torch::Tensor> HvpOperator::ApplyToTensor(int tensor, const torch::Tensor& v) {
@@ -548,7 +574,10 @@ absl::StatusOr<torch::Tensor> HvpOperator::ApplyToTensor(int tensor, const torch
   }
   torch::AutoGradMode grad_mode(true);
   ++num_applications_;
-  return ApplyToTensorImpl(tensor, v.to(params_.tensors[tensor].options()));
+  ASSIGN_OR_RETURN(torch::Tensor hv,
+                   ApplyToTensorImpl(tensor, v.to(params_.tensors[tensor].options())));
+  RETURN_IF_ERROR(CheckFiniteProduct(hv, params_.layout->names[tensor], num_applications_));
+  return hv;
 }
 
 absl::StatusOr<torch::Tensor> HvpOperator::ApplyToTensorImpl(int tensor, const torch::Tensor& v) {

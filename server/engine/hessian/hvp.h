@@ -101,8 +101,11 @@ class HvpOperator {
   // The product with `v`, which must have the operator's layout (a vector
   // made from parameters()). Returns fresh tensors without autograd history.
   // FAILED_PRECONDITION when the model has an op whose double backward torch
-  // does not implement (message names it); INVALID_ARGUMENT when the data do
-  // not fit the model; INTERNAL for other torch errors.
+  // does not implement (message names it), or when a batch's loss or the
+  // product is not finite ("the loss on batch 0 is NaN", "Hessian-vector
+  // product 12 has 3 non-finite values (NaN) in parameter fc1.weight");
+  // INVALID_ARGUMENT when the data do not fit the model; INTERNAL for other
+  // torch errors.
   absl::StatusOr<ParamSet> Apply(const ParamSet& v);
 
   // H_kk v_k: the product with a vector that is `v` in parameter tensor

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/engine/common/finite.h"
 #include "server/engine/common/runtime.h"
 #include "server/engine/common/stages.h"
 #include "server/engine/data/dataset.h"
@@ -186,8 +187,11 @@ struct PruneState {
 absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneState* s,
                      PruneReport* report) {
   ASSIGN_OR_RETURN(s->module, LoadModel(o.model_path, o.device));
+  RETURN_IF_ERROR(CheckFiniteParameters(s->module, o.model_name));
+  for (std::string& w : NonFiniteBuffers(s->module, o.model_name)) report->warnings.push_back(w);
   ASSIGN_OR_RETURN(s->teacher, LoadModel(o.model_path, o.device));
   ASSIGN_OR_RETURN(s->calibration, LoadData(o, o.calibration_dataset, o.num_samples));
+  RETURN_IF_ERROR(CheckFiniteData(s->calibration, o.calibration_name));
   LoadedDataset& calibration = s->calibration;
   const torch::Device device(o.device);
   const torch::Tensor first_param = *s->module.parameters().begin();
@@ -218,6 +222,9 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
   }
 
   ASSIGN_OR_RETURN(s->teacher_logits, Logits(s->teacher, calibration.inputs, o.batch_size));
+  // Distillation targets: recovery would diverge on them at once.
+  RETURN_IF_ERROR(CheckFiniteExamples(
+      s->teacher_logits, absl::StrCat(o.model_name, ": outputs on the calibration data")));
   const int64_t saliency_n = std::min(o.saliency_samples, calibration.inputs.size(0));
   ASSIGN_OR_RETURN(
       s->saliency_batches,
@@ -237,6 +244,7 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
 // Stage "evaluation" (first): loads the eval data and measures the original.
 absl::Status EvaluateOriginal(const PruneOptions& o, PruneState* s, PruneReport* report) {
   ASSIGN_OR_RETURN(s->eval, LoadData(o, o.eval_dataset, o.eval_samples));
+  RETURN_IF_ERROR(CheckFiniteData(*s->eval, o.eval_name));
   report->eval_examples = s->eval->inputs.size(0);
   ASSIGN_OR_RETURN(report->accuracy_before,
                    TopOneAccuracy(s->teacher, s->eval->inputs, s->eval->targets, o.device));
@@ -303,6 +311,13 @@ absl::StatusOr<Ranking> RankUnits(const PruneOptions& o, const CancelToken* canc
   r.units = UnitsOf(s->vit, o.head_group, o.mlp_group);
   ASSIGN_OR_RETURN(r.saliency, ComputeSaliency(s->module, s->vit, r.units, s->saliency_batches,
                                                o.saliency, cancel, hvp_count));
+  for (size_t u = 0; u < r.units.size(); ++u) {
+    const PruneUnit& unit = r.units[u];
+    RETURN_IF_ERROR(CheckFiniteValue(
+        r.saliency[u].score,
+        absl::StrCat("the saliency of ", unit.head ? "heads " : "MLP neurons ", unit.first, "-",
+                     unit.first + unit.count - 1, " of block ", unit.block)));
+  }
   const Metric& metric = s->metric;
   const auto shape = ShapeOf(s->vit);
   std::vector<double> scores;
@@ -428,6 +443,8 @@ absl::Status MeasureAndRecover(const PruneOptions& o, int round, const std::stri
   }
   r->predicted_latency_ms = PredictedMs(s->metric.tables, s->metric.fixed_ms, after);
   ASSIGN_OR_RETURN(r->loss_before_recovery, MeanLoss(s->module, s->saliency_batches));
+  RETURN_IF_ERROR(CheckFiniteValue(r->loss_before_recovery,
+                                   absl::StrCat("the loss after pruning round ", round)));
   ASSIGN_OR_RETURN(r->accuracy_before_recovery, StepAccuracy(o, s->eval, s->module));
   if (o.recovery_steps == 0) {
     r->loss_after_recovery = r->loss_before_recovery;
@@ -446,6 +463,8 @@ absl::Status MeasureAndRecover(const PruneOptions& o, int round, const std::stri
                            s->calibration.targets, recovery, sink, stage, cancel));
   (void)stats;
   ASSIGN_OR_RETURN(r->loss_after_recovery, MeanLoss(s->module, s->saliency_batches));
+  RETURN_IF_ERROR(CheckFiniteValue(r->loss_after_recovery,
+                                   absl::StrCat("the loss after recovery in round ", round)));
   ASSIGN_OR_RETURN(r->accuracy, StepAccuracy(o, s->eval, s->module));
   return absl::OkStatus();
 }

@@ -41,7 +41,10 @@
 //
 // Errors: NOT_FOUND for a missing model or dataset; INVALID_ARGUMENT for bad
 // options (naming the field) or data that do not fit the model;
-// FAILED_PRECONDITION for a model that is not a ViT; CANCELLED /
+// FAILED_PRECONDITION for a model that is not a ViT, and for a NaN or Inf
+// in the data, a parameter, a saliency, a loss (a diverged recovery
+// included) or the model's outputs on the eval data, naming where
+// (common/finite.h; non-finite buffers are warnings); CANCELLED /
 // DEADLINE_EXCEEDED from the token. A target the minimums do not allow is
 // not an error: the report flags it. Thread-safe: calls share nothing.
 #ifndef COMPRESS_ENGINE_PRUNE_PRUNE_H_
@@ -89,6 +92,12 @@ struct PruneOptions {
   int64_t eval_samples = 0;
   int64_t step_eval_samples = 1000;
   std::string idx_dir = kFashionMnistDir;
+  // How messages name the model and the two datasets (never by path): the
+  // pipeline passes "model <id>", "dataset <id>"; defaults "model",
+  // "calibration dataset", "eval dataset".
+  std::string model_name = "model";
+  std::string calibration_name = "calibration dataset";
+  std::string eval_name = "eval dataset";
   LossKind loss = LossKind::kAuto;
 
   PruneTargetKind target = PruneTargetKind::kFlops;

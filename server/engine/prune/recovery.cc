@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/engine/common/finite.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/hessian/param_set.h"
 #include "server/util/status_macros.h"
@@ -85,6 +86,12 @@ absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::
       loss.backward();
       optimizer->step();
       const double value = loss.item<double>();
+      if (!std::isfinite(value)) {
+        student.eval();
+        return absl::FailedPreconditionError(absl::StrCat(
+            "recovery fine-tuning diverged: the loss at step ", step, " is ", NonFiniteName(value),
+            " (learning rate ", o.learning_rate, "; try a smaller one)"));
+      }
       if (step < window) first += value / window;
       if (step >= o.steps - window) last += value / window;
       if (sink != nullptr && ((step + 1) % 10 == 0 || step + 1 == o.steps)) {

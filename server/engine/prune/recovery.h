@@ -38,7 +38,8 @@ struct RecoveryStats {
 // Fine-tunes `student` in place (train mode during, eval mode after) on
 // `inputs` with the precomputed `teacher_logits` ([N, classes], same
 // device) and optional `targets`. Progress goes to `sink` under `stage`.
-// INVALID_ARGUMENT for an unknown optimizer or data that do not fit.
+// INVALID_ARGUMENT for an unknown optimizer or data that do not fit;
+// FAILED_PRECONDITION when a step's loss is NaN or Inf (diverged).
 absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::Tensor& inputs,
                                       const torch::Tensor& teacher_logits,
                                       const torch::Tensor& targets, const RecoveryOptions& options,

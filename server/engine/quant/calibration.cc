@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "server/engine/common/finite.h"
 #include "server/engine/quant/gptq.h"
 #include "server/util/status_macros.h"
 
@@ -236,6 +237,13 @@ absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
   result.calls = watch.calls;
   ASSIGN_OR_RETURN(result.hessian, watch.accumulator->Hessian());
   return result;
+}
+
+absl::Status CheckFiniteHessian(const LayerHessian& h, const std::string& layer) {
+  const std::string bad = DescribeNonFinite(h.hessian);
+  if (bad.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("GPTQ Hessian of layer ", layer, "'s inputs has ", bad));
 }
 
 }  // namespace compress::engine

@@ -52,6 +52,12 @@ absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
                                                  const std::vector<torch::Tensor>& batches,
                                                  const CancelToken* cancel = nullptr);
 
+// OK when `h`'s Hessian is finite; else FAILED_PRECONDITION "GPTQ Hessian
+// of layer fc1's inputs has 4 non-finite values (+Inf)" (the layer's inputs
+// overflowed). Callers check it apart from CollectLayerHessian, whose
+// FAILED_PRECONDITION means "round this layer to nearest instead".
+absl::Status CheckFiniteHessian(const LayerHessian& h, const std::string& layer);
+
 }  // namespace compress::engine
 
 #endif  // COMPRESS_ENGINE_QUANT_CALIBRATION_H_

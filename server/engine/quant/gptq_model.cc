@@ -62,6 +62,7 @@ absl::StatusOr<GptqModelResult> GptqQuantizeModel(
     absl::StatusOr<LayerHessian> h =
         CollectLayerHessian(result.module, layer.name, batches, cancel);
     if (h.ok()) {
+      RETURN_IF_ERROR(CheckFiniteHessian(*h, layer.name));
       r.kind = h->kind;
       r.method = "gptq";
       r.calibration_rows = h->rows;

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/engine/common/finite.h"
 #include "server/engine/common/runtime.h"
 #include "server/engine/common/stages.h"
 #include "server/engine/common/stats.h"
@@ -360,9 +361,18 @@ absl::StatusOr<Prepared> Prepare(const QuantizeOptions& o, ProgressSink* sink,
                                  const CancelToken* cancel, QuantizeReport* report) {
   Prepared p;
   ASSIGN_OR_RETURN(p.original, LoadModel(o.model_path, o.device));
+  RETURN_IF_ERROR(CheckFiniteParameters(p.original, o.model_name));
+  for (std::string& w : NonFiniteBuffers(p.original, o.model_name)) {
+    sink->Log("WARNING", w);
+    report->warnings.push_back(std::move(w));
+  }
   ASSIGN_OR_RETURN(torch::jit::Module folded, FoldBatchNorm(p.original));
+  // A BatchNorm's non-finite running statistics become non-finite weights.
+  RETURN_IF_ERROR(CheckFiniteParameters(folded, o.model_name,
+                                        " after folding BatchNorm into the layer before it"));
   ASSIGN_OR_RETURN(report->bytes_before, StateBytes(p.original));
   ASSIGN_OR_RETURN(p.calibration, LoadData(o, o.calibration_dataset, o.num_samples));
+  RETURN_IF_ERROR(CheckFiniteData(p.calibration, o.calibration_name));
   torch::Device device(o.device);
   p.calibration.inputs = p.calibration.inputs.to(device);
   if (p.calibration.targets.defined()) {
@@ -370,6 +380,7 @@ absl::StatusOr<Prepared> Prepare(const QuantizeOptions& o, ProgressSink* sink,
   }
   if (!o.eval_dataset.empty()) {
     ASSIGN_OR_RETURN(LoadedDataset e, LoadData(o, o.eval_dataset, o.eval_samples));
+    RETURN_IF_ERROR(CheckFiniteData(e, o.eval_name));
     e.inputs = e.inputs.to(device);
     p.eval = std::move(e);
     report->eval_examples = p.eval->inputs.size(0);
@@ -420,6 +431,8 @@ absl::Status TracesFromReport(const std::map<std::string, double>& trace_per_par
                      absl::StrCat("the sensitivity report has no layer \"", l.name, "\""));
     }
     l.trace_per_param = it->second;
+    RETURN_IF_ERROR(CheckFiniteValue(
+        l.trace_per_param, absl::StrCat("the sensitivity report's trace of layer ", l.name)));
   }
   return absl::OkStatus();
 }
@@ -436,7 +449,9 @@ absl::StatusOr<AnalyzeReport> AnalyzeFolded(const QuantizeOptions& o, const Cont
   }
   AnalyzeOptions a;
   a.model_path = folded_path;
+  a.model_name = o.model_name;
   a.dataset = o.calibration_dataset;
+  a.dataset_name = o.calibration_name;
   a.idx_dir = o.idx_dir;
   a.num_samples = o.num_samples;
   a.batch_size = o.batch_size;
@@ -499,6 +514,7 @@ absl::StatusOr<std::vector<LayerHessian>> FoldHessians(const Context& c, const s
   for (const CalibrationFold& f : folds) {
     absl::StatusOr<LayerHessian> h = CollectLayerHessian(folded, name, f.batches, c.cancel);
     if (h.ok()) {
+      RETURN_IF_ERROR(CheckFiniteHessian(*h, name));
       hessians.push_back(std::move(*h));
     } else if (absl::IsUnimplemented(h.status()) || absl::IsFailedPrecondition(h.status())) {
       return std::vector<LayerHessian>();
@@ -582,6 +598,9 @@ absl::Status PriceLayer(const Context& c, const Pricing& pricing,
     ASSIGN_OR_RETURN(std::vector<Rounded> rounded,
                      RoundForPricing(weight, hessians, folds, spec, gptq));
     RETURN_IF_ERROR(PriceWidth(*l, weight, rounded, folds, &l->error[b], &l->omega[b]));
+    const std::string at = absl::StrCat(" of layer ", l->name, " at ", b, " bits");
+    RETURN_IF_ERROR(CheckFiniteValue(l->error[b], absl::StrCat("the rounding error", at)));
+    RETURN_IF_ERROR(CheckFiniteValue(l->omega[b], absl::StrCat("the sensitivity Ω", at)));
     priced();
   }
   return absl::OkStatus();

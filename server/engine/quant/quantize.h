@@ -46,7 +46,10 @@
 // Errors: NOT_FOUND for a missing model or dataset; INVALID_ARGUMENT for bad
 // options (naming the field), unknown layer names in pins/ties, or data that
 // do not fit the model; FAILED_PRECONDITION for a model without a
-// quantizable layer; CANCELLED / DEADLINE_EXCEEDED from the token. An
+// quantizable layer, and for a NaN or Inf in the data, a parameter (also
+// after BatchNorm folding), a loss, a Hessian-vector product, a trace, a
+// GPTQ Hessian or a sensitivity Ω, naming where (common/finite.h;
+// non-finite buffers are warnings); CANCELLED / DEADLINE_EXCEEDED from the token. An
 // unreachable budget or tolerance is not an error: the report flags it.
 // Thread-safe: concurrent calls share nothing.
 #ifndef COMPRESS_ENGINE_QUANT_QUANTIZE_H_
@@ -136,6 +139,12 @@ struct QuantizeOptions {
   int64_t eval_samples = 0;
   // Where builtin datasets' IDX files are; default the Debian package's.
   std::string idx_dir = kFashionMnistDir;
+  // How messages name the model and the two datasets (never by path): the
+  // pipeline passes "model <id>", "dataset <id>"; defaults "model",
+  // "calibration dataset", "eval dataset".
+  std::string model_name = "model";
+  std::string calibration_name = "calibration dataset";
+  std::string eval_name = "eval dataset";
   // Loss for the sensitivity traces; default kAuto.
   LossKind loss = LossKind::kAuto;
 
