@@ -140,7 +140,7 @@ ABSL_FLAG(int64_t, max_recovery_steps, kDefaults.limits.max_recovery_steps,
 ABSL_FLAG(int64_t, max_inspect_elements, kDefaults.limits.max_inspect_elements,
           "largest INSPECT input (product of input_shape, batch included), elements");
 ABSL_FLAG(int64_t, max_name_bytes, kDefaults.limits.max_name_bytes,
-          "longest upload name (header.name), request_id or string in a job spec, bytes");
+          "longest upload name (header.name), request_id, device or string in a job spec, bytes");
 ABSL_FLAG(int64_t, max_list_items, kDefaults.limits.max_list_items,
           "most entries of any repeated field of a job spec (pins, ties, candidate_bits, ...)");
 

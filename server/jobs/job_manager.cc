@@ -310,6 +310,8 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
   ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler, kinds_->Resolve(request.spec));
   const v1::JobKind kind = handler->kind();
   std::string device = request.device.empty() ? "auto" : request.device;
+  // Stored and listed with the job, as is request_id (below).
+  RETURN_IF_ERROR(pipeline::CheckNameLength("device", device, options_.limits));
   if (shared()) {
     // Workers of other processes serve it: only the form can be checked.
     if (device != "auto" && device != "cpu" && device != "cuda" &&

@@ -65,8 +65,8 @@ struct ServerLimits {
   // 16 MiB of float32).
   int64_t max_inspect_elements = int64_t{1} << 22;
   // Bytes of any string a client stores: an upload's header.name (checked
-  // by the catalog), a job's request_id and every string in a spec (ids,
-  // layer names); default 256.
+  // by the catalog), a job's request_id and device, and every string in a
+  // spec (ids, layer names); default 256.
   int64_t max_name_bytes = 256;
   // Entries of any repeated field of a spec (pins, ties, candidate bits,
   // ...): specs are stored and listed with every job; default 1024.

@@ -210,7 +210,7 @@ TEST_F(CatalogTest, BeginUploadChecksTheName) {
   // The error repeats a bounded prefix of a long bad name.
   EXPECT_LT(message(std::string(200, 'a') + "\x01").size(), 200u);
 
-  for (const std::string ok :
+  for (const std::string& ok :
        {std::string(256, 'k'), std::string(""), std::string("r\u00e9seau \u4e2d (v2).pt")}) {
     h.set_name(ok);
     EXPECT_TRUE(catalog_->BeginUpload(kTenant, ResourceKind::kDataset, h).ok()) << ok;

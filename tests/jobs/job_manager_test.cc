@@ -466,8 +466,13 @@ TEST_F(JobManagerTest, SubmitEnforcesTheServerLimits) {
   r.device = std::string(1 << 20, 'd');
   auto device = manager_->Submit(kTenant, r);
   EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(device.status().message(),
+            "device: 1048576 bytes is over the server limit of 256 (--max_name_bytes)");
+  r.device = std::string(200, 'd');  // within the limit, but no such device: quoted short
+  device = manager_->Submit(kTenant, r);
+  EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_LT(device.status().message().size(), 200u);
-  EXPECT_THAT(std::string(device.status().message()), HasSubstr("(1048576 bytes)"));
+  EXPECT_THAT(std::string(device.status().message()), HasSubstr("...(200 bytes)"));
   auto missing = manager_->Get(kTenant, std::string(1 << 20, 'j'));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_LT(missing.status().message().size(), 200u);
