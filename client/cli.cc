@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/format.h"
+#include "server/util/client_text.h"
 #include "server/util/defaults.h"
 #include "server/util/status_macros.h"
 
@@ -189,7 +190,7 @@ absl::StatusOr<int> SubmitAndMaybeWatch(const Context& ctx, v1::SubmitJobRequest
   if (ctx.json) {
     ctx.out() << ToJson(job) << "\n";
   } else if (ctx.inv.Has("watch")) {
-    ctx.out() << "job " << job.id() << " " << StateName(job.state()) << "\n";
+    ctx.out() << "job " << EscapeControl(job.id()) << " " << StateName(job.state()) << "\n";
   } else {
     ctx.out() << FormatJob(job);
   }
@@ -755,7 +756,9 @@ absl::StatusOr<int> ArtifactGet(const Context& ctx) {
   } else {
     ASSIGN_OR_RETURN(const std::vector<v1::Artifact> artifacts, ctx.client.ListArtifacts(job_id));
     for (const v1::Artifact& a : artifacts) names.push_back(a.name());
-    if (names.empty() && !ctx.json) ctx.out() << "job " << job_id << " has no artifacts\n";
+    if (names.empty() && !ctx.json) {
+      ctx.out() << "job " << EscapeControl(job_id) << " has no artifacts\n";
+    }
   }
   for (const std::string& name : names) {
     ASSIGN_OR_RETURN(const fs::path path, ArtifactPath(dir, name));
@@ -770,7 +773,8 @@ absl::StatusOr<int> ArtifactGet(const Context& ctx) {
     if (ctx.json) {
       ctx.out() << ToJson(artifact) << "\n";
     } else {
-      ctx.out() << "wrote " << path.string() << " (" << HumanBytes(artifact.size_bytes()) << ")\n";
+      ctx.out() << "wrote " << EscapeControl(path.string()) << " ("
+                << HumanBytes(artifact.size_bytes()) << ")\n";
     }
   }
   return kExitOk;
@@ -1137,8 +1141,9 @@ int RunCli(const std::vector<std::string>& args, const CliEnvironment& env) {
   if (IsUsageError(code.status())) {
     return usage_error(code.status().message(), inv->command);
   }
+  // The server's message may repeat a name or an id: one line, escaped.
   err << "error: " << absl::StatusCodeToString(code.status().code()) << ": "
-      << code.status().message() << "\n";
+      << EscapeControl(code.status().message()) << "\n";
   return kExitFailure;
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "server/util/client_text.h"
 
 namespace compress::client {
 namespace {
@@ -163,9 +164,16 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& time) {
 
 std::string FormatTable(const std::vector<Column>& columns,
                         const std::vector<std::vector<std::string>>& rows) {
+  // Cells hold names and ids from the server: a newline or an escape
+  // sequence in one must not draw rows of its own.
+  std::vector<std::vector<std::string>> cells;
+  for (const auto& row : rows) {
+    cells.emplace_back();
+    for (const std::string& cell : row) cells.back().push_back(EscapeControl(cell));
+  }
   std::vector<size_t> widths(columns.size());
   for (size_t c = 0; c < columns.size(); ++c) widths[c] = columns[c].header.size();
-  for (const auto& row : rows) {
+  for (const auto& row : cells) {
     for (size_t c = 0; c < columns.size() && c < row.size(); ++c) {
       widths[c] = std::max(widths[c], row[c].size());
     }
@@ -183,7 +191,7 @@ std::string FormatTable(const std::vector<Column>& columns,
     return line + "\n";
   };
   std::string out = render([&](size_t c) { return absl::string_view(columns[c].header); });
-  for (const auto& row : rows) {
+  for (const auto& row : cells) {
     out += render(
         [&](size_t c) { return c < row.size() ? absl::string_view(row[c]) : absl::string_view(); });
   }
@@ -195,7 +203,8 @@ std::string FormatKeyValues(const std::vector<std::pair<std::string, std::string
   for (const auto& [key, value] : pairs) width = std::max(width, key.size() + 1);
   std::string out;
   for (const auto& [key, value] : pairs) {
-    absl::StrAppend(&out, Pad(absl::StrCat(key, ":"), width, false), " ", value, "\n");
+    absl::StrAppend(&out, Pad(absl::StrCat(key, ":"), width, false), " ", EscapeControl(value),
+                    "\n");
   }
   return out;
 }
@@ -375,7 +384,9 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
                       absl::StripPrefix(v1::HvpMethod_Name(result.hvp_method()), "HVP_METHOD_")),
                   ") on ", result.num_examples(), " examples in ",
                   absl::StrFormat("%.1f s", result.wall_seconds()));
-  if (result.fell_back()) absl::StrAppend(&out, "; fell back: ", result.fallback_reason());
+  if (result.fell_back()) {
+    absl::StrAppend(&out, "; fell back: ", EscapeControl(result.fallback_reason()));
+  }
   if (result.blocks_size() > 0) {
     std::vector<std::vector<std::string>> block_rows;
     for (const v1::BlockSensitivity& b : result.blocks()) {
@@ -388,7 +399,9 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
                     FormatTable({{"BLOCK"}, {"LAYERS", true}, {"PARAMS", true}, {"TOP EIG", true}},
                                 block_rows));
   }
-  for (const std::string& w : result.warnings()) absl::StrAppend(&out, "\nwarning: ", w);
+  for (const std::string& w : result.warnings()) {
+    absl::StrAppend(&out, "\nwarning: ", EscapeControl(w));
+  }
   bool any_unconverged = false;
   for (const auto* l : layers) any_unconverged |= !l->trace_converged();
   if (any_unconverged) absl::StrAppend(&out, "\n* relative standard error above the tolerance");
@@ -441,14 +454,16 @@ std::string RenderProgressBar(const v1::Progress& progress, int width) {
   }
   std::string out =
       absl::StrCat("[", std::string(filled, '#'), std::string(width - filled, '.'), "]");
-  const std::string text = ProgressText(progress);
+  const std::string text = EscapeControl(ProgressText(progress));
   if (!text.empty()) absl::StrAppend(&out, " ", text);
   const std::string eta = FormatEta(progress.eta_seconds());
   if (!eta.empty()) absl::StrAppend(&out, " ETA ", eta);
   return out;
 }
 
-std::string FormatEventLine(const v1::JobEvent& event) {
+namespace {
+
+std::string RawEventLine(const v1::JobEvent& event) {
   switch (event.event_case()) {
     case v1::JobEvent::kStateChange: {
       const v1::StateChange& s = event.state_change();
@@ -490,6 +505,13 @@ std::string FormatEventLine(const v1::JobEvent& event) {
       break;
   }
   return absl::StrCat("event ", event.sequence());
+}
+
+}  // namespace
+
+// One line, whatever the server's strings hold.
+std::string FormatEventLine(const v1::JobEvent& event) {
+  return EscapeControl(RawEventLine(event));
 }
 
 std::string ToJson(const google::protobuf::Message& message) {
@@ -638,7 +660,9 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   std::string out = FormatTable(columns, rows);
   if (any_pinned) absl::StrAppend(&out, "* pinned\n");
   for (const v1::QuantizedLayer& l : result.layers()) {
-    if (!l.note().empty()) absl::StrAppend(&out, "note: ", l.name(), ": ", l.note(), "\n");
+    if (!l.note().empty()) {
+      absl::StrAppend(&out, "note: ", EscapeControl(l.name()), ": ", EscapeControl(l.note()), "\n");
+    }
   }
 
   std::vector<std::pair<std::string, std::string>> pairs;
@@ -700,7 +724,9 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
                       "right; p: McNemar's exact test\n");
     }
   }
-  for (const std::string& w : result.warnings()) absl::StrAppend(&out, "warning: ", w, "\n");
+  for (const std::string& w : result.warnings()) {
+    absl::StrAppend(&out, "warning: ", EscapeControl(w), "\n");
+  }
   return out;
 }
 
@@ -758,7 +784,9 @@ std::string FormatPruneResult(const v1::PruneResult& result) {
   }
   if (result.hvp_count() > 0) pairs.push_back({"HVPs", WithCommas(result.hvp_count())});
   absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
-  for (const std::string& w : result.warnings()) absl::StrAppend(&out, "warning: ", w, "\n");
+  for (const std::string& w : result.warnings()) {
+    absl::StrAppend(&out, "warning: ", EscapeControl(w), "\n");
+  }
   return out;
 }
 

@@ -107,6 +107,43 @@ ABSL_FLAG(bool, worker_seccomp, kDefaults.worker_seccomp,
 ABSL_FLAG(absl::Duration, validate_deadline, kDefaults.validate_deadline,
           "how long loading an uploaded model to validate it may take");
 
+// Limits on what one request may ask for (server/pipeline/limits.h); a spec
+// over any of them is refused at submit with INVALID_ARGUMENT naming the
+// field and the flag.
+ABSL_FLAG(int64_t, max_eigenvalues, kDefaults.limits.max_eigenvalues,
+          "largest ANALYZE eigen.k (top eigenvalues; each keeps a model-sized vector)");
+ABSL_FLAG(int64_t, max_eigen_iterations, kDefaults.limits.max_eigen_iterations,
+          "largest ANALYZE eigen.max_iterations (power iterations per eigenvalue)");
+ABSL_FLAG(int64_t, max_lanczos_steps, kDefaults.limits.max_lanczos_steps,
+          "largest ANALYZE density.lanczos_steps");
+ABSL_FLAG(int64_t, max_density_runs, kDefaults.limits.max_density_runs,
+          "largest ANALYZE density.runs (Lanczos runs)");
+ABSL_FLAG(int64_t, max_grid_points, kDefaults.limits.max_grid_points,
+          "largest ANALYZE density.grid_points");
+ABSL_FLAG(int64_t, max_density_memory_bytes, kDefaults.limits.max_density_memory_bytes,
+          "largest ANALYZE density.max_memory_bytes (stored Lanczos vectors), bytes");
+ABSL_FLAG(int64_t, max_probes, kDefaults.limits.max_probes,
+          "largest Hutchinson probe count (traces.max_probes, traces.min_probes, "
+          "trace_max_probes)");
+ABSL_FLAG(double, min_tolerance, kDefaults.limits.min_tolerance,
+          "smallest relative tolerance (traces.tolerance, eigen.tolerance, trace_tolerance)");
+ABSL_FLAG(int64_t, max_qbert_subsets, kDefaults.limits.max_qbert_subsets,
+          "largest ANALYZE qbert.subsets");
+ABSL_FLAG(int64_t, max_samples, kDefaults.limits.max_samples,
+          "largest example count of a spec (data.num_samples, saliency_samples, eval_samples)");
+ABSL_FLAG(int64_t, max_batch_size, kDefaults.limits.max_batch_size,
+          "largest batch of a spec (data.batch_size, latency_batch), examples");
+ABSL_FLAG(int64_t, max_prune_steps, kDefaults.limits.max_prune_steps,
+          "largest PRUNE steps (pruning rounds)");
+ABSL_FLAG(int64_t, max_recovery_steps, kDefaults.limits.max_recovery_steps,
+          "largest PRUNE recovery.steps (fine-tuning steps per round)");
+ABSL_FLAG(int64_t, max_inspect_elements, kDefaults.limits.max_inspect_elements,
+          "largest INSPECT input (product of input_shape, batch included), elements");
+ABSL_FLAG(int64_t, max_name_bytes, kDefaults.limits.max_name_bytes,
+          "longest upload name (header.name), request_id, device or string in a job spec, bytes");
+ABSL_FLAG(int64_t, max_list_items, kDefaults.limits.max_list_items,
+          "most entries of any repeated field of a job spec (pins, ties, candidate_bits, ...)");
+
 namespace {
 
 // Environment first, so that the command line (parsed after) wins.
@@ -211,6 +248,27 @@ int CollectGarbage() {
   return 0;
 }
 
+compress::pipeline::ServerLimits LimitsFromFlags() {
+  compress::pipeline::ServerLimits l;
+  l.max_eigenvalues = absl::GetFlag(FLAGS_max_eigenvalues);
+  l.max_eigen_iterations = absl::GetFlag(FLAGS_max_eigen_iterations);
+  l.max_lanczos_steps = absl::GetFlag(FLAGS_max_lanczos_steps);
+  l.max_density_runs = absl::GetFlag(FLAGS_max_density_runs);
+  l.max_grid_points = absl::GetFlag(FLAGS_max_grid_points);
+  l.max_density_memory_bytes = absl::GetFlag(FLAGS_max_density_memory_bytes);
+  l.max_probes = absl::GetFlag(FLAGS_max_probes);
+  l.min_tolerance = absl::GetFlag(FLAGS_min_tolerance);
+  l.max_qbert_subsets = absl::GetFlag(FLAGS_max_qbert_subsets);
+  l.max_samples = absl::GetFlag(FLAGS_max_samples);
+  l.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  l.max_prune_steps = absl::GetFlag(FLAGS_max_prune_steps);
+  l.max_recovery_steps = absl::GetFlag(FLAGS_max_recovery_steps);
+  l.max_inspect_elements = absl::GetFlag(FLAGS_max_inspect_elements);
+  l.max_name_bytes = absl::GetFlag(FLAGS_max_name_bytes);
+  l.max_list_items = absl::GetFlag(FLAGS_max_list_items);
+  return l;
+}
+
 // The server's options from the flags (and COMPRESSD_* variables).
 compress::service::ServerOptions ServerOptionsFromFlags() {
   compress::service::ServerOptions options;
@@ -246,6 +304,7 @@ compress::service::ServerOptions ServerOptionsFromFlags() {
   options.worker_grace = absl::GetFlag(FLAGS_worker_grace);
   options.validate_deadline = absl::GetFlag(FLAGS_validate_deadline);
   options.worker_seccomp = absl::GetFlag(FLAGS_worker_seccomp);
+  options.limits = LimitsFromFlags();
   return options;
 }
 

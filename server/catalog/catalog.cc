@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/util/client_text.h"
 #include "server/util/status_macros.h"
 
 namespace compress::catalog {
@@ -18,6 +19,33 @@ using store::kPublicTenant;
 namespace {
 
 bool IsBuiltinDataset(const std::string& id) { return absl::StartsWith(id, "builtin:"); }
+
+// A name is a printable label, e.g. "resnet18.pt": bounded (lists carry
+// every name), UTF-8 and free of control characters, which would reach
+// terminals and logs of whoever lists it.
+absl::Status CheckName(const std::string& name, int64_t max_bytes) {
+  if (static_cast<int64_t>(name.size()) > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("header.name: ", name.size(),
+                                                   " bytes is over the server limit of ", max_bytes,
+                                                   " (--max_name_bytes)"));
+  }
+  const size_t valid = ValidUtf8Prefix(name);
+  if (valid != name.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("header.name: not valid UTF-8 (byte ", valid,
+                                                   " of \"", QuoteClientText(name), "\")"));
+  }
+  for (size_t i = 0; i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    const bool c1 =
+        c == 0xC2 && i + 1 < name.size() && static_cast<unsigned char>(name[i + 1]) <= 0x9F;
+    if (c < 0x20 || c == 0x7F || c1) {
+      return absl::InvalidArgumentError(absl::StrCat("header.name: control character at byte ", i,
+                                                     " of \"", QuoteClientText(name),
+                                                     "\"; names are printable text"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 google::protobuf::Timestamp Now() {
   absl::Time now = absl::Now();
@@ -74,6 +102,7 @@ absl::StatusOr<std::unique_ptr<Catalog::Upload>> Catalog::BeginUpload(
   if (!IsSha256Hex(header.sha256())) {
     return absl::InvalidArgumentError("header.sha256: must be 64 lowercase hex characters");
   }
+  RETURN_IF_ERROR(CheckName(header.name(), options_.max_name_bytes));
   int64_t limit = kind == ResourceKind::kModel ? options_.max_model_bytes
                                                : options_.max_dataset_bytes;
   if (header.size_bytes() > limit) {
@@ -178,7 +207,8 @@ absl::StatusOr<Page<v1::Dataset>> Catalog::ListDatasets(const std::string& tenan
 
 absl::Status Catalog::DeleteDataset(const std::string& tenant, const std::string& id) {
   if (IsBuiltinDataset(id)) {
-    return absl::FailedPreconditionError(absl::StrCat("dataset ", id, " is builtin"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("dataset ", QuoteClientText(id), " is builtin"));
   }
   RETURN_IF_ERROR(metadata_->GetDataset(tenant, id).status());
   ASSIGN_OR_RETURN(bool in_use, metadata_->IsReferencedByActiveJob(tenant, id));

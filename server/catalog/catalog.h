@@ -52,6 +52,9 @@ class ContentDescriber {
 struct CatalogOptions {
   int64_t max_model_bytes = int64_t{2} << 30;    // default 2 GiB
   int64_t max_dataset_bytes = int64_t{4} << 30;  // default 4 GiB
+  // Longest header.name; default 256 bytes (pipeline::ServerLimits's
+  // max_name_bytes feeds it). Names are listed with every model and dataset.
+  int64_t max_name_bytes = 256;
   // Directory of the Fashion-MNIST IDX files; empty = no builtin datasets.
   std::string fashion_mnist_dir = defaults::kFashionMnistDir;
 };

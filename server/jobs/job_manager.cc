@@ -6,13 +6,15 @@
 #include <utility>
 
 #include "absl/random/random.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "server/jobs/job_manager_internal.h"
+#include "server/pipeline/limits.h"
 #include "server/pipeline/spec_values.h"
+#include "server/util/client_text.h"
 #include "server/util/status_macros.h"
 
 namespace compress::jobs {
@@ -308,12 +310,14 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
   ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler, kinds_->Resolve(request.spec));
   const v1::JobKind kind = handler->kind();
   std::string device = request.device.empty() ? "auto" : request.device;
+  // Stored and listed with the job, as is request_id (below).
+  RETURN_IF_ERROR(pipeline::CheckNameLength("device", device, options_.limits));
   if (shared()) {
     // Workers of other processes serve it: only the form can be checked.
     if (device != "auto" && device != "cpu" && device != "cuda" &&
         !absl::StartsWith(device, "cuda:")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("device: \"", device, "\" is not auto, cpu, cuda or cuda:N"));
+      return absl::InvalidArgumentError(absl::StrCat("device: \"", QuoteClientText(device),
+                                                     "\" is not auto, cpu, cuda or cuda:N"));
     }
   } else if (device != "auto") {
     bool known = false;
@@ -322,8 +326,9 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
       for (const Slot& s : slots_) known = known || s.device == device;
     }
     if (!known) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "device: \"", device, "\" has no worker on this server (use auto, cpu or a visible cuda:N)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("device: \"", QuoteClientText(device),
+                       "\" has no worker on this server (use auto, cpu or a visible cuda:N)"));
     }
   }
   if (request.deadline_seconds < 0) {
@@ -333,6 +338,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
     return absl::InvalidArgumentError(absl::StrCat("deadline_seconds: over the server maximum of ",
                                                    absl::ToInt64Seconds(options_.max_deadline)));
   }
+  RETURN_IF_ERROR(pipeline::CheckNameLength("request_id", request.request_id, options_.limits));
   if (!request.request_id.empty()) {
     auto existing = metadata_->GetJobByRequestId(tenant, request.request_id);
     if (existing.ok()) {
@@ -340,16 +346,18 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& tenant,
                   existing->device() == device &&
                   (request.seed == 0 || existing->seed() == request.seed);
       if (!same) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "request_id ", request.request_id, " was used for job ", existing->id(),
-            " with a different spec"));
+        return absl::AlreadyExistsError(
+            absl::StrCat("request_id ", QuoteClientText(request.request_id), " was used for job ",
+                         existing->id(), " with a different spec"));
       }
       return existing;
     }
     if (!absl::IsNotFound(existing.status())) return existing.status();
   }
-  // Every kind: declared enum values and finite numbers only.
+  // Every kind: declared enum values and finite numbers only, sizes within
+  // the server's limits.
   RETURN_IF_ERROR(pipeline::CheckSpecValues(request.spec));
+  RETURN_IF_ERROR(pipeline::CheckSpecLimits(request.spec, options_.limits));
   RETURN_IF_ERROR(handler->Validate(request.spec, *resources_(tenant)));
 
   v1::Job job;

@@ -51,6 +51,7 @@
 #include "server/engine/common/cancel.h"
 #include "server/jobs/job_runner.h"
 #include "server/pipeline/job_kind.h"
+#include "server/pipeline/limits.h"
 #include "server/pipeline/pipeline.h"
 #include "server/store/blob_store.h"
 #include "server/store/event_notifier.h"
@@ -66,6 +67,9 @@ struct JobManagerOptions {
   absl::Duration default_deadline = absl::Hours(24);  // run time limit
   absl::Duration max_deadline = absl::Hours(7 * 24);  // cap on a job's own
   int max_attempts = 3;             // restarts a job survives before FAILED
+  // Upper bounds on a spec's sizes, checked at submit; defaults and units
+  // in pipeline/limits.h.
+  pipeline::ServerLimits limits;
   // Minimum spacing of progress events per job (others are coalesced).
   absl::Duration progress_interval = absl::Milliseconds(200);
   // Where kind handlers run (must outlive the manager); default null = on

@@ -14,10 +14,11 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/util/defaults.h"
 #include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
 #include "server/pipeline/validate.h"
+#include "server/util/client_text.h"
+#include "server/util/defaults.h"
 #include "server/util/status_macros.h"
 
 namespace compress::pipeline {
@@ -32,7 +33,8 @@ absl::StatusOr<std::map<std::string, double>> TracesFromJob(const std::string& j
   const std::string field = "quantize.sensitivity_job_id";
   absl::StatusOr<v1::Job> job = resources.GetJob(job_id);
   if (absl::IsNotFound(job.status())) {
-    return absl::NotFoundError(absl::StrCat(field, ": job ", job_id, " not found"));
+    return absl::NotFoundError(
+        absl::StrCat(field, ": job ", QuoteClientText(job_id), " not found"));
   }
   if (!job.ok()) return job.status();
   if (job->kind() != v1::JOB_KIND_ANALYZE) {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/util/client_text.h"
 #include "server/util/defaults.h"
 #include "server/util/status_macros.h"
 
@@ -22,10 +23,11 @@ absl::Status CheckDataset(const std::string& field, const std::string& id, Resou
   auto dataset = r.GetDataset(id);
   if (dataset.ok()) return absl::OkStatus();
   if (absl::IsNotFound(dataset.status()) && r.GetModel(id).ok()) {
-    return Invalid(field, absl::StrCat(id, " is a model, not a dataset"));
+    return Invalid(field, absl::StrCat(QuoteClientText(id), " is a model, not a dataset"));
   }
   if (absl::IsNotFound(dataset.status())) {
-    return absl::NotFoundError(absl::StrCat(field, ": dataset ", id, " not found"));
+    return absl::NotFoundError(
+        absl::StrCat(field, ": dataset ", QuoteClientText(id), " not found"));
   }
   return dataset.status();
 }
@@ -67,10 +69,10 @@ absl::Status CheckModel(const std::string& field, const std::string& id, Resourc
     return absl::OkStatus();
   }
   if (absl::IsNotFound(model.status()) && r.GetDataset(id).ok()) {
-    return Invalid(field, absl::StrCat(id, " is a dataset, not a model"));
+    return Invalid(field, absl::StrCat(QuoteClientText(id), " is a dataset, not a model"));
   }
   if (absl::IsNotFound(model.status())) {
-    return absl::NotFoundError(absl::StrCat(field, ": model ", id, " not found"));
+    return absl::NotFoundError(absl::StrCat(field, ": model ", QuoteClientText(id), " not found"));
   }
   return model.status();
 }
@@ -124,7 +126,8 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
     const std::string field = absl::StrCat(f, ".pins[", i, "]");
     if (s.pins(i).layer().empty()) return Invalid(field + ".layer", "required");
     if (!pinned.insert(s.pins(i).layer()).second) {
-      return Invalid(field + ".layer", absl::StrCat(s.pins(i).layer(), " is pinned twice"));
+      return Invalid(field + ".layer",
+                     absl::StrCat(QuoteClientText(s.pins(i).layer()), " is pinned twice"));
     }
     if (!defaults::IsPinBits(s.pins(i).bits())) {
       return Invalid(field + ".bits",
@@ -208,7 +211,7 @@ absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Res
   RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r, &model));
   if (!LooksLikeViT(model)) {
     return absl::FailedPreconditionError(
-        absl::StrCat(f, ".model_id: model ", s.model_id(),
+        absl::StrCat(f, ".model_id: model ", QuoteClientText(s.model_id()),
                      " is not a Vision Transformer (no attn.qkv or self_attention layers); "
                      "structural pruning needs one"));
   }
@@ -244,8 +247,8 @@ absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Res
   if (!s.recovery().optimizer().empty() && s.recovery().optimizer() != "adam" &&
       s.recovery().optimizer() != "sgd") {
     return Invalid(f + ".recovery.optimizer",
-                   absl::StrCat("must be \"adam\" or \"sgd\", got \"", s.recovery().optimizer(),
-                                "\""));
+                   absl::StrCat("must be \"adam\" or \"sgd\", got \"",
+                                QuoteClientText(s.recovery().optimizer()), "\""));
   }
   RETURN_IF_ERROR(AtLeast(f + ".saliency_samples", s.has_saliency_samples(),
                           s.saliency_samples(), int64_t{1}));

@@ -14,25 +14,26 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "server/service/auth.h"
-#include "server/service/metrics_http.h"
+#include "server/catalog/catalog.h"
+#include "server/catalog/engine_describer.h"
 #include "server/engine/common/runtime.h"
 #include "server/jobs/job_manager.h"
 #include "server/pipeline/pipeline.h"
 #include "server/pipeline/registry.h"
-#include "server/worker/child_runner.h"
+#include "server/service/auth.h"
 #include "server/service/metrics.h"
+#include "server/service/metrics_http.h"
 #include "server/service/services.h"
+#include "server/service/unparsed_request.h"
 #include "server/store/blob_store.h"
-#include "server/store/s3/s3_backed_blob_store.h"
-#include "server/store/s3/s3_config.h"
-#include "server/catalog/catalog.h"
-#include "server/catalog/engine_describer.h"
 #include "server/store/metadata_store.h"
 #include "server/store/pg/listener.h"
 #include "server/store/pg/pg_job_queue.h"
 #include "server/store/pg_metadata_store.h"
+#include "server/store/s3/s3_backed_blob_store.h"
+#include "server/store/s3/s3_config.h"
 #include "server/util/status_macros.h"
+#include "server/worker/child_runner.h"
 
 namespace compress::service {
 namespace v1 = compress::v1;
@@ -226,6 +227,7 @@ absl::Status Server::CreateJobManager(const ServerOptions& options, Impl& impl) 
   job_options.max_queued = options.max_queued;
   job_options.default_deadline = options.default_deadline;
   job_options.max_attempts = options.max_attempts;
+  job_options.limits = options.limits;
   job_options.runner = impl.runner.get();
   job_options.queue = impl.queue.get();
   job_options.notifier = impl.listener.get();
@@ -277,6 +279,8 @@ absl::Status Server::StartGrpc(const ServerOptions& options,
     builder.RegisterService(impl.artifact_service.get());
   }
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  // First, so that the metrics count the status it corrects.
+  creators.push_back(UnparsedRequestInterceptorFactory());
   creators.push_back(impl.metrics.InterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(creators));
   impl.grpc_server = builder.BuildAndStart();
@@ -336,6 +340,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   catalog::CatalogOptions catalog_options;
   catalog_options.max_model_bytes = options.max_model_bytes;
   catalog_options.max_dataset_bytes = options.max_dataset_bytes;
+  catalog_options.max_name_bytes = options.limits.max_name_bytes;
   catalog_options.fashion_mnist_dir = options.fashion_mnist_dir;
   ASSIGN_OR_RETURN(impl->catalog,
                    catalog::Catalog::Create(catalog_options, impl->blobs.get(),

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/pipeline/limits.h"
 #include "server/util/defaults.h"
 
 namespace grpc {
@@ -72,6 +73,10 @@ struct ServerOptions {
   int64_t max_dataset_bytes = int64_t{4} << 30;  // upload limit, bytes
   absl::Duration default_deadline = absl::Hours(24);  // job run time limit
   int max_attempts = 3;             // restarts a job survives
+  // Upper bounds on what a spec or an upload may ask for (eigenvalues,
+  // probes, grid points, input elements, name bytes, ...); each field's
+  // default and unit in pipeline/limits.h.
+  pipeline::ServerLimits limits;
   std::string fashion_mnist_dir = defaults::kFashionMnistDir;
   int blocking_threads = 4;         // threads for upload validation and artifact reads
   // The compressd binary that runs model work as `--role=child` (upload

@@ -21,6 +21,15 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context, const absl
 }
 
 
+// protobuf refuses a proto3 string that is not UTF-8, before our code sees
+// the header.
+constexpr char kUnparsedHeader[] =
+    "header: the first message could not be parsed as an upload header; its strings "
+    "(header.name, header.sha256) must be valid UTF-8";
+constexpr char kNoHeader[] =
+    "header: the stream ended before an upload header could be read (none was sent, or it "
+    "could not be parsed: header.name and header.sha256 must be valid UTF-8)";
+
 // Receives one upload (header, then chunks) into the catalog. The final
 // check loads the model or dataset, so it runs on the blocking pool.
 template <typename Resource>
@@ -40,11 +49,18 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
   }
 
   void OnReadDone(bool ok) override {
+    if (probing_) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, ok ? kUnparsedHeader : kNoHeader));
+      return;
+    }
     if (!ok) {
-      // The client half-closed (or went away: then OnCancel runs too).
+      // The client half-closed (or went away: then OnCancel runs too), or
+      // the message did not parse: gRPC reports both alike.
       if (upload_ == nullptr) {
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "header: stream ended before the upload header"));
+        // A message after the failed one tells them apart: a half-closed
+        // stream has none, an unparsed header is followed by its chunks.
+        probing_ = true;
+        StartRead(&request_);
         return;
       }
       blocking_->Schedule([this] {
@@ -101,6 +117,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadRequest> {
   std::string tenant_;
   v1::UploadRequest request_;
   std::unique_ptr<catalog::Catalog::Upload> upload_;
+  bool probing_ = false;  // the first read failed; reading once more
 };
 
 template <typename Item, typename Response>

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/store/storage_error.h"
+#include "server/util/client_text.h"
 
 namespace compress::store {
 namespace fs = std::filesystem;
@@ -146,7 +147,7 @@ bool LocalBlobStore::Contains(absl::string_view sha256) const {
 absl::StatusOr<int64_t> LocalBlobStore::Size(absl::string_view sha256) const {
   struct stat st;
   if (stat(PathFor(sha256).c_str(), &st) != 0) {
-    return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
+    return absl::NotFoundError(absl::StrCat("blob ", QuoteClientText(sha256), " not found"));
   }
   return static_cast<int64_t>(st.st_size);
 }
@@ -163,7 +164,8 @@ absl::Status LocalBlobStore::Read(absl::string_view sha256, int64_t offset, int6
   const std::string path = PathFor(sha256);
   FILE* f = fopen(path.c_str(), "rbe");
   if (f == nullptr) {
-    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
+    if (errno == ENOENT)
+      return absl::NotFoundError(absl::StrCat("blob ", QuoteClientText(sha256), " not found"));
     return ErrnoError("read a blob", path);
   }
   absl::Status s;
@@ -185,7 +187,8 @@ absl::Status LocalBlobStore::Read(absl::string_view sha256, int64_t offset, int6
 }
 
 absl::StatusOr<std::string> LocalBlobStore::LocalPath(absl::string_view sha256) const {
-  if (!Contains(sha256)) return absl::NotFoundError(absl::StrCat("blob ", sha256, " not found"));
+  if (!Contains(sha256))
+    return absl::NotFoundError(absl::StrCat("blob ", QuoteClientText(sha256), " not found"));
   return PathFor(sha256);
 }
 

@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/store/rows.h"
+#include "server/util/client_text.h"
 #include "server/util/status_macros.h"
 
 namespace compress::store {
@@ -132,7 +133,8 @@ absl::StatusOr<T> GetById(pg::Pool& pool, const std::string& table, const std::s
                                        "LIMIT 1");
   return pool.RunRead([&](Connection& c) -> absl::StatusOr<T> {
     ASSIGN_OR_RETURN(Result r, c.Exec(sql, {id, v.tenant, v.other()}));
-    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+    if (r.rows() == 0)
+      return absl::NotFoundError(absl::StrCat(what, " ", QuoteClientText(id), " not found"));
     return Parse<T>(r.Bytes(0, 0));
   });
 }
@@ -143,7 +145,7 @@ absl::Status DeleteById(pg::Pool& pool, const std::string& table, const std::str
   return pool.RunTransaction([&](Connection& c) -> absl::Status {
     ASSIGN_OR_RETURN(Result r, c.Exec(sql, {id, tenant}));
     if (r.affected_rows() == 0) {
-      return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+      return absl::NotFoundError(absl::StrCat(what, " ", QuoteClientText(id), " not found"));
     }
     return absl::OkStatus();
   });
@@ -176,7 +178,7 @@ absl::Status UpdateJobRow(Connection& c, const v1::Job& job) {
                                     {job.id(), static_cast<int64_t>(job.state()),
                                      Param::Bytes(job.SerializeAsString())}));
   if (r.affected_rows() == 0)
-    return absl::NotFoundError(absl::StrCat("job ", job.id(), " not found"));
+    return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(job.id()), " not found"));
   return absl::OkStatus();
 }
 
@@ -315,7 +317,8 @@ absl::StatusOr<v1::Job> PgMetadataStore::GetJob(const std::string& tenant, const
 absl::StatusOr<v1::Job> PgMetadataStore::GetJobAnyTenant(const std::string& id) {
   return pool_->RunRead([&](Connection& c) -> absl::StatusOr<v1::Job> {
     ASSIGN_OR_RETURN(Result r, c.Exec("SELECT proto FROM jobs WHERE id = $1", {id}));
-    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+    if (r.rows() == 0)
+      return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(id), " not found"));
     return Parse<v1::Job>(r.Bytes(0, 0));
   });
 }
@@ -323,7 +326,8 @@ absl::StatusOr<v1::Job> PgMetadataStore::GetJobAnyTenant(const std::string& id) 
 absl::StatusOr<std::string> PgMetadataStore::JobTenant(const std::string& id) {
   return pool_->RunRead([&](Connection& c) -> absl::StatusOr<std::string> {
     ASSIGN_OR_RETURN(Result r, c.Exec("SELECT tenant FROM jobs WHERE id = $1", {id}));
-    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+    if (r.rows() == 0)
+      return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(id), " not found"));
     return r.Bytes(0, 0);
   });
 }
@@ -438,7 +442,8 @@ absl::StatusOr<v1::Artifact> PgMetadataStore::GetArtifact(const std::string& job
     ASSIGN_OR_RETURN(Result r, c.Exec("SELECT proto FROM artifacts WHERE job_id = $1 AND name = $2",
                                       {job_id, name}));
     if (r.rows() == 0) {
-      return absl::NotFoundError(absl::StrCat("artifact ", name, " of job ", job_id, " not found"));
+      return absl::NotFoundError(absl::StrCat("artifact ", QuoteClientText(name), " of job ",
+                                              QuoteClientText(job_id), " not found"));
     }
     return Parse<v1::Artifact>(r.Bytes(0, 0));
   });

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/store/rows.h"
 #include "server/store/storage_error.h"
+#include "server/util/client_text.h"
 #include "server/util/status_macros.h"
 
 namespace compress::store {
@@ -196,7 +197,8 @@ absl::StatusOr<T> GetById(sqlite3* db, const std::string& table, const std::stri
   RETURN_IF_ERROR(st.status());
   st.Bind(1, id).Bind(2, v.tenant).Bind(3, v.other());
   int rc = st.Step();
-  if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  if (rc == SQLITE_DONE)
+    return absl::NotFoundError(absl::StrCat(what, " ", QuoteClientText(id), " not found"));
   if (rc != SQLITE_ROW) return st.Failure();
   return Parse<T>(st.Text(0));
 }
@@ -208,7 +210,8 @@ absl::Status DeleteById(sqlite3* db, const std::string& table, const std::string
   RETURN_IF_ERROR(st.status());
   st.Bind(1, id).Bind(2, tenant);
   RETURN_IF_ERROR(st.Run());
-  if (sqlite3_changes(db) == 0) return absl::NotFoundError(absl::StrCat(what, " ", id, " not found"));
+  if (sqlite3_changes(db) == 0)
+    return absl::NotFoundError(absl::StrCat(what, " ", QuoteClientText(id), " not found"));
   return absl::OkStatus();
 }
 
@@ -366,7 +369,7 @@ absl::Status SqliteMetadataStore::PutJobLocked(const std::string* tenant, const 
   st.Bind(3, static_cast<int64_t>(job.state())).BindBlob(7, job.SerializeAsString());
   RETURN_IF_ERROR(st.Run());
   if (!insert && sqlite3_changes(db_) == 0) {
-    return absl::NotFoundError(absl::StrCat("job ", job.id(), " not found"));
+    return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(job.id()), " not found"));
   }
   return absl::OkStatus();
 }
@@ -420,7 +423,8 @@ absl::StatusOr<std::string> SqliteMetadataStore::JobColumnLocked(const char* col
   RETURN_IF_ERROR(st.status());
   st.Bind(1, id);
   int rc = st.Step();
-  if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  if (rc == SQLITE_DONE)
+    return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(id), " not found"));
   if (rc != SQLITE_ROW) return st.Failure();
   return st.Text(0);
 }
@@ -548,7 +552,8 @@ absl::StatusOr<v1::Artifact> SqliteMetadataStore::GetArtifact(const std::string&
   st.Bind(1, job_id).Bind(2, name);
   int rc = st.Step();
   if (rc == SQLITE_DONE) {
-    return absl::NotFoundError(absl::StrCat("artifact ", name, " of job ", job_id, " not found"));
+    return absl::NotFoundError(absl::StrCat("artifact ", QuoteClientText(name), " of job ",
+                                            QuoteClientText(job_id), " not found"));
   }
   if (rc != SQLITE_ROW) return st.Failure();
   return Parse<v1::Artifact>(st.Text(0));

@@ -185,6 +185,39 @@ TEST_F(CatalogTest, BeginUploadValidatesHeader) {
   EXPECT_THAT(TmpFiles(), IsEmpty());  // abandoned uploads leave no temp files
 }
 
+// Names are listed with every model and dataset: bounded, UTF-8 (the
+// catalog may be called with bytes gRPC never parsed) and printable.
+TEST_F(CatalogTest, BeginUploadChecksTheName) {
+  v1::UploadHeader h;
+  h.set_size_bytes(10);
+  h.set_sha256(Sha256Hex("x"));
+  auto message = [&](const std::string& name) {
+    h.set_name(name);
+    auto up = catalog_->BeginUpload(kTenant, ResourceKind::kDataset, h);
+    EXPECT_EQ(up.status().code(), absl::StatusCode::kInvalidArgument) << name.substr(0, 80);
+    return std::string(up.status().message());
+  };
+  EXPECT_EQ(message(std::string(3500000, 'n')),
+            "header.name: 3500000 bytes is over the server limit of 256 (--max_name_bytes)");
+  EXPECT_EQ(message("calib\xff.pt"), "header.name: not valid UTF-8 (byte 5 of \"calib\\xff.pt\")");
+  EXPECT_EQ(message("a\nb"),
+            "header.name: control character at byte 1 of \"a\\nb\"; names are printable text");
+  EXPECT_THAT(message("x\x1b[2J"), HasSubstr("control character at byte 1"));
+  EXPECT_THAT(message("x\xc2\x9b"
+                      "2J"),
+              HasSubstr("control character at byte 1"));  // C1 CSI
+  EXPECT_THAT(message("tab\there"), HasSubstr("control character at byte 3"));
+  // The error repeats a bounded prefix of a long bad name.
+  EXPECT_LT(message(std::string(200, 'a') + "\x01").size(), 200u);
+
+  for (const std::string& ok :
+       {std::string(256, 'k'), std::string(""), std::string("r\u00e9seau \u4e2d (v2).pt")}) {
+    h.set_name(ok);
+    EXPECT_TRUE(catalog_->BeginUpload(kTenant, ResourceKind::kDataset, h).ok()) << ok;
+  }
+  EXPECT_THAT(TmpFiles(), IsEmpty());
+}
+
 TEST_F(CatalogTest, AppendBeyondDeclaredSizeIsInvalidArgument) {
   std::string bytes(100, 'a');
   auto up = catalog_->BeginUpload(kTenant, ResourceKind::kModel, Header(bytes));

@@ -1,6 +1,7 @@
 // Pure formatting: progress bar, event lines, tables, names and numbers.
 #include "client/format.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -316,6 +317,68 @@ TEST(ToJsonTest, UsesProtoFieldNames) {
   v1::InspectSpec spec;
   spec.set_model_id("m");
   EXPECT_EQ(ToJson(spec), "{\"model_id\":\"m\"}");
+}
+
+// A name, id or message from the server can hold newlines, ESC and bytes
+// that are not UTF-8; printed raw they forge table rows or drive the
+// terminal. Every human format escapes them; JSON escapes them its own way.
+TEST(HostileTextTest, TablesKeepOneRowPerItem) {
+  v1::Dataset forged;
+  forged.set_id(std::string(64, 'a'));
+  forged.set_name("x\nbbbbbbbbbbbb  evil.pt  SAFETENSORS  1 KiB");
+  v1::Dataset esc;
+  esc.set_id(std::string(64, 'c'));
+  esc.set_name("\x1b[2J\x1b]0;pwned\x07name\xff");
+  const std::string table = FormatDatasetTable({forged, esc});
+  // A header and two rows, whatever the names hold.
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 3) << table;
+  EXPECT_THAT(table, HasSubstr("x\\nbbbbbbbbbbbb  evil.pt"));
+  EXPECT_THAT(table, HasSubstr("\\x1b[2J\\x1b]0;pwned\\x07name\\xff"));
+  EXPECT_THAT(table, Not(HasSubstr("\x1b")));
+
+  v1::Model model;
+  model.set_id(std::string(64, 'd'));
+  model.set_name(
+      "m\r\n\xc2\x9b"
+      "31m");
+  const std::string one = FormatModel(model);
+  EXPECT_THAT(one, HasSubstr("name:"));
+  EXPECT_THAT(one, HasSubstr("m\\r\\n\\u009b31m"));
+  EXPECT_THAT(FormatModelTable({model}), HasSubstr("m\\r\\n\\u009b31m"));
+}
+
+TEST(HostileTextTest, EventLinesAndErrorsStayOnOneLine) {
+  v1::JobEvent e;
+  e.mutable_log()->set_message("done\n[INFO] forged line\x1b[K");
+  EXPECT_EQ(FormatEventLine(e), "[INFO] done\\n[INFO] forged line\\x1b[K");
+  e.mutable_artifact_ready()->set_name("a\tb");
+  EXPECT_EQ(FormatEventLine(e), "artifact a\\tb (0 bytes)");
+
+  v1::Job job;
+  job.set_id("j1");
+  job.set_request_id("req\x1b[31m");
+  job.mutable_error()->set_code(3);
+  job.mutable_error()->set_message("spec.quantize.pins[0].layer: \"a\nb\" unknown");
+  const std::string text = FormatJob(job);
+  EXPECT_THAT(text, HasSubstr("request id: req\\x1b[31m"));
+  EXPECT_THAT(text, HasSubstr("INVALID_ARGUMENT: spec.quantize.pins[0].layer: \"a\\nb\" unknown"));
+  EXPECT_THAT(text, Not(HasSubstr("\x1b")));
+
+  v1::Progress p = MakeProgress("st\x1b[2Jage", 1, 2, -1);
+  EXPECT_EQ(RenderProgressBar(p, 2), "[#.] st\\x1b[2Jage 1/2");
+}
+
+TEST(HostileTextTest, PrintableNamesAreShownAsGiven) {
+  v1::Dataset d;
+  d.set_id("builtin:fashion-mnist/test");
+  d.set_name("r\u00e9seau \u4e2d C:\\data\\calib.safetensors");
+  EXPECT_THAT(FormatDatasetTable({d}), HasSubstr("r\u00e9seau \u4e2d C:\\data\\calib.safetensors"));
+  // JSON keeps the exact text, escaped as JSON does.
+  v1::Dataset esc;
+  esc.set_name(
+      "a\x1b"
+      "b");
+  EXPECT_EQ(ToJson(esc), "{\"name\":\"a\\u001bb\"}");
 }
 
 }  // namespace

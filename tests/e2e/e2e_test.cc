@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -527,6 +528,135 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
   v1::ListJobsResponse lresp;
   ASSERT_TRUE(jobs_->ListJobs(&ctx, lreq, &lresp).ok());
   EXPECT_EQ(lresp.jobs_size(), 0) << "a rejected spec must not create a job";
+}
+
+// Sizes a careless or hostile client asks for (issue 14): each refused at
+// submit with INVALID_ARGUMENT naming the field and the flag of the limit,
+// before anything is queued or allocated.
+TEST_F(E2eTest, SizesOverTheServerLimitsAreRefusedAtSubmit) {
+  v1::Model cnn = MustUploadModel("tiny_cnn.pt");
+  const std::string data = "builtin:fashion-mnist/train";
+  constexpr int32_t kInt32Max = std::numeric_limits<int32_t>::max();
+  auto analyze = [&](const std::function<void(v1::AnalyzeSpec*)>& set) {
+    v1::SubmitJobRequest req;
+    v1::AnalyzeSpec* a = req.mutable_spec()->mutable_analyze();
+    a->set_model_id(cnn.id());
+    a->mutable_data()->set_dataset_id(data);
+    set(a);
+    return req;
+  };
+  struct Case {
+    v1::SubmitJobRequest req;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {analyze([](v1::AnalyzeSpec* a) {
+         a->mutable_eigen()->set_enabled(true);
+         a->mutable_eigen()->set_k(1000000000);
+       }),
+       "spec.analyze.eigen.k: 1000000000 is over the server limit of 64 (--max_eigenvalues)"},
+      {analyze([&](v1::AnalyzeSpec* a) {
+         a->mutable_density()->set_enabled(true);
+         a->mutable_density()->set_grid_points(kInt32Max);
+       }),
+       "spec.analyze.density.grid_points: 2147483647 is over the server limit of 100000 "
+       "(--max_grid_points)"},
+      {analyze([](v1::AnalyzeSpec* a) { a->mutable_density()->set_lanczos_steps(1000000000); }),
+       "spec.analyze.density.lanczos_steps: 1000000000"},
+      {analyze([&](v1::AnalyzeSpec* a) { a->mutable_density()->set_runs(kInt32Max); }),
+       "(--max_density_runs)"},
+      {analyze([&](v1::AnalyzeSpec* a) { a->mutable_eigen()->set_max_iterations(kInt32Max); }),
+       "spec.analyze.eigen.max_iterations: 2147483647"},
+      {analyze([&](v1::AnalyzeSpec* a) {
+         a->mutable_traces()->set_max_probes(kInt32Max);
+         a->mutable_traces()->set_tolerance(1e-300);
+       }),
+       "spec.analyze.traces.max_probes: 2147483647 is over the server limit of 1000000 "
+       "(--max_probes)"},
+      {analyze([](v1::AnalyzeSpec* a) { a->mutable_traces()->set_tolerance(1e-300); }),
+       "spec.analyze.traces.tolerance: 1e-300 is under the server limit of 1e-09 "
+       "(--min_tolerance)"},
+      {InspectRequest(cnn.id(), {20000, 1, 28, 28}),
+       "spec.inspect.input_shape: [20000,1,28,28] is over the server limit of 4194304 input "
+       "elements (--max_inspect_elements)"},
+  };
+  for (const Case& c : cases) {
+    v1::Job job;
+    grpc::Status s = Submit(c.req, &job);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(c.message));
+  }
+  // Nothing was queued.
+  auto jobs = client_->ListJobs({});
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  EXPECT_TRUE(jobs->empty());
+}
+
+// Names: bounded, UTF-8, printable; an id of any length is echoed short.
+TEST_F(E2eTest, HostileNamesAndIdsGetPreciseBoundedAnswers) {
+  const std::string bytes = ReadFile(FixturePath("tiny.safetensors"));
+  v1::UploadHeader h;
+  h.set_size_bytes(static_cast<int64_t>(bytes.size()));
+  h.set_sha256(Sha256Hex(bytes));
+
+  // Four of these made ListDatasets fail with "Received message larger than max".
+  h.set_name(std::string(3500000, 'n'));
+  grpc::Status s = RawUpload(false, &h, bytes);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(),
+            "header.name: 3500000 bytes is over the server limit of 256 (--max_name_bytes)");
+
+  // protobuf refuses the header before the server sees it: the answer says so.
+  h.set_name("calib\xff\xfe.safetensors");
+  s = RawUpload(false, &h, bytes);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(),
+            "header: the first message could not be parsed as an upload header; its strings "
+            "(header.name, header.sha256) must be valid UTF-8");
+
+  // A name that would forge rows or drive a terminal.
+  h.set_name("calib\n\x1b[2Jfake-row");
+  s = RawUpload(false, &h, bytes);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("header.name: control character at byte 5"));
+  EXPECT_THAT(s.error_message(), HasSubstr("calib\\n\\x1b[2Jfake-row"));
+
+  // The longest allowed name uploads and lists.
+  h.set_name(std::string(256, 'k'));
+  s = RawUpload(false, &h, bytes);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  auto datasets = client_->ListDatasets();
+  ASSERT_TRUE(datasets.ok()) << datasets.status();
+
+  // A 1 MB job id: NOT_FOUND, with a message that repeats 64 bytes of it.
+  grpc::ClientContext ctx;
+  v1::GetJobRequest get;
+  get.set_job_id(std::string(1 << 20, 'j'));
+  v1::Job job;
+  s = jobs_->GetJob(&ctx, get, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(s.error_message().size(), 200u) << s.error_message().substr(0, 300);
+  EXPECT_THAT(s.error_message(), HasSubstr("(1048576 bytes)"));
+
+  // A unary request that does not parse (an id that is not UTF-8).
+  grpc::ClientContext ctx2;
+  get.set_job_id("job-\xff");
+  s = jobs_->GetJob(&ctx2, get, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("/compress.v1.JobService/GetJob: the request could "
+                                           "not be parsed"));
+
+  // A request id past the name limit is refused; one in a spec as well.
+  v1::SubmitJobRequest req = InspectRequest(std::string(64, 'a'), {1, 1, 28, 28});
+  req.set_request_id(std::string(100000, 'r'));
+  s = Submit(req, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(),
+            "request_id: 100000 bytes is over the server limit of 256 (--max_name_bytes)");
+  req = InspectRequest(std::string(1 << 20, 'm'), {1, 1, 28, 28});
+  s = Submit(req, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("spec.inspect.model_id: 1048576 bytes"));
 }
 
 TEST_F(E2eTest, InputThatDoesNotFitFailsTheJobWithTorchsMessage) {

@@ -448,6 +448,38 @@ TEST_F(JobManagerTest, SubmitValidates) {
   EXPECT_EQ(observer_.submitted(), 0);
 }
 
+// The server's limits (JobManagerOptions::limits) before the kind's own
+// checks; long client strings come back cut to a bounded prefix.
+TEST_F(JobManagerTest, SubmitEnforcesTheServerLimits) {
+  options_.limits.max_inspect_elements = 3;
+  StartManager();
+  auto over = manager_->Submit(kTenant, Request("ok"));  // [1, 4]: 4 elements
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(over.status().message(),
+            "spec.inspect.input_shape: [1,4] is over the server limit of 3 input elements "
+            "(--max_inspect_elements)");
+  SubmitRequest r = Request("ok", std::string(257, 'r'));
+  r.spec.mutable_inspect()->set_input_shape(1, 3);
+  EXPECT_EQ(manager_->Submit(kTenant, r).status().message(),
+            "request_id: 257 bytes is over the server limit of 256 (--max_name_bytes)");
+  r.request_id.clear();
+  r.device = std::string(1 << 20, 'd');
+  auto device = manager_->Submit(kTenant, r);
+  EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(device.status().message(),
+            "device: 1048576 bytes is over the server limit of 256 (--max_name_bytes)");
+  r.device = std::string(200, 'd');  // within the limit, but no such device: quoted short
+  device = manager_->Submit(kTenant, r);
+  EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(device.status().message().size(), 200u);
+  EXPECT_THAT(std::string(device.status().message()), HasSubstr("...(200 bytes)"));
+  auto missing = manager_->Get(kTenant, std::string(1 << 20, 'j'));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(missing.status().message().size(), 200u);
+  r.device = "auto";
+  EXPECT_TRUE(manager_->Submit(kTenant, r).ok());  // [1, 3] is within the limit
+}
+
 // --- Running ----------------------------------------------------------------
 
 TEST_P(JobManagerBothTest, OkJobSucceedsWithEventsAndArtifact) {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/store/pg_metadata_store.h"
 #include "server/store/rows.h"
+#include "server/util/client_text.h"
 #include "server/util/status_macros.h"
 
 namespace compress::store {
@@ -114,7 +115,8 @@ absl::StatusOr<v1::Job> LockLeased(Connection& c, const std::string& job_id,
                           "lease_expires_at > clock_timestamp()) IS TRUE "
                           "FROM jobs WHERE id = $1 FOR UPDATE",
                           {job_id, owner, attempt, static_cast<int64_t>(v1::JOB_STATE_RUNNING)}));
-  if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+  if (r.rows() == 0)
+    return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(job_id), " not found"));
   if (r.Int(0, 1) == 0) return Fenced(job_id, owner, attempt);
   return rows::Parse<v1::Job>(r.Bytes(0, 0));
 }
@@ -330,7 +332,8 @@ absl::StatusOr<v1::Job> PgJobQueue::RequestCancel(const std::string& tenant,
     ASSIGN_OR_RETURN(Result r, c.Exec("SELECT proto FROM jobs WHERE id = $1 AND tenant = $2 "
                                       "FOR UPDATE",
                                       {job_id, tenant}));
-    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+    if (r.rows() == 0)
+      return absl::NotFoundError(absl::StrCat("job ", QuoteClientText(job_id), " not found"));
     ASSIGN_OR_RETURN(v1::Job job, rows::Parse<v1::Job>(r.Bytes(0, 0)));
     if (IsTerminal(job.state())) {
       return absl::FailedPreconditionError(
