@@ -2,7 +2,7 @@
 // members whose declared sizes lie, torch.save files with edited pickles).
 // Header-only and dependency-free so that engine tests can use it too.
 //
-//   std::vector<ZipFile> files = Unzip(torch_save_bytes);   // stored members
+//   std::vector<ZipFile> files = Unzip(torch_save_bytes);
 //   files[1] = Deflated(files[1].name, DeflateStored(more), files[1].size, crc);
 //   std::string archive = Zip(files);
 #ifndef COMPRESS_TESTS_ZIP_UTIL_H_
@@ -127,23 +127,32 @@ inline std::string Zip(const std::vector<ZipFile>& files) {
   return out;
 }
 
-// The members of an archive whose local headers carry their sizes (as
-// LibTorch and zipfile write them), in order; stops at the first byte that
-// is not a local header.
+// The members of a small archive (each under 4 GiB, as LibTorch and zipfile
+// write them), in central directory order. Test inputs only: no checks.
 inline std::vector<ZipFile> Unzip(absl::string_view archive) {
   using zip_internal::Get;
   std::vector<ZipFile> files;
-  size_t at = 0;
-  while (at + 30 <= archive.size() && Get(archive, at, 4) == 0x04034b50) {
+  const size_t end = archive.rfind(absl::string_view("PK\x05\x06", 4));
+  if (end == absl::string_view::npos) return files;
+  uint64_t entries = Get(archive, end + 10, 2), at = Get(archive, end + 16, 4);
+  if (at == 0xFFFFFFFFu || entries == 0xFFFF) {  // the ZIP64 end record has them
+    const uint64_t record = Get(archive, end - 20 + 8, 8);
+    entries = Get(archive, record + 32, 8);
+    at = Get(archive, record + 48, 8);
+  }
+  for (uint64_t i = 0; i < entries; ++i) {
     ZipFile f;
-    f.method = static_cast<uint16_t>(Get(archive, at + 8, 2));
-    f.crc = static_cast<uint32_t>(Get(archive, at + 14, 4));
-    const size_t compressed = Get(archive, at + 18, 4);
-    f.size = Get(archive, at + 22, 4);
-    const size_t name_len = Get(archive, at + 26, 2), extra_len = Get(archive, at + 28, 2);
-    f.name = std::string(archive.substr(at + 30, name_len));
-    f.data = std::string(archive.substr(at + 30 + name_len + extra_len, compressed));
-    at += 30 + name_len + extra_len + compressed;
+    f.method = static_cast<uint16_t>(Get(archive, at + 10, 2));
+    f.crc = static_cast<uint32_t>(Get(archive, at + 16, 4));
+    const size_t compressed = Get(archive, at + 20, 4);
+    f.size = Get(archive, at + 24, 4);
+    const size_t name_len = Get(archive, at + 28, 2);
+    const size_t skip = name_len + Get(archive, at + 30, 2) + Get(archive, at + 32, 2);
+    f.name = std::string(archive.substr(at + 46, name_len));
+    const size_t local = Get(archive, at + 42, 4);
+    const size_t data = local + 30 + Get(archive, local + 26, 2) + Get(archive, local + 28, 2);
+    f.data = std::string(archive.substr(data, compressed));
+    at += 46 + skip;
     files.push_back(std::move(f));
   }
   return files;

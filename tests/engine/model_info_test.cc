@@ -1,5 +1,6 @@
 #include "server/engine/model/model_info.h"
 
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "nlohmann/json.hpp"
 #include "server/engine/common/cancel.h"
 #include "tests/engine/test_util.h"
+#include "tests/zip_util.h"
 
 namespace compress::engine {
 namespace {
@@ -174,6 +176,34 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, BadModelTest,
 TEST(ModelInfoTest, MissingFileIsNotFound) {
   EXPECT_EQ(DescribeModelFile(FixturePath("no_such_model.pt")).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// The loader reads each archive member into a buffer of its declared size
+// and stops when it is full: a stream holding 8 MiB more than declared loads
+// as the declared bytes (the surplus is never inflated), one holding fewer
+// bytes does not load. What the catalog's size bound (server/catalog/
+// catalog.cc) relies on.
+TEST(ModelInfoTest, MembersInflateToNoMoreThanTheirDeclaredSize) {
+  const std::string dir = testing::MakeTempDir();
+  std::vector<testutil::ZipFile> files =
+      testutil::Unzip(testutil::ReadFile(FixturePath("tiny_mlp.pt")));
+  ASSERT_EQ(files.size(), 17u);
+  const testutil::ZipFile weights = files[0];  // tiny_mlp/data/0, 128 bytes
+  ASSERT_EQ(weights.name, "tiny_mlp/data/0");
+  auto describe = [&](const std::string& inflated, const std::string& name) {
+    files[0] = testutil::Deflated(weights.name, testutil::DeflateStored(inflated),
+                                  weights.size, weights.crc);
+    const std::string path = dir + "/" + name + ".pt";
+    std::ofstream(path, std::ios::binary) << testutil::Zip(files);
+    return DescribeModelFile(path);
+  };
+  absl::StatusOr<ModelSummary> surplus =
+      describe(weights.data + std::string(8 << 20, '\1'), "surplus");
+  ASSERT_TRUE(surplus.ok()) << surplus.status();
+  EXPECT_EQ(surplus->num_parameters,
+            Expected()["models"]["tiny_mlp.pt"]["num_parameters"].get<int64_t>());
+  EXPECT_EQ(describe(weights.data.substr(0, 64), "short").status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ModelInfoTest, LinearInputMismatchCarriesTorchMessage) {
