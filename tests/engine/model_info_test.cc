@@ -1,5 +1,7 @@
 #include "server/engine/model/model_info.h"
 
+#include <torch/script.h>
+
 #include <fstream>
 #include <string>
 #include <thread>
@@ -204,6 +206,35 @@ TEST(ModelInfoTest, MembersInflateToNoMoreThanTheirDeclaredSize) {
             Expected()["models"]["tiny_mlp.pt"]["num_parameters"].get<int64_t>());
   EXPECT_EQ(describe(weights.data.substr(0, 64), "short").status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A TorchScript file whose pickle says a parameter is [101, 3] while its
+// storage holds [100, 3]: refused at describe, before anything reads past it.
+TEST(ModelInfoTest, ParameterReachingPastItsStorageIsRefused) {
+  torch::jit::Module m("Edited");
+  m.register_parameter("w", torch::arange(300, torch::kFloat32).reshape({100, 3}), false);
+  m.define("def forward(self, x):\n    return x + self.w.sum()\n");
+  const std::string dir = testing::MakeTempDir();
+  m.save(dir + "/saved.pt");
+  std::vector<testutil::ZipFile> files =
+      testutil::Unzip(testutil::ReadFile(dir + "/saved.pt"));
+  bool edited = false;
+  for (testutil::ZipFile& f : files) {
+    if (f.name.size() < 9 || f.name.substr(f.name.size() - 9) != "/data.pkl") continue;
+    const std::string from("K\x64", 2);  // size 100, BININT1
+    ASSERT_EQ(f.data.find(from), f.data.rfind(from)) << "the edit must be unambiguous";
+    std::string pickle = f.data;
+    pickle.replace(pickle.find(from), 2, std::string("K\x65", 2));
+    f = testutil::Stored(f.name, pickle);
+    edited = true;
+  }
+  ASSERT_TRUE(edited);
+  std::ofstream(dir + "/edited.pt", std::ios::binary) << testutil::Zip(files);
+  absl::StatusOr<ModelSummary> summary = DescribeModelFile(dir + "/edited.pt");
+  ASSERT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument) << summary.status();
+  EXPECT_THAT(std::string(summary.status().message()),
+              HasSubstr("parameter w reaches byte 1212 of a storage of 1200 bytes"));
+  EXPECT_TRUE(DescribeModelFile(dir + "/saved.pt").ok());
 }
 
 TEST(ModelInfoTest, LinearInputMismatchCarriesTorchMessage) {

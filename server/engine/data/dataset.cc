@@ -155,29 +155,7 @@ absl::Status CheckStorage(const char* name, const torch::Tensor& t,
         "\"", name, "\" claims a storage of ", storage.nbytes(),
         " bytes but its record holds ", held));
   }
-  // The last element's byte offset, in 128 bits: nothing here can wrap.
-  __int128 last = t.storage_offset();
-  bool empty = false;
-  for (int64_t i = 0; i < t.dim(); ++i) {
-    if (t.size(i) == 0) empty = true;
-    if (t.size(i) < 0 || t.stride(i) < 0 || t.size(i) > (int64_t{1} << 56) ||
-        t.stride(i) > (int64_t{1} << 56)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "\"", name, "\" has a size or stride out of range in dimension ", i));
-    }
-    if (t.size(i) > 0) last += static_cast<__int128>(t.size(i) - 1) * t.stride(i);
-  }
-  if (t.storage_offset() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", name, "\" has a negative storage offset"));
-  }
-  const __int128 end = (last + 1) * static_cast<__int128>(t.element_size());
-  if (!empty && end > static_cast<__int128>(storage.nbytes())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "\"", name, "\" reaches byte ", static_cast<int64_t>(std::min<__int128>(end, INT64_MAX)),
-        " of a storage of ", storage.nbytes(), " bytes"));
-  }
-  return absl::OkStatus();
+  return CheckTensorInStorage(absl::StrCat("\"", name, "\""), t);
 }
 
 // The "inputs" and "targets" tensors of an unpickled torch.save dict.
