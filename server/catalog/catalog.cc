@@ -1,13 +1,17 @@
 #include "server/catalog/catalog.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "server/util/client_text.h"
 #include "server/util/status_macros.h"
+#include "server/util/zip_directory.h"
 
 namespace compress::catalog {
 namespace v1 = compress::v1;
@@ -53,6 +57,91 @@ google::protobuf::Timestamp Now() {
   t.set_seconds(absl::ToUnixSeconds(now));
   t.set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(now - absl::FromUnixSeconds(t.seconds()))));
   return t;
+}
+
+// `status` with the blob's server path replaced by the id the upload gets:
+// the engine names the file it read, and server paths never reach clients.
+absl::Status WithoutPath(const absl::Status& status, const std::string& path,
+                         const std::string& id) {
+  if (path.empty() || !absl::StrContains(status.message(), path)) return status;
+  return absl::Status(status.code(), absl::StrReplaceAll(status.message(), {{path, id}}));
+}
+
+// What the members of an uploaded zip archive may declare, in all: at most
+// kArchiveExpansion times the archive's size plus kArchiveSlack, and never
+// more than the upload limit itself. PyTorch writes tensor data STORED and
+// deflates only its small code records (about 2:1), so real archives expand
+// to about their own size; a deflate bomb expands up to 1032:1.
+constexpr uint64_t kArchiveExpansion = 4;
+constexpr uint64_t kArchiveSlack = uint64_t{16} << 20;
+
+// The first 8 bytes of `path` (fewer when it is shorter).
+std::string FirstBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string prefix(8, '\0');
+  in.read(prefix.data(), 8);
+  prefix.resize(static_cast<size_t>(in ? 8 : in.gcount()));
+  return prefix;
+}
+
+// Bounds the uncompressed sizes the members of an archive declare by the
+// rule above. Trusting the declared sizes is enough: LibTorch's miniz
+// allocates a member's declared size and inflates into exactly that buffer,
+// stopping when it is full (a stream holding more is cut off there, never
+// inflated further) and refusing a member that inflates to fewer bytes. So
+// no member takes more than it declares; tests/catalog/catalog_test.cc and
+// tests/engine/model_info_test.cc show both with crafted archives.
+absl::Status BoundArchive(const ZipDirectory& dir, int64_t size_bytes, int64_t limit,
+                          const char* limit_flag) {
+  const uint64_t size = static_cast<uint64_t>(size_bytes);
+  const uint64_t allowed = std::min<uint64_t>(static_cast<uint64_t>(limit),
+                                              kArchiveExpansion * size + kArchiveSlack);
+  uint64_t total = 0;
+  for (const ZipMember& m : dir.members) {
+    if (m.uncompressed_size <= allowed - total) {
+      total += m.uncompressed_size;
+      continue;
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "archive member ", ZipMemberNameForMessage(m.name), " declares ", m.uncompressed_size,
+        " uncompressed bytes (", m.compressed_size, " compressed), taking the members past ",
+        allowed, " bytes, the most an archive of ", size, " bytes may hold (", kArchiveExpansion,
+        " x its size + ", kArchiveSlack >> 20, " MiB, and at most ", limit_flag, " = ", limit,
+        ")"));
+  }
+  return absl::OkStatus();
+}
+
+// The archive check of an upload, before the describer sees it: its central
+// directory is read (nothing is inflated) and bounded. A model is a zip
+// archive unless it is a flatbuffer TorchScript file ("PTMF" at byte 4,
+// nothing compressed): LibTorch hands anything else to miniz, zip magic or
+// not. A dataset is an archive when it starts with the zip magic
+// (safetensors files are read without inflating).
+absl::Status CheckUploadArchive(const std::string& path, ResourceKind kind, int64_t size_bytes,
+                                const CatalogOptions& options) {
+  const std::string prefix = FirstBytes(path);
+  const bool model = kind == ResourceKind::kModel;
+  const bool zip_magic = absl::StartsWith(prefix, absl::string_view("PK\x03\x04", 4));
+  const bool flatbuffer = prefix.size() == 8 && prefix.substr(4) == "PTMF";
+  const bool archive = model ? zip_magic || !flatbuffer : zip_magic;
+  if (!archive) return absl::OkStatus();
+  const char* what = model ? "model bytes: " : "dataset bytes: ";
+  absl::StatusOr<ZipDirectory> dir = ReadZipDirectoryFile(path);
+  if (!dir.ok()) {
+    if (!absl::IsInvalidArgument(dir.status())) {
+      return absl::InternalError(
+          absl::StrCat("the uploaded bytes could not be read back: ", dir.status().message()));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, model ? "not a loadable TorchScript model: " : "",
+                     dir.status().message()));
+  }
+  absl::Status s =
+      BoundArchive(*dir, size_bytes, model ? options.max_model_bytes : options.max_dataset_bytes,
+                   model ? "--max_model_bytes" : "--max_dataset_bytes");
+  if (s.ok()) return s;
+  return absl::InvalidArgumentError(absl::StrCat(what, s.message()));
 }
 
 }  // namespace
@@ -135,14 +224,20 @@ absl::StatusOr<v1::Model> Catalog::FinishModelUpload(std::unique_ptr<Upload> upl
   const std::string& tenant = upload->tenant_;
   if (auto existing = metadata_->GetModel(tenant, sha); existing.ok()) return existing;
   ASSIGN_OR_RETURN(std::string path, blobs_->LocalPath(sha));
+  if (absl::Status s = CheckUploadArchive(path, upload->kind(), upload->received(), options_);
+      !s.ok()) {
+    DropBlobIfUnreferenced(sha);
+    return s;
+  }
   absl::StatusOr<v1::Model> described = describer_->DescribeModel(path);
   if (!described.ok()) {
     DropBlobIfUnreferenced(sha);
     // The describer's INVALID_ARGUMENT says what is wrong with the bytes;
     // anything else (no worker could start, say) is not the uploader's fault.
-    if (!absl::IsInvalidArgument(described.status())) return described.status();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model bytes: not a loadable TorchScript model: ", described.status().message()));
+    absl::Status s = WithoutPath(described.status(), path, sha);
+    if (!absl::IsInvalidArgument(s)) return s;
+    return absl::InvalidArgumentError(
+        absl::StrCat("model bytes: not a loadable TorchScript model: ", s.message()));
   }
   v1::Model m = *std::move(described);
   m.set_id(sha);
@@ -159,12 +254,17 @@ absl::StatusOr<v1::Dataset> Catalog::FinishDatasetUpload(std::unique_ptr<Upload>
   const std::string& tenant = upload->tenant_;
   if (auto existing = metadata_->GetDataset(tenant, sha); existing.ok()) return existing;
   ASSIGN_OR_RETURN(std::string path, blobs_->LocalPath(sha));
+  if (absl::Status s = CheckUploadArchive(path, upload->kind(), upload->received(), options_);
+      !s.ok()) {
+    DropBlobIfUnreferenced(sha);
+    return s;
+  }
   absl::StatusOr<v1::Dataset> described = describer_->DescribeDataset(path);
   if (!described.ok()) {
     DropBlobIfUnreferenced(sha);
-    if (!absl::IsInvalidArgument(described.status())) return described.status();
-    return absl::InvalidArgumentError(
-        absl::StrCat("dataset bytes: ", described.status().message()));
+    absl::Status s = WithoutPath(described.status(), path, sha);
+    if (!absl::IsInvalidArgument(s)) return s;
+    return absl::InvalidArgumentError(absl::StrCat("dataset bytes: ", s.message()));
   }
   v1::Dataset d = *std::move(described);
   d.set_id(sha);

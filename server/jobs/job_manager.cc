@@ -583,7 +583,12 @@ void JobManager::WorkerLoop(int slot) {
 absl::StatusOr<v1::JobResult> JobManager::RunHandler(pipeline::JobContext& context) {
   ASSIGN_OR_RETURN(const pipeline::JobKindHandler* handler,
                    kinds_->Resolve(context.job().spec()));
-  ASSIGN_OR_RETURN(v1::JobResult result, runner_->Run(*handler, context));
+  absl::StatusOr<v1::JobResult> ran = runner_->Run(*handler, context);
+  if (!ran.ok()) {
+    return pipeline::WithResourceIds(ran.status(), handler->ReferencedIds(context.job().spec()),
+                                     context.resources());
+  }
+  v1::JobResult result = *std::move(ran);
   if (result.summary().empty()) result.set_summary(handler->Summary(result));
   return result;
 }

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "proto/compress/v1/job_kinds.h"
 
 namespace compress::pipeline {
@@ -57,6 +60,28 @@ std::vector<std::string> UniqueIds(std::vector<std::string> ids) {
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   return ids;
+}
+
+absl::Status WithResourceIds(const absl::Status& status, const std::vector<std::string>& ids,
+                             Resources& resources) {
+  if (status.ok()) return status;
+  std::vector<std::pair<std::string, std::string>> replacements;
+  for (const std::string& id : ids) {
+    if (resources.GetModel(id).ok()) replacements.emplace_back(resources.ModelPath(id), id);
+    if (resources.GetDataset(id).ok()) replacements.emplace_back(resources.DatasetPath(id), id);
+  }
+  std::string message(status.message());
+  bool changed = false;
+  for (const auto& [path, id] : replacements) {
+    if (path.empty() || path == id || !absl::StrContains(message, path)) continue;
+    message = absl::StrReplaceAll(message, {{path, id}});
+    changed = true;
+  }
+  if (!changed) return status;
+  absl::Status out(status.code(), message);
+  status.ForEachPayload(
+      [&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
 }
 
 }  // namespace compress::pipeline

@@ -94,6 +94,13 @@ class JobKindRegistry {
 // Sorted, de-duplicated, empties dropped: the usual body of ReferencedIds.
 std::vector<std::string> UniqueIds(std::vector<std::string> ids);
 
+// `status` with the file path of every model and dataset among `ids`
+// replaced by its id. Engine messages name the files they read (a torch
+// error can quote one too); job errors reach clients, which must never see
+// a server path. Builtin datasets, whose "path" is their id, stay as they are.
+absl::Status WithResourceIds(const absl::Status& status, const std::vector<std::string>& ids,
+                             Resources& resources);
+
 }  // namespace compress::pipeline
 
 #endif  // COMPRESS_PIPELINE_JOB_KIND_H_

@@ -16,6 +16,7 @@
 #include "server/catalog/engine_describer.h"
 #include "server/util/sha256.h"
 #include "tests/test_util.h"
+#include "tests/zip_util.h"
 
 namespace compress::catalog {
 namespace {
@@ -539,6 +540,143 @@ TEST_F(CatalogTest, NoBuiltinsWithoutDirectory) {
     ASSERT_TRUE(catalog.ok()) << catalog.status();
     EXPECT_THAT((*catalog)->ListDatasets(kTenant, 10, "")->items, IsEmpty());
   }
+}
+
+
+// --- Archive members and hostile content -----------------------------------
+
+using ::compress::testutil::Deflated;
+using ::compress::testutil::DeflateStored;
+using ::compress::testutil::Stored;
+using ::compress::testutil::Unzip;
+using ::compress::testutil::Zip;
+using ::compress::testutil::ZipFile;
+
+// A fixture's members plus one more, deflated, that declares `declared`
+// bytes (its stream holds far fewer: the catalog must refuse before anyone
+// inflates it).
+std::string WithDeclaredMember(const std::string& fixture, const std::string& member,
+                               uint64_t declared) {
+  std::vector<ZipFile> files = Unzip(ReadFile(FixturePath(fixture)));
+  files.insert(files.begin(), Deflated(member, DeflateStored(std::string(1000, '\0')), declared, 0));
+  return Zip(files);
+}
+
+TEST_F(CatalogTest, RepackedArchivesStillLoad) {
+  // The helper's own archives are readable by LibTorch when honest, deflated
+  // members included: what the tests below refuse is the lie, not the form.
+  std::vector<ZipFile> files = Unzip(ReadFile(FixturePath("tiny_torchsave.pt")));
+  ASSERT_EQ(files.size(), 4u);
+  ZipFile& data = files[1];
+  ASSERT_EQ(data.name, "tiny_torchsave/data/0");
+  data = Deflated(data.name, DeflateStored(data.data), data.size, data.crc);
+  auto dataset = UploadDataset(Zip(files), "repacked.pt");
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ(dataset->num_examples(), Expected()["datasets"]["tiny_torchsave.pt"]["num_examples"].get<int64_t>());
+
+  auto model = UploadModel(Zip(Unzip(ReadFile(FixturePath("tiny_mlp.pt")))), "repacked_mlp.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->num_parameters(), Expected()["models"]["tiny_mlp.pt"]["num_parameters"].get<int64_t>());
+}
+
+TEST_F(CatalogTest, MinizInflatesNoMoreThanADeclaredSize) {
+  // Why the catalog may trust declared sizes. A member whose stream holds
+  // far more than it declares loads as its declared bytes: miniz inflates
+  // into a buffer of the declared size and stops when it is full. One whose
+  // stream holds fewer bytes does not load. (The CRC is right for the
+  // declared bytes, so only the size is in question.)
+  std::vector<ZipFile> files = Unzip(ReadFile(FixturePath("tiny_torchsave.pt")));
+  const ZipFile original = files[1];
+  ASSERT_EQ(original.name, "tiny_torchsave/data/0");
+  files[1] = Deflated(original.name, DeflateStored(original.data + std::string(1 << 20, '\1')),
+                      original.size, original.crc);
+  auto dataset = UploadDataset(Zip(files), "surplus.pt");
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ(dataset->num_examples(),
+            Expected()["datasets"]["tiny_torchsave.pt"]["num_examples"].get<int64_t>());
+  ASSERT_TRUE(catalog_->DeleteDataset(kTenant, dataset->id()).ok());
+
+  files[1] = Deflated(original.name, DeflateStored(original.data.substr(0, 40)), original.size,
+                      original.crc);
+  auto short_one = UploadDataset(Zip(files), "short.pt");
+  EXPECT_EQ(short_one.status().code(), absl::StatusCode::kInvalidArgument) << short_one.status();
+  ExpectNothingLeft();
+}
+
+TEST_F(CatalogTest, ZipBombsAreRefusedNamingTheMemberAndTheLimit) {
+  // 1.5 GiB declared by one member of a few-KB archive, as model and as dataset.
+  const uint64_t kBomb = uint64_t{3} << 29;
+  auto model = UploadModel(WithDeclaredMember("tiny_mlp.pt", "tiny_mlp/data/9", kBomb), "bomb.pt");
+  ASSERT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument) << model.status();
+  EXPECT_THAT(std::string(model.status().message()),
+              HasSubstr("archive member \"tiny_mlp/data/9\" declares 1610612736 uncompressed"));
+  EXPECT_THAT(std::string(model.status().message()), HasSubstr("--max_model_bytes"));
+  ExpectNothingLeft();
+
+  auto dataset = UploadDataset(
+      WithDeclaredMember("tiny_torchsave.pt", "tiny_torchsave/data/9", kBomb), "bomb.pt");
+  ASSERT_EQ(dataset.status().code(), absl::StatusCode::kInvalidArgument) << dataset.status();
+  EXPECT_THAT(std::string(dataset.status().message()), HasSubstr("\"tiny_torchsave/data/9\""));
+  EXPECT_THAT(std::string(dataset.status().message()), HasSubstr("--max_dataset_bytes"));
+  ExpectNothingLeft();
+}
+
+TEST_F(CatalogTest, ArchiveMembersAreBoundedInSum) {
+  // The rule: members may declare, in all, at most 4 x the archive + 16 MiB
+  // and at most the upload limit (here --max_model_bytes = 1 MiB).
+  const std::string fits = WithDeclaredMember("tiny_mlp.pt", "tiny_mlp/extra", 512 << 10);
+  EXPECT_TRUE(UploadModel(fits, "fits.pt").ok());
+  std::vector<ZipFile> files = Unzip(ReadFile(FixturePath("tiny_mlp.pt")));
+  for (int i = 0; i < 3; ++i) {  // each alone fits, three do not
+    files.push_back(Deflated(absl::StrCat("tiny_mlp/extra", i), DeflateStored("x"), 400 << 10, 0));
+  }
+  auto model = UploadModel(Zip(files), "sum.pt");
+  ASSERT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument) << model.status();
+  EXPECT_THAT(std::string(model.status().message()), HasSubstr("\"tiny_mlp/extra2\""));
+  EXPECT_THAT(std::string(model.status().message()), HasSubstr("--max_model_bytes = 1048576"));
+}
+
+// Safetensors bytes: an 8-byte header length, the JSON header, `data` zeros.
+std::string Safetensors(const std::string& header, size_t data) {
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xFF));
+  return out + header + std::string(data, '\0');
+}
+
+TEST_F(CatalogTest, BadUploadsNeverNameAServerPath) {
+  std::vector<std::pair<std::string, std::string>> datasets = {
+      {"neither", ReadFile(FixturePath("not_a_model.bin"))},
+      {"pickle", ReadFile(FixturePath("plain_pickle.pkl"))},
+      {"no inputs", ReadFile(FixturePath("missing_inputs.safetensors"))},
+      {"zero dim", Safetensors(R"({"inputs":{"dtype":"F32","shape":[4,0],"data_offsets":[0,0]}})", 0)},
+      {"2^63", Safetensors(R"({"inputs":{"dtype":"F32","shape":[1,0,9223372036854775808],)"
+                           R"("data_offsets":[0,0]}})", 0)},
+      {"short data", Safetensors(R"({"inputs":{"dtype":"F32","shape":[4,2],"data_offsets":[0,32]}})", 8)},
+      {"model as data", ReadFile(FixturePath("tiny_mlp.pt"))},
+      {"bomb", WithDeclaredMember("tiny_torchsave.pt", "tiny_torchsave/data/9", uint64_t{1} << 40)},
+      {"cut archive", ReadFile(FixturePath("tiny_torchsave.pt")).substr(0, 700)}};
+  std::vector<std::pair<std::string, std::string>> models = {
+      {"neither", ReadFile(FixturePath("not_a_model.bin"))},
+      {"zip", ReadFile(FixturePath("not_a_model.zip"))},
+      {"dataset as model", ReadFile(FixturePath("tiny_torchsave.pt"))},
+      {"cut archive", ReadFile(FixturePath("tiny_mlp.pt")).substr(0, 5000)},
+      {"bomb", WithDeclaredMember("tiny_mlp.pt", "tiny_mlp/data/9", uint64_t{1} << 40)}};
+  std::vector<std::string> messages;
+  for (const auto& [what, bytes] : datasets) {
+    auto d = UploadDataset(bytes, what);
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument) << what << ": " << d.status();
+    messages.push_back(absl::StrCat("dataset ", what, ": ", d.status().message()));
+  }
+  for (const auto& [what, bytes] : models) {
+    auto m = UploadModel(bytes, what);
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << what << ": " << m.status();
+    messages.push_back(absl::StrCat("model ", what, ": ", m.status().message()));
+  }
+  for (const std::string& m : messages) {
+    EXPECT_THAT(m, ::testing::Not(HasSubstr(dir_.path()))) << m;
+    EXPECT_THAT(m, ::testing::Not(HasSubstr("/blobs/"))) << m;
+  }
+  ExpectNothingLeft();
 }
 
 }  // namespace

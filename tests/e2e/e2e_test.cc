@@ -29,6 +29,11 @@
 #include "tests/e2e/torch_eval.h"
 #include "tests/safetensors_util.h"
 #include "tests/test_util.h"
+#include "tests/zip_util.h"
+// zlib declares a function ::compress, which our namespace would clash with.
+#define compress zlib_compress
+#include "zlib.h"
+#undef compress
 
 namespace compress {
 namespace {
@@ -1327,6 +1332,147 @@ TEST_F(E2eLimitTest, UploadOverTheLimitIsResourceExhaustedAndStoresNothing) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_TRUE(FilesUnder("blobs").empty());
   EXPECT_TRUE(FilesUnder("tmp").empty());
+}
+
+
+// --- Hostile uploads (issue 14), validated in worker child processes --------
+
+// A real deflate bomb: `n` zero bytes (a multiple of 16 MiB) deflated to
+// about n / 1000 bytes. One 16 MiB chunk is compressed once; a full flush
+// makes its output independent of what came before, so the stream is that
+// output repeated, then an empty final block.
+std::string ZeroBomb(uint64_t n, uint32_t* crc) {
+  constexpr size_t kChunk = size_t{16} << 20;
+  const std::string zeros(kChunk, '\0');
+  z_stream z = {};
+  EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string chunk(deflateBound(&z, kChunk) + 64, '\0'), tail(64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(zeros.data()));
+  z.avail_in = kChunk;
+  z.next_out = reinterpret_cast<Bytef*>(chunk.data());
+  z.avail_out = static_cast<uInt>(chunk.size());
+  EXPECT_EQ(deflate(&z, Z_FULL_FLUSH), Z_OK);
+  chunk.resize(chunk.size() - z.avail_out);
+  z.next_out = reinterpret_cast<Bytef*>(tail.data());
+  z.avail_out = static_cast<uInt>(tail.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  tail.resize(tail.size() - z.avail_out);
+  deflateEnd(&z);
+  const uLong chunk_crc = crc32(0, reinterpret_cast<const Bytef*>(zeros.data()), kChunk);
+  uLong total = chunk_crc;
+  std::string out = chunk;
+  for (uint64_t i = 1; i < n / kChunk; ++i) {
+    out += chunk;
+    total = crc32_combine(total, chunk_crc, kChunk);
+  }
+  *crc = static_cast<uint32_t>(total);
+  return out + tail;
+}
+
+// `fixture`'s members with one more: 1.5 GiB of zeros, deflated.
+std::string WithBomb(const std::string& fixture, const std::string& member) {
+  uint32_t crc = 0;
+  const uint64_t size = uint64_t{3} << 29;
+  std::vector<testutil::ZipFile> files = testutil::Unzip(ReadFile(FixturePath(fixture)));
+  files.insert(files.begin(), testutil::Deflated(member, ZeroBomb(size, &crc), size, crc));
+  return testutil::Zip(files);
+}
+
+std::string Safetensors(const std::string& header, size_t data) {
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xFF));
+  return out + header + std::string(data, '\0');
+}
+
+class E2eHostileUploadTest : public E2eTest {
+ protected:
+  void SetUp() override {
+    service::ServerOptions options;
+    options.worker_executable = testutil::BinaryDir() + "/server/compressd";
+    StartServer(options);
+  }
+  grpc::Status Upload(bool model, const std::string& bytes, const std::string& name) {
+    v1::UploadHeader h;
+    h.set_name(name);
+    h.set_size_bytes(static_cast<int64_t>(bytes.size()));
+    h.set_sha256(Sha256Hex(bytes));
+    return RawUpload(model, &h, bytes);
+  }
+  void ExpectNoServerPath(const std::string& message) {
+    EXPECT_THAT(message, ::testing::Not(HasSubstr(dir_.path()))) << message;
+    EXPECT_THAT(message, ::testing::Not(HasSubstr("/blobs/"))) << message;
+  }
+};
+
+TEST_F(E2eHostileUploadTest, DatasetsWithEmptyOrHugeDimensionsAreRefused) {
+  grpc::Status s = Upload(
+      false,
+      Safetensors(R"({"inputs":{"dtype":"F32","shape":[1,0,9223372036854775808],)"
+                  R"("data_offsets":[0,0]}})",
+                  0),
+      "huge.safetensors");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("dimension 2 of 9223372036854775808"));
+  ExpectNoServerPath(s.error_message());
+
+  s = Upload(false, Safetensors(R"({"inputs":{"dtype":"F32","shape":[4,0],"data_offsets":[0,0]}})", 0),
+             "empty.safetensors");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("\"inputs\" has shape [4, 0]: dimension 1 is 0"));
+  EXPECT_TRUE(FilesUnder("blobs").empty());
+}
+
+TEST_F(E2eHostileUploadTest, ZipBombsAreRefusedNamingMemberAndLimitAndTheServerCarriesOn) {
+  const std::string model_bomb = WithBomb("tiny_mlp.pt", "tiny_mlp/data/9");
+  ASSERT_LT(model_bomb.size(), 2u << 20);  // about 1.6 MB
+  grpc::Status s = Upload(true, model_bomb, "bomb.pt");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("archive member \"tiny_mlp/data/9\" declares 1610612736 uncompressed bytes"));
+  EXPECT_THAT(s.error_message(), HasSubstr("--max_model_bytes"));
+  ExpectNoServerPath(s.error_message());
+
+  s = Upload(false, WithBomb("tiny_torchsave.pt", "tiny_torchsave/data/9"), "bomb_data.pt");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("\"tiny_torchsave/data/9\" declares 1610612736"));
+  EXPECT_THAT(s.error_message(), HasSubstr("--max_dataset_bytes"));
+  EXPECT_TRUE(FilesUnder("blobs").empty());
+
+  // Still healthy: real uploads go through and a job runs.
+  v1::Model mlp = MustUploadModel("tiny_mlp.pt");
+  auto data = client_->UploadDataset(FixturePath("tiny_torchsave.pt"), "calib.pt");
+  ASSERT_TRUE(data.ok()) << data.status();
+  v1::Job job;
+  ASSERT_TRUE(Submit(InspectRequest(mlp.id(), {1, 4}), &job).ok());
+  WatchAll(job.id());
+  EXPECT_EQ(GetJob(job.id()).state(), v1::JOB_STATE_SUCCEEDED) << GetJob(job.id()).error().message();
+}
+
+TEST_F(E2eHostileUploadTest, ErrorsNameIdsNeverServerPaths) {
+  std::vector<std::string> messages;
+  for (const char* f : {"not_a_model.bin", "plain_pickle.pkl", "missing_inputs.safetensors",
+                        "tiny_mlp.pt"}) {
+    grpc::Status s = UploadFile(false, FixturePath(f));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << f;
+    messages.push_back(s.error_message());
+  }
+  for (const char* f : {"not_a_model.bin", "not_a_model.zip", "tiny_torchsave.pt"}) {
+    grpc::Status s = UploadFile(true, FixturePath(f));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << f;
+    messages.push_back(s.error_message());
+  }
+  // A job whose model file vanished behind the server's back fails naming
+  // the model's id, not where its blob was.
+  v1::Model mlp = MustUploadModel("tiny_mlp.pt");
+  for (const std::string& blob : FilesUnder("blobs")) std::filesystem::remove(blob);
+  v1::Job job;
+  ASSERT_TRUE(Submit(InspectRequest(mlp.id(), {1, 4}), &job).ok());
+  WatchAll(job.id());
+  const v1::Job failed = GetJob(job.id());
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(failed.error().message(), HasSubstr(mlp.id()));
+  messages.push_back(failed.error().message());
+  for (const std::string& m : messages) ExpectNoServerPath(m);
 }
 
 }  // namespace

@@ -198,6 +198,86 @@ TEST_F(MalformedSafetensorsTest, ScalarInputs) {
       absl::StatusCode::kInvalidArgument);
 }
 
+// Shape checks (issue 14): every dimension of "inputs" and "targets" at
+// least 1, counts that fit an int64, and an empty per-example shape (class
+// labels) still fine.
+TEST_F(MalformedSafetensorsTest, ZeroDimensionIsRefusedNamingIt) {
+  absl::StatusOr<DatasetSummary> summary = DescribeDatasetFile(Write(
+      R"({"inputs":{"dtype":"F32","shape":[4,0],"data_offsets":[0,0]}})", 0));
+  ASSERT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(summary.status().message(),
+              HasSubstr("\"inputs\" has shape [4, 0]: dimension 1 is 0"));
+}
+
+TEST_F(MalformedSafetensorsTest, DimensionOf2To63BehindAZeroIsRefused) {
+  // Once stored as [0, -2^63]: the zero made the byte count 0.
+  absl::StatusOr<DatasetSummary> summary = DescribeDatasetFile(
+      Write(R"({"inputs":{"dtype":"F32","shape":[1,0,9223372036854775808],)"
+            R"("data_offsets":[0,0]}})",
+            0));
+  ASSERT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(summary.status().message(),
+              HasSubstr("dimension 2 of 9223372036854775808"));
+  EXPECT_THAT(summary.status().message(), HasSubstr("2^63-1"));
+}
+
+TEST_F(MalformedSafetensorsTest, ByteCountPastInt64IsRefused) {
+  // 2^31 * 2^31 * 2 one-byte elements: 2^63 bytes, one past what fits.
+  absl::StatusOr<DatasetSummary> summary = DescribeDatasetFile(
+      Write(R"({"inputs":{"dtype":"U8","shape":[2147483648,2147483648,2],)"
+            R"("data_offsets":[0,0]}})",
+            0));
+  ASSERT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(summary.status().message(), HasSubstr("larger than 2^63-1 bytes"));
+}
+
+TEST_F(MalformedSafetensorsTest, ZeroDimensionOfTargetsIsRefused) {
+  absl::StatusOr<DatasetSummary> summary = DescribeDatasetFile(Write(
+      R"({"inputs":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+      R"("targets":{"dtype":"F32","shape":[2,0],"data_offsets":[24,24]}})",
+      24));
+  ASSERT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(summary.status().message(),
+              HasSubstr("\"targets\" has shape [2, 0]: dimension 1 is 0"));
+}
+
+TEST_F(MalformedSafetensorsTest, ClassLabelsAndEmptyUnusedTensorsAreFine) {
+  // Targets [N] have an empty per-example shape; a zero-size tensor that is
+  // neither "inputs" nor "targets" is none of our business.
+  absl::StatusOr<DatasetSummary> summary = DescribeDatasetFile(Write(
+      R"({"inputs":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+      R"("targets":{"dtype":"I64","shape":[2],"data_offsets":[24,40]},)"
+      R"("spare":{"dtype":"F32","shape":[0,5],"data_offsets":[40,40]}})",
+      40));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_THAT(summary->target_shape, IsEmpty());
+}
+
+TEST(SummarizeDatasetTest, ChecksEveryFormatsShapes) {
+  // The same checks apply to torch.save and IDX descriptions.
+  EXPECT_THAT(SummarizeDataset(DatasetFileFormat::kTorchSave,
+                               {{4, 3, -1}, "float32"}, nullptr)
+                  .status()
+                  .message(),
+              HasSubstr("dimension 2 is -1"));
+  EXPECT_THAT(
+      SummarizeDataset(DatasetFileFormat::kTorchSave,
+                       {{int64_t{1} << 31, int64_t{1} << 31}, "float32"}, nullptr)
+          .status()
+          .message(),
+      HasSubstr("take more than 2^63-1 bytes"));
+  EXPECT_THAT(SummarizeDataset(DatasetFileFormat::kTorchSave,
+                               {{int64_t{1} << 32, int64_t{1} << 32, 1 << 30},
+                                "float32"},
+                               nullptr)
+                  .status()
+                  .message(),
+              HasSubstr("more than 2^63-1 elements"));
+  EXPECT_TRUE(
+      SummarizeDataset(DatasetFileFormat::kIdx, {{5, 1, 2, 2}, "float32"}, nullptr)
+          .ok());
+}
+
 TEST(BuiltinDatasetTest, IsBuiltin) {
   EXPECT_TRUE(IsBuiltinDataset("builtin:fashion-mnist/train"));
   EXPECT_FALSE(IsBuiltinDataset("/blobs/ab/abcd"));

@@ -1,14 +1,18 @@
 #include "server/engine/data/dataset.h"
 
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/test_util.h"
+#include "tests/zip_util.h"
 
 namespace compress::engine {
 namespace {
@@ -147,6 +151,92 @@ TEST_P(BuiltinLoadTest, MaxExamples) {
 
 INSTANTIATE_TEST_SUITE_P(Splits, BuiltinLoadTest,
                          ::testing::Values("train", "test"));
+
+
+// torch.save files whose pickle was edited after LibTorch wrote it: the
+// unpickler takes sizes, strides and storage element counts on trust.
+class EditedTorchSaveTest : public ::testing::Test {
+ protected:
+  // {"inputs": 0..299 as [100, 3] float32}, as torch.save writes it, with
+  // `from` replaced by `to` once in data.pkl.
+  std::string Write(const std::string& from, const std::string& to) {
+    c10::Dict<std::string, torch::Tensor> dict;
+    dict.insert("inputs", torch::arange(300, torch::kFloat32).reshape({100, 3}));
+    const std::vector<char> saved = torch::jit::pickle_save(dict);
+    std::vector<testutil::ZipFile> files =
+        testutil::Unzip(std::string(saved.begin(), saved.end()));
+    bool edited = from.empty();
+    for (testutil::ZipFile& f : files) {
+      if (from.empty() || !absl::EndsWith(f.name, "/data.pkl")) continue;
+      EXPECT_EQ(CountOf(f.data, from), 1u) << "the edit must be unambiguous";
+      const std::string pickle = absl::StrReplaceAll(f.data, {{from, to}});
+      f = testutil::Stored(f.name, pickle);
+      edited = true;
+    }
+    EXPECT_TRUE(edited);
+    const std::string path = dir_ + "/edited_" + std::to_string(counter_++) + ".pt";
+    std::ofstream(path, std::ios::binary) << testutil::Zip(files);
+    return path;
+  }
+  static size_t CountOf(const std::string& haystack, const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = haystack.find(needle); at != std::string::npos;
+         at = haystack.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  }
+
+ private:
+  std::string dir_ = testing::MakeTempDir();
+  int counter_ = 0;
+};
+
+TEST_F(EditedTorchSaveTest, UneditedRepackLoads) {
+  absl::StatusOr<LoadedDataset> data = LoadDataset(Write("", ""), 0);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_THAT(Sizes(data->inputs), ElementsAre(100, 3));
+  EXPECT_EQ(data->inputs[99][2].item<float>(), 299.0f);
+}
+
+TEST_F(EditedTorchSaveTest, StorageClaimingMoreThanItsRecordIsRefused) {
+  // The storage's element count, 300 (BININT2 0x012c), becomes 600: the
+  // record still holds 1200 bytes.
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset(Write(std::string("M\x2c\x01", 3), std::string("M\x58\x02", 3)), 0);
+  ASSERT_EQ(data.status().code(), absl::StatusCode::kInvalidArgument) << data.status();
+  EXPECT_THAT(std::string(data.status().message()),
+              ::testing::HasSubstr("claims a storage of 2400 bytes but its record holds 1200"));
+}
+
+TEST_F(EditedTorchSaveTest, SizesReachingPastTheStorageAreRefused) {
+  // Size 100 (BININT1 0x64) becomes 101: one row past the 1200 bytes.
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset(Write(std::string("K\x64", 2), std::string("K\x65", 2)), 0);
+  ASSERT_EQ(data.status().code(), absl::StatusCode::kInvalidArgument) << data.status();
+  EXPECT_THAT(std::string(data.status().message()),
+              ::testing::HasSubstr("reaches byte 1212 of a storage of 1200 bytes"));
+}
+
+TEST_F(EditedTorchSaveTest, StridesReachingPastTheStorageAreRefused) {
+  // Strides (3, 1) become (4, 1): the last element sits at byte 1596.
+  absl::StatusOr<LoadedDataset> data =
+      LoadDataset(Write(std::string("K\x03K\x01", 4), std::string("K\x04K\x01", 4)), 0);
+  ASSERT_EQ(data.status().code(), absl::StatusCode::kInvalidArgument) << data.status();
+  EXPECT_THAT(std::string(data.status().message()), ::testing::HasSubstr("reaches byte 1596 of a storage of 1200"));
+}
+
+TEST(LoadDatasetTest, TorchSaveWithAZeroDimensionIsRefused) {
+  c10::Dict<std::string, torch::Tensor> dict;
+  dict.insert("inputs", torch::zeros({4, 0}));
+  const std::vector<char> saved = torch::jit::pickle_save(dict);
+  const std::string path = testing::MakeTempDir() + "/zero.pt";
+  std::ofstream(path, std::ios::binary).write(saved.data(), static_cast<std::streamsize>(saved.size()));
+  absl::StatusOr<LoadedDataset> data = LoadDataset(path, 0);
+  ASSERT_EQ(data.status().code(), absl::StatusCode::kInvalidArgument) << data.status();
+  EXPECT_THAT(std::string(data.status().message()),
+              ::testing::HasSubstr("\"inputs\" has shape [4, 0]: dimension 1 is 0"));
+}
 
 }  // namespace
 }  // namespace compress::engine

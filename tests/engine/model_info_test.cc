@@ -1,5 +1,8 @@
 #include "server/engine/model/model_info.h"
 
+#include <torch/script.h>
+
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -12,6 +15,7 @@
 #include "nlohmann/json.hpp"
 #include "server/engine/common/cancel.h"
 #include "tests/engine/test_util.h"
+#include "tests/zip_util.h"
 
 namespace compress::engine {
 namespace {
@@ -174,6 +178,63 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, BadModelTest,
 TEST(ModelInfoTest, MissingFileIsNotFound) {
   EXPECT_EQ(DescribeModelFile(FixturePath("no_such_model.pt")).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// The loader reads each archive member into a buffer of its declared size
+// and stops when it is full: a stream holding 8 MiB more than declared loads
+// as the declared bytes (the surplus is never inflated), one holding fewer
+// bytes does not load. What the catalog's size bound (server/catalog/
+// catalog.cc) relies on.
+TEST(ModelInfoTest, MembersInflateToNoMoreThanTheirDeclaredSize) {
+  const std::string dir = testing::MakeTempDir();
+  std::vector<testutil::ZipFile> files =
+      testutil::Unzip(testutil::ReadFile(FixturePath("tiny_mlp.pt")));
+  ASSERT_EQ(files.size(), 17u);
+  const testutil::ZipFile weights = files[0];  // tiny_mlp/data/0, 128 bytes
+  ASSERT_EQ(weights.name, "tiny_mlp/data/0");
+  auto describe = [&](const std::string& inflated, const std::string& name) {
+    files[0] = testutil::Deflated(weights.name, testutil::DeflateStored(inflated),
+                                  weights.size, weights.crc);
+    const std::string path = dir + "/" + name + ".pt";
+    std::ofstream(path, std::ios::binary) << testutil::Zip(files);
+    return DescribeModelFile(path);
+  };
+  absl::StatusOr<ModelSummary> surplus =
+      describe(weights.data + std::string(8 << 20, '\1'), "surplus");
+  ASSERT_TRUE(surplus.ok()) << surplus.status();
+  EXPECT_EQ(surplus->num_parameters,
+            Expected()["models"]["tiny_mlp.pt"]["num_parameters"].get<int64_t>());
+  EXPECT_EQ(describe(weights.data.substr(0, 64), "short").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A TorchScript file whose pickle says a parameter is [101, 3] while its
+// storage holds [100, 3]: refused at describe, before anything reads past it.
+TEST(ModelInfoTest, ParameterReachingPastItsStorageIsRefused) {
+  torch::jit::Module m("Edited");
+  m.register_parameter("w", torch::arange(300, torch::kFloat32).reshape({100, 3}), false);
+  m.define("def forward(self, x):\n    return x + self.w.sum()\n");
+  const std::string dir = testing::MakeTempDir();
+  m.save(dir + "/saved.pt");
+  std::vector<testutil::ZipFile> files =
+      testutil::Unzip(testutil::ReadFile(dir + "/saved.pt"));
+  bool edited = false;
+  for (testutil::ZipFile& f : files) {
+    if (f.name.size() < 9 || f.name.substr(f.name.size() - 9) != "/data.pkl") continue;
+    const std::string from("K\x64", 2);  // size 100, BININT1
+    ASSERT_EQ(f.data.find(from), f.data.rfind(from)) << "the edit must be unambiguous";
+    std::string pickle = f.data;
+    pickle.replace(pickle.find(from), 2, std::string("K\x65", 2));
+    f = testutil::Stored(f.name, pickle);
+    edited = true;
+  }
+  ASSERT_TRUE(edited);
+  std::ofstream(dir + "/edited.pt", std::ios::binary) << testutil::Zip(files);
+  absl::StatusOr<ModelSummary> summary = DescribeModelFile(dir + "/edited.pt");
+  ASSERT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument) << summary.status();
+  EXPECT_THAT(std::string(summary.status().message()),
+              HasSubstr("parameter w reaches byte 1212 of a storage of 1200 bytes"));
+  EXPECT_TRUE(DescribeModelFile(dir + "/saved.pt").ok());
 }
 
 TEST(ModelInfoTest, LinearInputMismatchCarriesTorchMessage) {

@@ -1,13 +1,19 @@
 #include "server/engine/data/dataset.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/storage_context.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <map>
 #include <exception>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -171,44 +177,94 @@ absl::Status CheckPickleLengths(const char* data, size_t size) {
   return absl::OkStatus();
 }
 
+// Bytes of every storage record read while unpickling, by data pointer.
+using RecordSizes = std::map<const void*, size_t>;
+
+// Unpickles "data.pkl" of a torch.save archive as torch::pickle_load does,
+// but keeps the size of each storage record it reads (the unpickler sizes a
+// storage by the element count the pickle claims, not by its record) and
+// reads each record once however many tensors share it.
+absl::StatusOr<c10::IValue> UnpickleTorchSave(const std::string& path,
+                                              RecordSizes* records) {
+  caffe2::serialize::PyTorchStreamReader reader(path);
+  std::tuple<at::DataPtr, size_t> pickle = reader.getRecord("data.pkl");
+  const char* pickle_bytes = static_cast<const char*>(std::get<0>(pickle).get());
+  const size_t pickle_size = std::get<1>(pickle);
+  RETURN_IF_ERROR(CheckPickleLengths(pickle_bytes, pickle_size));
+  size_t pos = 0;
+  auto read = [&](char* out, size_t n) {
+    const size_t k = std::min(n, pickle_size - pos);
+    std::memcpy(out, pickle_bytes + pos, k);
+    pos += k;
+    return k;
+  };
+  auto read_record = [&](const std::string& key) {
+    auto [data, size] = reader.getRecord("data/" + key);
+    (*records)[data.get()] = size;
+    return std::move(data);
+  };
+  torch::jit::Unpickler unpickler(
+      read, nullptr, nullptr, read_record, c10::nullopt, false,
+      torch::jit::Unpickler::defaultTypeParser,
+      std::make_shared<torch::jit::DeserializationStorageContext>());
+  unpickler.set_version(reader.version());
+  return unpickler.parse_ivalue();
+}
+
+// A tensor of a torch.save file reads only bytes its storage record holds:
+// sizes, strides and offset come from the pickle and nothing else checks
+// them before the data is read.
+absl::Status CheckStorage(const char* name, const torch::Tensor& t,
+                          const RecordSizes& records) {
+  const c10::Storage& storage = t.storage();
+  auto record = records.find(storage.data());
+  const uint64_t held = record == records.end() ? 0 : record->second;
+  if (storage.nbytes() > held) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", name, "\" claims a storage of ", storage.nbytes(),
+        " bytes but its record holds ", held));
+  }
+  return CheckTensorInStorage(absl::StrCat("\"", name, "\""), t);
+}
+
+// The "inputs" and "targets" tensors of an unpickled torch.save dict.
+absl::Status TakeTensors(const c10::IValue& value, LoadedDataset* data) {
+  if (!value.isGenericDict()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("torch.save file holds a ", value.tagKind(),
+                     ", not a dict with \"inputs\" (and \"targets\")"));
+  }
+  std::vector<std::string> keys;
+  for (const auto& entry : value.toGenericDict()) {
+    if (!entry.key().isString()) continue;
+    const std::string& key = entry.key().toStringRef();
+    keys.push_back(key);
+    if (key != "inputs" && key != "targets") continue;
+    if (!entry.value().isTensor()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", key, "\" is a ", entry.value().tagKind(), ", not a tensor"));
+    }
+    (key == "inputs" ? data->inputs : data->targets) = entry.value().toTensor();
+  }
+  if (!data->inputs.defined()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no \"inputs\" tensor (keys: ",
+                     keys.empty() ? "none" : absl::StrJoin(keys, ", "), ")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadedDataset> LoadTorchSave(const std::string& path,
                                             int64_t max_examples) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError("cannot open");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                          std::istreambuf_iterator<char>());
   LoadedDataset data;
   data.format = DatasetFileFormat::kTorchSave;
   try {
-    {
-      std::ifstream zip(path, std::ios::binary);
-      caffe2::serialize::PyTorchStreamReader reader(&zip);
-      const auto [pickle, pickle_size] = reader.getRecord("data.pkl");
-      RETURN_IF_ERROR(
-          CheckPickleLengths(static_cast<const char*>(pickle.get()), pickle_size));
-    }
-    c10::IValue value = torch::pickle_load(bytes);
-    if (!value.isGenericDict()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("torch.save file holds a ", value.tagKind(),
-                       ", not a dict with \"inputs\" (and \"targets\")"));
-    }
-    std::vector<std::string> keys;
-    for (const auto& entry : value.toGenericDict()) {
-      if (!entry.key().isString()) continue;
-      const std::string& key = entry.key().toStringRef();
-      keys.push_back(key);
-      if (key != "inputs" && key != "targets") continue;
-      if (!entry.value().isTensor()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "\"", key, "\" is a ", entry.value().tagKind(), ", not a tensor"));
-      }
-      (key == "inputs" ? data.inputs : data.targets) = entry.value().toTensor();
-    }
-    if (!data.inputs.defined()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("no \"inputs\" tensor (keys: ",
-                       keys.empty() ? "none" : absl::StrJoin(keys, ", "), ")"));
+    RecordSizes records;
+    ASSIGN_OR_RETURN(c10::IValue value, UnpickleTorchSave(path, &records));
+    RETURN_IF_ERROR(TakeTensors(value, &data));
+    RETURN_IF_ERROR(CheckStorage("inputs", data.inputs, records));
+    if (data.targets.defined()) {
+      RETURN_IF_ERROR(CheckStorage("targets", data.targets, records));
     }
     TensorDescription targets;
     if (data.targets.defined()) targets = DescribeTensor(data.targets);

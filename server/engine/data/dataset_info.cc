@@ -1,6 +1,9 @@
 #include "server/engine/data/dataset_info.h"
 
+#include <algorithm>
 #include <fstream>
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -49,6 +52,57 @@ absl::StatusOr<DatasetSummary> DescribeSafetensors(const std::string& path) {
           targets == header.tensors.end() ? nullptr : &target_description));
 }
 
+// Bytes per element of a dtype as DescribeTensor / SafetensorsDtypeName
+// name it; 0 when unknown (then only the element count is checked).
+int64_t ElementBytes(const std::string& dtype) {
+  static const std::map<std::string, int64_t> kBytes = {
+      {"float64", 8}, {"float32", 4}, {"float16", 2},   {"bfloat16", 2},
+      {"int64", 8},   {"int32", 4},   {"int16", 2},     {"int8", 1},
+      {"uint8", 1},   {"bool", 1},    {"complex64", 8}, {"complex128", 16}};
+  auto it = kBytes.find(dtype);
+  return it == kBytes.end() ? 0 : it->second;
+}
+
+// A shape for a message: at most 8 dimensions shown.
+std::string ShapeForMessage(const std::vector<int64_t>& shape) {
+  constexpr size_t kShown = 8;
+  std::vector<int64_t> head(shape.begin(),
+                            shape.begin() + std::min(shape.size(), kShown));
+  return absl::StrCat("[", absl::StrJoin(head, ", "),
+                      shape.size() > kShown ? ", ...]" : "]");
+}
+
+// Every dimension of "inputs" and "targets" is at least 1: a zero dimension
+// leaves the examples with nothing in them. The one empty thing that makes
+// sense is an empty per-example shape (class-label targets of shape [N], or
+// one scalar per example as inputs). The element count and the byte count
+// fit in an int64.
+absl::Status CheckShape(const char* name, const TensorDescription& t) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  int64_t numel = 1;
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    const int64_t d = t.shape[i];
+    if (d < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", name, "\" has shape ", ShapeForMessage(t.shape), ": dimension ",
+          i, " is ", d, "; every dimension must be at least 1"));
+    }
+    if (numel > kMax / d) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", name, "\" has shape ", ShapeForMessage(t.shape),
+                       ": more than 2^63-1 elements"));
+    }
+    numel *= d;
+  }
+  const int64_t element = ElementBytes(t.dtype);
+  if (element > 0 && numel > kMax / element) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", name, "\" has shape ", ShapeForMessage(t.shape), ": ", numel, " ",
+        t.dtype, " elements take more than 2^63-1 bytes"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 const char* DatasetFileFormatName(DatasetFileFormat format) {
@@ -73,6 +127,8 @@ absl::StatusOr<DatasetSummary> SummarizeDataset(
   if (inputs.shape[0] < 1) {
     return absl::InvalidArgumentError("\"inputs\" holds no examples");
   }
+  RETURN_IF_ERROR(CheckShape("inputs", inputs));
+  if (targets != nullptr) RETURN_IF_ERROR(CheckShape("targets", *targets));
   DatasetSummary summary;
   summary.format = format;
   summary.num_examples = inputs.shape[0];

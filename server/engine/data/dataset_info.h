@@ -28,7 +28,13 @@ struct DatasetSummary {
 
 // Detects the format from the bytes (safetensors header or zip magic) and
 // validates: "inputs" present, at least one example, "targets" (if any) with
-// the same first dimension. INVALID_ARGUMENT naming the problem otherwise.
+// the same first dimension, every dimension of both at least 1 (an empty
+// per-example shape is fine: class labels [N]), element and byte counts that
+// fit in an int64, and stored bytes that match each tensor's shape and dtype
+// (safetensors data_offsets; torch.save storages, which must also hold every
+// element the tensor's sizes, strides and offset reach). INVALID_ARGUMENT
+// naming the problem otherwise. Messages name `path`; callers that answer
+// clients replace it with the resource's id.
 absl::StatusOr<DatasetSummary> DescribeDatasetFile(const std::string& path);
 
 // Default directory of the Debian dataset-fashion-mnist package.

@@ -134,28 +134,30 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(
           path, absl::StrCat("tensor \"", name, "\" has unsupported dtype ",
                              tensor.dtype));
     }
-    // Checked in 64-bit unsigned arithmetic against the file size, so a
-    // hostile shape cannot overflow into a small byte count.
-    uint64_t bytes = static_cast<uint64_t>(element_size);
+    // The byte count of the non-zero dimensions must fit in an int64 (so
+    // must every product of dimensions anyone computes later), even when a
+    // zero dimension makes the tensor empty: [1, 0, 2^63] is refused, not
+    // stored as [0, -2^63].
+    constexpr uint64_t kMax = std::numeric_limits<int64_t>::max();
+    uint64_t nonzero_bytes = static_cast<uint64_t>(element_size);
+    bool empty = false;
     for (const auto& dim : entry["shape"]) {
       if (!dim.is_number_unsigned()) {
         return Invalid(path,
                        absl::StrCat("tensor \"", name, "\" has a bad shape"));
       }
       const uint64_t d = dim.get<uint64_t>();
-      // A zero elsewhere keeps the byte count at 0 whatever this is, and
-      // shapes are int64: 2^63 would become negative (safetensors_fuzzer).
-      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      if (d > kMax || (d != 0 && nonzero_bytes > kMax / d)) {
         return Invalid(path,
-                       absl::StrCat("tensor \"", name, "\" has a bad shape"));
+                       absl::StrCat("tensor \"", name, "\" dimension ",
+                                    tensor.shape.size(), " of ", d,
+                                    " makes it larger than 2^63-1 bytes"));
       }
-      if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / d) {
-        return Invalid(path,
-                       absl::StrCat("tensor \"", name, "\" is too large"));
-      }
-      bytes *= d;
+      if (d == 0) empty = true;
+      if (d != 0) nonzero_bytes *= d;
       tensor.shape.push_back(static_cast<int64_t>(d));
     }
+    const uint64_t bytes = empty ? 0 : nonzero_bytes;
     const auto& offsets = entry["data_offsets"];
     if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
       return Invalid(

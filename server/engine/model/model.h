@@ -24,6 +24,14 @@ namespace compress::engine {
 absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
                                              const std::string& device = "cpu");
 
+// OK when every element `t`'s sizes, strides and storage offset reach lies
+// inside its storage (sizes and strides non-negative, at most 2^56), and
+// for tensors without a plain storage (sparse, MKL-DNN, undefined).
+// Loaders take these from a file's pickle without checking them, so a
+// doctored file could make LibTorch read past the data it holds.
+// INVALID_ARGUMENT naming `name` otherwise.
+absl::Status CheckTensorInStorage(const std::string& name, const torch::Tensor& t);
+
 // The dtype's name as NumPy/PyTorch print it: "float32", "int64", "uint8".
 std::string DtypeName(c10::ScalarType type);
 

@@ -283,6 +283,14 @@ std::string TorchMessage(const std::string& what) {
 absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path) {
   ASSIGN_OR_RETURN(torch::jit::Module module, LoadModel(path, "cpu"));
   try {
+    for (const auto& param : module.named_parameters(/*recurse=*/true)) {
+      RETURN_IF_ERROR(CheckTensorInStorage(
+          absl::StrCat("parameter ", param.name), param.value));
+    }
+    for (const auto& buffer : module.named_buffers(/*recurse=*/true)) {
+      RETURN_IF_ERROR(CheckTensorInStorage(
+          absl::StrCat("buffer ", buffer.name), buffer.value));
+    }
     return Summarize(module);
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -41,7 +41,8 @@ struct ModelSummary {
 
 // Loads `path` as TorchScript on the CPU and lists its layers.
 // INVALID_ARGUMENT (with the loader's message) when the file is not a
-// TorchScript model.
+// TorchScript model, or when a parameter's or buffer's sizes and strides
+// reach past its storage (CheckTensorInStorage in model.h).
 absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path);
 
 struct InspectOptions {
