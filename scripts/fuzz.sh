@@ -20,7 +20,7 @@ CXX_CLANG=${CXX_CLANG:-clang++}
 JOBS=${JOBS:-$(nproc)}
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 ALL_TARGETS=(safetensors_fuzzer idx_fuzzer upload_fuzzer spec_fuzzer dataset_fuzzer
-  packed_model_fuzzer)
+  packed_model_fuzzer zip_directory_fuzzer)
 
 seconds=15
 targets=()

@@ -250,7 +250,26 @@ def upload_seeds():
     put(t, "bad_digest", upload_stream(0, [(1, header(b"m", 15, b"A" * 64))] + body[1:]))
 
 
+def zip_seeds():
+    """Real PyTorch archives (ZIP64 end records, stored members), a deflated
+    one and an empty one."""
+    import io
+    import zipfile
+    t = "zip_directory_fuzzer"
+    put(t, "torchscript", fixture("tiny_mlp.pt"))
+    put(t, "torchsave", fixture("tiny_torchsave.pt"))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/data.pkl", b"x" * 4096)
+        z.writestr("a/version", b"3\n")
+    put(t, "deflated", out.getvalue())
+    out = io.BytesIO()
+    zipfile.ZipFile(out, "w").close()
+    put(t, "empty", out.getvalue())
+
+
 def main():
+    zip_seeds()
     safetensors_seeds()
     dataset_seeds()
     idx_seeds()
