@@ -200,8 +200,20 @@ absl::StatusOr<int> SubmitAndMaybeWatch(const Context& ctx, v1::SubmitJobRequest
 
 // --- Handlers ----------------------------------------------------------------
 
+// Uploads are content-addressed: the same bytes again return the model or
+// dataset already stored, under its first name. Says so (on stderr) when a
+// --name was asked for and not given.
+void NoteKeptName(const Context& ctx, const char* what, const std::string& id,
+                  const std::string& kept) {
+  if (!ctx.inv.Has("name") || ctx.inv.Get("name") == kept) return;
+  *ctx.env.err << "note: these bytes were already uploaded as " << what << " " << id << " \""
+               << EscapeControl(kept) << "\"; its name is unchanged (--name \""
+               << EscapeControl(ctx.inv.Get("name")) << "\" not applied)\n";
+}
+
 absl::StatusOr<int> ModelUpload(const Context& ctx) {
   ASSIGN_OR_RETURN(const v1::Model model, ctx.client.UploadModel(ctx.arg(0), ctx.inv.Get("name")));
+  NoteKeptName(ctx, "model", model.id(), model.name());
   ctx.out() << (ctx.json ? ToJson(model) + "\n" : FormatModel(model));
   return kExitOk;
 }
@@ -244,6 +256,7 @@ absl::StatusOr<int> ModelDelete(const Context& ctx) {
 absl::StatusOr<int> DataUpload(const Context& ctx) {
   ASSIGN_OR_RETURN(const v1::Dataset dataset,
                    ctx.client.UploadDataset(ctx.arg(0), ctx.inv.Get("name")));
+  NoteKeptName(ctx, "dataset", dataset.id(), dataset.name());
   ctx.out() << (ctx.json ? ToJson(dataset) + "\n" : FormatDataset(dataset));
   return kExitOk;
 }
@@ -716,7 +729,12 @@ absl::StatusOr<int> JobList(const Context& ctx) {
     for (auto& j : jobs) *response.add_jobs() = std::move(j);
     ctx.out() << ToJson(response) << "\n";
   } else {
-    ctx.out() << FormatJobTable(jobs);
+    // Model names for the MODEL column; without them it shows short ids.
+    std::map<std::string, std::string> names;
+    if (auto models = ctx.client.ListModels(); models.ok()) {
+      for (const v1::Model& m : *models) names[m.id()] = m.name();
+    }
+    ctx.out() << FormatJobTable(jobs, &names);
   }
   return kExitOk;
 }

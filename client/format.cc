@@ -107,6 +107,48 @@ std::string ShortId(absl::string_view id) {
   return std::string(id.substr(0, 12));
 }
 
+std::vector<std::string> UniqueShortIds(const std::vector<std::string>& ids) {
+  std::vector<std::string> sorted = ids;
+  std::sort(sorted.begin(), sorted.end());
+  auto common = [](absl::string_view a, absl::string_view b) {
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+    return n;
+  };
+  std::vector<std::string> out;
+  for (const std::string& id : ids) {
+    std::string shortened = ShortId(id);
+    if (shortened.size() < id.size()) {
+      auto at = std::lower_bound(sorted.begin(), sorted.end(), id);
+      size_t shared = 0;
+      if (at != sorted.begin()) shared = std::max(shared, common(id, *(at - 1)));
+      // Copies of `id` itself do not make it ambiguous.
+      auto next = std::upper_bound(sorted.begin(), sorted.end(), id);
+      if (next != sorted.end()) shared = std::max(shared, common(id, *next));
+      if (shared + 1 > shortened.size()) shortened = id.substr(0, std::min(id.size(), shared + 1));
+    }
+    out.push_back(std::move(shortened));
+  }
+  return out;
+}
+
+std::string SpecModelId(const v1::JobSpec& spec) {
+  const google::protobuf::Reflection* reflection = spec.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> set;
+  reflection->ListFields(spec, &set);
+  for (const google::protobuf::FieldDescriptor* f : set) {
+    if (f->type() != google::protobuf::FieldDescriptor::TYPE_MESSAGE || f->is_repeated()) continue;
+    const google::protobuf::Message& kind_spec = reflection->GetMessage(spec, f);
+    const google::protobuf::FieldDescriptor* model =
+        kind_spec.GetDescriptor()->FindFieldByName("model_id");
+    if (model != nullptr && model->type() == google::protobuf::FieldDescriptor::TYPE_STRING &&
+        !model->is_repeated()) {
+      return kind_spec.GetReflection()->GetString(kind_spec, model);
+    }
+  }
+  return "";
+}
+
 std::string HumanBytes(int64_t bytes) {
   if (bytes < 1024) return absl::StrCat(bytes, " B");
   static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
@@ -210,9 +252,12 @@ std::string FormatKeyValues(const std::vector<std::pair<std::string, std::string
 }
 
 std::string FormatModelTable(const std::vector<v1::Model>& models) {
+  std::vector<std::string> ids;
+  for (const v1::Model& m : models) ids.push_back(m.id());
+  const std::vector<std::string> short_ids = UniqueShortIds(ids);
   std::vector<std::vector<std::string>> rows;
   for (const v1::Model& m : models) {
-    rows.push_back({ShortId(m.id()), m.name(), HumanBytes(m.size_bytes()),
+    rows.push_back({short_ids[rows.size()], m.name(), HumanBytes(m.size_bytes()),
                     WithCommas(m.num_parameters()), absl::StrCat(m.layers_size()),
                     FormatTimestamp(m.create_time())});
   }
@@ -244,9 +289,12 @@ std::string FormatModel(const v1::Model& model) {
 }
 
 std::string FormatDatasetTable(const std::vector<v1::Dataset>& datasets) {
+  std::vector<std::string> ids;
+  for (const v1::Dataset& d : datasets) ids.push_back(d.id());
+  const std::vector<std::string> short_ids = UniqueShortIds(ids);
   std::vector<std::vector<std::string>> rows;
   for (const v1::Dataset& d : datasets) {
-    rows.push_back({ShortId(d.id()), d.name(), DatasetFormatName(d.format()),
+    rows.push_back({short_ids[rows.size()], d.name(), DatasetFormatName(d.format()),
                     WithCommas(d.num_examples()), FormatShape(d.input_shape()),
                     d.builtin() ? "builtin" : HumanBytes(d.size_bytes()),
                     FormatTimestamp(d.create_time())});
@@ -275,7 +323,11 @@ std::string FormatDataset(const v1::Dataset& d) {
   });
 }
 
-std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
+std::string FormatJobTable(const std::vector<v1::Job>& jobs,
+                           const std::map<std::string, std::string>* model_names) {
+  std::vector<std::string> ids;
+  for (const v1::Job& j : jobs) ids.push_back(j.id());
+  const std::vector<std::string> short_ids = UniqueShortIds(ids);
   std::vector<std::vector<std::string>> rows;
   for (const v1::Job& j : jobs) {
     std::string progress = "-";
@@ -283,11 +335,19 @@ std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
       progress = ProgressText(j.progress());
     }
     std::string device = j.assigned_device().empty() ? j.device() : j.assigned_device();
-    rows.push_back({ShortId(j.id()), KindName(j.kind()), StateName(j.state()),
+    const std::string model_id = SpecModelId(j.spec());
+    std::string model = model_id.empty() ? "-" : ShortId(model_id);
+    if (model_names != nullptr) {
+      if (auto name = model_names->find(model_id); name != model_names->end()) {
+        model = name->second;
+      }
+    }
+    rows.push_back({short_ids[rows.size()], KindName(j.kind()), model, StateName(j.state()),
                     progress.empty() ? "-" : progress, device.empty() ? "-" : device,
                     FormatTimestamp(j.create_time())});
   }
-  return FormatTable({{"ID"}, {"KIND"}, {"STATE"}, {"PROGRESS"}, {"DEVICE"}, {"CREATED"}}, rows);
+  return FormatTable(
+      {{"ID"}, {"KIND"}, {"MODEL"}, {"STATE"}, {"PROGRESS"}, {"DEVICE"}, {"CREATED"}}, rows);
 }
 
 std::string FormatJob(const v1::Job& job) {
@@ -467,7 +527,11 @@ std::string RawEventLine(const v1::JobEvent& event) {
   switch (event.event_case()) {
     case v1::JobEvent::kStateChange: {
       const v1::StateChange& s = event.state_change();
-      std::string line = absl::StrCat("state ", StateName(s.from()), " -> ", StateName(s.to()));
+      // A job's first event has no state before it: "state QUEUED".
+      std::string line = s.from() == v1::JOB_STATE_UNSPECIFIED
+                             ? absl::StrCat("state ", StateName(s.to()))
+                             : absl::StrCat("state ", StateName(s.from()), " -> ",
+                                            StateName(s.to()));
       if (s.to() == v1::JOB_STATE_RUNNING && !s.device().empty()) {
         absl::StrAppend(&line, " on ", s.device());
       }

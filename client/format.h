@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <ostream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +39,12 @@ std::string StatusCodeName(int code);
 // Ids longer than 12 characters are cut to 12 for tables; ids with a ':'
 // ("builtin:fashion-mnist/test") are names, not digests, and stay whole.
 std::string ShortId(absl::string_view id);
+// ShortId of each of `ids`, made longer where two would share it: each is
+// the shortest prefix of at least 12 characters that no other id in the
+// list starts with (job ids share their first 12: "job-" and the time).
+std::vector<std::string> UniqueShortIds(const std::vector<std::string>& ids);
+// The model a job's spec names (its kind's model_id), or "".
+std::string SpecModelId(const v1::JobSpec& spec);
 std::string HumanBytes(int64_t bytes);  // "512 B", "1.5 KiB", "3.0 MiB"
 std::string HumanCount(int64_t count);  // "950", "12.3K", "4.56M", "1.20G"
 std::string WithCommas(int64_t value);  // 1234567 -> "1,234,567"
@@ -66,7 +73,10 @@ std::string FormatModelTable(const std::vector<v1::Model>& models);
 std::string FormatModel(const v1::Model& model);  // key/values + layer table
 std::string FormatDatasetTable(const std::vector<v1::Dataset>& datasets);
 std::string FormatDataset(const v1::Dataset& dataset);
-std::string FormatJobTable(const std::vector<v1::Job>& jobs);
+// `model_names` (model id -> name) adds a MODEL column; without it, or for
+// an id it lacks, the column shows the model's short id.
+std::string FormatJobTable(const std::vector<v1::Job>& jobs,
+                           const std::map<std::string, std::string>* model_names = nullptr);
 // Key/values; the per-layer table for INSPECT results.
 std::string FormatJob(const v1::Job& job);
 // Per-layer table (name, kind, params, MACs, output shape), a total row and a

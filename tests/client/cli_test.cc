@@ -146,6 +146,17 @@ TEST_F(CliTest, ModelUploadListGetDelete) {
   EXPECT_EQ(model.id(), id);
   EXPECT_EQ(model.name(), "cnn");
 
+  // The same bytes under another --name: the stored model, and a note that
+  // its name did not change (issue 19).
+  Result again = Run({"model", "upload", file.string(), "--name", "renamed"});
+  ASSERT_EQ(again.code, kExitOk) << again.err;
+  EXPECT_THAT(again.out, HasSubstr("name:       cnn\n"));
+  EXPECT_THAT(again.err, HasSubstr("note: these bytes were already uploaded as model " + id +
+                                   " \"cnn\"; its name is unchanged (--name \"renamed\" "
+                                   "not applied)"));
+  Result same = Run({"model", "upload", file.string(), "--name", "cnn"});
+  EXPECT_EQ(same.err, "");
+
   Result list = Run({"model", "list"});
   ASSERT_EQ(list.code, kExitOk) << list.err;
   EXPECT_THAT(list.out, StartsWith("ID "));
@@ -464,9 +475,11 @@ TEST_F(CliTest, JobListFiltersAndCancel) {
   Result list =
       Run({"job", "list", "--state", "succeeded", "--kind", "inspect"});
   ASSERT_EQ(list.code, kExitOk) << list.err;
-  EXPECT_THAT(list.out, HasSubstr("INSPECT  SUCCEEDED"));
+  // The MODEL column: the spec's model id ("m", unknown to the fake's
+  // model list, so shown as the id itself).
+  EXPECT_THAT(list.out, HasSubstr("INSPECT  m      SUCCEEDED"));
   Result empty = Run({"job", "list", "--state", "failed"});
-  EXPECT_EQ(empty.out, "ID  KIND  STATE  PROGRESS  DEVICE  CREATED\n");
+  EXPECT_EQ(empty.out, "ID  KIND  MODEL  STATE  PROGRESS  DEVICE  CREATED\n");
 
   const std::string id = Sha256Hex("job1");  // the fake's first job id
   Result cancel = Run({"job", "cancel", id.substr(0, 12)});

@@ -77,6 +77,14 @@ grpc::Status FakeModelService::UploadModel(
   Record(context);
   last_upload_ = std::move(messages);
   if (!status.ok()) return status;
+  // Content-addressed like the real server: the same bytes again are the
+  // model already stored, under its first name.
+  for (const v1::Model& m : models_) {
+    if (m.id() == digest) {
+      *response = m;
+      return grpc::Status::OK;
+    }
+  }
   response->set_id(digest);
   response->set_name(header.name());
   response->set_size_bytes(header.size_bytes());

@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <sstream>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -163,6 +165,61 @@ TEST(NamesTest, StatesKindsAndCodes) {
               HasSubstr("queued, running, succeeded, failed, cancelled"));
   EXPECT_EQ(StatusCodeName(5), "NOT_FOUND");
   EXPECT_EQ(StatusCodeName(99), "99");
+}
+
+// Job ids share "job-" and the submit time in their first 12 characters
+// (issue 19): a table shows each the shortest prefix no other row shares.
+TEST(UniqueShortIdsTest, LongEnoughToTellRowsApart) {
+  const std::vector<std::string> ids = {
+      "job-00693f6a1c0123456789abcdef", "job-00693f6a1c0123ff00000000",
+      "job-00693f6a1d77777777777777", "0123456789abcdef0123", "builtin:fashion-mnist/test",
+      "short"};
+  const std::vector<std::string> got = UniqueShortIds(ids);
+  EXPECT_EQ(got[0], "job-00693f6a1c01234");  // shares "job-00693f6a1c0123" with the next
+  EXPECT_EQ(got[1], "job-00693f6a1c0123f");
+  EXPECT_EQ(got[2], "job-00693f6a1d");
+  EXPECT_EQ(got[3], "0123456789ab");  // nothing shares its first 12
+  EXPECT_EQ(got[4], "builtin:fashion-mnist/test");
+  EXPECT_EQ(got[5], "short");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_TRUE(absl::StartsWith(ids[i], got[i])) << got[i];
+    for (size_t j = 0; j < ids.size(); ++j) {
+      if (j != i) {
+        EXPECT_FALSE(absl::StartsWith(ids[j], got[i])) << got[i] << " vs " << ids[j];
+      }
+    }
+  }
+  // The same id twice (a model listed twice, say) is not ambiguous.
+  EXPECT_EQ(UniqueShortIds({ids[3], ids[3]}),
+            (std::vector<std::string>{"0123456789ab", "0123456789ab"}));
+}
+
+TEST(JobTableTest, ShowsTheModelByNameAndUniqueIds) {
+  v1::Job a;
+  a.set_id("job-00693f6a1c0123456789abcdef");
+  a.set_kind(v1::JOB_KIND_QUANTIZE);
+  a.set_state(v1::JOB_STATE_SUCCEEDED);
+  a.mutable_spec()->mutable_quantize()->set_model_id(std::string(64, 'a'));
+  v1::Job b;
+  b.set_id("job-00693f6a1c01234567ffffffff");
+  b.set_kind(v1::JOB_KIND_INSPECT);
+  b.set_state(v1::JOB_STATE_QUEUED);
+  b.mutable_spec()->mutable_inspect()->set_model_id(std::string(64, 'b'));
+  EXPECT_EQ(SpecModelId(a.spec()), std::string(64, 'a'));
+  EXPECT_EQ(SpecModelId(v1::JobSpec()), "");
+  const std::map<std::string, std::string> names = {{std::string(64, 'a'), "resnet.pt"}};
+  const std::string table = FormatJobTable({a, b}, &names);
+  EXPECT_THAT(table, HasSubstr("MODEL"));
+  EXPECT_THAT(table, HasSubstr("job-00693f6a1c012345678 "));
+  EXPECT_THAT(table, HasSubstr("job-00693f6a1c01234567f "));
+  EXPECT_THAT(table, HasSubstr("resnet.pt"));
+  EXPECT_THAT(table, HasSubstr("bbbbbbbbbbbb "));  // no name known: the short id
+}
+
+TEST(EventLineTest, TheFirstStateHasNoArrow) {
+  v1::JobEvent e;
+  e.mutable_state_change()->set_to(v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(FormatEventLine(e), "state QUEUED");
 }
 
 TEST(NumbersTest, IdsSizesCounts) {
