@@ -166,6 +166,16 @@ absl::StatusOr<int> WatchAndReport(const Context& ctx, const std::string& job_id
   } else {
     ctx.out() << "\n" << FormatJob(job);
   }
+  // The usual cause of an INSPECT whose input does not fit: a shape
+  // without the batch dimension.
+  const auto& shape = job.spec().inspect().input_shape();
+  if (job.state() == v1::JOB_STATE_FAILED &&
+      job.error().code() == static_cast<int>(absl::StatusCode::kInvalidArgument) &&
+      !shape.empty()) {
+    *ctx.env.err << "hint: --input-shape includes the batch dimension first (e.g. 1,1,28,28 "
+                    "for one 28x28 grayscale image); this job's was "
+                 << absl::StrJoin(shape, ",") << "\n";
+  }
   return *state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitFailure;
 }
 

@@ -459,6 +459,26 @@ TEST_F(CliTest, JobSubmitFromStdinAndJobWatchJson) {
   EXPECT_EQ(final_job.state(), v1::JOB_STATE_SUCCEEDED);
 }
 
+// An INSPECT whose input does not fit gets a hint about the batch
+// dimension (issue 19); other failures do not.
+TEST_F(CliTest, InspectThatDoesNotFitHintsAtTheBatchDimension) {
+  std::vector<v1::JobEvent> events = {
+      testing::StateEvent(1, v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING),
+      testing::StateEvent(2, v1::JOB_STATE_RUNNING, v1::JOB_STATE_FAILED)};
+  events[1].mutable_state_change()->mutable_error()->set_code(3);  // INVALID_ARGUMENT
+  events[1].mutable_state_change()->mutable_error()->set_message("shape mismatch");
+  server_.jobs().ScriptNextSubmit(events, {});
+  Result r = Run({"inspect", "--model", "m", "--input-shape", "1,28,28", "--watch"});
+  EXPECT_EQ(r.code, kExitFailure);
+  EXPECT_THAT(r.err, HasSubstr("hint: --input-shape includes the batch dimension first "
+                               "(e.g. 1,1,28,28 for one 28x28 grayscale image); this job's "
+                               "was 1,28,28\n"));
+  ScriptJob(v1::JOB_STATE_FAILED);  // no error code: no hint
+  Result other = Run({"inspect", "--model", "m", "--input-shape", "1,1,28,28", "--watch"});
+  EXPECT_EQ(other.code, kExitFailure);
+  EXPECT_THAT(other.err, Not(HasSubstr("hint:")));
+}
+
 TEST_F(CliTest, JobSubmitWithBadJsonIsAnError) {
   const fs::path spec = dir_ / "spec.json";
   std::ofstream(spec) << R"({"inspect": {"no_such_field": 1}})";

@@ -230,7 +230,10 @@ grpc::Status FakeJobService::SubmitJob(grpc::ServerContext* context,
   next_events_.clear();
   for (v1::JobEvent& e : events) {
     e.set_job_id(job.id());
-    if (e.has_state_change()) job.set_state(e.state_change().to());
+    if (e.has_state_change()) {
+      job.set_state(e.state_change().to());
+      if (e.state_change().has_error()) *job.mutable_error() = e.state_change().error();
+    }
   }
   job.set_last_sequence(events.empty() ? 0 : events.back().sequence());
   *job.mutable_result() = std::move(next_result_);
