@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
 # Usage: bench/run.sh [service] [sandbox] [queue] [hessian] [traces] [pytorch]
-#                     [memory] [quantize] [quantize-stages] [prune]
+#                     [memory] [quantize] [quantize-stages] [prune] [hygiene]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
 # holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
@@ -12,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages prune)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages prune hygiene)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -141,4 +141,30 @@ if want prune; then
     --recovery 0 --eval 10000
   "$BUILD_DIR/bench/bench_prune" --threads "$THREADS" --saliency hessian,magnitude \
     --recovery 2000 --samples 60000 --lr 1e-3 --eval 10000 --compress
+fi
+
+# Sensitivity hygiene: 4-bit QUANTIZE jobs on untrained models whose Ω is
+# negative or unresolved; test-set output errors (1,000 images) computed in
+# stock PyTorch against uniform 4-bit RTN. ~10 minutes on 2 idle cores.
+if want hygiene; then
+  bash scripts/build.sh bench_hygiene >/dev/null
+  REF=tests/fixtures/hygiene_reference.py
+  [ -f "$TV_DIR/vit_untrained.pt" ] || /usr/bin/python3 "$REF" vit "$TV_DIR/vit_untrained.pt"
+  [ -f "$TV_DIR/efficientnet_b0_gray.pt" ] ||
+    /usr/bin/python3 "$REF" efficientnet "$TV_DIR/efficientnet_b0_gray.pt"
+  echo
+  echo "## Sensitivity hygiene (4 bits, exact search, RTN)"
+  echo
+  echo "| model | Ω | layers | Ω(4) < 0 | other fallbacks | avg bits | searched err (calib) | uniform err (calib) | kept | HVPs | s | test err, job | test err, uniform 4-bit RTN |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+  for run in "vit_untrained quadratic 256 0" "vit_untrained trace 256 10" \
+             "efficientnet_b0_gray trace 64 10"; do
+    read -r name omega samples probes <<<"$run"
+    out=$(mktemp -d)
+    "$BUILD_DIR/bench/bench_hygiene" "$TV_DIR/$name.pt" "$omega" "$samples" "$probes" "$out" >"$out/row"
+    /usr/bin/python3 "$REF" compare "$TV_DIR/$name.pt" "$(sed -n 's/^MODEL_PT=//p' "$out/row")" 4 1000 "$out/errors"
+    mapfile -t errors <"$out/errors"
+    echo "$(grep '^|' "$out/row" | sed 's/ |$//') | ${errors[0]} | ${errors[1]} |"
+    rm -rf "$out"
+  done
 fi

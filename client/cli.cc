@@ -387,6 +387,17 @@ absl::StatusOr<int> Analyze(const Context& ctx) {
     spec->mutable_eigen()->set_enabled(true);
     spec->mutable_eigen()->set_k(static_cast<int32_t>(v));
   }
+  if (ctx.inv.Has("eigen-method")) {
+    if (!ctx.inv.Has("eigen")) return UsageError("--eigen-method needs --eigen K");
+    const std::string method = ctx.inv.Get("eigen-method");
+    if (method == "power") {
+      spec->mutable_eigen()->set_method(v1::EIGEN_METHOD_POWER);
+    } else if (method == "lanczos") {
+      spec->mutable_eigen()->set_method(v1::EIGEN_METHOD_LANCZOS);
+    } else {
+      return UsageError("--eigen-method: power or lanczos");
+    }
+  }
   if (ctx.inv.Has("scope")) {
     const std::string scope = ctx.inv.Get("scope");
     if (!ctx.inv.Has("eigen")) return UsageError("--scope needs --eigen K");
@@ -578,6 +589,13 @@ absl::Status FillQuantizeSpec(const Context& ctx, v1::QuantizeSpec* spec) {
   if (ctx.inv.Has("sensitivity")) {
     spec->set_sensitivity_job_id(
         ExpandIfPrefix<v1::Job>(ctx.inv.Get("sensitivity"), JobLister(ctx.client)));
+  }
+  if (ctx.inv.Has("allow-unconverged")) {
+    if (!spec->sensitivity_job_id().empty()) {
+      spec->set_allow_unconverged_traces(true);
+    } else {
+      return UsageError("--allow-unconverged: only with --sensitivity");
+    }
   }
   return absl::OkStatus();
 }
@@ -871,12 +889,12 @@ const std::vector<Entry>& Entries() {
       {{{"analyze"},
         "",
         "--model ID --data DATASET_ID [--samples N] [--batch N] [--method exact|fd|ggn] "
-        "[--fallback F] [--probes N] [--eigen K [--scope S]] [--density] [--qbert SUBSETS] "
-        "[job flags]",
+        "[--fallback F] [--probes N] [--eigen K [--scope S] [--eigen-method M]] [--density] "
+        "[--qbert SUBSETS] [job flags]",
         0,
         0,
         WithJobFlags({"model", "data", "samples", "batch", "method", "fallback", "probes", "eigen",
-                      "scope", "density", "qbert"}),
+                      "scope", "eigen-method", "density", "qbert"}),
         "submit an ANALYZE job (per-layer Hessian sensitivity)"},
        Analyze},
       {{{"quantize"},
@@ -889,14 +907,15 @@ const std::vector<Entry>& Entries() {
                      absl::StrJoin(defaults::kGroupSizes, "|"), "] [--candidates ",
                      absl::StrJoin(defaults::kCandidateBits, ","),
                      "] [--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
-                     "[--sensitivity ANALYZE_JOB_ID] [--samples N] [--batch N] [job flags]"),
+                     "[--sensitivity ANALYZE_JOB_ID [--allow-unconverged]] [--samples N] "
+                     "[--batch N] [job flags]"),
         0,
         0,
         WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",
                       "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
                       "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
                       "pin",   "tie",        "sensitivity", "samples",      "batch",
-                      "omega"}),
+                      "omega", "allow-unconverged"}),
         "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
        Quantize},
       {{{"prune"},
@@ -1006,6 +1025,8 @@ const std::vector<FlagDef>& Flags() {
       {"fallback", 0, true, "F",
        "without double backward: fd (default; Fisher if fd fails its check), fisher, none"},
       {"scope", 0, true, "S", "eigenvalues of the model (default), each layer or block"},
+      {"eigen-method", 0, true, "M",
+       "power (default; PyHessian) or lanczos (both ends of an indefinite spectrum)"},
       {"probes", 0, true, "N", "Hutchinson probes at most (default 200)"},
       {"eigen", 0, true, "K", "also the top K Hessian eigenvalues"},
       {"density", 0, false, "", "also the spectral density (SLQ)"},
@@ -1031,6 +1052,8 @@ const std::vector<FlagDef>& Flags() {
        "sensitivity: quadratic (default; ½δᵀHδ, an HVP per layer and width) or trace "
        "(HAWQ-V2; the default with --sensitivity)"},
       {"sensitivity", 0, true, "JOB", "reuse the traces of a SUCCEEDED ANALYZE job"},
+      {"allow-unconverged", 0, false, "",
+       "accept --sensitivity traces that did not converge (refused by default)"},
       {"flops", 0, true, "F", "prune target: fraction of FLOPs to remove (default 0.5)"},
       {"params", 0, true, "F", "prune target: fraction of parameters to remove"},
       {"latency", 0, true, "F", "prune target: fraction of measured latency to remove"},

@@ -437,7 +437,15 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
       absl::StrFormat("%.4g ± %.2g", result.total_trace(), result.total_trace_std_error()));
   if (result.eigenvalues_size() > 0) {
     absl::StrAppend(&out, ", top eigenvalues");
-    for (double e : result.eigenvalues()) absl::StrAppend(&out, absl::StrFormat(" %.4g", e));
+    for (int i = 0; i < result.eigenvalues_size(); ++i) {
+      const bool converged = i >= result.eigen_converged_size() || result.eigen_converged(i);
+      absl::StrAppend(&out, absl::StrFormat(" %.4g", result.eigenvalues(i)),
+                      converged ? "" : " (not converged)");
+    }
+  }
+  if (result.has_min_eigenvalue() && result.has_max_eigenvalue()) {
+    absl::StrAppend(&out, absl::StrFormat(", spectrum [%.4g, %.4g] (Lanczos)",
+                                          result.min_eigenvalue(), result.max_eigenvalue()));
   }
   absl::StrAppend(&out, "\n", result.hvp_count(), " HVPs (",
                   absl::AsciiStrToLower(
@@ -682,10 +690,11 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   auto accuracy_text = [](bool has, double accuracy) {
     return has ? absl::StrFormat("%.2f%%", accuracy) : std::string("-");
   };
-  bool any_gptq = false, any_pinned = false;
+  bool any_gptq = false, any_pinned = false, any_fallback = false;
   for (const v1::QuantizedLayer& l : result.layers()) {
     any_gptq |= l.rounding() == "gptq";
     any_pinned |= l.pinned();
+    any_fallback |= l.fallback();
   }
   std::vector<std::vector<std::string>> rows;
   int64_t params = 0, before = 0, after = 0;
@@ -697,7 +706,9 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
         absl::StrCat(bits_text(l.bits()), l.pinned()   ? "*"
                                           : any_pinned ? " "
                                                        : ""),
-        omega == l.omega().end() ? "-" : absl::StrFormat("%.3g", omega->second),
+        omega == l.omega().end()
+            ? "-"
+            : absl::StrFormat("%.3g%s", omega->second, l.fallback() ? "!" : any_fallback ? " " : ""),
         absl::StrCat(WithCommas(l.bytes_before()), " -> ", WithCommas(l.bytes_after())),
         l.rounding()};
     if (any_gptq) {
@@ -723,6 +734,11 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   if (any_gptq) columns.push_back({"GPTQ/RTN", true});
   std::string out = FormatTable(columns, rows);
   if (any_pinned) absl::StrAppend(&out, "* pinned\n");
+  if (any_fallback) {
+    absl::StrAppend(&out,
+                    "! Ω negative, or within a standard error of 0: priced at least as a "
+                    "typical layer, curvature times ‖δ‖² (README \"Sensitivity hygiene\")\n");
+  }
   for (const v1::QuantizedLayer& l : result.layers()) {
     if (!l.note().empty()) {
       absl::StrAppend(&out, "note: ", EscapeControl(l.name()), ": ", EscapeControl(l.note()), "\n");
@@ -750,13 +766,21 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   if (result.hvp_count() > 0)
     absl::StrAppend(&source, " (", WithCommas(result.hvp_count()), " HVPs)");
   pairs.push_back({"sensitivity", source});
+  if (result.has_searched_output_error() && result.has_uniform_output_error()) {
+    pairs.push_back({"output error", absl::StrFormat("searched %.4g, uniform %.4g (calibration); %s kept",
+                                                     result.searched_output_error(),
+                                                     result.uniform_output_error(),
+                                                     result.chose_uniform() ? "uniform" : "searched")});
+  }
   absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
 
   if (result.baselines_size() > 0) {
     double chosen_cost = 0;
     for (const v1::QuantizedLayer& l : result.layers()) {
-      auto omega = l.omega().find(l.bits());
-      if (omega != l.omega().end()) chosen_cost += omega->second;
+      // The search's price (Ω, or its fallback), as the baselines' costs.
+      const auto& prices = l.price().empty() ? l.omega() : l.price();
+      auto omega = prices.find(l.bits());
+      if (omega != prices.end()) chosen_cost += omega->second;
     }
     std::vector<std::vector<std::string>> baseline_rows = {
         {"chosen", absl::StrFormat("%.2f", result.average_bits()),

@@ -43,9 +43,14 @@ echo "== analyze: per-layer Hessian sensitivity on 128 Fashion-MNIST training im
 "$CTL" analyze --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 128 \
   --batch 128 --probes 40 --eigen 1 --density --seed 1 --watch
 ANALYZE_JOB=$("$CTL" --json job list --kind analyze | grep -o '"id":"job-[0-9a-f]*"' | sed -n 1p | cut -d'"' -f4)
+# 40 probes leave the traces ±19-58% (the tolerance is 5%): a QUANTIZE job
+# refuses such traces unless told (--allow-unconverged); their standard
+# errors then decide which layers' Ω are resolved (README "Sensitivity
+# hygiene").
 echo "== quantize: 4 average weight bits, GPTQ, sensitivity from $ANALYZE_JOB, top-1 on the 10k test images"
 "$CTL" quantize --model "$MODEL_ID" --data builtin:fashion-mnist/train --samples 256 \
-  --eval builtin:fashion-mnist/test --bits 4 --gptq --sensitivity "$ANALYZE_JOB" --seed 1 --watch
+  --eval builtin:fashion-mnist/test --bits 4 --gptq --sensitivity "$ANALYZE_JOB" \
+  --allow-unconverged --seed 1 --watch
 JOB=$("$CTL" --json job list --kind quantize | grep -o '"id":"job-[0-9a-f]*"' | sed -n 1p | cut -d'"' -f4)
 echo "== artifacts of $JOB"
 "$CTL" artifact list "$JOB"

@@ -12,8 +12,10 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "server/pipeline/common.h"
 #include "server/pipeline/svg.h"
 #include "server/pipeline/validate.h"
@@ -26,10 +28,47 @@ namespace v1 = compress::v1;
 
 namespace {
 
-// Tr(H_ii)/n_i per layer from a finished ANALYZE job of the same model.
-absl::StatusOr<std::map<std::string, double>> TracesFromJob(const std::string& job_id,
-                                                            const std::string& model_id,
-                                                            Resources& resources) {
+// Per-layer traces of an ANALYZE job, per parameter.
+struct JobTraces {
+  std::map<std::string, double> trace_per_param;
+  std::map<std::string, double> std_error_per_param;
+};
+
+// Whether QUANTIZE rounds a layer of this kind (BatchNorm is folded, other
+// layers stay float): only these layers' traces price anything.
+bool Quantized(const v1::LayerSensitivity& l) {
+  return absl::StartsWith(l.kind(), "Conv") || l.kind() == "Linear";
+}
+
+// The quantized layers whose trace did not converge, as a message fragment
+// naming at most five.
+std::string UnconvergedLayers(const v1::AnalyzeResult& a) {
+  std::vector<std::string> names;
+  int count = 0, quantized = 0;
+  for (const v1::LayerSensitivity& l : a.layers()) {
+    if (!Quantized(l)) continue;
+    ++quantized;
+    if (l.trace_probes() == 0 || l.trace_converged()) continue;
+    if (++count <= 5) {
+      const std::string name = l.name().empty() ? "(root)" : l.name();
+      names.push_back(l.trace() != 0
+                          ? absl::StrFormat("%s (±%.0f%% after %d probes)", name,
+                                            100 * std::abs(l.trace_std_error() / l.trace()),
+                                            l.trace_probes())
+                          : absl::StrFormat("%s (%.3g ± %.2g after %d probes)", name, l.trace(),
+                                            l.trace_std_error(), l.trace_probes()));
+    }
+  }
+  if (count == 0) return "";
+  if (count > 5) names.push_back(absl::StrCat("and ", count - 5, " more"));
+  return absl::StrCat(count, " of ", quantized, " quantized layers: ", absl::StrJoin(names, ", "));
+}
+
+// Tr(H_ii)/n_i per layer and its standard error from a finished ANALYZE
+// job of the same model; one whose traces did not all converge only with
+// `allow_unconverged`.
+absl::StatusOr<JobTraces> TracesFromJob(const std::string& job_id, const std::string& model_id,
+                                        bool allow_unconverged, Resources& resources) {
   const std::string field = "quantize.sensitivity_job_id";
   absl::StatusOr<v1::Job> job = resources.GetJob(job_id);
   if (absl::IsNotFound(job.status())) {
@@ -52,13 +91,23 @@ absl::StatusOr<std::map<std::string, double>> TracesFromJob(const std::string& j
         absl::StrCat(field, ": ANALYZE job ", job_id, " analyzed model ",
                      job->spec().analyze().model_id(), ", not ", model_id));
   }
-  std::map<std::string, double> traces;
+  JobTraces traces;
   for (const v1::LayerSensitivity& l : job->result().analyze().layers()) {
-    if (l.trace_probes() > 0) traces[l.name()] = l.trace_per_param();
+    if (l.trace_probes() == 0) continue;
+    traces.trace_per_param[l.name()] = l.trace_per_param();
+    traces.std_error_per_param[l.name()] =
+        l.numel() > 0 ? l.trace_std_error() / static_cast<double>(l.numel()) : 0;
   }
-  if (traces.empty()) {
+  if (traces.trace_per_param.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         field, ": ANALYZE job ", job_id, " has no Hessian traces (run it with traces enabled)"));
+  }
+  const std::string unconverged = UnconvergedLayers(job->result().analyze());
+  if (!unconverged.empty() && !allow_unconverged) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": the traces of ANALYZE job ", job_id, " did not converge for ", unconverged,
+        "; run ANALYZE with more probes (analyze.traces.max_probes), or set "
+        "quantize.allow_unconverged_traces (compressctl: --allow-unconverged) to use them"));
   }
   return traces;
 }
@@ -189,8 +238,11 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   o.loss = LossFromProto(spec.loss());
 
   if (!spec.sensitivity_job_id().empty()) {
-    ASSIGN_OR_RETURN(o.trace_per_param,
-                     TracesFromJob(spec.sensitivity_job_id(), spec.model_id(), resources));
+    ASSIGN_OR_RETURN(JobTraces traces,
+                     TracesFromJob(spec.sensitivity_job_id(), spec.model_id(),
+                                   spec.allow_unconverged_traces(), resources));
+    o.trace_per_param = std::move(traces.trace_per_param);
+    o.trace_std_error_per_param = std::move(traces.std_error_per_param);
   }
   switch (spec.omega()) {
     case v1::OMEGA_TRACE:
@@ -285,6 +337,10 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
     p->set_gptq_error(l.gptq_error);
     p->set_rtn_error(l.rtn_error);
     for (const auto& [bits, e] : l.squared_error) (*p->mutable_squared_error())[bits] = e;
+    for (const auto& [bits, e] : l.omega_std_error) (*p->mutable_omega_std_error())[bits] = e;
+    for (const auto& [bits, e] : l.price) (*p->mutable_price())[bits] = e;
+    p->set_fallback(l.fallback);
+    p->set_fallback_reason(l.fallback_reason);
   }
   r.set_search(report.search);
   r.set_search_exact(report.search_exact);
@@ -328,6 +384,11 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
   r.set_omega(report.omega);
   r.set_perturbation(report.perturbation);
   r.set_hvp_method(report.hvp_method);
+  r.set_fallback_layers(report.fallback_layers);
+  for (const auto& [bits, k] : report.fallback_curvature) (*r.mutable_fallback_curvature())[bits] = k;
+  if (report.searched_output_error) r.set_searched_output_error(*report.searched_output_error);
+  if (report.uniform_output_error) r.set_uniform_output_error(*report.uniform_output_error);
+  r.set_chose_uniform(report.chose_uniform);
   r.set_runtime(report.runtime);
   r.set_wall_seconds(report.wall_seconds);
   for (const auto& [layer, bits] : report.pins) (*r.mutable_pins())[layer] = bits;
@@ -349,6 +410,11 @@ std::string QuantizeSummary(const v1::QuantizeResult& r) {
                           r.accuracy_after(), drop < 0 ? "−" : "+", std::abs(drop));
   } else if (r.has_accuracy_after()) {
     absl::StrAppendFormat(&summary, ", top-1 %.2f%%", r.accuracy_after());
+  }
+  if (r.fallback_layers() > 0) {
+    absl::StrAppendFormat(&summary, "; %d of %d layers priced without their Ω (negative or unresolved)%s",
+                          r.fallback_layers(), r.layers_size(),
+                          r.chose_uniform() ? ", uniform bits kept" : "");
   }
   if (!r.budget_met()) absl::StrAppend(&summary, "; budget not met");
   if (!r.tolerance_met()) absl::StrAppend(&summary, "; accuracy tolerance not met");

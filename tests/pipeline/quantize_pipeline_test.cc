@@ -60,9 +60,12 @@ class FakeResources : public Resources {
     return it->second;
   }
 
-  // A SUCCEEDED ANALYZE job of `model` whose layers carry traces.
+  // A SUCCEEDED ANALYZE job of `model` whose layers carry traces (numel
+  // 100 and 40; converged unless `converged` is false: fc then has a
+  // relative standard error of 40%).
   void AddAnalyzeJob(const std::string& id, const std::string& model,
-                     v1::JobState state = v1::JOB_STATE_SUCCEEDED, bool traces = true) {
+                     v1::JobState state = v1::JOB_STATE_SUCCEEDED, bool traces = true,
+                     bool converged = true) {
     v1::Job job;
     job.set_id(id);
     job.set_kind(v1::JOB_KIND_ANALYZE);
@@ -72,8 +75,14 @@ class FakeResources : public Resources {
                                           std::pair<std::string, double>{"fc", 0.125}}) {
       v1::LayerSensitivity* l = job.mutable_result()->mutable_analyze()->add_layers();
       l->set_name(name);
+      l->set_kind(name == "conv" ? "Conv2d" : "Linear");
+      l->set_numel(name == "conv" ? 100 : 40);
       l->set_trace_per_param(traces ? per_param : 0);
+      l->set_trace(traces ? per_param * l->numel() : 0);
       l->set_trace_probes(traces ? 30 : 0);
+      const bool fc_unconverged = !converged && name == "fc";
+      l->set_trace_std_error(l->trace() * (fc_unconverged ? 0.4 : 0.01));
+      l->set_trace_converged(traces && !fc_unconverged);
     }
     jobs_[id] = job;
   }
@@ -250,7 +259,28 @@ TEST(ToQuantizeOptionsTest, TracesComeFromTheAnalyzeJob) {
   auto o = ToQuantizeOptions(spec, 0, "cpu", resources, "");
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_THAT(o->trace_per_param, UnorderedElementsAre(Pair("conv", 2.5), Pair("fc", 0.125)));
+  // Standard errors per parameter: SE / numel.
+  EXPECT_THAT(o->trace_std_error_per_param,
+              UnorderedElementsAre(Pair("conv", ::testing::DoubleNear(0.025, 1e-15)),
+                                   Pair("fc", ::testing::DoubleNear(0.00125, 1e-15))));
   EXPECT_EQ(o->omega, engine::QuantOmega::kTrace);
+}
+
+// Traces that did not converge are refused, naming the layer and its
+// relative error, unless the spec insists.
+TEST(ToQuantizeOptionsTest, UnconvergedTracesNeedAllowUnconverged) {
+  FakeResources resources;
+  resources.AddAnalyzeJob("rough", kModel, v1::JOB_STATE_SUCCEEDED, true, /*converged=*/false);
+  v1::QuantizeSpec spec = MinimalSpec();
+  spec.set_sensitivity_job_id("rough");
+  absl::Status refused = ToQuantizeOptions(spec, 0, "cpu", resources, "").status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("did not converge for 1 of 2 quantized layers: fc (±40% after 30 probes)"));
+  EXPECT_THAT(refused.message(), HasSubstr("--allow-unconverged"));
+  spec.set_allow_unconverged_traces(true);
+  auto o = ToQuantizeOptions(spec, 0, "cpu", resources, "");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_NEAR(o->trace_std_error_per_param.at("fc"), 0.4 * 0.125, 1e-15);
 }
 
 TEST(ToQuantizeOptionsTest, UnusableSensitivityJobsAreRefused) {

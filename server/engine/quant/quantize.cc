@@ -35,6 +35,7 @@
 #include "server/engine/quant/quantizer.h"
 #include "server/engine/search/bisection.h"
 #include "server/engine/search/bit_allocation.h"
+#include "server/engine/search/pricing.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -43,6 +44,8 @@ namespace {
 // Frontier points kept in the report (evenly spaced in size, plus the
 // chosen one): a 60-layer model has ~20,000.
 constexpr size_t kMaxReportedFrontier = 200;
+// Calibration folds over which quadratic Ω's standard error is taken.
+constexpr int64_t kQuadraticFolds = 4;
 
 absl::Status Invalid(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -124,9 +127,14 @@ struct Layer {
   int64_t numel = 0;
   int64_t scale_count = 0;  // scales (= zero points) per quantized tensor
   int64_t macs = 0;
-  double trace_per_param = 0;   // kTrace
-  std::map<int, double> error;  // ‖δ(b)‖² per width the search may pick
-  std::map<int, double> omega;  // Ω(b) per width the search may pick
+  double trace_per_param = 0;     // kTrace
+  double trace_se_per_param = 0;  // its Hutchinson standard error
+  std::map<int, double> error;     // ‖δ(b)‖² per width the search may pick
+  std::map<int, double> omega;     // Ω(b) per width the search may pick
+  std::map<int, double> omega_se;  // its standard error over folds/probes
+  std::map<int, double> price;     // what the search charges (pricing.h)
+  bool fallback = false;           // price is κ·‖δ‖², not Ω
+  std::string fallback_reason;
 };
 
 // Calibration examples that compute or price a perturbation.
@@ -421,10 +429,15 @@ Pricing PricingOf(const QuantizeOptions& o) {
   return p;
 }
 
-// Tr(H_ii)/n_i of every layer from the caller's ANALYZE report.
+// Tr(H_ii)/n_i of every layer, and its standard error, from the caller's
+// ANALYZE report.
 absl::Status TracesFromReport(const std::map<std::string, double>& trace_per_param,
+                              const std::map<std::string, double>& std_error_per_param,
                               std::vector<Layer>* layers) {
   for (Layer& l : *layers) {
+    if (auto se = std_error_per_param.find(l.name); se != std_error_per_param.end()) {
+      l.trace_se_per_param = se->second;
+    }
     auto it = trace_per_param.find(l.name);
     if (it == trace_per_param.end()) {
       return Invalid("trace_per_param",
@@ -557,13 +570,16 @@ absl::StatusOr<std::vector<Rounded>> RoundForPricing(const torch::Tensor& weight
   return rounded;
 }
 
-// ‖δ(b)‖² and Ω(b) of one layer at one width, summed over `rounded` and
-// their pricing folds with the folds' weights.
+// ‖δ(b)‖², Ω(b) and Ω's standard error of one layer at one width: Ω is the
+// weighted mean over `rounded` and their pricing folds of Ω on each fold
+// alone, its standard error their spread (MeanAndStdError), and for the
+// trace form also the Hutchinson standard error times ‖δ‖².
 absl::Status PriceWidth(const Layer& l, const torch::Tensor& weight,
                         const std::vector<Rounded>& rounded,
-                        const std::vector<CalibrationFold>& folds, double* error, double* omega) {
+                        const std::vector<CalibrationFold>& folds, double* error, double* omega,
+                        double* omega_se) {
   *error = 0;
-  *omega = 0;
+  std::vector<std::pair<double, double>> per_fold;  // (Ω on the fold, weight)
   for (const Rounded& r : rounded) {
     const torch::Tensor delta =
         r.weight.to(weight.device(), torch::kFloat64) - weight.to(torch::kFloat64);
@@ -571,13 +587,17 @@ absl::Status PriceWidth(const Layer& l, const torch::Tensor& weight,
     for (const auto& [f, w] : r.pricing) {
       *error += w * norm2;
       if (folds[f].model == nullptr) {
-        *omega += w * l.trace_per_param * norm2;
+        per_fold.emplace_back(l.trace_per_param * norm2, w);
       } else {
         ASSIGN_OR_RETURN(PerturbationTerms t, folds[f].model->Terms(l.param_name, delta));
-        *omega += w * t.quadratic;
+        per_fold.emplace_back(t.quadratic, w);
       }
     }
   }
+  const WeightedMean m = MeanAndStdError(per_fold);
+  *omega = m.mean;
+  const double hutchinson = folds.front().model == nullptr ? l.trace_se_per_param * *error : 0;
+  *omega_se = std::hypot(m.std_error, hutchinson);
   return absl::OkStatus();
 }
 
@@ -597,7 +617,8 @@ absl::Status PriceLayer(const Context& c, const Pricing& pricing,
     spec.bits = b;
     ASSIGN_OR_RETURN(std::vector<Rounded> rounded,
                      RoundForPricing(weight, hessians, folds, spec, gptq));
-    RETURN_IF_ERROR(PriceWidth(*l, weight, rounded, folds, &l->error[b], &l->omega[b]));
+    RETURN_IF_ERROR(
+        PriceWidth(*l, weight, rounded, folds, &l->error[b], &l->omega[b], &l->omega_se[b]));
     const std::string at = absl::StrCat(" of layer ", l->name, " at ", b, " bits");
     RETURN_IF_ERROR(CheckFiniteValue(l->error[b], absl::StrCat("the rounding error", at)));
     RETURN_IF_ERROR(CheckFiniteValue(l->omega[b], absl::StrCat("the sensitivity Ω", at)));
@@ -624,6 +645,44 @@ void ReleaseFolds(ProgressSink* sink, std::vector<CalibrationFold>* folds, Quant
   }
 }
 
+// Calibration folds: GPTQ's δ two (each half rounds, the other prices);
+// quadratic Ω of round-to-nearest's δ four, so that Ω (their weighted mean,
+// the same number one fold of all the data gives) has a standard error;
+// the trace form one (its error is the Hutchinson one).
+int FoldCount(const Pricing& pricing, int64_t examples) {
+  if (pricing.gptq_delta) return examples >= 2 ? 2 : 1;
+  if (pricing.omega == QuantOmega::kQuadratic) {
+    return static_cast<int>(std::clamp<int64_t>(examples, 1, kQuadraticFolds));
+  }
+  return 1;
+}
+
+// The search's price of every layer (search/pricing.h), with a warning that
+// names every layer priced by the fallback.
+void ApplyPricing(ProgressSink* sink, std::vector<Layer>* layers, QuantizeReport* report) {
+  std::vector<LayerSensitivityEstimate> estimates;
+  for (const Layer& l : *layers) estimates.push_back({l.omega, l.omega_se, l.error});
+  const PricingResult pricing = PriceLayers(estimates);
+  std::vector<std::string> named;
+  for (size_t i = 0; i < layers->size(); ++i) {
+    Layer& l = (*layers)[i];
+    l.price = pricing.layers[i].price;
+    l.fallback = pricing.layers[i].fallback;
+    l.fallback_reason = pricing.layers[i].reason;
+    if (l.fallback) named.push_back(absl::StrCat(l.name, " (", l.fallback_reason, ")"));
+  }
+  report->fallback_layers = pricing.fallback_count;
+  report->fallback_curvature = pricing.curvature;
+  if (named.empty()) return;
+  const std::string why = absl::StrCat(
+      named.size(), " of ", layers->size(), " layers have a negative or unresolved sensitivity Ω ",
+      "and are priced at least as a typical layer (curvature times ‖δ‖²)",
+      pricing.none_resolved ? " (no layer is resolved at every width)" : "",
+      ": ", absl::StrJoin(named, "; "));
+  report->warnings.push_back(why);
+  sink->Log("WARNING", why);
+}
+
 // Stage "sensitivity": traces when Ω needs them, then δ_i(b) for every layer
 // and width, priced as Ω says, one layer at a time (only one layer's
 // perturbations are alive). Round-to-nearest's δ does not depend on the
@@ -640,16 +699,21 @@ absl::Status ComputeSensitivity(const QuantizeOptions& o, const Context& c,
   report->perturbation = pricing.gptq_delta ? "gptq" : "rtn";
   report->sensitivity_source = o.trace_per_param.empty() ? "computed" : "report";
   if (!o.trace_per_param.empty()) {
-    RETURN_IF_ERROR(TracesFromReport(o.trace_per_param, layers));
+    RETURN_IF_ERROR(TracesFromReport(o.trace_per_param, o.trace_std_error_per_param, layers));
   } else if (pricing.omega == QuantOmega::kTrace) {
     ASSIGN_OR_RETURN(AnalyzeReport analysis, AnalyzeFolded(o, c));
     report->hvp_count = analysis.hvp_count;
-    std::map<std::string, double> tpp;
-    for (const LayerSensitivity& s : analysis.layers) tpp[s.name] = s.trace_per_param;
-    for (Layer& l : *layers) l.trace_per_param = tpp[l.name];
+    std::map<std::string, const LayerSensitivity*> by_name;
+    for (const LayerSensitivity& s : analysis.layers) by_name[s.name] = &s;
+    for (Layer& l : *layers) {
+      const LayerSensitivity* s = by_name[l.name];
+      if (s == nullptr) continue;
+      l.trace_per_param = s->trace_per_param;
+      l.trace_se_per_param = s->numel > 0 ? s->trace_std_error / s->numel : 0;
+    }
   }
 
-  const int folds = pricing.gptq_delta && calibration.inputs.size(0) >= 2 ? 2 : 1;
+  const int folds = FoldCount(pricing, calibration.inputs.size(0));
   ASSIGN_OR_RETURN(std::vector<CalibrationFold> fold,
                    MakeFolds(o, c, calibration, *layers, folds, pricing.omega));
   const int64_t units = static_cast<int64_t>(layers->size() * widths.size());
@@ -657,12 +721,14 @@ absl::Status ComputeSensitivity(const QuantizeOptions& o, const Context& c,
   auto priced = [&] { c.sink->Progress("sensitivity", ++done, units); };
   for (Layer& l : *layers) RETURN_IF_ERROR(PriceLayer(c, pricing, fold, widths, priced, &l));
   ReleaseFolds(c.sink, &fold, report);
+  ApplyPricing(c.sink, layers, report);
   return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------- search
 
-// Per layer the candidate widths, priced by Ω (`hessian`) or by ‖δ‖² alone
+// Per layer the candidate widths, priced by Ω or its fallback (`hessian`,
+// Layer::price) or by ‖δ‖² alone
 // (the no-Hessian baseline), plus float.
 SearchProblem MakeProblem(const std::vector<Layer>& layers, const std::set<int>& widths,
                           const std::map<std::string, int>& pins,
@@ -673,7 +739,7 @@ SearchProblem MakeProblem(const std::vector<Layer>& layers, const std::set<int>&
     lc.name = l.name;
     lc.numel = l.numel;
     for (int b : widths) {
-      const double cost = hessian ? l.omega.at(b) : l.error.at(b);
+      const double cost = hessian ? l.price.at(b) : l.error.at(b);
       lc.choices.push_back({b, cost, SizeBits(l, b), l.macs * b * 32});
     }
     lc.choices.push_back({kFloatBits, 0.0, SizeBits(l, kFloatBits), l.macs * 32 * 32});
@@ -753,7 +819,7 @@ Budget BudgetOf(const QuantBudget& b, int64_t fixed_bytes) {
 // What the search stage hands on to the stages after it.
 struct SearchSetup {
   std::map<std::string, int> pins;  // in force
-  SearchProblem problem;            // priced by Ω
+  SearchProblem problem;            // priced by Ω (or its fallback)
   SearchProblem no_hessian;         // priced by ‖δ‖²
   Budget budget;
   PackedLayout layout;
@@ -842,7 +908,7 @@ absl::StatusOr<BisectionPlan> PlanBisection(const QuantizeOptions& o, const Sear
   const int low = *std::min_element(o.candidate_bits.begin(), o.candidate_bits.end());
   const int high = *std::max_element(o.candidate_bits.begin(), o.candidate_bits.end());
   std::vector<double> sensitivity;
-  for (const Layer& l : layers) sensitivity.push_back(l.omega.at(low));
+  for (const Layer& l : layers) sensitivity.push_back(l.price.at(low));
   BisectionPlan plan;
   ASSIGN_OR_RETURN(plan.chain, SensitivityOrderedConfigs(s.problem, sensitivity, low, high));
   ASSIGN_OR_RETURN(double base, TopOneAccuracy(original, eval.inputs, eval.targets));
@@ -987,8 +1053,12 @@ std::vector<QuantizedLayerReport> LayerReports(const std::vector<Layer>& layers,
     lr.bits = chosen.bits[i];
     lr.pinned = pins.count(l.name) > 0;
     lr.trace_per_param = l.trace_per_param;
+    lr.fallback = l.fallback;
+    lr.fallback_reason = l.fallback_reason;
     for (int b : candidate_bits) {
       lr.omega[b] = l.omega.at(b);
+      lr.omega_std_error[b] = l.omega_se.at(b);
+      lr.price[b] = l.price.at(b);
       lr.squared_error[b] = l.error.at(b);
     }
     lr.bytes_before = l.numel * 4;
@@ -1008,6 +1078,60 @@ std::vector<QuantizedLayerReport> LayerReports(const std::vector<Layer>& layers,
     reports.push_back(std::move(lr));
   }
   return reports;
+}
+
+// Relative output error Σ‖f_q(x) − f(x)‖² / Σ‖f(x)‖² of `quantized`
+// against the float (folded) model on the calibration batches.
+absl::StatusOr<double> OutputError(const Context& c, torch::jit::Module quantized) {
+  torch::NoGradGuard no_grad;
+  torch::jit::Module reference = c.folded;
+  double difference = 0, norm = 0;
+  for (const torch::Tensor& batch : c.calibration) {
+    RETURN_IF_ERROR(CheckCancel(c.cancel));
+    ASSIGN_OR_RETURN(torch::Tensor f, RunForward(reference, batch));
+    ASSIGN_OR_RETURN(torch::Tensor q, RunForward(quantized, batch));
+    const torch::Tensor f64 = f.to(torch::kFloat64);
+    difference += (q.to(torch::kFloat64) - f64).pow(2).sum().item<double>();
+    norm += f64.pow(2).sum().item<double>();
+  }
+  return norm > 0 ? difference / norm : difference;
+}
+
+// After a search that priced some layer by the fallback (a guess), its
+// allocation is compared with the uniform bits that fit the same budget
+// (what a user would otherwise take: every layer at the highest width that
+// fits) on the calibration outputs, each
+// rounded as the job rounds, and the one with the smaller error is kept.
+absl::Status GuardAgainstUniform(const Prepared& p, SearchSetup* setup, Quantized* result,
+                                 Solution* chosen, QuantizeReport* report) {
+  const SearchSetup& s = *setup;
+  const Context& c = p.context;
+  // The caller's pins bind the uniform allocation too; the default ones
+  // (a heuristic of the search) do not.
+  SearchProblem problem = s.problem;
+  if (!c.options->pins.has_value()) problem.pins.clear();
+  ASSIGN_OR_RETURN(Solution uniform, UniformForBudget(problem, s.budget));
+  if (!uniform.budget_met) return absl::OkStatus();
+  if (uniform.bits == chosen->bits) return absl::OkStatus();
+  ASSIGN_OR_RETURN(double searched, OutputError(c, result->module));
+  ASSIGN_OR_RETURN(Quantized uniform_model, QuantizeModel(c, ByName(p.layers, uniform)));
+  ASSIGN_OR_RETURN(double uniform_error, OutputError(c, uniform_model.module));
+  report->searched_output_error = searched;
+  report->uniform_output_error = uniform_error;
+  if (!(uniform_error < searched)) return absl::OkStatus();
+  const std::string why = absl::StrFormat(
+      "the searched allocation's output error on the calibration data (%.4g) is above that of "
+      "uniform %.2f-bit rounding within the same budget (%.4g); keeping the uniform allocation",
+      searched, AverageBits(p.layers, uniform), uniform_error);
+  report->warnings.push_back(why);
+  c.sink->Log("WARNING", why);
+  report->chose_uniform = true;
+  *result = std::move(uniform_model);
+  *chosen = uniform;
+  setup->pins = problem.pins;
+  report->pins = problem.pins;
+  report->baselines.clear();
+  return RecordChoice(s, p.layers, *chosen, c.cancel, report);
 }
 
 // ---------------------------------------------------------------- evaluation
@@ -1106,7 +1230,10 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
   });
   stages.Add("rounding", [&]() -> absl::Status {
     ASSIGN_OR_RETURN(result, QuantizeModel(p.context, ByName(p.layers, chosen)));
-    return absl::OkStatus();
+    if (bisection || o.search == QuantSearch::kUniform || report.fallback_layers == 0) {
+      return absl::OkStatus();
+    }
+    return GuardAgainstUniform(p, &setup, &result, &chosen, &report);
   });
   stages.AddStep("outputs", [&]() -> absl::Status {
     RETURN_IF_ERROR(WriteOutputs(result, p.layers, setup.layout, o.output_dir, &report));

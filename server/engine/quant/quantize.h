@@ -152,6 +152,10 @@ struct QuantizeOptions {
   // an ANALYZE report; empty = computed here. A quantizable layer missing
   // from a non-empty map is INVALID_ARGUMENT.
   std::map<std::string, double> trace_per_param;
+  // Their Hutchinson standard errors, per parameter (the same keys; a
+  // missing layer counts as exact). They decide, with Ω, whether a layer's
+  // Ω is resolved (search/pricing.h).
+  std::map<std::string, double> trace_std_error_per_param;
   // Hutchinson tolerance and probe cap when the traces are computed here;
   // defaults 0.05 and 200 (TraceOptions).
   double trace_tolerance = 0.05;
@@ -211,6 +215,12 @@ struct QuantizedLayerReport {
   bool pinned = false;
   double trace_per_param = 0;   // kTrace only
   std::map<int, double> omega;  // Ω(b) for every candidate b
+  std::map<int, double> omega_std_error;  // its standard error (pricing.h)
+  // What the search charged: Ω(b), or κ(b)·‖δ(b)‖² when Ω was negative or
+  // not resolved (`fallback`, with the reason).
+  std::map<int, double> price;
+  bool fallback = false;
+  std::string fallback_reason;
   // ‖δ(b)‖² for every candidate b: the no-Hessian baseline's cost.
   std::map<int, double> squared_error;
   int64_t bytes_before = 0;     // float32 weight
@@ -271,6 +281,16 @@ struct QuantizeReport {
   std::vector<QuantPoint> frontier;  // kPareto/kExact: the (size, ΣΩ) frontier
   std::vector<QuantPoint> measured;  // kBisection: every configuration measured
   std::vector<QuantBaseline> baselines;
+  // Sensitivity hygiene (search/pricing.h): layers priced by the fallback,
+  // κ(b), and, when any was, the relative output error Σ‖f_q(x) − f(x)‖² /
+  // Σ‖f(x)‖² on the calibration inputs of the searched allocation and of
+  // the uniform one at the same size; the smaller one is kept
+  // (`chose_uniform` when that was the uniform one).
+  int fallback_layers = 0;
+  std::map<int, double> fallback_curvature;
+  std::optional<double> searched_output_error;
+  std::optional<double> uniform_output_error;
+  bool chose_uniform = false;
   // Pins in force (the defaults or the caller's; empty when the defaults
   // were dropped because they broke the budget).
   std::map<std::string, int> pins;
