@@ -100,7 +100,13 @@ std::string AnalyzeSummary(const v1::AnalyzeResult& r) {
                           r.total_trace_std_error());
   }
   if (r.eigenvalues_size() > 0) {
-    absl::StrAppendFormat(&summary, ", top eigenvalue %.4g", r.eigenvalues(0));
+    const bool converged = r.eigen_converged_size() == 0 || r.eigen_converged(0);
+    absl::StrAppendFormat(&summary, ", top eigenvalue %.4g%s", r.eigenvalues(0),
+                          converged ? "" : " (not converged)");
+  }
+  if (r.has_min_eigenvalue() && r.has_max_eigenvalue()) {
+    absl::StrAppendFormat(&summary, ", spectrum [%.4g, %.4g]", r.min_eigenvalue(),
+                          r.max_eigenvalue());
   }
   if (r.fell_back()) absl::StrAppend(&summary, " (fell back: ", r.fallback_reason(), ")");
   for (const std::string& w : r.warnings()) absl::StrAppend(&summary, "; warning: ", w);
@@ -161,6 +167,8 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
   if (e.has_k()) o.eigen.k = e.k();
   if (e.has_tolerance()) o.eigen.tolerance = e.tolerance();
   if (e.has_max_iterations()) o.eigen.max_iterations = e.max_iterations();
+  o.eigen.method = e.method() == v1::EIGEN_METHOD_LANCZOS ? engine::EigenMethod::kLanczos
+                                                          : engine::EigenMethod::kPower;
   switch (e.scope()) {
     case v1::EIGEN_SCOPE_LAYER:
       o.eigen_scope = engine::EigenScope::kLayer;
@@ -202,6 +210,9 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
 
   v1::JobResult result;
   v1::AnalyzeResult* r = result.mutable_analyze();
+  if (options.eigen_enabled) {
+    r->set_eigen_method(options.eigen.method == engine::EigenMethod::kLanczos ? "lanczos" : "power");
+  }
   for (const engine::LayerSensitivity& l : report.layers) {
     v1::LayerSensitivity* p = r->add_layers();
     p->set_name(l.name);
@@ -213,6 +224,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
     p->set_trace_per_param(l.trace_per_param);
     p->set_trace_converged(l.trace_converged);
     for (double v : l.top_eigenvalues) p->add_top_eigenvalues(v);
+    for (bool c : l.top_eigenvalues_converged) p->add_top_eigenvalues_converged(c);
     for (double v : l.qbert_eigenvalues) p->add_qbert_eigenvalues(v);
     p->set_qbert_score(l.qbert_score);
     auto it = weight_errors.find(l.name);
@@ -225,6 +237,12 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   r->set_total_trace_std_error(report.total_trace_std_error);
   for (double v : report.eigenvalues) r->add_eigenvalues(v);
   for (int v : report.eigen_iterations) r->add_eigen_iterations(v);
+  for (bool c : report.eigen_converged) r->add_eigen_converged(c);
+  for (double v : report.eigen_relative_change) r->add_eigen_relative_change(v);
+  if (report.min_eigenvalue) r->set_min_eigenvalue(*report.min_eigenvalue);
+  if (report.max_eigenvalue) r->set_max_eigenvalue(*report.max_eigenvalue);
+  r->set_min_eigenvalue_relative_change(report.min_eigenvalue_relative_change);
+  r->set_max_eigenvalue_relative_change(report.max_eigenvalue_relative_change);
   for (double v : report.density_nodes) r->add_density_nodes(v);
   for (double v : report.density_weights) r->add_density_weights(v);
   r->set_hvp_method(ToProto(report.hvp_method));
@@ -243,6 +261,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
     for (const std::string& l : b.layers) p->add_layers(l);
     p->set_numel(b.numel);
     for (double v : b.top_eigenvalues) p->add_top_eigenvalues(v);
+    for (bool c : b.top_eigenvalues_converged) p->add_top_eigenvalues_converged(c);
   }
   r->set_finite_difference_check(report.finite_difference_check);
   r->set_density_window(report.density_window);

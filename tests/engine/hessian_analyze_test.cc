@@ -170,6 +170,46 @@ TEST(RunAnalysisTest, EveryEstimatorAgreesWithTheExactHessian) {
   }
 }
 
+// An eigenvalue that hits max_iterations is flagged and warned about, at
+// the model scope and per layer; Lanczos reports both ends of the CNN's
+// indefinite spectrum, checked against eigh of the exact Hessian.
+TEST(RunAnalysisTest, UnconvergedEigenvaluesAreWarningsAndLanczosGivesBothEnds) {
+  AnalyzeOptions o = CnnOptions();
+  o.traces_enabled = false;
+  o.eigen_enabled = true;
+  o.eigen.max_iterations = 2;
+  o.eigen.tolerance = 1e-12;
+  RecordingSink sink;
+  absl::StatusOr<AnalyzeReport> r = RunAnalysis(o, &sink, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->eigen_converged.size(), 1u);
+  EXPECT_FALSE(r->eigen_converged[0]);
+  EXPECT_GT(r->eigen_relative_change[0], o.eigen.tolerance);
+  EXPECT_THAT(r->warnings, ::testing::Contains(HasSubstr("did not converge within max_iterations")));
+  o.eigen_scope = EigenScope::kLayer;
+  r = RunAnalysis(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->layers[0].top_eigenvalues_converged[0]);
+  EXPECT_THAT(r->warnings, ::testing::Contains(HasSubstr("of layer ")));
+
+  o.eigen_scope = EigenScope::kModel;
+  o.eigen.method = EigenMethod::kLanczos;
+  o.eigen.max_iterations = 100;
+  o.eigen.tolerance = 1e-6;
+  r = RunAnalysis(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->warnings.empty()) << r->warnings[0];
+  ASSERT_TRUE(r->min_eigenvalue.has_value() && r->max_eigenvalue.has_value());
+  torch::Tensor exact = torch::linalg_eigvalsh(Exact::Get().hessian);
+  const double lo = exact[0].item<double>(), hi = exact[-1].item<double>();
+  EXPECT_LT(lo, 0);  // indefinite
+  const double scale = std::max(std::abs(lo), std::abs(hi));
+  // float32 model vs float64 Hessian (hvp.h): ~1e-6 relative.
+  EXPECT_NEAR(*r->min_eigenvalue, lo, 1e-4 * scale);
+  EXPECT_NEAR(*r->max_eigenvalue, hi, 1e-4 * scale);
+  EXPECT_TRUE(r->eigen_converged[0]);
+}
+
 TEST(RunAnalysisTest, LayerScopeEigenvaluesAndMseData) {
   AnalyzeOptions o;
   o.model_path = FixturePath("tiny_mlp.pt");

@@ -243,6 +243,74 @@ TEST(EigenTest, PowerIterationWithDeflationMatchesTheTopTwo) {
   }
 }
 
+// Power iteration cut short says so (converged false, the last relative
+// change above the tolerance); Lanczos on the same operator finds the top
+// two by magnitude and both ends of the spectrum, all checked against eigh
+// of the exact Hessian, with residual bounds that bound the true error.
+TEST(EigenTest, LanczosFindsBothEndsAndPowerSaysWhenItStoppedEarly) {
+  for (Problem p : {Mlp(), Cnn()}) {
+    SCOPED_TRACE(p.name);
+    torch::Tensor all = torch::linalg_eigvalsh(p.hessian);
+    const double exact_min = all[0].item<double>();
+    const double exact_max = all[-1].item<double>();
+    std::vector<double> exact = ByMagnitude(p.hessian);
+
+    std::unique_ptr<HvpOperator> power_op = p.Op();
+    at::Generator power_gen = MakeGenerator(5);
+    EigenOptions power;
+    power.max_iterations = 3;
+    power.tolerance = 1e-9;
+    absl::StatusOr<EigenResult> cut = TopEigenvalues(*power_op, power, kWholeModel, power_gen);
+    ASSERT_TRUE(cut.ok()) << cut.status();
+    EXPECT_FALSE(cut->converged[0]);
+    EXPECT_EQ(cut->iterations[0], 3);
+    EXPECT_GT(cut->relative_change[0], power.tolerance);
+
+    std::unique_ptr<HvpOperator> op = p.Op();
+    at::Generator gen = MakeGenerator(5);
+    EigenOptions lanczos;
+    lanczos.method = EigenMethod::kLanczos;
+    lanczos.k = 2;
+    lanczos.tolerance = 1e-6;
+    absl::StatusOr<EigenResult> r = TopEigenvalues(*op, lanczos, kWholeModel, gen);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->eigenvalues.size(), 2u);
+    ASSERT_TRUE(r->min_eigenvalue.has_value() && r->max_eigenvalue.has_value());
+    std::cout << p.name << ": Lanczos " << r->iterations[0] << " HVPs, spectrum ["
+              << *r->min_eigenvalue << ", " << *r->max_eigenvalue << "] (exact [" << exact_min
+              << ", " << exact_max << "]), top " << r->eigenvalues[0] << " (exact " << exact[0]
+              << ")\n";
+    const double scale = std::max(std::abs(exact_min), std::abs(exact_max));
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_TRUE(r->converged[i]);
+      EXPECT_NEAR(r->eigenvalues[i], exact[i], 1e-5 * scale) << i;
+      // The residual bound bounds the distance to the nearest eigenvalue.
+      EXPECT_LE(std::abs(r->eigenvalues[i] - exact[i]),
+                r->relative_change[i] * std::abs(r->eigenvalues[i]) + 1e-9 * scale);
+      EXPECT_NEAR(Norm(r->eigenvectors[i]), 1, 1e-9);
+    }
+    EXPECT_NEAR(*r->min_eigenvalue, exact_min, 1e-5 * scale);
+    EXPECT_NEAR(*r->max_eigenvalue, exact_max, 1e-5 * scale);
+    EXPECT_LE(r->min_relative_change, lanczos.tolerance);
+    EXPECT_LE(r->max_relative_change, lanczos.tolerance);
+    EXPECT_EQ(op->num_applications(), r->iterations[0]);
+  }
+}
+
+// A Lanczos basis that does not fit max_memory_bytes is refused, not
+// windowed.
+TEST(EigenTest, LanczosRefusesABasisOverItsMemory) {
+  Problem p = Mlp();
+  std::unique_ptr<HvpOperator> op = p.Op();
+  at::Generator gen = MakeGenerator(5);
+  EigenOptions lanczos;
+  lanczos.method = EigenMethod::kLanczos;
+  lanczos.max_memory_bytes = 64;
+  absl::StatusOr<EigenResult> r = TopEigenvalues(*op, lanczos, kWholeModel, gen);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("max_memory_bytes"));
+}
+
 TEST(EigenTest, LayerScopeMatchesTheDiagonalBlock) {
   Problem p = Cnn();
   std::unique_ptr<HvpOperator> op = p.Op();

@@ -2,6 +2,7 @@
 
 #include <torch/script.h>
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 
@@ -9,6 +10,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/engine/common/finite.h"
@@ -151,22 +153,47 @@ absl::Status EstimateTraces(HvpOperator& op, const AnalyzeOptions& o, ProgressSi
   return absl::OkStatus();
 }
 
+// Adds a line per unconverged eigenvalue of `top` (of `scope`).
+void NoteUnconverged(const EigenResult& top, const std::string& scope,
+                     std::vector<std::string>* lines) {
+  for (size_t i = 0; i < top.eigenvalues.size(); ++i) {
+    if (top.converged[i]) continue;
+    lines->push_back(absl::StrFormat("eigenvalue %d of %s: %.6g, still moving %.2g relative", i + 1,
+                                     scope, top.eigenvalues[i], top.relative_change[i]));
+  }
+}
+
 // Stage "eigen": top eigenvalues of the whole model, of each layer, or of
 // each block, as o.eigen_scope says.
 absl::Status EstimateEigenvalues(HvpOperator& op, const AnalyzeOptions& o, ProgressSink* sink,
                                  const CancelToken* cancel, AnalyzeReport* report) {
   at::Generator gen = MakeGenerator(MixSeed(o.seed, kEigen));
   const ParamLayout& layout = op.layout();
+  std::vector<std::string> unconverged;
   if (o.eigen_scope == EigenScope::kModel) {
     ASSIGN_OR_RETURN(EigenResult top, TopEigenvalues(op, o.eigen, kWholeModel, gen, sink, cancel));
     report->eigenvalues = top.eigenvalues;
     report->eigen_iterations = top.iterations;
     report->eigen_converged = top.converged;
+    report->eigen_relative_change = top.relative_change;
+    report->min_eigenvalue = top.min_eigenvalue;
+    report->max_eigenvalue = top.max_eigenvalue;
+    report->min_eigenvalue_relative_change = top.min_relative_change;
+    report->max_eigenvalue_relative_change = top.max_relative_change;
+    for (size_t i = 0; i < top.eigenvalues.size(); ++i) {
+      if (top.converged[i]) continue;
+      unconverged.push_back(absl::StrFormat("eigenvalue %d of the model: %.6g, still moving %.2g "
+                                            "relative after %d HVPs",
+                                            i + 1, top.eigenvalues[i], top.relative_change[i],
+                                            top.iterations[i]));
+    }
   } else if (o.eigen_scope == EigenScope::kLayer) {
     const int groups = static_cast<int>(layout.groups.size());
     for (int g = 0; g < groups; ++g) {
       ASSIGN_OR_RETURN(EigenResult top, TopEigenvalues(op, o.eigen, g, gen, nullptr, cancel));
       report->layers[g].top_eigenvalues = top.eigenvalues;
+      report->layers[g].top_eigenvalues_converged = top.converged;
+      NoteUnconverged(top, absl::StrCat("layer ", layout.groups[g].name), &unconverged);
       sink->Progress("eigen", g + 1, groups);
     }
   } else {
@@ -182,9 +209,23 @@ absl::Status EstimateEigenvalues(HvpOperator& op, const AnalyzeOptions& o, Progr
         block.layers.push_back(layout.groups[g].name);
       }
       block.top_eigenvalues = top.eigenvalues;
+      block.top_eigenvalues_converged = top.converged;
+      NoteUnconverged(top, absl::StrCat("block ", blocks[b].name), &unconverged);
       report->blocks.push_back(std::move(block));
       sink->Progress("eigen", static_cast<int64_t>(b + 1), static_cast<int64_t>(blocks.size()));
     }
+  }
+  if (!unconverged.empty()) {
+    const std::string why = absl::StrCat(
+        unconverged.size(), " eigenvalue", unconverged.size() == 1 ? "" : "s",
+        " did not converge within max_iterations (", o.eigen.max_iterations,
+        "); they are estimates, not final values (more iterations, or the Lanczos method "
+        "for an indefinite spectrum): ",
+        absl::StrJoin(unconverged.begin(),
+                      unconverged.begin() + std::min<size_t>(unconverged.size(), 10), "; "),
+        unconverged.size() > 10 ? absl::StrCat("; and ", unconverged.size() - 10, " more") : "");
+    report->warnings.push_back(why);
+    sink->Log("WARNING", why);
   }
   return absl::OkStatus();
 }

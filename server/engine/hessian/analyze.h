@@ -136,6 +136,7 @@ struct LayerSensitivity {
   bool trace_converged = false;
   // Top eigenvalues of the layer's block (eigen_enabled, kLayer scope).
   std::vector<double> top_eigenvalues;
+  std::vector<bool> top_eigenvalues_converged;
   // Q-BERT (qbert_enabled): top eigenvalue per data subset and the score.
   std::vector<double> qbert_eigenvalues;
   double qbert_score = 0;
@@ -148,6 +149,7 @@ struct BlockSensitivity {
   int64_t numel = 0;
   // Top eigenvalues of the block's diagonal block (eigen_enabled, kBlock).
   std::vector<double> top_eigenvalues;
+  std::vector<bool> top_eigenvalues_converged;
 };
 
 struct AnalyzeReport {
@@ -162,6 +164,11 @@ struct AnalyzeReport {
   std::vector<double> eigenvalues;
   std::vector<int> eigen_iterations;
   std::vector<bool> eigen_converged;
+  // How far from settled each was, relative to |λ| (EigenResult).
+  std::vector<double> eigen_relative_change;
+  // EigenMethod::kLanczos, kModel scope: both ends of the spectrum.
+  std::optional<double> min_eigenvalue, max_eigenvalue;
+  double min_eigenvalue_relative_change = 0, max_eigenvalue_relative_change = 0;
   // Spectral density (density_enabled): quadrature nodes and weights (sum
   // 1) and the smoothed density on a grid.
   std::vector<double> density_nodes;

@@ -215,6 +215,7 @@ struct PowerIteration {
   double lambda = 0;
   int iterations = 0;
   bool converged = false;
+  double relative_change = 0;  // last |λ_t − λ_{t−1}| / |λ_t|
   ParamSet v;   // the unit eigenvector estimate
   ParamSet hv;  // H v, restricted, before deflation
 };
@@ -246,6 +247,11 @@ absl::StatusOr<std::optional<PowerIteration>> PowerIterate(
     // quotient of the deflated operator as well.
     const double previous = result.lambda;
     result.lambda = Dot(v, hv);
+    if (result.iterations > 1) {
+      result.relative_change = result.lambda != 0
+                                   ? std::abs(result.lambda - previous) / std::abs(result.lambda)
+                                   : std::abs(result.lambda - previous);
+    }
     Orthogonalize(found, &hv);
     norm = Norm(hv);
     if (norm == 0) {  // v lies in the null space (of the deflated H)
@@ -297,11 +303,144 @@ absl::Status RayleighRitz(const std::vector<ParamSet>& products, EigenResult* re
     }
     rotated.push_back(std::move(u));
   }
+  // Each rotated vector is mostly the run it came from: its run's
+  // iterations and convergence go with it.
+  const EigenResult before = *result;
   for (int64_t j = 0; j < n; ++j) {
     result->eigenvalues[j] = values[order[j]].item<double>();
+    const int64_t run = q.select(1, order[j]).abs().argmax().item<int64_t>();
+    result->iterations[j] = before.iterations[run];
+    result->converged[j] = before.converged[run];
+    result->relative_change[j] = before.relative_change[run];
   }
   result->eigenvectors = std::move(rotated);
   return absl::OkStatus();
+}
+
+// The Lanczos tridiagonal's eigen-decomposition: Ritz values (ascending)
+// and the residual bound |β s_last,i| of each.
+struct RitzValues {
+  std::vector<double> values;
+  std::vector<double> bounds;
+  std::vector<std::vector<double>> vectors;  // s_i, per Ritz value
+};
+
+absl::StatusOr<RitzValues> Ritz(const std::vector<double>& alpha, const std::vector<double>& beta,
+                                double residual_norm) {
+  const int steps = static_cast<int>(alpha.size());
+  torch::Tensor t = torch::zeros({steps, steps}, torch::kFloat64);
+  for (int i = 0; i < steps; ++i) {
+    t[i][i] = alpha[i];
+    if (i + 1 < steps) {
+      t[i][i + 1] = beta[i];
+      t[i + 1][i] = beta[i];
+    }
+  }
+  torch::Tensor evals, evecs;
+  try {
+    std::tie(evals, evecs) = torch::linalg_eigh(t);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("eigh of the Lanczos tridiagonal failed: ", e.what_without_backtrace()));
+  }
+  RitzValues r;
+  for (int i = 0; i < steps; ++i) {
+    r.values.push_back(evals[i].item<double>());
+    r.bounds.push_back(std::abs(residual_norm * evecs[steps - 1][i].item<double>()));
+    torch::Tensor col = evecs.select(1, i).contiguous();
+    r.vectors.emplace_back(col.data_ptr<double>(), col.data_ptr<double>() + steps);
+  }
+  return r;
+}
+
+double RelativeBound(const RitzValues& r, size_t i) {
+  const double scale = std::abs(r.values[i]);
+  return scale > 0 ? r.bounds[i] / scale : r.bounds[i];
+}
+
+// Indices of the k Ritz values of largest magnitude, decreasing.
+std::vector<size_t> ByMagnitude(const RitzValues& r, int k) {
+  std::vector<size_t> order(r.values.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&r](size_t a, size_t b) { return std::abs(r.values[a]) > std::abs(r.values[b]); });
+  order.resize(std::min<size_t>(order.size(), static_cast<size_t>(k)));
+  return order;
+}
+
+// Whether the k wanted Ritz values and both ends have converged.
+bool RitzConverged(const RitzValues& r, int k, double tolerance) {
+  if (r.values.empty()) return false;
+  std::vector<size_t> wanted = ByMagnitude(r, k);
+  wanted.push_back(0);
+  wanted.push_back(r.values.size() - 1);
+  for (size_t i : wanted) {
+    if (RelativeBound(r, i) > tolerance) return false;
+  }
+  return true;
+}
+
+// EigenMethod::kLanczos (options.h) on H restricted to the scope.
+absl::StatusOr<EigenResult> LanczosEigenvalues(HvpOperator& op, const EigenOptions& options,
+                                               int64_t dim, int k,
+                                               const std::function<void(ParamSet*)>& restrict,
+                                               at::Generator& gen, ProgressSink* sink,
+                                               const CancelToken* cancel) {
+  const int m = static_cast<int>(std::min<int64_t>(options.max_iterations, dim));
+  int64_t vector_bytes = 0;
+  for (const torch::Tensor& t : op.parameters().tensors) {
+    vector_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  if (vector_bytes > 0 && options.max_memory_bytes / vector_bytes < m) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Lanczos eigenvalues keep ", m, " vectors of ", vector_bytes,
+        " bytes, more than eigen max_memory_bytes (", options.max_memory_bytes,
+        "); use fewer max_iterations or power iteration"));
+  }
+  std::vector<ParamSet> basis;
+  std::vector<double> alpha, beta;
+  ParamSet v = GaussianLike(op.parameters(), gen);
+  restrict(&v);
+  Scale(1 / Norm(v), &v);
+  double residual = 0;
+  RitzValues ritz;
+  for (int j = 0; j < m; ++j) {
+    RETURN_IF_ERROR(CheckCancel(cancel));
+    ASSIGN_OR_RETURN(ParamSet w, op.Apply(v));
+    if (sink != nullptr) sink->Progress("eigen", j + 1, m);
+    restrict(&w);
+    alpha.push_back(Dot(w, v));
+    basis.push_back(std::move(v));
+    // Twice: one Gram-Schmidt pass loses orthogonality once a Ritz value
+    // has converged.
+    Orthogonalize(basis, &w);
+    Orthogonalize(basis, &w);
+    residual = Norm(w);
+    ASSIGN_OR_RETURN(ritz, Ritz(alpha, beta, residual));
+    const double scale = std::max(std::abs(alpha.back()), beta.empty() ? 0 : beta.back());
+    const bool invariant = !(residual > 1e-10 * std::max(scale, 1e-300));
+    if (invariant || RitzConverged(ritz, k, options.tolerance) || j + 1 == m) break;
+    beta.push_back(residual);
+    Scale(1 / residual, &w);
+    v = std::move(w);
+  }
+  EigenResult result;
+  const int steps = static_cast<int>(alpha.size());
+  for (size_t i : ByMagnitude(ritz, k)) {
+    result.eigenvalues.push_back(ritz.values[i]);
+    result.iterations.push_back(steps);
+    result.relative_change.push_back(RelativeBound(ritz, i));
+    result.converged.push_back(RelativeBound(ritz, i) <= options.tolerance);
+    ParamSet y = ZerosLike(basis[0]);
+    for (int r = 0; r < steps; ++r) Axpy(ritz.vectors[i][r], basis[r], &y);
+    Scale(1 / Norm(y), &y);
+    result.eigenvectors.push_back(std::move(y));
+  }
+  result.min_eigenvalue = ritz.values.front();
+  result.max_eigenvalue = ritz.values.back();
+  result.min_relative_change = RelativeBound(ritz, 0);
+  result.max_relative_change = RelativeBound(ritz, ritz.values.size() - 1);
+  return result;
 }
 
 }  // namespace
@@ -319,6 +458,9 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& 
     }
   };
 
+  if (options.method == EigenMethod::kLanczos) {
+    return LanczosEigenvalues(op, options, dim, k, restrict, gen, sink, cancel);
+  }
   EigenResult result;
   std::vector<ParamSet> products;  // H u_i of each vector found (no deflation)
   const int64_t total_work = static_cast<int64_t>(k) * options.max_iterations;
@@ -335,6 +477,7 @@ absl::StatusOr<EigenResult> TopEigenvalues(HvpOperator& op, const EigenOptions& 
     result.eigenvalues.push_back(found->lambda);
     result.iterations.push_back(found->iterations);
     result.converged.push_back(found->converged);
+    result.relative_change.push_back(found->relative_change);
     result.eigenvectors.push_back(std::move(found->v));
     products.push_back(std::move(found->hv));
   }

@@ -26,6 +26,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,14 @@ struct EigenResult {
   std::vector<double> eigenvalues;     // |λ| decreasing
   std::vector<int> iterations;         // HVPs spent on the i-th run found
   std::vector<bool> converged;         // the i-th run met the tolerance
+  // How far from settled each one was when it stopped, relative to |λ|:
+  // kPower the last change |λ_t − λ_{t−1}| / |λ_t|; kLanczos the residual
+  // bound |β_m s_mi| / |θ_i|.
+  std::vector<double> relative_change;
+  // kLanczos: the smallest and the largest Ritz value (both ends of an
+  // indefinite spectrum), with their relative residual bounds.
+  std::optional<double> min_eigenvalue, max_eigenvalue;
+  double min_relative_change = 0, max_relative_change = 0;
   std::vector<ParamSet> eigenvectors;  // unit norm, zero outside the scope
 };
 

@@ -79,7 +79,21 @@ struct TraceOptions {
   bool exact_per_layer = false;
 };
 
+// How TopEigenvalues finds eigenvalues.
+enum class EigenMethod {
+  // Power iteration with deflation (PyHessian), one eigenvalue at a time.
+  // Slow when the two largest magnitudes are close, e.g. λ and −λ of an
+  // indefinite spectrum.
+  kPower,
+  // Lanczos with full re-orthogonalisation from one random start: every
+  // Ritz value comes from the same Krylov space, both ends of the spectrum
+  // converge fastest, and the residual bound says how far each one is.
+  kLanczos,
+};
+
 struct EigenOptions {
+  // Default kPower.
+  EigenMethod method = EigenMethod::kPower;
   // Eigenvalues wanted (largest in magnitude first); default 1.
   int k = 1;
   // Stop one eigenvalue when the Rayleigh quotient's last change
@@ -88,8 +102,16 @@ struct EigenOptions {
   // d_t <= tolerance·|λ| (PyHessian) stops too early when the gap is small.
   // Default 1e-3.
   double tolerance = 1e-3;
-  // Power iterations (HVPs) per eigenvalue at most; default 100.
+  // kLanczos: a Ritz value's residual bound |β_m s_mi| (an upper bound on
+  // its distance to an eigenvalue) is at most tolerance · |θ_i|, for the k
+  // wanted and for both ends of the spectrum.
+  // Power iterations (HVPs) per eigenvalue at most; kLanczos: Lanczos
+  // steps (HVPs) in all. Default 100.
   int max_iterations = 100;
+  // kLanczos: memory for the Lanczos vectors, in bytes; default 4 GiB.
+  // When they do not fit the method is refused (a windowed Lanczos would
+  // give no eigenvectors and ghost eigenvalues).
+  int64_t max_memory_bytes = int64_t{4} << 30;
 };
 
 struct DensityOptions {
