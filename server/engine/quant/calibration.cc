@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "server/engine/common/finite.h"
+#include "server/engine/model/unfused_forward.h"
 #include "server/engine/quant/gptq.h"
 #include "server/util/status_macros.h"
 
@@ -210,7 +211,9 @@ absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
   for (size_t b = 0; b < batches.size(); ++b) {
     if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
     try {
-      torch::NoGradGuard no_grad;
+      // Under no_grad an nn.TransformerEncoderLayer runs as one fused
+      // operator and its Linear layers never see their inputs.
+      UnfusedForward unfused(module);
       ScopedWatch scoped(&watch);
       module.forward({batches[b]});
     } catch (const c10::Error& e) {
