@@ -16,6 +16,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/common/cancel.h"
+#include "server/engine/model/model.h"
+#include "server/engine/model/unfused_forward.h"
 #include "tests/engine/test_util.h"
 #include "tests/zip_util.h"
 
@@ -315,6 +317,19 @@ TEST(InspectTransformerTest, CountsTheUnfusedEncoderLayers) {
   const testing::TransformerFixture fixture = testing::MakeTransformerFixture();
   if (fixture.model.empty()) GTEST_SKIP() << "no /usr/bin/python3";
   const std::string& model = fixture.model;
+  // Only models holding a fused kernel pay for the unfused forward.
+  absl::StatusOr<torch::jit::Module> loaded = LoadModel(model);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(HasFusedFastPath(*loaded));
+  // torchvision's ViT attends with nn.MultiheadAttention, fast path included.
+  absl::StatusOr<torch::jit::Module> tv = LoadModel(FixturePath("tiny_tv_vit.pt"));
+  ASSERT_TRUE(tv.ok()) << tv.status();
+  EXPECT_TRUE(HasFusedFastPath(*tv));
+  for (const char* plain : {"tiny_cnn.pt", "tiny_vit.pt"}) {
+    absl::StatusOr<torch::jit::Module> m = LoadModel(FixturePath(plain));
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_FALSE(HasFusedFastPath(*m)) << plain;
+  }
   const int64_t n = 2, t = 8, d = 32, ff = 64, layers = 2, classes = 10;
   InspectOptions options;
   options.input_shape = {n, t, d};
@@ -339,6 +354,16 @@ TEST(InspectTransformerTest, CountsTheUnfusedEncoderLayers) {
     want.erase(it);
   }
   EXPECT_TRUE(want.empty()) << want.begin()->first << " not in the layers";
+
+  // The grad-mode forward must not leave the TorchScript executor a plan
+  // with autograd in it: the model loaded before INSPECT (as PRUNE and
+  // QUANTIZE hold it) still runs under InferenceMode afterwards.
+  ASSERT_TRUE(InspectModelFile(model, options).ok());
+  c10::InferenceMode inference;
+  const torch::Tensor x = torch::randn({n, t, d});
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_NO_THROW(loaded->forward({x})) << "call " << i;
+  }
 }
 
 }  // namespace
