@@ -535,6 +535,9 @@ TEST(GptqModelTest, TransformerEncoderLinearsGetGptqWithPythonsInputs) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->layers.size(), bits.size());
   for (const LayerQuantResult& layer : r->layers) {
+    std::printf("%-36s %-6s rows %3lld  GPTQ %.4e  RTN %.4e\n", layer.name.c_str(),
+                layer.method.c_str(), static_cast<long long>(layer.calibration_rows),
+                layer.gptq_error, layer.rtn_error);
     EXPECT_EQ(layer.method, "gptq") << layer.name << ": " << layer.note;
     EXPECT_EQ(layer.calibration_rows, 4 * 8) << layer.name;
     EXPECT_LT(layer.gptq_error, layer.rtn_error) << layer.name;
