@@ -753,9 +753,9 @@ absl::StatusOr<int> JobList(const Context& ctx) {
   }
   ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, ctx.client.ListJobs(filter));
   if (ctx.json) {
-    v1::ListJobsResponse response;
-    for (auto& j : jobs) *response.add_jobs() = std::move(j);
-    ctx.out() << ToJson(response) << "\n";
+    // One Job per line, as `job get --json` prints it: a script can read
+    // the list line by line (no jobs: no lines).
+    for (const v1::Job& j : jobs) ctx.out() << ToJson(j) << "\n";
   } else {
     // Model names for the MODEL column; without them it shows short ids.
     std::map<std::string, std::string> names;

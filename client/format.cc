@@ -860,12 +860,17 @@ std::string FormatPruneResult(const v1::PruneResult& result) {
   pairs.push_back({"parameters", absl::StrCat(WithCommas(result.params_before()), " -> ",
                                               WithCommas(result.params_after()))});
   if (result.has_latency_before_ms() && result.has_latency_after_ms()) {
+    // The ratio only from an A/B comparison whose pairs agree (the server's
+    // summary follows the same rule).
+    const v1::LatencyComparison& c = result.latency_comparison();
+    const std::string ratio = !result.has_latency_comparison() ? "no A/B comparison"
+                              : c.reliable() ? absl::StrFormat("%.2fx", c.speedup())
+                                             : absl::StrCat("speed-up unreliable: ", c.reason());
     pairs.push_back(
-        {"latency", absl::StrFormat("%.2f -> %.2f ms at batch %d (%.2fx; predicted %.2f ms)",
-                                    result.latency_before_ms(), result.latency_after_ms(),
-                                    result.latency_batch(),
-                                    result.latency_before_ms() / result.latency_after_ms(),
-                                    result.predicted_latency_after_ms())});
+        {"latency",
+         absl::StrFormat("%.2f -> %.2f ms at batch %d (%s; predicted %.2f ms)",
+                         result.latency_before_ms(), result.latency_after_ms(),
+                         result.latency_batch(), ratio, result.predicted_latency_after_ms())});
   }
   if (result.has_accuracy_before() || result.has_accuracy_after()) {
     pairs.push_back({"top-1", Top1Text(result)});

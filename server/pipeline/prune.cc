@@ -172,6 +172,16 @@ v1::PruneResult ToPruneResult(const engine::PruneReport& report) {
   r.set_latency_batch(report.latency_batch);
   if (report.latency_before_ms) r.set_latency_before_ms(*report.latency_before_ms);
   if (report.latency_after_ms) r.set_latency_after_ms(*report.latency_after_ms);
+  if (report.latency_comparison) {
+    const engine::TimingComparison& c = *report.latency_comparison;
+    v1::LatencyComparison* lc = r.mutable_latency_comparison();
+    lc->set_pairs(c.pairs);
+    lc->set_speedup(c.speedup);
+    lc->set_speedup_q1(c.speedup_q1);
+    lc->set_speedup_q3(c.speedup_q3);
+    lc->set_reliable(c.reliable);
+    lc->set_reason(c.reason);
+  }
   r.set_predicted_latency_after_ms(report.predicted_latency_after_ms);
   if (report.accuracy_before) r.set_accuracy_before(*report.accuracy_before);
   if (report.accuracy_after) r.set_accuracy_after(*report.accuracy_after);
@@ -191,9 +201,16 @@ std::string PruneSummary(const v1::PruneResult& r) {
     absl::StrAppendFormat(&s, ", top-1 %.2f%% → %.2f%% (%s)", r.accuracy_before(),
                           r.accuracy_after(), SignedPp(r.accuracy_after() - r.accuracy_before()));
   }
-  if (r.has_latency_before_ms() && r.has_latency_after_ms() && r.latency_after_ms() > 0) {
-    absl::StrAppendFormat(&s, ", %.2fx faster at batch %d", r.latency_before_ms() / r.latency_after_ms(),
-                          r.latency_batch());
+  // Only the interleaved A/B comparison, and only when its pairs agree: two
+  // separate timings on a loaded machine read 6.61x and 0.76x for one cut.
+  if (r.has_latency_comparison()) {
+    const v1::LatencyComparison& c = r.latency_comparison();
+    if (c.reliable()) {
+      absl::StrAppendFormat(&s, ", %.2fx faster at batch %d", c.speedup(), r.latency_batch());
+    } else {
+      absl::StrAppendFormat(&s, ", speed-up not measured reliably at batch %d (%s)",
+                            r.latency_batch(), c.reason());
+    }
   }
   if (!r.target_met()) absl::StrAppend(&s, "; target not met");
   return s;

@@ -4,8 +4,10 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -505,6 +507,38 @@ TEST_F(CliTest, JobListFiltersAndCancel) {
   Result cancel = Run({"job", "cancel", id.substr(0, 12)});
   ASSERT_EQ(cancel.code, kExitOk) << cancel.err;
   EXPECT_THAT(cancel.out, HasSubstr("state:   CANCELLED\n"));
+}
+
+// --json job list: one Job per line, each as `job get --json` prints it,
+// so scripts read it line by line like job watch's events (issue 19).
+TEST_F(CliTest, JobListJsonPrintsOneJobPerLine) {
+  ScriptJob(v1::JOB_STATE_SUCCEEDED);
+  ASSERT_EQ(Run({"inspect", "--model", "m1", "--data", "d"}).code, kExitOk);
+  ScriptJob(v1::JOB_STATE_FAILED);
+  ASSERT_EQ(Run({"inspect", "--model", "m2", "--data", "d"}).code, kExitOk);
+
+  Result list = Run({"--json", "job", "list"});
+  ASSERT_EQ(list.code, kExitOk) << list.err;
+  ASSERT_FALSE(list.out.empty());
+  EXPECT_EQ(list.out.back(), '\n');
+  std::vector<std::string> lines = absl::StrSplit(list.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u) << list.out;
+  std::set<std::string> models;
+  for (const std::string& line : lines) {
+    v1::Job job;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(line, &job).ok()) << line;
+    EXPECT_EQ(job.kind(), v1::JOB_KIND_INSPECT);
+    models.insert(job.spec().inspect().model_id());
+    Result get = Run({"--json", "job", "get", job.id()});
+    ASSERT_EQ(get.code, kExitOk) << get.err;
+    EXPECT_EQ(get.out, line + "\n");
+  }
+  EXPECT_EQ(models, (std::set<std::string>{"m1", "m2"}));
+
+  Result failed = Run({"--json", "job", "list", "--state", "failed"});
+  ASSERT_EQ(failed.code, kExitOk) << failed.err;
+  EXPECT_EQ(std::count(failed.out.begin(), failed.out.end(), '\n'), 1) << failed.out;
+  EXPECT_EQ(Run({"--json", "job", "list", "--kind", "prune"}).out, "");
 }
 
 TEST_F(CliTest, ArtifactGetDownloadsAllIntoDirectory) {

@@ -370,6 +370,31 @@ TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
                         "HVPs)\n"));
 }
 
+// The latency line prints a speed-up only from an A/B comparison the
+// server judged reliable (issue 19: 6.61x and 0.76x for one cut).
+TEST(PruneResultTest, LatencyRatioOnlyFromAReliableComparison) {
+  v1::PruneResult r;
+  r.set_latency_batch(64);
+  r.set_latency_before_ms(30.0);
+  r.set_latency_after_ms(12.0);
+  r.set_predicted_latency_after_ms(11.5);
+  EXPECT_THAT(FormatPruneResult(r),
+              HasSubstr("30.00 -> 12.00 ms at batch 64 (no A/B comparison; predicted 11.50 ms)"));
+  v1::LatencyComparison* c = r.mutable_latency_comparison();
+  c->set_pairs(9);
+  c->set_speedup(2.5);
+  c->set_speedup_q1(2.4);
+  c->set_speedup_q3(2.6);
+  c->set_reliable(true);
+  EXPECT_THAT(FormatPruneResult(r), HasSubstr("at batch 64 (2.50x; predicted 11.50 ms)"));
+  c->set_reliable(false);
+  c->set_reason("timings too noisy: the middle half of 9 paired ratios spans 1.15x to 5.21x");
+  const std::string text = FormatPruneResult(r);
+  EXPECT_THAT(text, HasSubstr("(speed-up unreliable: timings too noisy: the middle half of 9 "
+                              "paired ratios spans 1.15x to 5.21x; predicted 11.50 ms)"));
+  EXPECT_THAT(text, Not(HasSubstr("2.50x")));
+}
+
 TEST(ToJsonTest, UsesProtoFieldNames) {
   v1::InspectSpec spec;
   spec.set_model_id("m");

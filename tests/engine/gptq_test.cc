@@ -21,6 +21,7 @@
 #include "server/engine/quant/calibration.h"
 #include "server/engine/quant/gptq_model.h"
 #include "server/engine/quant/quantizer.h"
+#include "tests/engine/test_util.h"
 #include "tests/test_util.h"
 
 namespace compress::engine {
@@ -386,7 +387,7 @@ TEST(GptqTest, BlockedCholeskyMatchesSequentialObsReference) {
       {Spec(4, true, QuantGranularity::kGroup, 32), true, 9},
   };
   for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message()
+    SCOPED_TRACE(::testing::Message()
                  << GranularityName(c.spec.granularity) << " bits " << c.spec.bits << " act_order "
                  << c.act_order << " block " << c.block);
     GptqOptions options;
@@ -490,6 +491,65 @@ TEST(GptqModelTest, UnsupportedLayersFallBackToRtn) {
                             r->module.attr("head").toModule().attr("weight").toTensor()));
   EXPECT_EQ(GptqQuantizeModel(m, batches, {{"nope", 4}}, spec, GptqOptions{}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// nn.TransformerEncoder from tests/fixtures/make_transformer.py: under
+// no_grad PyTorch runs each encoder layer as one fused operator, and GPTQ
+// fell back to RTN for every Linear inside (issue 19). The captured H must
+// equal the one from the Linear inputs that Python's forward hooks see.
+TEST(GptqModelTest, TransformerEncoderLinearsGetGptqWithPythonsInputs) {
+  const testing::TransformerFixture f = testing::MakeTransformerFixture();
+  if (f.model.empty()) GTEST_SKIP() << "no /usr/bin/python3";
+  ASSERT_EQ(f.values.size(), 6497u);
+  auto values = [&f](size_t begin, size_t count) {
+    return torch::tensor(
+        std::vector<double>(f.values.begin() + begin, f.values.begin() + begin + count),
+        torch::kFloat64);
+  };
+  torch::Tensor inputs = values(0, 1024).to(torch::kFloat32).reshape({4, 8, 32});
+  torch::Tensor h_linear1 = values(1024, 32 * 32).reshape({32, 32});
+  torch::Tensor h_linear2 = values(2048, 64 * 64).reshape({64, 64});
+  auto model = LoadModel(f.model);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::vector<torch::Tensor> batches = {inputs.narrow(0, 0, 3), inputs.narrow(0, 3, 1)};
+
+  auto h1 = CollectLayerHessian(*model, "encoder.layers.0.linear1", batches);
+  ASSERT_TRUE(h1.ok()) << h1.status();
+  EXPECT_EQ(h1->kind, "linear");
+  EXPECT_EQ(h1->calls, 2);
+  EXPECT_EQ(h1->rows, 4 * 8);
+  EXPECT_LT(RelDiff(h1->hessian, h_linear1), 1e-5);
+  auto h2 = CollectLayerHessian(*model, "encoder.layers.1.linear2", batches);
+  ASSERT_TRUE(h2.ok()) << h2.status();
+  EXPECT_EQ(h2->rows, 4 * 8);
+  EXPECT_LT(RelDiff(h2->hessian, h_linear2), 1e-5);
+
+  std::map<std::string, int> bits;
+  for (const char* layer : {"self_attn.out_proj", "linear1", "linear2"}) {
+    for (int i = 0; i < 2; ++i) {
+      bits["encoder.layers." + std::to_string(i) + "." + layer] = 4;
+    }
+  }
+  bits["head"] = 4;
+  auto r = GptqQuantizeModel(*model, batches, bits, QuantizerSpec{}, GptqOptions{});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->layers.size(), bits.size());
+  for (const LayerQuantResult& layer : r->layers) {
+    std::printf("%-36s %-6s rows %3lld  GPTQ %.4e  RTN %.4e\n", layer.name.c_str(),
+                layer.method.c_str(), static_cast<long long>(layer.calibration_rows),
+                layer.gptq_error, layer.rtn_error);
+    EXPECT_EQ(layer.method, "gptq") << layer.name << ": " << layer.note;
+    EXPECT_EQ(layer.calibration_rows, 4 * 8) << layer.name;
+    EXPECT_LT(layer.gptq_error, layer.rtn_error) << layer.name;
+  }
+  // A frozen model (no parameter requires grad) would take the fused path
+  // even with grad enabled; the capture sets the flags for the forward and
+  // puts them back.
+  for (const torch::Tensor& p : model->parameters()) p.requires_grad_(false);
+  auto frozen = CollectLayerHessian(*model, "encoder.layers.0.linear1", batches);
+  ASSERT_TRUE(frozen.ok()) << frozen.status();
+  EXPECT_LT(RelDiff(frozen->hessian, h_linear1), 1e-5);
+  for (const torch::Tensor& p : model->parameters()) EXPECT_FALSE(p.requires_grad());
 }
 
 }  // namespace

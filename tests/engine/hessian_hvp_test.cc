@@ -171,6 +171,66 @@ TEST(LossTest, ValuesMatchTheDefinitions) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Logits [N, T, V] with token targets [N, T] (a language model's layout)
+// against eager PyTorch's F.cross_entropy on the same numbers, written by
+// tests/fixtures/make_transformer.py (issue 19: refused before, while
+// pseudo-labels took the argmax over T).
+TEST(LossTest, TokenLogitsMatchPythonsCrossEntropy) {
+  const testing::TransformerFixture f = testing::MakeTransformerFixture();
+  if (f.model.empty()) GTEST_SKIP() << "no /usr/bin/python3";
+  ASSERT_EQ(f.values.size(), 6497u);
+  auto values = [&f](size_t begin, size_t count) {
+    return torch::tensor(
+        std::vector<double>(f.values.begin() + begin, f.values.begin() + begin + count), F64());
+  };
+  torch::Tensor inputs = values(0, 1024).to(torch::kFloat32).reshape({4, 8, 32});
+  torch::Tensor targets = values(6144, 32).to(torch::kLong).reshape({4, 8});
+  torch::Tensor logits = values(6176, 320).reshape({4, 8, 10});
+  const double want = f.values[6496];
+
+  absl::StatusOr<torch::Tensor> loss = ComputeLoss(LossKind::kCrossEntropy, logits, targets);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_NEAR(loss->item<double>(), want, 1e-6 * want);
+  // The same numbers in PyTorch's own layout, classes on dim 1.
+  loss = ComputeLoss(LossKind::kCrossEntropy, logits.transpose(1, 2), targets);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_NEAR(loss->item<double>(), want, 1e-6 * want);
+
+  // Through the model: batches, forward and loss as ANALYZE runs them.
+  absl::StatusOr<torch::jit::Module> m = LoadModel(f.model);
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<PreparedBatches> p = PrepareBatches(*m, inputs, targets, 4, LossKind::kAuto);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->loss, LossKind::kCrossEntropy);
+  torch::NoGradGuard no_grad;
+  absl::StatusOr<torch::Tensor> out = RunForward(*m, p->batches[0].inputs);
+  ASSERT_TRUE(out.ok()) << out.status();
+  loss = ComputeLoss(p->loss, *out, p->batches[0].targets);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_NEAR(loss->item<double>(), want, 1e-5 * want);
+
+  // Without targets nothing says which axis holds the classes.
+  absl::StatusOr<PreparedBatches> pseudo =
+      PrepareBatches(*m, inputs, torch::Tensor(), 4, LossKind::kAuto);
+  EXPECT_EQ(pseudo.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(pseudo.status().message(), HasSubstr("pseudo-labels need logits [N, C]"));
+  EXPECT_THAT(pseudo.status().message(), HasSubstr("[4, 8, 10]"));
+  EXPECT_EQ(ComputeLoss(LossKind::kPseudoLabel, logits, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Both axes fit [4, 10] targets on [4, 10, 10] logits: refused, not guessed.
+  absl::StatusOr<torch::Tensor> both = ComputeLoss(
+      LossKind::kCrossEntropy, torch::zeros({4, 10, 10}), torch::zeros({4, 10}, torch::kLong));
+  EXPECT_EQ(both.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(both.status().message(), HasSubstr("cannot tell the class axis"));
+  // Targets of neither shape say what would fit.
+  absl::StatusOr<torch::Tensor> neither =
+      ComputeLoss(LossKind::kCrossEntropy, logits, torch::zeros({4, 9}, torch::kLong));
+  EXPECT_THAT(neither.status().message(), HasSubstr("logits [N, T, V], targets [N, T]"));
+  // Class indices are checked against V.
+  EXPECT_EQ(ComputeLoss(LossKind::kCrossEntropy, logits, targets + 10).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(LossTest, BatchesSplitMoveAndFixPseudoLabels) {
   torch::jit::Module m = LoadF64("tiny_mlp.pt");
   Data d = RandomClassification({7, 4}, 3, 1);

@@ -2,7 +2,9 @@
 
 #include <torch/script.h>
 
+#include <cstdlib>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -14,6 +16,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/common/cancel.h"
+#include "server/engine/model/model.h"
+#include "server/engine/model/unfused_forward.h"
 #include "tests/engine/test_util.h"
 #include "tests/zip_util.h"
 
@@ -299,6 +303,67 @@ TEST(ModelInfoTest, PastDeadlineStopsInspection) {
                 .status()
                 .code(),
             absl::StatusCode::kDeadlineExceeded);
+}
+
+// nn.TransformerEncoder under no_grad runs each layer as one fused
+// aten::_transformer_encoder_layer_fwd (issue 19: INSPECT counted 41x too
+// few MACs). The model comes from tests/fixtures/make_transformer.py, which
+// checks that PyTorch takes the fused path for it. Expected MACs, from the
+// architecture alone, per layer and example of T tokens of width d:
+//   in_proj T·d·3d + out_proj T·d·d + linear1 T·d·ff + linear2 T·ff·d
+//   + q·kᵀ and attn·v 2·T·T·d (h heads of d/h each: h·T·T·d/h apiece),
+// so N·L·(T·(4d² + 2·d·ff) + 2·T²·d) in all, plus the head N·T·d·C.
+TEST(InspectTransformerTest, CountsTheUnfusedEncoderLayers) {
+  const testing::TransformerFixture fixture = testing::MakeTransformerFixture();
+  if (fixture.model.empty()) GTEST_SKIP() << "no /usr/bin/python3";
+  const std::string& model = fixture.model;
+  // Only models holding a fused kernel pay for the unfused forward.
+  absl::StatusOr<torch::jit::Module> loaded = LoadModel(model);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(HasFusedFastPath(*loaded));
+  // torchvision's ViT attends with nn.MultiheadAttention, fast path included.
+  absl::StatusOr<torch::jit::Module> tv = LoadModel(FixturePath("tiny_tv_vit.pt"));
+  ASSERT_TRUE(tv.ok()) << tv.status();
+  EXPECT_TRUE(HasFusedFastPath(*tv));
+  for (const char* plain : {"tiny_cnn.pt", "tiny_vit.pt"}) {
+    absl::StatusOr<torch::jit::Module> m = LoadModel(FixturePath(plain));
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_FALSE(HasFusedFastPath(*m)) << plain;
+  }
+  const int64_t n = 2, t = 8, d = 32, ff = 64, layers = 2, classes = 10;
+  InspectOptions options;
+  options.input_shape = {n, t, d};
+  absl::StatusOr<Inspection> ins = InspectModelFile(model, options);
+  ASSERT_TRUE(ins.ok()) << ins.status();
+  EXPECT_EQ(ins->output_shape, (std::vector<int64_t>{n, t, classes}));
+  const int64_t attention = 2 * n * t * t * d;
+  EXPECT_EQ(ins->unattributed_macs, layers * attention);
+  EXPECT_EQ(ins->total_macs,
+            n * layers * (t * (4 * d * d + 2 * d * ff) + 2 * t * t * d) + n * t * d * classes);
+  EXPECT_EQ(ins->total_macs, 283648);
+  std::map<std::string, int64_t> want = {{"encoder.layers.0.self_attn", n * t * d * 3 * d},
+                                         {"encoder.layers.0.self_attn.out_proj", n * t * d * d},
+                                         {"encoder.layers.0.linear1", n * t * d * ff},
+                                         {"encoder.layers.1.linear2", n * t * ff * d},
+                                         {"head", n * t * d * classes}};
+  for (const LayerCost& cost : ins->layers) {
+    auto it = want.find(cost.name);
+    if (it == want.end()) continue;
+    EXPECT_EQ(cost.macs, it->second) << cost.name;
+    EXPECT_EQ(cost.calls, 1) << cost.name;
+    want.erase(it);
+  }
+  EXPECT_TRUE(want.empty()) << want.begin()->first << " not in the layers";
+
+  // The grad-mode forward must not leave the TorchScript executor a plan
+  // with autograd in it: the model loaded before INSPECT (as PRUNE and
+  // QUANTIZE hold it) still runs under InferenceMode afterwards.
+  ASSERT_TRUE(InspectModelFile(model, options).ok());
+  c10::InferenceMode inference;
+  const torch::Tensor x = torch::randn({n, t, d});
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_NO_THROW(loaded->forward({x})) << "call " << i;
+  }
 }
 
 }  // namespace

@@ -7,10 +7,11 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
-#include "tests/test_util.h"
 #include "nlohmann/json.hpp"
+#include "tests/test_util.h"
 
 namespace compress::engine::testing {
 
@@ -32,6 +33,33 @@ inline std::string MakeTempDir() {
   std::string templ = ::testing::TempDir() + "compress_engine_XXXXXX";
   if (mkdtemp(templ.data()) == nullptr) return ::testing::TempDir();
   return templ;
+}
+
+// What tests/fixtures/make_transformer.py writes: a TorchScript
+// nn.TransformerEncoder classifier and its reference numbers (the order is
+// in the script's docstring).
+struct TransformerFixture {
+  std::string model;           // path of the .pt file
+  std::vector<double> values;  // CALIB.txt, one number per line
+};
+
+// Runs the script with Debian's Python into a fresh temp dir. Empty model
+// path when /usr/bin/python3 is missing (tests skip then); a failed run or
+// an unreadable file fails the calling test.
+inline TransformerFixture MakeTransformerFixture() {
+  TransformerFixture f;
+  if (std::system("test -x /usr/bin/python3") != 0) return f;
+  const std::string dir = MakeTempDir();
+  const std::string calib = dir + "/calibration.txt";
+  const std::string command = "/usr/bin/python3 " + FixturePath("make_transformer.py") + " " + dir +
+                              "/encoder.pt " + calib + " 2>/dev/null";
+  EXPECT_EQ(std::system(command.c_str()), 0) << command;
+  f.model = dir + "/encoder.pt";
+  std::ifstream in(calib);
+  double v;
+  while (in >> v) f.values.push_back(v);
+  EXPECT_EQ(f.values.size(), 6497u) << calib;
+  return f;
 }
 
 }  // namespace compress::engine::testing

@@ -119,6 +119,9 @@ TEST(PruneResultTest, SummaryAndStructureSvg) {
   report.latency_batch = 64;
   report.latency_before_ms = 6.0;
   report.latency_after_ms = 3.0;
+  // Synthetic interleaved pairs (no clock in tests): every ratio near 2.
+  report.latency_comparison =
+      engine::CompareTimings({6.0, 6.2, 5.9, 6.0, 6.1}, {3.0, 3.0, 3.0, 3.1, 3.0});
   engine::PrunedBlock b;
   b.name = "blocks.0";
   b.heads_before = 4;
@@ -134,10 +137,38 @@ TEST(PruneResultTest, SummaryAndStructureSvg) {
   EXPECT_EQ(PruneSummary(r),
             "50.3% of flops removed (hessian saliency), 139,018 → 70,154 parameters, top-1 "
             "89.07% → 88.31% (−0.76 pp), 2.00x faster at batch 64");
+  EXPECT_TRUE(r.latency_comparison().reliable());
+  EXPECT_EQ(r.latency_comparison().pairs(), 5);
+  EXPECT_DOUBLE_EQ(r.latency_comparison().speedup(), 2.0);
   const std::string svg = StructureSvg(r);
   EXPECT_THAT(svg, HasSubstr("<svg"));
   EXPECT_THAT(svg, HasSubstr("1/4"));
   EXPECT_THAT(svg, HasSubstr("64/128"));
+}
+
+// Pairs whose ratios wander (a loaded machine): the summary says so and
+// prints no ratio; without an A/B comparison it prints none either.
+TEST(PruneResultTest, SummaryPrintsNoSpeedupFromUnreliableTimings) {
+  engine::PruneReport report;
+  report.saliency = "hessian";
+  report.target = "flops";
+  report.achieved_fraction = 0.3;
+  report.params_before = 100;
+  report.params_after = 70;
+  report.latency_batch = 64;
+  report.latency_before_ms = 30.0;
+  report.latency_after_ms = 12.0;
+  // Ratios 6.6, 0.76, 3.33, 0.82, 5.83, 2.14: q1 1.15, q3 5.21.
+  report.latency_comparison =
+      engine::CompareTimings({33, 8, 40, 9, 35, 30}, {5, 10.5, 12, 11, 6, 14});
+  v1::PruneResult r = ToPruneResult(report);
+  EXPECT_FALSE(r.latency_comparison().reliable());
+  EXPECT_EQ(PruneSummary(r),
+            "30.0% of flops removed (hessian saliency), 100 → 70 parameters, speed-up not "
+            "measured reliably at batch 64 (timings too noisy: the middle half of 6 paired "
+            "ratios spans 1.15x to 5.21x)");
+  report.latency_comparison.reset();
+  EXPECT_THAT(PruneSummary(ToPruneResult(report)), ::testing::Not(HasSubstr("faster")));
 }
 
 }  // namespace

@@ -26,30 +26,78 @@ bool IsInteger(const torch::Tensor& t) {
          !at::isComplexType(t.scalar_type()) && t.scalar_type() != torch::kBool;
 }
 
-absl::Status CheckClassTargets(const torch::Tensor& output,
-                               const torch::Tensor& targets) {
+std::vector<int64_t> Without(const torch::Tensor& t, int64_t dim) {
+  std::vector<int64_t> sizes = t.sizes().vec();
+  sizes.erase(sizes.begin() + dim);
+  return sizes;
+}
+
+// The class axis of `output`, read from the targets' shape: dim 1 when the
+// targets are the output's shape without dim 1 (PyTorch's layout, [N, C] or
+// [N, C, d1, ...]); the last dim when they are its shape without the last
+// ([N, T, V] from a language model with targets [N, T]). An output that
+// reads both ways with different meanings ([N, 5, 5] against [N, 5]) is
+// refused rather than guessed.
+absl::StatusOr<int64_t> ClassDim(const torch::Tensor& output,
+                                 const torch::Tensor& targets) {
+  const int64_t last = output.dim() - 1;
   if (output.dim() < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "cross-entropy needs logits [N, C, ...]; the model returned ",
+        "cross-entropy needs logits [N, C], [N, C, d1, ...] or [N, T, V]; "
+        "the model returned ",
         Shape(output)));
   }
-  std::vector<int64_t> want = output.sizes().vec();
-  want.erase(want.begin() + 1);
-  if (targets.sizes().vec() != want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cross-entropy targets ", Shape(targets),
-                     " do not fit the model output ", Shape(output)));
+  const std::vector<int64_t> got = targets.sizes().vec();
+  const bool dim1 = got == Without(output, 1);
+  const bool dim_last = last > 1 && got == Without(output, last);
+  if (dim1 && dim_last) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cross-entropy cannot tell the class axis of logits ", Shape(output),
+        " from targets ", Shape(targets), ": classes on dim 1 and on the last "
+        "dim both fit; give the class axis a size no other axis has"));
   }
+  if (dim1) return 1;
+  if (dim_last) return last;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "cross-entropy targets ", Shape(targets), " do not fit the model output ",
+      Shape(output), ": targets must be the output's shape without its class "
+      "axis, dim 1 (logits [N, C, ...], targets [N, ...]) or the last "
+      "(logits [N, T, V], targets [N, T])"));
+}
+
+// Cross-entropy, mean over every position; classes on the last dim are
+// flattened to [N·T, V] against [N·T].
+absl::StatusOr<torch::Tensor> CrossEntropy(const torch::Tensor& output,
+                                           const torch::Tensor& targets) {
+  ASSIGN_OR_RETURN(int64_t dim, ClassDim(output, targets));
+  const int64_t classes = output.size(dim);
   if (targets.numel() > 0) {
     const int64_t lo = targets.min().item<int64_t>();
     const int64_t hi = targets.max().item<int64_t>();
-    if (lo < 0 || hi >= output.size(1)) {
+    if (lo < 0 || hi >= classes) {
       return absl::InvalidArgumentError(absl::StrCat(
           "class targets range over [", lo, ", ", hi, "] but the model has ",
-          output.size(1), " outputs per example"));
+          classes, " outputs per ", dim == 1 ? "example" : "position",
+          " (classes on dim ", dim, " of ", Shape(output), ")"));
     }
   }
-  return absl::OkStatus();
+  torch::Tensor labels = targets.to(torch::kLong);
+  if (dim == 1) return at::cross_entropy_loss(output, labels);
+  return at::cross_entropy_loss(output.reshape({-1, classes}),
+                                labels.reshape({-1}));
+}
+
+// Pseudo-labels take the argmax over the class axis, which only [N, C]
+// logits name without targets.
+absl::Status CheckPseudoLabelLogits(const torch::Tensor& output) {
+  if (output.dim() == 2) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "pseudo-labels need logits [N, C]; the model returned ", Shape(output),
+      output.dim() > 2
+          ? ", whose class axis could be dim 1 (PyTorch's [N, C, ...]) or the "
+            "last ([N, T, V] of a language model): give the dataset integer "
+            "targets, whose shape says which"
+          : ""));
 }
 
 }  // namespace
@@ -134,11 +182,7 @@ absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
   try {
     switch (kind) {
       case LossKind::kPseudoLabel: {
-        if (output.dim() < 2) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "pseudo-labels need logits [N, C, ...]; the model returned ",
-              Shape(output)));
-        }
+        RETURN_IF_ERROR(CheckPseudoLabelLogits(output));
         torch::Tensor labels = output.detach().argmax(1);
         return at::cross_entropy_loss(output, labels);
       }
@@ -146,8 +190,7 @@ absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
         if (!targets.defined()) {
           return absl::InvalidArgumentError("cross-entropy needs targets");
         }
-        RETURN_IF_ERROR(CheckClassTargets(output, targets));
-        return at::cross_entropy_loss(output, targets.to(torch::kLong));
+        return CrossEntropy(output, targets);
       }
       case LossKind::kMse: {
         if (!targets.defined() || targets.numel() != output.numel()) {
@@ -231,11 +274,7 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
     if (kind == LossKind::kPseudoLabel) {
       torch::NoGradGuard no_grad;
       ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, batch.inputs));
-      if (out.dim() < 2) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "pseudo-labels need logits [N, C, ...]; the model returned ",
-            Shape(out)));
-      }
+      RETURN_IF_ERROR(CheckPseudoLabelLogits(out));
       batch.targets = out.argmax(1);
     }
     prepared.batches.push_back(std::move(batch));

@@ -65,7 +65,8 @@ struct PreparedBatches {
 // device of the module's first parameter and casts floating inputs to its
 // dtype, resolves `loss` and, for pseudo-labels, runs the model once per
 // batch without autograd to fix the labels. INVALID_ARGUMENT for a
-// batch_size < 1, no examples, targets that do not fit the loss, or a forward
+// batch_size < 1, no examples, targets that do not fit the loss, pseudo-labels
+// for a model whose logits are not [N, C] (see ComputeLoss), or a forward
 // pass that fails on the data (with torch's message).
 absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
                                                const torch::Tensor& inputs,
@@ -83,7 +84,13 @@ absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
 
 // Mean loss of `output` against `targets` for a resolved kind (kPseudoLabel
 // takes the argmax of output.detach() as targets and ignores `targets`).
-// INVALID_ARGUMENT when shapes or class indices do not fit.
+// Cross-entropy finds the class axis from the targets' shape: dim 1 for
+// logits [N, C, d1, ...] against [N, d1, ...] (PyTorch's layout), the last
+// dim for logits [N, T, V] against [N, T] (a language model's; the mean runs
+// over all N·T positions). Pseudo-labels need logits [N, C]: with more
+// dimensions the class axis is not known without targets.
+// INVALID_ARGUMENT when shapes or class indices do not fit, or when both
+// class axes fit the targets ([N, 5, 5] against [N, 5]).
 absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
                                           const torch::Tensor& output,
                                           const torch::Tensor& targets);

@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/engine/model/model.h"
+#include "server/engine/model/unfused_forward.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -75,7 +77,12 @@ ModelSummary Summarize(const torch::jit::Module& module) {
 // so counting nested operators would count the same work twice. An operator
 // belongs to a layer when one of its tensor inputs shares its data pointer with
 // one of the layer's parameters (views such as weight.t() share it too).
-// Not counted: aten::einsum and fused attention kernels.
+// Not counted: aten::einsum and fused attention kernels. A model that holds
+// those kernels runs in an UnfusedForward scope, so nn.TransformerEncoderLayer and
+// nn.MultiheadAttention dispatch their Linear layers and attention products
+// one by one instead of PyTorch's fused inference kernels: those are then
+// counted and attributed to their layers. (Counting the fused operators
+// instead would lump a whole encoder layer into one of its modules.)
 
 // What an outermost operator contributes, from its inputs; completed with the
 // output in the end callback.
@@ -349,7 +356,13 @@ absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
 
   if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
   try {
-    c10::InferenceMode inference;
+    std::optional<UnfusedForward> unfused;
+    std::optional<c10::InferenceMode> inference;
+    if (HasFusedFastPath(module)) {
+      unfused.emplace(module);
+    } else {
+      inference.emplace();
+    }
     at::Tensor input = torch::zeros(options.input_shape,
                                     at::TensorOptions()
                                         .dtype(at::kFloat)

@@ -61,10 +61,22 @@ double LatencyTable::Predict(int64_t h, int64_t w) const {
          a * b * at(i + 1, j + 1);
 }
 
+namespace {
+
+// Milliseconds of one forward; on CUDA synchronised by copying the output.
+double TimeOneCall(torch::jit::Module& module, const torch::Tensor& input) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  torch::Tensor out = module.forward({input}).toTensor();
+  if (input.is_cuda()) out.cpu();
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
 absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch::Tensor& input,
                                         double min_seconds) {
   using Clock = std::chrono::steady_clock;
-  const bool cuda = input.is_cuda();
   std::vector<double> times;
   try {
     c10::InferenceMode guard;
@@ -73,10 +85,7 @@ absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch:
     while (static_cast<int>(times.size()) < kMaxCalls &&
            (static_cast<int>(times.size()) < kMinCalls ||
             std::chrono::duration<double>(Clock::now() - start).count() < min_seconds)) {
-      const auto t0 = Clock::now();
-      torch::Tensor out = module.forward({input}).toTensor();
-      if (cuda) out.cpu();
-      times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      times.push_back(TimeOneCall(module, input));
     }
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
@@ -86,6 +95,40 @@ absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch:
   }
   std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
   return times[times.size() / 2];
+}
+
+absl::StatusOr<TimingComparison> CompareLatency(torch::jit::Module& before,
+                                                torch::jit::Module& after,
+                                                const torch::Tensor& input,
+                                                const CancelToken* cancel, double min_seconds) {
+  using Clock = std::chrono::steady_clock;
+  std::vector<double> before_ms, after_ms;
+  try {
+    c10::InferenceMode guard;
+    for (int i = 0; i < kWarmup; ++i) {
+      before.forward({input});
+      after.forward({input});
+    }
+    const auto start = Clock::now();
+    while (static_cast<int>(before_ms.size()) < kMaxCalls &&
+           (static_cast<int>(before_ms.size()) < kMinTimingPairs ||
+            std::chrono::duration<double>(Clock::now() - start).count() < min_seconds)) {
+      if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
+      if (before_ms.size() % 2 == 0) {
+        before_ms.push_back(TimeOneCall(before, input));
+        after_ms.push_back(TimeOneCall(after, input));
+      } else {
+        after_ms.push_back(TimeOneCall(after, input));
+        before_ms.push_back(TimeOneCall(before, input));
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("timing run failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // torch::jit::JITException
+    return absl::InvalidArgumentError(absl::StrCat("timing run failed: ", e.what()));
+  }
+  return CompareTimings(before_ms, after_ms);
 }
 
 absl::StatusOr<LatencyTable> MeasureBlockLatency(const torch::jit::Module& module,

@@ -3,6 +3,7 @@
 //
 // Timing: a few warm-up calls, then calls until `min_seconds` of wall time
 // (at least 3, at most 50); the median. On CUDA each call is synchronised.
+// Before/after comparisons time the two models alternately (CompareLatency).
 // Inference mode, no autograd. The grid covers every head count up to 12
 // (a geometric-ish subset beyond) and five MLP widths from the minimum to
 // the full width; predictions between grid points are bilinear.
@@ -16,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/common/stats.h"
 #include "server/engine/prune/vit.h"
 
 namespace compress::engine {
@@ -39,6 +41,17 @@ absl::StatusOr<LatencyTable> MeasureBlockLatency(const torch::jit::Module& modul
 // Median milliseconds of `module.forward(input)`.
 absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch::Tensor& input,
                                         double min_seconds = 0.3);
+
+// Times `before` and `after` alternately on `input` (pairs in the order
+// AB, BA, AB, ...: neither model always runs second), after two warm-up
+// calls each, until `min_seconds` of wall time have passed and at least
+// kMinTimingPairs pairs are taken (at most 50), and compares the pairs
+// (common/stats.h). Cancellable between pairs.
+absl::StatusOr<TimingComparison> CompareLatency(torch::jit::Module& before,
+                                                torch::jit::Module& after,
+                                                const torch::Tensor& input,
+                                                const CancelToken* cancel,
+                                                double min_seconds = 1.0);
 
 }  // namespace compress::engine
 

@@ -57,10 +57,11 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
-#include "server/util/defaults.h"
 #include "server/engine/common/progress.h"
+#include "server/engine/common/stats.h"
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/data/loss_kind.h"
+#include "server/util/defaults.h"
 
 namespace compress::engine {
 
@@ -178,9 +179,12 @@ struct PruneReport {
   int64_t params_before = 0, params_after = 0;
   int64_t bytes_before = 0, bytes_after = 0;  // parameters + buffers
   // Measured latency of a batch of `latency_batch` (median), and the latency
-  // model's prediction for the pruned model.
+  // model's prediction for the pruned model. With measure_latency the
+  // original and the saved model are timed alternately at the end
+  // (latency_comparison); before/after are then that comparison's medians.
   int64_t latency_batch = 0;
   std::optional<double> latency_before_ms, latency_after_ms;
+  std::optional<TimingComparison> latency_comparison;
   double predicted_latency_after_ms = 0;
   std::optional<double> accuracy_before, accuracy_after;
   int64_t eval_examples = 0;

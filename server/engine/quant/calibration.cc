@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "server/engine/common/finite.h"
+#include "server/engine/model/unfused_forward.h"
 #include "server/engine/quant/gptq.h"
 #include "server/util/status_macros.h"
 
@@ -207,10 +208,24 @@ absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
   watch.weight_shape = target->weight.sizes().vec();
   watch.accumulator =
       std::make_unique<HessianAccumulator>(target->weight.numel() / target->weight.size(0));
+  bool fused = false;
+  try {
+    fused = HasFusedFastPath(module);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read the model's graphs: ", e.what()));
+  }
   for (size_t b = 0; b < batches.size(); ++b) {
     if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
     try {
-      torch::NoGradGuard no_grad;
+      // Under no_grad an nn.TransformerEncoderLayer runs as one fused
+      // operator and its Linear layers never see their inputs.
+      std::optional<UnfusedForward> unfused;
+      std::optional<torch::NoGradGuard> no_grad;
+      if (fused) {
+        unfused.emplace(module);
+      } else {
+        no_grad.emplace();
+      }
       ScopedWatch scoped(&watch);
       module.forward({batches[b]});
     } catch (const c10::Error& e) {
