@@ -52,9 +52,21 @@ std::string ParamSummary(const v1::Layer& layer) {
     std::string leaf = p.name();
     const size_t dot = leaf.rfind('.');
     if (dot != std::string::npos) leaf = leaf.substr(dot + 1);
-    parts.push_back(absl::StrCat(leaf, FormatShape(p.shape())));
+    parts.push_back(absl::StrCat(leaf, FormatShape(p.shape()),
+                                 p.tied_to().empty() ? "" : absl::StrCat("=", p.tied_to())));
   }
   return absl::StrJoin(parts, " ");
+}
+
+// "\ntied: embed.weight = head.weight (one tensor, counted once)" per tie.
+std::string TiedLines(const google::protobuf::RepeatedPtrField<v1::TiedParameter>& tied) {
+  std::string out;
+  for (const v1::TiedParameter& t : tied) {
+    absl::StrAppend(&out, "\ntied: ",
+                    EscapeControl(absl::StrCat(t.name(), " = ", absl::StrJoin(t.aliases(), " = "))),
+                    " (one tensor, counted once)");
+  }
+  return out;
 }
 
 std::string ErrorText(const v1::ErrorStatus& error) {
@@ -285,6 +297,7 @@ std::string FormatModel(const v1::Model& model) {
     absl::StrAppend(&out, "\n",
                     FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
   }
+  absl::StrAppend(&out, TiedLines(model.tied_parameters()));
   return out;
 }
 
@@ -488,6 +501,7 @@ std::string FormatInspectResult(const v1::InspectResult& result) {
   if (result.unattributed_macs() > 0) {
     absl::StrAppend(&out, " (", HumanCount(result.unattributed_macs()), " outside layers)");
   }
+  absl::StrAppend(&out, TiedLines(result.tied_parameters()));
   absl::StrAppend(&out, "\ninput ", FormatShape(result.input_shape()), " -> output ",
                   FormatShape(result.output_shape()));
   if (result.forward_seconds() > 0) {

@@ -48,7 +48,13 @@ absl::StatusOr<v1::Model> EngineDescriber::DescribeModel(const std::string& path
       for (int64_t d : p.shape) pi->add_shape(d);
       pi->set_numel(p.numel);
       pi->set_dtype(p.dtype);
+      pi->set_tied_to(p.tied_to);
     }
+  }
+  for (const auto& [name, aliases] : summary->tied) {
+    v1::TiedParameter* t = m.add_tied_parameters();
+    t->set_name(name);
+    for (const std::string& alias : aliases) t->add_aliases(alias);
   }
   return m;
 }

@@ -285,6 +285,7 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
     p->set_gptq_error(l.gptq_error);
     p->set_rtn_error(l.rtn_error);
     for (const auto& [bits, e] : l.squared_error) (*p->mutable_squared_error())[bits] = e;
+    for (const std::string& name : l.tied) p->add_tied(name);
   }
   r.set_search(report.search);
   r.set_search_exact(report.search_exact);
