@@ -298,6 +298,12 @@ std::string FormatModel(const v1::Model& model) {
                     FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
   }
   absl::StrAppend(&out, TiedLines(model.tied_parameters()));
+  if (model.prune_check().checked()) {
+    absl::StrAppend(&out, "\nprune: ",
+                    model.prune_check().prunable()
+                        ? "prunable"
+                        : absl::StrCat("refused, ", EscapeControl(model.prune_check().reason())));
+  }
   return out;
 }
 

@@ -276,8 +276,9 @@ TEST(InspectResultTest, PerLayerTableAndTotals) {
 }
 
 // A tied tensor (a GPT's head = its embedding) is named once under the
-// table, and the alias's shape says which name it is.
-TEST(ModelTest, TiedParameters) {
+// table, and the alias's shape says which name it is; the PRUNE verdict of
+// the upload is shown with its reason.
+TEST(ModelTest, TiedParametersAndPruneVerdict) {
   v1::Model m;
   m.set_id("abc");
   m.set_num_parameters(3312);
@@ -292,9 +293,12 @@ TEST(ModelTest, TiedParameters) {
   v1::TiedParameter* t = m.add_tied_parameters();
   t->set_name("embed.weight");
   t->add_aliases("head.weight");
+  m.mutable_prune_check()->set_checked(true);
+  m.mutable_prune_check()->set_reason("not a Vision Transformer: no block");
   const std::string out = FormatModel(m);
   EXPECT_THAT(out, HasSubstr("weight[64,16]=embed.weight"));
   EXPECT_THAT(out, HasSubstr("\ntied: embed.weight = head.weight (one tensor, counted once)"));
+  EXPECT_THAT(out, HasSubstr("\nprune: refused, not a Vision Transformer: no block"));
 
   v1::InspectResult r;
   *r.mutable_tied_parameters() = m.tied_parameters();
