@@ -297,13 +297,14 @@ std::string FormatModel(const v1::Model& model) {
     absl::StrAppend(&out, "\n",
                     FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
   }
-  absl::StrAppend(&out, TiedLines(model.tied_parameters()));
+  std::string notes = TiedLines(model.tied_parameters());
   if (model.prune_check().checked()) {
-    absl::StrAppend(&out, "\nprune: ",
+    absl::StrAppend(&notes, "\nprune: ",
                     model.prune_check().prunable()
                         ? "prunable"
                         : absl::StrCat("refused, ", EscapeControl(model.prune_check().reason())));
   }
+  if (!notes.empty()) absl::StrAppend(&out, notes, "\n");
   return out;
 }
 
@@ -477,6 +478,12 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
     absl::StrAppend(&out, "\n\n",
                     FormatTable({{"BLOCK"}, {"LAYERS", true}, {"PARAMS", true}, {"TOP EIG", true}},
                                 block_rows));
+  }
+  for (const auto* l : layers) {
+    if (l->tied_size() == 0) continue;
+    absl::StrAppend(&out, "\ntied: ", EscapeControl(l->name()), " also holds ",
+                    EscapeControl(absl::StrJoin(l->tied(), ", ")),
+                    " (one tensor: its Hessian sums every use)");
   }
   for (const std::string& w : result.warnings()) {
     absl::StrAppend(&out, "\nwarning: ", EscapeControl(w));
@@ -746,6 +753,11 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   for (const v1::QuantizedLayer& l : result.layers()) {
     if (!l.note().empty()) {
       absl::StrAppend(&out, "note: ", EscapeControl(l.name()), ": ", EscapeControl(l.note()), "\n");
+    }
+    if (l.tied_size() > 0) {
+      absl::StrAppend(&out, "tied: ", EscapeControl(l.name()), " is also ",
+                      EscapeControl(absl::StrJoin(l.tied(), ", ")),
+                      "'s weight (quantized and stored once)\n");
     }
   }
 

@@ -298,12 +298,26 @@ TEST(ModelTest, TiedParametersAndPruneVerdict) {
   const std::string out = FormatModel(m);
   EXPECT_THAT(out, HasSubstr("weight[64,16]=embed.weight"));
   EXPECT_THAT(out, HasSubstr("\ntied: embed.weight = head.weight (one tensor, counted once)"));
-  EXPECT_THAT(out, HasSubstr("\nprune: refused, not a Vision Transformer: no block"));
+  EXPECT_THAT(out, HasSubstr("\nprune: refused, not a Vision Transformer: no block\n"));
+  EXPECT_EQ(out.back(), '\n');
 
   v1::InspectResult r;
   *r.mutable_tied_parameters() = m.tied_parameters();
   EXPECT_THAT(FormatInspectResult(r),
               HasSubstr("MACs\ntied: embed.weight = head.weight (one tensor, counted once)\n"));
+
+  v1::AnalyzeResult a;
+  v1::LayerSensitivity* embed = a.add_layers();
+  embed->set_name("embed");
+  embed->add_tied("head.weight");
+  EXPECT_THAT(FormatAnalyzeResult(a),
+              HasSubstr("\ntied: embed also holds head.weight (one tensor: its Hessian sums"));
+  v1::QuantizeResult q;
+  v1::QuantizedLayer* hidden = q.add_layers();
+  hidden->set_name("hidden1");
+  hidden->add_tied("hidden2");
+  EXPECT_THAT(FormatQuantizeResult(q),
+              HasSubstr("\ntied: hidden1 is also hidden2's weight (quantized and stored once)\n"));
 }
 
 TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
