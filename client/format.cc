@@ -52,9 +52,21 @@ std::string ParamSummary(const v1::Layer& layer) {
     std::string leaf = p.name();
     const size_t dot = leaf.rfind('.');
     if (dot != std::string::npos) leaf = leaf.substr(dot + 1);
-    parts.push_back(absl::StrCat(leaf, FormatShape(p.shape())));
+    parts.push_back(absl::StrCat(leaf, FormatShape(p.shape()),
+                                 p.tied_to().empty() ? "" : absl::StrCat("=", p.tied_to())));
   }
   return absl::StrJoin(parts, " ");
+}
+
+// "\ntied: embed.weight = head.weight (one tensor, counted once)" per tie.
+std::string TiedLines(const google::protobuf::RepeatedPtrField<v1::TiedParameter>& tied) {
+  std::string out;
+  for (const v1::TiedParameter& t : tied) {
+    absl::StrAppend(&out, "\ntied: ",
+                    EscapeControl(absl::StrCat(t.name(), " = ", absl::StrJoin(t.aliases(), " = "))),
+                    " (one tensor, counted once)");
+  }
+  return out;
 }
 
 std::string ErrorText(const v1::ErrorStatus& error) {
@@ -285,6 +297,14 @@ std::string FormatModel(const v1::Model& model) {
     absl::StrAppend(&out, "\n",
                     FormatTable({{"LAYER"}, {"KIND"}, {"PARAMS", true}, {"SHAPES"}}, rows));
   }
+  std::string notes = TiedLines(model.tied_parameters());
+  if (model.prune_check().checked()) {
+    absl::StrAppend(&notes, "\nprune: ",
+                    model.prune_check().prunable()
+                        ? "prunable"
+                        : absl::StrCat("refused, ", EscapeControl(model.prune_check().reason())));
+  }
+  if (!notes.empty()) absl::StrAppend(&out, notes, "\n");
   return out;
 }
 
@@ -467,6 +487,12 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
                     FormatTable({{"BLOCK"}, {"LAYERS", true}, {"PARAMS", true}, {"TOP EIG", true}},
                                 block_rows));
   }
+  for (const auto* l : layers) {
+    if (l->tied_size() == 0) continue;
+    absl::StrAppend(&out, "\ntied: ", EscapeControl(l->name()), " also holds ",
+                    EscapeControl(absl::StrJoin(l->tied(), ", ")),
+                    " (one tensor: its Hessian sums every use)");
+  }
   for (const std::string& w : result.warnings()) {
     absl::StrAppend(&out, "\nwarning: ", EscapeControl(w));
   }
@@ -496,6 +522,7 @@ std::string FormatInspectResult(const v1::InspectResult& result) {
   if (result.unattributed_macs() > 0) {
     absl::StrAppend(&out, " (", HumanCount(result.unattributed_macs()), " outside layers)");
   }
+  absl::StrAppend(&out, TiedLines(result.tied_parameters()));
   absl::StrAppend(&out, "\ninput ", FormatShape(result.input_shape()), " -> output ",
                   FormatShape(result.output_shape()));
   if (result.forward_seconds() > 0) {
@@ -742,6 +769,11 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   for (const v1::QuantizedLayer& l : result.layers()) {
     if (!l.note().empty()) {
       absl::StrAppend(&out, "note: ", EscapeControl(l.name()), ": ", EscapeControl(l.note()), "\n");
+    }
+    if (l.tied_size() > 0) {
+      absl::StrAppend(&out, "tied: ", EscapeControl(l.name()), " is also ",
+                      EscapeControl(absl::StrJoin(l.tied(), ", ")),
+                      "'s weight (quantized and stored once)\n");
     }
   }
 

@@ -2,6 +2,7 @@
 
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/model/model_info.h"
+#include "server/engine/prune/prune.h"
 #include "server/util/status_macros.h"
 
 namespace compress::catalog {
@@ -48,7 +49,22 @@ absl::StatusOr<v1::Model> EngineDescriber::DescribeModel(const std::string& path
       for (int64_t d : p.shape) pi->add_shape(d);
       pi->set_numel(p.numel);
       pi->set_dtype(p.dtype);
+      pi->set_tied_to(p.tied_to);
     }
+  }
+  for (const auto& [name, aliases] : summary->tied) {
+    v1::TiedParameter* t = m.add_tied_parameters();
+    t->set_name(name);
+    for (const std::string& alias : aliases) t->add_aliases(alias);
+  }
+  // PRUNE's own structure discovery, here where model code may run: its
+  // submit check reads the verdict instead of guessing from layer names.
+  const absl::Status prunable = engine::CheckPrunableModelFile(path);
+  if (prunable.ok() || absl::IsFailedPrecondition(prunable)) {
+    v1::PruneCheck* check = m.mutable_prune_check();
+    check->set_checked(true);
+    check->set_prunable(prunable.ok());
+    check->set_reason(std::string(prunable.message()));
   }
   return m;
 }

@@ -227,6 +227,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
     for (bool c : l.top_eigenvalues_converged) p->add_top_eigenvalues_converged(c);
     for (double v : l.qbert_eigenvalues) p->add_qbert_eigenvalues(v);
     p->set_qbert_score(l.qbert_score);
+    for (const std::string& name : l.tied) p->add_tied(name);
     auto it = weight_errors.find(l.name);
     if (it != weight_errors.end()) {
       for (const auto& [b, err] : it->second) (*p->mutable_omega())[b] = l.trace_per_param * err;

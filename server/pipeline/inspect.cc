@@ -80,6 +80,11 @@ absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext
     for (int64_t d : c.output_shape) l->add_output_shape(d);
     l->set_calls(c.calls);
   }
+  for (const auto& [name, aliases] : ins.summary.tied) {
+    v1::TiedParameter* t = r->add_tied_parameters();
+    t->set_name(name);
+    for (const std::string& alias : aliases) t->add_aliases(alias);
+  }
   result.set_summary(InspectSummary(*r));
 
   std::string json;

@@ -341,6 +341,7 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
     for (const auto& [bits, e] : l.price) (*p->mutable_price())[bits] = e;
     p->set_fallback(l.fallback);
     p->set_fallback_reason(l.fallback_reason);
+    for (const std::string& name : l.tied) p->add_tied(name);
   }
   r.set_search(report.search);
   r.set_search_exact(report.search_exact);

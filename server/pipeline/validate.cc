@@ -209,7 +209,15 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
 absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Resources& r) {
   v1::Model model;
   RETURN_IF_ERROR(CheckModel(f + ".model_id", s.model_id(), r, &model));
-  if (!LooksLikeViT(model)) {
+  // The upload's verdict from the run's own discovery; models stored before
+  // it existed fall back to the layer-name heuristic.
+  if (model.prune_check().checked()) {
+    if (!model.prune_check().prunable()) {
+      return absl::FailedPreconditionError(absl::StrCat(f, ".model_id: model ",
+                                                        QuoteClientText(s.model_id()), ": ",
+                                                        model.prune_check().reason()));
+    }
+  } else if (!LooksLikeViT(model)) {
     return absl::FailedPreconditionError(
         absl::StrCat(f, ".model_id: model ", QuoteClientText(s.model_id()),
                      " is not a Vision Transformer (no attn.qkv or self_attention layers); "

@@ -26,7 +26,9 @@ absl::Status CheckModel(const std::string& field, const std::string& id, Resourc
                         compress::v1::Model* out = nullptr);
 
 // True when the model has DeiT/timm-style (attn.qkv) or torchvision
-// (self_attention) attention blocks.
+// (self_attention) attention blocks: a guess from layer names, used only for
+// models stored without a prune_check (uploaded before the check existed);
+// it passes models PRUNE cannot prune (torchvision's swin_t has attn.qkv).
 bool LooksLikeViT(const compress::v1::Model& model);
 
 }  // namespace compress::pipeline

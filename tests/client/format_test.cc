@@ -275,6 +275,51 @@ TEST(InspectResultTest, PerLayerTableAndTotals) {
             "input [1,1,28,28] -> output [1,10], forward 1.25 ms\n");
 }
 
+// A tied tensor (a GPT's head = its embedding) is named once under the
+// table, and the alias's shape says which name it is; the PRUNE verdict of
+// the upload is shown with its reason.
+TEST(ModelTest, TiedParametersAndPruneVerdict) {
+  v1::Model m;
+  m.set_id("abc");
+  m.set_num_parameters(3312);
+  v1::Layer* head = m.add_layers();
+  head->set_name("head");
+  head->set_kind("Linear");
+  v1::ParameterInfo* w = head->add_parameters();
+  w->set_name("head.weight");
+  w->add_shape(64);
+  w->add_shape(16);
+  w->set_tied_to("embed.weight");
+  v1::TiedParameter* t = m.add_tied_parameters();
+  t->set_name("embed.weight");
+  t->add_aliases("head.weight");
+  m.mutable_prune_check()->set_checked(true);
+  m.mutable_prune_check()->set_reason("not a Vision Transformer: no block");
+  const std::string out = FormatModel(m);
+  EXPECT_THAT(out, HasSubstr("weight[64,16]=embed.weight"));
+  EXPECT_THAT(out, HasSubstr("\ntied: embed.weight = head.weight (one tensor, counted once)"));
+  EXPECT_THAT(out, HasSubstr("\nprune: refused, not a Vision Transformer: no block\n"));
+  EXPECT_EQ(out.back(), '\n');
+
+  v1::InspectResult r;
+  *r.mutable_tied_parameters() = m.tied_parameters();
+  EXPECT_THAT(FormatInspectResult(r),
+              HasSubstr("MACs\ntied: embed.weight = head.weight (one tensor, counted once)\n"));
+
+  v1::AnalyzeResult a;
+  v1::LayerSensitivity* embed = a.add_layers();
+  embed->set_name("embed");
+  embed->add_tied("head.weight");
+  EXPECT_THAT(FormatAnalyzeResult(a),
+              HasSubstr("\ntied: embed also holds head.weight (one tensor: its Hessian sums"));
+  v1::QuantizeResult q;
+  v1::QuantizedLayer* hidden = q.add_layers();
+  hidden->set_name("hidden1");
+  hidden->add_tied("hidden2");
+  EXPECT_THAT(FormatQuantizeResult(q),
+              HasSubstr("\ntied: hidden1 is also hidden2's weight (quantized and stored once)\n"));
+}
+
 TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
   v1::QuantizeResult r;
   auto add_layer = [&r](const std::string& name, const std::string& kind, int64_t numel, int bits,

@@ -1324,6 +1324,53 @@ TEST_F(E2eTest, PruneOfACnnIsFailedPrecondition) {
   EXPECT_THAT(s.error_message(), HasSubstr("not a Vision Transformer"));
 }
 
+// PRUNE's submit check is the run's own: the sandboxed child that describes
+// an upload runs PRUNE's structure discovery and the model keeps its
+// verdict. A Swin-like model (attn.qkv, but an MLP of mlp.0/mlp.3) passed
+// the old name check and failed in the queue; now it is refused at submit
+// with the run's reason and no job is made. A DeiT still passes.
+TEST_F(E2eChildTest, PruneOfASwinLikeModelIsRefusedAtSubmitWithTheRunsReason) {
+  if (std::system("test -x /usr/bin/python3") != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  const std::string swin_path = dir_.path() + "/swin_like.pt";
+  const std::string cmd =
+      "/usr/bin/python3 " + FixturePath("make_test_models.py") + " swin " + swin_path;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto swin = client_->UploadModel(swin_path, "swin_like");
+  ASSERT_TRUE(swin.ok()) << swin.status();
+  bool has_qkv = false;
+  for (const v1::Layer& l : swin->layers()) has_qkv = has_qkv || l.name() == "block.attn.qkv";
+  EXPECT_TRUE(has_qkv) << "the old name check would have let it through";
+  ASSERT_TRUE(swin->prune_check().checked());
+  EXPECT_FALSE(swin->prune_check().prunable());
+  const std::string reason =
+      "not a Vision Transformer: no block with attn.qkv/attn.proj/attn.num_heads and "
+      "mlp.fc1/mlp.fc2 (DeiT/timm) or self_attention and mlp.0/mlp.3 (torchvision)";
+  EXPECT_EQ(swin->prune_check().reason(), reason);
+
+  v1::Job job;
+  grpc::Status s = Submit(PruneRequest(swin->id()), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("prune.model_id"));
+  EXPECT_THAT(s.error_message(), HasSubstr(reason));
+  {
+    grpc::ClientContext ctx;
+    v1::ListJobsRequest req;
+    v1::ListJobsResponse resp;
+    ASSERT_TRUE(jobs_->ListJobs(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.jobs_size(), 0) << "a refused PRUNE must not be queued";
+  }
+
+  v1::Model deit = MustUploadModel("tiny_deit.pt");
+  ASSERT_TRUE(deit.prune_check().checked());
+  EXPECT_TRUE(deit.prune_check().prunable()) << deit.prune_check().reason();
+  ASSERT_TRUE(Submit(PruneRequest(deit.id()), &job).ok());
+  grpc::ClientContext ctx;
+  v1::CancelJobRequest cancel;
+  cancel.set_job_id(job.id());
+  v1::Job out;
+  jobs_->CancelJob(&ctx, cancel, &out);
+}
+
 class E2eLimitTest : public E2eTest {
  protected:
   void SetUp() override {

@@ -121,6 +121,38 @@ TEST(DiscoverVitTest, ACnnIsNotAVit) {
   EXPECT_THAT(std::string(vit.status().message()), HasSubstr("not a Vision Transformer"));
 }
 
+// The upload's check (CheckPrunableModelFile) says what the run says: a
+// Swin-like model (attn.qkv/attn.proj/attn.num_heads, MLP mlp.0/mlp.3; made
+// by make_test_models.py) fails both with the same reason, the ViT fixtures
+// pass it.
+TEST(CheckPrunableModelFileTest, AgreesWithTheRun) {
+  if (std::system("test -x /usr/bin/python3") != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  PruneOptions o;
+  o.output_dir = MakeTempDir();
+  o.model_path = o.output_dir + "/swin_like.pt";
+  const std::string cmd =
+      "/usr/bin/python3 " + FixturePath("make_test_models.py") + " swin " + o.model_path;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const absl::Status upload = CheckPrunableModelFile(o.model_path);
+  EXPECT_EQ(upload.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(upload.message()), HasSubstr("not a Vision Transformer"));
+  o.calibration_dataset = "builtin:fashion-mnist/train";
+  o.num_samples = 8;
+  o.batch_size = 8;
+  o.eval_dataset = "";
+  const absl::Status run = RunPruning(o, nullptr, nullptr).status();
+  EXPECT_EQ(run.code(), upload.code());
+  EXPECT_THAT(std::string(run.message()), HasSubstr(std::string(upload.message())));
+
+  for (const char* vit : {"tiny_deit.pt", "tiny_tv_vit.pt", "tiny_vit.pt"}) {
+    EXPECT_TRUE(CheckPrunableModelFile(FixturePath(vit)).ok()) << vit;
+  }
+  EXPECT_EQ(CheckPrunableModelFile(FixturePath("tiny_cnn.pt")).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CheckPrunableModelFile(FixturePath("not_a_model.bin")).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Removing units whose weights are zero must not change the outputs; the
 // edited model must have the parameters and MACs BlockParams/BlockMacs say.
 TEST(ApplyPlanTest, RemovingZeroedUnitsKeepsOutputsAndMatchesCounts) {

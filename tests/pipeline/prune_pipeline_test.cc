@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/pipeline/validate.h"
 
 namespace compress::pipeline {
 namespace {
@@ -24,6 +25,62 @@ class PathResources : public Resources {
     return absl::NotFoundError("no jobs");
   }
 };
+
+// Resources holding one model, as the catalog stored it.
+class OneModelResources : public PathResources {
+ public:
+  explicit OneModelResources(v1::Model model) : model_(std::move(model)) {}
+  absl::StatusOr<v1::Model> GetModel(const std::string&) override { return model_; }
+
+ private:
+  v1::Model model_;
+};
+
+v1::PruneSpec SpecFor(const std::string& model_id) {
+  v1::PruneSpec spec;
+  spec.set_model_id(model_id);
+  spec.mutable_data()->set_dataset_id("builtin:fashion-mnist/train");
+  spec.mutable_target()->set_flops_fraction(0.5);
+  return spec;
+}
+
+v1::Model WithLayer(const std::string& layer) {
+  v1::Model m;
+  m.add_layers()->set_name(layer);
+  return m;
+}
+
+// The submit check follows the verdict the upload stored (PRUNE's own
+// discovery, run in the describing child), not the layer names.
+TEST(ValidatePruneSpecTest, TheUploadsVerdictDecidesAndNamesTheRunsReason) {
+  const std::string reason = "not a Vision Transformer: no block with attn.qkv/...";
+  v1::Model swin = WithLayer("layers.0.blocks.0.attn.qkv");
+  swin.mutable_prune_check()->set_checked(true);
+  swin.mutable_prune_check()->set_prunable(false);
+  swin.mutable_prune_check()->set_reason(reason);
+  OneModelResources refused(swin);
+  absl::Status s = ValidatePruneSpec("prune", SpecFor("m1"), refused);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("prune.model_id: model m1"));
+  EXPECT_THAT(std::string(s.message()), ::testing::EndsWith(": " + reason));
+
+  v1::Model odd_names = WithLayer("encoder.block0.mixer");
+  odd_names.mutable_prune_check()->set_checked(true);
+  odd_names.mutable_prune_check()->set_prunable(true);
+  OneModelResources passed(odd_names);
+  EXPECT_TRUE(ValidatePruneSpec("prune", SpecFor("m2"), passed).ok());
+}
+
+// Models stored before the check existed keep the name heuristic.
+TEST(ValidatePruneSpecTest, ModelsWithoutAVerdictFallBackToLayerNames) {
+  OneModelResources vit(WithLayer("blocks.0.attn.qkv"));
+  EXPECT_TRUE(ValidatePruneSpec("prune", SpecFor("m3"), vit).ok());
+  OneModelResources cnn(WithLayer("features.0"));
+  absl::Status s = ValidatePruneSpec("compress.prune", SpecFor("m4"), cnn);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("compress.prune.model_id"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("no attn.qkv or self_attention layers"));
+}
 
 TEST(ToPruneOptionsTest, DefaultsFillTheGaps) {
   PathResources r;

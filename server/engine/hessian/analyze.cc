@@ -345,6 +345,7 @@ absl::Status RunEstimators(torch::jit::Module& module, const PreparedBatches& pr
     layer.name = g.name;
     layer.kind = g.kind;
     layer.numel = g.numel;
+    layer.tied = g.tied;
     report->layers.push_back(std::move(layer));
   }
   report->num_parameters = layout.numel;

@@ -140,6 +140,9 @@ struct LayerSensitivity {
   // Q-BERT (qbert_enabled): top eigenvalue per data subset and the score.
   std::vector<double> qbert_eigenvalues;
   double qbert_score = 0;
+  // Other names of this layer's tensors (ParamGroup::tied): its trace and
+  // eigenvalues are of the shared tensor, over all its uses.
+  std::vector<std::string> tied;
 };
 
 // One block of the architecture (BlocksOf in param_set.h).

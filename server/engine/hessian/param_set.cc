@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "server/engine/model/model.h"
 
 namespace compress::engine {
 namespace {
@@ -44,16 +45,25 @@ absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
   auto layout = std::make_shared<ParamLayout>();
   ParamSet params;
   std::unordered_set<const void*> seen;
+  std::unordered_map<std::string, int> index_of;  // name -> tensor index
+  std::vector<std::pair<std::string, std::string>> tied;  // alias, first name
   try {
+    const std::map<std::string, std::string> aliases = TiedAliases(module);
     for (const auto& item : module.named_modules()) {
       ParamGroup group;
       for (const auto& param : item.value.named_parameters(/*recurse=*/false)) {
         const torch::Tensor& t = param.value;
         if (!t.requires_grad()) continue;
+        std::string name =
+            item.name.empty() ? param.name : absl::StrCat(item.name, ".", param.name);
+        if (auto it = aliases.find(name); it != aliases.end()) {
+          tied.emplace_back(std::move(name), it->second);
+          continue;
+        }
         if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;
         const int index = static_cast<int>(params.tensors.size());
-        layout->names.push_back(item.name.empty() ? param.name
-                                                  : absl::StrCat(item.name, ".", param.name));
+        index_of.emplace(name, index);
+        layout->names.push_back(std::move(name));
         layout->shapes.push_back(t.sizes().vec());
         layout->group_of.push_back(static_cast<int>(layout->groups.size()));
         group.tensors.push_back(index);
@@ -70,6 +80,10 @@ absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot list the model's parameters: ", e.what_without_backtrace()));
   }
+  for (const auto& [alias, first] : tied) {
+    auto it = index_of.find(first);
+    if (it != index_of.end()) layout->groups[layout->group_of[it->second]].tied.push_back(alias);
+  }
   if (params.tensors.empty()) {
     return absl::FailedPreconditionError(
         "the model has no trainable parameters (none requires grad)");
@@ -82,8 +96,10 @@ absl::StatusOr<torch::jit::Module> CopyWithFreshParameters(
     const torch::jit::Module& module,
     const std::function<bool(const std::string& name, const torch::Tensor& original)>&
         requires_grad) {
+  absl::StatusOr<torch::jit::Module> cloned = CloneKeepingTies(module);
+  if (!cloned.ok()) return cloned.status();
   try {
-    torch::jit::Module copy = module.clone();
+    torch::jit::Module copy = *std::move(cloned);
     std::unordered_map<const void*, torch::Tensor> replaced;
     for (const auto& item : copy.named_modules()) {
       torch::jit::Module sub = item.value;

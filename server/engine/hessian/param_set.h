@@ -41,6 +41,11 @@ struct ParamGroup {
   std::string kind;          // unqualified type name: "Conv2d", "Linear", ...
   std::vector<int> tensors;  // indices into ParamLayout::names/shapes
   int64_t numel = 0;
+  // Other names of the group's tensors (tied weights, model.h: TiedAliases),
+  // e.g. "head.weight" in group "embed" of a GPT whose head is its
+  // embedding. The tensor is one parameter: its gradient, and so its
+  // Hessian-vector products, sum over every use, as autograd gives them.
+  std::vector<std::string> tied;
 };
 
 // The structure of the parameter space. Immutable once built.
@@ -79,7 +84,9 @@ std::vector<ParamBlock> BlocksOf(const ParamLayout& layout);
 
 // The module's trainable parameters (requires_grad), grouped by the module
 // owning them, in module order; a tensor registered under two names (tied
-// weights) appears once, under its first name. The returned tensors are the
+// weights) appears once, in the group of its first name, whose `tied` lists
+// the other names (a module left with no parameter of its own has no
+// group). The returned tensors are the
 // module's own (not copies). FAILED_PRECONDITION when there are none.
 absl::StatusOr<ParamSet> CollectParameters(const torch::jit::Module& module);
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <exception>
 #include <limits>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/engine/common/runtime.h"
@@ -60,6 +62,43 @@ absl::Status CheckTensorInStorage(const std::string& name, const torch::Tensor& 
         " of a storage of ", nbytes, " bytes"));
   }
   return absl::OkStatus();
+}
+
+std::map<std::string, std::string> TiedAliases(const torch::jit::Module& module) {
+  using Key = std::tuple<const void*, std::vector<int64_t>, std::vector<int64_t>, c10::ScalarType>;
+  std::map<Key, std::string> first;
+  std::map<std::string, std::string> aliases;
+  for (const auto& param : module.named_parameters(/*recurse=*/true)) {
+    const torch::Tensor& t = param.value;
+    if (!t.defined() || t.numel() == 0 || t.layout() != c10::kStrided) continue;
+    Key key{t.data_ptr(), t.sizes().vec(), t.strides().vec(), t.scalar_type()};
+    auto [it, inserted] = first.emplace(std::move(key), param.name);
+    if (!inserted) aliases.emplace(param.name, it->second);
+  }
+  return aliases;
+}
+
+absl::StatusOr<torch::jit::Module> CloneKeepingTies(const torch::jit::Module& module) {
+  try {
+    torch::jit::Module copy = module.clone();
+    const std::map<std::string, std::string> aliases = TiedAliases(module);
+    if (aliases.empty()) return copy;
+    std::map<std::string, torch::jit::Module> by_path;
+    for (const auto& item : copy.named_modules()) by_path.emplace(item.name, item.value);
+    std::map<std::string, torch::Tensor> tensors;
+    for (const auto& param : copy.named_parameters(/*recurse=*/true)) {
+      tensors.emplace(param.name, param.value);
+    }
+    for (const auto& [alias, name] : aliases) {
+      const size_t dot = alias.rfind('.');
+      const std::string path = dot == std::string::npos ? "" : alias.substr(0, dot);
+      const std::string attr = dot == std::string::npos ? alias : alias.substr(dot + 1);
+      by_path.at(path).register_parameter(attr, tensors.at(name), /*is_buffer=*/false);
+    }
+    return copy;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("cannot copy the model: ", e.what()));
+  }
 }
 
 std::string DtypeName(c10::ScalarType type) {

@@ -11,6 +11,7 @@
 
 #include <torch/script.h>
 
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -31,6 +32,24 @@ absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
 // doctored file could make LibTorch read past the data it holds.
 // INVALID_ARGUMENT naming `name` otherwise.
 absl::Status CheckTensorInStorage(const std::string& name, const torch::Tensor& t);
+
+// Tied parameters: one tensor registered under several names (a GPT whose
+// output head is its token embedding, `self.head.weight = self.embed.weight`).
+// Two names are tied when their tensors are the same view of the same memory:
+// equal data pointer, sizes, strides and dtype (empty tensors never are).
+// TorchScript saves such a tensor once and loads it back shared, but
+// named_parameters() lists it under every name, so code that walks the
+// parameters must skip the aliases to count, analyze or quantize it once.
+//
+// Every later name -> the first name of its tensor, in named_parameters
+// order (names like "head.weight"). Empty when nothing is tied.
+// Throws what LibTorch throws (call it inside a try).
+std::map<std::string, std::string> TiedAliases(const torch::jit::Module& module);
+
+// module.clone() with the tied parameters of `module` tied again in the
+// copy (clone() deep-copies each submodule's attributes on its own, which
+// can give each name its own tensor). INTERNAL when LibTorch cannot copy.
+absl::StatusOr<torch::jit::Module> CloneKeepingTies(const torch::jit::Module& module);
 
 // The dtype's name as NumPy/PyTorch print it: "float32", "int64", "uint8".
 std::string DtypeName(c10::ScalarType type);

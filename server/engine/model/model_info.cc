@@ -4,6 +4,7 @@
 #include <torch/script.h>
 
 #include <exception>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +40,8 @@ int64_t Bytes(const at::Tensor& t) {
 
 ModelSummary Summarize(const torch::jit::Module& module) {
   ModelSummary summary;
+  const std::map<std::string, std::string> aliases = TiedAliases(module);
+  for (const auto& [alias, first] : aliases) summary.tied[first].push_back(alias);
   for (const auto& item : module.named_modules()) {
     LayerInfo layer;
     for (const auto& param : item.value.named_parameters(/*recurse=*/false)) {
@@ -48,7 +51,11 @@ ModelSummary Summarize(const torch::jit::Module& module) {
       info.shape = ToVector(param.value.sizes());
       info.numel = param.value.numel();
       info.dtype = DtypeName(param.value.scalar_type());
-      layer.numel += info.numel;
+      if (auto it = aliases.find(info.name); it != aliases.end()) {
+        info.tied_to = it->second;
+      } else {
+        layer.numel += info.numel;
+      }
       layer.parameters.push_back(std::move(info));
     }
     if (layer.parameters.empty()) continue;
@@ -59,6 +66,7 @@ ModelSummary Summarize(const torch::jit::Module& module) {
     summary.layers.push_back(std::move(layer));
   }
   for (const auto& param : module.named_parameters(/*recurse=*/true)) {
+    if (aliases.count(param.name) > 0) continue;
     summary.num_parameters += param.value.numel();
     summary.model_bytes += Bytes(param.value);
   }

@@ -10,6 +10,7 @@
 #define COMPRESS_ENGINE_MODEL_MODEL_INFO_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ struct ParameterInfo {
   std::vector<int64_t> shape;
   int64_t numel = 0;
   std::string dtype;  // "float32", ...
+  // The first name of the same tensor when this name is tied to an earlier
+  // one (model.h: TiedAliases), e.g. "embed.weight" for "head.weight"; such
+  // a parameter counts in neither its layer's numel nor num_parameters.
+  std::string tied_to;
 };
 
 // A module that owns parameters directly.
@@ -30,13 +35,15 @@ struct LayerInfo {
   std::string name;  // module path ("" = root module)
   std::string kind;  // unqualified type name: "Conv2d", "Linear", ...
   std::vector<ParameterInfo> parameters;
-  int64_t numel = 0;
+  int64_t numel = 0;  // without tied aliases: layers' numels add up
 };
 
 struct ModelSummary {
   std::vector<LayerInfo> layers;  // in module order
-  int64_t num_parameters = 0;
-  int64_t model_bytes = 0;  // parameters + buffers, in bytes
+  int64_t num_parameters = 0;  // each tensor once, as PyTorch's parameters()
+  int64_t model_bytes = 0;     // parameters + buffers, in bytes, each once
+  // Tied parameters: first name -> the later names of the same tensor.
+  std::map<std::string, std::vector<std::string>> tied;
 };
 
 // Loads `path` as TorchScript on the CPU and lists its layers.

@@ -637,4 +637,14 @@ absl::StatusOr<PruneReport> RunPruning(const PruneOptions& o, ProgressSink* sink
   return report;
 }
 
+absl::Status CheckPrunableModelFile(const std::string& path) {
+  ASSIGN_OR_RETURN(torch::jit::Module module, LoadModel(path, "cpu"));
+  try {
+    return FindVitBlocks(module).status();
+  } catch (const std::exception& e) {  // c10::Error or torch::jit::JITException
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read the structure of ", path, ": ", e.what()));
+  }
+}
+
 }  // namespace compress::engine

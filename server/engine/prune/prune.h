@@ -209,6 +209,15 @@ struct PruneReport {
 absl::StatusOr<PruneReport> RunPruning(const PruneOptions& options, ProgressSink* sink,
                                        const CancelToken* cancel);
 
+// Whether RunPruning can find the structure it prunes in the TorchScript
+// model at `path`: the run's own discovery (vit.h: FindVitBlocks), without
+// a forward pass. OK when it can; FAILED_PRECONDITION with the reason the
+// run would fail with ("not a Vision Transformer: no block with ...");
+// INVALID_ARGUMENT when the file does not load. The server runs it on
+// upload, in the sandboxed child that describes the model, and PRUNE's
+// submit check refuses with that reason.
+absl::Status CheckPrunableModelFile(const std::string& path);
+
 }  // namespace compress::engine
 
 #endif  // COMPRESS_ENGINE_PRUNE_PRUNE_H_

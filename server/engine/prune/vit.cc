@@ -171,8 +171,7 @@ torch::jit::Module SubmoduleAt(const torch::jit::Module& root, const std::string
   return m;
 }
 
-absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
-                                         const std::vector<int64_t>& input_shape) {
+absl::StatusOr<VitStructure> FindVitBlocks(const torch::jit::Module& module) {
   VitStructure vit;
   for (const auto& item : module.named_modules()) {
     absl::StatusOr<VitBlock> block;
@@ -201,6 +200,12 @@ absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
       return Inconsistent(b.path, "its width or head size differs from the first block's");
     }
   }
+  return vit;
+}
+
+absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
+                                         const std::vector<int64_t>& input_shape) {
+  ASSIGN_OR_RETURN(VitStructure vit, FindVitBlocks(module));
   // Sequence length: fc1's input rows for one example.
   std::vector<int64_t> shape = input_shape;
   if (shape.empty()) return absl::InvalidArgumentError("input_shape: required");

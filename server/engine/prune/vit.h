@@ -52,7 +52,15 @@ struct VitStructure {
   int64_t tokens = 0;  // sequence length including class tokens
 };
 
-// Finds the blocks of `module` and measures the sequence length with one
+// Finds the blocks of `module` and checks their shapes agree, without
+// running it (`tokens` stays 0, heads count as prunable when the layout
+// allows it). FAILED_PRECONDITION with the reason when the model is not a
+// ViT of a known layout or its shapes are inconsistent. Uploads run it
+// (CheckPrunableModelFile in prune.h) so that PRUNE refuses such a model at
+// submit with the same reason the run would give.
+absl::StatusOr<VitStructure> FindVitBlocks(const torch::jit::Module& module);
+
+// FindVitBlocks, then measures the sequence length with one
 // forward pass on zeros of `input_shape` (batch 1). Heads count as prunable
 // only if a copy of the block with one head removed still runs (a forward
 // that derives head_dim from the embedding width, not from qkv's width,

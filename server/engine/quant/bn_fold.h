@@ -6,6 +6,8 @@
 // statistics, so it is only meaningful in eval mode. Parameter names keep
 // their module paths ("conv1.weight"; a conv without bias gains
 // "conv1.bias"); the BatchNorm submodules stay but are no longer called.
+// Tied parameters (model.h: TiedAliases) stay tied unless folding changed
+// the tensor under one of its names.
 //
 //   ASSIGN_OR_RETURN(torch::jit::Module folded, FoldBatchNorm(model));
 #ifndef COMPRESS_ENGINE_QUANT_BN_FOLD_H_

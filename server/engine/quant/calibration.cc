@@ -3,6 +3,7 @@
 #include <ATen/record_function.h>
 
 #include <exception>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "server/engine/common/finite.h"
+#include "server/engine/model/model.h"
 #include "server/engine/model/unfused_forward.h"
 #include "server/engine/quant/gptq.h"
 #include "server/util/status_macros.h"
@@ -176,11 +178,21 @@ class ScopedWatch {
 absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit::Module& module) {
   std::vector<QuantizableLayer> layers;
   try {
+    const std::map<std::string, std::string> aliases = TiedAliases(module);
+    std::map<std::string, size_t> layer_of;  // "a.weight" -> index into layers
     for (const auto& item : module.named_modules()) {
       for (const auto& param : item.value.named_parameters(/*recurse=*/false)) {
         if (param.name == "weight" && param.value.is_floating_point() && param.value.dim() >= 2 &&
             param.value.numel() > 0) {
-          layers.push_back({item.name, param.value});
+          const std::string name = item.name.empty() ? "weight" : item.name + ".weight";
+          if (auto alias = aliases.find(name); alias != aliases.end()) {
+            if (auto first = layer_of.find(alias->second); first != layer_of.end()) {
+              layers[first->second].tied.push_back(item.name);
+              continue;
+            }
+          }
+          layer_of.emplace(name, layers.size());
+          layers.push_back({item.name, param.value, {}});
         }
       }
     }

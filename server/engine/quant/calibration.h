@@ -28,10 +28,16 @@ namespace compress::engine {
 struct QuantizableLayer {
   std::string name;      // module path, e.g. "block.conv1"
   torch::Tensor weight;  // the module's `weight` parameter (shares storage)
+  // Later modules whose `weight` is this very tensor (tied weights,
+  // model.h: TiedAliases), e.g. {"b"} when `b.weight = a.weight`.
+  std::vector<std::string> tied;
 };
 
 // Modules with a floating `weight` parameter of 2 or more dimensions
-// (Linear, ConvNd, ...), in module (definition) order.
+// (Linear, ConvNd, ...), in module (definition) order. A module whose weight
+// is tied to an earlier listed one is not listed again: it is in that
+// layer's `tied`, so the tensor is quantized once. The layer's Hessian
+// (CollectLayerHessian) then sums the inputs of every use of the tensor.
 absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit::Module& module);
 
 struct LayerHessian {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/engine/model/model.h"
 #include "server/engine/quant/calibration.h"
 #include "server/util/status_macros.h"
 
@@ -26,8 +27,8 @@ absl::StatusOr<GptqModelResult> GptqQuantizeModel(
     return absl::InvalidArgumentError("weights are quantized per channel_axis 0");
   }
   GptqModelResult result;
+  ASSIGN_OR_RETURN(result.module, CloneKeepingTies(module));
   try {
-    result.module = module.clone();
     result.module.eval();
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("cannot clone the model: ", e.what()));

@@ -12,6 +12,7 @@
 #include <tuple>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/engine/data/safetensors.h"
@@ -270,6 +271,15 @@ absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
       info.float_bytes += static_cast<int64_t>(entries.back().bytes.size());
       manifest["float_tensors"].push_back(name);
     }
+    for (const auto& [alias, name] : model.aliases) {
+      const bool quantized = absl::EndsWith(name, ".weight") &&
+                             model.layers.count(name.substr(0, name.size() - 7)) > 0;
+      if (!quantized && model.float_tensors.count(name) == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tied name ", alias, " points to ", name, ", which is not stored"));
+      }
+      manifest["tied"][alias] = name;
+    }
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("cannot serialize the packed model: ", e.what()));
   }
@@ -392,6 +402,12 @@ absl::StatusOr<PackedModel> ReadPackedModel(const std::string& path) {
       }
       model.float_tensors.emplace(name, to_tensor(*t.first, t.second, type));
     }
+    if (manifest.contains("tied")) {
+      if (!manifest["tied"].is_object()) return Invalid(path, "manifest's tied is not an object");
+      for (const auto& [alias, name] : manifest["tied"].items()) {
+        model.aliases.emplace(alias, name.get<std::string>());
+      }
+    }
   } catch (const std::exception& e) {
     return Invalid(path, e.what());
   }
@@ -403,6 +419,14 @@ absl::StatusOr<std::map<std::string, torch::Tensor>> DequantizedTensors(const Pa
   for (const auto& [layer, q] : model.layers) {
     ASSIGN_OR_RETURN(torch::Tensor w, Dequantize(q));
     out[absl::StrCat(layer, ".weight")] = w;
+  }
+  for (const auto& [alias, name] : model.aliases) {
+    auto it = out.find(name);
+    if (it == out.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tied name ", alias, " points to ", name, ", which is not stored"));
+    }
+    out[alias] = it->second;
   }
   return out;
 }

@@ -25,7 +25,11 @@
 //                   "group_size" (0 unless group), "channel_axis",
 //                   "shape", "numel", "packed_bytes", "min_code",
 //                   "max_code", "scale_shape"}},
-//    "float_tensors": [names]}
+//    "float_tensors": [names],
+//    "tied": {alias: name}}
+// where "tied" (absent when empty) maps each further name of a tied tensor
+// (a module holding the same parameter as an earlier one) to the name it is
+// stored under, "L.weight" or a float tensor's: the tensor is stored once.
 // Little-endian hosts only (as safetensors itself).
 //
 //   PackedModel packed;
@@ -70,6 +74,8 @@ struct PackedModel {
   std::map<std::string, QuantizedTensor> layers;
   // Full tensor name -> tensor kept as is (biases, unquantized layers).
   std::map<std::string, torch::Tensor> float_tensors;
+  // Tied tensors: further name ("b.weight") -> the stored one ("a.weight").
+  std::map<std::string, std::string> aliases;
 };
 
 struct PackedFileInfo {
@@ -81,8 +87,8 @@ struct PackedFileInfo {
 };
 
 // Writes `model` to `safetensors_path` and its manifest to `manifest_path`
-// (skipped when empty). INVALID_ARGUMENT for inconsistent layers or names
-// that collide; INTERNAL on I/O errors.
+// (skipped when empty). INVALID_ARGUMENT for inconsistent layers, names
+// that collide or an alias of a name not stored; INTERNAL on I/O errors.
 absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
                                                 const std::string& safetensors_path,
                                                 const std::string& manifest_path);
@@ -91,8 +97,9 @@ absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
 // bitwise equal to Dequantize() of what was written.
 absl::StatusOr<PackedModel> ReadPackedModel(const std::string& safetensors_path);
 
-// "L.weight" -> Dequantize(layer L) for every layer, plus the float tensors:
-// a state dict with every tensor in float.
+// "L.weight" -> Dequantize(layer L) for every layer, plus the float tensors
+// and every alias (the same tensor as its stored name): a state dict with
+// every tensor in float.
 absl::StatusOr<std::map<std::string, torch::Tensor>> DequantizedTensors(const PackedModel& model);
 
 }  // namespace compress::engine

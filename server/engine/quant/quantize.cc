@@ -124,6 +124,7 @@ struct Layer {
   std::string kind;
   std::string param_name;  // "<name>.weight"
   torch::Tensor weight;    // folded float weight (the module's own tensor)
+  std::vector<std::string> tied;  // later layers sharing `weight`
   int64_t numel = 0;
   int64_t scale_count = 0;  // scales (= zero points) per quantized tensor
   int64_t macs = 0;
@@ -200,11 +201,7 @@ absl::StatusOr<Quantized> QuantizeModel(const Context& c, const std::map<std::st
     }
     return q;
   }
-  try {
-    q.module = c.folded.clone();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot copy the model: ", e.what_without_backtrace()));
-  }
+  ASSIGN_OR_RETURN(q.module, CloneKeepingTies(c.folded));
   ASSIGN_OR_RETURN(std::vector<QuantizableLayer> targets, QuantizableLayers(q.module));
   for (const QuantizableLayer& t : targets) {
     auto it = low.find(t.name);
@@ -260,11 +257,14 @@ QuantPoint PointOf(const std::vector<Layer>& layers, const Solution& s, int64_t 
 
 // ---------------------------------------------------------------- before the stages
 
-// Bytes of the parameters and buffers of `model` as stored.
+// Bytes of the parameters and buffers of `model` as stored (a tied tensor
+// once).
 absl::StatusOr<int64_t> StateBytes(const torch::jit::Module& model) {
   int64_t bytes = 0;
   try {
+    const std::map<std::string, std::string> aliases = TiedAliases(model);
     for (const auto& p : model.named_parameters(true)) {
+      if (aliases.count(p.name) > 0) continue;
       bytes += p.value.numel() * static_cast<int64_t>(p.value.element_size());
     }
     for (const auto& b : model.named_buffers(true)) {
@@ -313,6 +313,7 @@ absl::StatusOr<std::vector<Layer>> FindLayers(const torch::jit::Module& folded,
     l.kind = KindOf(folded, f.name);
     l.param_name = f.name.empty() ? "weight" : absl::StrCat(f.name, ".weight");
     l.weight = f.weight;
+    l.tied = f.tied;
     l.numel = f.weight.numel();
     l.macs = macs[f.name];
     ASSIGN_OR_RETURN(auto matrix, MatrixShape(f.weight.sizes().vec(), spec));
@@ -766,8 +767,17 @@ absl::StatusOr<PackedLayout> MeasurePackedLayout(const torch::jit::Module& folde
   PackedModel& skeleton = layout.skeleton;
   std::set<std::string> weights;
   for (const Layer& l : layers) weights.insert(l.param_name);
-  for (const auto& p : folded.named_parameters(true)) {
-    if (weights.count(p.name) == 0) skeleton.float_tensors[p.name] = p.value.detach().cpu();
+  try {
+    // A tied tensor is stored once; the manifest names its other names.
+    skeleton.aliases = TiedAliases(folded);
+    for (const auto& p : folded.named_parameters(true)) {
+      if (weights.count(p.name) == 0 && skeleton.aliases.count(p.name) == 0) {
+        skeleton.float_tensors[p.name] = p.value.detach().cpu();
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("cannot list the model's parameters: ", e.what_without_backtrace()));
   }
   for (const auto& b : folded.named_buffers(true)) {
     skeleton.float_tensors[b.name] = b.value.detach().cpu();
@@ -1065,6 +1075,7 @@ std::vector<QuantizedLayerReport> LayerReports(const std::vector<Layer>& layers,
     lr.bytes_after = SizeBits(l, lr.bits) / 8;
     lr.gptq_error = std::nan("");
     lr.rtn_error = std::nan("");
+    lr.tied = l.tied;
     if (lr.bits >= 16) {
       lr.rounding = "float";
     } else if (auto g = result.gptq.find(l.name); g != result.gptq.end()) {

@@ -231,6 +231,9 @@ struct QuantizedLayerReport {
   // (GPTQ only; NaN otherwise): GPTQ's and RTN's at the chosen bits.
   double gptq_error = 0;
   double rtn_error = 0;
+  // Later layers whose weight is this tensor (tied weights): quantized and
+  // stored once, under this layer's name.
+  std::vector<std::string> tied;
 };
 
 // A point of the (size, ΣΩ) frontier or a measured configuration.
