@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   o.calibration_dataset = "builtin:fashion-mnist/train";
   o.num_samples = std::atoll(argv[3]);
   o.batch_size = 64;
-  o.trace_max_probes = std::atoi(argv[4]);
+  if (std::atoi(argv[4]) > 0) o.trace_max_probes = std::atoi(argv[4]);
   o.budget = QuantBudget::AverageBits(4);
   o.output_dir = argv[5];
   absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
