@@ -186,6 +186,25 @@ TEST_F(InspectPipelineTest, InputDtypeReachesTheModelAndIsValidated) {
   EXPECT_THAT(bad.message(), HasSubstr("inspect.input_dtype: must be one of float32"));
 }
 
+// With a dataset, the probe takes the dataset's dtype (token ids) unless
+// the spec names one.
+TEST_F(InspectPipelineTest, InputDtypeDefaultsToTheDatasets) {
+  resources_.AddDataset("tokens.safetensors", {1, 8, 8}, "int64");
+  FakeJobContext from_data(InspectJob("tiny_cnn.pt", {}, "tokens.safetensors"), &resources_);
+  absl::Status s = RunInspect(from_data.job().spec().inspect(), from_data).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("int64 input of shape [1, 1, 8, 8]"));
+
+  v1::Job job = InspectJob("tiny_cnn.pt", {}, "tokens.safetensors");
+  job.mutable_spec()->mutable_inspect()->set_input_dtype("float32");
+  FakeJobContext named(job, &resources_);
+  absl::StatusOr<v1::JobResult> result = RunInspect(named.job().spec().inspect(), named);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_THAT(result->inspect().output_shape(), ElementsAre(1, 10));
+  EXPECT_THAT(named.sink().logs(),
+              ElementsAre("INFO forward pass on cpu with float32 input of shape [1, 1, 8, 8]"));
+}
+
 TEST_F(InspectPipelineTest, ACancelledJobEndsCancelled) {
   FakeJobContext context(InspectJob("tiny_cnn.pt", {2, 1, 8, 8}), &resources_);
   context.token().Cancel();
