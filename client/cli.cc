@@ -306,6 +306,33 @@ absl::StatusOr<int> DataDelete(const Context& ctx) {
   return kExitOk;
 }
 
+// --loss and --lm-ignore-id of ANALYZE and QUANTIZE.
+template <typename Spec>
+absl::Status FillLoss(const Context& ctx, Spec* spec) {
+  if (ctx.inv.Has("loss")) {
+    const std::string l = ctx.inv.Get("loss");
+    if (l == "auto") {
+      spec->set_loss(v1::LOSS_KIND_UNSPECIFIED);
+    } else if (l == "cross_entropy") {
+      spec->set_loss(v1::LOSS_KIND_CROSS_ENTROPY);
+    } else if (l == "pseudo_label") {
+      spec->set_loss(v1::LOSS_KIND_PSEUDO_LABEL);
+    } else if (l == "mse") {
+      spec->set_loss(v1::LOSS_KIND_MSE);
+    } else if (l == "language_modeling" || l == "lm") {
+      spec->set_loss(v1::LOSS_KIND_LANGUAGE_MODELING);
+    } else {
+      return UsageError("--loss: auto, cross_entropy, pseudo_label, mse or language_modeling");
+    }
+  }
+  if (ctx.inv.Has("lm-ignore-id")) {
+    absl::StatusOr<int64_t> v = ParseNonNegativeInt(ctx.inv.Get("lm-ignore-id"));
+    if (!v.ok()) return UsageError(absl::StrCat("--lm-ignore-id: ", v.status().message()));
+    spec->set_lm_ignore_id(*v);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int> Inspect(const Context& ctx) {
   if (!ctx.inv.Has("model")) return UsageError("inspect needs --model ID");
   const bool has_shape = ctx.inv.Has("input-shape");
@@ -326,6 +353,7 @@ absl::StatusOr<int> Inspect(const Context& ctx) {
     spec->set_dataset_id(
         ExpandIfPrefix<v1::Dataset>(ctx.inv.Get("data"), DatasetLister(ctx.client)));
   }
+  if (ctx.inv.Has("input-dtype")) spec->set_input_dtype(ctx.inv.Get("input-dtype"));
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
@@ -343,6 +371,7 @@ absl::StatusOr<int> Analyze(const Context& ctx) {
     if (!v.ok()) return UsageError(absl::StrCat("--", flag, ": ", v.status().message()));
     return v;
   };
+  RETURN_IF_ERROR(FillLoss(ctx, spec));
   if (ctx.inv.Has("samples")) {
     ASSIGN_OR_RETURN(int64_t v, number("samples"));
     spec->mutable_data()->set_num_samples(v);
@@ -609,6 +638,7 @@ absl::StatusOr<int> Quantize(const Context& ctx) {
   spec->set_eval_dataset_id(common.eval_dataset_id);
   if (common.eval_samples) spec->set_eval_samples(*common.eval_samples);
   RETURN_IF_ERROR(FillQuantizeSpec(ctx, spec));
+  RETURN_IF_ERROR(FillLoss(ctx, spec));
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
@@ -880,21 +910,21 @@ const std::vector<Entry>& Entries() {
       {{{"data", "delete"}, "ID", "", 1, 1, {}, "delete a dataset"}, DataDelete},
       {{{"inspect"},
         "",
-        "--model ID (--input-shape 1,1,28,28 | --data DATASET_ID) [job flags]",
+        "--model ID (--input-shape 1,1,28,28 | --data DATASET_ID) [--input-dtype D] [job flags]",
         0,
         0,
-        WithJobFlags({"model", "input-shape", "data"}),
+        WithJobFlags({"model", "input-shape", "data", "input-dtype"}),
         "submit an INSPECT job (layers, parameters, MACs)"},
        Inspect},
       {{{"analyze"},
         "",
         "--model ID --data DATASET_ID [--samples N] [--batch N] [--method exact|fd|ggn] "
         "[--fallback F] [--probes N] [--eigen K [--scope S] [--eigen-method M]] [--density] "
-        "[--qbert SUBSETS] [job flags]",
+        "[--qbert SUBSETS] [--loss L [--lm-ignore-id ID]] [job flags]",
         0,
         0,
         WithJobFlags({"model", "data", "samples", "batch", "method", "fallback", "probes", "eigen",
-                      "scope", "eigen-method", "density", "qbert"}),
+                      "scope", "eigen-method", "density", "qbert", "loss", "lm-ignore-id"}),
         "submit an ANALYZE job (per-layer Hessian sensitivity)"},
        Analyze},
       {{{"quantize"},
@@ -908,14 +938,14 @@ const std::vector<Entry>& Entries() {
                      absl::StrJoin(defaults::kCandidateBits, ","),
                      "] [--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
                      "[--sensitivity ANALYZE_JOB_ID [--allow-unconverged]] [--samples N] "
-                     "[--batch N] [job flags]"),
+                     "[--batch N] [--loss L [--lm-ignore-id ID]] [job flags]"),
         0,
         0,
         WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",
                       "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
                       "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
                       "pin",   "tie",        "sensitivity", "samples",      "batch",
-                      "omega", "allow-unconverged"}),
+                      "omega", "allow-unconverged", "loss", "lm-ignore-id"}),
         "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
        Quantize},
       {{{"prune"},
@@ -1017,6 +1047,13 @@ const std::vector<FlagDef>& Flags() {
       {"name", 0, true, "N", "name to store (default: the file's base name)"},
       {"model", 0, true, "ID", "model id"},
       {"input-shape", 0, true, "SHAPE", "input shape with batch, e.g. 1,1,28,28"},
+      {"input-dtype", 0, true, "D",
+       "inspect: dtype of the probe input, float32 (default) or int64 for token ids; "
+       "default with --data: the dataset's"},
+      {"loss", 0, true, "L",
+       "auto (default), cross_entropy, pseudo_label, mse or language_modeling (next-token "
+       "cross-entropy; QUANTIZE reports perplexity)"},
+      {"lm-ignore-id", 0, true, "ID", "language_modeling: a token id (padding) never predicted"},
       {"data", 0, true, "DATASET_ID", "calibration dataset (inspect: whose example shape to use)"},
       {"spec-json", 0, true, "FILE", "JobSpec as JSON; - reads stdin"},
       {"samples", 0, true, "N", "calibration examples (default 256)"},

@@ -698,6 +698,14 @@ std::string Top1Text(const Result& r) {
   return top1;
 }
 
+// "9.0018 -> 9.1204 (+1.32%) on 32 sequences": a language model's perplexity
+// before and after quantization.
+std::string PerplexityText(const v1::QuantizeResult& r) {
+  const double change = 100.0 * (r.perplexity_after() / r.perplexity_before() - 1.0);
+  return absl::StrFormat("%.4f -> %.4f (%+.2f%%) on %s sequences", r.perplexity_before(),
+                         r.perplexity_after(), change, WithCommas(r.eval_examples()));
+}
+
 // "138,896 -> 25,674 bytes (5.4x)".
 std::string SizeText(int64_t before, int64_t after) {
   std::string size = absl::StrCat(WithCommas(before), " -> ", WithCommas(after), " bytes");
@@ -785,6 +793,9 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
                                        result.search_exact() ? "" : ", coarsened")});
   if (result.has_accuracy_before() || result.has_accuracy_after()) {
     pairs.push_back({"top-1", Top1Text(result)});
+  }
+  if (result.has_perplexity_before() && result.has_perplexity_after()) {
+    pairs.push_back({"perplexity", PerplexityText(result)});
   }
   pairs.push_back({"budget met", result.budget_met() ? "yes" : "NO"});
   if (result.search() == "bisection") {

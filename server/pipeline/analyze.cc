@@ -127,6 +127,7 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
   o.num_samples = spec.data().num_samples() > 0 ? spec.data().num_samples() : kDefaultSamples;
   o.batch_size = spec.data().batch_size() > 0 ? spec.data().batch_size() : kDefaultBatch;
   o.loss = LossFromProto(spec.loss());
+  if (spec.has_lm_ignore_id()) o.lm_ignore_id = spec.lm_ignore_id();
   switch (spec.hvp_method()) {
     case v1::HVP_METHOD_EXACT:
       o.hvp_method = engine::HvpMethod::kExact;

@@ -24,6 +24,8 @@ engine::LossKind LossFromProto(v1::LossKind loss) {
       return engine::LossKind::kPseudoLabel;
     case v1::LOSS_KIND_MSE:
       return engine::LossKind::kMse;
+    case v1::LOSS_KIND_LANGUAGE_MODELING:
+      return engine::LossKind::kLanguageModeling;
     default:
       return engine::LossKind::kAuto;
   }
@@ -37,6 +39,8 @@ v1::LossKind LossToProto(engine::LossKind loss) {
       return v1::LOSS_KIND_PSEUDO_LABEL;
     case engine::LossKind::kMse:
       return v1::LOSS_KIND_MSE;
+    case engine::LossKind::kLanguageModeling:
+      return v1::LOSS_KIND_LANGUAGE_MODELING;
     default:
       return v1::LOSS_KIND_UNSPECIFIED;
   }

@@ -46,14 +46,21 @@ absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext
   engine::InspectOptions options;
   options.device = context.device();
   options.input_shape.assign(spec.input_shape().begin(), spec.input_shape().end());
-  if (options.input_shape.empty()) {
+  // The probe takes the dataset's dtype (token ids stay integer) unless the
+  // spec names one.
+  if (options.input_shape.empty() || (spec.input_dtype().empty() && !spec.dataset_id().empty())) {
     ASSIGN_OR_RETURN(v1::Dataset dataset, context.resources().GetDataset(spec.dataset_id()));
-    options.input_shape.push_back(1);
-    options.input_shape.insert(options.input_shape.end(), dataset.input_shape().begin(),
-                               dataset.input_shape().end());
+    if (options.input_shape.empty()) {
+      options.input_shape.push_back(1);
+      options.input_shape.insert(options.input_shape.end(), dataset.input_shape().begin(),
+                                 dataset.input_shape().end());
+    }
+    if (!dataset.input_dtype().empty()) options.input_dtype = dataset.input_dtype();
   }
+  if (!spec.input_dtype().empty()) options.input_dtype = spec.input_dtype();
   progress.StageStart("inspect", 0, 1);
-  progress.Log("INFO", absl::StrCat("forward pass on ", options.device, " with input shape [",
+  progress.Log("INFO", absl::StrCat("forward pass on ", options.device, " with ",
+                                    options.input_dtype, " input of shape [",
                                     absl::StrJoin(options.input_shape, ", "), "]"));
   progress.Progress("inspect", 0, 1);
   ASSIGN_OR_RETURN(engine::Inspection ins,

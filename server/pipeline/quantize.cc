@@ -236,6 +236,7 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   o.eval_samples = spec.has_eval_samples() ? spec.eval_samples() : 0;
   o.idx_dir = resources.BuiltinDataDir();
   o.loss = LossFromProto(spec.loss());
+  if (spec.has_lm_ignore_id()) o.lm_ignore_id = spec.lm_ignore_id();
 
   if (!spec.sensitivity_job_id().empty()) {
     ASSIGN_OR_RETURN(JobTraces traces,
@@ -354,6 +355,8 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
   r.set_predicted_bytes(report.predicted_bytes);
   if (report.accuracy_before) r.set_accuracy_before(*report.accuracy_before);
   if (report.accuracy_after) r.set_accuracy_after(*report.accuracy_after);
+  if (report.perplexity_before) r.set_perplexity_before(*report.perplexity_before);
+  if (report.perplexity_after) r.set_perplexity_after(*report.perplexity_after);
   r.set_eval_examples(report.eval_examples);
   auto add_points = [](const std::vector<engine::QuantPoint>& points,
                        google::protobuf::RepeatedPtrField<v1::QuantPoint>* out) {
@@ -411,6 +414,9 @@ std::string QuantizeSummary(const v1::QuantizeResult& r) {
                           r.accuracy_after(), drop < 0 ? "−" : "+", std::abs(drop));
   } else if (r.has_accuracy_after()) {
     absl::StrAppendFormat(&summary, ", top-1 %.2f%%", r.accuracy_after());
+  } else if (r.has_perplexity_before() && r.has_perplexity_after()) {
+    absl::StrAppendFormat(&summary, ", perplexity %.4g → %.4g", r.perplexity_before(),
+                          r.perplexity_after());
   }
   if (r.fallback_layers() > 0) {
     absl::StrAppendFormat(&summary, "; %d of %d layers priced without their Ω (negative or unresolved)%s",

@@ -5,6 +5,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/engine/model/model_info.h"
 #include "server/util/client_text.h"
 #include "server/util/defaults.h"
 #include "server/util/status_macros.h"
@@ -58,6 +60,17 @@ absl::Status Positive(const std::string& field, bool has, double value) {
 }
 
 
+// The language-modeling loss's ignore id: only with that loss, and a token
+// id (>= 0).
+absl::Status CheckLmIgnoreId(const std::string& f, v1::LossKind loss, bool has, int64_t id) {
+  if (!has) return absl::OkStatus();
+  if (loss != v1::LOSS_KIND_LANGUAGE_MODELING) {
+    return Invalid(f + ".lm_ignore_id", "only with loss LOSS_KIND_LANGUAGE_MODELING");
+  }
+  if (id < 0) return Invalid(f + ".lm_ignore_id", absl::StrCat("must be >= 0, got ", id));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckModel(const std::string& field, const std::string& id, Resources& r,
@@ -103,7 +116,7 @@ absl::Status ValidateAnalyzeSpec(const v1::AnalyzeSpec& s, Resources& r) {
   RETURN_IF_ERROR(AtLeast(f + ".density.max_memory_bytes", d.has_max_memory_bytes(),
                           d.max_memory_bytes(), int64_t{1}));
   RETURN_IF_ERROR(AtLeast(f + ".qbert.subsets", s.qbert().has_subsets(), s.qbert().subsets(), 2));
-  return absl::OkStatus();
+  return CheckLmIgnoreId(f, s.loss(), s.has_lm_ignore_id(), s.lm_ignore_id());
 }
 
 absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& s,
@@ -188,7 +201,13 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
     default:
       break;  // 4 average bits, or none for accuracy-bounded search
   }
+  RETURN_IF_ERROR(CheckLmIgnoreId(f, s.loss(), s.has_lm_ignore_id(), s.lm_ignore_id()));
   if (s.search() == v1::SEARCH_METHOD_ACCURACY_BISECTION) {
+    if (s.loss() == v1::LOSS_KIND_LANGUAGE_MODELING) {
+      return Invalid(f + ".search", "accuracy-bounded search keeps a top-1 accuracy, which a "
+                                    "language model (loss LOSS_KIND_LANGUAGE_MODELING) is not "
+                                    "measured by; give a size budget");
+    }
     if (s.eval_dataset_id().empty()) {
       return Invalid(f + ".eval_dataset_id", "required for accuracy-bounded search");
     }
@@ -278,6 +297,11 @@ bool LooksLikeViT(const v1::Model& model) {
 
 absl::Status ValidateInspectSpec(const v1::InspectSpec& s, Resources& r) {
   RETURN_IF_ERROR(CheckModel("inspect.model_id", s.model_id(), r));
+  if (!s.input_dtype().empty() && !engine::IsInputDtype(s.input_dtype())) {
+    return Invalid("inspect.input_dtype",
+                   absl::StrCat("must be one of ", absl::StrJoin(engine::kInputDtypes, ", "),
+                                ", got \"", QuoteClientText(s.input_dtype()), "\""));
+  }
   if (s.input_shape_size() == 0) {
     if (s.dataset_id().empty()) {
       return Invalid("inspect.input_shape", "required when inspect.dataset_id is empty");

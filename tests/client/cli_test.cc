@@ -336,6 +336,48 @@ TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
   EXPECT_EQ(server_.jobs().submitted()[2].spec().quantize().omega(), v1::OMEGA_QUADRATIC);
 }
 
+// Token-id models: the probe's dtype, the language-modeling loss and its
+// ignore id reach the specs; a language model's result shows perplexity.
+TEST_F(CliTest, TokenFlagsBuildTheSpecsAndPerplexityIsShown) {
+  v1::JobResult result;
+  v1::QuantizeResult* q = result.mutable_quantize();
+  q->set_search("exact");
+  q->set_average_bits(4);
+  q->set_budget_met(true);
+  q->set_bytes_before(40576);
+  q->set_bytes_after(9000);
+  q->set_eval_examples(32);
+  q->set_perplexity_before(9.0);
+  q->set_perplexity_after(9.18);
+  ScriptJob(v1::JOB_STATE_SUCCEEDED, result);
+  Result r = Run({"quantize", "--model", "m", "--data", "d", "--eval", "e", "--loss", "lm",
+                  "--watch"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("9.0000 -> 9.1800 (+2.00%) on 32 sequences"));
+  EXPECT_THAT(r.out, Not(HasSubstr("top-1")));
+  EXPECT_EQ(Run({"inspect", "--model", "m", "--input-shape", "1,16", "--input-dtype", "int64"})
+                .code,
+            kExitOk);
+  EXPECT_EQ(Run({"analyze", "--model", "m", "--data", "d", "--loss", "language_modeling",
+                 "--lm-ignore-id", "0"})
+                .code,
+            kExitOk);
+  const std::vector<v1::SubmitJobRequest> submitted = server_.jobs().submitted();
+  ASSERT_EQ(submitted.size(), 3u);
+  EXPECT_EQ(submitted[0].spec().quantize().loss(), v1::LOSS_KIND_LANGUAGE_MODELING);
+  EXPECT_FALSE(submitted[0].spec().quantize().has_lm_ignore_id());
+  EXPECT_EQ(submitted[1].spec().inspect().input_dtype(), "int64");
+  EXPECT_EQ(submitted[2].spec().analyze().loss(), v1::LOSS_KIND_LANGUAGE_MODELING);
+  ASSERT_TRUE(submitted[2].spec().analyze().has_lm_ignore_id());
+  EXPECT_EQ(submitted[2].spec().analyze().lm_ignore_id(), 0);
+
+  Result bad = Run({"analyze", "--model", "m", "--data", "d", "--loss", "perplexity"});
+  EXPECT_EQ(bad.code, kExitUsage);
+  EXPECT_THAT(bad.err, HasSubstr("--loss: auto, cross_entropy"));
+  EXPECT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--lm-ignore-id", "-1"}).code,
+            kExitUsage);
+}
+
 TEST_F(CliTest, QuantizeUsageErrors) {
   EXPECT_EQ(Run({"quantize", "--model", "m"}).code, kExitUsage);
   Result budgets = Run({"quantize", "--model", "m", "--data", "d", "--bits", "4", "--bops", "9"});

@@ -223,13 +223,19 @@ TEST_F(AnalyzePipelineTest, OptionsMapEveryEnumValue) {
       {v1::LOSS_KIND_UNSPECIFIED, engine::LossKind::kAuto},
       {v1::LOSS_KIND_CROSS_ENTROPY, engine::LossKind::kCrossEntropy},
       {v1::LOSS_KIND_PSEUDO_LABEL, engine::LossKind::kPseudoLabel},
-      {v1::LOSS_KIND_MSE, engine::LossKind::kMse}};
+      {v1::LOSS_KIND_MSE, engine::LossKind::kMse},
+      {v1::LOSS_KIND_LANGUAGE_MODELING, engine::LossKind::kLanguageModeling}};
   for (const auto& [proto, engine_loss] : losses) {
     spec.set_loss(proto);
     auto o = ToAnalyzeOptions(spec, 0, "cpu", resources_);
     ASSERT_TRUE(o.ok());
     EXPECT_EQ(o->loss, engine_loss) << v1::LossKind_Name(proto);
+    EXPECT_FALSE(o->lm_ignore_id.has_value());
   }
+  spec.set_lm_ignore_id(0);
+  auto o = ToAnalyzeOptions(spec, 0, "cpu", resources_);
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->lm_ignore_id, std::optional<int64_t>(0));
 }
 
 // Traces run when asked for, or when nothing else is.
@@ -311,6 +317,12 @@ TEST_F(AnalyzePipelineTest, EachBadFieldIsRefusedByName) {
       {"analyze.data.num_samples", [](auto* s) { s->mutable_data()->set_num_samples(-1); }},
       {"analyze.data.batch_size", [](auto* s) { s->mutable_data()->set_batch_size(-1); }},
       {"analyze.traces.max_probes", [](auto* s) { s->mutable_traces()->set_max_probes(0); }},
+      {"analyze.lm_ignore_id", [](auto* s) { s->set_lm_ignore_id(0); }},
+      {"analyze.lm_ignore_id",
+       [](auto* s) {
+         s->set_loss(v1::LOSS_KIND_LANGUAGE_MODELING);
+         s->set_lm_ignore_id(-1);
+       }},
       {"analyze.traces.max_probes", [](auto* s) { s->mutable_traces()->set_max_probes(1); }},
       {"analyze.traces.min_probes", [](auto* s) { s->mutable_traces()->set_min_probes(1); }},
       {"analyze.traces.min_probes",

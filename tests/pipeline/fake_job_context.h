@@ -26,10 +26,12 @@ class FixtureResources : public Resources {
     m.set_id(fixture);
     models_[fixture] = m;
   }
-  void AddDataset(const std::string& fixture, std::vector<int64_t> input_shape) {
+  void AddDataset(const std::string& fixture, std::vector<int64_t> input_shape,
+                  const std::string& input_dtype = "") {
     compress::v1::Dataset d;
     d.set_id(fixture);
     for (int64_t s : input_shape) d.add_input_shape(s);
+    d.set_input_dtype(input_dtype);
     datasets_[fixture] = d;
   }
 

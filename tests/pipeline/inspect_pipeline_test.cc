@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/pipeline/inspect.h"
+#include "server/pipeline/validate.h"
 #include "tests/pipeline/fake_job_context.h"
 #include "tests/test_util.h"
 
@@ -127,7 +128,7 @@ TEST_F(InspectPipelineTest, ReportsOneStageWithProgressAndALogLine) {
   EXPECT_THAT(context.sink().progress(),
               ElementsAre(Pair("inspect", Pair(0, 1)), Pair("inspect", Pair(1, 1))));
   EXPECT_THAT(context.sink().logs(),
-              ElementsAre("INFO forward pass on cpu with input shape [2, 1, 8, 8]"));
+              ElementsAre("INFO forward pass on cpu with float32 input of shape [2, 1, 8, 8]"));
 }
 
 // Without input_shape the dataset's per-example shape is used with batch 1.
@@ -165,6 +166,43 @@ TEST_F(InspectPipelineTest, InputThatDoesNotFitIsInvalidArgument) {
   absl::Status s = RunInspect(context.job().spec().inspect(), context).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_TRUE(context.artifacts().empty());
+}
+
+// The probe's dtype reaches the model: int64 zeros do not fit tiny_cnn's
+// conv, and the message says which dtype was tried; a name that is no dtype
+// is refused by field before anything runs.
+TEST_F(InspectPipelineTest, InputDtypeReachesTheModelAndIsValidated) {
+  v1::Job job = InspectJob("tiny_cnn.pt", {2, 1, 8, 8});
+  job.mutable_spec()->mutable_inspect()->set_input_dtype("int64");
+  EXPECT_TRUE(ValidateInspectSpec(job.spec().inspect(), resources_).ok());
+  FakeJobContext context(job, &resources_);
+  absl::Status s = RunInspect(context.job().spec().inspect(), context).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("int64 input of shape [2, 1, 8, 8]"));
+
+  job.mutable_spec()->mutable_inspect()->set_input_dtype("int65");
+  absl::Status bad = ValidateInspectSpec(job.spec().inspect(), resources_);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_THAT(bad.message(), HasSubstr("inspect.input_dtype: must be one of float32"));
+}
+
+// With a dataset, the probe takes the dataset's dtype (token ids) unless
+// the spec names one.
+TEST_F(InspectPipelineTest, InputDtypeDefaultsToTheDatasets) {
+  resources_.AddDataset("tokens.safetensors", {1, 8, 8}, "int64");
+  FakeJobContext from_data(InspectJob("tiny_cnn.pt", {}, "tokens.safetensors"), &resources_);
+  absl::Status s = RunInspect(from_data.job().spec().inspect(), from_data).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("int64 input of shape [1, 1, 8, 8]"));
+
+  v1::Job job = InspectJob("tiny_cnn.pt", {}, "tokens.safetensors");
+  job.mutable_spec()->mutable_inspect()->set_input_dtype("float32");
+  FakeJobContext named(job, &resources_);
+  absl::StatusOr<v1::JobResult> result = RunInspect(named.job().spec().inspect(), named);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_THAT(result->inspect().output_shape(), ElementsAre(1, 10));
+  EXPECT_THAT(named.sink().logs(),
+              ElementsAre("INFO forward pass on cpu with float32 input of shape [1, 1, 8, 8]"));
 }
 
 TEST_F(InspectPipelineTest, ACancelledJobEndsCancelled) {

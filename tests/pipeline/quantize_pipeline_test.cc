@@ -423,6 +423,19 @@ TEST_F(QuantizeValidateTest, EachBadFieldIsNamed) {
          s->set_omega(v1::OMEGA_QUADRATIC);
        }},
       {"quantize.omega", [](auto* s) { s->set_omega(static_cast<v1::Omega>(9)); }},
+      {"quantize.lm_ignore_id", [](auto* s) { s->set_lm_ignore_id(0); }},
+      {"quantize.lm_ignore_id",
+       [](auto* s) {
+         s->set_loss(v1::LOSS_KIND_LANGUAGE_MODELING);
+         s->set_lm_ignore_id(-2);
+       }},
+      {"quantize.search",
+       [](auto* s) {
+         s->set_loss(v1::LOSS_KIND_LANGUAGE_MODELING);
+         s->set_search(v1::SEARCH_METHOD_ACCURACY_BISECTION);
+         s->set_eval_dataset_id(kTest);
+         s->mutable_tolerance()->set_max_drop_pp(1);
+       }},
   };
   for (const Case& c : cases) {
     v1::QuantizeSpec spec = MinimalSpec();
@@ -449,6 +462,11 @@ TEST(QuantizeSummaryTest, SizesRatioAccuracyAndFlags) {
   r.clear_accuracy_after();
   r.set_budget_met(false);
   EXPECT_EQ(QuantizeSummary(r), "4.02 average bits, 139,018 → 34,000 bytes (4.1x); budget not met");
+  r.set_budget_met(true);
+  r.set_perplexity_before(9.0018);
+  r.set_perplexity_after(9.1204);
+  EXPECT_EQ(QuantizeSummary(r),
+            "4.02 average bits, 139,018 → 34,000 bytes (4.1x), perplexity 9.002 → 9.12");
 }
 
 TEST(ToQuantizeResultTest, CopiesTheReport) {
@@ -480,6 +498,7 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   report.bytes_after = 300;
   report.predicted_bytes = 290;
   report.accuracy_after = 90;
+  report.perplexity_after = 9.5;
   report.eval_examples = 100;
   report.frontier.push_back({290, 4, 0.25, std::nullopt, true});
   report.measured.push_back({100, 2, 1.0, 80.0, false});
@@ -522,6 +541,9 @@ TEST(ToQuantizeResultTest, CopiesTheReport) {
   EXPECT_FALSE(r.has_accuracy_before());
   ASSERT_TRUE(r.has_accuracy_after());
   EXPECT_EQ(r.accuracy_after(), 90);
+  EXPECT_FALSE(r.has_perplexity_before());
+  ASSERT_TRUE(r.has_perplexity_after());
+  EXPECT_EQ(r.perplexity_after(), 9.5);
   EXPECT_EQ(r.eval_examples(), 100);
   ASSERT_EQ(r.frontier_size(), 1);
   EXPECT_TRUE(r.frontier(0).chosen());

@@ -3,7 +3,9 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/engine/common/finite.h"
+#include "server/engine/model/model.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -100,6 +103,74 @@ absl::Status CheckPseudoLabelLogits(const torch::Tensor& output) {
           : ""));
 }
 
+// Targets of a token-id position that the loss skips (PyTorch's default).
+constexpr int64_t kIgnoredTarget = -100;
+
+// Next-token cross-entropy: logits [N, T, V] at positions 0..T-2 against
+// `targets` [N, T-1] (the inputs at 1..T-1, kIgnoredTarget where ignored).
+// `reduction` is at::Reduction::Mean or Sum.
+absl::StatusOr<torch::Tensor> NextTokenLoss(const torch::Tensor& output,
+                                            const torch::Tensor& targets,
+                                            int64_t reduction) {
+  if (output.dim() != 3 || targets.dim() != 2 || output.size(0) != targets.size(0) ||
+      output.size(1) != targets.size(1) + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "language modeling needs logits [N, T, V] for token ids [N, T]; the model returned ",
+        Shape(output), " for ", targets.defined() && targets.dim() == 2
+                                    ? absl::StrCat("[", targets.size(0), ", ",
+                                                   targets.size(1) + 1, "]")
+                                    : std::string("its inputs")));
+  }
+  const int64_t vocab = output.size(2);
+  torch::Tensor kept = targets.masked_select(targets.ne(kIgnoredTarget));
+  if (kept.numel() > 0) {
+    const int64_t lo = kept.min().item<int64_t>();
+    const int64_t hi = kept.max().item<int64_t>();
+    if (lo < 0 || hi >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token ids range over [", lo, ", ", hi, "] but the model has ", vocab,
+          " logits per position (", Shape(output), ")"));
+    }
+  }
+  const int64_t steps = targets.size(1);
+  return at::cross_entropy_loss(output.narrow(1, 0, steps).reshape({-1, vocab}),
+                                targets.reshape({-1}), /*weight=*/{}, reduction,
+                                kIgnoredTarget);
+}
+
+// The targets of language modeling for token ids `inputs` [n, T]: the ids
+// at 1..T-1 as int64, kIgnoredTarget where they equal `ignore_id`.
+absl::StatusOr<torch::Tensor> NextTokenTargets(const torch::Tensor& inputs,
+                                               std::optional<int64_t> ignore_id) {
+  if (!IsInteger(inputs) || inputs.dim() != 2 || inputs.size(1) < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "language modeling needs integer token ids [N, T] with T >= 2 as inputs; the dataset "
+        "holds ",
+        DtypeName(inputs.scalar_type()), " ", Shape(inputs)));
+  }
+  torch::Tensor next = inputs.narrow(1, 1, inputs.size(1) - 1).to(torch::kLong);
+  if (ignore_id.has_value()) {
+    next = next.masked_fill(next.eq(*ignore_id), kIgnoredTarget);
+  }
+  return next;
+}
+
+// Language modeling predicts the inputs: a dataset's targets, if any, must
+// be those same token ids.
+absl::Status CheckLanguageModelingData(const torch::Tensor& inputs,
+                                       const torch::Tensor& targets) {
+  RETURN_IF_ERROR(NextTokenTargets(inputs.narrow(0, 0, 1), std::nullopt).status());
+  if (targets.defined() &&
+      (targets.sizes() != inputs.sizes() || !IsInteger(targets) ||
+       !at::equal(targets.to(torch::kLong), inputs.to(torch::kLong)))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "language modeling predicts each input token from those before it; the dataset's "
+        "targets ", Shape(targets), " differ from its inputs ", Shape(inputs),
+        " (leave them out, or store the inputs again)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 const char* LossKindName(LossKind kind) {
@@ -112,6 +183,8 @@ const char* LossKindName(LossKind kind) {
       return "pseudo_label";
     case LossKind::kMse:
       return "mse";
+    case LossKind::kLanguageModeling:
+      return "language_modeling";
   }
   return "unknown";
 }
@@ -137,6 +210,8 @@ absl::StatusOr<LossKind> ResolveLossKind(LossKind requested,
             "MSE loss needs floating-point targets in the dataset");
       }
       return requested;
+    case LossKind::kLanguageModeling:
+      return requested;  // PrepareBatches checks the inputs and targets
   }
   return absl::InvalidArgumentError("unknown loss kind");
 }
@@ -202,6 +277,11 @@ absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
         return at::mse_loss(
             output, targets.reshape(output.sizes()).to(output.scalar_type()));
       }
+      case LossKind::kLanguageModeling:
+        if (!targets.defined()) {
+          return absl::InvalidArgumentError("language modeling needs the batch's next tokens");
+        }
+        return NextTokenLoss(output, targets, at::Reduction::Mean);
       case LossKind::kAuto:
         break;
     }
@@ -216,7 +296,8 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
                                                const torch::Tensor& inputs,
                                                const torch::Tensor& targets,
                                                int64_t batch_size,
-                                               LossKind loss) {
+                                               LossKind loss,
+                                               std::optional<int64_t> ignore_id) {
   if (batch_size < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch size must be at least 1, got ", batch_size));
@@ -230,6 +311,8 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
         "targets ", Shape(targets), " do not match inputs ", Shape(inputs)));
   }
   ASSIGN_OR_RETURN(LossKind kind, ResolveLossKind(loss, targets));
+  const bool lm = kind == LossKind::kLanguageModeling;
+  if (lm) RETURN_IF_ERROR(CheckLanguageModelingData(inputs, targets));
 
   // Inputs follow the model: same device, and floating inputs in the dtype
   // of its first floating parameter (a float64 model for exact tests).
@@ -258,7 +341,9 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
           at::isFloatingType(batch.inputs.scalar_type())) {
         batch.inputs = batch.inputs.to(*float_type);
       }
-      if (targets.defined() && kind != LossKind::kPseudoLabel) {
+      if (lm) {
+        ASSIGN_OR_RETURN(batch.targets, NextTokenTargets(batch.inputs, ignore_id));
+      } else if (targets.defined() && kind != LossKind::kPseudoLabel) {
         batch.targets = targets.narrow(0, start, size).to(device);
         if (kind == LossKind::kMse && float_type.has_value()) {
           batch.targets = batch.targets.to(*float_type);
@@ -317,6 +402,38 @@ absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::T
                                       const torch::Tensor& targets, const std::string& device) {
   ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(module, inputs, targets, device));
   return PercentTrue(correct);
+}
+
+absl::StatusOr<double> Perplexity(torch::jit::Module& module, const torch::Tensor& inputs,
+                                  std::optional<int64_t> ignore_id, const std::string& device) {
+  constexpr int64_t kEvalBatch = 64;
+  if (!inputs.defined() || inputs.dim() < 1 || inputs.size(0) == 0) {
+    return absl::InvalidArgumentError("eval_dataset: no examples");
+  }
+  double total = 0;
+  int64_t tokens = 0;
+  try {
+    c10::InferenceMode guard;
+    const int64_t n = inputs.size(0);
+    for (int64_t start = 0; start < n; start += kEvalBatch) {
+      torch::Tensor x = inputs.narrow(0, start, std::min(kEvalBatch, n - start));
+      if (!device.empty()) x = x.to(torch::Device(device));
+      ASSIGN_OR_RETURN(torch::Tensor targets, NextTokenTargets(x, ignore_id));
+      ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, x));
+      ASSIGN_OR_RETURN(torch::Tensor sum, NextTokenLoss(out, targets, at::Reduction::Sum));
+      total += sum.item<double>();
+      tokens += targets.ne(kIgnoredTarget).sum().item<int64_t>();
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval data do not fit the model: ", e.what_without_backtrace()));
+  }
+  if (tokens == 0) {
+    return absl::InvalidArgumentError("eval_dataset: every next token is the ignored id");
+  }
+  const double perplexity = std::exp(total / static_cast<double>(tokens));
+  RETURN_IF_ERROR(CheckFiniteValue(perplexity, "the perplexity on the eval data"));
+  return perplexity;
 }
 
 double PercentTrue(const torch::Tensor& mask) {

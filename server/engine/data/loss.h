@@ -30,6 +30,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,14 +47,16 @@ absl::StatusOr<LossKind> ResolveLossKind(LossKind requested,
                                          const torch::Tensor& targets);
 
 struct Batch {
-  torch::Tensor inputs;   // [n, ...] on the model's device and float dtype
+  torch::Tensor inputs;   // [n, ...] on the model's device; floating inputs
+                          // in the model's float dtype, integer ones as stored
   torch::Tensor targets;  // [n, ...] on the model's device (int64 or float)
   int64_t size = 0;       // n
 };
 
 struct PreparedBatches {
-  // kCrossEntropy or kMse: kPseudoLabel has become kCrossEntropy with the
-  // labels stored in the batches.
+  // kCrossEntropy, kMse or kLanguageModeling: kPseudoLabel has become
+  // kCrossEntropy with the labels stored in the batches; language modeling's
+  // batches carry the next tokens [n, T-1] (-100 at ignored ids) as targets.
   LossKind loss = LossKind::kCrossEntropy;
   bool pseudo_labels = false;  // true when the labels came from the model
   std::vector<Batch> batches;
@@ -67,12 +70,16 @@ struct PreparedBatches {
 // batch without autograd to fix the labels. INVALID_ARGUMENT for a
 // batch_size < 1, no examples, targets that do not fit the loss, pseudo-labels
 // for a model whose logits are not [N, C] (see ComputeLoss), or a forward
-// pass that fails on the data (with torch's message).
+// pass that fails on the data (with torch's message). Integer inputs (token
+// ids) keep their dtype. Language modeling needs integer inputs [N, T],
+// T >= 2, and targets absent or equal to the inputs; next tokens equal to
+// `ignore_id` (padding) are left out of the loss.
 absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
                                                const torch::Tensor& inputs,
                                                const torch::Tensor& targets,
                                                int64_t batch_size,
-                                               LossKind loss);
+                                               LossKind loss,
+                                               std::optional<int64_t> ignore_id = std::nullopt);
 
 // Runs `module.forward(inputs)` and returns its tensor output (the first
 // element when it returns a tuple or list). INVALID_ARGUMENT with torch's
@@ -89,6 +96,9 @@ absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
 // dim for logits [N, T, V] against [N, T] (a language model's; the mean runs
 // over all N·T positions). Pseudo-labels need logits [N, C]: with more
 // dimensions the class axis is not known without targets.
+// Language modeling takes logits [N, T, V] and the batch's next tokens
+// [N, T-1] (PrepareBatches): the mean over the tokens not ignored of the
+// cross-entropy of logits[:, :-1] against them.
 // INVALID_ARGUMENT when shapes or class indices do not fit, or when both
 // class axes fit the targets ([N, 5, 5] against [N, 5]).
 absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
@@ -112,6 +122,16 @@ absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
                                             const torch::Tensor& inputs,
                                             const torch::Tensor& targets,
                                             const std::string& device = "");
+
+// Perplexity of a language model on token ids `inputs` [N, T]: exp of the
+// mean next-token cross-entropy over every predicted token of every example
+// (tokens equal to `ignore_id` are not predicted), in batches of 64 without
+// autograd; inputs move to `device` ("" = where they are).
+// INVALID_ARGUMENT when the inputs are not integer [N, T >= 2] or the model's
+// output is not [N, T, V]; FAILED_PRECONDITION when it is not finite.
+absl::StatusOr<double> Perplexity(torch::jit::Module& module, const torch::Tensor& inputs,
+                                  std::optional<int64_t> ignore_id = std::nullopt,
+                                  const std::string& device = "");
 
 // 100 × the fraction of true entries of a kBool tensor (0 when empty): the
 // top-1 accuracy of a TopOneCorrect mask.

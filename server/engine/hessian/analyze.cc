@@ -394,7 +394,8 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, Progres
     if (!data.ok()) return data.status();
     RETURN_IF_ERROR(CheckFiniteData(*data, options.dataset_name));
     ASSIGN_OR_RETURN(prepared, PrepareBatches(module, data->inputs, data->targets,
-                                              options.batch_size, options.loss));
+                                              options.batch_size, options.loss,
+                                              options.lm_ignore_id));
   }
 
   report.loss = prepared.loss;

@@ -85,8 +85,11 @@ struct AnalyzeOptions {
   // Examples per forward pass; default 64.
   int64_t batch_size = defaults::kCalibrationBatch;
   // Default kAuto: cross-entropy with labels, else pseudo-labels; MSE for
-  // floating targets.
+  // floating targets. kLanguageModeling for next-token prediction.
   LossKind loss = LossKind::kAuto;
+  // kLanguageModeling: a token id (padding) the loss does not predict;
+  // default none.
+  std::optional<int64_t> lm_ignore_id;
   // Unset: kDefaultHvpMethod.
   std::optional<HvpMethod> hvp_method;
   // Default: finite differences (checked) when double backward is missing.
@@ -191,7 +194,7 @@ struct AnalyzeReport {
   // Things the caller should show: a failed self-check, a capped Lanczos
   // memory, ...
   std::vector<std::string> warnings;
-  LossKind loss = LossKind::kCrossEntropy;  // kCrossEntropy or kMse
+  LossKind loss = LossKind::kCrossEntropy;  // kCrossEntropy, kMse or kLanguageModeling
   bool pseudo_labels = false;               // labels from the model's argmax
   int64_t num_examples = 0;
   int64_t batch_size = 0;

@@ -609,8 +609,15 @@ absl::StatusOr<std::unique_ptr<HvpOperator>> CreateHvpOperator(torch::jit::Modul
   if (batches.batches.empty()) {
     return absl::InvalidArgumentError("no calibration batches");
   }
-  if (batches.loss != LossKind::kCrossEntropy && batches.loss != LossKind::kMse) {
+  if (batches.loss != LossKind::kCrossEntropy && batches.loss != LossKind::kMse &&
+      batches.loss != LossKind::kLanguageModeling) {
     return absl::InvalidArgumentError("the batches' loss must be resolved by PrepareBatches");
+  }
+  // Its output Hessian is written for classes on dim 1 and for MSE.
+  if (options.method == HvpMethod::kGaussNewton && batches.loss == LossKind::kLanguageModeling) {
+    return absl::InvalidArgumentError(
+        "hvp_method: Gauss-Newton products are not available for the language_modeling loss; "
+        "use exact, finite differences or the Fisher diagonal");
   }
   switch (options.method) {
     case HvpMethod::kExact: {

@@ -293,6 +293,20 @@ std::string TorchMessage(const std::string& what) {
   return message;
 }
 
+// The ScalarType of an InspectOptions::input_dtype name.
+absl::StatusOr<c10::ScalarType> InputScalarType(const std::string& name) {
+  static constexpr c10::ScalarType kTypes[] = {
+      c10::ScalarType::Float, c10::ScalarType::Double, c10::ScalarType::Half,
+      c10::ScalarType::BFloat16, c10::ScalarType::Long, c10::ScalarType::Int,
+      c10::ScalarType::Short, c10::ScalarType::Char, c10::ScalarType::Byte,
+      c10::ScalarType::Bool};
+  for (c10::ScalarType type : kTypes) {
+    if (DtypeName(type) == name) return type;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "input_dtype \"", name, "\" is not one of ", absl::StrJoin(kInputDtypes, ", ")));
+}
+
 }  // namespace
 
 absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path) {
@@ -316,12 +330,20 @@ absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path) {
   }
 }
 
+bool IsInputDtype(const std::string& name) {
+  for (const char* known : kInputDtypes) {
+    if (name == known) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
                                             const InspectOptions& options,
                                             const CancelToken* cancel) {
   if (options.input_shape.empty()) {
     return absl::InvalidArgumentError("input_shape is required");
   }
+  ASSIGN_OR_RETURN(const c10::ScalarType input_type, InputScalarType(options.input_dtype));
   for (int64_t d : options.input_shape) {
     if (d <= 0) {
       return absl::InvalidArgumentError(
@@ -373,7 +395,7 @@ absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
     }
     at::Tensor input = torch::zeros(options.input_shape,
                                     at::TensorOptions()
-                                        .dtype(at::kFloat)
+                                        .dtype(input_type)
                                         .device(c10::Device(options.device)));
     c10::IValue output;
     const absl::Time start = absl::Now();
@@ -387,11 +409,11 @@ absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
     }
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "input of shape ", ShapeString(options.input_shape),
+        options.input_dtype, " input of shape ", ShapeString(options.input_shape),
         " does not fit the model: ", TorchMessage(e.what_without_backtrace())));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("input of shape ", ShapeString(options.input_shape),
+        absl::StrCat(options.input_dtype, " input of shape ", ShapeString(options.input_shape),
                      " does not fit the model: ", TorchMessage(e.what())));
   }
 

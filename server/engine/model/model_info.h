@@ -54,8 +54,19 @@ absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path);
 
 struct InspectOptions {
   std::vector<int64_t> input_shape;  // with batch dimension; required
+  // dtype of the probe input (zeros); default "float32". "int64"/"int32"
+  // for token ids (zeros are token 0). One of kInputDtypes.
+  std::string input_dtype = "float32";
   std::string device = "cpu";        // "cpu" or "cuda:N"
 };
+
+// The dtype names InspectOptions::input_dtype accepts, as datasets name them.
+inline constexpr const char* kInputDtypes[] = {"float32", "float64", "float16", "bfloat16",
+                                                "int64",   "int32",   "int16",   "int8",
+                                                "uint8",   "bool"};
+
+// Whether `name` is one of kInputDtypes.
+bool IsInputDtype(const std::string& name);
 
 struct LayerCost {
   std::string name;
@@ -78,10 +89,10 @@ struct Inspection {
   double forward_seconds = 0;  // instrumented first run: not a benchmark
 };
 
-// Runs one forward pass on zeros of `input_shape` (float32) and counts
-// conv/linear/matmul multiply-adds per layer. INVALID_ARGUMENT when the input
-// does not fit the model (message from torch), CANCELLED/DEADLINE_EXCEEDED
-// from `cancel`.
+// Runs one forward pass on zeros of `input_shape` (of `input_dtype`) and
+// counts conv/linear/matmul multiply-adds per layer. INVALID_ARGUMENT for an
+// unknown input_dtype or when the input does not fit the model (message
+// from torch), CANCELLED/DEADLINE_EXCEEDED from `cancel`.
 absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
                                             const InspectOptions& options,
                                             const CancelToken* cancel = nullptr);

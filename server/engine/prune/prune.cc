@@ -202,9 +202,11 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
   std::vector<int64_t> input_shape = calibration.inputs.sizes().vec();
   input_shape[0] = 1;
 
-  ASSIGN_OR_RETURN(s->vit, DiscoverVit(s->module, input_shape));
+  ASSIGN_OR_RETURN(s->vit,
+                   DiscoverVit(s->module, input_shape, calibration.inputs.scalar_type()));
   report->style = s->vit.style;
   s->inspect.input_shape = input_shape;
+  s->inspect.input_dtype = DtypeName(calibration.inputs.scalar_type());
   s->inspect.device = o.device;
   ASSIGN_OR_RETURN(Inspection before, InspectModelFile(o.model_path, s->inspect, cancel));
   report->macs_before = before.total_macs;
@@ -571,7 +573,8 @@ absl::Status Summarize(const PruneOptions& o, PruneState* s, PruneReport* report
     report->blocks.push_back(std::move(pb));
   }
   // Shapes before, from the original structure.
-  ASSIGN_OR_RETURN(VitStructure v0, DiscoverVit(s->teacher, s->inspect.input_shape));
+  ASSIGN_OR_RETURN(VitStructure v0, DiscoverVit(s->teacher, s->inspect.input_shape,
+                                                       s->calibration.inputs.scalar_type()));
   for (size_t b = 0; b < v0.blocks.size() && b < report->blocks.size(); ++b) {
     report->blocks[b].heads_before = v0.blocks[b].heads;
     report->blocks[b].hidden_before = v0.blocks[b].hidden;

@@ -204,7 +204,8 @@ absl::StatusOr<VitStructure> FindVitBlocks(const torch::jit::Module& module) {
 }
 
 absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
-                                         const std::vector<int64_t>& input_shape) {
+                                         const std::vector<int64_t>& input_shape,
+                                         std::optional<c10::ScalarType> input_dtype) {
   ASSIGN_OR_RETURN(VitStructure vit, FindVitBlocks(module));
   // Sequence length: fc1's input rows for one example.
   std::vector<int64_t> shape = input_shape;
@@ -212,7 +213,8 @@ absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
   shape[0] = 1;
   torch::Tensor zeros = torch::zeros(shape, Param(SubmoduleAt(module, vit.blocks[0].fc1), "weight")
                                                 .options());
-  ASSIGN_OR_RETURN(LayerHessian seen, CollectLayerHessian(module, vit.blocks[0].fc1, {zeros}));
+  torch::Tensor probe = input_dtype.has_value() ? zeros.to(*input_dtype) : zeros;
+  ASSIGN_OR_RETURN(LayerHessian seen, CollectLayerHessian(module, vit.blocks[0].fc1, {probe}));
   vit.tokens = seen.rows;
   for (size_t b = 0; b < vit.blocks.size(); ++b) {
     VitBlock& blk = vit.blocks[b];

@@ -27,6 +27,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,14 +62,16 @@ struct VitStructure {
 absl::StatusOr<VitStructure> FindVitBlocks(const torch::jit::Module& module);
 
 // FindVitBlocks, then measures the sequence length with one
-// forward pass on zeros of `input_shape` (batch 1). Heads count as prunable
+// forward pass on zeros of `input_shape` (batch 1), of `input_dtype` (token
+// ids) or, when unset, of fc1's weight dtype. Heads count as prunable
 // only if a copy of the block with one head removed still runs (a forward
 // that derives head_dim from the embedding width, not from qkv's width,
 // fails there; its MLP neurons stay prunable). FAILED_PRECONDITION
 // with the reason when the model is not a ViT of a known layout (or its
 // shapes are inconsistent); INVALID_ARGUMENT when the input does not fit.
-absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
-                                         const std::vector<int64_t>& input_shape);
+absl::StatusOr<VitStructure> DiscoverVit(
+    torch::jit::Module& module, const std::vector<int64_t>& input_shape,
+    std::optional<c10::ScalarType> input_dtype = std::nullopt);
 
 // What to keep, per block: head and MLP neuron indices in increasing order.
 struct BlockPlan {

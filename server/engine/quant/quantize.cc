@@ -290,19 +290,21 @@ std::vector<torch::Tensor> Batches(const torch::Tensor& inputs, int64_t batch_si
 }
 
 // The quantizable layers of `folded` with their sizes, scale counts and
-// MACs per example (the file inspected at one example of `input_sizes`).
+// MACs per example (the file inspected at one example shaped and typed as
+// `inputs`: token ids stay integer).
 absl::StatusOr<std::vector<Layer>> FindLayers(const torch::jit::Module& folded,
                                               const std::string& model_path,
                                               const QuantizerSpec& spec,
-                                              std::vector<int64_t> input_sizes,
+                                              const torch::Tensor& inputs,
                                               const CancelToken* cancel) {
   ASSIGN_OR_RETURN(std::vector<QuantizableLayer> found, QuantizableLayers(folded));
   if (found.empty()) {
     return absl::FailedPreconditionError("the model has no layer with a weight to quantize");
   }
   InspectOptions inspect;
-  input_sizes[0] = 1;
-  inspect.input_shape = input_sizes;
+  inspect.input_shape = inputs.sizes().vec();
+  inspect.input_shape[0] = 1;
+  inspect.input_dtype = DtypeName(inputs.scalar_type());
   ASSIGN_OR_RETURN(Inspection inspection, InspectModelFile(model_path, inspect, cancel));
   std::map<std::string, int64_t> macs;
   for (const LayerCost& l : inspection.layers) macs[l.name] = l.macs;
@@ -368,6 +370,11 @@ struct Prepared {
 // quantizable layers. Sets the report's bytes_before and eval_examples.
 absl::StatusOr<Prepared> Prepare(const QuantizeOptions& o, ProgressSink* sink,
                                  const CancelToken* cancel, QuantizeReport* report) {
+  if (o.search == QuantSearch::kBisection && o.loss == LossKind::kLanguageModeling) {
+    return absl::InvalidArgumentError(
+        "search: bisection keeps a top-1 accuracy, which a language model (loss "
+        "language_modeling) is not measured by; use a size budget");
+  }
   Prepared p;
   ASSIGN_OR_RETURN(p.original, LoadModel(o.model_path, o.device));
   RETURN_IF_ERROR(CheckFiniteParameters(p.original, o.model_name));
@@ -406,8 +413,8 @@ absl::StatusOr<Prepared> Prepare(const QuantizeOptions& o, ProgressSink* sink,
   c.spec.group_size = o.group_size;
   RETURN_IF_ERROR(ValidateSpec(c.spec));
 
-  ASSIGN_OR_RETURN(p.layers, FindLayers(folded, o.model_path, c.spec,
-                                        p.calibration.inputs.sizes().vec(), cancel));
+  ASSIGN_OR_RETURN(p.layers, FindLayers(folded, o.model_path, c.spec, p.calibration.inputs,
+                                        cancel));
   p.pins = InitialPins(o, p.layers);
   p.widths = SearchWidths(o.candidate_bits, p.pins);
   return p;
@@ -511,7 +518,8 @@ absl::StatusOr<std::vector<CalibrationFold>> MakeFolds(const QuantizeOptions& o,
     std::vector<std::string> weights;
     for (const Layer& l : layers) weights.push_back(l.param_name);
     ASSIGN_OR_RETURN(PreparedBatches prepared,
-                     PrepareBatches(folded, fold[f].inputs, fold[f].targets, o.batch_size, o.loss));
+                     PrepareBatches(folded, fold[f].inputs, fold[f].targets, o.batch_size, o.loss,
+                                    o.lm_ignore_id));
     ASSIGN_OR_RETURN(fold[f].model,
                      PerturbationModel::Create(folded, std::move(prepared), weights, pm, c.cancel));
   }
@@ -1150,7 +1158,21 @@ absl::Status GuardAgainstUniform(const Prepared& p, SearchSetup* setup, Quantize
 // Stage "evaluation": the float model (unless the bisection measured it),
 // the saved file, reloaded (what users get is what is reported), and each
 // baseline paired with it on the same examples.
+// A language model's "evaluation": perplexity of the float model and of the
+// saved file (top-1 accuracy of next tokens is not what LM users compare).
+absl::Status EvaluatePerplexity(const QuantizeOptions& o, const Prepared& p,
+                                QuantizeReport* report) {
+  torch::jit::Module original = p.original;
+  ASSIGN_OR_RETURN(report->perplexity_before, Perplexity(original, p.eval->inputs, o.lm_ignore_id));
+  p.context.sink->Progress("evaluation", 1, 2);
+  ASSIGN_OR_RETURN(torch::jit::Module saved, LoadModel(report->model_path, o.device));
+  ASSIGN_OR_RETURN(report->perplexity_after, Perplexity(saved, p.eval->inputs, o.lm_ignore_id));
+  p.context.sink->Progress("evaluation", 2, 2);
+  return absl::OkStatus();
+}
+
 absl::Status Evaluate(const QuantizeOptions& o, const Prepared& p, QuantizeReport* report) {
+  if (o.loss == LossKind::kLanguageModeling) return EvaluatePerplexity(o, p, report);
   const LoadedDataset& eval = *p.eval;
   ProgressSink* sink = p.context.sink;
   if (!report->accuracy_before.has_value()) {

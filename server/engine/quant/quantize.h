@@ -145,8 +145,12 @@ struct QuantizeOptions {
   std::string model_name = "model";
   std::string calibration_name = "calibration dataset";
   std::string eval_name = "eval dataset";
-  // Loss for the sensitivity traces; default kAuto.
+  // Loss for the sensitivity traces; default kAuto. With kLanguageModeling
+  // the eval data give perplexity before/after instead of top-1 accuracy.
   LossKind loss = LossKind::kAuto;
+  // kLanguageModeling: a token id (padding) the loss and the perplexity do
+  // not predict; default none.
+  std::optional<int64_t> lm_ignore_id;
 
   // Tr(H_ii)/n_i per layer (module path of the layer owning the weight), from
   // an ANALYZE report; empty = computed here. A quantizable layer missing
@@ -280,6 +284,11 @@ struct QuantizeReport {
   // model and the saved model.pt.
   std::optional<double> accuracy_before;
   std::optional<double> accuracy_after;
+  // Language modeling (loss kLanguageModeling), instead of the accuracies:
+  // exp of the mean next-token cross-entropy on the eval data, of the
+  // original model and of the saved model.pt.
+  std::optional<double> perplexity_before;
+  std::optional<double> perplexity_after;
   int64_t eval_examples = 0;
   std::vector<QuantPoint> frontier;  // kPareto/kExact: the (size, ΣΩ) frontier
   std::vector<QuantPoint> measured;  // kBisection: every configuration measured
