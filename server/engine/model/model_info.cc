@@ -330,13 +330,6 @@ absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path) {
   }
 }
 
-bool IsInputDtype(const std::string& name) {
-  for (const char* known : kInputDtypes) {
-    if (name == known) return true;
-  }
-  return false;
-}
-
 absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
                                             const InspectOptions& options,
                                             const CancelToken* cancel) {

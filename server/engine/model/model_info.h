@@ -65,8 +65,14 @@ inline constexpr const char* kInputDtypes[] = {"float32", "float64", "float16", 
                                                 "int64",   "int32",   "int16",   "int8",
                                                 "uint8",   "bool"};
 
-// Whether `name` is one of kInputDtypes.
-bool IsInputDtype(const std::string& name);
+// Whether `name` is one of kInputDtypes. Inline: the torch-free pipeline
+// validation links without the engine library.
+inline bool IsInputDtype(const std::string& name) {
+  for (const char* known : kInputDtypes) {
+    if (name == known) return true;
+  }
+  return false;
+}
 
 struct LayerCost {
   std::string name;
