@@ -107,6 +107,9 @@ absl::Status ValidateAnalyzeSpec(const v1::AnalyzeSpec& s, Resources& r) {
   RETURN_IF_ERROR(
       AtLeast(f + ".eigen.max_iterations", e.has_max_iterations(), e.max_iterations(), 1));
   RETURN_IF_ERROR(Fraction(f + ".eigen.tolerance", e.has_tolerance(), e.tolerance()));
+  if (!v1::EigenMethod_IsValid(e.method())) {
+    return Invalid(f + ".eigen.method", absl::StrCat("unknown value ", e.method()));
+  }
   const auto& d = s.density();
   RETURN_IF_ERROR(
       AtLeast(f + ".density.lanczos_steps", d.has_lanczos_steps(), d.lanczos_steps(), 2));

@@ -335,6 +335,8 @@ TEST_F(AnalyzePipelineTest, EachBadFieldIsRefusedByName) {
       {"analyze.eigen.k", [](auto* s) { s->mutable_eigen()->set_k(0); }},
       {"analyze.eigen.max_iterations", [](auto* s) { s->mutable_eigen()->set_max_iterations(0); }},
       {"analyze.eigen.tolerance", [](auto* s) { s->mutable_eigen()->set_tolerance(-1e-3); }},
+      {"analyze.eigen.method",
+       [](auto* s) { s->mutable_eigen()->set_method(static_cast<v1::EigenMethod>(7)); }},
       {"analyze.density.lanczos_steps",
        [](auto* s) { s->mutable_density()->set_lanczos_steps(1); }},
       {"analyze.density.runs", [](auto* s) { s->mutable_density()->set_runs(0); }},
