@@ -575,25 +575,10 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(HvpOperator& op,
     const int steps = static_cast<int>(alpha.size());
     result.steps.push_back(steps);
 
-    torch::Tensor t = torch::zeros({steps, steps}, torch::kFloat64);
+    ASSIGN_OR_RETURN(RitzValues ritz, Ritz(alpha, beta, /*residual_norm=*/0));
     for (int i = 0; i < steps; ++i) {
-      t[i][i] = alpha[i];
-      if (i + 1 < steps) {
-        t[i][i + 1] = beta[i];
-        t[i + 1][i] = beta[i];
-      }
-    }
-    torch::Tensor evals, evecs;
-    try {
-      std::tie(evals, evecs) = torch::linalg_eigh(t);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("eigh of the Lanczos tridiagonal failed: ", e.what_without_backtrace()));
-    }
-    torch::Tensor first = evecs[0];
-    for (int i = 0; i < steps; ++i) {
-      const double c = first[i].item<double>();
-      result.nodes.push_back(evals[i].item<double>());
+      const double c = ritz.vectors[i][0];  // first component of s_i
+      result.nodes.push_back(ritz.values[i]);
       result.weights.push_back(c * c / options.runs);
     }
   }
