@@ -186,7 +186,9 @@ absl::StatusOr<std::vector<int>> ItemWidths(const SearchProblem& problem,
                        " bits, which not every layer tied to it offers (tie group: ",
                        MemberNames(problem, *item), ")"));
     }
-    common = {b};
+    // assign(), not `= {b}`: gcc 14 warns (array-bounds, a false
+    // positive) on the initializer-list assignment.
+    common.assign(1, b);
     item->pinned = true;
   }
   std::sort(common.begin(), common.end());
