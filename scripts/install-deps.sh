@@ -3,6 +3,8 @@
 #   scripts/install-deps.sh            build + test + runtime (developers, CI)
 #   scripts/install-deps.sh --runtime  shared libraries only (container image);
 #       add --no-libtorch for the CUDA image, which brings its own LibTorch
+#   scripts/install-deps.sh --build    what compiling compressd/compressctl
+#       needs (the image's build stage)
 #   scripts/install-deps.sh --cuda-toolkit  Debian's CUDA toolkit (non-free),
 #       to compile against a CUDA LibTorch (Dockerfile, LIBTORCH=cuda)
 # Idempotent: safe to run again; installs only what is missing. This is the
@@ -21,6 +23,16 @@ PACKAGES=(
   libsqlite3-dev nlohmann-json3-dev dataset-fashion-mnist libopenblas0-pthread
   libssl-dev zlib1g-dev openssl clang libclang-rt-14-dev libcurl4-openssl-dev universal-ctags
   libpq-dev postgresql
+  buildah mmdebstrap uidmap
+)
+
+# What the image's build stage needs to compile compressd and compressctl
+# (Dockerfile; no tests, fuzzers, PostgreSQL or Node.js).
+BUILD_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libsqlite3-dev nlohmann-json3-dev libopenblas0-pthread
+  libssl-dev zlib1g-dev libcurl4-openssl-dev libpq-dev
 )
 
 RUNTIME_PACKAGES=(
@@ -36,6 +48,8 @@ if [ "${1:-}" = "--runtime" ]; then
   if [ "${2:-}" = "--no-libtorch" ]; then
     PACKAGES=("${PACKAGES[@]/libtorch1.13}")
   fi
+elif [ "${1:-}" = "--build" ]; then
+  PACKAGES=("${BUILD_PACKAGES[@]}")
 elif [ "${1:-}" = "--cuda-toolkit" ]; then
   PACKAGES=("${CUDA_TOOLKIT_PACKAGES[@]}")
   if [ -f /etc/apt/sources.list.d/debian.sources ] &&
@@ -87,7 +101,7 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-if [ "${1:-}" = "--runtime" ]; then
+if [ "${1:-}" = "--runtime" ] || [ "${1:-}" = "--build" ]; then
   $SUDO apt-get clean
   $SUDO rm -rf /var/lib/apt/lists/*
 fi
