@@ -173,7 +173,8 @@ fi
 # the decoder with its block Linears at 4 and 3 bits, GPTQ and RTN; top-1 of
 # the BERT-style classifier with Q-BERT-style mixed precision (trace Ω,
 # group-wise 32, 4 average bits), RTN and GPTQ. Token data written once into
-# bench/out/text by models/train_text.py. ~N minutes on 2 cores.
+# bench/out/text by models/train_text.py. About 4 minutes per job on one
+# loaded core (6 jobs).
 # (The PRUNE bar of the classifier, -40 % FLOPs with recovery, goes here
 # once PRUNE handles BERT-style blocks.)
 if want text; then
@@ -181,5 +182,5 @@ if want text; then
   TEXT_DIR=$TV_DIR/text
   [ -f "$TEXT_DIR/fmnist_tokens_test_lm.safetensors" ] ||
     /usr/bin/python3 models/train_text.py --data "$TEXT_DIR" --train-n 4096 >/dev/null
-  "$BUILD_DIR/bench/bench_text" --data "$TEXT_DIR" --threads "$THREADS" --eval 10000
+  "$BUILD_DIR/bench/bench_text" --data "$TEXT_DIR" --threads "$THREADS" --eval 10000 --probes 50
 fi
