@@ -173,8 +173,8 @@ fi
 # the decoder with its block Linears at 4 and 3 bits, GPTQ and RTN; top-1 of
 # the BERT-style classifier with Q-BERT-style mixed precision (trace Ω,
 # group-wise 32, 4 average bits), RTN and GPTQ. Token data written once into
-# bench/out/text by models/train_text.py. About 4 minutes per job on one
-# loaded core (6 jobs).
+# bench/out/text by models/train_text.py. Measured on one loaded core: 3-5
+# minutes per decoder job (4), ~14 per classifier job (2).
 # (The PRUNE bar of the classifier, -40 % FLOPs with recovery, goes here
 # once PRUNE handles BERT-style blocks.)
 if want text; then
