@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
 # Usage: bench/run.sh [service] [sandbox] [queue] [hessian] [traces] [pytorch]
-#                     [memory] [quantize] [quantize-stages] [prune] [hygiene]
+#                     [memory] [quantize] [quantize-stages] [prune] [hygiene] [text]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
 # holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
@@ -12,7 +12,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages prune hygiene)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages prune hygiene text)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -167,4 +167,20 @@ if want hygiene; then
     echo "$(grep '^|' "$out/row" | sed 's/ |$//') | ${errors[0]} | ${errors[1]} |"
     rm -rf "$out"
   done
+fi
+
+# QUANTIZE quality on the reference text models (bench_text): perplexity of
+# the decoder with its block Linears at 4 and 3 bits, GPTQ and RTN; top-1 of
+# the BERT-style classifier with Q-BERT-style mixed precision (trace Ω,
+# group-wise 32, 4 average bits), RTN and GPTQ. Token data written once into
+# bench/out/text by models/train_text.py. Measured on one loaded core: 3-5
+# minutes per decoder job (4), ~14 per classifier job (2).
+# (The PRUNE bar of the classifier, -40 % FLOPs with recovery, goes here
+# once PRUNE handles BERT-style blocks.)
+if want text; then
+  bash scripts/build.sh bench_text >/dev/null
+  TEXT_DIR=$TV_DIR/text
+  [ -f "$TEXT_DIR/fmnist_tokens_test_lm.safetensors" ] ||
+    /usr/bin/python3 models/train_text.py --data "$TEXT_DIR" --train-n 4096 >/dev/null
+  "$BUILD_DIR/bench/bench_text" --data "$TEXT_DIR" --threads "$THREADS" --eval 10000 --probes 50
 fi
