@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their tables.
 # Usage: bench/run.sh [service] [sandbox] [queue] [hessian] [traces] [pytorch]
-#                     [memory] [quantize] [quantize-stages] [prune] [hygiene] [text]
+#                     [memory] [quantize] [quantize-stages] [int8] [prune] [hygiene]
+#                     [text]
 # (no argument: all of them, in that order). BENCH_THREADS (default 2) is
 # the LibTorch thread count of traces, pytorch and memory; when other work
 # holds a core, use 1: two OpenMP threads on one free core measured 2.5-4x
@@ -12,7 +13,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 export BUILD_DIR
 THREADS=${BENCH_THREADS:-2}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages prune hygiene text)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(service sandbox queue hessian traces pytorch memory quantize quantize-stages int8 prune hygiene text)
 want() { [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 export COMPRESS_SOURCE_DIR=$PWD
 echo "## Machine"
@@ -126,6 +127,14 @@ if want quantize-stages; then
     echo
     "$BUILD_DIR/bench/bench_quantize" --stages "$TV_DIR/$m.pt:3,224,224" --samples 8 --probes 2
   done
+fi
+
+# model_int8.pt (W8A8, LibTorch's quantized engine) against the float CNN:
+# top-1 on the test set, latency at batch 64 on one thread, alternating.
+if want int8; then
+  bash scripts/build.sh bench_int8 >/dev/null
+  echo
+  "$BUILD_DIR/bench/bench_int8" --threads 1
 fi
 
 # PRUNE quality and latency on the reference ViT (bench_prune): 50% of FLOPs

@@ -556,6 +556,7 @@ absl::Status FillQuantizeSpec(const Context& ctx, v1::QuantizeSpec* spec) {
   }
   v1::QuantizerSettings* q = spec->mutable_quantizer();
   if (ctx.inv.Has("gptq")) q->set_rounding(v1::ROUNDING_GPTQ);
+  if (ctx.inv.Has("int8")) spec->set_int8_model(true);
   if (ctx.inv.Has("asymmetric")) q->set_asymmetric(true);
   if (ctx.inv.Has("granularity")) {
     const std::string g = ctx.inv.Get("granularity");
@@ -938,14 +939,14 @@ const std::vector<Entry>& Entries() {
                      absl::StrJoin(defaults::kCandidateBits, ","),
                      "] [--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
                      "[--sensitivity ANALYZE_JOB_ID [--allow-unconverged]] [--samples N] "
-                     "[--batch N] [--loss L [--lm-ignore-id ID]] [job flags]"),
+                     "[--batch N] [--loss L [--lm-ignore-id ID]] [--int8] [job flags]"),
         0,
         0,
         WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",
                       "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
                       "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
                       "pin",   "tie",        "sensitivity", "samples",      "batch",
-                      "omega", "allow-unconverged", "loss", "lm-ignore-id"}),
+                      "omega", "allow-unconverged", "loss", "lm-ignore-id", "int8"}),
         "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
        Quantize},
       {{{"prune"},
@@ -973,7 +974,7 @@ const std::vector<Entry>& Entries() {
                       "recovery-steps", "lr", "temperature", "optimizer", "saliency-samples",
                       "samples", "batch", "bits", "avg-bits", "bytes", "bops", "search",
                       "max-drop", "max-relative-drop", "gptq", "asymmetric", "granularity",
-                      "group-size", "candidates", "pin", "tie"}),
+                      "group-size", "candidates", "pin", "tie", "int8"}),
         "submit a COMPRESS job (PRUNE, then QUANTIZE the pruned model)"},
        Compress},
       {{{"job", "submit"},
@@ -1078,6 +1079,8 @@ const std::vector<FlagDef>& Flags() {
       {"max-drop", 0, true, "PP", "tolerated top-1 drop in percentage points (bisection)"},
       {"max-relative-drop", 0, true, "F", "tolerated top-1 drop as a fraction (bisection)"},
       {"gptq", 0, false, "", "round with GPTQ instead of round-to-nearest"},
+      {"int8", 0, false, "",
+       "also write model_int8.pt (8-bit weights and activations, LibTorch's quantized engine)"},
       {"asymmetric", 0, false, "", "asymmetric quantizer (default symmetric)"},
       {"granularity", 0, true, "G", "tensor, channel (default) or group"},
       {"group-size", 0, true, "N", "32, 64 or 128 (default 128) for --granularity group"},

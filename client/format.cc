@@ -788,6 +788,7 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
   std::vector<std::pair<std::string, std::string>> pairs;
   const std::string size = SizeText(result.bytes_before(), result.bytes_after());
   pairs.push_back({"size", size});
+  if (result.model_bytes() > 0) pairs.push_back({"model.pt", WithCommas(result.model_bytes())});
   pairs.push_back(
       {"average bits", absl::StrFormat("%.2f (search %s%s)", result.average_bits(), result.search(),
                                        result.search_exact() ? "" : ", coarsened")});
@@ -814,6 +815,17 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
                                                      result.searched_output_error(),
                                                      result.uniform_output_error(),
                                                      result.chose_uniform() ? "uniform" : "searched")});
+  }
+  if (result.has_int8()) {
+    const v1::Int8ModelResult& i = result.int8();
+    std::string text = absl::StrFormat(
+        "model_int8.pt %s bytes (%s), %.3g ms vs %.3g ms float (%.2fx) at batch %d on %d "
+        "thread%s",
+        WithCommas(i.bytes()), i.engine(), i.latency_ms(), i.float_latency_ms(),
+        i.latency_ms() > 0 ? i.float_latency_ms() / i.latency_ms() : 0.0, i.latency_batch(),
+        i.threads(), i.threads() == 1 ? "" : "s");
+    if (i.has_accuracy()) absl::StrAppendFormat(&text, ", top-1 %.2f%%", i.accuracy());
+    pairs.push_back({"int8", text});
   }
   absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
 

@@ -237,6 +237,7 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   o.idx_dir = resources.BuiltinDataDir();
   o.loss = LossFromProto(spec.loss());
   if (spec.has_lm_ignore_id()) o.lm_ignore_id = spec.lm_ignore_id();
+  o.int8_model = spec.int8_model();
 
   if (!spec.sensitivity_job_id().empty()) {
     ASSIGN_OR_RETURN(JobTraces traces,
@@ -397,6 +398,18 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
   r.set_wall_seconds(report.wall_seconds);
   for (const auto& [layer, bits] : report.pins) (*r.mutable_pins())[layer] = bits;
   for (const std::string& w : report.warnings) r.add_warnings(w);
+  r.set_model_bytes(report.model_bytes);
+  if (report.int8) {
+    v1::Int8ModelResult* p = r.mutable_int8();
+    p->set_bytes(report.int8->bytes);
+    p->set_engine(report.int8->engine);
+    p->set_quantized_ops(report.int8->quantized_ops);
+    if (report.int8->accuracy) p->set_accuracy(*report.int8->accuracy);
+    p->set_latency_ms(report.int8->latency_ms);
+    p->set_float_latency_ms(report.int8->float_latency_ms);
+    p->set_latency_batch(report.int8->latency_batch);
+    p->set_threads(report.int8->threads);
+  }
   return r;
 }
 
@@ -423,6 +436,14 @@ std::string QuantizeSummary(const v1::QuantizeResult& r) {
                           r.fallback_layers(), r.layers_size(),
                           r.chose_uniform() ? ", uniform bits kept" : "");
   }
+  if (r.has_int8()) {
+    absl::StrAppendFormat(&summary, "; int8 model %.2f ms vs %.2f ms float at batch %d",
+                          r.int8().latency_ms(), r.int8().float_latency_ms(),
+                          r.int8().latency_batch());
+    if (r.int8().has_accuracy()) {
+      absl::StrAppendFormat(&summary, ", top-1 %.2f%%", r.int8().accuracy());
+    }
+  }
   if (!r.budget_met()) absl::StrAppend(&summary, "; budget not met");
   if (!r.tolerance_met()) absl::StrAppend(&summary, "; accuracy tolerance not met");
   return summary;
@@ -439,10 +460,16 @@ absl::Status AddQuantizeArtifacts(const engine::QuantizeReport& report,
       {"model.pt", "application/octet-stream", report.model_path},
       {"weights.safetensors", "application/octet-stream", report.weights_path},
       {"manifest.json", "application/json", report.manifest_path},
+      {"encodings.json", "application/json", report.encodings_path},
   };
   for (const Output& out : outputs) {
     ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(out.path));
     RETURN_IF_ERROR(context.AddArtifact(out.name, out.content_type, bytes).status());
+  }
+  if (report.int8) {
+    ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(report.int8->path));
+    RETURN_IF_ERROR(
+        context.AddArtifact("model_int8.pt", "application/octet-stream", bytes).status());
   }
   return context.AddArtifact("pareto.svg", "image/svg+xml", ParetoSvg(result)).status();
 }

@@ -1074,7 +1074,8 @@ TEST_F(E2eTest, QuantizeJobEndToEnd) {
   std::set<std::string> names;
   for (const auto& a : *artifacts) names.insert(a.name());
   for (const char* name :
-       {"model.pt", "weights.safetensors", "manifest.json", "report.json", "pareto.svg"}) {
+       {"model.pt", "weights.safetensors", "manifest.json", "encodings.json", "report.json",
+        "pareto.svg"}) {
     EXPECT_EQ(names.count(name), 1u) << name;
   }
 
@@ -1305,7 +1306,7 @@ TEST_F(E2eTest, CompressJobPrunesThenQuantizes) {
   std::set<std::string> names;
   for (const auto& a : *artifacts) names.insert(a.name());
   for (const char* name : {"model.pt", "pruned.pt", "weights.safetensors", "manifest.json",
-                           "report.json", "structure.svg", "pareto.svg"}) {
+                           "encodings.json", "report.json", "structure.svg", "pareto.svg"}) {
     EXPECT_EQ(names.count(name), 1u) << name;
   }
   const std::string model_path = dir_.path() + "/compressed.pt";

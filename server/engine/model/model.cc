@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/engine/common/runtime.h"
+#include "server/engine/quant/compact_model.h"
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
@@ -24,6 +25,8 @@ absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
   try {
     torch::jit::Module module = torch::jit::load(path, c10::Device(device));
     module.eval();
+    // A QUANTIZE model.pt: its weights were rebuilt from the codes at load.
+    ForgetCodes(module);
     return module;
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(

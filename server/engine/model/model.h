@@ -21,7 +21,9 @@ namespace compress::engine {
 // Loads `path` as TorchScript with its tensors on `device` ("cpu" or
 // "cuda:N") and puts it in eval mode. NOT_FOUND when the file does not
 // exist; INVALID_ARGUMENT (with the loader's message) when it is not a
-// TorchScript model or the device is not valid. Thread-safe.
+// TorchScript model or the device is not valid. A QUANTIZE model.pt
+// (quant/compact_model.h) comes back as a plain float model: saving it
+// again stores its float weights. Thread-safe.
 absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
                                              const std::string& device = "cpu");
 

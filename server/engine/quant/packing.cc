@@ -431,4 +431,77 @@ absl::StatusOr<std::map<std::string, torch::Tensor>> DequantizedTensors(const Pa
   return out;
 }
 
+namespace {
+
+const char* EncodingType(QuantGranularity granularity) {
+  switch (granularity) {
+    case QuantGranularity::kPerTensor:
+      return "PER_TENSOR";
+    case QuantGranularity::kPerChannel:
+      return "PER_CHANNEL";
+    case QuantGranularity::kGroup:
+      return "PER_BLOCK";
+  }
+  return "UNKNOWN";
+}
+
+absl::StatusOr<nlohmann::json> ParamEncoding(const std::string& layer, const QuantizedTensor& q) {
+  const QuantParams& p = q.params;
+  RETURN_IF_ERROR(ValidateSpec(p.spec));
+  const torch::Tensor scale = p.scale.detach().cpu().to(torch::kFloat32).contiguous();
+  const torch::Tensor zero = p.zero_point.detach().cpu().to(torch::kInt64).contiguous();
+  if (scale.numel() != zero.numel()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer, ": scales and zero points differ in number"));
+  }
+  nlohmann::json j;
+  j["name"] = absl::StrCat(layer, ".weight");
+  j["dtype"] = "INT";
+  j["enc_type"] = EncodingType(p.spec.granularity);
+  j["bw"] = p.spec.bits;
+  j["is_sym"] = p.spec.symmetric;
+  j["axis"] = p.spec.channel_axis;
+  if (p.spec.granularity == QuantGranularity::kGroup) j["block_size"] = p.spec.group_size;
+  j["shape"] = p.shape;
+  std::vector<double> scales(static_cast<size_t>(scale.numel()));
+  std::vector<int64_t> offsets(scales.size()), zero_points(scales.size());
+  for (int64_t i = 0; i < scale.numel(); ++i) {
+    scales[i] = static_cast<double>(scale.data_ptr<float>()[i]);
+    zero_points[i] = zero.data_ptr<int64_t>()[i];
+    offsets[i] = -zero_points[i];
+  }
+  j["scale"] = scales;
+  j["offset"] = offsets;
+  j["zero_point"] = zero_points;
+  j["min_code"] = MinCode(p.spec);
+  j["max_code"] = MaxCode(p.spec);
+  return j;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> WriteEncodings(const PackedModel& model, const std::string& path) {
+  nlohmann::json encodings;
+  encodings["version"] = kEncodingsVersion;
+  encodings["producer"] = "compressd";
+  encodings["dequantize"] = "x = scale * (q + offset) = scale * (q - zero_point)";
+  encodings["activation_encodings"] = nlohmann::json::array();
+  encodings["param_encodings"] = nlohmann::json::array();
+  encodings["float_tensors"] = nlohmann::json::array();
+  encodings["tied"] = nlohmann::json::object();
+  try {
+    for (const auto& [layer, q] : model.layers) {
+      ASSIGN_OR_RETURN(nlohmann::json j, ParamEncoding(layer, q));
+      encodings["param_encodings"].push_back(std::move(j));
+    }
+    for (const auto& [name, t] : model.float_tensors) encodings["float_tensors"].push_back(name);
+    for (const auto& [alias, name] : model.aliases) encodings["tied"][alias] = name;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("cannot write the encodings: ", e.what()));
+  }
+  std::string text = encodings.dump(1);
+  RETURN_IF_ERROR(WriteAtomically(path, text));
+  return text;
+}
+
 }  // namespace compress::engine

@@ -32,6 +32,23 @@
 // stored under, "L.weight" or a float tensor's: the tensor is stored once.
 // Little-endian hosts only (as safetensors itself).
 //
+// Encodings file (JSON, WriteEncodings), modelled on AIMET's encodings
+// file (version "1.0.0" layout: lists of named encodings with dtype,
+// enc_type, bw, is_sym, scale, offset) so that tools that take
+// per-tensor quantization parameters can read it:
+//   {"version": "1.0.0", "producer": "compressd",
+//    "dequantize": "x = scale * (q + offset) = scale * (q - zero_point)",
+//    "activation_encodings": [],     (weights only, so far)
+//    "param_encodings": [{"name": "L.weight", "dtype": "INT",
+//        "enc_type": "PER_TENSOR|PER_CHANNEL|PER_BLOCK", "bw", "is_sym",
+//        "axis" (channel axis), "block_size" (PER_BLOCK only: columns of
+//        the matrix view per scale), "shape",
+//        "scale": [rows·groups floats, row-major: the float32 scales],
+//        "offset": [−zero_point ...], "zero_point": [...],
+//        "min_code", "max_code"}],
+//    "float_tensors": [names], "tied": {alias: name}}
+// with q the unsigned code (min_code..max_code) of the packed file.
+//
 //   PackedModel packed;
 //   packed.layers["fc"] = quantized_fc_weight;
 //   packed.float_tensors["fc.bias"] = bias;
@@ -92,6 +109,13 @@ struct PackedFileInfo {
 absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
                                                 const std::string& safetensors_path,
                                                 const std::string& manifest_path);
+
+// The encodings file's version (AIMET-style "major.minor.patch").
+inline constexpr char kEncodingsVersion[] = "1.0.0";
+
+// Writes the encodings of `model` (above) to `path`; returns the JSON.
+// INVALID_ARGUMENT for an inconsistent layer; INTERNAL on I/O errors.
+absl::StatusOr<std::string> WriteEncodings(const PackedModel& model, const std::string& path);
 
 // Reads a file written by WritePackedModel; Dequantize() of each layer is
 // bitwise equal to Dequantize() of what was written.

@@ -1,5 +1,6 @@
 #include "server/engine/quant/quantize.h"
 
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -29,8 +30,10 @@
 #include "server/engine/model/model_info.h"
 #include "server/engine/quant/bn_fold.h"
 #include "server/engine/quant/calibration.h"
+#include "server/engine/quant/compact_model.h"
 #include "server/engine/quant/gptq.h"
 #include "server/engine/quant/gptq_model.h"
+#include "server/engine/quant/int8_model.h"
 #include "server/engine/quant/packing.h"
 #include "server/engine/quant/quantizer.h"
 #include "server/engine/search/bisection.h"
@@ -1022,19 +1025,32 @@ absl::Status RecordChoice(const SearchSetup& s, const std::vector<Layer>& layers
 
 // ---------------------------------------------------------------- rounding
 
-// model.pt (the quantized model as evaluated) and the packed
-// weights.safetensors + manifest.json in `output_dir`.
+// model.pt (the quantized model as evaluated, its quantized weights stored
+// as codes: compact_model.h), the packed weights.safetensors +
+// manifest.json and encodings.json in `output_dir`.
 absl::Status WriteOutputs(const Quantized& result, const std::vector<Layer>& layers,
                           const PackedLayout& layout, const std::string& output_dir,
-                          QuantizeReport* report) {
+                          ProgressSink* sink, QuantizeReport* report) {
   report->model_path = output_dir + "/model.pt";
   report->weights_path = output_dir + "/weights.safetensors";
   report->manifest_path = output_dir + "/manifest.json";
-  try {
-    result.module.save(report->model_path);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("cannot save the quantized model: ", e.what_without_backtrace()));
+  report->encodings_path = output_dir + "/encodings.json";
+  absl::StatusOr<CompactModelInfo> compact =
+      SaveCompactModel(result.module, result.tensors, report->model_path);
+  if (compact.ok()) {
+    report->model_bytes = compact->file_bytes;
+  } else {
+    // Still a correct model, only as large as the float one.
+    const std::string why = absl::StrCat(
+        "model.pt holds the quantized weights in float: ", compact.status().message());
+    report->warnings.push_back(why);
+    sink->Log("WARNING", why);
+    try {
+      result.module.save(report->model_path);
+      report->model_bytes = static_cast<int64_t>(std::filesystem::file_size(report->model_path));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("cannot save the quantized model: ", e.what()));
+    }
   }
   PackedModel packed = layout.skeleton;
   for (const Layer& l : layers) {
@@ -1052,7 +1068,7 @@ absl::Status WriteOutputs(const Quantized& result, const std::vector<Layer>& lay
   ASSIGN_OR_RETURN(PackedFileInfo info,
                    WritePackedModel(packed, report->weights_path, report->manifest_path));
   report->bytes_after = info.file_bytes;
-  return absl::OkStatus();
+  return WriteEncodings(packed, report->encodings_path).status();
 }
 
 std::vector<QuantizedLayerReport> LayerReports(const std::vector<Layer>& layers,
@@ -1198,6 +1214,53 @@ absl::Status Evaluate(const QuantizeOptions& o, const Prepared& p, QuantizeRepor
   return absl::OkStatus();
 }
 
+// Batch and rounds of the int8 latency measurement.
+constexpr int64_t kLatencyBatch = 64;
+constexpr int kLatencyWarmup = 5;
+constexpr int kLatencyRounds = 20;
+
+absl::StatusOr<Int8ModelReport> MakeInt8Model(const QuantizeOptions& o, const Prepared& p) {
+  Int8ModelReport r;
+  r.path = o.output_dir + "/model_int8.pt";
+  ASSIGN_OR_RETURN(Int8ModelInfo info,
+                   SaveInt8Model(p.original, p.context.calibration, r.path));
+  r.bytes = info.file_bytes;
+  r.engine = info.engine;
+  r.quantized_ops = info.quantized_ops;
+  ASSIGN_OR_RETURN(torch::jit::Module int8, LoadModel(r.path, "cpu"));
+  ASSIGN_OR_RETURN(torch::jit::Module float_model, LoadModel(o.model_path, "cpu"));
+  const bool classify = p.eval.has_value() && o.loss != LossKind::kLanguageModeling;
+  if (classify) {
+    ASSIGN_OR_RETURN(r.accuracy,
+                     TopOneAccuracy(int8, p.eval->inputs.cpu(), p.eval->targets.cpu()));
+  }
+  const torch::Tensor& pool = p.eval.has_value() ? p.eval->inputs : p.calibration.inputs;
+  const torch::Tensor x = pool.narrow(0, 0, std::min(kLatencyBatch, pool.size(0))).cpu();
+  ASSIGN_OR_RETURN(auto ms,
+                   AlternateLatencyMs(int8, float_model, x, kLatencyWarmup, kLatencyRounds));
+  r.latency_ms = ms.first;
+  r.float_latency_ms = ms.second;
+  r.latency_batch = x.size(0);
+  r.threads = at::get_num_threads();
+  return r;
+}
+
+// Stage "int8": a failure is a warning (the other artifacts stand).
+absl::Status Int8Stage(const QuantizeOptions& o, const Prepared& p, QuantizeReport* report) {
+  absl::StatusOr<Int8ModelReport> r = MakeInt8Model(o, p);
+  if (r.ok()) {
+    report->int8 = std::move(*r);
+    return absl::OkStatus();
+  }
+  if (absl::IsCancelled(r.status()) || absl::IsDeadlineExceeded(r.status())) return r.status();
+  const std::string why = absl::StrCat("no model_int8.pt: ", r.status().message());
+  report->warnings.push_back(why);
+  p.context.sink->Log("WARNING", why);
+  std::error_code ec;
+  std::filesystem::remove(o.output_dir + "/model_int8.pt", ec);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 const char* QuantOmegaName(QuantOmega omega) {
@@ -1269,11 +1332,13 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     return GuardAgainstUniform(p, &setup, &result, &chosen, &report);
   });
   stages.AddStep("outputs", [&]() -> absl::Status {
-    RETURN_IF_ERROR(WriteOutputs(result, p.layers, setup.layout, o.output_dir, &report));
+    RETURN_IF_ERROR(
+        WriteOutputs(result, p.layers, setup.layout, o.output_dir, sink, &report));
     report.layers = LayerReports(p.layers, chosen, setup.pins, o.candidate_bits, result);
     return absl::OkStatus();
   });
   stages.AddIf(p.eval.has_value(), "evaluation", [&] { return Evaluate(o, p, &report); });
+  stages.AddIf(o.int8_model, "int8", [&] { return Int8Stage(o, p, &report); });
   RETURN_IF_ERROR(stages.Run(sink, cancel));
 
   report.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);

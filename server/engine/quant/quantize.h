@@ -30,9 +30,11 @@
 //     Ω replaced by ‖δ(b)‖² alone (no Hessian; the same δ as Ω's), each
 //     rounded the same way and evaluated when eval data are given.
 //  5. Outputs written to `output_dir`: model.pt (TorchScript, the folded
-//     model with the dequantized weights in place: exactly what was
-//     evaluated), weights.safetensors + manifest.json (packed codes,
-//     scales, zero points, float tensors; packing.h).
+//     model with the quantized weights stored as integer codes and rebuilt
+//     at load, compact_model.h: exactly what was evaluated, bit for bit),
+//     weights.safetensors + manifest.json (packed codes, scales, zero
+//     points, float tensors; packing.h) and encodings.json (per tensor:
+//     bits, scales, offsets, quantizer; packing.h).
 //
 //   QuantizeOptions options;
 //   options.model_path = "/blobs/ab/abcd";
@@ -202,11 +204,17 @@ struct QuantizeOptions {
   // Groups of layers that must share their bits.
   std::vector<std::vector<std::string>> ties;
 
+  // Also write model_int8.pt: the float model with 8-bit weights and
+  // activations run by LibTorch's quantized engine (int8_model.h),
+  // calibrated on the calibration batches, its top-1 on the eval data and
+  // its latency against the float model's; default false.
+  bool int8_model = false;
+
   uint64_t seed = 0;
   // "cpu" or "cuda:N"; default "cpu".
   std::string device = "cpu";
-  // Existing directory for model.pt, weights.safetensors, manifest.json;
-  // required.
+  // Existing directory for model.pt, weights.safetensors, manifest.json,
+  // encodings.json; required.
   std::string output_dir;
 };
 
@@ -238,6 +246,24 @@ struct QuantizedLayerReport {
   // Later layers whose weight is this tensor (tied weights): quantized and
   // stored once, under this layer's name.
   std::vector<std::string> tied;
+};
+
+// model_int8.pt (QuantizeOptions::int8_model).
+struct Int8ModelReport {
+  std::string path;
+  int64_t bytes = 0;
+  std::string engine;         // LibTorch's quantized engine: "onednn", ...
+  int64_t quantized_ops = 0;  // quantized:: kernels in its forward
+  // Top-1 in percent on the eval data (when given; not for language models).
+  std::optional<double> accuracy;
+  // Median milliseconds of one forward on the CPU of this model and of the
+  // float model (model_path) on `latency_batch` examples (the first eval
+  // examples, else calibration ones), timed alternately in the job's
+  // process with its `threads` intra-op threads.
+  double latency_ms = 0;
+  double float_latency_ms = 0;
+  int64_t latency_batch = 0;
+  int threads = 0;
 };
 
 // A point of the (size, ΣΩ) frontier or a measured configuration.
@@ -320,6 +346,13 @@ struct QuantizeReport {
   std::string model_path;
   std::string weights_path;
   std::string manifest_path;
+  std::string encodings_path;  // encodings.json (packing.h)
+  // Bytes of model.pt: with the quantized weights as codes
+  // (compact_model.h), or, with a warning, in float when its module types
+  // cannot take the methods.
+  int64_t model_bytes = 0;
+  // With int8_model (absent, with a warning, when LibTorch could not make it).
+  std::optional<Int8ModelReport> int8;
 };
 
 // Runs the quantization described by `options`. `sink` (may be null) gets
@@ -329,7 +362,8 @@ struct QuantizeReport {
 // measured), "rounding" (GPTQ: progress "gptq", one unit per layer), and
 // with eval data "evaluation" (the saved model, then each baseline). E.g.
 // kBisection: sensitivity 0/5, search 1/5, evaluation 2/5, rounding 3/5,
-// evaluation 4/5; kExact without eval data: 0/3, 1/3, 2/3. Errors from a
+// evaluation 4/5; kExact without eval data: 0/3, 1/3, 2/3; int8_model adds
+// "int8" last. Errors from a
 // stage name it ("search: pins/ties: ..."). `cancel` may be null.
 absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& options,
                                                ProgressSink* sink,
