@@ -109,9 +109,8 @@ absl::Status RunModel(const Spec& spec, int reps,
     if (!out.ok()) return out.status();
     classes = out->size(1);
   }
-  torch::Tensor targets =
-      torch::randint(0, classes, {spec.batch}, gen, torch::kLong)
-          .to(torch::Device(bench::BenchDevice()));
+  torch::Tensor targets = torch::randint(0, classes, {spec.batch}, gen, torch::kLong)
+                              .to(torch::Device(bench::BenchDevice()));
   absl::StatusOr<PreparedBatches> prepared = PrepareBatches(
       module, inputs, targets, spec.batch, LossKind::kCrossEntropy);
   if (!prepared.ok()) return prepared.status();
