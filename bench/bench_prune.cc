@@ -160,7 +160,7 @@ int Run(const Args& args) {
   return 0;
 }
 
-int CompareLatency(const std::string& original, const std::string& pruned, int threads) {
+int CompareLatencyMain(const std::string& original, const std::string& pruned, int threads) {
   absl::StatusOr<torch::jit::Module> a = LoadModel(original);
   absl::StatusOr<torch::jit::Module> b = LoadModel(pruned);
   absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", 64);
@@ -232,7 +232,7 @@ int main(int argc, char** argv) {
   const std::string check = compress::engine::VerifyBlasChoice(argv);
   std::printf("%s\n%s\n", check.c_str(), compress::engine::BlasDescription().c_str());
   if (!compare_a.empty()) {
-    return compress::engine::CompareLatency(compare_a, compare_b, args.threads);
+    return compress::engine::CompareLatencyMain(compare_a, compare_b, args.threads);
   }
   return compress::engine::Run(args);
 }
