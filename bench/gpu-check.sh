@@ -220,7 +220,7 @@ run_benches() {
   [ "$MODE" = gpu ] && devices=(cuda:0 cpu)
   if [ "$MODE" = cpu ]; then  # a dry run on a small machine
     hvp=(models/fmnist_cnn.pt:1,28,28:16:1)
-    analyze=(--model=models/fmnist_cnn.pt --samples=64 --trace-max=5 --eig-max=5)
+    analyze=(--model=models/fmnist_cnn.pt --samples=64 --trace-min=5 --trace-max=5 --eig-max=5)
     quantize=(--models cnn --budgets 4 --samples 64 --eval 200 --trace-max-probes 5)
     prune=(--saliency magnitude --recovery 0 --samples 64 --saliency-samples 32 --eval 100 --steps 1)
   else
