@@ -403,6 +403,7 @@ int TracesMain(const Flags& flags) {
 int AnalyzeMain(const Flags& flags) {
   ConfigureThreads(static_cast<int>(flags.Int("threads", 2)));
   AnalyzeOptions o;
+  o.device = bench::BenchDevice();
   o.model_path = flags.Get("model", "");
   o.dataset = flags.Get("data", "");
   o.num_samples = flags.Int("samples", 0);
@@ -433,6 +434,7 @@ int AnalyzeMain(const Flags& flags) {
   }
   nlohmann::json j;
   j["impl"] = "engine";
+  j["device"] = o.device;
   j["threads"] = at::get_num_threads();
   j["method"] = HvpMethodName(report->hvp_method);
   j["fell_back"] = report->fell_back;

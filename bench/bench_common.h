@@ -1,10 +1,11 @@
 // Helpers shared by the benchmarks (header-only, benchmarks only): timing,
 // medians, model specs on the command line, /proc/self/status, and the
-// runtime line every table starts with.
+// runtime lines every table starts with, and the device the benchmarks run on.
 #ifndef COMPRESS_BENCH_BENCH_COMMON_H_
 #define COMPRESS_BENCH_BENCH_COMMON_H_
 
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -92,9 +93,48 @@ inline double SgemmGflops() {
   return flops / (Median(times) * 1e-3) / 1e9;
 }
 
-// The two lines every Hessian table starts with: LibTorch version, intra-op
+// The device of every benchmark run: COMPRESS_BENCH_DEVICE ("cpu" when unset
+// or empty; "cuda:N" on a GPU machine, bench/gpu-check.sh).
+inline std::string BenchDevice() {
+  const char* device = std::getenv("COMPRESS_BENCH_DEVICE");
+  return device == nullptr || *device == '\0' ? "cpu" : device;
+}
+
+inline bool OnCuda() { return BenchDevice().rfind("cuda", 0) == 0; }
+
+// Waits for the kernels queued on the device (CUDA runs them
+// asynchronously), so that a wall-clock time read next covers them.
+inline void SyncDevice() {
+  if (OnCuda()) torch::cuda::synchronize();
+}
+
+// "- device: cpu", or on CUDA the GPU's name. LibTorch's C++ API has no
+// device-name call without the CUDA headers (the CPU build lacks them), so
+// the name comes from nvidia-smi.
+inline void PrintDeviceLine() {
+  std::string device = BenchDevice();
+  if (OnCuda()) {
+    const size_t colon = device.find(':');
+    const std::string index = colon == std::string::npos ? "0" : device.substr(colon + 1);
+    const std::string command =
+        "nvidia-smi --query-gpu=name --format=csv,noheader -i " + index + " 2>/dev/null";
+    std::string name;
+    if (FILE* pipe = popen(command.c_str(), "r")) {
+      char buf[256];
+      while (std::fgets(buf, sizeof(buf), pipe) != nullptr) name += buf;
+      pclose(pipe);
+    }
+    while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+    device += " (" + (name.empty() ? std::string("name unknown") : name) + ", " +
+              std::to_string(torch::cuda::device_count()) + " CUDA devices visible)";
+  }
+  std::printf("- device: %s\n", device.c_str());
+}
+
+// The lines every Hessian table starts with: the device, and: LibTorch version, intra-op
 // threads, OPENBLAS_CORETYPE, and the sgemm throughput.
 inline void PrintRuntimeLines() {
+  PrintDeviceLine();
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   std::printf("- LibTorch %s, at::get_num_threads() = %d, OPENBLAS_CORETYPE=%s\n",
               TORCH_VERSION, at::get_num_threads(),

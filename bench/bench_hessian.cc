@@ -1,6 +1,7 @@
 // Hessian-vector product cost and accuracy per HVP method.
 //
 //   bench_hessian [--reps=N] MODEL:SHAPE:BATCH[:REPS] ...
+//   (on the device COMPRESS_BENCH_DEVICE names, default cpu)
 //   e.g. bench_hessian models/fmnist_cnn.pt:1,28,28:64
 //                      bench/out/resnet18.pt:3,224,224:8:2  (one command)
 //
@@ -61,6 +62,7 @@ absl::StatusOr<double> TimeIt(int reps, const std::function<absl::Status()>& f) 
     Clock::time_point start = Clock::now();
     s = f();
     if (!s.ok()) return s;
+    bench::SyncDevice();
     times.push_back(MsSince(start));
   }
   return Median(times);
@@ -91,14 +93,15 @@ std::string Fmt(const char* format, double x) {
 
 absl::Status RunModel(const Spec& spec, int reps,
                       std::vector<std::string>* notes) {
-  absl::StatusOr<torch::jit::Module> loaded = LoadModel(spec.path);
+  absl::StatusOr<torch::jit::Module> loaded = LoadModel(spec.path, bench::BenchDevice());
   if (!loaded.ok()) return loaded.status();
   torch::jit::Module module = *loaded;
 
   std::vector<int64_t> shape = {spec.batch};
   shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
   at::Generator gen = MakeGenerator(1234);
-  torch::Tensor inputs = torch::rand(shape, gen);
+  // Drawn on the CPU (the same numbers on every device), then moved.
+  torch::Tensor inputs = torch::rand(shape, gen).to(torch::Device(bench::BenchDevice()));
   int64_t classes = 0;
   {
     torch::NoGradGuard no_grad;
@@ -106,8 +109,8 @@ absl::Status RunModel(const Spec& spec, int reps,
     if (!out.ok()) return out.status();
     classes = out->size(1);
   }
-  torch::Tensor targets =
-      torch::randint(0, classes, {spec.batch}, gen, torch::kLong);
+  torch::Tensor targets = torch::randint(0, classes, {spec.batch}, gen, torch::kLong)
+                              .to(torch::Device(bench::BenchDevice()));
   absl::StatusOr<PreparedBatches> prepared = PrepareBatches(
       module, inputs, targets, spec.batch, LossKind::kCrossEntropy);
   if (!prepared.ok()) return prepared.status();

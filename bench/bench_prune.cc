@@ -24,6 +24,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_common.h"
 #include "server/engine/common/runtime.h"
 #include "server/engine/data/dataset.h"
 #include "server/engine/model/model.h"
@@ -82,6 +83,7 @@ int Run(const Args& args) {
   const char* src = std::getenv("COMPRESS_SOURCE_DIR");
   const std::string model =
       args.model.empty() ? std::string(src ? src : ".") + "/models/fmnist_vit.pt" : args.model;
+  bench::PrintDeviceLine();
   std::printf("model %s, calibration %lld training images (saliency on the first %lld), target %.0f%% of FLOPs in %d rounds, "
               "recovery lr %g (Adam, batch 64), top-1 on %lld test images, latency at batch 64 "
               "(median), %d threads\n\n",
@@ -95,6 +97,7 @@ int Run(const Args& args) {
   for (const std::string& kind : args.saliency) {
     for (int recovery : args.recovery) {
       PruneOptions o;
+      o.device = bench::BenchDevice();
       o.model_path = model;
       o.calibration_dataset = "builtin:fashion-mnist/train";
       o.num_samples = args.samples;
@@ -131,6 +134,7 @@ int Run(const Args& args) {
       std::fflush(stdout);
       if (!args.compress || recovery == 0) continue;
       QuantizeOptions q;
+      q.device = o.device;
       q.model_path = r->model_path;
       q.calibration_dataset = "builtin:fashion-mnist/train";
       q.eval_dataset = "builtin:fashion-mnist/test";
@@ -156,7 +160,7 @@ int Run(const Args& args) {
   return 0;
 }
 
-int CompareLatency(const std::string& original, const std::string& pruned, int threads) {
+int CompareLatencyMain(const std::string& original, const std::string& pruned, int threads) {
   absl::StatusOr<torch::jit::Module> a = LoadModel(original);
   absl::StatusOr<torch::jit::Module> b = LoadModel(pruned);
   absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", 64);
@@ -228,7 +232,7 @@ int main(int argc, char** argv) {
   const std::string check = compress::engine::VerifyBlasChoice(argv);
   std::printf("%s\n%s\n", check.c_str(), compress::engine::BlasDescription().c_str());
   if (!compare_a.empty()) {
-    return compress::engine::CompareLatency(compare_a, compare_b, args.threads);
+    return compress::engine::CompareLatencyMain(compare_a, compare_b, args.threads);
   }
   return compress::engine::Run(args);
 }

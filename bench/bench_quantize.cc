@@ -223,6 +223,7 @@ int Stages(const Args& args, char** argv) {
     std::ofstream(data, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
   QuantizeOptions o;
+  o.device = bench::BenchDevice();
   o.model_path = spec.model;
   o.calibration_dataset = data;
   o.num_samples = args.samples;
@@ -236,6 +237,7 @@ int Stages(const Args& args, char** argv) {
     if (!ParseOmega(args.omega, &omega)) return 2;
     o.omega = omega;
   }
+  bench::PrintDeviceLine();
   StageTimer timer;
   auto start = std::chrono::steady_clock::now();
   absl::StatusOr<QuantizeReport> r = RunQuantization(o, &timer, nullptr);
@@ -463,7 +465,9 @@ int Run(const Args& args) {
   const std::string root = src != nullptr ? src : ".";
   const std::string out = std::filesystem::temp_directory_path() / "bench_quantize";
   std::filesystem::create_directories(out);
-  std::printf("%s\n\n", RuntimeDescription().c_str());
+  std::printf("%s\n", RuntimeDescription().c_str());
+  bench::PrintDeviceLine();
+  std::printf("\n");
   std::optional<QuantOmega> omega;
   if (!args.omega.empty()) {
     QuantOmega parsed;
@@ -475,6 +479,7 @@ int Run(const Args& args) {
   }
   for (const std::string& model : args.models) {
     QuantizeOptions base;
+    base.device = bench::BenchDevice();
     base.model_path = root + "/models/fmnist_" + model + ".pt";
     base.calibration_dataset = "builtin:fashion-mnist/train";
     base.num_samples = args.samples;

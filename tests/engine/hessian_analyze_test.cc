@@ -24,6 +24,7 @@ using ::compress::engine::testing::FullHessian;
 using ::compress::engine::testing::LoadF64;
 using ::compress::engine::testing::MakeTempDir;
 using ::compress::engine::testing::SourceDir;
+using ::compress::engine::testing::TestDevice;
 using ::testing::HasSubstr;
 
 class RecordingSink : public ProgressSink {
@@ -55,6 +56,7 @@ class RecordingSink : public ProgressSink {
 
 AnalyzeOptions CnnOptions() {
   AnalyzeOptions o;
+  o.device = TestDevice();
   o.model_path = FixturePath("tiny_cnn.pt");
   o.dataset = FixturePath("tiny.safetensors");
   o.batch_size = 4;  // 6 examples: batches of 4 and 2

@@ -30,6 +30,7 @@ using ::compress::engine::testing::MakeLinearModel;
 using ::compress::engine::testing::Prepare;
 using ::compress::engine::testing::RandomClassification;
 using ::compress::engine::testing::RelativeError;
+using ::compress::engine::testing::TestDevice;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -40,6 +41,15 @@ std::unique_ptr<HvpOperator> MakeOp(
   options.method = method;
   options.fd_scheme = scheme;
   options.max_cached_batches = max_cached;
+  if (TestDevice() != "cpu") {
+    // A copy on the test device: the caller's module stays on the CPU.
+    m = m.clone();
+    m.to(torch::Device(TestDevice()));
+    for (Batch& b : p.batches) {
+      b.inputs = b.inputs.to(torch::Device(TestDevice()));
+      b.targets = b.targets.to(torch::Device(TestDevice()));
+    }
+  }
   absl::StatusOr<std::unique_ptr<HvpOperator>> op = CreateHvpOperator(m, std::move(p), options);
   EXPECT_TRUE(op.ok()) << op.status();
   return std::move(op).value();
@@ -54,7 +64,7 @@ double WorstError(HvpOperator& op, const torch::Tensor& h, uint64_t seed, int ve
     absl::StatusOr<ParamSet> hv = op.Apply(v);
     EXPECT_TRUE(hv.ok()) << hv.status();
     if (!hv.ok()) return INFINITY;
-    worst = std::max(worst, RelativeError(Flatten(*hv), torch::mv(h, Flatten(v))));
+    worst = std::max(worst, RelativeError(Flatten(*hv).cpu(), torch::mv(h, Flatten(v).cpu())));
   }
   return worst;
 }

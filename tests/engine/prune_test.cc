@@ -28,6 +28,7 @@ namespace {
 using ::compress::engine::testing::FixturePath;
 using ::compress::engine::testing::MakeTempDir;
 using ::compress::engine::testing::SourceDir;
+using ::compress::engine::testing::TestDevice;
 using ::testing::HasSubstr;
 
 const std::vector<int64_t> kImage = {1, 1, 28, 28};
@@ -323,6 +324,7 @@ TEST(LatencyTableTest, PredictIsBilinearAndClamped) {
 
 PruneOptions TinyOptions() {
   PruneOptions o;
+  o.device = TestDevice();
   o.model_path = FixturePath("tiny_deit.pt");
   o.calibration_dataset = "builtin:fashion-mnist/train";
   o.num_samples = 128;

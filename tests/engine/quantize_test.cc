@@ -32,6 +32,7 @@ namespace {
 
 using ::compress::engine::testing::MakeTempDir;
 using ::compress::engine::testing::SourceDir;
+using ::compress::engine::testing::TestDevice;
 using ::compress::testutil::FixturePath;
 using ::testing::HasSubstr;
 
@@ -39,6 +40,7 @@ constexpr int64_t kEval = 500;
 
 QuantizeOptions CnnOptions() {
   QuantizeOptions o;
+  o.device = TestDevice();
   o.model_path = SourceDir() + "/models/fmnist_cnn.pt";
   o.calibration_dataset = "builtin:fashion-mnist/train";
   o.num_samples = 64;

@@ -27,6 +27,15 @@ inline const nlohmann::json& Expected() {
   return *expected;
 }
 
+// The device of the engine tests that run whole jobs or HVPs (ANALYZE,
+// QUANTIZE, PRUNE options and the HVP operators): COMPRESS_TEST_DEVICE,
+// "cpu" when unset or empty, e.g. "cuda:0" (bench/gpu-check.sh). Results
+// compared against CPU-computed tensors are moved to the CPU first.
+inline std::string TestDevice() {
+  const char* device = std::getenv("COMPRESS_TEST_DEVICE");
+  return device == nullptr || *device == '\0' ? "cpu" : device;
+}
+
 // A fresh directory under the test temp dir (left for the OS to clean).
 inline std::string MakeTempDir() {
   // TempDir() ends with a slash.

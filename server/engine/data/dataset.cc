@@ -339,7 +339,7 @@ absl::StatusOr<LoadedDataset> LoadDataset(const std::string& path_or_builtin_id,
                                           int64_t max_examples) {
   const std::string& path = path_or_builtin_id;
   if (IsBuiltinDataset(path)) {
-    return LoadBuiltinDataset(path, max_examples, kFashionMnistDir);
+    return LoadBuiltinDataset(path, max_examples, DefaultFashionMnistDir());
   }
   ASSIGN_OR_RETURN(DatasetFileFormat format, DetectDatasetFileFormat(path));
   absl::StatusOr<LoadedDataset> data =

@@ -32,7 +32,7 @@ TensorDescription DescribeTensor(const torch::Tensor& tensor);
 
 // Loads the first `max_examples` examples (all when <= 0) of a dataset file
 // (safetensors or torch.save dict; see DescribeDatasetFile for the checks) or
-// of a builtin id ("builtin:fashion-mnist/train|test" from kFashionMnistDir).
+// of a builtin id ("builtin:fashion-mnist/train|test" from DefaultFashionMnistDir()).
 // NOT_FOUND for a missing file or unknown builtin, INVALID_ARGUMENT for bad
 // contents. Thread-safe.
 absl::StatusOr<LoadedDataset> LoadDataset(const std::string& path_or_builtin_id,

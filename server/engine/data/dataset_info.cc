@@ -1,5 +1,7 @@
 #include "server/engine/data/dataset_info.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <fstream>
 #include <limits>
@@ -185,6 +187,11 @@ absl::StatusOr<DatasetSummary> DescribeDatasetFile(const std::string& path) {
                 SummarizeDataset(DatasetFileFormat::kTorchSave,
                                  DescribeTensor(data.inputs),
                                  data.targets.defined() ? &targets : nullptr));
+}
+
+std::string DefaultFashionMnistDir() {
+  const char* dir = getenv("COMPRESS_FASHION_MNIST_DIR");
+  return dir != nullptr && *dir != '\0' ? dir : kFashionMnistDir;
 }
 
 absl::StatusOr<DatasetSummary> DescribeBuiltinDataset(

@@ -40,13 +40,18 @@ absl::StatusOr<DatasetSummary> DescribeDatasetFile(const std::string& path);
 // Default directory of the Debian dataset-fashion-mnist package.
 inline constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
 
+// The engine's default for builtin datasets: $COMPRESS_FASHION_MNIST_DIR when
+// set and not empty (a machine without the package, e.g. bench/gpu-check.sh
+// with the package unpacked into a prefix), else kFashionMnistDir.
+std::string DefaultFashionMnistDir();
+
 // True for ids of the form "builtin:...".
 bool IsBuiltinDataset(const std::string& id);
 
 // Describes "builtin:fashion-mnist/train" or ".../test" from the gzipped IDX
 // files in `idx_dir`. NOT_FOUND for other builtin names or missing files.
 absl::StatusOr<DatasetSummary> DescribeBuiltinDataset(
-    const std::string& id, const std::string& idx_dir = kFashionMnistDir);
+    const std::string& id, const std::string& idx_dir = DefaultFashionMnistDir());
 
 // kSafetensors or kTorchSave from the first bytes of `path`. NOT_FOUND when
 // it cannot be opened, INVALID_ARGUMENT when it is neither.

@@ -79,7 +79,7 @@ struct AnalyzeOptions {
   std::string model_name = "model";
   std::string dataset_name = "dataset";
   // Where builtin datasets' IDX files are; default the Debian package's.
-  std::string idx_dir = kFashionMnistDir;
+  std::string idx_dir = DefaultFashionMnistDir();
   // Calibration examples, the first ones of the dataset; 0 = all. Default 256.
   int64_t num_samples = defaults::kCalibrationSamples;
   // Examples per forward pass; default 64.

@@ -92,7 +92,7 @@ struct PruneOptions {
   std::string eval_dataset;
   int64_t eval_samples = 0;
   int64_t step_eval_samples = 1000;
-  std::string idx_dir = kFashionMnistDir;
+  std::string idx_dir = DefaultFashionMnistDir();
   // How messages name the model and the two datasets (never by path): the
   // pipeline passes "model <id>", "dataset <id>"; defaults "model",
   // "calibration dataset", "eval dataset".

@@ -140,7 +140,7 @@ struct QuantizeOptions {
   std::string eval_dataset;
   int64_t eval_samples = 0;
   // Where builtin datasets' IDX files are; default the Debian package's.
-  std::string idx_dir = kFashionMnistDir;
+  std::string idx_dir = DefaultFashionMnistDir();
   // How messages name the model and the two datasets (never by path): the
   // pipeline passes "model <id>", "dataset <id>"; defaults "model",
   // "calibration dataset", "eval dataset".
