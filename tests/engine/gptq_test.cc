@@ -524,8 +524,20 @@ TEST(GptqModelTest, TransformerEncoderLinearsGetGptqWithPythonsInputs) {
   EXPECT_EQ(h2->rows, 4 * 8);
   EXPECT_LT(RelDiff(h2->hessian, h_linear2), 1e-5);
 
+  // Layer 0's attention reads the model's input itself (post-norm): its
+  // in_proj's H is 2/n XᵀX of the 32 input tokens, one aten::linear per
+  // forward with the whole [96, 32] in_proj_weight.
+  auto h0 = CollectLayerHessian(*model, "encoder.layers.0.self_attn.in_proj_weight", batches);
+  ASSERT_TRUE(h0.ok()) << h0.status();
+  EXPECT_EQ(h0->kind, "linear");
+  EXPECT_EQ(h0->calls, 2);
+  EXPECT_EQ(h0->rows, 4 * 8);
+  const torch::Tensor x = values(0, 1024).reshape({32, 32});
+  EXPECT_LT(RelDiff(h0->hessian, x.t().mm(x) * (2.0 / 32)), 1e-5);
+
   std::map<std::string, int> bits;
-  for (const char* layer : {"self_attn.out_proj", "linear1", "linear2"}) {
+  for (const char* layer : {"self_attn.in_proj_weight", "self_attn.out_proj", "linear1",
+                            "linear2"}) {
     for (int i = 0; i < 2; ++i) {
       bits["encoder.layers." + std::to_string(i) + "." + layer] = 4;
     }

@@ -116,8 +116,10 @@ absl::StatusOr<LoadedDataset> LoadSafetensors(const std::string& path,
 // file claiming a 4 GB string costs 4 GB (found by tests/fuzz/
 // dataset_fuzzer). Walks the opcodes of the pickle in `data` (those the
 // Unpickler knows) and refuses any argument that runs past its end.
-// Unknown opcodes end the walk: the Unpickler refuses them itself.
-absl::Status CheckPickleLengths(const char* data, size_t size) {
+// Unknown opcodes end the walk: the Unpickler refuses them itself. Sets
+// *before_stop to the offset of the opcode before STOP when the walk gets
+// there (else leaves it).
+absl::Status CheckPickleLengths(const char* data, size_t size, size_t* before_stop) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(data);
   size_t at = 0;
   auto little_endian = [&](size_t bytes) {
@@ -130,6 +132,7 @@ absl::Status CheckPickleLengths(const char* data, size_t size) {
         "data.pkl: an argument of ", n, " bytes at offset ", opcode_at,
         " runs past the end of the record (", size, " bytes)"));
   };
+  size_t previous = size;
   while (at < size) {
     const size_t opcode_at = at;
     const unsigned char op = p[at++];
@@ -138,6 +141,7 @@ absl::Status CheckPickleLengths(const char* data, size_t size) {
     int lines = 0;          // newline-terminated arguments
     switch (op) {
       case '.':  // STOP
+        *before_stop = previous;
         return absl::OkStatus();
       case '(': case '0': case '1': case '2': case 'N': case 'Q': case 'R': case 'a':
       case 'b': case 'd': case '}': case 'e': case 'l': case ']': case 'o': case 's':
@@ -173,8 +177,31 @@ absl::Status CheckPickleLengths(const char* data, size_t size) {
       if (nl == nullptr) return too_long(size - at + 1, opcode_at);
       at = static_cast<size_t>(static_cast<const unsigned char*>(nl) - p) + 1;
     }
+    previous = opcode_at;
   }
   return absl::OkStatus();
+}
+
+// Python pickles a dict of one item with SETITEM, which LibTorch 1.13's
+// Unpickler lacks ("Unknown opcode for unpickling at 0x73"): torch.save of
+// {"inputs": x} alone. The same pickle with a MARK after the top-level
+// dict's BINPUT and SETITEMS for its final SETITEM builds the same dict (a
+// dict of 1001+ items too: its batches of SETITEMS come before that last
+// SETITEM, and the Unpickler's marks are stack positions, so both marks
+// point just past the dict). Empty when the pickle is not a protocol-2
+// dict (PROTO 2, EMPTY_DICT, BINPUT 0) whose last opcode before STOP at
+// `before_stop` is SETITEM.
+std::string OneItemDictAsSetItems(const char* data, size_t size, size_t before_stop) {
+  constexpr char kDictStart[] = "\x80\x02}q";  // then memo index 0
+  if (size < 7 || std::memcmp(data, kDictStart, 4) != 0 || data[4] != 0 ||
+      before_stop != size - 2 || data[before_stop] != 's') {
+    return "";
+  }
+  std::string patched(data, 5);
+  patched.push_back('(');                         // MARK
+  patched.append(data + 5, before_stop - 5);
+  patched += "u.";                                // SETITEMS, STOP
+  return patched;
 }
 
 // Bytes of every storage record read while unpickling, by data pointer.
@@ -189,8 +216,14 @@ absl::StatusOr<c10::IValue> UnpickleTorchSave(const std::string& path,
   caffe2::serialize::PyTorchStreamReader reader(path);
   std::tuple<at::DataPtr, size_t> pickle = reader.getRecord("data.pkl");
   const char* pickle_bytes = static_cast<const char*>(std::get<0>(pickle).get());
-  const size_t pickle_size = std::get<1>(pickle);
-  RETURN_IF_ERROR(CheckPickleLengths(pickle_bytes, pickle_size));
+  size_t pickle_size = std::get<1>(pickle);
+  size_t before_stop = pickle_size;
+  RETURN_IF_ERROR(CheckPickleLengths(pickle_bytes, pickle_size, &before_stop));
+  const std::string patched = OneItemDictAsSetItems(pickle_bytes, pickle_size, before_stop);
+  if (!patched.empty()) {
+    pickle_bytes = patched.data();
+    pickle_size = patched.size();
+  }
   size_t pos = 0;
   auto read = [&](char* out, size_t n) {
     const size_t k = std::min(n, pickle_size - pos);

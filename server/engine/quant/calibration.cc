@@ -173,6 +173,18 @@ class ScopedWatch {
   at::CallbackHandle handle_;
 };
 
+// The layer kind of parameter `param` of a module of type `type`, or "" when
+// the parameter is not quantized: every module's `weight`, and the packed
+// input projection of nn.MultiheadAttention (used by F.linear like a
+// Linear's weight, but held by the attention module itself).
+std::string QuantizableKind(const std::string& type, const std::string& param) {
+  if (param == "weight") return type;
+  if (type == "MultiheadAttention" && param == "in_proj_weight") {
+    return "MultiheadAttention.in_proj";
+  }
+  return "";
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit::Module& module) {
@@ -181,19 +193,29 @@ absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit
     const std::map<std::string, std::string> aliases = TiedAliases(module);
     std::map<std::string, size_t> layer_of;  // "a.weight" -> index into layers
     for (const auto& item : module.named_modules()) {
+      const std::string type = item.value.type()->name()->name();
       for (const auto& param : item.value.named_parameters(/*recurse=*/false)) {
-        if (param.name == "weight" && param.value.is_floating_point() && param.value.dim() >= 2 &&
-            param.value.numel() > 0) {
-          const std::string name = item.name.empty() ? "weight" : item.name + ".weight";
-          if (auto alias = aliases.find(name); alias != aliases.end()) {
-            if (auto first = layer_of.find(alias->second); first != layer_of.end()) {
-              layers[first->second].tied.push_back(item.name);
-              continue;
-            }
-          }
-          layer_of.emplace(name, layers.size());
-          layers.push_back({item.name, param.value, {}});
+        const std::string kind = QuantizableKind(type, param.name);
+        if (kind.empty() || !param.value.is_floating_point() || param.value.dim() < 2 ||
+            param.value.numel() == 0) {
+          continue;
         }
+        const std::string full =
+            item.name.empty() ? param.name : absl::StrCat(item.name, ".", param.name);
+        if (auto alias = aliases.find(full); alias != aliases.end()) {
+          if (auto first = layer_of.find(alias->second); first != layer_of.end()) {
+            layers[first->second].tied.push_back(param.name == "weight" ? item.name : full);
+            continue;
+          }
+        }
+        layer_of.emplace(full, layers.size());
+        QuantizableLayer layer;
+        layer.name = param.name == "weight" ? item.name : full;
+        layer.param = full;
+        layer.module = item.name;
+        layer.kind = kind;
+        layer.weight = param.value;
+        layers.push_back(std::move(layer));
       }
     }
   } catch (const std::exception& e) {

@@ -10,6 +10,10 @@
 // stride/padding/dilation read from the operator's own arguments. Nothing in
 // the model is changed, and other threads are not observed.
 //
+// nn.MultiheadAttention's in_proj_weight is seen whole by self-attention
+// (query, key and value the same tensor: one aten::linear); with distinct
+// key/value its three row blocks are used apart, which is UNIMPLEMENTED.
+//
 //   ASSIGN_OR_RETURN(LayerHessian h,
 //                    CollectLayerHessian(module, "features.0", batches));
 #ifndef COMPRESS_ENGINE_QUANT_CALIBRATION_H_
@@ -26,18 +30,29 @@
 namespace compress::engine {
 
 struct QuantizableLayer {
-  std::string name;      // module path, e.g. "block.conv1"
-  torch::Tensor weight;  // the module's `weight` parameter (shares storage)
+  // The module path for a module's `weight` ("block.conv1"); the parameter's
+  // full name for an attention's in_proj ("enc.0.self_attn.in_proj_weight").
+  std::string name;
+  std::string param;     // full parameter name: "block.conv1.weight", or = name
+  std::string module;    // path of the module owning the parameter
+  std::string kind;      // "Conv2d", "Linear", ..., "MultiheadAttention.in_proj"
+  torch::Tensor weight;  // the parameter itself (shares storage)
   // Later modules whose `weight` is this very tensor (tied weights,
   // model.h: TiedAliases), e.g. {"b"} when `b.weight = a.weight`.
   std::vector<std::string> tied;
 };
 
 // Modules with a floating `weight` parameter of 2 or more dimensions
-// (Linear, ConvNd, ...), in module (definition) order. A module whose weight
-// is tied to an earlier listed one is not listed again: it is in that
-// layer's `tied`, so the tensor is quantized once. The layer's Hessian
-// (CollectLayerHessian) then sums the inputs of every use of the tensor.
+// (Linear, ConvNd, ...), and nn.MultiheadAttention's packed input projection
+// `in_proj_weight` [3E, E] (kind "MultiheadAttention.in_proj"), a parameter
+// of the attention module itself rather than a Linear's weight. (An
+// attention with kdim/vdim other than E holds q/k/v_proj_weight instead;
+// those stay float.) In module (definition) order, a module's own
+// parameters before its children's: an attention's in_proj before its
+// out_proj. A module whose weight is tied to an earlier listed one is not
+// listed again: it is in that layer's `tied`, so the tensor is quantized
+// once. The layer's Hessian (CollectLayerHessian) then sums the inputs of
+// every use of the tensor.
 absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit::Module& module);
 
 struct LayerHessian {

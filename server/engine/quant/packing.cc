@@ -8,6 +8,7 @@
 #include <exception>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <tuple>
 #include <utility>
@@ -81,13 +82,13 @@ absl::Status WriteAtomically(const std::string& path, const std::string& data) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<nlohmann::json> LayerManifest(const std::string& layer, const QuantizedTensor& q) {
+absl::StatusOr<nlohmann::json> LayerManifest(const std::string& tensor, const QuantizedTensor& q) {
   const QuantParams& p = q.params;
   RETURN_IF_ERROR(ValidateSpec(p.spec));
   int64_t numel = 1;
   for (int64_t d : p.shape) numel *= d;
   nlohmann::json j;
-  j["tensor"] = absl::StrCat(layer, ".weight");
+  j["tensor"] = tensor;
   j["bits"] = p.spec.bits;
   j["symmetric"] = p.spec.symmetric;
   j["granularity"] = GranularityName(p.spec.granularity);
@@ -212,6 +213,11 @@ absl::StatusOr<std::vector<uint8_t>> UnpackCodes(absl::Span<const uint8_t> packe
   return codes;
 }
 
+std::string QuantizedTensorName(const PackedModel& model, const std::string& layer) {
+  auto it = model.tensor_names.find(layer);
+  return it != model.tensor_names.end() ? it->second : absl::StrCat(layer, ".weight");
+}
+
 absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
                                                 const std::string& safetensors_path,
                                                 const std::string& manifest_path) {
@@ -225,8 +231,11 @@ absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
   manifest["layers"] = nlohmann::json::object();
   manifest["float_tensors"] = nlohmann::json::array();
   try {
+    std::set<std::string> quantized_tensors;
     for (const auto& [layer, q] : model.layers) {
-      ASSIGN_OR_RETURN(nlohmann::json j, LayerManifest(layer, q));
+      const std::string base = QuantizedTensorName(model, layer);
+      quantized_tensors.insert(base);
+      ASSIGN_OR_RETURN(nlohmann::json j, LayerManifest(base, q));
       // Validates shapes of codes and params together.
       ASSIGN_OR_RETURN(auto expanded, ExpandParams(q.params));
       (void)expanded;
@@ -242,7 +251,6 @@ absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
         return absl::InvalidArgumentError(
             absl::StrCat("layer ", layer, ": ", packed.status().message()));
       }
-      const std::string base = absl::StrCat(layer, ".weight");
       entries.push_back({base + ".packed",
                          "U8",
                          {static_cast<int64_t>(packed->size())},
@@ -272,9 +280,7 @@ absl::StatusOr<PackedFileInfo> WritePackedModel(const PackedModel& model,
       manifest["float_tensors"].push_back(name);
     }
     for (const auto& [alias, name] : model.aliases) {
-      const bool quantized = absl::EndsWith(name, ".weight") &&
-                             model.layers.count(name.substr(0, name.size() - 7)) > 0;
-      if (!quantized && model.float_tensors.count(name) == 0) {
+      if (quantized_tensors.count(name) == 0 && model.float_tensors.count(name) == 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("tied name ", alias, " points to ", name, ", which is not stored"));
       }
@@ -370,7 +376,16 @@ absl::StatusOr<PackedModel> ReadPackedModel(const std::string& path) {
       auto numel_or = ParseLayerManifest(layer, j, &params);
       if (!numel_or.ok()) return Invalid(path, std::string(numel_or.status().message()));
       const int64_t numel = *numel_or;
-      const std::string base = absl::StrCat(layer, ".weight");
+      // Files written before attention projections were quantized name
+      // every tensor "<layer>.weight" (also in "tensor").
+      std::string base = absl::StrCat(layer, ".weight");
+      if (j.contains("tensor")) {
+        if (!j["tensor"].is_string()) {
+          return Invalid(path, absl::StrCat("layer ", layer, ": tensor is not a string"));
+        }
+        base = j["tensor"].get<std::string>();
+      }
+      if (base != absl::StrCat(layer, ".weight")) model.tensor_names[layer] = base;
       ASSIGN_OR_RETURN(auto packed, bytes_of(base + ".packed", "U8"));
       ASSIGN_OR_RETURN(auto scale, bytes_of(base + ".scale", "F32"));
       ASSIGN_OR_RETURN(auto zero, bytes_of(base + ".zero_point", "U8"));
@@ -418,7 +433,7 @@ absl::StatusOr<std::map<std::string, torch::Tensor>> DequantizedTensors(const Pa
   std::map<std::string, torch::Tensor> out = model.float_tensors;
   for (const auto& [layer, q] : model.layers) {
     ASSIGN_OR_RETURN(torch::Tensor w, Dequantize(q));
-    out[absl::StrCat(layer, ".weight")] = w;
+    out[QuantizedTensorName(model, layer)] = w;
   }
   for (const auto& [alias, name] : model.aliases) {
     auto it = out.find(name);

@@ -10,17 +10,18 @@
 // Packed-model file: a safetensors file (8-byte little-endian header length,
 // JSON header padded with spaces to a multiple of 8, then the data; tensors
 // ordered by element size then name, so every tensor is aligned to its
-// element size) holding, for each quantized layer L:
-//   L.weight.packed      U8   [⌈numel·b/8⌉]  codes of the row-major weight
-//   L.weight.scale       F32  [rows, groups] (QuantParams::scale)
-//   L.weight.zero_point  U8   [rows, groups] (QuantParams::zero_point)
+// element size) holding, for each quantized layer L with weight tensor T
+// ("L.weight", or an attention's own parameter "A.in_proj_weight"):
+//   T.packed      U8   [⌈numel·b/8⌉]  codes of the row-major weight
+//   T.scale       F32  [rows, groups] (QuantParams::scale)
+//   T.zero_point  U8   [rows, groups] (QuantParams::zero_point)
 // and every tensor kept in float under its own name (e.g. "fc.bias") with
 // its own dtype. The manifest (JSON, also stored in the header's
 // __metadata__ under "manifest") is
 //   {"format": "compressd.packed", "format_version": 1,
 //    "packing": "lsb_first_bitstream",
 //    "dequantize": "scale * (code - zero_point)",
-//    "layers": {L: {"tensor": "L.weight", "bits", "symmetric",
+//    "layers": {L: {"tensor": T, "bits", "symmetric",
 //                   "granularity": "per_tensor|per_channel|group",
 //                   "group_size" (0 unless group), "channel_axis",
 //                   "shape", "numel", "packed_bytes", "min_code",
@@ -29,7 +30,7 @@
 //    "tied": {alias: name}}
 // where "tied" (absent when empty) maps each further name of a tied tensor
 // (a module holding the same parameter as an earlier one) to the name it is
-// stored under, "L.weight" or a float tensor's: the tensor is stored once.
+// stored under, T or a float tensor's: the tensor is stored once.
 // Little-endian hosts only (as safetensors itself).
 //
 // Encodings file (JSON, WriteEncodings), modelled on AIMET's encodings
@@ -89,6 +90,9 @@ absl::StatusOr<std::vector<uint8_t>> UnpackCodes(absl::Span<const uint8_t> packe
 struct PackedModel {
   // Layer (module path, e.g. "block.conv1") -> its quantized weight.
   std::map<std::string, QuantizedTensor> layers;
+  // Layer -> its weight's full name, where that is not "<layer>.weight"
+  // (e.g. "enc.attn.in_proj_weight" -> "enc.attn.in_proj_weight").
+  std::map<std::string, std::string> tensor_names;
   // Full tensor name -> tensor kept as is (biases, unquantized layers).
   std::map<std::string, torch::Tensor> float_tensors;
   // Tied tensors: further name ("b.weight") -> the stored one ("a.weight").
@@ -102,6 +106,10 @@ struct PackedFileInfo {
   int64_t float_bytes = 0;   // sum of the float tensors
   std::string manifest;      // the manifest JSON, as written
 };
+
+// The full name of layer `layer`'s quantized tensor: tensor_names' entry,
+// else "<layer>.weight".
+std::string QuantizedTensorName(const PackedModel& model, const std::string& layer);
 
 // Writes `model` to `safetensors_path` and its manifest to `manifest_path`
 // (skipped when empty). INVALID_ARGUMENT for inconsistent layers, names
@@ -121,7 +129,7 @@ absl::StatusOr<std::string> WriteEncodings(const PackedModel& model, const std::
 // bitwise equal to Dequantize() of what was written.
 absl::StatusOr<PackedModel> ReadPackedModel(const std::string& safetensors_path);
 
-// "L.weight" -> Dequantize(layer L) for every layer, plus the float tensors
+// QuantizedTensorName(L) -> Dequantize(layer L) for every layer, plus the float tensors
 // and every alias (the same tensor as its stored name): a state dict with
 // every tensor in float.
 absl::StatusOr<std::map<std::string, torch::Tensor>> DequantizedTensors(const PackedModel& model);

@@ -125,7 +125,10 @@ class SensitivitySink : public ProgressSink {
 struct Layer {
   std::string name;
   std::string kind;
-  std::string param_name;  // "<name>.weight"
+  std::string param_name;  // "<name>.weight", or the in_proj_weight's name
+  // Module owning the weight (= name unless an attention's in_proj): an
+  // ANALYZE report's traces and the inspection's MACs are per module.
+  std::string module;
   torch::Tensor weight;    // folded float weight (the module's own tensor)
   std::vector<std::string> tied;  // later layers sharing `weight`
   int64_t numel = 0;
@@ -148,13 +151,6 @@ struct CalibrationFold {
   double weight = 1;                         // examples / all calibration examples
   std::unique_ptr<PerturbationModel> model;  // kQuadratic
 };
-
-std::string KindOf(const torch::jit::Module& root, const std::string& path) {
-  for (const auto& item : root.named_modules()) {
-    if (item.name == path) return item.value.type()->name()->name();
-  }
-  return "";
-}
 
 // Bits of storage of one layer at `bits`: packed codes plus a float32 scale
 // and a uint8 zero point per channel or group (as WritePackedModel stores).
@@ -315,12 +311,15 @@ absl::StatusOr<std::vector<Layer>> FindLayers(const torch::jit::Module& folded,
   for (const QuantizableLayer& f : found) {
     Layer l;
     l.name = f.name;
-    l.kind = KindOf(folded, f.name);
-    l.param_name = f.name.empty() ? "weight" : absl::StrCat(f.name, ".weight");
+    l.kind = f.kind;
+    l.param_name = f.param;
+    l.module = f.module;
     l.weight = f.weight;
     l.tied = f.tied;
     l.numel = f.weight.numel();
-    l.macs = macs[f.name];
+    // An attention module's MACs are its in_proj's: the attention products
+    // read no parameter and out_proj is a module of its own.
+    l.macs = macs[f.module];
     ASSIGN_OR_RETURN(auto matrix, MatrixShape(f.weight.sizes().vec(), spec));
     const int64_t groups = spec.granularity == QuantGranularity::kGroup
                                ? (matrix.second + spec.group_size - 1) / spec.group_size
@@ -446,13 +445,13 @@ absl::Status TracesFromReport(const std::map<std::string, double>& trace_per_par
                               const std::map<std::string, double>& std_error_per_param,
                               std::vector<Layer>* layers) {
   for (Layer& l : *layers) {
-    if (auto se = std_error_per_param.find(l.name); se != std_error_per_param.end()) {
+    if (auto se = std_error_per_param.find(l.module); se != std_error_per_param.end()) {
       l.trace_se_per_param = se->second;
     }
-    auto it = trace_per_param.find(l.name);
+    auto it = trace_per_param.find(l.module);
     if (it == trace_per_param.end()) {
       return Invalid("trace_per_param",
-                     absl::StrCat("the sensitivity report has no layer \"", l.name, "\""));
+                     absl::StrCat("the sensitivity report has no layer \"", l.module, "\""));
     }
     l.trace_per_param = it->second;
     RETURN_IF_ERROR(CheckFiniteValue(
@@ -718,7 +717,7 @@ absl::Status ComputeSensitivity(const QuantizeOptions& o, const Context& c,
     std::map<std::string, const LayerSensitivity*> by_name;
     for (const LayerSensitivity& s : analysis.layers) by_name[s.name] = &s;
     for (Layer& l : *layers) {
-      const LayerSensitivity* s = by_name[l.name];
+      const LayerSensitivity* s = by_name[l.module];
       if (s == nullptr) continue;
       l.trace_per_param = s->trace_per_param;
       l.trace_se_per_param = s->numel > 0 ? s->trace_std_error / s->numel : 0;
@@ -762,6 +761,12 @@ SearchProblem MakeProblem(const std::vector<Layer>& layers, const std::set<int>&
   return p;
 }
 
+// Names the packed tensor of `l` after its parameter ("A.in_proj_weight"),
+// where that is not "<layer>.weight".
+void SetTensorName(const Layer& l, PackedModel* packed) {
+  if (l.param_name != absl::StrCat(l.name, ".weight")) packed->tensor_names[l.name] = l.param_name;
+}
+
 // The packed file besides the quantizable layers' weights.
 struct PackedLayout {
   PackedModel skeleton;     // every other parameter and buffer, in float
@@ -803,6 +808,7 @@ absl::StatusOr<PackedLayout> MeasurePackedLayout(const torch::jit::Module& folde
     spec.bits = 8;
     ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(l.weight.detach().cpu(), spec));
     probe.layers[l.name] = std::move(q);
+    SetTensorName(l, &probe);
     data_bytes += SizeBits(l, 8) / 8;
   }
   const std::string path = output_dir + "/.probe.safetensors";
@@ -1061,6 +1067,7 @@ absl::Status WriteOutputs(const Quantized& result, const std::vector<Layer>& lay
       q.params.scale = q.params.scale.cpu();
       q.params.zero_point = q.params.zero_point.cpu();
       packed.layers[l.name] = std::move(q);
+      SetTensorName(l, &packed);
     } else {
       packed.float_tensors[l.param_name] = l.weight.detach().cpu();
     }

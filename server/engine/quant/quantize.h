@@ -2,7 +2,9 @@
 // of a QUANTIZE job (torch-free header, plain structs).
 //
 // RunQuantization loads the model, folds BatchNorm into the preceding convs,
-// and treats every Conv2d/Linear weight as a quantizable layer. Then:
+// and treats every Conv2d/Linear/Embedding weight and every
+// nn.MultiheadAttention in_proj_weight as a quantizable layer
+// (calibration.h: QuantizableLayers). Then:
 //
 //  1. Sensitivity: for every layer i and width b the perturbation
 //     δ_i(b) = Q_b(W_i) − W_i that rounding makes (QuantPerturbation:
@@ -154,8 +156,8 @@ struct QuantizeOptions {
   // not predict; default none.
   std::optional<int64_t> lm_ignore_id;
 
-  // Tr(H_ii)/n_i per layer (module path of the layer owning the weight), from
-  // an ANALYZE report; empty = computed here. A quantizable layer missing
+  // Tr(H_ii)/n_i per layer (module path of the layer owning the weight; an
+  // in_proj_weight takes its attention module's), from an ANALYZE report; empty = computed here. A quantizable layer missing
   // from a non-empty map is INVALID_ARGUMENT.
   std::map<std::string, double> trace_per_param;
   // Their Hutchinson standard errors, per parameter (the same keys; a
@@ -219,8 +221,10 @@ struct QuantizeOptions {
 };
 
 struct QuantizedLayerReport {
-  std::string name;  // module path
-  std::string kind;  // "Conv2d", "Linear"
+  // Module path; for an attention's input projection the parameter's name
+  // ("enc.0.self_attn.in_proj_weight").
+  std::string name;
+  std::string kind;  // "Conv2d", "Linear", "MultiheadAttention.in_proj"
   int64_t numel = 0;
   int64_t macs = 0;         // per example, from one forward pass
   int bits = kFloatBits;    // chosen
