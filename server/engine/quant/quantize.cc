@@ -1041,8 +1041,16 @@ absl::Status WriteOutputs(const Quantized& result, const std::vector<Layer>& lay
   report->weights_path = output_dir + "/weights.safetensors";
   report->manifest_path = output_dir + "/manifest.json";
   report->encodings_path = output_dir + "/encodings.json";
+  // Codes for modules' `weight`s; a MultiheadAttention's in_proj_weight
+  // (not a module weight) stays in model.pt as its dequantized float.
+  std::map<std::string, QuantizedTensor> module_weights;
+  for (const Layer& l : layers) {
+    auto it = result.tensors.find(l.name);
+    const std::string weight = l.name.empty() ? "weight" : absl::StrCat(l.name, ".weight");
+    if (it != result.tensors.end() && l.param_name == weight) module_weights.insert(*it);
+  }
   absl::StatusOr<CompactModelInfo> compact =
-      SaveCompactModel(result.module, result.tensors, report->model_path);
+      SaveCompactModel(result.module, module_weights, report->model_path);
   if (compact.ok()) {
     report->model_bytes = compact->file_bytes;
   } else {
