@@ -161,7 +161,7 @@ int Run(const Args& args) {
   return 0;
 }
 
-int CompareLatency(const std::string& original, const std::string& pruned, int threads) {
+int CompareModelLatency(const std::string& original, const std::string& pruned, int threads) {
   absl::StatusOr<torch::jit::Module> a = LoadModel(original);
   absl::StatusOr<torch::jit::Module> b = LoadModel(pruned);
   absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", 64);
@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
   const std::string check = compress::engine::VerifyBlasChoice(argv);
   std::printf("%s\n%s\n", check.c_str(), compress::engine::BlasDescription().c_str());
   if (!compare_a.empty()) {
-    return compress::engine::CompareLatency(compare_a, compare_b, args.threads);
+    return compress::engine::CompareModelLatency(compare_a, compare_b, args.threads);
   }
   return compress::engine::Run(args);
 }
