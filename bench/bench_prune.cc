@@ -7,7 +7,10 @@
 //   bench_prune [--saliency hessian,taylor,magnitude] [--recovery 0,300]
 //               [--target 0.5] [--steps 4] [--samples N] [--lr X]
 //               [--saliency-samples N] [--eval N] [--compress] [--model PATH]
-//               [--threads N]
+//               [--threads N] [--data PATH --eval-data PATH]
+//       --data/--eval-data replace Fashion-MNIST's train/test sets (e.g. a
+//       token-id classifier from tests/fixtures/make_prune_text_models.py
+//       bench, with --model bench_bert.pt; --eval 0 = all examples).
 //   bench_prune --compare-latency ORIGINAL.pt PRUNED.pt [--threads N]
 //       median latency of both at batch 64 on Fashion-MNIST test images,
 //       measured alternately (5 x 1 s each), and the speedup.
@@ -46,6 +49,8 @@ struct Args {
   int64_t eval = 10000;
   bool compress = false;
   std::string model;
+  std::string data = "builtin:fashion-mnist/train";
+  std::string eval_data = "builtin:fashion-mnist/test";
   int threads = static_cast<int>(std::thread::hardware_concurrency());
 };
 
@@ -99,10 +104,10 @@ int Run(const Args& args) {
       PruneOptions o;
       o.device = bench::BenchDevice();
       o.model_path = model;
-      o.calibration_dataset = "builtin:fashion-mnist/train";
+      o.calibration_dataset = args.data;
       o.num_samples = args.samples;
       o.saliency_samples = args.saliency_samples;
-      o.eval_dataset = "builtin:fashion-mnist/test";
+      o.eval_dataset = args.eval_data;
       o.eval_samples = args.eval;
       o.target_fraction = args.target;
       o.steps = args.steps;
@@ -214,6 +219,10 @@ int main(int argc, char** argv) {
       args.eval = std::atoll(argv[++i]);
     } else if (a == "--model" && value) {
       args.model = argv[++i];
+    } else if (a == "--data" && value) {
+      args.data = argv[++i];
+    } else if (a == "--eval-data" && value) {
+      args.eval_data = argv[++i];
     } else if (a == "--threads" && value) {
       args.threads = std::atoi(argv[++i]);
     } else if (a == "--compare-latency" && i + 2 < argc) {
@@ -224,7 +233,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: bench_prune [--saliency LIST] [--recovery LIST] [--target F] "
-                   "[--steps N] [--samples N] [--saliency-samples N] [--lr X] [--eval N] [--compress] [--model PATH]\n");
+                   "[--steps N] [--samples N] [--saliency-samples N] [--lr X] [--eval N] [--compress] [--model PATH] "
+                   "[--data PATH --eval-data PATH]\n");
       return 2;
     }
   }

@@ -239,11 +239,11 @@ absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Res
                                                         QuoteClientText(s.model_id()), ": ",
                                                         model.prune_check().reason()));
     }
-  } else if (!LooksLikeViT(model)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(f, ".model_id: model ", QuoteClientText(s.model_id()),
-                     " is not a Vision Transformer (no attn.qkv or self_attention layers); "
-                     "structural pruning needs one"));
+  } else if (!LooksLikeTransformer(model)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        f, ".model_id: model ", QuoteClientText(s.model_id()),
+        " is not a transformer (no attn.qkv, self_attention, q_proj, query, q, c_attn or qkv "
+        "layers); structural pruning needs one"));
   }
   RETURN_IF_ERROR(CheckData(f + ".data", s.data(), r));
   if (!s.eval_dataset_id().empty()) {
@@ -289,10 +289,12 @@ absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Res
   return absl::OkStatus();
 }
 
-bool LooksLikeViT(const v1::Model& model) {
+bool LooksLikeTransformer(const v1::Model& model) {
   for (const v1::Layer& l : model.layers()) {
-    if (absl::EndsWith(l.name(), "attn.qkv") || absl::StrContains(l.name(), "self_attention")) {
-      return true;
+    if (absl::StrContains(l.name(), "self_attention")) return true;
+    for (const char* end : {"attn.qkv", ".qkv", ".q_proj", ".query", ".q", ".c_attn", ".q_lin",
+                            ".wq"}) {
+      if (absl::EndsWith(l.name(), end)) return true;
     }
   }
   return false;

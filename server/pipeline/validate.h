@@ -25,11 +25,12 @@ absl::Status ValidatePruneSpec(const std::string& field, const compress::v1::Pru
 absl::Status CheckModel(const std::string& field, const std::string& id, Resources& resources,
                         compress::v1::Model* out = nullptr);
 
-// True when the model has DeiT/timm-style (attn.qkv) or torchvision
-// (self_attention) attention blocks: a guess from layer names, used only for
-// models stored without a prune_check (uploaded before the check existed);
-// it passes models PRUNE cannot prune (torchvision's swin_t has attn.qkv).
-bool LooksLikeViT(const compress::v1::Model& model);
+// True when a layer is named like an attention's projection PRUNE looks
+// for (engine/prune/vit.h): attn.qkv, self_attention, or a layer ending in
+// .q_proj, .query, .q, .c_attn, .qkv, .q_lin or .wq: a guess from layer
+// names, used only for models stored without a prune_check (uploaded before
+// the check existed); the run's discovery decides.
+bool LooksLikeTransformer(const compress::v1::Model& model);
 
 }  // namespace compress::pipeline
 

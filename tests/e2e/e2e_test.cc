@@ -435,7 +435,7 @@ TEST_F(E2eTest, InvalidSpecsGetPreciseCodes) {
     cases.push_back(c);
   }
   {
-    Case c{"prune a CNN", {}, grpc::StatusCode::FAILED_PRECONDITION, "not a Vision Transformer"};
+    Case c{"prune a CNN", {}, grpc::StatusCode::FAILED_PRECONDITION, "not a transformer"};
     auto* p = c.req.mutable_spec()->mutable_prune();
     p->set_model_id(cnn.id());
     p->mutable_data()->set_dataset_id(data);
@@ -1322,34 +1322,32 @@ TEST_F(E2eTest, PruneOfACnnIsFailedPrecondition) {
   v1::Job job;
   grpc::Status s = Submit(PruneRequest(model.id()), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
-  EXPECT_THAT(s.error_message(), HasSubstr("not a Vision Transformer"));
+  EXPECT_THAT(s.error_message(), HasSubstr("not a transformer"));
 }
 
 // PRUNE's submit check is the run's own: the sandboxed child that describes
 // an upload runs PRUNE's structure discovery and the model keeps its
-// verdict. A Swin-like model (attn.qkv, but an MLP of mlp.0/mlp.3) passed
-// the old name check and failed in the queue; now it is refused at submit
-// with the run's reason and no job is made. A DeiT still passes.
-TEST_F(E2eChildTest, PruneOfASwinLikeModelIsRefusedAtSubmitWithTheRunsReason) {
+// verdict. A GPT-style decoder whose head count is written into its forward
+// (no num_heads/n_head attribute; make_prune_text_models.py) is refused at
+// submit with the run's reason, which names what was found and what is
+// missing, and no job is made. A Swin-like model (attn.qkv, MLP mlp.0/mlp.3),
+// refused before issue 18, and a DeiT pass.
+TEST_F(E2eChildTest, PruneOfAnAttentionWithoutAHeadCountIsRefusedAtSubmitWithTheRunsReason) {
   if (std::system("test -x /usr/bin/python3") != 0) GTEST_SKIP() << "no /usr/bin/python3";
-  const std::string swin_path = dir_.path() + "/swin_like.pt";
   const std::string cmd =
-      "/usr/bin/python3 " + FixturePath("make_test_models.py") + " swin " + swin_path;
+      "/usr/bin/python3 " + FixturePath("make_prune_text_models.py") + " make " + dir_.path();
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  auto swin = client_->UploadModel(swin_path, "swin_like");
-  ASSERT_TRUE(swin.ok()) << swin.status();
-  bool has_qkv = false;
-  for (const v1::Layer& l : swin->layers()) has_qkv = has_qkv || l.name() == "block.attn.qkv";
-  EXPECT_TRUE(has_qkv) << "the old name check would have let it through";
-  ASSERT_TRUE(swin->prune_check().checked());
-  EXPECT_FALSE(swin->prune_check().prunable());
-  const std::string reason =
-      "not a Vision Transformer: no block with attn.qkv/attn.proj/attn.num_heads and "
-      "mlp.fc1/mlp.fc2 (DeiT/timm) or self_attention and mlp.0/mlp.3 (torchvision)";
-  EXPECT_EQ(swin->prune_check().reason(), reason);
+  auto noheads = client_->UploadModel(dir_.path() + "/noheads.pt", "noheads");
+  ASSERT_TRUE(noheads.ok()) << noheads.status();
+  ASSERT_TRUE(noheads->prune_check().checked());
+  EXPECT_FALSE(noheads->prune_check().prunable());
+  const std::string reason = noheads->prune_check().reason();
+  EXPECT_THAT(reason, HasSubstr("not a transformer PRUNE can prune"));
+  EXPECT_THAT(reason, HasSubstr("found: h.0.attn has Linears q_proj/k_proj/v_proj but no int "
+                                "head count attribute"));
 
   v1::Job job;
-  grpc::Status s = Submit(PruneRequest(swin->id()), &job);
+  grpc::Status s = Submit(PruneRequest(noheads->id()), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("prune.model_id"));
   EXPECT_THAT(s.error_message(), HasSubstr(reason));
@@ -1361,6 +1359,13 @@ TEST_F(E2eChildTest, PruneOfASwinLikeModelIsRefusedAtSubmitWithTheRunsReason) {
     EXPECT_EQ(resp.jobs_size(), 0) << "a refused PRUNE must not be queued";
   }
 
+  const std::string swin_path = dir_.path() + "/swin_like.pt";
+  const std::string swin_cmd =
+      "/usr/bin/python3 " + FixturePath("make_test_models.py") + " swin " + swin_path;
+  ASSERT_EQ(std::system(swin_cmd.c_str()), 0) << swin_cmd;
+  auto swin_like = client_->UploadModel(swin_path, "swin_like");
+  ASSERT_TRUE(swin_like.ok()) << swin_like.status();
+  EXPECT_TRUE(swin_like->prune_check().prunable()) << swin_like->prune_check().reason();
   v1::Model deit = MustUploadModel("tiny_deit.pt");
   ASSERT_TRUE(deit.prune_check().checked());
   EXPECT_TRUE(deit.prune_check().prunable()) << deit.prune_check().reason();

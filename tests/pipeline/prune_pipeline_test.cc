@@ -53,7 +53,7 @@ v1::Model WithLayer(const std::string& layer) {
 // The submit check follows the verdict the upload stored (PRUNE's own
 // discovery, run in the describing child), not the layer names.
 TEST(ValidatePruneSpecTest, TheUploadsVerdictDecidesAndNamesTheRunsReason) {
-  const std::string reason = "not a Vision Transformer: no block with attn.qkv/...";
+  const std::string reason = "not a transformer PRUNE can prune: no block with ...";
   v1::Model swin = WithLayer("layers.0.blocks.0.attn.qkv");
   swin.mutable_prune_check()->set_checked(true);
   swin.mutable_prune_check()->set_prunable(false);
@@ -75,11 +75,15 @@ TEST(ValidatePruneSpecTest, TheUploadsVerdictDecidesAndNamesTheRunsReason) {
 TEST(ValidatePruneSpecTest, ModelsWithoutAVerdictFallBackToLayerNames) {
   OneModelResources vit(WithLayer("blocks.0.attn.qkv"));
   EXPECT_TRUE(ValidatePruneSpec("prune", SpecFor("m3"), vit).ok());
+  OneModelResources bert(WithLayer("layer.0.attention.self.query"));
+  EXPECT_TRUE(ValidatePruneSpec("prune", SpecFor("m5"), bert).ok());
+  OneModelResources gpt(WithLayer("h.0.attn.q_proj"));
+  EXPECT_TRUE(ValidatePruneSpec("prune", SpecFor("m6"), gpt).ok());
   OneModelResources cnn(WithLayer("features.0"));
   absl::Status s = ValidatePruneSpec("compress.prune", SpecFor("m4"), cnn);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()), HasSubstr("compress.prune.model_id"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("no attn.qkv or self_attention layers"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("is not a transformer (no attn.qkv"));
 }
 
 TEST(ToPruneOptionsTest, DefaultsFillTheGaps) {

@@ -170,6 +170,7 @@ struct PruneState {
   PreparedBatches saliency_batches;  // labels from the original when the data have none
   torch::Tensor latency_input;
   std::vector<BlockState> blocks;  // original indices still in each block
+  std::vector<std::pair<int64_t, int64_t>> shape_before;  // (heads, hidden) per block
 
   // Filled by the stages.
   std::optional<LoadedDataset> eval;
@@ -205,6 +206,13 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
   ASSIGN_OR_RETURN(s->vit,
                    DiscoverVit(s->module, input_shape, calibration.inputs.scalar_type()));
   report->style = s->vit.style;
+  s->shape_before = ShapeOf(s->vit);
+  for (const VitBlock& b : s->vit.blocks) {
+    // torchvision's nn.MultiheadAttention (no `attn`) is fixed by design.
+    if (b.fixed_heads.empty() || b.attn.empty()) continue;
+    report->warnings.push_back(
+        absl::StrCat("heads of ", b.path, " are kept (MLP neurons only): ", b.fixed_heads));
+  }
   s->inspect.input_shape = input_shape;
   s->inspect.input_dtype = DtypeName(calibration.inputs.scalar_type());
   s->inspect.device = o.device;
@@ -572,12 +580,9 @@ absl::Status Summarize(const PruneOptions& o, PruneState* s, PruneReport* report
     pb.prunable_heads = vit.blocks[b].prunable_heads;
     report->blocks.push_back(std::move(pb));
   }
-  // Shapes before, from the original structure.
-  ASSIGN_OR_RETURN(VitStructure v0, DiscoverVit(s->teacher, s->inspect.input_shape,
-                                                       s->calibration.inputs.scalar_type()));
-  for (size_t b = 0; b < v0.blocks.size() && b < report->blocks.size(); ++b) {
-    report->blocks[b].heads_before = v0.blocks[b].heads;
-    report->blocks[b].hidden_before = v0.blocks[b].hidden;
+  for (size_t b = 0; b < s->shape_before.size() && b < report->blocks.size(); ++b) {
+    report->blocks[b].heads_before = s->shape_before[b].first;
+    report->blocks[b].hidden_before = s->shape_before[b].second;
   }
   return absl::OkStatus();
 }

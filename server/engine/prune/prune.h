@@ -1,8 +1,10 @@
-// Structural pruning of Vision Transformers: the engine side of a PRUNE job
-// (torch-free header, plain structs).
+// Structural pruning of transformers (ViTs, BERT-style encoders, GPT-style
+// decoders): the engine side of a PRUNE job (torch-free header, plain
+// structs).
 //
 // RunPruning loads the model, finds its blocks (vit.h; anything else is
-// FAILED_PRECONDITION), and removes attention heads and MLP neurons in
+// FAILED_PRECONDITION; heads whose removal the discovery could not prove
+// exact stay, with a warning), and removes attention heads and MLP neurons in
 // `steps` rounds until the target fraction of FLOPs, parameters or latency
 // is gone:
 //
@@ -41,7 +43,8 @@
 //
 // Errors: NOT_FOUND for a missing model or dataset; INVALID_ARGUMENT for bad
 // options (naming the field) or data that do not fit the model;
-// FAILED_PRECONDITION for a model that is not a ViT, and for a NaN or Inf
+// FAILED_PRECONDITION for a model that is not a transformer of a known
+// layout (vit.h), and for a NaN or Inf
 // in the data, a parameter, a saliency, a loss (a diverged recovery
 // included) or the model's outputs on the eval data, naming where
 // (common/finite.h; non-finite buffers are warnings); CANCELLED /
@@ -165,7 +168,7 @@ struct PruneRound {
 };
 
 struct PruneReport {
-  std::string style;     // "deit" or "torchvision"
+  std::string style;     // "deit", "torchvision" or "transformer" (vit.h)
   std::string saliency;  // SaliencyKindName
   std::string target;    // PruneTargetName
   double target_fraction = 0;
@@ -212,7 +215,8 @@ absl::StatusOr<PruneReport> RunPruning(const PruneOptions& options, ProgressSink
 // Whether RunPruning can find the structure it prunes in the TorchScript
 // model at `path`: the run's own discovery (vit.h: FindVitBlocks), without
 // a forward pass. OK when it can; FAILED_PRECONDITION with the reason the
-// run would fail with ("not a Vision Transformer: no block with ...");
+// run would fail with ("not a transformer PRUNE can prune: ...; found:
+// <what came close and what it lacks>");
 // INVALID_ARGUMENT when the file does not load. The server runs it on
 // upload, in the sandboxed child that describes the model, and PRUNE's
 // submit check refuses with that reason.

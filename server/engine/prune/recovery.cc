@@ -68,9 +68,9 @@ absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::
       const torch::Tensor teacher = teacher_logits.index_select(0, index);
       ASSIGN_OR_RETURN(torch::Tensor s, RunForward(student, x));
       torch::Tensor loss =
-          torch::kl_div(torch::log_softmax(s / t, 1), torch::log_softmax(teacher / t, 1),
+          torch::kl_div(torch::log_softmax(s / t, -1), torch::log_softmax(teacher / t, -1),
                         at::Reduction::None, /*log_target=*/true)
-              .sum(1)
+              .sum(-1)
               .mean() *
           (t * t);
       if (labels) {

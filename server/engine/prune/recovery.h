@@ -2,8 +2,9 @@
 // (torch-including header).
 //
 // Loss per batch: T²·KL(softmax(t/T) ‖ softmax(s/T)) with t the teacher's
-// and s the student's logits, plus cross-entropy against the labels when
-// `targets` holds class indices. Batches are drawn without replacement in
+// and s the student's logits, softmax over the last dim (a language
+// model's [N, T, V] logits: per position, averaged over positions), plus
+// cross-entropy against the labels when `targets` holds class indices [N]. Batches are drawn without replacement in
 // a seeded random order (a new permutation per epoch); the learning rate
 // decays from `learning_rate` to 0 on a cosine over the steps.
 #ifndef COMPRESS_ENGINE_PRUNE_RECOVERY_H_
@@ -36,7 +37,7 @@ struct RecoveryStats {
 };
 
 // Fine-tunes `student` in place (train mode during, eval mode after) on
-// `inputs` with the precomputed `teacher_logits` ([N, classes], same
+// `inputs` with the precomputed `teacher_logits` ([N, classes] or [N, T, V], same
 // device) and optional `targets`. Progress goes to `sink` under `stage`.
 // INVALID_ARGUMENT for an unknown optimizer or data that do not fit;
 // FAILED_PRECONDITION when a step's loss is NaN or Inf (diverged).

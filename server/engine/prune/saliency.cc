@@ -36,39 +36,23 @@ std::string Qualified(const std::string& module, const char* param) {
 absl::StatusOr<std::vector<Slice>> SlicesOf(const ParamLayout& layout, const VitStructure& vit,
                                             const PruneUnit& u) {
   const VitBlock& b = vit.blocks.at(u.block);
-  std::vector<std::pair<std::string, int64_t>> parts;  // (parameter, dim)
-  std::vector<int64_t> rows, cols;
-  if (u.head) {
-    for (int64_t s = 0; s < 3; ++s) {
-      for (int64_t h = u.first; h < u.first + u.count; ++h) {
-        for (int64_t d = 0; d < b.head_dim; ++d) {
-          rows.push_back(s * b.heads * b.head_dim + h * b.head_dim + d);
-        }
-      }
-    }
-    for (int64_t i = u.first * b.head_dim; i < (u.first + u.count) * b.head_dim; ++i) {
-      cols.push_back(i);
-    }
-    parts = {{Qualified(b.qkv, "weight"), 0}, {Qualified(b.qkv, "bias"), 0},
-             {Qualified(b.proj, "weight"), 1}};
-  } else {
-    for (int64_t i = u.first; i < u.first + u.count; ++i) rows.push_back(i);
-    cols = rows;
-    parts = {{Qualified(b.fc1, "weight"), 0}, {Qualified(b.fc1, "bias"), 0},
-             {Qualified(b.fc2, "weight"), 1}};
-  }
-  const torch::Tensor row_index = torch::tensor(rows, torch::kLong);
-  const torch::Tensor col_index = torch::tensor(cols, torch::kLong);
+  std::vector<int64_t> members;
+  for (int64_t i = u.first; i < u.first + u.count; ++i) members.push_back(i);
   std::vector<Slice> slices;
-  for (const auto& [name, dim] : parts) {
-    auto it = std::find(layout.names.begin(), layout.names.end(), name);
-    if (it == layout.names.end()) {
-      if (name.size() > 5 && name.substr(name.size() - 5) == ".bias") continue;  // no bias
-      return absl::FailedPreconditionError(
-          absl::StrCat("parameter ", name, " is not a trainable parameter of the model"));
+  for (const LinearSlice& ls : u.head ? HeadSlices(b, members) : NeuronSlices(b, members)) {
+    const torch::Tensor index = torch::tensor(ls.index, torch::kLong);
+    for (const char* param : {"weight", "bias"}) {
+      const bool bias = std::string(param) == "bias";
+      if (bias && ls.dim == 1) continue;  // the input side owns no bias entries
+      const std::string name = Qualified(ls.linear, param);
+      auto it = std::find(layout.names.begin(), layout.names.end(), name);
+      if (it == layout.names.end()) {
+        if (bias) continue;  // a Linear without bias
+        return absl::FailedPreconditionError(
+            absl::StrCat("parameter ", name, " is not a trainable parameter of the model"));
+      }
+      slices.push_back({static_cast<int>(it - layout.names.begin()), ls.dim, index});
     }
-    slices.push_back(
-        {static_cast<int>(it - layout.names.begin()), dim, dim == 0 ? row_index : col_index});
   }
   return slices;
 }

@@ -1,7 +1,7 @@
 // Saliency of a ViT's prunable units (torch-including header).
 //
-// A unit is a group of heads of one block (their qkv rows and biases and
-// their proj columns) or a group of MLP neurons (fc1 rows and biases, fc2
+// A unit is a group of heads of one block (their q, k, v rows and biases,
+// fused or not, and their output projection's columns) or a group of MLP neurons (fc1 rows and biases, fc2
 // columns). Removing a unit is the same as setting its weights w_g to zero:
 // a head with zero q, k, v rows outputs zero; a neuron with zero fc1 row and
 // bias outputs GELU(0) = 0. So the loss change of removing it is
