@@ -85,7 +85,8 @@ ModelSummary Summarize(const torch::jit::Module& module) {
 // so counting nested operators would count the same work twice. An operator
 // belongs to a layer when one of its tensor inputs shares its data pointer with
 // one of the layer's parameters (views such as weight.t() share it too).
-// Not counted: aten::einsum and fused attention kernels. A model that holds
+// aten::scaled_dot_product_attention (LibTorch 2.x's attention) counts as
+// its two products. Not counted: aten::einsum and fused attention kernels. A model that holds
 // those kernels runs in an UnfusedForward scope, so nn.TransformerEncoderLayer and
 // nn.MultiheadAttention dispatch their Linear layers and attention products
 // one by one instead of PyTorch's fused inference kernels: those are then
@@ -164,6 +165,19 @@ void SetMacs(absl::string_view op, c10::ArrayRef<const c10::IValue> in,
     }
   } else if (op == "aten::dot" || op == "aten::vdot") {
     if ((a = tensor(0)) != nullptr) ctx->fixed_macs = a->numel();
+  } else if (op == "aten::scaled_dot_product_attention") {
+    // LibTorch 2.x: nn.MultiheadAttention's two attention products in one
+    // operator. q [..., L, E], k [..., S, E], v [..., S, Ev]: q·kᵀ and
+    // softmax·v take (q.numel() / E)·S·(E + Ev) MACs, as the bmm pair of
+    // LibTorch 1.13 does.
+    a = tensor(0);
+    const at::Tensor* k = tensor(1);
+    const at::Tensor* v = tensor(2);
+    if (a != nullptr && k != nullptr && v != nullptr && a->dim() >= 2 && k->dim() >= 2 &&
+        v->dim() >= 1 && DimSize(*a, -1) > 0) {
+      ctx->fixed_macs =
+          a->numel() / DimSize(*a, -1) * DimSize(*k, -2) * (DimSize(*a, -1) + DimSize(*v, -1));
+    }
   }
 }
 
