@@ -48,14 +48,16 @@ int main(int argc, char** argv) {
   if (!test.ok()) return Fail(test.status());
   const std::string path =
       (std::filesystem::temp_directory_path() / "bench_int8_model_int8.pt").string();
-  auto info = SaveInt8Model(*model, train->inputs.split(64), path);
+  std::vector<ModelInputs> batches;
+  for (const torch::Tensor& b : train->inputs.first.split(64)) batches.emplace_back(b);
+  auto info = SaveInt8Model(*model, batches, path);
   if (!info.ok()) return Fail(info.status());
   auto int8 = LoadModel(path);
   if (!int8.ok()) return Fail(int8.status());
   auto float_top1 = TopOneAccuracy(*model, test->inputs, test->targets);
   auto int8_top1 = TopOneAccuracy(*int8, test->inputs, test->targets);
   if (!float_top1.ok() || !int8_top1.ok()) return Fail(absl::InternalError("accuracy"));
-  auto ms = AlternateLatencyMs(*int8, *model, test->inputs.narrow(0, 0, 64), 10, rounds);
+  auto ms = AlternateLatencyMs(*int8, *model, test->inputs.first.narrow(0, 0, 64), 10, rounds);
   if (!ms.ok()) return Fail(ms.status());
   std::printf("## int8 model (reference CNN, engine %s, calibration 256 train images)\n\n",
               info->engine.c_str());

@@ -180,7 +180,7 @@ int GptqMemory(const Args& args) {
     }
   }
   if (largest == nullptr) return 1;
-  std::vector<torch::Tensor> batches = {RandomInputs(spec, args.samples)};
+  std::vector<ModelInputs> batches = {RandomInputs(spec, args.samples)};
   absl::StatusOr<LayerHessian> h = CollectLayerHessian(*model, largest->name, batches, nullptr);
   if (!h.ok()) {
     std::fprintf(stderr, "%s\n", h.status().ToString().c_str());
@@ -281,12 +281,12 @@ int Stages(const Args& args, char** argv) {
 // Mean loss and top-1 (%) of `m` on `data` (targets: class labels).
 std::pair<double, double> LossAndAccuracy(torch::jit::Module& m, const LoadedDataset& data) {
   torch::NoGradGuard no_grad;
-  const int64_t n = data.inputs.size(0);
+  const int64_t n = data.inputs.first.size(0);
   double loss = 0;
   int64_t correct = 0;
   for (int64_t s = 0; s < n; s += 500) {
     const int64_t len = std::min<int64_t>(500, n - s);
-    torch::Tensor out = m.forward({data.inputs.narrow(0, s, len)}).toTensor();
+    torch::Tensor out = m.forward({data.inputs.first.narrow(0, s, len)}).toTensor();
     torch::Tensor y = data.targets.narrow(0, s, len).to(torch::kLong);
     loss += torch::nn::functional::cross_entropy(
                 out, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -358,14 +358,14 @@ int Fidelity(const Args& args) {
     for (const QuantizableLayer& l : *layers) weights.push_back(l.name + ".weight");
     // The whole calibration set, and its two halves.
     struct Part {
-      std::vector<torch::Tensor> batches;
+      std::vector<ModelInputs> batches;
       std::unique_ptr<PerturbationModel> model;
     };
     std::vector<Part> parts(3);
-    const int64_t n = cal->inputs.size(0);
+    const int64_t n = cal->inputs.first.size(0);
     for (int p = 0; p < 3; ++p) {
       const int64_t begin = p == 0 ? 0 : (p - 1) * n / 2, end = p == 0 ? n : p * n / 2;
-      torch::Tensor x = cal->inputs.narrow(0, begin, end - begin);
+      torch::Tensor x = cal->inputs.first.narrow(0, begin, end - begin);
       torch::Tensor y = cal->targets.narrow(0, begin, end - begin);
       absl::StatusOr<PreparedBatches> prepared =
           PrepareBatches(*folded, x, y, 64, LossKind::kAuto);

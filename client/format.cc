@@ -329,7 +329,7 @@ std::string FormatDataset(const v1::Dataset& d) {
   if (d.has_targets()) {
     targets = absl::StrCat(FormatShape(d.target_shape()), " ", d.target_dtype());
   }
-  return FormatKeyValues({
+  std::vector<std::pair<std::string, std::string>> rows = {
       {"id", d.id()},
       {"name", d.name()},
       {"format", DatasetFormatName(d.format())},
@@ -338,9 +338,15 @@ std::string FormatDataset(const v1::Dataset& d) {
                                           WithCommas(d.size_bytes()), " bytes)")},
       {"examples", WithCommas(d.num_examples())},
       {"inputs", absl::StrCat(FormatShape(d.input_shape()), " ", d.input_dtype())},
-      {"targets", targets},
-      {"created", FormatTimestamp(d.create_time())},
-  });
+  };
+  for (const v1::NamedInput& n : d.named_inputs()) {
+    rows.emplace_back(absl::StrCat("inputs.", n.name()),
+                      absl::StrCat(FormatShape(n.shape()), " ", n.dtype(), " (forward argument ",
+                                   n.name(), "=)"));
+  }
+  rows.emplace_back("targets", targets);
+  rows.emplace_back("created", FormatTimestamp(d.create_time()));
+  return FormatKeyValues(rows);
 }
 
 std::string FormatJobTable(const std::vector<v1::Job>& jobs,

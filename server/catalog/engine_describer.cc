@@ -28,6 +28,12 @@ void FillDataset(const engine::DatasetSummary& s, v1::Dataset* d) {
   d->set_has_targets(s.has_targets);
   for (int64_t v : s.target_shape) d->add_target_shape(v);
   d->set_target_dtype(s.target_dtype);
+  for (const engine::NamedInputSummary& n : s.named_inputs) {
+    v1::NamedInput* out = d->add_named_inputs();
+    out->set_name(n.name);
+    for (int64_t v : n.shape) out->add_shape(v);
+    out->set_dtype(n.dtype);
+  }
 }
 
 }  // namespace

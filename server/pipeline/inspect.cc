@@ -47,8 +47,8 @@ absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext
   options.device = context.device();
   options.input_shape.assign(spec.input_shape().begin(), spec.input_shape().end());
   // The probe takes the dataset's dtype (token ids stay integer) unless the
-  // spec names one.
-  if (options.input_shape.empty() || (spec.input_dtype().empty() && !spec.dataset_id().empty())) {
+  // spec names one, and its further forward arguments (as ones).
+  if (options.input_shape.empty() || !spec.dataset_id().empty()) {
     ASSIGN_OR_RETURN(v1::Dataset dataset, context.resources().GetDataset(spec.dataset_id()));
     if (options.input_shape.empty()) {
       options.input_shape.push_back(1);
@@ -56,12 +56,22 @@ absl::StatusOr<v1::JobResult> RunInspect(const v1::InspectSpec& spec, JobContext
                                  dataset.input_shape().end());
     }
     if (!dataset.input_dtype().empty()) options.input_dtype = dataset.input_dtype();
+    for (const v1::NamedInput& n : dataset.named_inputs()) {
+      engine::NamedProbeInput probe{n.name(), {options.input_shape[0]}, n.dtype()};
+      probe.shape.insert(probe.shape.end(), n.shape().begin(), n.shape().end());
+      options.named_inputs.push_back(std::move(probe));
+    }
   }
   if (!spec.input_dtype().empty()) options.input_dtype = spec.input_dtype();
+  std::string named;
+  for (const engine::NamedProbeInput& n : options.named_inputs) {
+    absl::StrAppend(&named, named.empty() ? " and " : ", ", n.name, " [",
+                    absl::StrJoin(n.shape, ", "), "] (ones)");
+  }
   progress.StageStart("inspect", 0, 1);
   progress.Log("INFO", absl::StrCat("forward pass on ", options.device, " with ",
                                     options.input_dtype, " input of shape [",
-                                    absl::StrJoin(options.input_shape, ", "), "]"));
+                                    absl::StrJoin(options.input_shape, ", "), "]", named));
   progress.Progress("inspect", 0, 1);
   ASSIGN_OR_RETURN(engine::Inspection ins,
                    engine::InspectModelFile(context.resources().ModelPath(spec.model_id()),

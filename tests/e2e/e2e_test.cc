@@ -1009,6 +1009,57 @@ class E2eChildTest : public E2eTest {
   }
 };
 
+// A dataset with a further forward argument ("inputs.attention_mask",
+// README "Inputs and dtypes") through the service and its child workers:
+// listed on the resource, passed by INSPECT (as ones) and QUANTIZE (the
+// data's own mask) to a model that requires it. Model and numbers from
+// tests/fixtures/make_masked_model.py.
+TEST_F(E2eChildTest, NamedInputsReachTheModelInChildWorkers) {
+  if (std::system("test -x /usr/bin/python3") != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  const std::string dir = dir_.path() + "/masked";
+  std::filesystem::create_directories(dir);
+  const std::string cmd =
+      "/usr/bin/python3 " + FixturePath("make_masked_model.py") + " make " + dir + " >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const nlohmann::json expected = nlohmann::json::parse(ReadFile(dir + "/masked.json"));
+  auto model = client_->UploadModel(dir + "/masked.pt", "masked.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto calib = client_->UploadDataset(dir + "/calib.pt", "calib.pt");
+  ASSERT_TRUE(calib.ok()) << calib.status();
+  auto eval = client_->UploadDataset(dir + "/eval.safetensors", "eval.safetensors");
+  ASSERT_TRUE(eval.ok()) << eval.status();
+  for (const v1::Dataset& d : {*calib, *eval}) {
+    ASSERT_EQ(d.named_inputs_size(), 1) << d.name();
+    EXPECT_EQ(d.named_inputs(0).name(), "attention_mask");
+    EXPECT_EQ(d.named_inputs(0).dtype(), "int64");
+    EXPECT_THAT(std::vector<int64_t>(d.named_inputs(0).shape().begin(),
+                                     d.named_inputs(0).shape().end()),
+                ::testing::ElementsAre(16));
+  }
+
+  v1::SubmitJobRequest inspect;
+  inspect.mutable_spec()->mutable_inspect()->set_model_id(model->id());
+  inspect.mutable_spec()->mutable_inspect()->set_dataset_id(calib->id());
+  v1::Job job;
+  ASSERT_TRUE(Submit(inspect, &job).ok());
+  WatchAll(job.id());
+  v1::Job done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.result().inspect().total_macs(), expected["macs_per_example"].get<int64_t>());
+
+  v1::SubmitJobRequest quantize = QuantizeRequest(model->id());
+  auto* q = quantize.mutable_spec()->mutable_quantize();
+  q->mutable_data()->set_dataset_id(calib->id());
+  q->set_eval_dataset_id(eval->id());
+  ASSERT_TRUE(Submit(quantize, &job).ok());
+  WatchAll(job.id(), 0, nullptr, 600);
+  done = GetJob(job.id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  EXPECT_DOUBLE_EQ(done.result().quantize().accuracy_before(),
+                   expected["eval_accuracy"].get<double>());
+  EXPECT_TRUE(done.result().quantize().has_accuracy_after());
+}
+
 // NaN and Inf in a dataset's inputs (ANALYZE) or a model's weights
 // (QUANTIZE) end the job FAILED with FAILED_PRECONDITION naming the dataset
 // or parameter by id, never the server's path (issue 14).

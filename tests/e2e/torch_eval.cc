@@ -19,11 +19,11 @@ absl::StatusOr<double> Top1Accuracy(const std::string& model_path, const std::st
     torch::jit::Module model = torch::jit::load(model_path, torch::kCPU);
     model.eval();
     c10::InferenceMode guard;
-    const int64_t n = data->inputs.size(0);
+    const int64_t n = data->inputs.first.size(0);
     int64_t correct = 0;
     for (int64_t start = 0; start < n; start += 250) {
       const int64_t len = std::min<int64_t>(250, n - start);
-      std::vector<torch::jit::IValue> inputs = {data->inputs.narrow(0, start, len)};
+      std::vector<torch::jit::IValue> inputs = {data->inputs.first.narrow(0, start, len)};
       torch::Tensor logits = model.forward(inputs).toTensor();
       correct += logits.argmax(1).eq(data->targets.narrow(0, start, len)).sum().item<int64_t>();
     }

@@ -147,10 +147,10 @@ double CheckModelPt(const QuantizeOptions& o, const QuantizeReport& r) {
   absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", kImages);
   EXPECT_TRUE(data.ok()) << data.status();
   torch::jit::Module simulated = Simulated(o.model_path, r.weights_path);
-  const torch::Tensor want = Forward(simulated, data->inputs);
+  const torch::Tensor want = Forward(simulated, data->inputs.first);
   torch::jit::Module saved = torch::jit::load(r.model_path);
   saved.eval();
-  double diff = MaxAbsDiff(Forward(saved, data->inputs), want);
+  double diff = MaxAbsDiff(Forward(saved, data->inputs.first), want);
   EXPECT_LE(diff, 1e-5);
   // The rebuilt weights are the packed ones, bit for bit.
   std::map<std::string, torch::Tensor> want_params;

@@ -31,13 +31,13 @@ TEST(LoadDatasetTest, SafetensorsValuesMatchTheWriter) {
       LoadDataset(FixturePath("tiny.safetensors"), 0);
   ASSERT_TRUE(data.ok()) << data.status();
   EXPECT_EQ(data->format, DatasetFileFormat::kSafetensors);
-  EXPECT_THAT(Sizes(data->inputs), ElementsAre(6, 1, 8, 8));
-  EXPECT_EQ(data->inputs.scalar_type(), torch::kFloat32);
-  EXPECT_NEAR(data->inputs.to(torch::kFloat64).sum().item<double>(),
+  EXPECT_THAT(Sizes(data->inputs.first), ElementsAre(6, 1, 8, 8));
+  EXPECT_EQ(data->inputs.first.scalar_type(), torch::kFloat32);
+  EXPECT_NEAR(data->inputs.first.to(torch::kFloat64).sum().item<double>(),
               want["inputs_sum"].get<double>(), 1e-9);
-  EXPECT_EQ(data->inputs.flatten()[0].item<float>(),
+  EXPECT_EQ(data->inputs.first.flatten()[0].item<float>(),
             want["inputs_first"].get<float>());
-  EXPECT_EQ(data->inputs.flatten()[-1].item<float>(),
+  EXPECT_EQ(data->inputs.first.flatten()[-1].item<float>(),
             want["inputs_last"].get<float>());
   ASSERT_TRUE(data->targets.defined());
   EXPECT_EQ(data->targets.scalar_type(), torch::kInt64);
@@ -54,15 +54,15 @@ TEST(LoadDatasetTest, SafetensorsMaxExamplesKeepsTheFirstRows) {
       LoadDataset(FixturePath("tiny.safetensors"), 4);
   ASSERT_TRUE(all.ok()) << all.status();
   ASSERT_TRUE(some.ok()) << some.status();
-  EXPECT_THAT(Sizes(some->inputs), ElementsAre(4, 1, 8, 8));
+  EXPECT_THAT(Sizes(some->inputs.first), ElementsAre(4, 1, 8, 8));
   EXPECT_THAT(Sizes(some->targets), ElementsAre(4));
-  EXPECT_TRUE(torch::equal(some->inputs, all->inputs.narrow(0, 0, 4)));
+  EXPECT_TRUE(torch::equal(some->inputs.first, all->inputs.first.narrow(0, 0, 4)));
   EXPECT_TRUE(torch::equal(some->targets, all->targets.narrow(0, 0, 4)));
   // More than there are: everything.
   absl::StatusOr<LoadedDataset> more =
       LoadDataset(FixturePath("tiny.safetensors"), 100);
   ASSERT_TRUE(more.ok()) << more.status();
-  EXPECT_EQ(more->inputs.size(0), 6);
+  EXPECT_EQ(more->inputs.first.size(0), 6);
 }
 
 TEST(LoadDatasetTest, TorchSaveValuesMatchTheWriter) {
@@ -71,19 +71,19 @@ TEST(LoadDatasetTest, TorchSaveValuesMatchTheWriter) {
       LoadDataset(FixturePath("tiny_torchsave.pt"), 0);
   ASSERT_TRUE(data.ok()) << data.status();
   EXPECT_EQ(data->format, DatasetFileFormat::kTorchSave);
-  EXPECT_THAT(Sizes(data->inputs), ElementsAre(5, 4));
+  EXPECT_THAT(Sizes(data->inputs.first), ElementsAre(5, 4));
   EXPECT_THAT(Sizes(data->targets), ElementsAre(5, 3));
-  EXPECT_NEAR(data->inputs.to(torch::kFloat64).sum().item<double>(),
+  EXPECT_NEAR(data->inputs.first.to(torch::kFloat64).sum().item<double>(),
               want["inputs_sum"].get<double>(), 1e-9);
   EXPECT_NEAR(data->targets.to(torch::kFloat64).sum().item<double>(),
               want["targets_sum"].get<double>(), 1e-9);
-  EXPECT_EQ(data->inputs.flatten()[0].item<float>(),
+  EXPECT_EQ(data->inputs.first.flatten()[0].item<float>(),
             want["inputs_first"].get<float>());
 
   absl::StatusOr<LoadedDataset> two =
       LoadDataset(FixturePath("tiny_torchsave.pt"), 2);
   ASSERT_TRUE(two.ok()) << two.status();
-  EXPECT_TRUE(torch::equal(two->inputs, data->inputs.narrow(0, 0, 2)));
+  EXPECT_TRUE(torch::equal(two->inputs.first, data->inputs.first.narrow(0, 0, 2)));
   EXPECT_TRUE(torch::equal(two->targets, data->targets.narrow(0, 0, 2)));
 }
 
@@ -102,13 +102,13 @@ TEST(LoadDatasetTest, TorchSaveDictsThatEndInSetItemLoad) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   absl::StatusOr<LoadedDataset> one = LoadDataset(dir + "/one.pt", 0);
   ASSERT_TRUE(one.ok()) << one.status();
-  EXPECT_EQ(one->inputs.scalar_type(), torch::kInt64);
-  EXPECT_TRUE(torch::equal(one->inputs, torch::arange(12).reshape({3, 4})));
+  EXPECT_EQ(one->inputs.first.scalar_type(), torch::kInt64);
+  EXPECT_TRUE(torch::equal(one->inputs.first, torch::arange(12).reshape({3, 4})));
   EXPECT_FALSE(one->targets.defined());
   absl::StatusOr<LoadedDataset> many = LoadDataset(dir + "/many.pt", 0);
   ASSERT_TRUE(many.ok()) << many.status();
-  EXPECT_EQ(many->inputs.scalar_type(), torch::kFloat64);
-  EXPECT_EQ(many->inputs.sum().item<double>(), 66);  // 0 + 1 + ... + 11
+  EXPECT_EQ(many->inputs.first.scalar_type(), torch::kFloat64);
+  EXPECT_EQ(many->inputs.first.sum().item<double>(), 66);  // 0 + 1 + ... + 11
   EXPECT_THAT(Sizes(many->targets), ElementsAre(3));
   EXPECT_EQ(many->targets.sum().item<double>(), 0 + 4 + 8);
 }
@@ -142,13 +142,13 @@ TEST_P(BuiltinLoadTest, FashionMnistMatchesPythonReader) {
   ASSERT_TRUE(data.ok()) << data.status();
   const int64_t n = want["num_examples"].get<int64_t>();
   EXPECT_EQ(data->format, DatasetFileFormat::kIdx);
-  EXPECT_THAT(Sizes(data->inputs), ElementsAre(n, 1, 28, 28));
-  EXPECT_EQ(data->inputs.scalar_type(), torch::kFloat32);
-  EXPECT_GE(data->inputs.min().item<float>(), 0.0f);
-  EXPECT_LE(data->inputs.max().item<float>(), 1.0f);
-  EXPECT_NEAR(data->inputs[0].to(torch::kFloat64).sum().item<double>(),
+  EXPECT_THAT(Sizes(data->inputs.first), ElementsAre(n, 1, 28, 28));
+  EXPECT_EQ(data->inputs.first.scalar_type(), torch::kFloat32);
+  EXPECT_GE(data->inputs.first.min().item<float>(), 0.0f);
+  EXPECT_LE(data->inputs.first.max().item<float>(), 1.0f);
+  EXPECT_NEAR(data->inputs.first[0].to(torch::kFloat64).sum().item<double>(),
               want["first_image_sum"].get<double>(), 1e-4);
-  EXPECT_NEAR(data->inputs[n - 1].to(torch::kFloat64).sum().item<double>(),
+  EXPECT_NEAR(data->inputs.first[n - 1].to(torch::kFloat64).sum().item<double>(),
               want["last_image_sum"].get<double>(), 1e-4);
 
   EXPECT_THAT(Sizes(data->targets), ElementsAre(n));
@@ -171,8 +171,8 @@ TEST_P(BuiltinLoadTest, MaxExamples) {
       LoadDataset("builtin:fashion-mnist/" + GetParam(), 100);
   ASSERT_TRUE(all.ok()) << all.status();
   ASSERT_TRUE(some.ok()) << some.status();
-  EXPECT_THAT(Sizes(some->inputs), ElementsAre(100, 1, 28, 28));
-  EXPECT_TRUE(torch::equal(some->inputs, all->inputs.narrow(0, 0, 100)));
+  EXPECT_THAT(Sizes(some->inputs.first), ElementsAre(100, 1, 28, 28));
+  EXPECT_TRUE(torch::equal(some->inputs.first, all->inputs.first.narrow(0, 0, 100)));
   EXPECT_TRUE(torch::equal(some->targets, all->targets.narrow(0, 0, 100)));
 }
 
@@ -222,8 +222,8 @@ class EditedTorchSaveTest : public ::testing::Test {
 TEST_F(EditedTorchSaveTest, UneditedRepackLoads) {
   absl::StatusOr<LoadedDataset> data = LoadDataset(Write("", ""), 0);
   ASSERT_TRUE(data.ok()) << data.status();
-  EXPECT_THAT(Sizes(data->inputs), ElementsAre(100, 3));
-  EXPECT_EQ(data->inputs[99][2].item<float>(), 299.0f);
+  EXPECT_THAT(Sizes(data->inputs.first), ElementsAre(100, 3));
+  EXPECT_EQ(data->inputs.first[99][2].item<float>(), 299.0f);
 }
 
 TEST_F(EditedTorchSaveTest, StorageClaimingMoreThanItsRecordIsRefused) {

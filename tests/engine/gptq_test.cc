@@ -164,7 +164,7 @@ def forward(self, x):
 TEST(CalibrationTest, CapturesConvAndLinearInputsOfNamedLayers) {
   torch::jit::Module m = MakeModel();
   torch::manual_seed(4);
-  std::vector<torch::Tensor> batches = {torch::randn({5, 3, 8, 8}), torch::randn({2, 3, 8, 8})};
+  std::vector<ModelInputs> batches = {torch::randn({5, 3, 8, 8}), torch::randn({2, 3, 8, 8})};
   torch::NoGradGuard no_grad;
   torch::Tensor dw = m.attr("dw").toModule().attr("weight").toTensor();
   torch::Tensor cw =
@@ -177,7 +177,8 @@ TEST(CalibrationTest, CapturesConvAndLinearInputsOfNamedLayers) {
   g.kernel = {3, 3};
   g.stride = {2, 2};
   g.padding = {1, 1};
-  for (const torch::Tensor& x : batches) {
+  for (const ModelInputs& b : batches) {
+    const torch::Tensor& x = b.first;
     torch::Tensor y = torch::conv2d(x, dw, {}, 1, 1, 1, 3);
     conv_rows.push_back(ManualPatches(y, g));
     torch::Tensor f = torch::relu(torch::conv2d(y, cw, cb, 2, 1)).flatten(1);
@@ -434,8 +435,8 @@ TEST(GptqModelTest, FmnistCnnAtThreeBitsBeatsRtnEveryLayer) {
   ASSERT_TRUE(train.ok()) << train.status();
   auto test = LoadDataset("builtin:fashion-mnist/test", 2000);
   ASSERT_TRUE(test.ok()) << test.status();
-  std::vector<torch::Tensor> batches = {train->inputs.narrow(0, 0, 256),
-                                        train->inputs.narrow(0, 256, 256)};
+  std::vector<ModelInputs> batches = {train->inputs.first.narrow(0, 0, 256),
+                                        train->inputs.first.narrow(0, 256, 256)};
   std::map<std::string, int> bits;
   for (const char* name : {"conv1", "block.conv1", "block.conv2", "conv2", "conv3", "fc"}) {
     bits[name] = 3;
@@ -465,9 +466,9 @@ TEST(GptqModelTest, FmnistCnnAtThreeBitsBeatsRtnEveryLayer) {
       }())));
     }
   }
-  const double acc_float = Accuracy(*folded, test->inputs, test->targets);
-  const double acc_gptq = Accuracy(r->module, test->inputs, test->targets);
-  const double acc_rtn = Accuracy(rtn, test->inputs, test->targets);
+  const double acc_float = Accuracy(*folded, test->inputs.first, test->targets);
+  const double acc_gptq = Accuracy(r->module, test->inputs.first, test->targets);
+  const double acc_rtn = Accuracy(rtn, test->inputs.first, test->targets);
   std::printf("accuracy on 2000 test images: float %.4f  GPTQ-3bit %.4f  RTN-3bit %.4f\n",
               acc_float, acc_gptq, acc_rtn);
   EXPECT_GT(acc_gptq, 0.5);
@@ -475,7 +476,7 @@ TEST(GptqModelTest, FmnistCnnAtThreeBitsBeatsRtnEveryLayer) {
 
 TEST(GptqModelTest, UnsupportedLayersFallBackToRtn) {
   torch::jit::Module m = MakeModel();
-  std::vector<torch::Tensor> batches = {torch::randn({4, 3, 8, 8})};
+  std::vector<ModelInputs> batches = {torch::randn({4, 3, 8, 8})};
   QuantizerSpec spec;
   auto r =
       GptqQuantizeModel(m, batches, {{"dw", 4}, {"head", 4}, {"unused", 4}}, spec, GptqOptions{});
@@ -511,7 +512,7 @@ TEST(GptqModelTest, TransformerEncoderLinearsGetGptqWithPythonsInputs) {
   torch::Tensor h_linear2 = values(2048, 64 * 64).reshape({64, 64});
   auto model = LoadModel(f.model);
   ASSERT_TRUE(model.ok()) << model.status();
-  const std::vector<torch::Tensor> batches = {inputs.narrow(0, 0, 3), inputs.narrow(0, 3, 1)};
+  const std::vector<ModelInputs> batches = {inputs.narrow(0, 0, 3), inputs.narrow(0, 3, 1)};
 
   auto h1 = CollectLayerHessian(*model, "encoder.layers.0.linear1", batches);
   ASSERT_TRUE(h1.ok()) << h1.status();

@@ -363,9 +363,9 @@ TEST(RunAnalysisTest, FisherFallbackMatchesPerExampleGradients) {
   ASSERT_TRUE(data.ok()) << data.status();
   torch::Tensor centers = m->attr("centers").toTensor();
   double want = 0;
-  const int64_t n = data->inputs.size(0);
+  const int64_t n = data->inputs.first.size(0);
   for (int64_t e = 0; e < n; ++e) {
-    torch::Tensor out = m->forward({data->inputs.narrow(0, e, 1)}).toTensor();
+    torch::Tensor out = m->forward({data->inputs.first.narrow(0, e, 1)}).toTensor();
     torch::Tensor loss =
         at::cross_entropy_loss(out, data->targets.narrow(0, e, 1).to(torch::kLong));
     torch::Tensor g = torch::autograd::grad({loss}, {centers})[0];

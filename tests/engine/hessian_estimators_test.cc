@@ -108,7 +108,7 @@ Problem Cnn() {
   torch::jit::Module m = LoadF64("tiny_cnn.pt");
   absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
   EXPECT_TRUE(data.ok()) << data.status();
-  return MakeProblem("cnn", m, data->inputs, data->targets, 6);
+  return MakeProblem("cnn", m, data->inputs.first, data->targets, 6);
 }
 
 // Exact eigenvalues sorted by decreasing magnitude.
@@ -536,7 +536,7 @@ TEST(QBertTest, DataSubsetsSplitTheExamplesEvenly) {
     sizes.push_back(sub.num_examples);
     for (const Batch& b : sub.batches) {
       EXPECT_LE(b.size, 4);
-      EXPECT_TRUE(torch::equal(b.inputs, p.batches.batches[0].inputs.narrow(0, total, b.size)));
+      EXPECT_TRUE(torch::equal(b.inputs.first, p.batches.batches[0].inputs.first.narrow(0, total, b.size)));
       total += b.size;
     }
   }

@@ -46,7 +46,7 @@ std::unique_ptr<HvpOperator> MakeOp(
     m = m.clone();
     m.to(torch::Device(TestDevice()));
     for (Batch& b : p.batches) {
-      b.inputs = b.inputs.to(torch::Device(TestDevice()));
+      b.inputs = b.inputs.first.to(torch::Device(TestDevice()));
       b.targets = b.targets.to(torch::Device(TestDevice()));
     }
   }
@@ -252,7 +252,7 @@ TEST(LossTest, BatchesSplitMoveAndFixPseudoLabels) {
   EXPECT_EQ(p->num_examples, 7);
   ASSERT_EQ(p->batches.size(), 3u);
   EXPECT_EQ(p->batches[2].size, 1);
-  EXPECT_EQ(p->batches[0].inputs.scalar_type(), torch::kFloat64);
+  EXPECT_EQ(p->batches[0].inputs.first.scalar_type(), torch::kFloat64);
   torch::NoGradGuard no_grad;
   torch::Tensor out = *RunForward(m, p->batches[0].inputs);
   EXPECT_TRUE(torch::equal(p->batches[0].targets, out.argmax(1)));
@@ -293,7 +293,7 @@ std::vector<Case> SmoothCases() {
     torch::jit::Module m = LoadF64("tiny_cnn.pt");
     absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
     EXPECT_TRUE(data.ok()) << data.status();
-    cases.push_back({"cnn_ce_2_batches", m, Prepare(m, data->inputs, data->targets, 4)});
+    cases.push_back({"cnn_ce_2_batches", m, Prepare(m, data->inputs.first, data->targets, 4)});
   }
   return cases;
 }
@@ -404,9 +404,9 @@ TEST(FiniteDifferenceHvpTest, Float32ModelInFloat64AndInFloat32) {
   absl::StatusOr<LoadedDataset> data = LoadDataset(FixturePath("tiny.safetensors"), 0);
   ASSERT_TRUE(data.ok());
   // The float32 weights are exact in float64: the same Hessian.
-  torch::Tensor h = FullHessian(m64, Prepare(m64, data->inputs, data->targets, 6));
+  torch::Tensor h = FullHessian(m64, Prepare(m64, data->inputs.first, data->targets, 6));
   torch::Tensor top = std::get<1>(torch::linalg_eigh(h)).select(1, -1);
-  PreparedBatches batches = Prepare(*m32, data->inputs, data->targets, 6);
+  PreparedBatches batches = Prepare(*m32, data->inputs.first, data->targets, 6);
 
   HvpOptions options;
   options.method = HvpMethod::kFiniteDifference;

@@ -27,10 +27,12 @@ using ::compress::testutil::FixturePath;
 
 constexpr int64_t kImages = 64;
 
-std::vector<torch::Tensor> CalibrationBatches() {
+std::vector<ModelInputs> CalibrationBatches() {
   absl::StatusOr<LoadedDataset> train = LoadDataset("builtin:fashion-mnist/train", 256);
   EXPECT_TRUE(train.ok()) << train.status();
-  return train->inputs.split(64);
+  std::vector<ModelInputs> batches;
+  for (const torch::Tensor& b : train->inputs.first.split(64)) batches.emplace_back(b);
+  return batches;
 }
 
 // run_model.py's output for `path` on the first kImages test images.
@@ -83,7 +85,7 @@ TEST(Int8ModelTest, CnnW8A8IsQuantizedKernelsWithinAThirdOfAPoint) {
   // Stock PyTorch runs the file to the same outputs.
   if (std::system("test -x /usr/bin/python3") == 0) {
     torch::NoGradGuard no_grad;
-    const torch::Tensor here = int8->forward({test->inputs.narrow(0, 0, kImages)}).toTensor();
+    const torch::Tensor here = int8->forward({test->inputs.first.narrow(0, 0, kImages)}).toTensor();
     const torch::Tensor python = PythonOutput(path, dir);
     const double diff = (here - python).abs().max().item<double>();
     std::printf("max |LibTorch - PyTorch| %.3g\n", diff);

@@ -42,7 +42,7 @@ torch::jit::Module Load(const std::string& path) {
 torch::Tensor TestImages(int64_t n) {
   absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", n);
   EXPECT_TRUE(data.ok()) << data.status();
-  return data->inputs;
+  return data->inputs.first;
 }
 
 torch::Tensor Forward(torch::jit::Module& m, const torch::Tensor& x) {

@@ -61,7 +61,7 @@ double FileAccuracy(const std::string& path) {
   absl::StatusOr<LoadedDataset> data = LoadDataset("builtin:fashion-mnist/test", kEval);
   EXPECT_TRUE(data.ok()) << data.status();
   torch::NoGradGuard no_grad;
-  torch::Tensor pred = m.forward({data->inputs}).toTensor().argmax(1);
+  torch::Tensor pred = m.forward({data->inputs.first}).toTensor().argmax(1);
   return 100.0 * pred.eq(data->targets.to(torch::kLong)).sum().item<double>() /
          static_cast<double>(kEval);
 }
@@ -237,7 +237,7 @@ TEST(RunQuantizationTest, QuadraticOmegaIsTheSecondOrderLossChangeOfTheRounding)
     torch::Tensor delta = Dequantize(*q)->to(torch::kFloat64) - w.to(torch::kFloat64);
     EXPECT_NEAR(fc.squared_error.at(b), delta.pow(2).sum().item<double>(),
                 1e-6 * fc.squared_error.at(b));
-    const double quadratic = ClassifierQuadratic(m, data->inputs, data->targets, delta);
+    const double quadratic = ClassifierQuadratic(m, data->inputs.first, data->targets, delta);
     std::cout << "fc, " << b << " bits: Ω " << fc.omega.at(b) << ", ½ second difference "
               << quadratic << "\n";
     EXPECT_NEAR(fc.omega.at(b), quadratic, 1e-3 * quadratic);
@@ -262,7 +262,7 @@ TEST(RunQuantizationTest, GptqOmegaPricesEachHalfsRoundingOnTheOtherHalf) {
 
   absl::StatusOr<LoadedDataset> data = LoadDataset(o.calibration_dataset, o.num_samples);
   ASSERT_TRUE(data.ok()) << data.status();
-  const torch::Tensor x[2] = {data->inputs.narrow(0, 0, 32), data->inputs.narrow(0, 32, 32)};
+  const torch::Tensor x[2] = {data->inputs.first.narrow(0, 0, 32), data->inputs.first.narrow(0, 32, 32)};
   const torch::Tensor y[2] = {data->targets.narrow(0, 0, 32), data->targets.narrow(0, 32, 32)};
   absl::StatusOr<torch::jit::Module> folded = FoldBatchNorm(torch::jit::load(o.model_path));
   ASSERT_TRUE(folded.ok()) << folded.status();

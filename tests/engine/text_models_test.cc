@@ -108,7 +108,7 @@ TEST_F(TextModelsTest, LanguageModelingLossEqualsEagerPyTorch) {
   ASSERT_TRUE(m.ok()) << m.status();
   absl::StatusOr<LoadedDataset> data = LoadDataset(Path("lm_calib.safetensors"), 0);
   ASSERT_TRUE(data.ok()) << data.status();
-  EXPECT_EQ(data->inputs.scalar_type(), torch::kLong);
+  EXPECT_EQ(data->inputs.first.scalar_type(), torch::kLong);
   const nlohmann::json& want = Expected()["gpt"];
   const int64_t batch = want["batch"].get<int64_t>();
   for (bool ignoring : {false, true}) {
@@ -121,7 +121,7 @@ TEST_F(TextModelsTest, LanguageModelingLossEqualsEagerPyTorch) {
     EXPECT_EQ(prepared->loss, LossKind::kLanguageModeling);
     ASSERT_EQ(prepared->batches.size(), 4u);
     const Batch& first = prepared->batches[0];
-    EXPECT_EQ(first.inputs.scalar_type(), torch::kLong);  // never cast to float
+    EXPECT_EQ(first.inputs.first.scalar_type(), torch::kLong);  // never cast to float
     EXPECT_THAT(first.targets.sizes().vec(), ElementsAre(batch, 15));
     absl::StatusOr<torch::Tensor> out = RunForward(*m, first.inputs);
     ASSERT_TRUE(out.ok()) << out.status();
@@ -149,7 +149,7 @@ TEST_F(TextModelsTest, LanguageModelingRefusesTargetsOtherThanTheInputs) {
       PrepareBatches(*m, data->inputs, data->targets, 16, LossKind::kLanguageModeling);
   EXPECT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(prepared.status().message(), HasSubstr("differ from its inputs"));
-  prepared = PrepareBatches(*m, data->inputs.to(torch::kFloat), torch::Tensor(), 16,
+  prepared = PrepareBatches(*m, data->inputs.first.to(torch::kFloat), torch::Tensor(), 16,
                             LossKind::kLanguageModeling);
   EXPECT_THAT(prepared.status().message(), HasSubstr("integer token ids"));
 }

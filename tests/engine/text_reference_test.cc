@@ -65,7 +65,7 @@ nlohmann::json* TextReferenceTest::reference_ = nullptr;
 TEST_F(TextReferenceTest, TokenFilesFollowTheRule) {
   absl::StatusOr<LoadedDataset> images = LoadDataset("builtin:fashion-mnist/test", kTestSequences);
   ASSERT_TRUE(images.ok()) << images.status();
-  const torch::Tensor bytes = images->inputs.mul(255).round().to(torch::kInt64);
+  const torch::Tensor bytes = images->inputs.first.mul(255).round().to(torch::kInt64);
   const torch::Tensor levels =
       bytes.reshape({kTestSequences, 7, 4, 7, 4}).sum({2, 4}).div(256, "floor").reshape(
           {kTestSequences, 49});
@@ -74,15 +74,15 @@ TEST_F(TextReferenceTest, TokenFilesFollowTheRule) {
 
   const LoadedDataset cls = Load("fmnist_tokens_test_cls.safetensors");
   ASSERT_TRUE(cls.inputs.defined());
-  EXPECT_EQ(cls.inputs.scalar_type(), torch::kInt64);
-  ASSERT_EQ(cls.inputs.sizes(), expected.sizes());
-  EXPECT_TRUE(torch::equal(cls.inputs, expected));
+  EXPECT_EQ(cls.inputs.first.scalar_type(), torch::kInt64);
+  ASSERT_EQ(cls.inputs.first.sizes(), expected.sizes());
+  EXPECT_TRUE(torch::equal(cls.inputs.first, expected));
   EXPECT_TRUE(torch::equal(cls.targets, images->targets));
   // Not a constant sequence: every one of the 16 levels occurs.
   EXPECT_EQ(std::get<0>(at::_unique(levels)).numel(), 16);
 
   const LoadedDataset lm = Load("fmnist_tokens_test_lm.safetensors");
-  EXPECT_TRUE(torch::equal(lm.inputs, expected));
+  EXPECT_TRUE(torch::equal(lm.inputs.first, expected));
   EXPECT_FALSE(lm.targets.defined());
 }
 

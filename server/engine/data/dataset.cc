@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -83,17 +84,19 @@ absl::StatusOr<LoadedDataset> LoadSafetensors(const std::string& path,
     return absl::InvalidArgumentError("no \"inputs\" tensor");
   }
   auto targets = header.tensors.find("targets");
+  auto describe = [](const SafetensorsTensor& t) {
+    return TensorDescription{t.shape, SafetensorsDtypeName(t.dtype)};
+  };
   TensorDescription target_description;
-  if (targets != header.tensors.end()) {
-    target_description = {targets->second.shape,
-                          SafetensorsDtypeName(targets->second.dtype)};
+  if (targets != header.tensors.end()) target_description = describe(targets->second);
+  std::vector<NamedTensorDescription> named;
+  for (const auto& [key, tensor] : header.tensors) {
+    if (IsNamedInputKey(key)) named.push_back({key, describe(tensor)});
   }
-  RETURN_IF_ERROR(
-      SummarizeDataset(
-          DatasetFileFormat::kSafetensors,
-          {inputs->second.shape, SafetensorsDtypeName(inputs->second.dtype)},
-          targets == header.tensors.end() ? nullptr : &target_description)
-          .status());
+  ASSIGN_OR_RETURN(
+      DatasetSummary summary,
+      SummarizeDataset(DatasetFileFormat::kSafetensors, describe(inputs->second),
+                       targets == header.tensors.end() ? nullptr : &target_description, named));
 
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError("cannot open");
@@ -101,7 +104,12 @@ absl::StatusOr<LoadedDataset> LoadSafetensors(const std::string& path,
   LoadedDataset data;
   data.format = DatasetFileFormat::kSafetensors;
   try {
-    ASSIGN_OR_RETURN(data.inputs, ReadRows(in, inputs->second, rows));
+    ASSIGN_OR_RETURN(data.inputs.first, ReadRows(in, inputs->second, rows));
+    for (const NamedInputSummary& n : summary.named_inputs) {
+      ASSIGN_OR_RETURN(torch::Tensor t,
+                       ReadRows(in, header.tensors.at("inputs." + n.name), rows));
+      data.inputs.named.emplace_back(n.name, std::move(t));
+    }
     if (targets != header.tensors.end()) {
       ASSIGN_OR_RETURN(data.targets, ReadRows(in, targets->second, rows));
     }
@@ -260,7 +268,8 @@ absl::Status CheckStorage(const char* name, const torch::Tensor& t,
   return CheckTensorInStorage(absl::StrCat("\"", name, "\""), t);
 }
 
-// The "inputs" and "targets" tensors of an unpickled torch.save dict.
+// The "inputs", "inputs.<name>" and "targets" tensors of an unpickled
+// torch.save dict.
 absl::Status TakeTensors(const c10::IValue& value, LoadedDataset* data) {
   if (!value.isGenericDict()) {
     return absl::InvalidArgumentError(
@@ -272,18 +281,27 @@ absl::Status TakeTensors(const c10::IValue& value, LoadedDataset* data) {
     if (!entry.key().isString()) continue;
     const std::string& key = entry.key().toStringRef();
     keys.push_back(key);
-    if (key != "inputs" && key != "targets") continue;
+    std::string name;
+    const bool named = IsNamedInputKey(key, &name);
+    if (key != "inputs" && key != "targets" && !named) continue;
     if (!entry.value().isTensor()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "\"", key, "\" is a ", entry.value().tagKind(), ", not a tensor"));
+          "\"", absl::CHexEscape(key.substr(0, 64)), "\" is a ", entry.value().tagKind(),
+          ", not a tensor"));
     }
-    (key == "inputs" ? data->inputs : data->targets) = entry.value().toTensor();
+    if (named) {
+      data->inputs.named.emplace_back(name, entry.value().toTensor());
+    } else {
+      (key == "inputs" ? data->inputs.first : data->targets) = entry.value().toTensor();
+    }
   }
   if (!data->inputs.defined()) {
     return absl::InvalidArgumentError(
         absl::StrCat("no \"inputs\" tensor (keys: ",
                      keys.empty() ? "none" : absl::StrJoin(keys, ", "), ")"));
   }
+  std::sort(data->inputs.named.begin(), data->inputs.named.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
   return absl::OkStatus();
 }
 
@@ -295,21 +313,24 @@ absl::StatusOr<LoadedDataset> LoadTorchSave(const std::string& path,
     RecordSizes records;
     ASSIGN_OR_RETURN(c10::IValue value, UnpickleTorchSave(path, &records));
     RETURN_IF_ERROR(TakeTensors(value, &data));
-    RETURN_IF_ERROR(CheckStorage("inputs", data.inputs, records));
+    RETURN_IF_ERROR(CheckStorage("inputs", data.inputs.first, records));
+    for (const auto& [name, tensor] : data.inputs.named) {
+      RETURN_IF_ERROR(CheckStorage(("inputs." + name).c_str(), tensor, records));
+    }
     if (data.targets.defined()) {
       RETURN_IF_ERROR(CheckStorage("targets", data.targets, records));
     }
     TensorDescription targets;
     if (data.targets.defined()) targets = DescribeTensor(data.targets);
-    RETURN_IF_ERROR(
-        SummarizeDataset(DatasetFileFormat::kTorchSave,
-                         DescribeTensor(data.inputs),
-                         data.targets.defined() ? &targets : nullptr)
-            .status());
-    const int64_t rows = Take(data.inputs.size(0), max_examples);
-    if (rows < data.inputs.size(0)) {
+    RETURN_IF_ERROR(SummarizeDataset(DatasetFileFormat::kTorchSave,
+                                     DescribeTensor(data.inputs.first),
+                                     data.targets.defined() ? &targets : nullptr,
+                                     DescribeNamedInputs(data.inputs))
+                        .status());
+    const int64_t rows = Take(data.inputs.examples(), max_examples);
+    if (rows < data.inputs.examples()) {
       // Copy so the rest of the file's storage can be freed.
-      data.inputs = data.inputs.narrow(0, 0, rows).clone();
+      data.inputs = data.inputs.Narrow(0, rows).Clone();
       if (data.targets.defined()) {
         data.targets = data.targets.narrow(0, 0, rows).clone();
       }
@@ -333,8 +354,19 @@ TensorDescription DescribeTensor(const torch::Tensor& tensor) {
   return description;
 }
 
+std::vector<NamedTensorDescription> DescribeNamedInputs(const ModelInputs& inputs) {
+  std::vector<NamedTensorDescription> out;
+  for (const auto& [name, tensor] : inputs.named) {
+    out.push_back({"inputs." + name, DescribeTensor(tensor)});
+  }
+  return out;
+}
+
 absl::Status CheckFiniteData(const LoadedDataset& data, absl::string_view name) {
-  RETURN_IF_ERROR(CheckFiniteExamples(data.inputs, absl::StrCat(name, ": inputs")));
+  RETURN_IF_ERROR(CheckFiniteExamples(data.inputs.first, absl::StrCat(name, ": inputs")));
+  for (const auto& [key, tensor] : data.inputs.named) {
+    RETURN_IF_ERROR(CheckFiniteExamples(tensor, absl::StrCat(name, ": inputs.", key)));
+  }
   return CheckFiniteExamples(data.targets, absl::StrCat(name, ": targets"));
 }
 

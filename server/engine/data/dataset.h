@@ -6,7 +6,7 @@
 // with a channel dimension ([N, 1, 28, 28]) and int64 labels.
 //
 //   ASSIGN_OR_RETURN(LoadedDataset data, LoadDataset(path, 512));
-//   at::Tensor batch = data.inputs.narrow(0, 0, 32);
+//   ModelInputs batch = data.inputs.Narrow(0, 32);
 #ifndef COMPRESS_ENGINE_DATA_DATASET_H_
 #define COMPRESS_ENGINE_DATA_DATASET_H_
 
@@ -14,16 +14,19 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "server/engine/data/dataset_info.h"
+#include "server/engine/data/inputs.h"
 
 namespace compress::engine {
 
 struct LoadedDataset {
   DatasetFileFormat format = DatasetFileFormat::kSafetensors;
-  torch::Tensor inputs;   // [N, ...]
+  ModelInputs inputs;     // "inputs" [N, ...] and "inputs.<name>" [N, ...],
+                          // the latter sorted by name
   torch::Tensor targets;  // [N, ...]; undefined when the dataset has none
 };
 
@@ -37,6 +40,9 @@ TensorDescription DescribeTensor(const torch::Tensor& tensor);
 // contents. Thread-safe.
 absl::StatusOr<LoadedDataset> LoadDataset(const std::string& path_or_builtin_id,
                                           int64_t max_examples);
+
+// The "inputs.<name>" descriptions of `inputs`' named arguments.
+std::vector<NamedTensorDescription> DescribeNamedInputs(const ModelInputs& inputs);
 
 // OK when the inputs and the targets hold only finite values; else
 // FAILED_PRECONDITION "<name>: inputs hold 3 non-finite values (NaN; first

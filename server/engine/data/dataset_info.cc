@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -47,11 +49,15 @@ absl::StatusOr<DatasetSummary> DescribeSafetensors(const std::string& path) {
   if (targets != header.tensors.end()) {
     target_description = describe(targets->second);
   }
+  std::vector<NamedTensorDescription> named;
+  for (const auto& [key, tensor] : header.tensors) {
+    if (IsNamedInputKey(key)) named.push_back({key, describe(tensor)});
+  }
   return InFile(
       path,
       SummarizeDataset(
           DatasetFileFormat::kSafetensors, describe(inputs->second),
-          targets == header.tensors.end() ? nullptr : &target_description));
+          targets == header.tensors.end() ? nullptr : &target_description, named));
 }
 
 // Bytes per element of a dtype as DescribeTensor / SafetensorsDtypeName
@@ -119,9 +125,57 @@ const char* DatasetFileFormatName(DatasetFileFormat format) {
   return "unknown";
 }
 
+bool IsNamedInputKey(const std::string& key, std::string* name) {
+  if (!absl::StartsWith(key, "inputs.")) return false;
+  if (name != nullptr) *name = key.substr(7);
+  return true;
+}
+
+namespace {
+
+// The "inputs.<name>" tensors of a dataset of `examples` examples, checked
+// and sorted by name.
+absl::StatusOr<std::vector<NamedInputSummary>> SummarizeNamedInputs(
+    const std::vector<NamedTensorDescription>& named, int64_t examples) {
+  if (named.size() > static_cast<size_t>(kMaxNamedInputs)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        named.size(), " \"inputs.<name>\" tensors; at most ", kMaxNamedInputs, " are allowed"));
+  }
+  std::vector<NamedInputSummary> out;
+  for (const NamedTensorDescription& n : named) {
+    std::string name;
+    IsNamedInputKey(n.key, &name);
+    const bool identifier =
+        !name.empty() && !absl::ascii_isdigit(static_cast<unsigned char>(name[0])) &&
+        std::all_of(name.begin(), name.end(), [](char c) {
+          return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_';
+        });
+    if (!identifier) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", absl::CHexEscape(n.key.substr(0, 64)),
+          "\": the part after \"inputs.\" must be a forward argument's name "
+          "([A-Za-z_][A-Za-z0-9_]*)"));
+    }
+    RETURN_IF_ERROR(CheckShape(n.key.c_str(), n.tensor));
+    if (n.tensor.shape.empty() || n.tensor.shape[0] != examples) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", n.key, "\" has ",
+          n.tensor.shape.empty() ? "no example dimension"
+                                 : absl::StrCat(n.tensor.shape[0], " examples"),
+          " but \"inputs\" has ", examples));
+    }
+    out.push_back({name, {n.tensor.shape.begin() + 1, n.tensor.shape.end()}, n.tensor.dtype});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const NamedInputSummary& a, const NamedInputSummary& b) { return a.name < b.name; });
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<DatasetSummary> SummarizeDataset(
     DatasetFileFormat format, const TensorDescription& inputs,
-    const TensorDescription* targets) {
+    const TensorDescription* targets, const std::vector<NamedTensorDescription>& named) {
   if (inputs.shape.empty()) {
     return absl::InvalidArgumentError(
         "\"inputs\" is a scalar; it needs an example dimension");
@@ -149,6 +203,7 @@ absl::StatusOr<DatasetSummary> SummarizeDataset(
                                 targets->shape.end());
     summary.target_dtype = targets->dtype;
   }
+  ASSIGN_OR_RETURN(summary.named_inputs, SummarizeNamedInputs(named, summary.num_examples));
   return summary;
 }
 
@@ -185,8 +240,9 @@ absl::StatusOr<DatasetSummary> DescribeDatasetFile(const std::string& path) {
   if (data.targets.defined()) targets = DescribeTensor(data.targets);
   return InFile(path,
                 SummarizeDataset(DatasetFileFormat::kTorchSave,
-                                 DescribeTensor(data.inputs),
-                                 data.targets.defined() ? &targets : nullptr));
+                                 DescribeTensor(data.inputs.first),
+                                 data.targets.defined() ? &targets : nullptr,
+                                 DescribeNamedInputs(data.inputs)));
 }
 
 std::string DefaultFashionMnistDir() {

@@ -1,8 +1,13 @@
 // Calibration/eval dataset validation and description.
 //
 // Torch-free header. Formats: safetensors (tensors "inputs", optional
-// "targets"), a torch.save'd dict with those keys (zip format), and the
-// built-in Fashion-MNIST IDX files ("builtin:fashion-mnist/train|test").
+// "targets", optional further forward arguments "inputs.<name>"), a
+// torch.save'd dict with those keys (zip format), and the built-in
+// Fashion-MNIST IDX files ("builtin:fashion-mnist/train|test").
+//
+// Further forward arguments: a tensor "inputs.attention_mask" is passed to
+// the model's forward as the keyword argument attention_mask, sliced with
+// the examples like "inputs" (README "Inputs and dtypes").
 #ifndef COMPRESS_ENGINE_DATA_DATASET_INFO_H_
 #define COMPRESS_ENGINE_DATA_DATASET_INFO_H_
 
@@ -16,6 +21,16 @@ namespace compress::engine {
 
 enum class DatasetFileFormat { kSafetensors, kTorchSave, kIdx };
 
+// A further forward argument: "inputs.<name>" in the file.
+struct NamedInputSummary {
+  std::string name;            // the keyword, e.g. "attention_mask"
+  std::vector<int64_t> shape;  // per example
+  std::string dtype;
+};
+
+// At most this many "inputs.<name>" tensors per dataset.
+inline constexpr int kMaxNamedInputs = 8;
+
 struct DatasetSummary {
   DatasetFileFormat format = DatasetFileFormat::kSafetensors;
   int64_t num_examples = 0;
@@ -24,6 +39,7 @@ struct DatasetSummary {
   bool has_targets = false;
   std::vector<int64_t> target_shape;  // per example; {} for class labels
   std::string target_dtype;
+  std::vector<NamedInputSummary> named_inputs;  // sorted by name
 };
 
 // Detects the format from the bytes (safetensors header or zip magic) and
@@ -64,11 +80,25 @@ struct TensorDescription {
   std::string dtype;
 };
 
+// A stored tensor with its key.
+struct NamedTensorDescription {
+  std::string key;  // "inputs.attention_mask"
+  TensorDescription tensor;
+};
+
 // Builds a summary from the "inputs" and optional "targets" tensors of any
-// format and applies the checks above. Shared by the format readers.
+// format and applies the checks above; `named` are the "inputs.<name>"
+// tensors (any order), each checked like "inputs" and to hold the same
+// number of examples, their names to be identifiers ([A-Za-z_][A-Za-z0-9_]*)
+// and at most kMaxNamedInputs. Shared by the format readers.
 absl::StatusOr<DatasetSummary> SummarizeDataset(
     DatasetFileFormat format, const TensorDescription& inputs,
-    const TensorDescription* targets);
+    const TensorDescription* targets,
+    const std::vector<NamedTensorDescription>& named = {});
+
+// True for a key "inputs.<name>" (a further forward argument); `name` gets
+// <name> (not checked: SummarizeDataset does).
+bool IsNamedInputKey(const std::string& key, std::string* name = nullptr);
 
 // "safetensors", "torchsave" or "idx".
 const char* DatasetFileFormatName(DatasetFileFormat format);

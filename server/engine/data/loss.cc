@@ -217,7 +217,7 @@ absl::StatusOr<LossKind> ResolveLossKind(LossKind requested,
 }
 
 absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
-                                         const torch::Tensor& inputs) {
+                                         const ModelInputs& inputs) {
   c10::IValue out;
   try {
     // Without the graph optimiser: the profiling executor swaps in a
@@ -226,14 +226,14 @@ absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
     // and its symbolic-autodiff backward is not always twice differentiable.
     // The flag is thread-local.
     torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
-    out = module.forward({inputs});
+    out = inputs.Forward(module);
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the model's forward failed on inputs ", Shape(inputs),
+        absl::StrCat("the model's forward failed on inputs ", inputs.Describe(),
                      ": ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the model's forward failed on inputs ", Shape(inputs),
+        absl::StrCat("the model's forward failed on inputs ", inputs.Describe(),
                      ": ", e.what()));
   }
   if (out.isTensor()) return out.toTensor();
@@ -293,7 +293,7 @@ absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
 }
 
 absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
-                                               const torch::Tensor& inputs,
+                                               const ModelInputs& inputs,
                                                const torch::Tensor& targets,
                                                int64_t batch_size,
                                                LossKind loss,
@@ -302,17 +302,17 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
     return absl::InvalidArgumentError(
         absl::StrCat("batch size must be at least 1, got ", batch_size));
   }
-  if (!inputs.defined() || inputs.dim() < 1 || inputs.size(0) == 0) {
+  if (!inputs.defined() || inputs.first.dim() < 1 || inputs.examples() == 0) {
     return absl::InvalidArgumentError("the dataset has no examples");
   }
-  const int64_t n = inputs.size(0);
+  const int64_t n = inputs.examples();
   if (targets.defined() && (targets.dim() < 1 || targets.size(0) != n)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "targets ", Shape(targets), " do not match inputs ", Shape(inputs)));
+        "targets ", Shape(targets), " do not match inputs ", Shape(inputs.first)));
   }
   ASSIGN_OR_RETURN(LossKind kind, ResolveLossKind(loss, targets));
   const bool lm = kind == LossKind::kLanguageModeling;
-  if (lm) RETURN_IF_ERROR(CheckLanguageModelingData(inputs, targets));
+  if (lm) RETURN_IF_ERROR(CheckLanguageModelingData(inputs.first, targets));
 
   // Inputs follow the model: same device, and floating inputs in the dtype
   // of its first floating parameter (a float64 model for exact tests).
@@ -336,13 +336,9 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
     Batch batch;
     batch.size = size;
     try {
-      batch.inputs = inputs.narrow(0, start, size).to(device);
-      if (float_type.has_value() &&
-          at::isFloatingType(batch.inputs.scalar_type())) {
-        batch.inputs = batch.inputs.to(*float_type);
-      }
+      batch.inputs = inputs.Narrow(start, size).To(device, float_type);
       if (lm) {
-        ASSIGN_OR_RETURN(batch.targets, NextTokenTargets(batch.inputs, ignore_id));
+        ASSIGN_OR_RETURN(batch.targets, NextTokenTargets(batch.inputs.first, ignore_id));
       } else if (targets.defined() && kind != LossKind::kPseudoLabel) {
         batch.targets = targets.narrow(0, start, size).to(device);
         if (kind == LossKind::kMse && float_type.has_value()) {
@@ -368,22 +364,22 @@ absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
 }
 
 absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
-                                            const torch::Tensor& inputs,
+                                            const ModelInputs& inputs,
                                             const torch::Tensor& targets,
                                             const std::string& device) {
   constexpr int64_t kEvalBatch = 256;
   if (!targets.defined() || at::isFloatingType(targets.scalar_type())) {
     return absl::InvalidArgumentError("eval_dataset: accuracy needs class targets");
   }
-  const int64_t n = inputs.size(0);
+  const int64_t n = inputs.examples();
   std::vector<torch::Tensor> correct;
   try {
     c10::InferenceMode guard;
     for (int64_t start = 0; start < n; start += kEvalBatch) {
       const int64_t len = std::min(kEvalBatch, n - start);
-      torch::Tensor x = inputs.narrow(0, start, len);
-      if (!device.empty()) x = x.to(torch::Device(device));
-      torch::Tensor out = module.forward({x}).toTensor();
+      ModelInputs x = inputs.Narrow(start, len);
+      if (!device.empty()) x = x.To(torch::Device(device));
+      torch::Tensor out = x.Forward(module).toTensor();
       // argmax of a NaN row is an arbitrary class: no accuracy to report.
       RETURN_IF_ERROR(CheckFiniteExamples(out, "the model's outputs on the eval data", start));
       torch::Tensor pred = out.argmax(1).to(torch::kCPU);
@@ -398,27 +394,27 @@ absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
   return torch::cat(correct);
 }
 
-absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
+absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const ModelInputs& inputs,
                                       const torch::Tensor& targets, const std::string& device) {
   ASSIGN_OR_RETURN(torch::Tensor correct, TopOneCorrect(module, inputs, targets, device));
   return PercentTrue(correct);
 }
 
-absl::StatusOr<double> Perplexity(torch::jit::Module& module, const torch::Tensor& inputs,
+absl::StatusOr<double> Perplexity(torch::jit::Module& module, const ModelInputs& inputs,
                                   std::optional<int64_t> ignore_id, const std::string& device) {
   constexpr int64_t kEvalBatch = 64;
-  if (!inputs.defined() || inputs.dim() < 1 || inputs.size(0) == 0) {
+  if (!inputs.defined() || inputs.first.dim() < 1 || inputs.examples() == 0) {
     return absl::InvalidArgumentError("eval_dataset: no examples");
   }
   double total = 0;
   int64_t tokens = 0;
   try {
     c10::InferenceMode guard;
-    const int64_t n = inputs.size(0);
+    const int64_t n = inputs.examples();
     for (int64_t start = 0; start < n; start += kEvalBatch) {
-      torch::Tensor x = inputs.narrow(0, start, std::min(kEvalBatch, n - start));
-      if (!device.empty()) x = x.to(torch::Device(device));
-      ASSIGN_OR_RETURN(torch::Tensor targets, NextTokenTargets(x, ignore_id));
+      ModelInputs x = inputs.Narrow(start, std::min(kEvalBatch, n - start));
+      if (!device.empty()) x = x.To(torch::Device(device));
+      ASSIGN_OR_RETURN(torch::Tensor targets, NextTokenTargets(x.first, ignore_id));
       ASSIGN_OR_RETURN(torch::Tensor out, RunForward(module, x));
       ASSIGN_OR_RETURN(torch::Tensor sum, NextTokenLoss(out, targets, at::Reduction::Sum));
       total += sum.item<double>();

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/engine/data/inputs.h"
 #include "server/engine/data/loss_kind.h"
 
 namespace compress::engine {
@@ -47,7 +48,7 @@ absl::StatusOr<LossKind> ResolveLossKind(LossKind requested,
                                          const torch::Tensor& targets);
 
 struct Batch {
-  torch::Tensor inputs;   // [n, ...] on the model's device; floating inputs
+  ModelInputs inputs;     // [n, ...] on the model's device; floating inputs
                           // in the model's float dtype, integer ones as stored
   torch::Tensor targets;  // [n, ...] on the model's device (int64 or float)
   int64_t size = 0;       // n
@@ -63,7 +64,8 @@ struct PreparedBatches {
   int64_t num_examples = 0;
 };
 
-// Splits `inputs`/`targets` (first dimension = examples) into consecutive
+// Splits `inputs` (every tensor of it)/`targets` (first dimension =
+// examples) into consecutive
 // batches of `batch_size` (the last one may be smaller), moves them to the
 // device of the module's first parameter and casts floating inputs to its
 // dtype, resolves `loss` and, for pseudo-labels, runs the model once per
@@ -75,19 +77,20 @@ struct PreparedBatches {
 // T >= 2, and targets absent or equal to the inputs; next tokens equal to
 // `ignore_id` (padding) are left out of the loss.
 absl::StatusOr<PreparedBatches> PrepareBatches(torch::jit::Module& module,
-                                               const torch::Tensor& inputs,
+                                               const ModelInputs& inputs,
                                                const torch::Tensor& targets,
                                                int64_t batch_size,
                                                LossKind loss,
                                                std::optional<int64_t> ignore_id = std::nullopt);
 
-// Runs `module.forward(inputs)` and returns its tensor output (the first
+// Runs `module.forward(inputs...)` (inputs.Forward) and returns its tensor
+// output (the first
 // element when it returns a tuple or list). INVALID_ARGUMENT with torch's
 // message when the inputs do not fit the model or there is no tensor output.
 // Runs the TorchScript graph unoptimised (thread-local switch), so that
 // repeated calls round identically and autograd sees eager kernels only.
 absl::StatusOr<torch::Tensor> RunForward(torch::jit::Module& module,
-                                         const torch::Tensor& inputs);
+                                         const ModelInputs& inputs);
 
 // Mean loss of `output` against `targets` for a resolved kind (kPseudoLabel
 // takes the argmax of output.detach() as targets and ignores `targets`).
@@ -109,7 +112,7 @@ absl::StatusOr<torch::Tensor> ComputeLoss(LossKind kind,
 // `targets`, in batches of 256 without autograd; inputs move to `device`
 // ("" = where they are). INVALID_ARGUMENT without class targets or when
 // the data do not fit the model.
-absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::Tensor& inputs,
+absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const ModelInputs& inputs,
                                       const torch::Tensor& targets,
                                       const std::string& device = "");
 
@@ -119,7 +122,7 @@ absl::StatusOr<double> TopOneAccuracy(torch::jit::Module& module, const torch::T
 // TopOneAccuracy, and FAILED_PRECONDITION when the model's outputs hold a
 // NaN or Inf (an argmax of them is no prediction).
 absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
-                                            const torch::Tensor& inputs,
+                                            const ModelInputs& inputs,
                                             const torch::Tensor& targets,
                                             const std::string& device = "");
 
@@ -129,7 +132,7 @@ absl::StatusOr<torch::Tensor> TopOneCorrect(torch::jit::Module& module,
 // autograd; inputs move to `device` ("" = where they are).
 // INVALID_ARGUMENT when the inputs are not integer [N, T >= 2] or the model's
 // output is not [N, T, V]; FAILED_PRECONDITION when it is not finite.
-absl::StatusOr<double> Perplexity(torch::jit::Module& module, const torch::Tensor& inputs,
+absl::StatusOr<double> Perplexity(torch::jit::Module& module, const ModelInputs& inputs,
                                   std::optional<int64_t> ignore_id = std::nullopt,
                                   const std::string& device = "");
 

@@ -592,14 +592,15 @@ absl::StatusOr<SpectralDensity> EstimateSpectralDensity(HvpOperator& op,
 
 PreparedBatches DataSubset(const PreparedBatches& batches, int index, int count,
                            int64_t batch_size) {
-  std::vector<torch::Tensor> inputs, targets;
+  std::vector<ModelInputs> inputs;
+  std::vector<torch::Tensor> targets;
   for (const Batch& b : batches.batches) {
     inputs.push_back(b.inputs);
     targets.push_back(b.targets);
   }
-  torch::Tensor all_inputs = torch::cat(inputs);
+  const ModelInputs all_inputs = ModelInputs::Cat(inputs);
   torch::Tensor all_targets = torch::cat(targets);
-  const int64_t n = all_inputs.size(0);
+  const int64_t n = all_inputs.examples();
   const int64_t base = n / count, extra = n % count;
   const int64_t start = index * base + std::min<int64_t>(index, extra);
   const int64_t size = base + (index < extra ? 1 : 0);
@@ -611,7 +612,7 @@ PreparedBatches DataSubset(const PreparedBatches& batches, int index, int count,
   for (int64_t s = 0; s < size; s += batch_size) {
     Batch b;
     b.size = std::min(batch_size, size - s);
-    b.inputs = all_inputs.narrow(0, start + s, b.size);
+    b.inputs = all_inputs.Narrow(start + s, b.size);
     b.targets = all_targets.narrow(0, start + s, b.size);
     subset.batches.push_back(std::move(b));
   }

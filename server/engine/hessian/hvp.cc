@@ -222,7 +222,7 @@ class FisherDiagonalHvp : public HvpOperator {
       const Batch& batch = batches_.batches[b];
       for (int64_t e = 0; e < batch.size; ++e) {
         if (cancel != nullptr) RETURN_IF_ERROR(cancel->Check());
-        Batch one{batch.inputs.narrow(0, e, 1), batch.targets.narrow(0, e, 1), 1};
+        Batch one{batch.inputs.Narrow(e, 1), batch.targets.narrow(0, e, 1), 1};
         ASSIGN_OR_RETURN(torch::Tensor loss, BatchLoss(module_, batches_.loss, one, b));
         try {
           std::vector<torch::Tensor> g = grad({loss}, params_.tensors, {}, /*retain_graph=*/false,
@@ -367,9 +367,7 @@ class FiniteDifferenceHvp : public HvpOperator {
     for (size_t b = 0; b < batches_.batches.size(); ++b) {
       // Batches are in the caller's dtype; the copy may run in float64.
       Batch batch = batches_.batches[b];
-      if (at::isFloatingType(batch.inputs.scalar_type())) {
-        batch.inputs = batch.inputs.to(type);
-      }
+      batch.inputs = batch.inputs.To(batch.inputs.first.device(), type);
       if (batches_.loss == LossKind::kMse) {
         batch.targets = batch.targets.to(type);
       }

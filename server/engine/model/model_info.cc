@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/engine/data/inputs.h"
 #include "server/engine/model/model.h"
 #include "server/engine/model/unfused_forward.h"
 #include "server/util/status_macros.h"
@@ -344,6 +345,18 @@ absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path) {
   }
 }
 
+namespace {
+
+// " (with attention_mask)" when the probe has named inputs, for messages.
+std::string NamedProbeNames(const InspectOptions& options) {
+  if (options.named_inputs.empty()) return "";
+  std::vector<std::string> names;
+  for (const NamedProbeInput& n : options.named_inputs) names.push_back(n.name);
+  return absl::StrCat(" (with ", absl::StrJoin(names, ", "), ")");
+}
+
+}  // namespace
+
 absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
                                             const InspectOptions& options,
                                             const CancelToken* cancel) {
@@ -400,15 +413,19 @@ absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
     } else {
       inference.emplace();
     }
-    at::Tensor input = torch::zeros(options.input_shape,
-                                    at::TensorOptions()
-                                        .dtype(input_type)
-                                        .device(c10::Device(options.device)));
+    const c10::Device device(options.device);
+    ModelInputs input(torch::zeros(options.input_shape,
+                                   at::TensorOptions().dtype(input_type).device(device)));
+    for (const NamedProbeInput& n : options.named_inputs) {
+      ASSIGN_OR_RETURN(const c10::ScalarType type, InputScalarType(n.dtype));
+      input.named.emplace_back(n.name,
+                               torch::ones(n.shape, at::TensorOptions().dtype(type).device(device)));
+    }
     c10::IValue output;
     const absl::Time start = absl::Now();
     {
       ScopedRecorder scoped(&recorder);
-      output = module.forward({input});
+      output = input.Forward(module);
     }
     inspection.forward_seconds = absl::ToDoubleSeconds(absl::Now() - start);
     if (const at::Tensor* t = FirstTensor(output)) {
@@ -417,7 +434,8 @@ absl::StatusOr<Inspection> InspectModelFile(const std::string& path,
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(
         options.input_dtype, " input of shape ", ShapeString(options.input_shape),
-        " does not fit the model: ", TorchMessage(e.what_without_backtrace())));
+        NamedProbeNames(options), " does not fit the model: ",
+        TorchMessage(e.what_without_backtrace())));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(options.input_dtype, " input of shape ", ShapeString(options.input_shape),

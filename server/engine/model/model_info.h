@@ -52,11 +52,20 @@ struct ModelSummary {
 // reach past its storage (CheckTensorInStorage in model.h).
 absl::StatusOr<ModelSummary> DescribeModelFile(const std::string& path);
 
+// A further forward argument of the probe: a dataset's "inputs.<name>".
+struct NamedProbeInput {
+  std::string name;            // keyword
+  std::vector<int64_t> shape;  // with batch dimension
+  std::string dtype;           // one of kInputDtypes
+};
+
 struct InspectOptions {
   std::vector<int64_t> input_shape;  // with batch dimension; required
   // dtype of the probe input (zeros); default "float32". "int64"/"int32"
   // for token ids (zeros are token 0). One of kInputDtypes.
   std::string input_dtype = "float32";
+  // Passed by keyword as ones (an attention mask that attends everywhere).
+  std::vector<NamedProbeInput> named_inputs;
   std::string device = "cpu";        // "cpu" or "cuda:N"
 };
 

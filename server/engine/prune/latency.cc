@@ -64,23 +64,23 @@ double LatencyTable::Predict(int64_t h, int64_t w) const {
 namespace {
 
 // Milliseconds of one forward; on CUDA synchronised by copying the output.
-double TimeOneCall(torch::jit::Module& module, const torch::Tensor& input) {
+double TimeOneCall(torch::jit::Module& module, const ModelInputs& input) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  torch::Tensor out = module.forward({input}).toTensor();
-  if (input.is_cuda()) out.cpu();
+  torch::Tensor out = input.Forward(module).toTensor();
+  if (input.first.is_cuda()) out.cpu();
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
 }  // namespace
 
-absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch::Tensor& input,
+absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const ModelInputs& input,
                                         double min_seconds) {
   using Clock = std::chrono::steady_clock;
   std::vector<double> times;
   try {
     c10::InferenceMode guard;
-    for (int i = 0; i < kWarmup; ++i) module.forward({input});
+    for (int i = 0; i < kWarmup; ++i) input.Forward(module);
     const auto start = Clock::now();
     while (static_cast<int>(times.size()) < kMaxCalls &&
            (static_cast<int>(times.size()) < kMinCalls ||
@@ -99,15 +99,15 @@ absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch:
 
 absl::StatusOr<TimingComparison> CompareLatency(torch::jit::Module& before,
                                                 torch::jit::Module& after,
-                                                const torch::Tensor& input,
+                                                const ModelInputs& input,
                                                 const CancelToken* cancel, double min_seconds) {
   using Clock = std::chrono::steady_clock;
   std::vector<double> before_ms, after_ms;
   try {
     c10::InferenceMode guard;
     for (int i = 0; i < kWarmup; ++i) {
-      before.forward({input});
-      after.forward({input});
+      input.Forward(before);
+      input.Forward(after);
     }
     const auto start = Clock::now();
     while (static_cast<int>(before_ms.size()) < kMaxCalls &&

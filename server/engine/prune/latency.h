@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
 #include "server/engine/common/stats.h"
+#include "server/engine/data/inputs.h"
 #include "server/engine/prune/vit.h"
 
 namespace compress::engine {
@@ -39,7 +40,7 @@ absl::StatusOr<LatencyTable> MeasureBlockLatency(const torch::jit::Module& modul
                                                  const CancelToken* cancel);
 
 // Median milliseconds of `module.forward(input)`.
-absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch::Tensor& input,
+absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const ModelInputs& input,
                                         double min_seconds = 0.3);
 
 // Times `before` and `after` alternately on `input` (pairs in the order
@@ -49,7 +50,7 @@ absl::StatusOr<double> MeasureLatencyMs(torch::jit::Module& module, const torch:
 // (common/stats.h). Cancellable between pairs.
 absl::StatusOr<TimingComparison> CompareLatency(torch::jit::Module& before,
                                                 torch::jit::Module& after,
-                                                const torch::Tensor& input,
+                                                const ModelInputs& input,
                                                 const CancelToken* cancel,
                                                 double min_seconds = 1.0);
 

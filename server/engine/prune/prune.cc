@@ -129,21 +129,23 @@ double MeanAbs(const std::vector<double>& v) {
   return v.empty() ? 1 : std::max(s / static_cast<double>(v.size()), 1e-300);
 }
 
-// First `n` rows of `t`, repeated when it has fewer.
-torch::Tensor Rows(const torch::Tensor& t, int64_t n) {
-  if (t.size(0) >= n) return t.narrow(0, 0, n);
-  std::vector<int64_t> reps(t.dim(), 1);
-  reps[0] = (n + t.size(0) - 1) / t.size(0);
-  return t.repeat(reps).narrow(0, 0, n);
+// First `n` examples of `inputs`, repeated when it has fewer.
+ModelInputs Rows(const ModelInputs& inputs, int64_t n) {
+  const int64_t have = inputs.examples();
+  if (have >= n) return inputs.Narrow(0, n);
+  const torch::Tensor index =
+      torch::arange(n, torch::TensorOptions().dtype(torch::kLong)).remainder(have);
+  return inputs.Select(index);
 }
 
-absl::StatusOr<torch::Tensor> Logits(torch::jit::Module& module, const torch::Tensor& inputs,
+absl::StatusOr<torch::Tensor> Logits(torch::jit::Module& module, const ModelInputs& inputs,
                                      int64_t batch) {
   std::vector<torch::Tensor> out;
   c10::InferenceMode guard;
-  for (int64_t s = 0; s < inputs.size(0); s += batch) {
+  const int64_t n = inputs.examples();
+  for (int64_t s = 0; s < n; s += batch) {
     ASSIGN_OR_RETURN(torch::Tensor o,
-                     RunForward(module, inputs.narrow(0, s, std::min(batch, inputs.size(0) - s))));
+                     RunForward(module, inputs.Narrow(s, std::min(batch, n - s))));
     out.push_back(o.detach().clone());
   }
   return torch::cat(out, 0);
@@ -168,7 +170,7 @@ struct PruneState {
   Metric metric;               // its vit is `vit`; its tables are `tables`
   torch::Tensor teacher_logits;
   PreparedBatches saliency_batches;  // labels from the original when the data have none
-  torch::Tensor latency_input;
+  ModelInputs latency_input;
   std::vector<BlockState> blocks;  // original indices still in each block
   std::vector<std::pair<int64_t, int64_t>> shape_before;  // (heads, hidden) per block
 
@@ -196,15 +198,13 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
   LoadedDataset& calibration = s->calibration;
   const torch::Device device(o.device);
   const torch::Tensor first_param = *s->module.parameters().begin();
-  calibration.inputs = at::isFloatingType(calibration.inputs.scalar_type())
-                           ? calibration.inputs.to(device, first_param.scalar_type())
-                           : calibration.inputs.to(device);
+  calibration.inputs = calibration.inputs.To(device, first_param.scalar_type());
   if (calibration.targets.defined()) calibration.targets = calibration.targets.to(device);
-  std::vector<int64_t> input_shape = calibration.inputs.sizes().vec();
-  input_shape[0] = 1;
-
-  ASSIGN_OR_RETURN(s->vit,
-                   DiscoverVit(s->module, input_shape, calibration.inputs.scalar_type()));
+  // The layout probe: zeros as the first argument (token 0, a black
+  // image), the first example's further arguments (its attention mask).
+  ModelInputs probe = calibration.inputs.Narrow(0, 1);
+  probe.first = torch::zeros_like(probe.first);
+  ASSIGN_OR_RETURN(s->vit, DiscoverVit(s->module, probe));
   report->style = s->vit.style;
   s->shape_before = ShapeOf(s->vit);
   for (const VitBlock& b : s->vit.blocks) {
@@ -213,8 +213,7 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
     report->warnings.push_back(
         absl::StrCat("heads of ", b.path, " are kept (MLP neurons only): ", b.fixed_heads));
   }
-  s->inspect.input_shape = input_shape;
-  s->inspect.input_dtype = DtypeName(calibration.inputs.scalar_type());
+  SetProbeLike(calibration.inputs, &s->inspect);
   s->inspect.device = o.device;
   ASSIGN_OR_RETURN(Inspection before, InspectModelFile(o.model_path, s->inspect, cancel));
   report->macs_before = before.total_macs;
@@ -235,10 +234,10 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
   // Distillation targets: recovery would diverge on them at once.
   RETURN_IF_ERROR(CheckFiniteExamples(
       s->teacher_logits, absl::StrCat(o.model_name, ": outputs on the calibration data")));
-  const int64_t saliency_n = std::min(o.saliency_samples, calibration.inputs.size(0));
+  const int64_t saliency_n = std::min(o.saliency_samples, calibration.inputs.examples());
   ASSIGN_OR_RETURN(
       s->saliency_batches,
-      PrepareBatches(s->teacher, calibration.inputs.narrow(0, 0, saliency_n),
+      PrepareBatches(s->teacher, calibration.inputs.Narrow(0, saliency_n),
                      calibration.targets.defined() ? calibration.targets.narrow(0, 0, saliency_n)
                                                    : torch::Tensor(),
                      o.batch_size, o.loss));
@@ -255,7 +254,7 @@ absl::Status Prepare(const PruneOptions& o, const CancelToken* cancel, PruneStat
 absl::Status EvaluateOriginal(const PruneOptions& o, PruneState* s, PruneReport* report) {
   ASSIGN_OR_RETURN(s->eval, LoadData(o, o.eval_dataset, o.eval_samples));
   RETURN_IF_ERROR(CheckFiniteData(*s->eval, o.eval_name));
-  report->eval_examples = s->eval->inputs.size(0);
+  report->eval_examples = s->eval->inputs.examples();
   ASSIGN_OR_RETURN(report->accuracy_before,
                    TopOneAccuracy(s->teacher, s->eval->inputs, s->eval->targets, o.device));
   return absl::OkStatus();
@@ -433,8 +432,8 @@ absl::StatusOr<std::optional<double>> StepAccuracy(const PruneOptions& o,
                                                    const std::optional<LoadedDataset>& eval,
                                                    torch::jit::Module& module) {
   if (!eval.has_value()) return std::optional<double>();
-  const int64_t n = std::min(o.step_eval_samples, eval->inputs.size(0));
-  ASSIGN_OR_RETURN(double acc, TopOneAccuracy(module, eval->inputs.narrow(0, 0, n),
+  const int64_t n = std::min(o.step_eval_samples, eval->inputs.examples());
+  ASSIGN_OR_RETURN(double acc, TopOneAccuracy(module, eval->inputs.Narrow(0, n),
                                               eval->targets.narrow(0, 0, n), o.device));
   return std::optional<double>(acc);
 }

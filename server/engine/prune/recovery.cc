@@ -16,7 +16,7 @@
 
 namespace compress::engine {
 
-absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::Tensor& inputs,
+absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const ModelInputs& inputs,
                                       const torch::Tensor& teacher_logits,
                                       const torch::Tensor& targets, const RecoveryOptions& o,
                                       ProgressSink* sink, const std::string& stage,
@@ -40,7 +40,7 @@ absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::
   }
   const bool labels = targets.defined() && !at::isFloatingType(targets.scalar_type()) &&
                       targets.dim() == 1;
-  const int64_t n = inputs.size(0);
+  const int64_t n = inputs.examples();
   const int64_t batch = std::min(o.batch_size, n);
   at::Generator gen = MakeGenerator(o.seed);
   torch::Tensor order;
@@ -62,9 +62,9 @@ absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::
         order = torch::randperm(n, gen, torch::TensorOptions().dtype(torch::kLong));
         cursor = 0;
       }
-      const torch::Tensor index = order.narrow(0, cursor, batch).to(inputs.device());
+      const torch::Tensor index = order.narrow(0, cursor, batch).to(inputs.first.device());
       cursor += batch;
-      const torch::Tensor x = inputs.index_select(0, index);
+      const ModelInputs x = inputs.Select(index);
       const torch::Tensor teacher = teacher_logits.index_select(0, index);
       ASSIGN_OR_RETURN(torch::Tensor s, RunForward(student, x));
       torch::Tensor loss =

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/data/inputs.h"
 #include "server/util/defaults.h"
 #include "server/engine/common/progress.h"
 
@@ -41,7 +42,7 @@ struct RecoveryStats {
 // device) and optional `targets`. Progress goes to `sink` under `stage`.
 // INVALID_ARGUMENT for an unknown optimizer or data that do not fit;
 // FAILED_PRECONDITION when a step's loss is NaN or Inf (diverged).
-absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const torch::Tensor& inputs,
+absl::StatusOr<RecoveryStats> Recover(torch::jit::Module& student, const ModelInputs& inputs,
                                       const torch::Tensor& teacher_logits,
                                       const torch::Tensor& targets, const RecoveryOptions& options,
                                       ProgressSink* sink, const std::string& stage,

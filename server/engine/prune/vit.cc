@@ -406,7 +406,7 @@ absl::Status KeepSlice(torch::jit::Module& root, const LinearSlice& s) {
 // `module`, then removing it, leaves the output on `probe` as it was; else
 // what went wrong. The check that proves a guessed layout (vit.h).
 std::string RemovalIsExact(const torch::jit::Module& module, const VitStructure& vit, int block,
-                           bool head, const torch::Tensor& probe) {
+                           bool head, const ModelInputs& probe) {
   const VitBlock& b = vit.blocks[block];
   const std::string what = head ? "head 0" : "MLP neuron 0";
   torch::jit::Module copy = module.clone();
@@ -499,13 +499,20 @@ absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module,
                                          const std::vector<int64_t>& input_shape,
                                          std::optional<c10::ScalarType> input_dtype) {
   ASSIGN_OR_RETURN(VitStructure vit, FindVitBlocks(module));
-  // Sequence length: fc1's input rows for one example.
   std::vector<int64_t> shape = input_shape;
   if (shape.empty()) return absl::InvalidArgumentError("input_shape: required");
   shape[0] = 1;
   torch::Tensor zeros = torch::zeros(shape, Param(SubmoduleAt(module, vit.blocks[0].fc1), "weight")
                                                 .options());
-  torch::Tensor probe = input_dtype.has_value() ? zeros.to(*input_dtype) : zeros;
+  return DiscoverVit(module, input_dtype.has_value() ? zeros.to(*input_dtype) : zeros);
+}
+
+absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module, const ModelInputs& probe) {
+  ASSIGN_OR_RETURN(VitStructure vit, FindVitBlocks(module));
+  if (!probe.defined() || probe.first.dim() < 1 || probe.examples() != 1) {
+    return absl::InvalidArgumentError("DiscoverVit needs a probe of one example");
+  }
+  // Sequence length: fc1's input rows for one example.
   ASSIGN_OR_RETURN(LayerHessian seen, CollectLayerHessian(module, vit.blocks[0].fc1, {probe}));
   vit.tokens = seen.rows;
   for (size_t b = 0; b < vit.blocks.size(); ++b) {

@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/engine/data/inputs.h"
 
 namespace compress::engine {
 
@@ -97,6 +98,10 @@ absl::StatusOr<VitStructure> FindVitBlocks(const torch::jit::Module& module);
 absl::StatusOr<VitStructure> DiscoverVit(
     torch::jit::Module& module, const std::vector<int64_t>& input_shape,
     std::optional<c10::ScalarType> input_dtype = std::nullopt);
+
+// As above on `probe`, one example of every forward argument (a model that
+// takes an attention mask).
+absl::StatusOr<VitStructure> DiscoverVit(torch::jit::Module& module, const ModelInputs& probe);
 
 // What to keep, per block: head and MLP neuron indices in increasing order.
 struct BlockPlan {

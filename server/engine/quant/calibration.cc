@@ -226,7 +226,7 @@ absl::StatusOr<std::vector<QuantizableLayer>> QuantizableLayers(const torch::jit
 
 absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
                                                  const std::string& layer,
-                                                 const std::vector<torch::Tensor>& batches,
+                                                 const std::vector<ModelInputs>& batches,
                                                  const CancelToken* cancel) {
   ASSIGN_OR_RETURN(std::vector<QuantizableLayer> layers, QuantizableLayers(module));
   const QuantizableLayer* target = nullptr;
@@ -261,7 +261,7 @@ absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
         no_grad.emplace();
       }
       ScopedWatch scoped(&watch);
-      module.forward({batches[b]});
+      batches[b].Forward(module);
     } catch (const c10::Error& e) {
       return absl::InvalidArgumentError(absl::StrCat(
           "calibration batch ", b, " does not fit the model: ", e.what_without_backtrace()));

@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
+#include "server/engine/data/inputs.h"
 
 namespace compress::engine {
 
@@ -70,7 +71,7 @@ struct LayerHessian {
 // concurrently on the same module object.
 absl::StatusOr<LayerHessian> CollectLayerHessian(torch::jit::Module& module,
                                                  const std::string& layer,
-                                                 const std::vector<torch::Tensor>& batches,
+                                                 const std::vector<ModelInputs>& batches,
                                                  const CancelToken* cancel = nullptr);
 
 // OK when `h`'s Hessian is finite; else FAILED_PRECONDITION "GPTQ Hessian

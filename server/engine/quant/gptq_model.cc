@@ -12,7 +12,7 @@
 namespace compress::engine {
 
 absl::StatusOr<GptqModelResult> GptqQuantizeModel(
-    const torch::jit::Module& module, const std::vector<torch::Tensor>& batches,
+    const torch::jit::Module& module, const std::vector<ModelInputs>& batches,
     const std::map<std::string, int>& bits, const QuantizerSpec& spec, const GptqOptions& options,
     ProgressSink* progress, const CancelToken* cancel) {
   for (const auto& [name, b] : bits) {

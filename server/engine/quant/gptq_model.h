@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "server/engine/common/cancel.h"
 #include "server/engine/common/progress.h"
+#include "server/engine/data/inputs.h"
 #include "server/engine/quant/gptq.h"
 #include "server/engine/quant/quantizer.h"
 
@@ -62,7 +63,7 @@ struct GptqModelResult {
 // batches. `progress` (may be null) gets stage "gptq", one unit per layer,
 // and a log line per layer.
 absl::StatusOr<GptqModelResult> GptqQuantizeModel(
-    const torch::jit::Module& module, const std::vector<torch::Tensor>& batches,
+    const torch::jit::Module& module, const std::vector<ModelInputs>& batches,
     const std::map<std::string, int>& bits, const QuantizerSpec& spec, const GptqOptions& options,
     ProgressSink* progress = nullptr, const CancelToken* cancel = nullptr);
 

@@ -88,7 +88,7 @@ int64_t QuantizedOps(torch::jit::Module& module) {
 }
 
 absl::StatusOr<torch::jit::Module> Calibrated(const torch::jit::Module& model,
-                                              const std::vector<torch::Tensor>& calibration) {
+                                              const std::vector<ModelInputs>& calibration) {
   torch::jit::Module folded = torch::jit::FoldConvBatchNorm(CpuCopy(model));
   torch::jit::QConfigDict qconfig;
   qconfig[""] = std::make_tuple(
@@ -99,9 +99,9 @@ absl::StatusOr<torch::jit::Module> Calibrated(const torch::jit::Module& model,
   torch::jit::Module observed = torch::jit::InsertObservers(
       folded, "forward", qconfig, /*inplace=*/false, torch::jit::QuantType::STATIC);
   torch::NoGradGuard no_grad;
-  for (const torch::Tensor& batch : calibration) {
+  for (const ModelInputs& batch : calibration) {
     try {
-      observed.forward({batch.cpu()});
+      batch.To(torch::kCPU).Forward(observed);
     } catch (const std::exception& e) {
       return absl::InvalidArgumentError(
           absl::StrCat("the calibration data do not fit the model: ", e.what()));
@@ -129,7 +129,7 @@ std::string QuantizedEngineName() {
 }
 
 absl::StatusOr<Int8ModelInfo> SaveInt8Model(const torch::jit::Module& model,
-                                            const std::vector<torch::Tensor>& calibration,
+                                            const std::vector<ModelInputs>& calibration,
                                             const std::string& path) {
   Int8ModelInfo info;
   info.engine = QuantizedEngineName();
@@ -164,17 +164,17 @@ absl::StatusOr<Int8ModelInfo> SaveInt8Model(const torch::jit::Module& model,
 
 absl::StatusOr<std::pair<double, double>> AlternateLatencyMs(torch::jit::Module& a,
                                                              torch::jit::Module& b,
-                                                             const torch::Tensor& inputs,
+                                                             const ModelInputs& inputs,
                                                              int warmup, int rounds) {
   c10::InferenceMode inference;
-  const torch::Tensor x = inputs.cpu();
+  const ModelInputs x = inputs.To(torch::kCPU);
   std::vector<double> times[2];
   torch::jit::Module* models[2] = {&a, &b};
   try {
     for (int r = 0; r < warmup + rounds; ++r) {
       for (int i = 0; i < 2; ++i) {
         const auto start = std::chrono::steady_clock::now();
-        models[i]->forward({x});
+        x.Forward(*models[i]);
         const std::chrono::duration<double, std::milli> ms =
             std::chrono::steady_clock::now() - start;
         if (r >= warmup) times[i].push_back(ms.count());

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/engine/data/inputs.h"
 
 namespace compress::engine {
 
@@ -50,7 +51,7 @@ std::string QuantizedEngineName();
 // could be quantized (the file would be the float model); INVALID_ARGUMENT
 // when the batches do not fit the model; INTERNAL when a pass fails.
 absl::StatusOr<Int8ModelInfo> SaveInt8Model(const torch::jit::Module& model,
-                                            const std::vector<torch::Tensor>& calibration,
+                                            const std::vector<ModelInputs>& calibration,
                                             const std::string& path);
 
 // Median milliseconds of one forward of `a` and of `b` on `inputs` (CPU,
@@ -59,7 +60,7 @@ absl::StatusOr<Int8ModelInfo> SaveInt8Model(const torch::jit::Module& model,
 // rounds each. INVALID_ARGUMENT when a model fails on the inputs.
 absl::StatusOr<std::pair<double, double>> AlternateLatencyMs(torch::jit::Module& a,
                                                              torch::jit::Module& b,
-                                                             const torch::Tensor& inputs,
+                                                             const ModelInputs& inputs,
                                                              int warmup, int rounds);
 
 }  // namespace compress::engine

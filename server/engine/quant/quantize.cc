@@ -146,8 +146,9 @@ struct Layer {
 
 // Calibration examples that compute or price a perturbation.
 struct CalibrationFold {
-  torch::Tensor inputs, targets;
-  std::vector<torch::Tensor> batches;        // inputs in batches of batch_size
+  ModelInputs inputs;
+  torch::Tensor targets;
+  std::vector<ModelInputs> batches;          // inputs in batches of batch_size
   double weight = 1;                         // examples / all calibration examples
   std::unique_ptr<PerturbationModel> model;  // kQuadratic
 };
@@ -163,7 +164,7 @@ int64_t SizeBits(const Layer& l, int bits) {
 struct Context {
   const QuantizeOptions* options = nullptr;
   torch::jit::Module folded;               // float, BatchNorm folded
-  std::vector<torch::Tensor> calibration;  // input batches
+  std::vector<ModelInputs> calibration;    // input batches
   QuantizerSpec spec;                      // bits set per layer
   ProgressSink* sink = nullptr;
   const CancelToken* cancel = nullptr;
@@ -280,10 +281,10 @@ absl::StatusOr<LoadedDataset> LoadData(const QuantizeOptions& o, const std::stri
 }
 
 // `inputs` in batches of `batch_size` rows (the last one may be shorter).
-std::vector<torch::Tensor> Batches(const torch::Tensor& inputs, int64_t batch_size) {
-  std::vector<torch::Tensor> batches;
-  for (int64_t s = 0; s < inputs.size(0); s += batch_size) {
-    batches.push_back(inputs.narrow(0, s, std::min(batch_size, inputs.size(0) - s)));
+std::vector<ModelInputs> Batches(const ModelInputs& inputs, int64_t batch_size) {
+  std::vector<ModelInputs> batches;
+  for (int64_t s = 0; s < inputs.examples(); s += batch_size) {
+    batches.push_back(inputs.Narrow(s, std::min(batch_size, inputs.examples() - s)));
   }
   return batches;
 }
@@ -294,16 +295,14 @@ std::vector<torch::Tensor> Batches(const torch::Tensor& inputs, int64_t batch_si
 absl::StatusOr<std::vector<Layer>> FindLayers(const torch::jit::Module& folded,
                                               const std::string& model_path,
                                               const QuantizerSpec& spec,
-                                              const torch::Tensor& inputs,
+                                              const ModelInputs& inputs,
                                               const CancelToken* cancel) {
   ASSIGN_OR_RETURN(std::vector<QuantizableLayer> found, QuantizableLayers(folded));
   if (found.empty()) {
     return absl::FailedPreconditionError("the model has no layer with a weight to quantize");
   }
   InspectOptions inspect;
-  inspect.input_shape = inputs.sizes().vec();
-  inspect.input_shape[0] = 1;
-  inspect.input_dtype = DtypeName(inputs.scalar_type());
+  SetProbeLike(inputs, &inspect);
   ASSIGN_OR_RETURN(Inspection inspection, InspectModelFile(model_path, inspect, cancel));
   std::map<std::string, int64_t> macs;
   for (const LayerCost& l : inspection.layers) macs[l.name] = l.macs;
@@ -392,16 +391,16 @@ absl::StatusOr<Prepared> Prepare(const QuantizeOptions& o, ProgressSink* sink,
   ASSIGN_OR_RETURN(p.calibration, LoadData(o, o.calibration_dataset, o.num_samples));
   RETURN_IF_ERROR(CheckFiniteData(p.calibration, o.calibration_name));
   torch::Device device(o.device);
-  p.calibration.inputs = p.calibration.inputs.to(device);
+  p.calibration.inputs = p.calibration.inputs.To(device);
   if (p.calibration.targets.defined()) {
     p.calibration.targets = p.calibration.targets.to(device);
   }
   if (!o.eval_dataset.empty()) {
     ASSIGN_OR_RETURN(LoadedDataset e, LoadData(o, o.eval_dataset, o.eval_samples));
     RETURN_IF_ERROR(CheckFiniteData(e, o.eval_name));
-    e.inputs = e.inputs.to(device);
+    e.inputs = e.inputs.To(device);
     p.eval = std::move(e);
-    report->eval_examples = p.eval->inputs.size(0);
+    report->eval_examples = p.eval->inputs.examples();
   }
 
   Context& c = p.context;
@@ -501,12 +500,12 @@ absl::StatusOr<std::vector<CalibrationFold>> MakeFolds(const QuantizeOptions& o,
                                                        const LoadedDataset& calibration,
                                                        const std::vector<Layer>& layers, int count,
                                                        QuantOmega omega) {
-  const int64_t examples = calibration.inputs.size(0);
+  const int64_t examples = calibration.inputs.examples();
   torch::jit::Module folded = c.folded;  // PrepareBatches runs it
   std::vector<CalibrationFold> fold(count);
   for (int f = 0; f < count; ++f) {
     const int64_t begin = examples * f / count, end_ = examples * (f + 1) / count;
-    fold[f].inputs = calibration.inputs.narrow(0, begin, end_ - begin);
+    fold[f].inputs = calibration.inputs.Narrow(begin, end_ - begin);
     if (calibration.targets.defined()) {
       fold[f].targets = calibration.targets.narrow(0, begin, end_ - begin);
     }
@@ -724,7 +723,7 @@ absl::Status ComputeSensitivity(const QuantizeOptions& o, const Context& c,
     }
   }
 
-  const int folds = FoldCount(pricing, calibration.inputs.size(0));
+  const int folds = FoldCount(pricing, calibration.inputs.examples());
   ASSIGN_OR_RETURN(std::vector<CalibrationFold> fold,
                    MakeFolds(o, c, calibration, *layers, folds, pricing.omega));
   const int64_t units = static_cast<int64_t>(layers->size() * widths.size());
@@ -1136,7 +1135,7 @@ absl::StatusOr<double> OutputError(const Context& c, torch::jit::Module quantize
   torch::NoGradGuard no_grad;
   torch::jit::Module reference = c.folded;
   double difference = 0, norm = 0;
-  for (const torch::Tensor& batch : c.calibration) {
+  for (const ModelInputs& batch : c.calibration) {
     RETURN_IF_ERROR(CheckCancel(c.cancel));
     ASSIGN_OR_RETURN(torch::Tensor f, RunForward(reference, batch));
     ASSIGN_OR_RETURN(torch::Tensor q, RunForward(quantized, batch));
@@ -1247,15 +1246,16 @@ absl::StatusOr<Int8ModelReport> MakeInt8Model(const QuantizeOptions& o, const Pr
   const bool classify = p.eval.has_value() && o.loss != LossKind::kLanguageModeling;
   if (classify) {
     ASSIGN_OR_RETURN(r.accuracy,
-                     TopOneAccuracy(int8, p.eval->inputs.cpu(), p.eval->targets.cpu()));
+                     TopOneAccuracy(int8, p.eval->inputs.To(torch::kCPU), p.eval->targets.cpu()));
   }
-  const torch::Tensor& pool = p.eval.has_value() ? p.eval->inputs : p.calibration.inputs;
-  const torch::Tensor x = pool.narrow(0, 0, std::min(kLatencyBatch, pool.size(0))).cpu();
+  const ModelInputs& pool = p.eval.has_value() ? p.eval->inputs : p.calibration.inputs;
+  const ModelInputs x =
+      pool.Narrow(0, std::min(kLatencyBatch, pool.examples())).To(torch::kCPU);
   ASSIGN_OR_RETURN(auto ms,
                    AlternateLatencyMs(int8, float_model, x, kLatencyWarmup, kLatencyRounds));
   r.latency_ms = ms.first;
   r.float_latency_ms = ms.second;
-  r.latency_batch = x.size(0);
+  r.latency_batch = x.examples();
   r.threads = at::get_num_threads();
   return r;
 }
