@@ -23,14 +23,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     compress::fuzz::Explain("LoadDataset", loaded.status());
     if (!loaded.ok()) continue;
     FUZZ_CHECK(summary.ok());
-    FUZZ_CHECK(loaded->inputs.defined() && loaded->inputs.dim() >= 1);
-    const int64_t n = loaded->inputs.size(0);
+    const torch::Tensor& inputs = loaded->inputs.first;
+    FUZZ_CHECK(inputs.defined() && inputs.dim() >= 1);
+    const int64_t n = inputs.size(0);
     FUZZ_CHECK(max_examples <= 0 || n <= max_examples);
     if (loaded->targets.defined()) {
       FUZZ_CHECK(loaded->targets.dim() >= 1 && loaded->targets.size(0) == n);
     }
+    FUZZ_CHECK(loaded->inputs.named.size() == summary->named_inputs.size());
     // Touch every byte (ASan sees reads past what was allocated).
-    if (loaded->inputs.numel() > 0) loaded->inputs.to(torch::kDouble).sum().item<double>();
+    if (inputs.numel() > 0) inputs.to(torch::kDouble).sum().item<double>();
+    for (const auto& [name, tensor] : loaded->inputs.named) {
+      FUZZ_CHECK(tensor.dim() >= 1 && tensor.size(0) == n);
+      if (tensor.numel() > 0) tensor.to(torch::kDouble).sum().item<double>();
+    }
   }
   return 0;
 }
