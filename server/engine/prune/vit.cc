@@ -489,7 +489,12 @@ absl::StatusOr<VitStructure> FindVitBlocks(const torch::jit::Module& module) {
   for (const VitBlock& b : vit.blocks) {
     const torch::Tensor w = Param(SubmoduleAt(module, b.fc1), "weight");
     if (w.size(1) != vit.dim || b.head_dim != vit.blocks[0].head_dim) {
-      return Inconsistent(b.path, "its width or head size differs from the first block's");
+      return Inconsistent(
+          b.path, absl::StrCat("its width or head size (", w.size(1), ", ", b.head_dim,
+                               ") differs from the first block's (", vit.dim, ", ",
+                               vit.blocks[0].head_dim, " in ", vit.blocks[0].path,
+                               "); PRUNE needs one width and head size across blocks, so "
+                               "hierarchical transformers (Swin's stages) are not supported"));
     }
   }
   return vit;
