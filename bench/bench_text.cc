@@ -23,7 +23,8 @@
 //   --models): --prune-target fraction of FLOPs to remove (default 0.4) in
 //   --prune-steps rounds (default 2), --recovery distillation steps per round
 //   (default 1000, Adam, cosine from --lr, default 1e-3) on the first
-//   --prune-samples training sequences (default 0 = all).
+//   --prune-samples training sequences (default 0 = all); --prune-out DIR
+//   keeps the pruned model.pt there (default: a temporary directory, removed).
 //
 // COMPRESS_SOURCE_DIR (default .) locates models/.
 #include <algorithm>
@@ -60,6 +61,7 @@ struct Args {
   int recovery = 1000;
   double lr = 1e-3;
   int64_t prune_samples = 0;
+  std::string prune_out;
   int threads = 0;
 };
 
@@ -110,6 +112,8 @@ bool ParseArgs(int argc, char** argv, Args* a) {
       ok = absl::SimpleAtod(value, &a->lr);
     } else if (flag == "--prune-samples") {
       ok = absl::SimpleAtoi(value, &a->prune_samples);
+    } else if (flag == "--prune-out") {
+      a->prune_out = value;
     } else if (flag == "--probes") {
       ok = absl::SimpleAtoi(value, &a->probes);
     } else if (flag == "--threads") {
@@ -265,7 +269,7 @@ int BertPrune(const Args& a) {
   o.steps = a.prune_steps;
   o.recovery_steps = a.recovery;
   o.learning_rate = a.lr;
-  o.output_dir = TempDir();
+  o.output_dir = a.prune_out.empty() ? TempDir() : a.prune_out;
   std::printf("\n## PRUNE of fmnist_bert.pt: top-1 on %lld test sequences\n\n"
               "Hessian saliency on %lld training sequences, %.0f %% of FLOPs in %d rounds, "
               "%d recovery steps per round (Adam, batch 64, cosine from %g) on %s training "
@@ -277,7 +281,7 @@ int BertPrune(const Args& a) {
   std::error_code ec;
   if (!r.ok()) {
     std::fprintf(stderr, "%s: %s\n", o.model_path.c_str(), r.status().ToString().c_str());
-    std::filesystem::remove_all(o.output_dir, ec);
+    if (a.prune_out.empty()) std::filesystem::remove_all(o.output_dir, ec);
     return 1;
   }
   std::string heads, widths;
@@ -309,7 +313,7 @@ int BertPrune(const Args& a) {
     std::printf("warning: %s\n", w.substr(0, w.find('\n')).c_str());
   }
   std::fflush(stdout);
-  std::filesystem::remove_all(o.output_dir, ec);
+  if (a.prune_out.empty()) std::filesystem::remove_all(o.output_dir, ec);
   return 0;
 }
 
@@ -325,7 +329,7 @@ int main(int argc, char** argv) {
                  "usage: bench_text --data DIR [--eval N] [--samples N] [--models gpt,bert] "
                  "[--bits 4,3] [--gpt-group N] [--bert-group N] [--bert-rounding rtn,gptq] "
                  "[--probes N] [--prune-target F] [--prune-steps N] [--recovery N] [--lr X] "
-                 "[--prune-samples N] [--threads N]\n");
+                 "[--prune-samples N] [--prune-out DIR] [--threads N]\n");
     return 2;
   }
   ConfigureThreads(args.threads);
