@@ -1,10 +1,12 @@
 #include "server/engine/model/model.h"
 
 #include <sys/stat.h>
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
 
 #include <algorithm>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -14,6 +16,20 @@
 #include "server/util/status_macros.h"
 
 namespace compress::engine {
+namespace {
+
+// The TensorExpr fuser compiles an LLVM kernel for every new input shape it
+// profiles. LibTorch 2.x builds with LLVM turn it on for the CPU (Debian's
+// 1.13 never fused on the CPU), and PRUNE changes the model's shapes every
+// round: prune_test went from 13 s to over 600 s on LibTorch 2.6, nearly all
+// of it in LLVMCodeGen. Off for every model the engine loads; results do not
+// depend on it (RunForward runs graphs unoptimised anyway).
+void DisableTensorExprFuser() {
+  static std::once_flag once;
+  std::call_once(once, [] { torch::jit::setTensorExprFuserEnabled(false); });
+}
+
+}  // namespace
 
 absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
                                              const std::string& device) {
@@ -22,6 +38,7 @@ absl::StatusOr<torch::jit::Module> LoadModel(const std::string& path,
     return absl::NotFoundError(absl::StrCat("model file ", path, " not found"));
   }
   RETURN_IF_ERROR(ValidateDevice(device));
+  DisableTensorExprFuser();
   try {
     torch::jit::Module module = torch::jit::load(path, c10::Device(device));
     module.eval();
