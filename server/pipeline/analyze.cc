@@ -60,6 +60,27 @@ std::string SensitivityCsv(const v1::AnalyzeResult& r) {
   return csv;
 }
 
+void SetSpectrumOutliers(const engine::SpectrumSplit& split, int64_t num_classes,
+                         v1::AnalyzeResult* r) {
+  v1::SpectrumOutliers* so = r->mutable_spectrum_outliers();
+  for (double v : split.outliers) so->add_outliers(v);
+  so->set_count(split.count());
+  so->set_count_is_lower_bound(split.count_is_lower_bound);
+  so->set_bulk_min(split.bulk_min);
+  so->set_bulk_max(split.bulk_max);
+  so->set_bulk_width(split.bulk_width());
+  so->set_num_classes(num_classes);
+  so->set_edge_gap(split.edge_gap);
+}
+
+// spectrum.svg's vertical lines: the bulk's edges (dashed) and each outlier.
+std::vector<Mark> SpectrumMarks(const engine::SpectrumSplit& split) {
+  std::vector<Mark> marks = {{split.bulk_min, "bulk edge", "#2ca02c", true},
+                             {split.bulk_max, "bulk edge", "#2ca02c", true}};
+  for (double v : split.outliers) marks.push_back({v, absl::StrFormat("outlier %.4g", v)});
+  return marks;
+}
+
 engine::HvpMethod FromProto(v1::HvpMethod m) {
   for (engine::HvpMethod e : {engine::HvpMethod::kExact, engine::HvpMethod::kFiniteDifference,
                               engine::HvpMethod::kGaussNewton, engine::HvpMethod::kFisherDiagonal}) {
@@ -275,17 +296,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   }
   r->set_finite_difference_check(report.finite_difference_check);
   r->set_density_window(report.density_window);
-  if (report.spectrum) {
-    v1::SpectrumOutliers* so = r->mutable_spectrum_outliers();
-    for (double v : report.spectrum->outliers) so->add_outliers(v);
-    so->set_count(report.spectrum->count());
-    so->set_count_is_lower_bound(report.spectrum->count_is_lower_bound);
-    so->set_bulk_min(report.spectrum->bulk_min);
-    so->set_bulk_max(report.spectrum->bulk_max);
-    so->set_bulk_width(report.spectrum->bulk_width());
-    so->set_num_classes(report.num_classes);
-    so->set_edge_gap(report.spectrum->edge_gap);
-  }
+  if (report.spectrum) SetSpectrumOutliers(*report.spectrum, report.num_classes, r);
   for (const std::string& w : report.warnings) r->add_warnings(w);
 
   result.set_summary(AnalyzeSummary(*r));
@@ -320,13 +331,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
     axes.x_label = "eigenvalue";
     axes.y_label = "density (log scale)";
     axes.log_y = true;
-    if (report.spectrum) {
-      axes.marks.push_back({report.spectrum->bulk_min, "bulk edge", "#2ca02c", true});
-      axes.marks.push_back({report.spectrum->bulk_max, "bulk edge", "#2ca02c", true});
-      for (double v : report.spectrum->outliers) {
-        axes.marks.push_back({v, absl::StrFormat("outlier %.4g", v)});
-      }
-    }
+    if (report.spectrum) axes.marks = SpectrumMarks(*report.spectrum);
     RETURN_IF_ERROR(context
                         .AddArtifact("spectrum.svg", "image/svg+xml",
                                      LinePlotSvg(report.density_grid, report.density_values, axes))
