@@ -45,8 +45,7 @@ int CountAboveEdge(const std::vector<double>& top, double edge, double gap, doub
 }  // namespace
 
 SpectrumSplit SeparateOutliers(const std::vector<double>& top_eigenvalues,
-                               const std::vector<double>& nodes,
-                               const std::vector<double>& weights,
+                               const std::vector<double>& nodes, const std::vector<double>& weights,
                                const OutlierOptions& options) {
   SpectrumSplit split;
   split.bulk_max = UpperEdge(nodes, weights, options.bulk_mass);

@@ -49,8 +49,7 @@ struct SpectrumSplit {
 // Applies the rule above. Preconditions: nodes and weights of equal size,
 // not empty; bulk_mass in [0, 1), gap >= 0.
 SpectrumSplit SeparateOutliers(const std::vector<double>& top_eigenvalues,
-                               const std::vector<double>& nodes,
-                               const std::vector<double>& weights,
+                               const std::vector<double>& nodes, const std::vector<double>& weights,
                                const OutlierOptions& options);
 
 }  // namespace compress::engine
