@@ -437,7 +437,7 @@ std::string FormatSpectrumOutliers(const v1::SpectrumOutliers& so) {
         absl::StrFormat("%.4g", so.bulk_width()),
         values.empty() ? "-" : absl::StrJoin(values, " ")}});
   if (so.count_is_lower_bound()) {
-    absl::StrAppend(&out, "every top eigenvalue is an outlier: ask for a larger --eigen K\n");
+    absl::StrAppend(&out, "the top eigenvalues did not reach the bulk: ask for a larger --eigen K\n");
   }
   return out;
 }

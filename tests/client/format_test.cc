@@ -338,7 +338,7 @@ TEST(AnalyzeResultTest, SpectrumOutliersRowAndLowerBoundHint) {
   so->set_count_is_lower_bound(true);
   out = FormatAnalyzeResult(a);
   EXPECT_THAT(out, HasSubstr(">= 2"));
-  EXPECT_THAT(out, HasSubstr("\nevery top eigenvalue is an outlier: ask for a larger --eigen K\n"));
+  EXPECT_THAT(out, HasSubstr("\nthe top eigenvalues did not reach the bulk: ask for a larger --eigen K\n"));
 }
 
 TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {

@@ -564,10 +564,13 @@ class MatrixHvp : public HvpOperator {
   torch::Tensor lambda_, u_;
 };
 
-// A bulk spread evenly over [-0.2, 1] (n values) plus the given outliers.
+// A bulk spread evenly over [-1, 1] (n values) plus the given outliers. Both
+// edges at |λ| = 1, so a top-k list that reaches the bulk on one side
+// reaches it on the other (an edge far below the list's smallest |λ| leaves
+// room for unseen outliers: a lower bound).
 std::vector<double> BulkPlus(int64_t n, const std::vector<double>& outliers) {
   std::vector<double> spectrum;
-  for (int64_t i = 0; i < n; ++i) spectrum.push_back(-0.2 + 1.2 * i / (n - 1));
+  for (int64_t i = 0; i < n; ++i) spectrum.push_back(-1 + 2.0 * i / (n - 1));
   spectrum.insert(spectrum.end(), outliers.begin(), outliers.end());
   return spectrum;
 }
@@ -596,11 +599,11 @@ TEST(OutlierTest, FindsTheConstructedOutliersAndTheBulkEdges) {
   const std::vector<double> expected = {20, 12, 8, 5, -4, 3, 2};  // |λ| decreasing
   for (int i = 0; i < 7; ++i) EXPECT_NEAR(s.outliers[i], expected[i], 1e-6 * 20) << i;
   EXPECT_FALSE(s.count_is_lower_bound);
-  // The 1e-3 quantiles of the bulk are 0.9988 and -0.1988; the quadrature's
-  // nodes lie within one node spacing of them.
+  // The 1e-3 quantiles of the bulk are ±0.998; the quadrature's nodes lie
+  // within one node spacing of them.
   EXPECT_NEAR(s.bulk_max, 1.0, 0.05);
-  EXPECT_NEAR(s.bulk_min, -0.2, 0.05);
-  EXPECT_NEAR(s.bulk_width(), 1.2, 0.1);
+  EXPECT_NEAR(s.bulk_min, -1.0, 0.05);
+  EXPECT_NEAR(s.bulk_width(), 2.0, 0.1);
   // λ = 2 over the largest bulk eigenvalue, 1.
   EXPECT_NEAR(s.edge_gap, 1.0, 0.06);
 }

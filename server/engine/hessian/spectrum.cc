@@ -67,8 +67,14 @@ SpectrumSplit SeparateOutliers(const std::vector<double>& top_eigenvalues,
       split.outliers.push_back(v);
     }
   }
+  // The list holds every eigenvalue with |λ| >= `reach`; a side whose edge
+  // lies a gap or more below that may hide more outliers.
+  double reach = 0;
+  if (!top_eigenvalues.empty()) reach = std::abs(top_eigenvalues.back());
+  for (double v : top_eigenvalues) reach = std::min(reach, std::abs(v));
   split.count_is_lower_bound =
-      !top_eigenvalues.empty() && split.outliers.size() == top_eigenvalues.size();
+      (above > 0 && reach > (1 + options.gap) * split.bulk_max) ||
+      (below > 0 && reach > (1 + options.gap) * -split.bulk_min);
   return split;
 }
 

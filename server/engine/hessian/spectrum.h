@@ -16,8 +16,10 @@
 //      λ_i > λ₊ and λ_i >= (1 + gap)·max(λ_{i+1}, λ₊): the last relative
 //      gap of at least `gap` above the bulk edge. Negative side: the same
 //      on −λ with λ₋.
-//   3. When every top eigenvalue is an outlier the list did not reach the
-//      bulk: the count is a lower bound (ask for a larger k).
+//   3. The list holds every eigenvalue with |λ| >= r, r its smallest
+//      magnitude. On a side with outliers whose edge lies below r/(1 + gap)
+//      the list has not reached the bulk, and the count is a lower bound
+//      (ask for a larger k).
 //
 //   OutlierOptions options;
 //   SpectrumSplit s = SeparateOutliers(top, nodes, weights, options);
@@ -39,7 +41,8 @@ struct SpectrumSplit {
   // The outliers, in the order of the top eigenvalues (|λ| decreasing).
   std::vector<double> outliers;
   int count() const { return static_cast<int>(outliers.size()); }
-  // Every top eigenvalue is an outlier: there may be more than `count`.
+  // A side with outliers whose bulk the list did not reach (step 3): there
+  // may be more than `count`.
   bool count_is_lower_bound = false;
   // The smallest relative gap that the rule found at its cut on the positive
   // side, λ_c / max(λ_{c+1}, λ₊) − 1 (0 without positive outliers).
