@@ -27,9 +27,11 @@
 //   bench_analyze analyze --model=M --data=D [--method=exact] [--samples=0]
 //                 [--batch=64] [--threads=T] [--no-traces] [--trace-tol=0.05]
 //                 [--trace-min=10] [--trace-max=200] [--eigen] [--eig-tol=1e-3]
-//                 [--eig-max=100] [--seed=0]
+//                 [--eig-max=100] [--eig-k=1] [--lanczos] [--density]
+//                 [--steps=90] [--seed=0]
 //     One RunAnalysis; prints one JSON line (wall time, products, results,
-//     VmHWM). The child of `memory` and of bench/compare_pytorch.py.
+//     VmHWM; with --eigen and --density also the eigenvalues, the quadrature
+//     and the bulk/outlier split). The child of `memory` and of bench/compare_pytorch.py.
 //
 //   bench_analyze load --model=M --data=D [--batch=64] [--threads=T]
 //     Loads the model and the data and prepares the batches, nothing else;
@@ -422,7 +424,10 @@ int AnalyzeMain(const Flags& flags) {
   o.traces.max_probes =
       static_cast<int>(flags.Int("trace-max", o.traces.max_probes));
   o.eigen_enabled = flags.Has("eigen");
-  o.eigen.k = 1;
+  o.eigen.k = static_cast<int>(flags.Int("eig-k", 1));
+  if (flags.Has("lanczos")) o.eigen.method = EigenMethod::kLanczos;
+  o.density_enabled = flags.Has("density");
+  o.density.lanczos_steps = static_cast<int>(flags.Int("steps", o.density.lanczos_steps));
   o.eigen.tolerance = flags.Double("eig-tol", o.eigen.tolerance);
   o.eigen.max_iterations =
       static_cast<int>(flags.Int("eig-max", o.eigen.max_iterations));
@@ -454,6 +459,16 @@ int AnalyzeMain(const Flags& flags) {
     j["eigenvalue"] = report->eigenvalues[0];
     j["eigen_iterations"] = report->eigen_iterations[0];
     j["eigen_converged"] = static_cast<bool>(report->eigen_converged[0]);
+  }
+  if (report->spectrum) {
+    j["eigenvalues"] = report->eigenvalues;
+    j["density_nodes"] = report->density_nodes;
+    j["density_weights"] = report->density_weights;
+    j["outliers"] = report->spectrum->outliers;
+    j["outlier_count"] = report->spectrum->count();
+    j["outlier_count_is_lower_bound"] = report->spectrum->count_is_lower_bound;
+    j["bulk"] = {report->spectrum->bulk_min, report->spectrum->bulk_max};
+    j["num_classes"] = report->num_classes;
   }
   j["fd_check"] = report->finite_difference_check;
   j["warnings"] = report->warnings;

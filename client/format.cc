@@ -430,6 +430,24 @@ std::string FormatJob(const v1::Job& job) {
   return out;
 }
 
+// The bulk/outlier split of an ANALYZE result: one table row, and a hint
+// when the top eigenvalues did not reach the bulk.
+std::string FormatSpectrumOutliers(const v1::SpectrumOutliers& so) {
+  std::vector<std::string> values;
+  for (double v : so.outliers()) values.push_back(absl::StrFormat("%.4g", v));
+  std::string out = FormatTable(
+      {{"OUTLIERS", true}, {"CLASSES", true}, {"BULK", true}, {"WIDTH", true}, {"EIGENVALUES"}},
+      {{absl::StrCat(so.count_is_lower_bound() ? ">= " : "", so.count()),
+        so.num_classes() > 0 ? absl::StrCat(so.num_classes()) : "-",
+        absl::StrFormat("[%.4g, %.4g]", so.bulk_min(), so.bulk_max()),
+        absl::StrFormat("%.4g", so.bulk_width()),
+        values.empty() ? "-" : absl::StrJoin(values, " ")}});
+  if (so.count_is_lower_bound()) {
+    absl::StrAppend(&out, "the top eigenvalues did not reach the bulk: ask for a larger --eigen K\n");
+  }
+  return out;
+}
+
 std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
   std::vector<const v1::LayerSensitivity*> layers;
   for (const v1::LayerSensitivity& l : result.layers()) layers.push_back(&l);
@@ -472,6 +490,10 @@ std::string FormatAnalyzeResult(const v1::AnalyzeResult& result) {
   if (result.has_min_eigenvalue() && result.has_max_eigenvalue()) {
     absl::StrAppend(&out, absl::StrFormat(", spectrum [%.4g, %.4g] (Lanczos)",
                                           result.min_eigenvalue(), result.max_eigenvalue()));
+  }
+  if (result.has_spectrum_outliers()) {
+    const std::string split = FormatSpectrumOutliers(result.spectrum_outliers());
+    absl::StrAppend(&out, "\n", absl::StripSuffix(split, "\n"));
   }
   absl::StrAppend(&out, "\n", result.hvp_count(), " HVPs (",
                   absl::AsciiStrToLower(

@@ -60,6 +60,27 @@ std::string SensitivityCsv(const v1::AnalyzeResult& r) {
   return csv;
 }
 
+void SetSpectrumOutliers(const engine::SpectrumSplit& split, int64_t num_classes,
+                         v1::AnalyzeResult* r) {
+  v1::SpectrumOutliers* so = r->mutable_spectrum_outliers();
+  for (double v : split.outliers) so->add_outliers(v);
+  so->set_count(split.count());
+  so->set_count_is_lower_bound(split.count_is_lower_bound);
+  so->set_bulk_min(split.bulk_min);
+  so->set_bulk_max(split.bulk_max);
+  so->set_bulk_width(split.bulk_width());
+  so->set_num_classes(num_classes);
+  so->set_edge_gap(split.edge_gap);
+}
+
+// spectrum.svg's vertical lines: the bulk's edges (dashed) and each outlier.
+std::vector<Mark> SpectrumMarks(const engine::SpectrumSplit& split) {
+  std::vector<Mark> marks = {{split.bulk_min, "bulk edge", "#2ca02c", true},
+                             {split.bulk_max, "bulk edge", "#2ca02c", true}};
+  for (double v : split.outliers) marks.push_back({v, absl::StrFormat("outlier %.4g", v)});
+  return marks;
+}
+
 engine::HvpMethod FromProto(v1::HvpMethod m) {
   for (engine::HvpMethod e : {engine::HvpMethod::kExact, engine::HvpMethod::kFiniteDifference,
                               engine::HvpMethod::kGaussNewton, engine::HvpMethod::kFisherDiagonal}) {
@@ -107,6 +128,12 @@ std::string AnalyzeSummary(const v1::AnalyzeResult& r) {
   if (r.has_min_eigenvalue() && r.has_max_eigenvalue()) {
     absl::StrAppendFormat(&summary, ", spectrum [%.4g, %.4g]", r.min_eigenvalue(),
                           r.max_eigenvalue());
+  }
+  if (r.has_spectrum_outliers()) {
+    const v1::SpectrumOutliers& so = r.spectrum_outliers();
+    absl::StrAppendFormat(&summary, ", %s%d outliers (%d classes), bulk [%.4g, %.4g]",
+                          so.count_is_lower_bound() ? ">= " : "", so.count(), so.num_classes(),
+                          so.bulk_min(), so.bulk_max());
   }
   if (r.fell_back()) absl::StrAppend(&summary, " (fell back: ", r.fallback_reason(), ")");
   for (const std::string& w : r.warnings()) absl::StrAppend(&summary, "; warning: ", w);
@@ -187,6 +214,8 @@ absl::StatusOr<engine::AnalyzeOptions> ToAnalyzeOptions(const v1::AnalyzeSpec& s
   if (d.has_grid_points()) o.density.grid_points = d.grid_points();
   if (d.has_sigma()) o.density.sigma = d.sigma();
   if (d.has_max_memory_bytes()) o.density.max_memory_bytes = d.max_memory_bytes();
+  if (d.has_bulk_mass()) o.outliers.bulk_mass = d.bulk_mass();
+  if (d.has_outlier_gap()) o.outliers.gap = d.outlier_gap();
   o.qbert_enabled = spec.qbert().enabled();
   if (spec.qbert().has_subsets()) o.qbert_subsets = spec.qbert().subsets();
   o.seed = seed;
@@ -267,6 +296,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
   }
   r->set_finite_difference_check(report.finite_difference_check);
   r->set_density_window(report.density_window);
+  if (report.spectrum) SetSpectrumOutliers(*report.spectrum, report.num_classes, r);
   for (const std::string& w : report.warnings) r->add_warnings(w);
 
   result.set_summary(AnalyzeSummary(*r));
@@ -301,6 +331,7 @@ absl::StatusOr<v1::JobResult> RunAnalyze(const v1::AnalyzeSpec& spec, JobContext
     axes.x_label = "eigenvalue";
     axes.y_label = "density (log scale)";
     axes.log_y = true;
+    if (report.spectrum) axes.marks = SpectrumMarks(*report.spectrum);
     RETURN_IF_ERROR(context
                         .AddArtifact("spectrum.svg", "image/svg+xml",
                                      LinePlotSvg(report.density_grid, report.density_values, axes))

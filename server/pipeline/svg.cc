@@ -96,6 +96,18 @@ std::string LinePlotSvg(const std::vector<double>& x, const std::vector<double>&
                         "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" "
                         "points=\"%s\"/>\n",
                         points);
+  for (const Mark& m : axes.marks) {
+    if (!std::isfinite(m.x) || m.x < sx.lo || m.x > sx.hi) continue;
+    const double px = left + sx(m.x) * pw;
+    absl::StrAppendFormat(&svg,
+                          "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"%s\"%s/>\n",
+                          px, top, px, top + ph, Escape(m.color),
+                          m.dashed ? " stroke-dasharray=\"4 3\"" : "");
+    absl::StrAppendFormat(&svg,
+                          "<text x=\"%.1f\" y=\"%d\" font-size=\"10\" fill=\"%s\" "
+                          "transform=\"rotate(-90 %.1f %d)\">%s</text>\n",
+                          px - 2, top + 4, Escape(m.color), px - 2, top + 4, Escape(m.label));
+  }
   AppendAxisLabelsAndClose(axes, left, top, pw, ph, h, &svg);
   return svg;
 }

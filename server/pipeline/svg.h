@@ -8,14 +8,23 @@
 
 namespace compress::pipeline {
 
+// A vertical line across the plot at x (LinePlotSvg), labelled at its top.
+struct Mark {
+  double x = 0;
+  std::string label;
+  std::string color = "#d62728";
+  bool dashed = false;
+};
+
 struct Axes {
   std::string title;
   std::string x_label;
   std::string y_label;
   bool log_y = false;  // non-positive values are clipped to the smallest positive
+  std::vector<Mark> marks;  // LinePlotSvg only; marks outside the x range are skipped
 };
 
-// A polyline through (x[i], y[i]); x ascending.
+// A polyline through (x[i], y[i]); x ascending; axes.marks drawn over it.
 std::string LinePlotSvg(const std::vector<double>& x, const std::vector<double>& y,
                         const Axes& axes);
 

@@ -118,6 +118,14 @@ absl::Status ValidateAnalyzeSpec(const v1::AnalyzeSpec& s, Resources& r) {
   RETURN_IF_ERROR(Positive(f + ".density.sigma", d.has_sigma(), d.sigma()));
   RETURN_IF_ERROR(AtLeast(f + ".density.max_memory_bytes", d.has_max_memory_bytes(),
                           d.max_memory_bytes(), int64_t{1}));
+  if (d.has_bulk_mass() && !(d.bulk_mass() >= 0 && d.bulk_mass() < 1)) {
+    return Invalid(f + ".density.bulk_mass",
+                   absl::StrCat("must be in [0, 1), got ", d.bulk_mass()));
+  }
+  if (d.has_outlier_gap() && !(d.outlier_gap() >= 0)) {
+    return Invalid(f + ".density.outlier_gap",
+                   absl::StrCat("must be >= 0, got ", d.outlier_gap()));
+  }
   RETURN_IF_ERROR(AtLeast(f + ".qbert.subsets", s.qbert().has_subsets(), s.qbert().subsets(), 2));
   return CheckLmIgnoreId(f, s.loss(), s.has_lm_ignore_id(), s.lm_ignore_id());
 }

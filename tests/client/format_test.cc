@@ -320,6 +320,27 @@ TEST(ModelTest, TiedParametersAndPruneVerdict) {
               HasSubstr("\ntied: hidden1 is also hidden2's weight (quantized and stored once)\n"));
 }
 
+TEST(AnalyzeResultTest, SpectrumOutliersRowAndLowerBoundHint) {
+  v1::AnalyzeResult a;
+  a.add_eigenvalues(40.5);
+  v1::SpectrumOutliers* so = a.mutable_spectrum_outliers();
+  so->add_outliers(40.5);
+  so->add_outliers(-3.25);
+  so->set_count(2);
+  so->set_num_classes(10);
+  so->set_bulk_min(-0.5);
+  so->set_bulk_max(1.25);
+  so->set_bulk_width(1.75);
+  std::string out = FormatAnalyzeResult(a);
+  EXPECT_THAT(out, HasSubstr("OUTLIERS  CLASSES"));
+  EXPECT_THAT(out, HasSubstr("2       10  [-0.5, 1.25]   1.75  40.5 -3.25\n"));
+  EXPECT_THAT(out, Not(HasSubstr("ask for a larger")));
+  so->set_count_is_lower_bound(true);
+  out = FormatAnalyzeResult(a);
+  EXPECT_THAT(out, HasSubstr(">= 2"));
+  EXPECT_THAT(out, HasSubstr("\nthe top eigenvalues did not reach the bulk: ask for a larger --eigen K\n"));
+}
+
 TEST(QuantizeResultTest, PerLayerTableTotalsAndBaselines) {
   v1::QuantizeResult r;
   auto add_layer = [&r](const std::string& name, const std::string& kind, int64_t numel, int bits,

@@ -16,6 +16,7 @@
 #include "server/engine/data/dataset.h"
 #include "server/engine/hessian/estimators.h"
 #include "server/engine/hessian/hvp.h"
+#include "server/engine/hessian/spectrum.h"
 #include "tests/engine/hessian_test_util.h"
 
 namespace compress::engine {
@@ -523,6 +524,127 @@ TEST(DensityTest, SmoothingPutsTheMassAtTheNodes) {
   }
   EXPECT_NEAR(left, 0.25, 1e-6);
   EXPECT_NEAR(right, 0.75, 1e-6);
+}
+
+// ------------------------------------------------------ bulk and outliers
+
+// H = Q diag(λ) Qᵀ, Q a Householder reflection I − 2uuᵀ (orthogonal, so the
+// spectrum is exactly λ), applied as a matrix product: the real Lanczos and
+// SLQ code runs on a matrix whose outliers are known.
+class MatrixHvp : public HvpOperator {
+ public:
+  static std::unique_ptr<MatrixHvp> Create(const std::vector<double>& eigenvalues, uint64_t seed) {
+    const int64_t n = static_cast<int64_t>(eigenvalues.size());
+    auto layout = std::make_shared<ParamLayout>();
+    layout->names = {"w"};
+    layout->shapes = {{n}};
+    layout->group_of = {0};
+    layout->groups.resize(1);
+    layout->groups[0].name = "w";
+    layout->groups[0].kind = "Matrix";
+    layout->groups[0].tensors = {0};
+    layout->groups[0].numel = n;
+    layout->numel = n;
+    ParamSet params{layout, {torch::zeros({n}, torch::kFloat64)}};
+    at::Generator gen = MakeGenerator(seed);
+    torch::Tensor u = torch::randn({n}, gen, torch::kFloat64);
+    u /= u.norm();
+    return std::unique_ptr<MatrixHvp>(new MatrixHvp(
+        std::move(params), torch::tensor(eigenvalues, torch::kFloat64), std::move(u)));
+  }
+  HvpMethod method() const override { return HvpMethod::kExact; }
+
+ private:
+  MatrixHvp(ParamSet params, torch::Tensor lambda, torch::Tensor u)
+      : HvpOperator(std::move(params), PreparedBatches{}), lambda_(lambda), u_(u) {}
+  torch::Tensor Reflect(const torch::Tensor& v) const { return v - 2 * u_.dot(v) * u_; }
+  absl::StatusOr<ParamSet> ApplyImpl(const ParamSet& v) override {
+    return Unflatten(Reflect(lambda_ * Reflect(Flatten(v))), v);
+  }
+  torch::Tensor lambda_, u_;
+};
+
+// A bulk spread evenly over [-1, 1] (n values) plus the given outliers. Both
+// edges at |λ| = 1, so a top-k list that reaches the bulk on one side
+// reaches it on the other (an edge far below the list's smallest |λ| leaves
+// room for unseen outliers: a lower bound).
+std::vector<double> BulkPlus(int64_t n, const std::vector<double>& outliers) {
+  std::vector<double> spectrum;
+  for (int64_t i = 0; i < n; ++i) spectrum.push_back(-1 + 2.0 * i / (n - 1));
+  spectrum.insert(spectrum.end(), outliers.begin(), outliers.end());
+  return spectrum;
+}
+
+// Top-k by Lanczos and the SLQ density of `op`, then the rule.
+SpectrumSplit SplitOf(HvpOperator& op, int k, const OutlierOptions& options) {
+  EigenOptions eigen;
+  eigen.method = EigenMethod::kLanczos;
+  eigen.k = k;
+  eigen.max_iterations = 150;
+  at::Generator gen = MakeGenerator(3);
+  absl::StatusOr<EigenResult> top = TopEigenvalues(op, eigen, kWholeModel, gen);
+  EXPECT_TRUE(top.ok()) << top.status();
+  at::Generator density_gen = MakeGenerator(4);
+  absl::StatusOr<SpectralDensity> d = EstimateSpectralDensity(op, DensityOptions{}, density_gen);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return SeparateOutliers(top->eigenvalues, d->nodes, d->weights, options);
+}
+
+const std::vector<double> kOutliers = {20, 12, 8, 5, -4, 3, 2};
+
+TEST(OutlierTest, FindsTheConstructedOutliersAndTheBulkEdges) {
+  std::unique_ptr<MatrixHvp> op = MatrixHvp::Create(BulkPlus(20000, kOutliers), 1);
+  const SpectrumSplit s = SplitOf(*op, 12, OutlierOptions{});
+  ASSERT_EQ(s.count(), 7);
+  const std::vector<double> expected = {20, 12, 8, 5, -4, 3, 2};  // |λ| decreasing
+  for (int i = 0; i < 7; ++i) EXPECT_NEAR(s.outliers[i], expected[i], 1e-6 * 20) << i;
+  EXPECT_FALSE(s.count_is_lower_bound);
+  // The 1e-3 quantiles of the bulk are ±0.998; the quadrature's nodes lie
+  // within one node spacing of them.
+  EXPECT_NEAR(s.bulk_max, 1.0, 0.05);
+  EXPECT_NEAR(s.bulk_min, -1.0, 0.05);
+  EXPECT_NEAR(s.bulk_width(), 2.0, 0.1);
+  // λ = 2 over the largest bulk eigenvalue, 1.
+  EXPECT_NEAR(s.edge_gap, 1.0, 0.06);
+}
+
+TEST(OutlierTest, AllTopEigenvaluesOutliersIsALowerBound) {
+  std::unique_ptr<MatrixHvp> op = MatrixHvp::Create(BulkPlus(20000, kOutliers), 1);
+  const SpectrumSplit s = SplitOf(*op, 4, OutlierOptions{});
+  ASSERT_EQ(s.count(), 4);
+  EXPECT_NEAR(s.outliers[3], 5, 1e-4);
+  EXPECT_TRUE(s.count_is_lower_bound);
+}
+
+TEST(OutlierTest, ABulkAloneHasNoOutliers) {
+  std::unique_ptr<MatrixHvp> op = MatrixHvp::Create(BulkPlus(20000, {}), 1);
+  const SpectrumSplit s = SplitOf(*op, 10, OutlierOptions{});
+  EXPECT_EQ(s.count(), 0);
+  EXPECT_FALSE(s.count_is_lower_bound);
+  EXPECT_NEAR(s.bulk_max, 1.0, 0.05);
+}
+
+TEST(OutlierTest, RuleOnHandMadeQuadrature) {
+  // Bulk nodes 0..1 carry the weight; 1.5 and 1.45 form a cluster (a 3% gap
+  // between them) 45% above the edge, 6 sits alone.
+  const std::vector<double> nodes = {0.0, 0.25, 0.5, 0.75, 1.0, 1.45, 1.5, 6};
+  const std::vector<double> weights = {0.2, 0.2, 0.2, 0.2, 0.1997, 1e-4, 1e-4, 1e-4};
+  const std::vector<double> top = {6, 1.5, 1.45, 1.0, 0.99};
+  SpectrumSplit s = SeparateOutliers(top, nodes, weights, OutlierOptions{});
+  EXPECT_EQ(s.bulk_max, 1.0);  // 3e-4 of weight above it
+  EXPECT_EQ(s.bulk_min, 0.0);
+  EXPECT_EQ(s.outliers, (std::vector<double>{6, 1.5, 1.45}));
+  EXPECT_NEAR(s.edge_gap, 0.45, 1e-12);
+  // A gap of 50% is more than the cluster has: only 6 stands out.
+  OutlierOptions wide;
+  wide.gap = 0.5;
+  EXPECT_EQ(SeparateOutliers(top, nodes, weights, wide).outliers, (std::vector<double>{6}));
+  // A bulk mass below one outlier node's weight puts the edge on 6 itself.
+  OutlierOptions thin;
+  thin.bulk_mass = 5e-5;
+  s = SeparateOutliers(top, nodes, weights, thin);
+  EXPECT_EQ(s.bulk_max, 6);
+  EXPECT_EQ(s.count(), 0);
 }
 
 // --------------------------------------------------------------- Q-BERT

@@ -119,6 +119,8 @@ TEST_F(AnalyzePipelineTest, OptionsFillTheDocumentedDefaults) {
   EXPECT_EQ(o->density.grid_points, 1000);
   EXPECT_EQ(o->density.sigma, 1e-5);
   EXPECT_EQ(o->density.max_memory_bytes, int64_t{4} << 30);
+  EXPECT_EQ(o->outliers.bulk_mass, 1e-3);
+  EXPECT_EQ(o->outliers.gap, 0.2);
   EXPECT_FALSE(o->qbert_enabled);
   EXPECT_EQ(o->qbert_subsets, 4);
   EXPECT_EQ(o->seed, 42u);
@@ -152,6 +154,8 @@ TEST_F(AnalyzePipelineTest, OptionsCarryEveryField) {
   d->set_grid_points(500);
   d->set_sigma(1e-3);
   d->set_max_memory_bytes(1 << 20);
+  d->set_bulk_mass(0.01);
+  d->set_outlier_gap(0.5);
   spec.mutable_qbert()->set_enabled(true);
   spec.mutable_qbert()->set_subsets(3);
 
@@ -179,6 +183,8 @@ TEST_F(AnalyzePipelineTest, OptionsCarryEveryField) {
   EXPECT_EQ(o->density.grid_points, 500);
   EXPECT_EQ(o->density.sigma, 1e-3);
   EXPECT_EQ(o->density.max_memory_bytes, 1 << 20);
+  EXPECT_EQ(o->outliers.bulk_mass, 0.01);
+  EXPECT_EQ(o->outliers.gap, 0.5);
   EXPECT_TRUE(o->qbert_enabled);
   EXPECT_EQ(o->qbert_subsets, 3);
   EXPECT_EQ(o->seed, 5u);
@@ -342,6 +348,9 @@ TEST_F(AnalyzePipelineTest, EachBadFieldIsRefusedByName) {
       {"analyze.density.runs", [](auto* s) { s->mutable_density()->set_runs(0); }},
       {"analyze.density.grid_points", [](auto* s) { s->mutable_density()->set_grid_points(1); }},
       {"analyze.density.sigma", [](auto* s) { s->mutable_density()->set_sigma(0); }},
+      {"analyze.density.bulk_mass", [](auto* s) { s->mutable_density()->set_bulk_mass(1); }},
+      {"analyze.density.outlier_gap",
+       [](auto* s) { s->mutable_density()->set_outlier_gap(-0.1); }},
       {"analyze.density.max_memory_bytes",
        [](auto* s) { s->mutable_density()->set_max_memory_bytes(0); }},
       {"analyze.qbert.subsets", [](auto* s) { s->mutable_qbert()->set_subsets(1); }},
@@ -505,6 +514,18 @@ TEST_F(AnalyzePipelineTest, RunMatchesTheExactHessian) {
   }
   ASSERT_EQ(artifacts.count("spectrum.svg"), 1u);
   EXPECT_THAT(artifacts["spectrum.svg"].bytes, HasSubstr("<polyline"));
+  // Bulk and outliers: the edges are quadrature nodes, every outlier lies
+  // beyond them, the class count is the model's output width, and the plot
+  // marks the edges.
+  ASSERT_TRUE(r.has_spectrum_outliers());
+  const v1::SpectrumOutliers& so = r.spectrum_outliers();
+  EXPECT_THAT(r.density_nodes(), Contains(so.bulk_max()));
+  EXPECT_THAT(r.density_nodes(), Contains(so.bulk_min()));
+  EXPECT_DOUBLE_EQ(so.bulk_width(), so.bulk_max() - so.bulk_min());
+  EXPECT_EQ(so.count(), so.outliers_size());
+  for (double v : so.outliers()) EXPECT_TRUE(v > so.bulk_max() || v < so.bulk_min()) << v;
+  EXPECT_EQ(so.num_classes(), Expected()["models"][kCnn]["output_shape"][1].get<int64_t>());
+  EXPECT_THAT(artifacts["spectrum.svg"].bytes, HasSubstr(">bulk edge</text>"));
 
   // Progress: a stage per estimator, a partial result per layer trace.
   EXPECT_THAT(context.sink().stages(), Contains("traces"));

@@ -97,6 +97,10 @@ absl::Status Validate(const AnalyzeOptions& o) {
   if (o.density_enabled && o.density.max_memory_bytes < 1) {
     return Invalid("density.max_memory_bytes", "must be >= 1");
   }
+  if (!(o.outliers.bulk_mass >= 0 && o.outliers.bulk_mass < 1)) {
+    return Invalid("density.bulk_mass", "must be in [0, 1)");
+  }
+  if (!(o.outliers.gap >= 0)) return Invalid("density.outlier_gap", "must be >= 0");
   if (o.qbert_enabled && o.qbert_subsets < 1) {
     return Invalid("qbert_subsets", "must be >= 1");
   }
@@ -368,6 +372,22 @@ absl::Status RunEstimators(torch::jit::Module& module, const PreparedBatches& pr
   return stages.Run(sink, cancel);
 }
 
+// The output's class count (AnalyzeReport::num_classes) from one forward
+// pass on the first batch; 0 where the loss has no classes or torch fails
+// (the estimators have run on the same batches, so it does not).
+int64_t OutputClasses(torch::jit::Module& module, const PreparedBatches& prepared) {
+  if (prepared.loss == LossKind::kMse || prepared.batches.empty()) return 0;
+  try {
+    torch::NoGradGuard no_grad;
+    const torch::jit::IValue out = module.forward({prepared.batches.front().inputs});
+    if (!out.isTensor() || out.toTensor().dim() < 2) return 0;
+    const at::Tensor logits = out.toTensor();
+    return prepared.loss == LossKind::kLanguageModeling ? logits.size(-1) : logits.size(1);
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, ProgressSink* sink,
@@ -443,6 +463,11 @@ absl::StatusOr<AnalyzeReport> RunAnalysis(const AnalyzeOptions& options, Progres
   }
   RETURN_IF_ERROR(status);
   RETURN_IF_ERROR(CheckFiniteResults(report));
+  if (!report.eigenvalues.empty() && !report.density_nodes.empty()) {
+    report.spectrum = SeparateOutliers(report.eigenvalues, report.density_nodes,
+                                       report.density_weights, options.outliers);
+    report.num_classes = OutputClasses(module, prepared);
+  }
   report.hvp_method = method;
   report.hvp_count = hvps;
   report.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);

@@ -48,6 +48,7 @@
 #include "server/engine/data/dataset_info.h"
 #include "server/engine/data/loss_kind.h"
 #include "server/engine/hessian/options.h"
+#include "server/engine/hessian/spectrum.h"
 
 namespace compress::engine {
 
@@ -113,6 +114,9 @@ struct AnalyzeOptions {
   // Spectral density by stochastic Lanczos quadrature; default off.
   bool density_enabled = false;
   DensityOptions density;  // max_memory_bytes caps the Lanczos vectors
+  // Bulk and outliers (spectrum.h), computed when the model-scope top
+  // eigenvalues and the density both run.
+  OutlierOptions outliers;
   // Q-BERT |mean λ| + std λ per layer over data subsets; default off.
   bool qbert_enabled = false;
   // Data subsets; default 4. Q-BERT's power iterations use `eigen`'s
@@ -182,6 +186,12 @@ struct AnalyzeReport {
   std::vector<double> density_grid;
   std::vector<double> density_values;
   int density_window = 0;  // SpectralDensity::window
+  // Model-scope eigenvalues and density both ran: the bulk and the outliers
+  // (SeparateOutliers of `eigenvalues`, `density_nodes`, `density_weights`).
+  std::optional<SpectrumSplit> spectrum;
+  // Classes of the model's output (logits [N, C, ...]: C; a language
+  // model's [N, T, V]: V), 0 for MSE targets or an output that says none.
+  int64_t num_classes = 0;
 
   // What was actually done.
   HvpMethod hvp_method = HvpMethod::kExact;  // after any fallback

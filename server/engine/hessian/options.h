@@ -132,6 +132,16 @@ struct DensityOptions {
   int64_t max_memory_bytes = int64_t{4} << 30;
 };
 
+// Separating the outliers of the spectrum from its bulk (spectrum.h).
+struct OutlierOptions {
+  // Quadrature weight left outside each bulk edge; default 1e-3 (the
+  // weight of about n/1000 eigenvalues, n the parameters).
+  double bulk_mass = 1e-3;
+  // Relative gap that separates the last outlier from what lies below it;
+  // default 0.2.
+  double gap = 0.2;
+};
+
 }  // namespace compress::engine
 
 #endif  // COMPRESS_ENGINE_HESSIAN_OPTIONS_H_
