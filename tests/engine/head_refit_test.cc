@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,8 @@
 #include "server/engine/data/dataset.h"
 #include "server/engine/data/loss.h"
 #include "server/engine/model/model.h"
+#include "server/engine/prune/prune.h"
+#include "server/engine/quant/quantize.h"
 #include "server/engine/quant/quantizer.h"
 #include "tests/engine/test_util.h"
 
@@ -217,6 +220,104 @@ TEST(HeadRefitTest, ReferenceCnnAfterThreeBitRounding) {
   ASSERT_TRUE(SetHead(*student, hf->head, r->weight, r->bias).ok());
   const double after = ModelKl(*student, *teacher, data->inputs);
   EXPECT_LT(after, 0.8 * before) << before << " -> " << after;
+}
+
+// PRUNE with optimizer "newton": the reference ViT cut to half its FLOPs in
+// one round, then only its head re-fitted; the round's calibration loss
+// falls and the other parameters are those of the job without recovery.
+TEST(HeadRefitTest, PruneJobWithNewtonRecovery) {
+  PruneOptions o;
+  o.model_path = SourceDir() + "/models/fmnist_vit.pt";
+  o.calibration_dataset = "builtin:fashion-mnist/train";
+  o.num_samples = 256;
+  o.saliency_samples = 64;
+  o.saliency = SaliencyKind::kMagnitude;  // no HVPs: the test is about recovery
+  o.steps = 1;
+  o.target_fraction = 0.5;
+  o.measure_latency = false;
+  o.optimizer = "newton";
+  o.recovery_steps = 10;
+  o.output_dir = testing::MakeTempDir();
+  absl::StatusOr<PruneReport> r = RunPruning(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->rounds.size(), 1u);
+  EXPECT_LT(r->rounds[0].loss_after_recovery, 0.9 * r->rounds[0].loss_before_recovery)
+      << r->rounds[0].loss_before_recovery;
+  o.recovery_steps = 0;
+  o.output_dir = testing::MakeTempDir();
+  absl::StatusOr<PruneReport> plain = RunPruning(o, nullptr, nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  torch::jit::Module a = torch::jit::load(r->model_path);
+  torch::jit::Module b = torch::jit::load(plain->model_path);
+  int64_t same = 0, differ = 0;
+  std::map<std::string, torch::Tensor> pb;
+  for (const auto& p : b.named_parameters()) pb[p.name] = p.value;
+  for (const auto& p : a.named_parameters()) {
+    bool head = p.name.rfind("head.", 0) == 0;
+    bool equal = p.value.equal(pb[p.name]);
+    if (head) {
+      EXPECT_FALSE(equal) << p.name;
+    } else {
+      (equal ? same : differ)++;
+    }
+  }
+  EXPECT_GT(same, 0);
+  EXPECT_EQ(differ, 0);
+  o.optimizer = "lbfgs";
+  EXPECT_EQ(RunPruning(o, nullptr, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// QUANTIZE with head_refit: every layer at 3 bits (uniform, no pins), the
+// head re-fitted (K-FAC) and rounded again. model.pt's head lies on a 3-bit
+// grid per row, and the report's loss after the re-fit is the loss of
+// model.pt against the float model, recomputed here from full forward passes.
+TEST(HeadRefitTest, QuantizeJobRefitsAndRoundsTheHead) {
+  QuantizeOptions o;
+  o.model_path = SourceDir() + "/models/fmnist_cnn.pt";
+  o.calibration_dataset = "builtin:fashion-mnist/train";
+  o.num_samples = 256;
+  o.batch_size = 64;
+  o.eval_dataset = "builtin:fashion-mnist/test";
+  o.eval_samples = 500;
+  o.search = QuantSearch::kUniform;
+  o.budget = QuantBudget::AverageBits(3);
+  o.pins = std::map<std::string, int>();
+  o.trace_tolerance = 0.5;
+  o.trace_max_probes = 4;
+  o.output_dir = testing::MakeTempDir();
+  o.head_refit = QuantHeadRefit{5, "kfac", 0.5, 1.0};
+  absl::StatusOr<QuantizeReport> r = RunQuantization(o, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->head_refit.has_value());
+  const QuantHeadRefitReport& h = *r->head_refit;
+  EXPECT_EQ(h.head, "fc");
+  EXPECT_EQ(h.hessian, "kfac");
+  EXPECT_EQ(h.bits, 3);
+  EXPECT_LT(h.loss_refit, 0.8 * h.loss_before);
+  EXPECT_LT(h.loss_after, 0.9 * h.loss_before);
+  ASSERT_TRUE(h.accuracy_before.has_value());
+
+  torch::jit::Module saved = torch::jit::load(r->model_path);
+  torch::jit::Module original = torch::jit::load(o.model_path);
+  saved.eval();
+  original.eval();
+  const torch::Tensor w = saved.attr("fc").toModule().attr("weight").toTensor();
+  for (int64_t row = 0; row < w.size(0); ++row) {
+    EXPECT_LE(std::get<0>(at::_unique(w[row])).numel(), 8) << row;
+  }
+  absl::StatusOr<LoadedDataset> data = LoadDataset(o.calibration_dataset, o.num_samples);
+  ASSERT_TRUE(data.ok());
+  torch::NoGradGuard g;
+  const torch::Tensor s = saved.forward({data->inputs}).toTensor().to(torch::kFloat64);
+  const torch::Tensor t = original.forward({data->inputs}).toTensor().to(torch::kFloat64);
+  const torch::Tensor tq = at::softmax(t, 1);
+  const double loss = (tq * (tq.log() - at::log_softmax(s, 1))).sum(1).mean().item<double>() +
+                      at::cross_entropy_loss(s, data->targets).item<double>();
+  EXPECT_NEAR(loss, h.loss_after, 2e-3);
+
+  o.head_refit->iterations = 0;
+  EXPECT_EQ(RunQuantization(o, nullptr, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

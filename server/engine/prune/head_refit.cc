@@ -292,6 +292,7 @@ absl::StatusOr<HeadRefitResult> RefitHead(
     const std::function<void(const NewtonTrace&, const torch::Tensor& w,
                              const torch::Tensor& b)>& on_step) {
   RETURN_IF_ERROR(CheckHeadShapes(features, teacher_logits, targets, weight, bias));
+  RETURN_IF_ERROR(ValidateNewton(options.newton));
   if (!(options.temperature > 0)) {
     return absl::InvalidArgumentError("head re-fit: temperature must be > 0");
   }
