@@ -7,6 +7,7 @@
 #include <torch/script.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <string>
@@ -293,6 +294,9 @@ TEST(HeadRefitTest, QuantizeJobRefitsAndRoundsTheHead) {
   EXPECT_EQ(h.head, "fc");
   EXPECT_EQ(h.hessian, "kfac");
   EXPECT_EQ(h.bits, 3);
+  std::printf("head re-fit: loss %.4f -> %.4f (re-fit) -> %.4f (rounded again); top-1 %.2f -> %.2f\n",
+              h.loss_before, h.loss_refit, h.loss_after, h.accuracy_before.value_or(-1),
+              r->accuracy_after.value_or(-1));
   EXPECT_LT(h.loss_refit, 0.8 * h.loss_before);
   EXPECT_LT(h.loss_after, 0.9 * h.loss_before);
   ASSERT_TRUE(h.accuracy_before.has_value());

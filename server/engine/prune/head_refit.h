@@ -9,10 +9,12 @@
 //             + mean_n CE(s_n, y_n)  (the second term only with labels),
 // convex in (W, b) because s is linear in them.
 //
-// The iteration (Doikov & Nesterov's gradient regularization, "Gradient
-// Regularization of Newton Method with Bregman Distances", Math. Prog. 2023,
-// generalised to an exponent α as in Semenov, Jaggi & Doikov, "Gradient-
-// Normalized Smoothness for Optimization with Approximate Hessians", 2025):
+// The iteration is the gradient-regularized Newton step (Mishchenko 2023;
+// Doikov & Nesterov, "Gradient Regularization of Newton Method with Bregman
+// Distances", Math. Prog. 2023, where α = 1/2) with an approximate Hessian
+// H̃ and a free exponent α, the setting of Semenov, Jaggi & Doikov,
+// "Gradient-Normalized Smoothness for Optimization with Approximate
+// Hessians", 2025 (we had only its abstract, not its equations):
 //   x⁺ = x − (H̃(x) + λ I)⁻¹ g(x),   λ = c·‖g(x)‖^α.
 // The constant c adapts by the rule we implement (NOT the paper's own
 // adaptive search, whose text we could not read): a trial step is accepted
