@@ -630,6 +630,34 @@ absl::Status FillQuantizeSpec(const Context& ctx, v1::QuantizeSpec* spec) {
   return absl::OkStatus();
 }
 
+// --head-refit N [--head-hessian auto|exact|kfac] [--head-alpha A].
+absl::Status FillHeadRefit(const Context& ctx, v1::QuantizeSpec* spec) {
+  if (!ctx.inv.Has("head-refit")) {
+    if (ctx.inv.Has("head-hessian") || ctx.inv.Has("head-alpha")) {
+      return UsageError("--head-hessian and --head-alpha need --head-refit N");
+    }
+    return absl::OkStatus();
+  }
+  v1::HeadRefitOptions* h = spec->mutable_head_refit();
+  ASSIGN_OR_RETURN(int64_t n, IntegerFlag(ctx, "head-refit"));
+  h->set_iterations(static_cast<int32_t>(n));
+  if (ctx.inv.Has("head-hessian")) {
+    const std::string k = ctx.inv.Get("head-hessian");
+    if (k == "exact") {
+      h->set_hessian(v1::HEAD_REFIT_HESSIAN_EXACT);
+    } else if (k == "kfac") {
+      h->set_hessian(v1::HEAD_REFIT_HESSIAN_KFAC);
+    } else if (k != "auto") {
+      return UsageError("--head-hessian: auto, exact or kfac");
+    }
+  }
+  if (ctx.inv.Has("head-alpha")) {
+    ASSIGN_OR_RETURN(double a, NonNegativeNumber(ctx, "head-alpha"));
+    h->set_alpha(a);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int> Quantize(const Context& ctx) {
   ASSIGN_OR_RETURN(CommonJobFlags common, ParseCommonJobFlags(ctx, "quantize"));
   v1::SubmitJobRequest request;
@@ -640,6 +668,7 @@ absl::StatusOr<int> Quantize(const Context& ctx) {
   if (common.eval_samples) spec->set_eval_samples(*common.eval_samples);
   RETURN_IF_ERROR(FillQuantizeSpec(ctx, spec));
   RETURN_IF_ERROR(FillLoss(ctx, spec));
+  RETURN_IF_ERROR(FillHeadRefit(ctx, spec));
   return SubmitAndMaybeWatch(ctx, std::move(request));
 }
 
@@ -939,14 +968,17 @@ const std::vector<Entry>& Entries() {
                      absl::StrJoin(defaults::kCandidateBits, ","),
                      "] [--pin LAYER=BITS,...|none] [--tie A,B;C,D] [--omega trace|quadratic] "
                      "[--sensitivity ANALYZE_JOB_ID [--allow-unconverged]] [--samples N] "
-                     "[--batch N] [--loss L [--lm-ignore-id ID]] [--int8] [job flags]"),
+                     "[--batch N] [--loss L [--lm-ignore-id ID]] [--int8] "
+                     "[--head-refit N [--head-hessian auto|exact|kfac] [--head-alpha A]] "
+                     "[job flags]"),
         0,
         0,
         WithJobFlags({"model", "data",       "eval",        "eval-samples", "bits", "avg-bits",
                       "bytes", "bops",       "search",      "max-drop",     "max-relative-drop",
                       "gptq",  "asymmetric", "granularity", "group-size",   "candidates",
                       "pin",   "tie",        "sensitivity", "samples",      "batch",
-                      "omega", "allow-unconverged", "loss", "lm-ignore-id", "int8"}),
+                      "omega", "allow-unconverged", "loss", "lm-ignore-id", "int8",
+                      "head-refit", "head-hessian", "head-alpha"}),
         "submit a QUANTIZE job (mixed-precision bits from Hessian sensitivity)"},
        Quantize},
       {{{"prune"},
@@ -954,7 +986,7 @@ const std::vector<Entry>& Entries() {
         "--model ID --data DATASET_ID [--eval DATASET_ID] [--eval-samples N] "
         "[--flops F | --params F | --latency F] [--saliency hessian|taylor|magnitude] "
         "[--latency-weight X] [--head-group N] [--mlp-group N] [--rounds N] "
-        "[--recovery-steps N] [--lr X] [--temperature T] [--optimizer adam|sgd] "
+        "[--recovery-steps N] [--lr X] [--temperature T] [--optimizer adam|sgd|newton] "
         "[--saliency-samples N] [--samples N] [--batch N] [job flags]",
         0,
         0,
@@ -1079,6 +1111,12 @@ const std::vector<FlagDef>& Flags() {
       {"max-drop", 0, true, "PP", "tolerated top-1 drop in percentage points (bisection)"},
       {"max-relative-drop", 0, true, "F", "tolerated top-1 drop as a fraction (bisection)"},
       {"gptq", 0, false, "", "round with GPTQ instead of round-to-nearest"},
+      {"head-refit", 0, true, "N",
+       "re-fit the head after rounding: at most N regularized Newton steps (README \"Head "
+       "re-fit\")"},
+      {"head-hessian", 0, true, "H",
+       "head re-fit Hessian: auto (default: exact up to 4096 parameters), exact or kfac"},
+      {"head-alpha", 0, true, "A", "head re-fit: λ = c·‖g‖^A (default 0.5)"},
       {"int8", 0, false, "",
        "also write model_int8.pt (8-bit weights and activations, LibTorch's quantized engine)"},
       {"asymmetric", 0, false, "", "asymmetric quantizer (default symmetric)"},
@@ -1105,7 +1143,8 @@ const std::vector<FlagDef>& Flags() {
       {"recovery-steps", 0, true, "N", "distillation steps after each round (default 100)"},
       {"lr", 0, true, "X", "recovery learning rate (default 1e-4)"},
       {"temperature", 0, true, "T", "distillation temperature (default 1)"},
-      {"optimizer", 0, true, "O", "recovery optimizer: adam (default) or sgd"},
+      {"optimizer", 0, true, "O", "recovery optimizer: adam (default), sgd, or newton (only the head, "
+       "regularized Newton; --recovery-steps caps its iterations)"},
       {"saliency-samples", 0, true, "N", "calibration examples scored (default 512)"},
       {"device", 0, true, "DEV", "auto (default), cpu or cuda:N"},
       {"seed", 0, true, "N", "random seed (default: the server picks)"},

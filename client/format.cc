@@ -855,6 +855,20 @@ std::string FormatQuantizeResult(const v1::QuantizeResult& result) {
     if (i.has_accuracy()) absl::StrAppendFormat(&text, ", top-1 %.2f%%", i.accuracy());
     pairs.push_back({"int8", text});
   }
+  if (result.has_head_refit()) {
+    const v1::HeadRefitResult& h = result.head_refit();
+    std::string text = absl::StrFormat(
+        "%s (%s): %s Newton, %d steps, calibration loss %.4g -> %.4g (%.4g before "
+        "rounding again), %.2f s",
+        h.head(), h.bits() > 0 ? absl::StrCat("rounded again at ", h.bits(), " bits") : "float",
+        h.hessian(), h.iterations(), h.loss_before(), h.loss_after(), h.loss_refit(),
+        h.seconds());
+    if (h.has_accuracy_before() && result.has_accuracy_after()) {
+      absl::StrAppendFormat(&text, ", top-1 %.2f%% -> %.2f%%", h.accuracy_before(),
+                            result.accuracy_after());
+    }
+    pairs.push_back({"head re-fit", text});
+  }
   absl::StrAppend(&out, "\n", FormatKeyValues(pairs));
 
   if (result.baselines_size() > 0) {

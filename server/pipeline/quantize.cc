@@ -238,6 +238,16 @@ absl::StatusOr<engine::QuantizeOptions> ToQuantizeOptions(const v1::QuantizeSpec
   o.loss = LossFromProto(spec.loss());
   if (spec.has_lm_ignore_id()) o.lm_ignore_id = spec.lm_ignore_id();
   o.int8_model = spec.int8_model();
+  if (spec.has_head_refit()) {
+    const v1::HeadRefitOptions& h = spec.head_refit();
+    engine::QuantHeadRefit refit;
+    if (h.has_iterations()) refit.iterations = h.iterations();
+    if (h.hessian() == v1::HEAD_REFIT_HESSIAN_EXACT) refit.hessian = "exact";
+    if (h.hessian() == v1::HEAD_REFIT_HESSIAN_KFAC) refit.hessian = "kfac";
+    if (h.has_alpha()) refit.alpha = h.alpha();
+    if (h.has_temperature()) refit.temperature = h.temperature();
+    o.head_refit = refit;
+  }
 
   if (!spec.sensitivity_job_id().empty()) {
     ASSIGN_OR_RETURN(JobTraces traces,
@@ -410,6 +420,19 @@ v1::QuantizeResult ToQuantizeResult(const engine::QuantizeReport& report) {
     p->set_latency_batch(report.int8->latency_batch);
     p->set_threads(report.int8->threads);
   }
+  if (report.head_refit) {
+    const engine::QuantHeadRefitReport& h = *report.head_refit;
+    v1::HeadRefitResult* p = r.mutable_head_refit();
+    p->set_head(h.head);
+    p->set_hessian(h.hessian);
+    p->set_iterations(h.iterations);
+    p->set_bits(h.bits);
+    p->set_loss_before(h.loss_before);
+    p->set_loss_after(h.loss_after);
+    p->set_loss_refit(h.loss_refit);
+    if (h.accuracy_before) p->set_accuracy_before(*h.accuracy_before);
+    p->set_seconds(h.seconds);
+  }
   return r;
 }
 
@@ -443,6 +466,12 @@ std::string QuantizeSummary(const v1::QuantizeResult& r) {
     if (r.int8().has_accuracy()) {
       absl::StrAppendFormat(&summary, ", top-1 %.2f%%", r.int8().accuracy());
     }
+  }
+  if (r.has_head_refit()) {
+    absl::StrAppendFormat(&summary, "; head %s re-fitted (%s Newton, %d steps): loss %.4g -> %.4g",
+                          r.head_refit().head(), r.head_refit().hessian(),
+                          r.head_refit().iterations(), r.head_refit().loss_before(),
+                          r.head_refit().loss_after());
   }
   if (!r.budget_met()) absl::StrAppend(&summary, "; budget not met");
   if (!r.tolerance_met()) absl::StrAppend(&summary, "; accuracy tolerance not met");

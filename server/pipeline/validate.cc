@@ -212,6 +212,18 @@ absl::Status ValidateQuantizeSpec(const std::string& f, const v1::QuantizeSpec& 
     default:
       break;  // 4 average bits, or none for accuracy-bounded search
   }
+  if (s.has_head_refit()) {
+    const v1::HeadRefitOptions& h = s.head_refit();
+    if (h.has_iterations() && (h.iterations() < 1 || h.iterations() > 1000)) {
+      return Invalid(f + ".head_refit.iterations",
+                     absl::StrCat("must be in 1..1000, got ", h.iterations()));
+    }
+    if (h.has_alpha() && !(h.alpha() >= 0 && h.alpha() <= 1)) {
+      return Invalid(f + ".head_refit.alpha", "must be in [0, 1]");
+    }
+    RETURN_IF_ERROR(
+        Positive(f + ".head_refit.temperature", h.has_temperature(), h.temperature()));
+  }
   RETURN_IF_ERROR(CheckLmIgnoreId(f, s.loss(), s.has_lm_ignore_id(), s.lm_ignore_id()));
   if (s.search() == v1::SEARCH_METHOD_ACCURACY_BISECTION) {
     if (s.loss() == v1::LOSS_KIND_LANGUAGE_MODELING) {
@@ -283,9 +295,9 @@ absl::Status ValidatePruneSpec(const std::string& f, const v1::PruneSpec& s, Res
   RETURN_IF_ERROR(Positive(f + ".recovery.temperature", s.recovery().has_temperature(),
                            s.recovery().temperature()));
   if (!s.recovery().optimizer().empty() && s.recovery().optimizer() != "adam" &&
-      s.recovery().optimizer() != "sgd") {
+      s.recovery().optimizer() != "sgd" && s.recovery().optimizer() != "newton") {
     return Invalid(f + ".recovery.optimizer",
-                   absl::StrCat("must be \"adam\" or \"sgd\", got \"",
+                   absl::StrCat("must be \"adam\", \"sgd\" or \"newton\", got \"",
                                 QuoteClientText(s.recovery().optimizer()), "\""));
   }
   RETURN_IF_ERROR(AtLeast(f + ".saliency_samples", s.has_saliency_samples(),

@@ -334,6 +334,22 @@ TEST_F(CliTest, QuantizeFlagsBuildTheSpecAndWatchPrintsTheTable) {
             kExitOk);
   EXPECT_EQ(server_.jobs().submitted()[2].spec().quantize().budget().average_bits(), 3.5);
   EXPECT_EQ(server_.jobs().submitted()[2].spec().quantize().omega(), v1::OMEGA_QUADRATIC);
+  EXPECT_FALSE(server_.jobs().submitted()[2].spec().quantize().has_head_refit());
+
+  ASSERT_EQ(Run({"quantize", "--model", "m", "--data", "d", "--head-refit", "12",
+                 "--head-hessian", "exact", "--head-alpha", "0.75"})
+                .code,
+            kExitOk);
+  const v1::HeadRefitOptions h = server_.jobs().submitted()[3].spec().quantize().head_refit();
+  EXPECT_EQ(h.iterations(), 12);
+  EXPECT_EQ(h.hessian(), v1::HEAD_REFIT_HESSIAN_EXACT);
+  EXPECT_EQ(h.alpha(), 0.75);
+  EXPECT_NE(Run({"quantize", "--model", "m", "--data", "d", "--head-hessian", "kfac"}).code,
+            kExitOk);
+  EXPECT_NE(Run({"quantize", "--model", "m", "--data", "d", "--head-refit", "3",
+                 "--head-hessian", "lbfgs"})
+                .code,
+            kExitOk);
 }
 
 // Token-id models: the probe's dtype, the language-modeling loss and its

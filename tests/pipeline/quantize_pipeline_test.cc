@@ -140,6 +140,45 @@ TEST(ToQuantizeOptionsTest, FillsDefaults) {
   EXPECT_EQ(o->output_dir, "/tmp/out");
 }
 
+// HeadRefitOptions: unset = no re-fit; set fields map, unset ones keep the
+// engine's defaults; the report's head_refit comes back in the result.
+TEST(ToQuantizeOptionsTest, HeadRefitOptionsAndResult) {
+  FakeResources resources;
+  v1::QuantizeSpec spec = MinimalSpec();
+  absl::StatusOr<engine::QuantizeOptions> o = ToQuantizeOptions(spec, 1, "cpu", resources, "/o");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->head_refit.has_value());
+  spec.mutable_head_refit()->set_iterations(7);
+  spec.mutable_head_refit()->set_hessian(v1::HEAD_REFIT_HESSIAN_KFAC);
+  o = ToQuantizeOptions(spec, 1, "cpu", resources, "/o");
+  ASSERT_TRUE(o.ok() && o->head_refit.has_value());
+  EXPECT_EQ(o->head_refit->iterations, 7);
+  EXPECT_EQ(o->head_refit->hessian, "kfac");
+  EXPECT_EQ(o->head_refit->alpha, 0.5);
+  EXPECT_EQ(o->head_refit->temperature, 1.0);
+  spec.mutable_head_refit()->set_hessian(v1::HEAD_REFIT_HESSIAN_UNSPECIFIED);
+  spec.mutable_head_refit()->set_alpha(0.25);
+  o = ToQuantizeOptions(spec, 1, "cpu", resources, "/o");
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->head_refit->hessian, "auto");
+  EXPECT_EQ(o->head_refit->alpha, 0.25);
+
+  engine::QuantizeReport report;
+  report.head_refit = engine::QuantHeadRefitReport{"fc", "kfac", 5, 3, 0.27, 0.12, 0.1, 89.5, 1.5};
+  const v1::QuantizeResult r = ToQuantizeResult(report);
+  ASSERT_TRUE(r.has_head_refit());
+  EXPECT_EQ(r.head_refit().head(), "fc");
+  EXPECT_EQ(r.head_refit().hessian(), "kfac");
+  EXPECT_EQ(r.head_refit().iterations(), 5);
+  EXPECT_EQ(r.head_refit().bits(), 3);
+  EXPECT_EQ(r.head_refit().loss_before(), 0.27);
+  EXPECT_EQ(r.head_refit().loss_after(), 0.12);
+  EXPECT_EQ(r.head_refit().loss_refit(), 0.1);
+  EXPECT_EQ(r.head_refit().accuracy_before(), 89.5);
+  EXPECT_THAT(QuantizeSummary(r), HasSubstr("head fc re-fitted (kfac Newton, 5 steps)"));
+  EXPECT_FALSE(ToQuantizeResult(engine::QuantizeReport()).has_head_refit());
+}
+
 TEST(ToQuantizeOptionsTest, MapsEveryField) {
   FakeResources resources;
   v1::QuantizeSpec spec = MinimalSpec();
@@ -362,6 +401,11 @@ TEST_F(QuantizeValidateTest, EachBadFieldIsNamed) {
       {"quantize.eval_samples", [](auto* s) { s->set_eval_samples(-5); }},
       {"quantize.trace_tolerance", [](auto* s) { s->set_trace_tolerance(0); }},
       {"quantize.trace_max_probes", [](auto* s) { s->set_trace_max_probes(0); }},
+      {"quantize.head_refit.iterations",
+       [](auto* s) { s->mutable_head_refit()->set_iterations(0); }},
+      {"quantize.head_refit.alpha", [](auto* s) { s->mutable_head_refit()->set_alpha(1.5); }},
+      {"quantize.head_refit.temperature",
+       [](auto* s) { s->mutable_head_refit()->set_temperature(0); }},
       {"quantize.candidate_bits[1]",
        [](auto* s) {
          s->add_candidate_bits(4);

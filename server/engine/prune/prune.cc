@@ -22,6 +22,7 @@
 #include "server/engine/data/loss.h"
 #include "server/engine/model/model.h"
 #include "server/engine/model/model_info.h"
+#include "server/engine/prune/head_refit.h"
 #include "server/engine/prune/latency.h"
 #include "server/engine/prune/recovery.h"
 #include "server/engine/prune/saliency.h"
@@ -54,8 +55,8 @@ absl::Status Validate(const PruneOptions& o) {
   if (o.recovery_steps < 0) return Invalid("recovery_steps", "must be >= 0");
   if (!(o.learning_rate > 0)) return Invalid("learning_rate", "must be > 0");
   if (!(o.temperature > 0)) return Invalid("temperature", "must be > 0");
-  if (o.optimizer != "adam" && o.optimizer != "sgd") {
-    return Invalid("optimizer", "must be \"adam\" or \"sgd\"");
+  if (o.optimizer != "adam" && o.optimizer != "sgd" && o.optimizer != "newton") {
+    return Invalid("optimizer", "must be \"adam\", \"sgd\" or \"newton\"");
   }
   if (o.latency_batch < 1) return Invalid("latency_batch", "must be >= 1");
   if (!o.measure_latency && (o.target == PruneTargetKind::kLatency || o.latency_weight > 0)) {
@@ -438,6 +439,44 @@ absl::StatusOr<std::optional<double>> StepAccuracy(const PruneOptions& o,
   return std::optional<double>(acc);
 }
 
+// Optimizer "adam"/"sgd": distillation fine-tuning of every parameter.
+absl::Status RecoverByFineTuning(const PruneOptions& o, int round, const std::string& stage,
+                                 ProgressSink* sink, const CancelToken* cancel, PruneState* s) {
+  RecoveryOptions recovery;
+  recovery.steps = o.recovery_steps;
+  recovery.learning_rate = o.learning_rate;
+  recovery.temperature = o.temperature;
+  recovery.optimizer = o.optimizer;
+  recovery.batch_size = o.batch_size;
+  recovery.seed = o.seed + static_cast<uint64_t>(round);
+  return Recover(s->module, s->calibration.inputs, s->teacher_logits, s->calibration.targets,
+                 recovery, sink, stage, cancel)
+      .status();
+}
+
+// Optimizer "newton": only the head (the last Linear layer) is re-fitted,
+// on features computed once, by the regularized Newton iteration of
+// head_refit.h with at most `recovery_steps` iterations: the exact Hessian
+// when the head has at most 4096 parameters (the reference ViT's has 650),
+// else K-FAC.
+absl::Status RefitHeadByNewton(const PruneOptions& o, PruneState* s) {
+  ASSIGN_OR_RETURN(HeadFeatures hf, ComputeHeadFeatures(s->module, s->calibration.inputs));
+  HeadRefitOptions h;
+  h.newton.iterations = o.recovery_steps;
+  h.temperature = o.temperature;
+  h.hessian = hf.weight.size(0) * (hf.weight.size(1) + 1) <= h.max_dense_params
+                  ? HeadHessian::kExact
+                  : HeadHessian::kKfac;
+  const torch::Tensor targets =
+      s->calibration.targets.defined() && !s->calibration.targets.is_floating_point() &&
+              s->calibration.targets.dim() == 1
+          ? s->calibration.targets
+          : torch::Tensor();
+  ASSIGN_OR_RETURN(HeadRefitResult r, RefitHead(hf.features, s->teacher_logits, targets,
+                                                hf.weight, hf.bias, h));
+  return SetHead(s->module, hf.head, r.weight, r.bias);
+}
+
 // The pruned model's sizes, then its loss and accuracy before and after
 // the recovery fine-tuning (progress in recovery steps under `stage`).
 absl::Status MeasureAndRecover(const PruneOptions& o, int round, const std::string& stage,
@@ -460,17 +499,11 @@ absl::Status MeasureAndRecover(const PruneOptions& o, int round, const std::stri
     r->accuracy = r->accuracy_before_recovery;
     return absl::OkStatus();
   }
-  RecoveryOptions recovery;
-  recovery.steps = o.recovery_steps;
-  recovery.learning_rate = o.learning_rate;
-  recovery.temperature = o.temperature;
-  recovery.optimizer = o.optimizer;
-  recovery.batch_size = o.batch_size;
-  recovery.seed = o.seed + static_cast<uint64_t>(round);
-  ASSIGN_OR_RETURN(RecoveryStats stats,
-                   Recover(s->module, s->calibration.inputs, s->teacher_logits,
-                           s->calibration.targets, recovery, sink, stage, cancel));
-  (void)stats;
+  if (o.optimizer == "newton") {
+    RETURN_IF_ERROR(RefitHeadByNewton(o, s));
+  } else {
+    RETURN_IF_ERROR(RecoverByFineTuning(o, round, stage, sink, cancel, s));
+  }
   ASSIGN_OR_RETURN(r->loss_after_recovery, MeanLoss(s->module, s->saliency_batches));
   RETURN_IF_ERROR(CheckFiniteValue(r->loss_after_recovery,
                                    absl::StrCat("the loss after recovery in round ", round)));

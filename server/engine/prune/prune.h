@@ -27,7 +27,9 @@
 //  4. Recovery: `recovery_steps` optimizer steps of distillation from the
 //     original model on the calibration data: T²·KL(softmax(t/T) ‖
 //     softmax(s/T)), plus cross-entropy when the data have class labels;
-//     the learning rate decays on a cosine to 0 within each round.
+//     the learning rate decays on a cosine to 0 within each round. With
+//     optimizer "newton" only the head is re-fitted, on fixed features
+//     (head_refit.h), with the same loss.
 //
 // model.pt in `output_dir` is the pruned TorchScript model; the report's
 // MACs and parameters are measured on that file (model_info.h), accuracy on
@@ -118,7 +120,10 @@ struct PruneOptions {
   int recovery_steps = defaults::kRecoverySteps;
   double learning_rate = defaults::kRecoveryLearningRate;
   double temperature = 1;
-  std::string optimizer = "adam";  // "adam" or "sgd" (momentum 0.9)
+  // "adam", "sgd" (momentum 0.9), or "newton": only the head (last Linear
+  // layer) re-fitted by head_refit.h's regularized Newton iteration,
+  // recovery_steps = its iteration cap, learning_rate unused.
+  std::string optimizer = "adam";
 
   // Latency: batch of the timing runs (default 64); false skips every
   // timing (a kLatency target needs them).

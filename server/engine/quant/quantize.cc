@@ -28,6 +28,7 @@
 #include "server/engine/hessian/perturbation.h"
 #include "server/engine/model/model.h"
 #include "server/engine/model/model_info.h"
+#include "server/engine/prune/head_refit.h"
 #include "server/engine/quant/bn_fold.h"
 #include "server/engine/quant/calibration.h"
 #include "server/engine/quant/compact_model.h"
@@ -68,6 +69,17 @@ absl::Status Validate(const QuantizeOptions& o) {
   if (!(o.trace_tolerance > 0)) return Invalid("trace_tolerance", "must be > 0");
   if (o.trace_max_probes < 2) return Invalid("trace_max_probes", "must be >= 2");
   if (o.candidate_bits.empty()) return Invalid("candidate_bits", "must not be empty");
+  if (o.head_refit) {
+    const QuantHeadRefit& h = *o.head_refit;
+    if (h.iterations < 1 || h.iterations > 1000) {
+      return Invalid("head_refit.iterations", "must be in 1..1000");
+    }
+    if (!(h.alpha >= 0 && h.alpha <= 1)) return Invalid("head_refit.alpha", "must be in [0, 1]");
+    if (!(h.temperature > 0)) return Invalid("head_refit.temperature", "must be > 0");
+    if (h.hessian != "auto" && !ParseHeadHessian(h.hessian).ok()) {
+      return Invalid("head_refit.hessian", "must be auto, exact or kfac");
+    }
+  }
   for (int b : o.candidate_bits) {
     if (b < 2 || b > 8) return Invalid("candidate_bits", absl::StrCat(b, " is not in 2..8"));
   }
@@ -1276,6 +1288,79 @@ absl::Status Int8Stage(const QuantizeOptions& o, const Prepared& p, QuantizeRepo
   return absl::OkStatus();
 }
 
+
+// ---------------------------------------------------------------- head re-fit
+
+absl::StatusOr<torch::Tensor> Logits(torch::jit::Module& module, const torch::Tensor& inputs) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts;
+  for (int64_t i = 0; i < inputs.size(0); i += 256) {
+    ASSIGN_OR_RETURN(torch::Tensor y,
+                     RunForward(module, inputs.narrow(0, i, std::min<int64_t>(256, inputs.size(0) - i))));
+    parts.push_back(y.detach());
+  }
+  return torch::cat(parts, 0);
+}
+
+// Stage "head refit": the rounded model's head re-fitted against the float
+// (folded) model's logits on the calibration data, then rounded again with
+// the spec it was rounded with (GPTQ heads too: RTN of the re-fitted
+// weight, since its GPTQ rounding belonged to the old weight).
+absl::Status HeadRefitStage(const QuantizeOptions& o, const Prepared& p, Quantized* result,
+                            QuantizeReport* report) {
+  const QuantHeadRefit& h = *o.head_refit;
+  const absl::Time start = absl::Now();
+  const torch::Tensor& inputs = p.calibration.inputs;
+  torch::jit::Module folded = p.context.folded;
+  ASSIGN_OR_RETURN(torch::Tensor teacher, Logits(folded, inputs));
+  ASSIGN_OR_RETURN(HeadFeatures hf, ComputeHeadFeatures(result->module, inputs));
+  const torch::Tensor& t = p.calibration.targets;
+  const torch::Tensor targets =
+      t.defined() && t.dim() == 1 && !t.is_floating_point() ? t : torch::Tensor();
+  HeadRefitOptions ho;
+  ho.newton.iterations = h.iterations;
+  ho.newton.alpha = h.alpha;
+  ho.temperature = h.temperature;
+  const int64_t count = hf.weight.size(0) * (hf.weight.size(1) + 1);
+  if (h.hessian == "auto") {
+    ho.hessian = count <= ho.max_dense_params ? HeadHessian::kExact : HeadHessian::kKfac;
+  } else {
+    ASSIGN_OR_RETURN(ho.hessian, ParseHeadHessian(h.hessian));
+  }
+  QuantHeadRefitReport r;
+  if (p.eval) {
+    ASSIGN_OR_RETURN(r.accuracy_before,
+                     TopOneAccuracy(result->module, p.eval->inputs, p.eval->targets));
+  }
+  ASSIGN_OR_RETURN(HeadRefitResult fit,
+                   RefitHead(hf.features, teacher, targets, hf.weight, hf.bias, ho));
+  torch::Tensor weight = fit.weight;
+  if (auto it = result->tensors.find(hf.head); it != result->tensors.end()) {
+    ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(weight, it->second.params.spec));
+    ASSIGN_OR_RETURN(weight, Dequantize(q));
+    weight = weight.to(fit.weight.device(), fit.weight.scalar_type());
+    r.bits = it->second.params.spec.bits;
+    it->second = std::move(q);
+    result->gptq.erase(hf.head);
+  }
+  RETURN_IF_ERROR(SetHead(result->module, hf.head, weight, fit.bias));
+  ASSIGN_OR_RETURN(torch::Tensor after,
+                   HeadLoss(hf.features, teacher, targets, weight, fit.bias, h.temperature));
+  r.head = hf.head;
+  r.hessian = HeadHessianName(ho.hessian);
+  r.iterations = static_cast<int>(fit.trace.size()) - 1;
+  r.loss_before = fit.loss_before;
+  r.loss_after = after.item<double>();
+  r.loss_refit = fit.loss_after;
+  r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  p.context.sink->Log("INFO", absl::StrFormat("head %s re-fitted (%s, %d iterations): loss %.4g -> %.4g "
+                                              "(%.4g before rounding again)",
+                                              r.head, r.hessian, r.iterations, r.loss_before,
+                                              r.loss_after, r.loss_refit));
+  report->head_refit = std::move(r);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 const char* QuantOmegaName(QuantOmega omega) {
@@ -1346,6 +1431,8 @@ absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& o, Progres
     }
     return GuardAgainstUniform(p, &setup, &result, &chosen, &report);
   });
+  stages.AddIf(o.head_refit.has_value(), "head refit",
+               [&] { return HeadRefitStage(o, p, &result, &report); });
   stages.AddStep("outputs", [&]() -> absl::Status {
     RETURN_IF_ERROR(
         WriteOutputs(result, p.layers, setup.layout, o.output_dir, sink, &report));

@@ -127,6 +127,15 @@ struct QuantTolerance {
   double value = 0;
 };
 
+// Re-fitting the head after rounding (QuantizeOptions::head_refit).
+struct QuantHeadRefit {
+  int iterations = 10;           // Newton iterations at most; 1..1000
+  std::string hessian = "auto";  // "exact", "kfac", "auto" (exact up to
+                                 // 4096 head parameters, else kfac)
+  double alpha = 0.5;            // λ = c‖g‖^α, α in [0, 1]
+  double temperature = 1;        // distillation temperature; > 0
+};
+
 struct QuantizeOptions {
   // TorchScript file; required.
   std::string model_path;
@@ -212,6 +221,12 @@ struct QuantizeOptions {
   // its latency against the float model's; default false.
   bool int8_model = false;
 
+  // Re-fit the head (the last Linear layer) after rounding, on the
+  // calibration data against the float model's logits, by the regularized
+  // Newton method of prune/head_refit.h; then round it again at its bits
+  // (a float head stays float). nullopt (default) = no re-fit.
+  std::optional<QuantHeadRefit> head_refit;
+
   uint64_t seed = 0;
   // "cpu" or "cuda:N"; default "cpu".
   std::string device = "cpu";
@@ -295,6 +310,22 @@ struct QuantBaseline {
   std::optional<double> p_value;
 };
 
+struct QuantHeadRefitReport {
+  std::string head;     // module path of the head
+  std::string hessian;  // "exact" or "kfac"
+  int iterations = 0;   // accepted Newton steps
+  int bits = 0;         // the head's width; 0 = float (not rounded again)
+  // Calibration loss (T²·KL to the float model + cross-entropy with
+  // labels) with the rounded head, and after the re-fit and re-rounding.
+  double loss_before = 0;
+  double loss_after = 0;
+  double loss_refit = 0;  // after the re-fit, before rounding again
+  // Top-1 (%) on the eval data of the rounded model before the re-fit
+  // (accuracy_after is the model with it).
+  std::optional<double> accuracy_before;
+  double seconds = 0;
+};
+
 struct QuantizeReport {
   std::vector<QuantizedLayerReport> layers;  // quantizable layers, in order
   std::string search;                        // QuantSearchName
@@ -357,6 +388,8 @@ struct QuantizeReport {
   int64_t model_bytes = 0;
   // With int8_model (absent, with a warning, when LibTorch could not make it).
   std::optional<Int8ModelReport> int8;
+  // With head_refit.
+  std::optional<QuantHeadRefitReport> head_refit;
 };
 
 // Runs the quantization described by `options`. `sink` (may be null) gets
@@ -366,8 +399,8 @@ struct QuantizeReport {
 // measured), "rounding" (GPTQ: progress "gptq", one unit per layer), and
 // with eval data "evaluation" (the saved model, then each baseline). E.g.
 // kBisection: sensitivity 0/5, search 1/5, evaluation 2/5, rounding 3/5,
-// evaluation 4/5; kExact without eval data: 0/3, 1/3, 2/3; int8_model adds
-// "int8" last. Errors from a
+// evaluation 4/5; kExact without eval data: 0/3, 1/3, 2/3; head_refit adds
+// "head refit" after "rounding", int8_model "int8" last. Errors from a
 // stage name it ("search: pins/ties: ..."). `cancel` may be null.
 absl::StatusOr<QuantizeReport> RunQuantization(const QuantizeOptions& options,
                                                ProgressSink* sink,
