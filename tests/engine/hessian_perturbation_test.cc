@@ -2,7 +2,8 @@
 // closed forms for a linear model with squared loss, where they are the
 // exact loss change, and against finite differences of the loss itself on
 // smooth nonlinear models; HvpOperator::ApplyToTensor against the diagonal
-// blocks of full Hessians.
+// blocks of full Hessians; PerturbationModel::Column's cross terms against
+// the off-diagonal blocks of a full Hessian.
 #include "server/engine/hessian/perturbation.h"
 
 #include <torch/script.h>
@@ -269,6 +270,63 @@ TEST(PerturbationModelTest, DifferentiatesFrozenWeightsAndLeavesTheCallersModelA
   EXPECT_FALSE(Parameter(m, "weight").requires_grad());
   EXPECT_TRUE(Parameter(m, "bias").requires_grad());
   EXPECT_TRUE(torch::equal(Parameter(m, "weight"), before));
+}
+
+// δ_iᵀ H_ij δ_j from Column against the blocks of the full Hessian (plain
+// double backward, every parameter), for every pair of perturbed tensors;
+// the cross terms of the MLP's two layers are not zero, and all the terms
+// sum to ½ δᵀHδ of the whole perturbation.
+TEST(PerturbationModelTest, ColumnGivesEveryCrossTermOfTheFullHessian) {
+  torch::jit::Module m = LoadF64("tiny_mlp.pt");
+  Data d = RandomClassification({13, 4}, 3, 17);
+  PreparedBatches p = Prepare(m, d.inputs, d.targets, 5);  // 5 + 5 + 3
+  const torch::Tensor h = FullHessian(m, p);
+  absl::StatusOr<ParamSet> all = CollectParameters(m);
+  ASSERT_TRUE(all.ok()) << all.status();
+  const std::vector<std::string> listed = {"0.weight", "2.weight", "2.bias"};
+  std::unique_ptr<PerturbationModel> model = MakeModel(m, p, listed);
+  ASSERT_NE(model, nullptr);
+  ASSERT_EQ(model->weights(), listed);
+  // δ of every listed tensor, placed in a flat vector of all parameters.
+  at::Generator gen = MakeGenerator(12);
+  torch::Tensor full = torch::zeros({all->layout->numel}, F64());
+  std::vector<torch::Tensor> deltas, flat;  // flat: δ_i alone, zeros elsewhere
+  for (const std::string& name : listed) {
+    torch::Tensor w = Parameter(m, name).detach();
+    deltas.push_back(0.1 * at::randn(w.sizes(), gen, F64()));
+    int64_t offset = 0;
+    for (size_t k = 0; all->layout->names[k] != name; ++k) offset += all->tensors[k].numel();
+    flat.push_back(torch::zeros_like(full));
+    flat.back().narrow(0, offset, w.numel()).copy_(deltas.back().reshape(-1));
+    full += flat.back();
+  }
+  double sum = 0;
+  for (size_t j = 0; j < listed.size(); ++j) {
+    absl::StatusOr<std::vector<torch::Tensor>> column = model->Column(listed[j], deltas[j]);
+    ASSERT_TRUE(column.ok()) << column.status();
+    ASSERT_EQ(column->size(), listed.size());
+    for (size_t i = 0; i < listed.size(); ++i) {
+      SCOPED_TRACE(listed[i] + " x " + listed[j]);
+      const double expected = torch::dot(flat[i], torch::mv(h, flat[j])).item<double>();
+      const double got = torch::dot(deltas[i].reshape(-1), (*column)[i].reshape(-1)).item<double>();
+      EXPECT_NEAR(got, expected, 1e-10 * std::abs(expected) + 1e-15);
+      if (listed[i] != "2.bias" && listed[j] != "2.bias") {
+        EXPECT_GT(std::abs(expected), 1e-4);  // a real cross term
+      }
+      sum += 0.5 * got;
+    }
+    absl::StatusOr<PerturbationTerms> t = model->Terms(listed[j], deltas[j]);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_NEAR(2 * t->quadratic,
+                torch::dot(deltas[j].reshape(-1), (*column)[j].reshape(-1)).item<double>(),
+                1e-12 * std::abs(t->quadratic));
+  }
+  const double whole = 0.5 * torch::dot(full, torch::mv(h, full)).item<double>();
+  EXPECT_NEAR(sum, whole, 1e-10 * std::abs(whole));
+  EXPECT_EQ(model->Column("0.bias", torch::zeros({8}, F64())).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(model->Column("2.weight", torch::zeros({8, 3}, F64())).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(PerturbationModelTest, UnknownWeightsAndShapesAreErrors) {

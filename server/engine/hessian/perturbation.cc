@@ -119,16 +119,41 @@ absl::Status PerturbationModel::FallBack(const absl::Status& why) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int> PerturbationModel::IndexOf(const std::string& weight) const {
+  const std::vector<std::string>& names = op_->layout().names;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == weight) return static_cast<int>(i);
+  }
+  return absl::NotFoundError(absl::StrCat("\"", weight, "\" is not a perturbed weight"));
+}
+
+absl::StatusOr<std::vector<torch::Tensor>> PerturbationModel::Column(const std::string& weight,
+                                                                     const torch::Tensor& delta) {
+  ASSIGN_OR_RETURN(const int index, IndexOf(weight));
+  ParamSet v = ZerosLike(op_->parameters());
+  try {
+    if (!delta.sizes().equals(v.tensors[index].sizes())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the perturbation of ", weight, " has shape ", c10::str(delta.sizes()),
+                       ", the weight ", c10::str(v.tensors[index].sizes())));
+    }
+    v.tensors[index].copy_(delta.detach());
+  } catch (const c10::Error& e) {
+    return absl::InternalError(e.what_without_backtrace());
+  }
+  absl::StatusOr<ParamSet> hv = op_->Apply(v);
+  if (!hv.ok()) {
+    RETURN_IF_ERROR(FallBack(hv.status()));
+    v.layout = op_->parameters().layout;
+    hv = op_->Apply(v);
+    if (!hv.ok()) return hv.status();
+  }
+  return std::move(hv->tensors);
+}
+
 absl::StatusOr<PerturbationTerms> PerturbationModel::Terms(const std::string& weight,
                                                            const torch::Tensor& delta) {
-  const std::vector<std::string>& names = op_->layout().names;
-  int index = -1;
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (names[i] == weight) index = static_cast<int>(i);
-  }
-  if (index < 0) {
-    return absl::NotFoundError(absl::StrCat("\"", weight, "\" is not a perturbed weight"));
-  }
+  ASSIGN_OR_RETURN(const int index, IndexOf(weight));
   absl::StatusOr<torch::Tensor> hv = op_->ApplyToTensor(index, delta);
   if (!hv.ok()) {
     RETURN_IF_ERROR(FallBack(hv.status()));

@@ -89,6 +89,20 @@ class PerturbationModel {
   // for a shape mismatch; FAILED_PRECONDITION as the class comment says.
   absl::StatusOr<PerturbationTerms> Terms(const std::string& weight, const torch::Tensor& delta);
 
+  // The column of the Hessian blocks that δ (W's shape, added to weight
+  // `weight`) meets: H_{W',W} δ for every perturbed weight W', in the order
+  // of weights() (the module's parameter order), each of W''s shape. One
+  // product over all perturbed weights, so for perturbations δ_i of weight
+  // i and δ_j of weight j the cross term δ_iᵀ H_ij δ_j of ½ δᵀHδ (δ the
+  // sum) is dot(δ_i, Column(j, δ_j)[i]): a joint mixed-precision search
+  // gets every cross term of one (layer, width) from one product. The
+  // entry for W itself equals Terms' product (2 · quadratic = δᵀ · it).
+  // Errors as Terms.
+  absl::StatusOr<std::vector<torch::Tensor>> Column(const std::string& weight,
+                                                    const torch::Tensor& delta);
+  // The perturbed weights, in the order Column returns them.
+  const std::vector<std::string>& weights() const { return op_->layout().names; }
+
   // The method the products use (after a fallback, the one fallen back to).
   HvpMethod method() const { return op_->method(); }
   // Why the method changed; empty when it did not.
@@ -100,6 +114,8 @@ class PerturbationModel {
   PerturbationModel(torch::jit::Module copy, PreparedBatches batches,
                     PerturbationModelOptions options)
       : copy_(std::move(copy)), batches_(std::move(batches)), options_(std::move(options)) {}
+  // The index of `weight` in weights(); NOT_FOUND when it is not there.
+  absl::StatusOr<int> IndexOf(const std::string& weight) const;
   // Replaces op_ after a missing double backward, as options_.fallback says.
   absl::Status FallBack(const absl::Status& why);
 
