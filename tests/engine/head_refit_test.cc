@@ -200,18 +200,18 @@ TEST(HeadRefitTest, ReferenceCnnAfterThreeBitRounding) {
       p.value.copy_(*Dequantize(*q));
     }
   }
-  absl::StatusOr<HeadFeatures> hf = ComputeHeadFeatures(*student, data->inputs);
+  absl::StatusOr<HeadFeatures> hf = ComputeHeadFeatures(*student, data->inputs.first);
   ASSERT_TRUE(hf.ok()) << hf.status();
   EXPECT_EQ(hf->head, "fc");
   EXPECT_EQ(hf->features.size(1), 1568);
   torch::Tensor logits, teacher_logits;
   {
     torch::NoGradGuard g;
-    logits = student->forward({data->inputs}).toTensor();
-    teacher_logits = teacher->forward({data->inputs}).toTensor();
+    logits = student->forward({data->inputs.first}).toTensor();
+    teacher_logits = teacher->forward({data->inputs.first}).toTensor();
   }
   EXPECT_LT(MaxAbsDiff(at::linear(hf->features, hf->weight, hf->bias), logits), 1e-4);
-  const double before = ModelKl(*student, *teacher, data->inputs);
+  const double before = ModelKl(*student, *teacher, data->inputs.first);
   HeadRefitOptions o;
   o.newton.iterations = 5;
   absl::StatusOr<HeadRefitResult> r =
@@ -219,7 +219,7 @@ TEST(HeadRefitTest, ReferenceCnnAfterThreeBitRounding) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_LT(r->loss_after, r->loss_before);
   ASSERT_TRUE(SetHead(*student, hf->head, r->weight, r->bias).ok());
-  const double after = ModelKl(*student, *teacher, data->inputs);
+  const double after = ModelKl(*student, *teacher, data->inputs.first);
   EXPECT_LT(after, 0.8 * before) << before << " -> " << after;
 }
 
@@ -312,8 +312,8 @@ TEST(HeadRefitTest, QuantizeJobRefitsAndRoundsTheHead) {
   absl::StatusOr<LoadedDataset> data = LoadDataset(o.calibration_dataset, o.num_samples);
   ASSERT_TRUE(data.ok());
   torch::NoGradGuard g;
-  const torch::Tensor s = saved.forward({data->inputs}).toTensor().to(torch::kFloat64);
-  const torch::Tensor t = original.forward({data->inputs}).toTensor().to(torch::kFloat64);
+  const torch::Tensor s = saved.forward({data->inputs.first}).toTensor().to(torch::kFloat64);
+  const torch::Tensor t = original.forward({data->inputs.first}).toTensor().to(torch::kFloat64);
   const torch::Tensor tq = at::softmax(t, 1);
   const double loss = (tq * (tq.log() - at::log_softmax(s, 1))).sum(1).mean().item<double>() +
                       at::cross_entropy_loss(s, data->targets).item<double>();

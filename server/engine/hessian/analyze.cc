@@ -379,7 +379,7 @@ int64_t OutputClasses(torch::jit::Module& module, const PreparedBatches& prepare
   if (prepared.loss == LossKind::kMse || prepared.batches.empty()) return 0;
   try {
     torch::NoGradGuard no_grad;
-    const torch::jit::IValue out = module.forward({prepared.batches.front().inputs});
+    const torch::jit::IValue out = prepared.batches.front().inputs.Forward(module);
     if (!out.isTensor() || out.toTensor().dim() < 2) return 0;
     const at::Tensor logits = out.toTensor();
     return prepared.loss == LossKind::kLanguageModeling ? logits.size(-1) : logits.size(1);

@@ -460,7 +460,7 @@ absl::Status RecoverByFineTuning(const PruneOptions& o, int round, const std::st
 // when the head has at most 4096 parameters (the reference ViT's has 650),
 // else K-FAC.
 absl::Status RefitHeadByNewton(const PruneOptions& o, PruneState* s) {
-  ASSIGN_OR_RETURN(HeadFeatures hf, ComputeHeadFeatures(s->module, s->calibration.inputs));
+  ASSIGN_OR_RETURN(HeadFeatures hf, ComputeHeadFeatures(s->module, s->calibration.inputs.first));
   HeadRefitOptions h;
   h.newton.iterations = o.recovery_steps;
   h.temperature = o.temperature;

@@ -1310,7 +1310,7 @@ absl::Status HeadRefitStage(const QuantizeOptions& o, const Prepared& p, Quantiz
                             QuantizeReport* report) {
   const QuantHeadRefit& h = *o.head_refit;
   const absl::Time start = absl::Now();
-  const torch::Tensor& inputs = p.calibration.inputs;
+  const torch::Tensor& inputs = p.calibration.inputs.first;  // the head re-fit takes one input
   torch::jit::Module folded = p.context.folded;
   ASSIGN_OR_RETURN(torch::Tensor teacher, Logits(folded, inputs));
   ASSIGN_OR_RETURN(HeadFeatures hf, ComputeHeadFeatures(result->module, inputs));
